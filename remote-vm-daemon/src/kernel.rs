@@ -1,0 +1,157 @@
+//! Facts about the running kernel: release, BTF, and the config options the
+//! lockless remote-read path depends on.
+use std::{
+    fmt,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+/// A kernel config option as far as we can tell: `yes`, `no`, or `unknown` when no
+/// config could be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tristate {
+    Yes,
+    No,
+    Unknown,
+}
+
+impl Tristate {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tristate::Yes => "yes",
+            Tristate::No => "no",
+            Tristate::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for Tristate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where the BTF the daemon uses came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BtfSource {
+    /// `/sys/kernel/btf/vmlinux`.
+    Kernel,
+    /// A file given with `--btf`.
+    File(PathBuf),
+    /// None available.
+    Missing,
+}
+
+impl fmt::Display for BtfSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BtfSource::Kernel => f.write_str("/sys/kernel/btf/vmlinux"),
+            BtfSource::File(p) => write!(f, "{}", p.display()),
+            BtfSource::Missing => f.write_str("missing"),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct KernelFacts {
+    pub release: String,
+    pub btf: BtfSource,
+    /// Where the config came from (`/proc/config.gz`, `/boot/config-…`), if anywhere.
+    pub config_source: Option<PathBuf>,
+    pub per_vma_lock: Tristate,
+    pub rcu_table_free: Tristate,
+}
+
+pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+impl KernelFacts {
+    /// Reads the facts of the running kernel. `btf_override` is the `--btf` path.
+    pub fn read(btf_override: Option<&Path>) -> KernelFacts {
+        let release = read_release();
+        let btf = match btf_override {
+            Some(p) => BtfSource::File(p.to_path_buf()),
+            None if Path::new(SYS_BTF).exists() => BtfSource::Kernel,
+            None => BtfSource::Missing,
+        };
+        let candidates = [
+            PathBuf::from("/proc/config.gz"),
+            PathBuf::from(format!("/boot/config-{release}")),
+        ];
+        let config = candidates
+            .iter()
+            .find_map(|p| read_config(p).map(|text| (p.clone(), text)));
+        let (config_source, per_vma_lock, rcu_table_free) = match config {
+            Some((path, text)) => (
+                Some(path),
+                config_option(&text, "CONFIG_PER_VMA_LOCK"),
+                config_option(&text, "CONFIG_MMU_GATHER_RCU_TABLE_FREE"),
+            ),
+            None => (None, Tristate::Unknown, Tristate::Unknown),
+        };
+        KernelFacts {
+            release,
+            btf,
+            config_source,
+            per_vma_lock,
+            rcu_table_free,
+        }
+    }
+}
+
+fn read_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
+}
+
+fn read_config(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .read_to_string(&mut text)
+            .ok()?;
+        Some(text)
+    } else {
+        String::from_utf8(bytes).ok()
+    }
+}
+
+/// `yes` for `=y`, `no` for `# … is not set` or absence (the config is complete).
+pub fn config_option(config: &str, name: &str) -> Tristate {
+    for line in config.lines() {
+        if let Some(value) = line.strip_prefix(name).and_then(|r| r.strip_prefix('=')) {
+            return if value == "y" || value == "m" {
+                Tristate::Yes
+            } else {
+                Tristate::No
+            };
+        }
+    }
+    Tristate::No
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_read_exactly() {
+        let cfg = "CONFIG_PER_VMA_LOCK=y\n# CONFIG_MMU_GATHER_RCU_TABLE_FREE is not set\nCONFIG_PER_VMA_LOCK_STATS=y\n";
+        assert_eq!(config_option(cfg, "CONFIG_PER_VMA_LOCK"), Tristate::Yes);
+        assert_eq!(config_option(cfg, "CONFIG_MMU_GATHER_RCU_TABLE_FREE"), Tristate::No);
+        assert_eq!(config_option(cfg, "CONFIG_MISSING"), Tristate::No);
+        // A prefix of another option is not that option.
+        assert_eq!(config_option("CONFIG_PER_VMA_LOCK_STATS=y\n", "CONFIG_PER_VMA_LOCK"), Tristate::No);
+    }
+
+    #[test]
+    fn shared_kernel_configs_have_both_options() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/kernels");
+        for name in ["config-patched", "config-unpatched"] {
+            let text = std::fs::read_to_string(format!("{dir}/{name}")).expect("shared kernel config");
+            assert_eq!(config_option(&text, "CONFIG_PER_VMA_LOCK"), Tristate::Yes, "{name}");
+            assert_eq!(config_option(&text, "CONFIG_MMU_GATHER_RCU_TABLE_FREE"), Tristate::Yes, "{name}");
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! remote-vm-daemon: loads the probes, classifies remote-memory accesses and
+//! serves Prometheus metrics.
+mod caps;
+mod config;
+mod exporter;
+mod kernel;
+mod loader;
+mod logging;
+mod metrics;
+mod probes;
+mod server;
+
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+
+use crate::{config::Config, exporter::State, kernel::KernelFacts};
+
+/// Exit status: everything attached.
+const EXIT_OK: u8 = 0;
+/// Exit status: could not run (bad input, no privileges, …).
+const EXIT_FAILED: u8 = 1;
+/// Exit status of `check`: runs, but some probes did not attach (all reported).
+const EXIT_DEGRADED: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "remote-vm-daemon", version, about = "Classifies remote-memory reads (__access_remote_vm) as fast path, fallback or slow path and exports Prometheus metrics.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// TOML config file over the embedded defaults (see `remote-vm-daemon defaults`).
+    #[arg(long, env = "REMOTE_VM_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "PATH")]
+    btf: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace (overrides the config).
+    #[arg(long, env = "REMOTE_VM_LOG", value_name = "LEVEL", value_parser = parse_level)]
+    log_level: Option<log::LevelFilter>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Attach the probes and serve /metrics until SIGTERM or SIGINT.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Address to serve on (overrides the config; default 127.0.0.1:19361).
+        #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate the config (no privileges needed), then load and attach every probe,
+    /// print one line per probe and the kernel facts, and detach. Exit 0: all
+    /// attached; 2: degraded (some not attached, all reported); 1: could not run.
+    Check {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Print the embedded default config.
+    Defaults,
+}
+
+fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
+    config::parse_log_level(v).ok_or_else(|| format!("expected {}", config::LOG_LEVEL_ALLOWED))
+}
+
+fn parse_listen(v: &str) -> Result<SocketAddr, String> {
+    config::parse_listen(v).ok_or_else(|| format!("expected {}", config::LISTEN_ALLOWED))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => EXIT_OK,
+                _ => EXIT_FAILED,
+            });
+        }
+    };
+    match cli.command {
+        Command::Defaults => {
+            print!("{}", config::DEFAULTS);
+            ExitCode::from(EXIT_OK)
+        }
+        Command::Check { common } => check(common),
+        Command::Run { common, listen } => run(common, listen),
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("remote-vm-daemon: {msg}");
+    ExitCode::from(EXIT_FAILED)
+}
+
+fn settle(common: &Common) -> Result<Config, config::ConfigError> {
+    let mut config = Config::load(common.config.as_deref())?;
+    if let Some(level) = common.log_level {
+        config.log_level = level;
+    }
+    Ok(config)
+}
+
+fn check(common: Common) -> ExitCode {
+    let config = match settle(&common) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    println!(
+        "config: ok ({})",
+        common
+            .config
+            .as_ref()
+            .map_or("embedded defaults".to_string(), |p| p.display().to_string())
+    );
+    logging::init(config.log_level.min(log::LevelFilter::Warn));
+    let facts = KernelFacts::read(common.btf.as_deref());
+    println!("{}", exporter::kernel_line(&facts));
+    let loaded = match loader::load(
+        &loader::LoadOptions {
+            btf_path: common.btf.as_deref(),
+            log_level: config.log_level,
+        },
+        &facts,
+    ) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    for line in exporter::verdict_lines(&loaded.verdicts) {
+        println!("{line}");
+    }
+    let total: usize = loaded.verdicts.iter().map(|v| v.family.points().count()).sum();
+    let attached: usize = loaded
+        .verdicts
+        .iter()
+        .filter(|v| v.attached())
+        .map(|v| v.family.points().count())
+        .sum();
+    if attached == total {
+        println!("summary: all {total} probes attached");
+        ExitCode::from(EXIT_OK)
+    } else {
+        println!("summary: degraded: {attached} of {total} probes attached");
+        ExitCode::from(EXIT_DEGRADED)
+    }
+}
+
+fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
+    let mut config = match settle(&common) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    logging::init(config.log_level);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        // Bind first: a taken port fails before anything is attached.
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(l) => l,
+            Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
+        };
+        let facts = KernelFacts::read(common.btf.as_deref());
+        log::info!("{}", exporter::kernel_line(&facts));
+        let loaded = match loader::load(
+            &loader::LoadOptions {
+                btf_path: common.btf.as_deref(),
+                log_level: config.log_level,
+            },
+            &facts,
+        ) {
+            Ok(l) => l,
+            Err(e) => return fail(e),
+        };
+        for line in exporter::verdict_lines(&loaded.verdicts) {
+            log::info!("{line}");
+        }
+        let attached = loaded.verdicts.iter().filter(|v| v.attached()).count();
+        if attached < loaded.verdicts.len() {
+            log::warn!(
+                "degraded: {attached} of {} probe families attached; the rest are reported as mode=\"none\"",
+                loaded.verdicts.len()
+            );
+        }
+        let state = Arc::new(State { facts, loaded });
+        log::info!("serving http://{}/metrics", config.listen);
+        server::serve(listener, state, shutdown_signal()).await;
+        log::info!("shutting down");
+        ExitCode::from(EXIT_OK)
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        log::warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

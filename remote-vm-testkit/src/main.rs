@@ -1,0 +1,40 @@
+//! rvm-testkit: workloads with known answers and the in-VM test runner.
+mod guest;
+mod prom;
+mod workload;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "rvm-testkit")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the VM test suite (inside the guest, from /init). Exit 0 when every check passed.
+    Guest,
+    /// A target process: map and fill pages, print the layout as JSON, wait for stdin EOF.
+    Target {
+        #[arg(long, default_value_t = 4)]
+        pages: usize,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Guest => guest::main(),
+        Cmd::Target { pages } => workload::target_main(pages).map(|()| true),
+    };
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("rvm-testkit: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! `cargo xtask`: set-up, build, run and test remote-vm.
+//!
+//! - `cargo xtask run [-- DAEMON ARGS]`: set up, build, start the daemon.
+//! - `cargo xtask test`: set up, then every test: unit, host integration, VM.
+//! - `cargo xtask vm-test [--kernel [NAME=]PATH]...`: the VM tests alone.
+mod cpio;
+mod setup;
+mod vm;
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+/// Progress lines: every step says what it does.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        println!("xtask: {}", format!($($arg)*));
+    }};
+}
+
+#[derive(Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building needs (Debian packages, bpf-linker, the rustup link).
+    Setup {
+        /// Also what the tests need (QEMU, busybox-static, prometheus).
+        #[arg(long)]
+        test: bool,
+    },
+    /// Set up and build the daemon (release).
+    Build,
+    /// Set up, build, and run the daemon in the foreground with its embedded defaults.
+    Run {
+        /// Arguments after `--` go to `remote-vm-daemon run`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run every test: unit, host integration and VM tests.
+    Test,
+    /// Boot kernels under QEMU and run the in-VM tests.
+    VmTest {
+        /// `[NAME=]PATH` of a kernel image; repeatable. Default: ../shared/kernels/bzImage-{patched,unpatched}.
+        #[arg(long = "kernel", value_parser = vm::Kernel::parse)]
+        kernels: Vec<vm::Kernel>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cmd: Cmd) -> Result<()> {
+    let root = workspace_root();
+    match cmd {
+        Cmd::Setup { test } => setup::setup(if test { setup::Purpose::Test } else { setup::Purpose::Run }),
+        Cmd::Build => {
+            setup::setup(setup::Purpose::Run)?;
+            build(&root)
+        }
+        Cmd::Run { args } => {
+            setup::setup(setup::Purpose::Run)?;
+            build(&root)?;
+            let daemon = root.join("target/release/remote-vm-daemon");
+            say!("starting {} run {}", daemon.display(), args.join(" "));
+            let err = Command::new(&daemon).arg("run").args(&args).exec();
+            bail!("exec {}: {err}", daemon.display())
+        }
+        Cmd::Test => {
+            setup::setup(setup::Purpose::Test)?;
+            test(&root)
+        }
+        Cmd::VmTest { kernels } => {
+            setup::setup(setup::Purpose::Test)?;
+            build(&root)?;
+            vm_test(&root, kernels)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, echoing it; fails on a non-zero exit.
+pub fn sh(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(setup::cargo());
+    cmd.current_dir(root).env("REMOTE_VM_EBPF_TOOLCHAIN", setup::EBPF_TOOLCHAIN);
+    cmd
+}
+
+fn build(root: &Path) -> Result<()> {
+    say!("building remote-vm-daemon and rvm-testkit (release; the eBPF object with {})", setup::EBPF_TOOLCHAIN);
+    sh(cargo(root).args(["build", "--release", "-p", "remote-vm-daemon", "-p", "remote-vm-testkit"]))
+}
+
+fn test(root: &Path) -> Result<()> {
+    build(root)?;
+    say!("running unit and host integration tests (cargo test --release, ignored host tests included)");
+    sh(cargo(root).args(["test", "--release", "--", "--include-ignored"]))?;
+    vm_test(root, Vec::new())?;
+    say!("all tests passed");
+    Ok(())
+}
+
+fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>) -> Result<()> {
+    if kernels.is_empty() {
+        kernels = vm::default_kernels(root);
+    }
+    let out = root.join("target/vm-test");
+    std::fs::create_dir_all(&out)?;
+    let initramfs = out.join("initramfs.cpio");
+    say!("vm-test: writing {}", initramfs.display());
+    vm::write_initramfs(
+        &initramfs,
+        &[
+            root.join("target/release/remote-vm-daemon"),
+            root.join("target/release/rvm-testkit"),
+        ],
+    )?;
+    let mut failed = Vec::new();
+    for kernel in &kernels {
+        let boot = vm::boot(kernel, &initramfs, &out.join(&kernel.name), Duration::from_secs(600))?;
+        let checks = boot
+            .report
+            .as_ref()
+            .and_then(|r| r["checks"].as_array().map(|c| c.len()))
+            .unwrap_or(0);
+        if boot.success {
+            say!(
+                "vm-test: {}: {} checks passed in {:.0} s (console: {})",
+                kernel.name,
+                checks,
+                boot.seconds,
+                boot.console.display()
+            );
+        } else {
+            say!(
+                "vm-test: {}: FAILED after {:.0} s; console kept at {}",
+                kernel.name,
+                boot.seconds,
+                boot.console.display()
+            );
+            failed.push(kernel.name.clone());
+        }
+    }
+    if !failed.is_empty() {
+        bail!("VM tests failed on: {}", failed.join(", "));
+    }
+    Ok(())
+}

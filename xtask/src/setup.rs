@@ -1,0 +1,138 @@
+//! Installs what building and testing need on a Debian/Ubuntu machine, idempotently:
+//! Debian's rustc-web (with a prebuilt `core` for BPF), LLVM 22, bpf-linker, the
+//! rustup name for Debian's toolchain, and for tests QEMU, busybox and Prometheus.
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{say, sh};
+
+/// The rustup name given to Debian's `/usr` toolchain; the daemon's build.rs uses it.
+pub const EBPF_TOOLCHAIN: &str = "debian-rustc-web";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Debian's rustc-web must be at least this new (aya-ebpf 0.2.1).
+const MIN_DEBIAN_RUSTC: (u32, u32) = (1, 96);
+
+/// Packages to build and run the daemon.
+const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
+/// Extra packages for the tests: QEMU for the VM tests, a static busybox for the
+/// initramfs, Prometheus for promtool.
+const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus"];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Run,
+    Test,
+}
+
+pub fn setup(purpose: Purpose) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "cargo xtask must run as root: it installs Debian packages and loads BPF programs (try: sudo -E env PATH=$PATH cargo xtask …)"
+        );
+    }
+    let mut wanted: Vec<&str> = BUILD_PACKAGES.to_vec();
+    if purpose == Purpose::Test {
+        wanted.extend(TEST_PACKAGES);
+    }
+    let mut missing: Vec<&str> = wanted.into_iter().filter(|p| !installed(p)).collect();
+    if !missing.contains(&"rustc-web") && !debian_rustc_new_enough() {
+        missing.push("rustc-web");
+    }
+    if missing.is_empty() {
+        say!("setup: Debian packages present");
+    } else {
+        if which("apt-get").is_none() {
+            bail!(
+                "apt-get not found: this set-up supports Debian/Ubuntu only; install {} yourself",
+                missing.join(" ")
+            );
+        }
+        say!("setup: updating the package lists (apt-get update)");
+        sh(Command::new("apt-get").args(["update", "-q"]))?;
+        say!("setup: installing {}", missing.join(" "));
+        sh(Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+        .with_context(|| format!("apt-get install {}", missing.join(" ")))?;
+        if !debian_rustc_new_enough() {
+            bail!(
+                "Debian's rustc (/usr/bin/rustc) is older than {}.{} after installing rustc-web; the eBPF build needs it",
+                MIN_DEBIAN_RUSTC.0,
+                MIN_DEBIAN_RUSTC.1
+            );
+        }
+    }
+    if !std::path::Path::new("/usr/lib/rustlib/bpfel-unknown-none/lib").is_dir() {
+        bail!("libstd-rust-web-dev-bpf did not provide /usr/lib/rustlib/bpfel-unknown-none/lib");
+    }
+
+    let have_linker = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .ok()
+        .is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION));
+    if have_linker {
+        say!("setup: bpf-linker {BPF_LINKER_VERSION} present");
+    } else {
+        say!("setup: installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (cargo install, about 2 minutes)");
+        sh(Command::new(cargo())
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+        .context("cargo install bpf-linker")?;
+    }
+
+    if which("rustup").is_some() {
+        let list = Command::new("rustup").args(["toolchain", "list"]).output()?;
+        if String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(EBPF_TOOLCHAIN))
+        {
+            say!("setup: rustup toolchain {EBPF_TOOLCHAIN} (Debian's /usr) linked");
+        } else {
+            say!("setup: linking Debian's toolchain into rustup as {EBPF_TOOLCHAIN}");
+            sh(Command::new("rustup").args(["toolchain", "link", EBPF_TOOLCHAIN, "/usr"]))?;
+        }
+    }
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == "install ok installed")
+}
+
+fn debian_rustc_new_enough() -> bool {
+    let Ok(out) = Command::new("/usr/bin/rustc").arg("--version").output() else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.split_whitespace().nth(1).unwrap_or("");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= MIN_DEBIAN_RUSTC
+}
+
+pub fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(program))
+        .find(|p| p.is_file())
+}
+
+/// The cargo running this xtask.
+pub fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}

@@ -1,0 +1,224 @@
+//! The VM harness: writes an initramfs (busybox, the daemon, the testkit), boots
+//! each kernel under QEMU (TCG), and reads the results from the serial console.
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cpio::Cpio, say};
+
+/// A kernel to boot: its name (also passed to the guest as `rvm.kernel=`) and image.
+#[derive(Clone, Debug)]
+pub struct Kernel {
+    pub name: String,
+    pub image: PathBuf,
+}
+
+impl Kernel {
+    /// `NAME=PATH` or `PATH` (the name is then the file name without `bzImage-`).
+    pub fn parse(spec: &str) -> Result<Kernel, String> {
+        let (name, path) = match spec.split_once('=') {
+            Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+            None => {
+                let p = PathBuf::from(spec);
+                let file = p.file_name().and_then(|f| f.to_str()).unwrap_or(spec);
+                (file.trim_start_matches("bzImage-").to_string(), p)
+            }
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(format!("kernel name {name:?}: use letters, digits, '-', '_', '.'"));
+        }
+        Ok(Kernel { name, image: path })
+    }
+}
+
+/// The shared A/B pair beside the repository.
+pub fn default_kernels(root: &Path) -> Vec<Kernel> {
+    let dir = root.join("../shared/kernels");
+    ["patched", "unpatched"]
+        .iter()
+        .map(|n| Kernel {
+            name: n.to_string(),
+            image: dir.join(format!("bzImage-{n}")),
+        })
+        .collect()
+}
+
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs tmpfs /tmp
+mount -t bpf bpf /sys/fs/bpf
+mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+ip link set lo up
+echo "init: starting tests"
+if /usr/bin/rvm-testkit guest; then echo "init: success"; else echo "init: failure"; fi
+reboot -f
+"#;
+
+/// Writes the initramfs with `binaries` (and the shared libraries they need) at
+/// `/usr/bin/<name>`.
+pub fn write_initramfs(out: &Path, binaries: &[PathBuf]) -> Result<()> {
+    let busybox = Path::new("/bin/busybox");
+    let ldd = Command::new("ldd").arg(busybox).output();
+    if !busybox.is_file() || ldd.is_ok_and(|o| o.status.success()) {
+        bail!("/bin/busybox is missing or not static: install busybox-static");
+    }
+    let mut dirs = BTreeSet::new();
+    let mut files: Vec<(String, u32, PathBuf)> = vec![("/bin/busybox".into(), 0o755, busybox.into())];
+    for bin in binaries {
+        let name = bin.file_name().context("binary name")?.to_string_lossy();
+        files.push((format!("/usr/bin/{name}"), 0o755, bin.clone()));
+        for lib in shared_libraries(bin)? {
+            let dest = lib.to_string_lossy().to_string();
+            if !files.iter().any(|(d, _, _)| *d == dest) {
+                files.push((dest, 0o755, lib));
+            }
+        }
+    }
+    for d in ["/bin", "/usr", "/usr/bin", "/proc", "/sys", "/dev", "/tmp", "/run", "/etc"] {
+        dirs.insert(d.to_string());
+    }
+    for (dest, _, _) in &files {
+        let mut p = Path::new(dest).parent();
+        while let Some(dir) = p {
+            if dir != Path::new("/") {
+                dirs.insert(dir.to_string_lossy().to_string());
+            }
+            p = dir.parent();
+        }
+    }
+    let file = std::fs::File::create(out).with_context(|| format!("create {}", out.display()))?;
+    let mut cpio = Cpio::new(std::io::BufWriter::new(file));
+    for d in &dirs {
+        cpio.dir(d)?;
+    }
+    cpio.file("/init", 0o755, INIT.as_bytes())?;
+    for (dest, mode, src) in &files {
+        let data = std::fs::read(src).with_context(|| format!("read {}", src.display()))?;
+        cpio.file(dest, *mode, &data)?;
+    }
+    cpio.finish()?;
+    Ok(())
+}
+
+/// The absolute paths `ldd` lists for `bin`.
+fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(bin).output().context("run ldd")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim().split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// What one boot produced.
+pub struct Boot {
+    pub kernel: Kernel,
+    pub console: PathBuf,
+    pub success: bool,
+    /// The guest's JSON report, if it got that far.
+    pub report: Option<serde_json::Value>,
+    pub seconds: f64,
+}
+
+/// Boots `kernel` with `initramfs` and waits for the guest to finish (or `timeout`).
+pub fn boot(kernel: &Kernel, initramfs: &Path, out_dir: &Path, timeout: Duration) -> Result<Boot> {
+    if !kernel.image.is_file() {
+        bail!("kernel image {} not found", kernel.image.display());
+    }
+    std::fs::create_dir_all(out_dir)?;
+    let console_path = out_dir.join("console.log");
+    let mut console = std::fs::File::create(&console_path)?;
+    say!("vm-test: booting kernel {} ({}) under QEMU TCG", kernel.name, kernel.image.display());
+    let started = Instant::now();
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel.image)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 quiet rvm.kernel={}", kernel.name))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("start qemu-system-x86_64 (install qemu-system-x86)")?;
+    let stdout = child.stdout.take().context("qemu stdout")?;
+    let (tx, rx) = mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = started + timeout;
+    let mut success = false;
+    let mut failure = false;
+    let mut report = None;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            let _ = child.kill();
+            writeln!(console, "xtask: timed out after {} s", timeout.as_secs())?;
+            break;
+        }
+        match rx.recv_timeout(deadline - now) {
+            Ok(line) => {
+                let line = line.trim_end_matches('\r').to_string();
+                writeln!(console, "{line}")?;
+                if let Some(json) = line.strip_prefix("vmtest-report ") {
+                    report = serde_json::from_str(json).ok();
+                } else if line.starts_with("vmtest ") && line.contains(" FAIL") {
+                    say!("  [{}] {line}", kernel.name);
+                } else if line == "init: success" {
+                    success = true;
+                } else if line == "init: failure" {
+                    failure = true;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.wait();
+    let _ = reader.join();
+    let stderr = child
+        .stderr
+        .take()
+        .map(|mut e| {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+            s
+        })
+        .unwrap_or_default();
+    if !stderr.trim().is_empty() {
+        writeln!(console, "qemu stderr: {stderr}")?;
+    }
+    Ok(Boot {
+        kernel: kernel.clone(),
+        console: console_path,
+        success: success && !failure,
+        report,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
