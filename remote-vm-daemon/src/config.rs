@@ -112,7 +112,7 @@ pub fn parse_log_level(v: &str) -> Option<log::LevelFilter> {
 fn syntax_error(name: &str, text: &str, e: &toml::de::Error) -> ConfigError {
     let line = e
         .span()
-        .map(|span| format!(" line {}", text[..span.start.min(text.len())].lines().count().max(1)))
+        .map(|span| format!(" line {}", 1 + text[..span.start.min(text.len())].matches('\n').count()))
         .unwrap_or_default();
     ConfigError::Syntax {
         source_name: name.to_string(),

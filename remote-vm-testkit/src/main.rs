@@ -1,7 +1,5 @@
 //! rvm-testkit: workloads with known answers and the in-VM test runner.
-mod guest;
-mod prom;
-mod workload;
+use remote_vm_testkit::{guest, workload};
 
 use clap::{Parser, Subcommand};
 

@@ -1,0 +1,163 @@
+//! Host integration tests: the daemon on this machine (Linux 6.18, where
+//! tracepoints load but fentry/fexit fail with EPERM and kprobes are compiled
+//! out). They need root and run under `cargo xtask test`
+//! (`cargo test -- --include-ignored`).
+use std::{
+    io::Write,
+    net::TcpListener,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use remote_vm_testkit::prom::{self, Scrape};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
+
+/// What this host allows, probe by probe: (probe, mode or "none").
+const HOST_MODES: &[(&str, &str)] = &[
+    ("access_remote_vm_entry", "none"),
+    ("access_remote_vm_exit", "none"),
+    ("mmap_lock_start_locking", "tp_btf"),
+    ("mmap_lock_acquire_returned", "tp_btf"),
+    ("mmap_lock_released", "tp_btf"),
+];
+
+/// Why `__access_remote_vm` cannot be probed here: both modes, in order.
+const ACCESS_REASON: &str = "fentry: fentry __access_remote_vm: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1); \
+kprobe: kprobe __access_remote_vm: `/sys/bus/event_source/devices/kprobe/type`: No such file or directory (os error 2)";
+
+fn daemon(args: &[&str]) -> Output {
+    Command::new(DAEMON).args(args).output().expect("run daemon")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Running {
+    child: Child,
+    addr: String,
+}
+
+impl Running {
+    fn start(extra: &[&str]) -> Running {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(DAEMON)
+            .args(["run", "--listen", &addr])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn daemon");
+        let mut r = Running { child, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(prom::get(&r.addr, "/healthz"), Ok((200, _))) {
+            if let Some(status) = r.child.try_wait().unwrap() {
+                panic!("daemon exited early: {status}");
+            }
+            assert!(Instant::now() < deadline, "daemon did not serve within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn stop(mut self) -> i32 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF on the 6.18 host; run by cargo xtask test"]
+fn check_reports_every_probe_and_exits_degraded() {
+    let out = daemon(&["check"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut expected = vec![
+        "config: ok (embedded defaults)".to_string(),
+        format!(
+            "kernel: release={} btf=/sys/kernel/btf/vmlinux per_vma_lock=yes rcu_table_free=yes config=/proc/config.gz",
+            release.trim()
+        ),
+    ];
+    for (probe, mode) in HOST_MODES {
+        expected.push(if *mode == "none" {
+            format!("probe {probe}: none ({ACCESS_REASON})")
+        } else {
+            format!("probe {probe}: {mode} (exact)")
+        });
+    }
+    expected.push("summary: degraded: 3 of 5 probes attached".to_string());
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+#[ignore = "needs root and BPF on the 6.18 host; run by cargo xtask test"]
+fn metrics_tell_what_attached_and_pass_promtool() {
+    let running = Running::start(&[]);
+    let (status, body) = prom::get(&running.addr, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let scrape = Scrape::parse(&body).unwrap();
+    for (probe, mode) in HOST_MODES {
+        let attached = if *mode == "none" { 0.0 } else { 1.0 };
+        assert_eq!(
+            scrape.value("remote_vm_probe_attached", &[("probe", probe), ("mode", mode)]),
+            Some(attached),
+            "{probe}"
+        );
+        // Hits exist only where a program runs: no zero where nothing can see.
+        assert_eq!(
+            scrape.value("remote_vm_probe_hits_total", &[("probe", probe)]).is_some(),
+            *mode != "none",
+            "{probe}"
+        );
+    }
+    assert_eq!(scrape.series("remote_vm_probe_attached").count(), HOST_MODES.len());
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(
+        scrape.value(
+            "remote_vm_kernel_info",
+            &[("release", release.trim()), ("per_vma_lock", "yes"), ("rcu_table_free", "yes")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        scrape.value("remote_vm_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        Some(1.0)
+    );
+    assert!(scrape.value("process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
+
+    // promtool finds nothing to complain about.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) must be installed");
+    promtool.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let complaints = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!((out.status.code(), complaints.as_str()), (Some(0), ""));
+
+    let (status, health) = prom::get(&running.addr, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    assert!(health.starts_with("ok\n"), "{health}");
+    assert!(health.contains(&format!("probe access_remote_vm_entry: none ({ACCESS_REASON})\n")), "{health}");
+    assert!(health.contains("probe mmap_lock_released: tp_btf (exact)\n"), "{health}");
+    let (status, landing) = prom::get(&running.addr, "/").unwrap();
+    assert_eq!(status, 200);
+    assert!(landing.contains("href=\"/metrics\""));
+    assert_eq!(prom::get(&running.addr, "/nope").unwrap().0, 404);
+
+    assert_eq!(running.stop(), 0, "SIGTERM exits 0");
+}

@@ -1,0 +1,5 @@
+//! Test support shared by the VM runner and the host integration tests:
+//! workloads with known answers and a reader for the daemon's metrics.
+pub mod guest;
+pub mod prom;
+pub mod workload;
