@@ -1,9 +1,11 @@
 //! The daemon's configuration: embedded defaults, a TOML file over them, flags
 //! over the file. Every bad key or value is one error naming the key, the value
 //! and what is allowed.
-use std::{net::SocketAddr, path::Path};
+use std::{collections::BTreeMap, net::SocketAddr, path::Path};
 
 use serde::Deserialize;
+
+use crate::probes::{self, Choice};
 
 /// The documented defaults, shipped as `/etc/remote-vm/remote-vm.toml`.
 pub const DEFAULTS: &str = include_str!("../config/remote-vm.toml");
@@ -12,6 +14,11 @@ pub const DEFAULTS: &str = include_str!("../config/remote-vm.toml");
 pub struct Config {
     pub listen: SocketAddr,
     pub log_level: log::LevelFilter,
+    /// Per probe family name.
+    pub probes: BTreeMap<String, Choice>,
+    /// Exported histogram range, as log2 bucket indexes of nanoseconds.
+    pub hist_min_log2: u32,
+    pub hist_max_log2: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -24,12 +31,12 @@ pub enum ConfigError {
         line: String,
         message: String,
     },
-    #[error("config {source_name}: key `{key}`: invalid value {value:?}: expected {allowed}")]
+    #[error("config {source_name}: key `{key}`: invalid value {value}: expected {allowed}")]
     Value {
         source_name: String,
-        key: &'static str,
+        key: String,
         value: String,
-        allowed: &'static str,
+        allowed: String,
     },
 }
 
@@ -39,6 +46,15 @@ pub enum ConfigError {
 struct RawConfig {
     listen: Option<String>,
     log_level: Option<String>,
+    probes: Option<BTreeMap<String, toml::Value>>,
+    histograms: Option<RawHistograms>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHistograms {
+    min_seconds: Option<toml::Value>,
+    max_seconds: Option<toml::Value>,
 }
 
 pub const LISTEN_ALLOWED: &str = "ADDRESS:PORT, e.g. 127.0.0.1:19361 or [::1]:19361";
@@ -47,8 +63,7 @@ pub const LOG_LEVEL_ALLOWED: &str = "one of error, warn, info, debug, trace";
 impl Config {
     /// The embedded defaults alone.
     pub fn defaults() -> Config {
-        Config::from_layers(&[("embedded defaults", DEFAULTS)])
-            .expect("embedded defaults are valid (unit-tested)")
+        Config::from_layers(&[("embedded defaults", DEFAULTS)]).expect("embedded defaults are valid (unit-tested)")
     }
 
     /// Defaults, then the file at `path` if any.
@@ -70,28 +85,83 @@ impl Config {
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 19361)),
             log_level: log::LevelFilter::Info,
+            probes: BTreeMap::new(),
+            hist_min_log2: 10,
+            hist_max_log2: 34,
         };
         for (name, text) in layers {
             let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(name, text, &e))?;
+            let bad = |key: &str, value: String, allowed: String| ConfigError::Value {
+                source_name: name.to_string(),
+                key: key.to_string(),
+                value,
+                allowed,
+            };
             if let Some(v) = raw.listen {
-                config.listen = parse_listen(&v).ok_or_else(|| ConfigError::Value {
-                    source_name: name.to_string(),
-                    key: "listen",
-                    value: v.clone(),
-                    allowed: LISTEN_ALLOWED,
-                })?;
+                config.listen = parse_listen(&v).ok_or_else(|| bad("listen", format!("{v:?}"), LISTEN_ALLOWED.into()))?;
             }
             if let Some(v) = raw.log_level {
-                config.log_level = parse_log_level(&v).ok_or_else(|| ConfigError::Value {
-                    source_name: name.to_string(),
-                    key: "log_level",
-                    value: v.clone(),
-                    allowed: LOG_LEVEL_ALLOWED,
-                })?;
+                config.log_level =
+                    parse_log_level(&v).ok_or_else(|| bad("log_level", format!("{v:?}"), LOG_LEVEL_ALLOWED.into()))?;
+            }
+            for (family, value) in raw.probes.unwrap_or_default() {
+                let key = format!("probes.{family}");
+                let Some(spec) = probes::family(&family) else {
+                    let known: Vec<_> = probes::FAMILIES.iter().map(|f| f.name).collect();
+                    return Err(bad(&key, "(unknown probe family)".into(), format!("one of {}", known.join(", "))));
+                };
+                let allowed = || format!("auto, off, or one of {}", spec.mode_names().join(", "));
+                let Some(text) = value.as_str() else {
+                    return Err(bad(&key, value.to_string(), allowed()));
+                };
+                let choice = match text {
+                    "auto" => Choice::Auto,
+                    "off" => Choice::Disabled,
+                    m if spec.mode(m).is_some() => Choice::Force(m.to_string()),
+                    _ => return Err(bad(&key, format!("{text:?}"), allowed())),
+                };
+                config.probes.insert(family, choice);
+            }
+            if let Some(h) = raw.histograms {
+                let seconds = |key: &str, v: toml::Value| -> Result<f64, ConfigError> {
+                    let allowed = || "a number of seconds between 1e-9 and 1e6".to_string();
+                    let s = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+                    match s {
+                        Some(s) if (1e-9..=1e6).contains(&s) => Ok(s),
+                        _ => Err(bad(key, v.to_string(), allowed())),
+                    }
+                };
+                if let Some(v) = h.min_seconds {
+                    config.hist_min_log2 = log2_floor_ns(seconds("histograms.min_seconds", v)?);
+                }
+                if let Some(v) = h.max_seconds {
+                    config.hist_max_log2 = log2_ceil_ns(seconds("histograms.max_seconds", v)?);
+                }
+                if config.hist_min_log2 >= config.hist_max_log2 {
+                    return Err(bad(
+                        "histograms",
+                        format!("min 2^{} ns >= max 2^{} ns", config.hist_min_log2, config.hist_max_log2),
+                        "min_seconds below max_seconds".into(),
+                    ));
+                }
             }
         }
         Ok(config)
     }
+}
+
+fn whole_ns(s: f64) -> u64 {
+    ((s * 1e9).round() as u64).max(1)
+}
+
+/// The largest power-of-two nanoseconds not above `s`.
+fn log2_floor_ns(s: f64) -> u32 {
+    (63 - whole_ns(s).leading_zeros()).min(62)
+}
+
+/// The smallest power-of-two nanoseconds not below `s`.
+fn log2_ceil_ns(s: f64) -> u32 {
+    (remote_vm_common::stats::bucket(whole_ns(s)) as u32).min(62)
 }
 
 pub fn parse_listen(v: &str) -> Option<SocketAddr> {
@@ -130,25 +200,46 @@ mod tests {
     }
 
     #[test]
-    fn embedded_defaults_are_valid() {
+    fn embedded_defaults_are_valid_and_name_every_family() {
         let c = Config::defaults();
         assert_eq!(c.listen, "127.0.0.1:19361".parse().unwrap());
         assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!((c.hist_min_log2, c.hist_max_log2), (9, 34));
+        let families: Vec<_> = probes::FAMILIES.iter().map(|f| f.name.to_string()).collect();
+        assert_eq!(c.probes.keys().cloned().collect::<Vec<_>>(), {
+            let mut f = families.clone();
+            f.sort();
+            f
+        });
+        assert!(c.probes.values().all(|c| *c == Choice::Auto));
     }
 
     #[test]
     fn file_overrides_defaults() {
-        let c = parse("listen = \"[::1]:9999\"\nlog_level = \"debug\"\n").unwrap();
+        let c = parse(
+            "listen = \"[::1]:9999\"\nlog_level = \"debug\"\n[probes]\naccess_remote_vm = \"kprobe\"\nmmap_lock_host = \"off\"\n",
+        )
+        .unwrap();
         assert_eq!(c.listen, "[::1]:9999".parse().unwrap());
         assert_eq!(c.log_level, log::LevelFilter::Debug);
+        assert_eq!(c.probes["access_remote_vm"], Choice::Force("kprobe".into()));
+        assert_eq!(c.probes["mmap_lock_host"], Choice::Disabled);
+        assert_eq!(c.probes["lock_vma_under_rcu"], Choice::Auto);
+        // Opt-in modes can be forced.
+        let c = parse("[probes]\nmmap_lock_host = \"mmap_lock_tp\"\n").unwrap();
+        assert_eq!(c.probes["mmap_lock_host"], Choice::Force("mmap_lock_tp".into()));
     }
 
     #[test]
-    fn unknown_key_is_named() {
+    fn unknown_keys_are_named() {
         let e = parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "config t.toml line 2: unknown field `listen_port`, expected `listen` or `log_level`"
+            "config t.toml line 2: unknown field `listen_port`, expected one of `listen`, `log_level`, `probes`, `histograms`"
+        );
+        assert_eq!(
+            parse("[probes]\nfentry = \"auto\"\n").unwrap_err().to_string(),
+            "config t.toml: key `probes.fentry`: invalid value (unknown probe family): expected one of access_remote_vm, lock_vma_under_rcu, folio_walk_start, get_user_pages_remote, mmap_lock_remote, mmap_lock_host"
         );
     }
 
@@ -162,6 +253,30 @@ mod tests {
             parse("log_level = \"loud\"").unwrap_err().to_string(),
             "config t.toml: key `log_level`: invalid value \"loud\": expected one of error, warn, info, debug, trace"
         );
+        assert_eq!(
+            parse("[probes]\naccess_remote_vm = \"fexit\"\n").unwrap_err().to_string(),
+            "config t.toml: key `probes.access_remote_vm`: invalid value \"fexit\": expected auto, off, or one of fentry, kprobe, fentry_callers, kprobe_callers"
+        );
+        assert_eq!(
+            parse("[probes]\nmmap_lock_host = 3\n").unwrap_err().to_string(),
+            "config t.toml: key `probes.mmap_lock_host`: invalid value 3: expected auto, off, or one of contention_tp, mmap_lock_tp"
+        );
+        assert_eq!(
+            parse("[histograms]\nmin_seconds = -1\n").unwrap_err().to_string(),
+            "config t.toml: key `histograms.min_seconds`: invalid value -1: expected a number of seconds between 1e-9 and 1e6"
+        );
+        assert_eq!(
+            parse("[histograms]\nmin_seconds = 2.0\nmax_seconds = 1.0\n").unwrap_err().to_string(),
+            "config t.toml: key `histograms`: invalid value min 2^30 ns >= max 2^30 ns: expected min_seconds below max_seconds"
+        );
+    }
+
+    #[test]
+    fn histogram_bounds_round_outwards() {
+        assert_eq!(log2_floor_ns(1e-6), 9); // 512 ns <= 1000 ns
+        assert_eq!(log2_ceil_ns(10.0), 34); // 2^34 ns = 17.2 s >= 10 s
+        assert_eq!(log2_floor_ns(1.024e-6), 10);
+        assert_eq!(log2_ceil_ns(1.024e-6), 10);
     }
 
     #[test]

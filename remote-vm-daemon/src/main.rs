@@ -1,12 +1,15 @@
 //! remote-vm-daemon: loads the probes, classifies remote-memory accesses and
 //! serves Prometheus metrics.
+mod btf;
 mod caps;
 mod config;
 mod exporter;
 mod kernel;
+mod layout;
 mod loader;
 mod logging;
 mod metrics;
+mod misses;
 mod probes;
 mod server;
 
@@ -121,25 +124,30 @@ fn check(common: Common) -> ExitCode {
     logging::init(config.log_level.min(log::LevelFilter::Warn));
     let facts = KernelFacts::read(common.btf.as_deref());
     println!("{}", exporter::kernel_line(&facts));
-    let loaded = match loader::load(
-        &loader::LoadOptions {
-            btf_path: common.btf.as_deref(),
-            log_level: config.log_level,
-        },
-        &facts,
-    ) {
+    let loaded = match loader::load(&loader::LoadOptions {
+        btf_path: common.btf.as_deref(),
+        log_level: config.log_level,
+        choices: &config.probes,
+    }) {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    for line in loaded.layout.lines() {
+        println!("{line}");
+    }
     for line in exporter::verdict_lines(&loaded.verdicts) {
         println!("{line}");
     }
-    let total: usize = loaded.verdicts.iter().map(|v| v.family.points().count()).sum();
+    println!("{}", exporter::patched_line(&loaded));
+    for line in exporter::sight_lines(&loaded) {
+        println!("{line}");
+    }
+    let total: usize = loaded.verdicts.iter().map(|v| v.family.points.len()).sum();
     let attached: usize = loaded
         .verdicts
         .iter()
         .filter(|v| v.attached())
-        .map(|v| v.family.points().count())
+        .map(|v| v.family.points.len())
         .sum();
     if attached == total {
         println!("summary: all {total} probes attached");
@@ -171,19 +179,18 @@ fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
         };
         let facts = KernelFacts::read(common.btf.as_deref());
         log::info!("{}", exporter::kernel_line(&facts));
-        let loaded = match loader::load(
-            &loader::LoadOptions {
-                btf_path: common.btf.as_deref(),
-                log_level: config.log_level,
-            },
-            &facts,
-        ) {
+        let loaded = match loader::load(&loader::LoadOptions {
+            btf_path: common.btf.as_deref(),
+            log_level: config.log_level,
+            choices: &config.probes,
+        }) {
             Ok(l) => l,
             Err(e) => return fail(e),
         };
         for line in exporter::verdict_lines(&loaded.verdicts) {
             log::info!("{line}");
         }
+        log::info!("{}", exporter::patched_line(&loaded));
         let attached = loaded.verdicts.iter().filter(|v| v.attached()).count();
         if attached < loaded.verdicts.len() {
             log::warn!(
@@ -191,7 +198,12 @@ fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
                 loaded.verdicts.len()
             );
         }
-        let state = Arc::new(State { facts, loaded });
+        let state = Arc::new(State {
+            facts,
+            loaded,
+            hist_min_log2: config.hist_min_log2,
+            hist_max_log2: config.hist_max_log2,
+        });
         log::info!("serving http://{}/metrics", config.listen);
         server::serve(listener, state, shutdown_signal()).await;
         log::info!("shutting down");

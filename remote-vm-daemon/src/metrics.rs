@@ -75,6 +75,37 @@ impl Family {
         self
     }
 
+    /// Adds one histogram from log2 buckets (`buckets[i]`: values in
+    /// `(2^(i-1), 2^i]`): cumulative `le` bounds `2^i / divisor` for `i` in
+    /// `min..=max`, then `+Inf`, `_sum / divisor` and `_count`. Values below the
+    /// range are in every bucket, values above only in `+Inf`: nothing is dropped.
+    pub fn push_log2(
+        &mut self,
+        labels: &[(&'static str, &str)],
+        h: &remote_vm_common::stats::Histogram,
+        min: u32,
+        max: u32,
+        divisor: f64,
+    ) -> &mut Self {
+        let base: Vec<(&'static str, String)> = labels.iter().map(|(k, v)| (*k, (*v).to_string())).collect();
+        let count: u64 = h.buckets.iter().sum();
+        let mut cumulative: u64 = h.buckets.iter().take(min as usize).sum();
+        for i in min..=max {
+            cumulative += h.buckets.get(i as usize).copied().unwrap_or(0);
+            let le = (1u64 << i) as f64 / divisor;
+            let mut l = base.clone();
+            l.push(("le", format!("{le:?}")));
+            self.samples.push(Sample { suffix: "_bucket", labels: l, value: Value::Int(cumulative) });
+        }
+        let mut l = base.clone();
+        l.push(("le", "+Inf".to_string()));
+        self.samples.push(Sample { suffix: "_bucket", labels: l, value: Value::Int(count) });
+        let sum = if divisor == 1.0 { Value::Int(h.sum) } else { Value::Float(h.sum as f64 / divisor) };
+        self.samples.push(Sample { suffix: "_sum", labels: base.clone(), value: sum });
+        self.samples.push(Sample { suffix: "_count", labels: base, value: Value::Int(count) });
+        self
+    }
+
     pub fn encode(&self, out: &mut String) {
         let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(self.help));
         let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind.as_str());
@@ -131,6 +162,30 @@ fn escape_help(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use remote_vm_common::stats::{BUCKETS, Histogram};
+
+    #[test]
+    fn log2_histograms_are_cumulative_and_round_up_at_seams() {
+        let mut h = Histogram { buckets: [0; BUCKETS], sum: 0 };
+        // 1 ns and 1024 ns (both on seams), 1025 ns, 5 s (above the range).
+        for v in [1, 1024, 1025, 5_000_000_000] {
+            h.observe(v);
+        }
+        let mut f = Family::new("remote_vm_t_seconds", Kind::Histogram, "T.");
+        f.push_log2(&[("path", "fast")], &h, 10, 11, 1e9);
+        let mut out = String::new();
+        f.encode(&mut out);
+        assert_eq!(
+            out,
+            "# HELP remote_vm_t_seconds T.\n\
+             # TYPE remote_vm_t_seconds histogram\n\
+             remote_vm_t_seconds_bucket{path=\"fast\",le=\"1.024e-6\"} 2\n\
+             remote_vm_t_seconds_bucket{path=\"fast\",le=\"2.048e-6\"} 3\n\
+             remote_vm_t_seconds_bucket{path=\"fast\",le=\"+Inf\"} 4\n\
+             remote_vm_t_seconds_sum{path=\"fast\"} 5.00000205\n\
+             remote_vm_t_seconds_count{path=\"fast\"} 4\n"
+        );
+    }
 
     #[test]
     fn encodes_exactly() {

@@ -13,18 +13,44 @@ use remote_vm_testkit::prom::{self, Scrape};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
 
-/// What this host allows, probe by probe: (probe, mode or "none").
-const HOST_MODES: &[(&str, &str)] = &[
-    ("access_remote_vm_entry", "none"),
-    ("access_remote_vm_exit", "none"),
-    ("mmap_lock_start_locking", "tp_btf"),
-    ("mmap_lock_acquire_returned", "tp_btf"),
-    ("mmap_lock_released", "tp_btf"),
+/// What this host allows, probe by probe: (probe, mode or "none", why not).
+const HOST_MODES: &[(&str, &str, &str)] = &[
+    ("access_remote_vm_entry", "none", ACCESS_REASON),
+    ("access_remote_vm_exit", "none", ACCESS_REASON),
+    ("lock_vma_under_rcu_exit", "none", REFINES),
+    ("folio_walk_start_exit", "none", REFINES),
+    ("get_user_pages_remote_entry", "none", REFINES),
+    ("mmap_lock_remote_start", "none", REFINES),
+    ("mmap_lock_remote_end", "none", REFINES),
+    ("mmap_lock_host_start", "contention_tp", ""),
+    ("mmap_lock_host_end", "contention_tp", ""),
 ];
 
-/// Why `__access_remote_vm` cannot be probed here: both modes, in order.
+/// Why `__access_remote_vm` cannot be probed here: every mode, in order.
 const ACCESS_REASON: &str = "fentry: fentry __access_remote_vm: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1); \
-kprobe: kprobe __access_remote_vm: `/sys/bus/event_source/devices/kprobe/type`: No such file or directory (os error 2)";
+kprobe: kprobe __access_remote_vm: `/sys/bus/event_source/devices/kprobe/type`: No such file or directory (os error 2); \
+fentry_callers: fentry access_remote_vm: the BPF_PROG_LOAD syscall returned Operation not permitted (os error 1); \
+kprobe_callers: kprobe access_remote_vm: `/sys/bus/event_source/devices/kprobe/type`: No such file or directory (os error 2)";
+
+/// The families that only refine the access probes are not tried without them.
+const REFINES: &str = "not tried: it only refines access_remote_vm, which is not attached";
+
+/// Metric families this host can and cannot export.
+const EXPORTED: &[&str] = &["remote_vm_mmap_lock_wait_seconds_count", "remote_vm_mmap_lock_acquire_failures_total"];
+const ABSENT: &[&str] = &[
+    "remote_vm_reads_total",
+    "remote_vm_writes_total",
+    "remote_vm_read_bytes_total",
+    "remote_vm_read_duration_seconds_count",
+    "remote_vm_fallbacks_total",
+    "remote_vm_fallback_lockless_bytes_total",
+    "remote_vm_mmap_lock_hold_seconds_count",
+    "remote_vm_lock_vma_under_rcu_total",
+    "remote_vm_folio_walks_total",
+    "remote_vm_gup_calls_total",
+    "remote_vm_read_vmas_count",
+    "remote_vm_foll_anon_file_backed_lockless_reads_total",
+];
 
 fn daemon(args: &[&str]) -> Output {
     Command::new(DAEMON).args(args).output().expect("run daemon")
@@ -89,15 +115,34 @@ fn check_reports_every_probe_and_exits_degraded() {
             release.trim()
         ),
     ];
-    for (probe, mode) in HOST_MODES {
+    for (probe, mode, why) in HOST_MODES {
         expected.push(if *mode == "none" {
-            format!("probe {probe}: none ({ACCESS_REASON})")
+            format!("probe {probe}: none ({why})")
         } else {
             format!("probe {probe}: {mode} (exact)")
         });
     }
-    expected.push("summary: degraded: 3 of 5 probes attached".to_string());
-    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
+    expected.extend(
+        [
+            "patched: unknown (probe family access_remote_vm is not attached)",
+            "metrics: reads, writes, bytes, durations: absent (needs access_remote_vm, mmap_lock_remote and lock_vma_under_rcu)",
+            "metrics: fallback reasons, lockless bytes: absent (needs the read probes and folio_walk_start)",
+            "metrics: remote mmap_lock wait and hold: absent (needs access_remote_vm and mmap_lock_remote)",
+            "metrics: host mmap_lock wait: exported",
+            "metrics: lock_vma_under_rcu calls: absent (needs access_remote_vm and lock_vma_under_rcu)",
+            "metrics: GUP calls: absent (needs the read probes and get_user_pages_remote)",
+            "metrics: folio walk levels, lockless PTE pages: absent (needs folio_walk_start and folio_walk.level in BTF)",
+            "metrics: FOLL_ANON file-backed lockless reads: absent (needs folio_walk_start, vm_area_struct.vm_ops and FOLL_ANON in BTF)",
+            "summary: degraded: 2 of 9 probes attached",
+        ]
+        .map(String::from),
+    );
+    // The BTF lines carry this kernel's offsets: every item is found.
+    let (btf, rest): (Vec<&str>, Vec<&str>) = stdout.lines().partition(|l| l.starts_with("btf: "));
+    assert_eq!(rest, expected);
+    assert_eq!(btf.len(), 10, "{btf:?}");
+    assert!(btf.iter().all(|l| !l.contains("unknown")), "{btf:?}");
+    assert!(btf.contains(&"btf: mmap_lock tracepoint (write, success) args = (1, 2)"), "{btf:?}");
 }
 
 #[test]
@@ -107,7 +152,7 @@ fn metrics_tell_what_attached_and_pass_promtool() {
     let (status, body) = prom::get(&running.addr, "/metrics").unwrap();
     assert_eq!(status, 200);
     let scrape = Scrape::parse(&body).unwrap();
-    for (probe, mode) in HOST_MODES {
+    for (probe, mode, _) in HOST_MODES {
         let attached = if *mode == "none" { 0.0 } else { 1.0 };
         assert_eq!(
             scrape.value("remote_vm_probe_attached", &[("probe", probe), ("mode", mode)]),
@@ -120,13 +165,34 @@ fn metrics_tell_what_attached_and_pass_promtool() {
             *mode != "none",
             "{probe}"
         );
+        assert_eq!(
+            scrape.value("remote_vm_probe_misses_total", &[("probe", probe)]).is_some(),
+            *mode != "none",
+            "{probe}"
+        );
     }
     assert_eq!(scrape.series("remote_vm_probe_attached").count(), HOST_MODES.len());
+    for name in EXPORTED {
+        assert!(scrape.series(name).count() > 0, "{name} should be exported");
+    }
+    for name in ABSENT {
+        assert_eq!(scrape.series(name).count(), 0, "{name} should be absent");
+    }
+    // Host-wide waits only: no remote_vm context where the access probes are missing.
+    assert_eq!(scrape.series("remote_vm_mmap_lock_wait_seconds_count").count(), 2);
+    for mode in ["read", "write"] {
+        assert!(scrape.value("remote_vm_mmap_lock_wait_seconds_count", &[("context", "host"), ("mode", mode)]).is_some());
+    }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(
         scrape.value(
             "remote_vm_kernel_info",
-            &[("release", release.trim()), ("per_vma_lock", "yes"), ("rcu_table_free", "yes")]
+            &[
+                ("release", release.trim()),
+                ("per_vma_lock", "yes"),
+                ("rcu_table_free", "yes"),
+                ("patched", "unknown")
+            ]
         ),
         Some(1.0)
     );
@@ -153,7 +219,8 @@ fn metrics_tell_what_attached_and_pass_promtool() {
     assert_eq!(status, 200);
     assert!(health.starts_with("ok\n"), "{health}");
     assert!(health.contains(&format!("probe access_remote_vm_entry: none ({ACCESS_REASON})\n")), "{health}");
-    assert!(health.contains("probe mmap_lock_released: tp_btf (exact)\n"), "{health}");
+    assert!(health.contains("probe mmap_lock_host_end: contention_tp (exact)\n"), "{health}");
+    assert!(health.contains("patched: unknown (probe family access_remote_vm is not attached)\n"), "{health}");
     let (status, landing) = prom::get(&running.addr, "/").unwrap();
     assert_eq!(status, 200);
     assert!(landing.contains("href=\"/metrics\""));

@@ -23,9 +23,13 @@ const DAEMON_LOG: &str = "/tmp/daemon.log";
 const FIRST_MODES: &[(&str, &str)] = &[
     ("access_remote_vm_entry", "fentry"),
     ("access_remote_vm_exit", "fentry"),
-    ("mmap_lock_start_locking", "tp_btf"),
-    ("mmap_lock_acquire_returned", "tp_btf"),
-    ("mmap_lock_released", "tp_btf"),
+    ("lock_vma_under_rcu_exit", "fexit"),
+    ("folio_walk_start_exit", "fexit"),
+    ("get_user_pages_remote_entry", "fentry"),
+    ("mmap_lock_remote_start", "fentry"),
+    ("mmap_lock_remote_end", "fentry"),
+    ("mmap_lock_host_start", "contention_tp"),
+    ("mmap_lock_host_end", "contention_tp"),
 ];
 
 #[derive(Debug, Serialize)]
@@ -195,6 +199,11 @@ fn daemon_checks(report: &mut Report) -> Result<()> {
         }
     }
     let after = Scrape::fetch(LISTEN)?;
+    for (k, v) in &after.samples {
+        if k.starts_with("remote_vm_") && !k.contains("_bucket") {
+            println!("vmtest: metrics| {k} {v}");
+        }
+    }
     report.check("workload.preads_correct", N, good);
     for probe in ["access_remote_vm_entry", "access_remote_vm_exit"] {
         report.check(format!("hits.{probe}"), N, hits(&after, probe) - hits(&before, probe));

@@ -1,12 +1,14 @@
 //! The probe registry: every probe family, its attach modes in order of
-//! preference, and the logic that tries them at run time.
+//! preference (plus opt-in modes tried only when configured), and the logic that
+//! tries them at run time.
 //!
 //! A *family* attaches as one unit (e.g. entry and exit of one function): a mode
 //! either attaches all its programs or none, so a family never runs half-attached.
 //! A failure is recorded per mode with its reason and the next mode is tried;
 //! nothing here is fatal to the daemon.
 pub mod access;
-pub mod mmap_lock;
+pub mod lock;
+pub mod vma;
 
 use std::fmt::Write as _;
 
@@ -16,8 +18,10 @@ use aya::{
 };
 use remote_vm_common::Point;
 
+use crate::layout::Layout;
+
 /// The kernel hook of one program.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     FEntry(&'static str),
     FExit(&'static str),
@@ -33,6 +37,16 @@ impl Hook {
             Hook::TpBtf(t) => t,
         }
     }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Hook::FEntry(_) => "fentry",
+            Hook::FExit(_) => "fexit",
+            Hook::KProbe(_) => "kprobe",
+            Hook::KRetProbe(_) => "kretprobe",
+            Hook::TpBtf(_) => "tp_btf",
+        }
+    }
 }
 
 /// One program of the eBPF object and where it goes.
@@ -41,38 +55,108 @@ pub struct ProgramSpec {
     /// The program's name in the object (its function name in `remote-vm-ebpf`).
     pub program: &'static str,
     pub hook: Hook,
-    /// The point whose hits this program counts.
+    /// The point whose accuracy this program serves (its misses count there).
     pub point: Point,
+    pub when: When,
+}
+
+/// Which kernels a program is for, within its mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    Always,
+    /// The mmap_lock tracepoints with `bool write` at this argument position.
+    MmapLockWriteArg(u32),
+}
+
+impl When {
+    fn applies(self, layout: &Layout) -> bool {
+        match self {
+            When::Always => true,
+            When::MmapLockWriteArg(w) => layout.mmap_lock_tp_args.as_ref().is_ok_and(|(write, _)| *write == w),
+        }
+    }
+}
+
+/// A kernel fact a mode cannot work without.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    MmMmapLock,
+    TaskMm,
+    MmapLockTracepointArgs,
+}
+
+impl Need {
+    fn check(self, layout: &Layout) -> Result<(), String> {
+        let r = match self {
+            Need::MmMmapLock => layout.mm_mmap_lock.as_ref().map(drop),
+            Need::TaskMm => layout.task_mm.as_ref().map(drop),
+            Need::MmapLockTracepointArgs => layout.mmap_lock_tp_args.as_ref().map(drop),
+        };
+        r.map_err(Clone::clone)
+    }
 }
 
 /// One way of attaching a family.
 #[derive(Debug)]
 pub struct ModeSpec {
-    /// `fentry`, `kprobe`, `tp_btf`, …: the value of the `mode` label.
+    /// The value of the `mode` label: `fentry`, `fexit`, `kprobe`, …
     pub name: &'static str,
-    /// Whether the kernel reports every missed run for this mode. Only trampolines
-    /// (fentry/fexit) and tracepoints are exact; kretprobes drop returns when
-    /// `maxactive` instances are in flight.
+    /// Whether every run is seen or counted as missed. Only trampolines
+    /// (fentry/fexit) and tracepoints are exact; kprobes can miss runs and
+    /// kretprobes drop returns beyond `maxactive`.
     pub exact: bool,
     pub programs: &'static [ProgramSpec],
+    pub needs: &'static [Need],
 }
 
 #[derive(Debug)]
 pub struct FamilySpec {
     pub name: &'static str,
+    /// What the family observes (the `probe` label values).
+    pub points: &'static [Point],
+    /// Tried in this order by default.
     pub modes: &'static [ModeSpec],
+    /// Tried only when the config asks for them.
+    pub opt_in: &'static [ModeSpec],
+    /// A family whose data this one only refines: without it attached, this one
+    /// would cost without telling anything, so it is not attached either.
+    pub requires: Option<&'static str>,
 }
 
 impl FamilySpec {
-    /// The points of this family (taken from its first mode; every mode of a family
-    /// covers the same points).
-    pub fn points(&self) -> impl Iterator<Item = Point> + '_ {
-        self.modes[0].programs.iter().map(|p| p.point)
+    pub fn mode(&self, name: &str) -> Option<&'static ModeSpec> {
+        self.modes.iter().chain(self.opt_in).find(|m| m.name == name)
+    }
+
+    pub fn mode_names(&self) -> Vec<&'static str> {
+        self.modes.iter().chain(self.opt_in).map(|m| m.name).collect()
     }
 }
 
 /// Every family the daemon knows, in attach order.
-pub const FAMILIES: &[&FamilySpec] = &[&access::FAMILY, &mmap_lock::FAMILY];
+pub static FAMILIES: &[&FamilySpec] = &[
+    &access::ACCESS,
+    &vma::LOCK_VMA,
+    &vma::FOLIO_WALK,
+    &vma::GUP,
+    &lock::REMOTE,
+    &lock::HOST,
+];
+
+pub fn family(name: &str) -> Option<&'static FamilySpec> {
+    FAMILIES.iter().copied().find(|f| f.name == name)
+}
+
+/// How the config wants a family attached.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Choice {
+    /// The default modes, in order.
+    #[default]
+    Auto,
+    /// Exactly this mode.
+    Force(String),
+    Disabled,
+}
 
 /// What happened when a family was attached.
 #[derive(Debug, Clone)]
@@ -80,7 +164,7 @@ pub struct Verdict {
     pub family: &'static FamilySpec,
     /// The mode that attached, if any.
     pub mode: Option<&'static ModeSpec>,
-    /// Each mode that was tried and failed, with why.
+    /// Each mode that was tried and failed, with why (or why none was tried).
     pub failures: Vec<(&'static str, String)>,
 }
 
@@ -93,6 +177,10 @@ impl Verdict {
         self.mode.map_or("none", |m| m.name)
     }
 
+    pub fn exact(&self) -> bool {
+        self.mode.is_some_and(|m| m.exact)
+    }
+
     /// All failures as one line: `fentry: …; kprobe: …`.
     pub fn reason(&self) -> String {
         let mut out = String::new();
@@ -100,17 +188,62 @@ impl Verdict {
             if i > 0 {
                 out.push_str("; ");
             }
-            let _ = write!(out, "{mode}: {why}");
+            if mode.is_empty() {
+                out.push_str(why);
+            } else {
+                let _ = write!(out, "{mode}: {why}");
+            }
         }
         out
     }
 }
 
-/// Tries the modes of `family` in order and returns what attached.
-pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, family: &'static FamilySpec) -> Verdict {
+/// Tries the modes `choice` allows for `family`, in order, and returns what attached.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    btf: Option<&Btf>,
+    layout: &Layout,
+    family: &'static FamilySpec,
+    choice: &Choice,
+    earlier: &[Verdict],
+) -> Verdict {
+    if let Some(required) = family.requires {
+        if *choice != Choice::Disabled && !earlier.iter().any(|v| v.family.name == required && v.attached()) {
+            return Verdict {
+                family,
+                mode: None,
+                failures: vec![("", format!("not tried: it only refines {required}, which is not attached"))],
+            };
+        }
+    }
+    let modes: Vec<&'static ModeSpec> = match choice {
+        Choice::Disabled => {
+            return Verdict {
+                family,
+                mode: None,
+                failures: vec![("", "disabled by config".to_string())],
+            };
+        }
+        Choice::Auto => family.modes.iter().collect(),
+        Choice::Force(name) => match family.mode(name) {
+            Some(m) => vec![m],
+            None => {
+                return Verdict {
+                    family,
+                    mode: None,
+                    failures: vec![("", format!("config asks for unknown mode {name}"))],
+                };
+            }
+        },
+    };
     let mut failures = Vec::new();
-    for mode in family.modes {
-        match attach_mode(ebpf, btf, mode) {
+    for mode in modes {
+        let result = mode
+            .needs
+            .iter()
+            .try_for_each(|need| need.check(layout))
+            .and_then(|()| attach_mode(ebpf, btf, layout, mode));
+        match result {
             Ok(()) => {
                 return Verdict {
                     family,
@@ -128,11 +261,17 @@ pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, family: &'static FamilySpec) -
     }
 }
 
-fn attach_mode(ebpf: &mut Ebpf, btf: Option<&Btf>, mode: &ModeSpec) -> Result<(), String> {
-    for (done, spec) in mode.programs.iter().enumerate() {
+/// The programs of `mode` that apply to this kernel.
+pub fn programs<'a>(mode: &'a ModeSpec, layout: &'a Layout) -> impl Iterator<Item = &'a ProgramSpec> + 'a {
+    mode.programs.iter().filter(move |p| p.when.applies(layout))
+}
+
+fn attach_mode(ebpf: &mut Ebpf, btf: Option<&Btf>, layout: &Layout, mode: &ModeSpec) -> Result<(), String> {
+    let chosen: Vec<&ProgramSpec> = programs(mode, layout).collect();
+    for (done, spec) in chosen.iter().enumerate() {
         if let Err(why) = attach_program(ebpf, btf, spec) {
             // Leave nothing of a half-attached mode behind.
-            for earlier in &mode.programs[..=done] {
+            for earlier in &chosen[..=done] {
                 if let Some(program) = ebpf.program_mut(earlier.program) {
                     let _ = unload(program);
                 }
@@ -169,17 +308,7 @@ fn attach_program(ebpf: &mut Ebpf, btf: Option<&Btf>, spec: &ProgramSpec) -> Res
             p.load(tracepoint, btf).and_then(|()| p.attach().map(drop))
         }
     };
-    result.map_err(|e| format!("{} {}: {}", hook_kind(spec.hook), spec.hook.target(), describe(e)))
-}
-
-fn hook_kind(hook: Hook) -> &'static str {
-    match hook {
-        Hook::FEntry(_) => "fentry",
-        Hook::FExit(_) => "fexit",
-        Hook::KProbe(_) => "kprobe",
-        Hook::KRetProbe(_) => "kretprobe",
-        Hook::TpBtf(_) => "tp_btf",
-    }
+    result.map_err(|e| format!("{} {}: {}", spec.hook.kind(), spec.hook.target(), describe(e)))
 }
 
 fn unload(program: &mut Program) -> Result<(), ProgramError> {
@@ -192,7 +321,7 @@ fn unload(program: &mut Program) -> Result<(), ProgramError> {
     }
 }
 
-/// An error and its sources on one line, with an empty verifier log left out.
+/// An error and its sources on one line; of a verifier log, its last line.
 pub fn describe(e: impl std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
@@ -203,9 +332,52 @@ pub fn describe(e: impl std::error::Error) -> String {
         }
         source = s.source();
     }
-    out = out.replace(". Verifier output: ", "; verifier: ");
-    if out.ends_with("; verifier: ") {
-        out.truncate(out.len() - "; verifier: ".len());
+    match out.split_once(". Verifier output: ") {
+        Some((head, log)) => {
+            log::debug!("verifier log:\n{log}");
+            let last = log.lines().map(str::trim).filter(|l| !l.is_empty()).last();
+            match last {
+                Some(last) => format!("{head} (verifier: {last})"),
+                None => head.to_string(),
+            }
+        }
+        None => out.lines().next().unwrap_or_default().trim().to_string(),
     }
-    out.lines().next().unwrap_or_default().trim().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_program_is_in_the_object_once_per_family_mode() {
+        // Programs are unique across all modes of all families: aya loads each once.
+        let mut names: Vec<&str> = FAMILIES
+            .iter()
+            .flat_map(|f| f.modes.iter().chain(f.opt_in))
+            .flat_map(|m| m.programs.iter().map(|p| p.program))
+            .collect();
+        let n = names.len();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), n, "a program appears in two modes");
+    }
+
+    #[test]
+    fn points_are_each_covered_by_one_family() {
+        let mut points: Vec<Point> = FAMILIES.iter().flat_map(|f| f.points.iter().copied()).collect();
+        points.sort();
+        assert_eq!(points, Point::ALL.to_vec());
+    }
+
+    #[test]
+    fn mode_names_are_unique_per_family() {
+        for f in FAMILIES {
+            let mut names = f.mode_names();
+            let n = names.len();
+            names.sort();
+            names.dedup();
+            assert_eq!(names.len(), n, "{}", f.name);
+        }
+    }
 }

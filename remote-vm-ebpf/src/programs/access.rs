@@ -1,39 +1,100 @@
-//! `__access_remote_vm()` entry and exit, as fentry/fexit or kprobe/kretprobe.
+//! `__access_remote_vm(mm, addr, buf, len, gup_flags)`: entry and exit of every
+//! remote-memory access. Entry opens the per-thread `CallState`, exit classifies
+//! the call and adds it to `STATS`.
 //!
-//! `__access_remote_vm(struct mm_struct *mm, unsigned long addr, void *buf,
-//! int len, unsigned int gup_flags)`.
+//! Modes: fentry/fexit or kprobe/kretprobe on `__access_remote_vm`; where it is
+//! inlined, the same on its callers `access_remote_vm(mm, …)` and
+//! `access_process_vm(task, …)`.
 use aya_ebpf::{
     EbpfContext,
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
-use remote_vm_common::Point;
+use remote_vm_common::{
+    Point,
+    classify::{F_LOCKLESS, Flags, Path},
+    stats::Counter,
+};
 
-use super::maps::hit;
+use super::{
+    layout::{FOLL_ANON, FOLL_WRITE, TASK_MM_OFF, known},
+    maps::{CALLS, SELFTEST, hit, is_selftest, now, read_u64, stats, tid},
+};
 
 #[inline(always)]
-fn on_entry<C: EbpfContext>(ctx: &C, addr: u64, len: i32, gup_flags: u32) {
+fn on_entry<C: EbpfContext>(ctx: &C, mm: u64, addr: u64, len: i32, gup_flags: u32) {
     hit(Point::AccessRemoteVmEntry);
+    let t = tid();
     debug!(
         ctx,
-        "__access_remote_vm entry: tid {} addr {:x} len {} gup_flags {:x}",
-        ctx.pid(),
-        addr,
-        len,
-        gup_flags
+        "__access_remote_vm entry: tid {} addr {:x} len {} gup_flags {:x}", t, addr, len, gup_flags
     );
+    if mm == 0 {
+        return;
+    }
+    let Some(state) = CALLS.current(true) else {
+        if let Some(s) = stats() {
+            s.add(Counter::StateUnavailable, 1);
+        }
+        return;
+    };
+    let flags = Flags {
+        foll_write: FOLL_WRITE.load(),
+        foll_anon: FOLL_ANON.load(),
+    };
+    if state.begin(mm, addr, len, gup_flags, flags, is_selftest(t), now()) {
+        if let Some(s) = stats() {
+            s.add(Counter::MissedExits, 1);
+        }
+    }
 }
+
+#[inline(always)]
+fn on_exit(ret: i64) {
+    hit(Point::AccessRemoteVmExit);
+    let Some(state) = CALLS.current(false) else {
+        return;
+    };
+    let selftest = !state.is_counted() && state.is_active();
+    let walks = state.walks[0] + state.walks[1] + state.walks[2];
+    let lockless = u32::from(state.flags & F_LOCKLESS != 0);
+    match state.finish(ret, now()) {
+        None => {
+            if let Some(s) = stats() {
+                s.add(Counter::MissedEntries, 1);
+            }
+        }
+        Some(outcome) if selftest => {
+            if let Some(t) = SELFTEST.get_ptr_mut(0) {
+                // SAFETY: the only writer is this thread's own probe read.
+                unsafe {
+                    (*t).calls += 1;
+                    (*t).lockless += lockless;
+                    (*t).walks += walks;
+                    (*t).path = outcome.path.map_or(0, |p: Path| p as u32 + 1);
+                }
+            }
+        }
+        Some(outcome) => {
+            if let Some(s) = stats() {
+                s.record_call(&outcome);
+            }
+        }
+    }
+}
+
+// __access_remote_vm itself.
 
 #[fentry]
 pub fn access_entry_fentry(ctx: FEntryContext) -> i32 {
-    on_entry(&ctx, ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    on_entry(&ctx, ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
     0
 }
 
 #[fexit]
-pub fn access_exit_fexit(_ctx: FExitContext) -> i32 {
-    hit(Point::AccessRemoteVmExit);
+pub fn access_exit_fexit(ctx: FExitContext) -> i32 {
+    on_exit(i64::from(ctx.ret::<i32>().unwrap_or(0)));
     0
 }
 
@@ -41,6 +102,7 @@ pub fn access_exit_fexit(_ctx: FExitContext) -> i32 {
 pub fn access_entry_kprobe(ctx: ProbeContext) -> u32 {
     on_entry(
         &ctx,
+        ctx.arg(0).unwrap_or(0),
         ctx.arg(1).unwrap_or(0),
         ctx.arg(3).unwrap_or(0),
         ctx.arg(4).unwrap_or(0),
@@ -49,7 +111,76 @@ pub fn access_entry_kprobe(ctx: ProbeContext) -> u32 {
 }
 
 #[kretprobe]
-pub fn access_exit_kretprobe(_ctx: RetProbeContext) -> u32 {
-    hit(Point::AccessRemoteVmExit);
+pub fn access_exit_kretprobe(ctx: RetProbeContext) -> u32 {
+    on_exit(i64::from(ctx.ret::<i32>()));
+    0
+}
+
+// The callers, for kernels where __access_remote_vm is inlined.
+
+/// `access_process_vm(task, …)` reads `task->mm` (it takes a reference itself).
+#[inline(always)]
+fn task_mm(task: u64) -> u64 {
+    let off = TASK_MM_OFF.load();
+    if task == 0 || !known(off) { 0 } else { read_u64(task, off) }
+}
+
+#[fentry]
+pub fn access_remote_vm_entry_fentry(ctx: FEntryContext) -> i32 {
+    on_entry(&ctx, ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    0
+}
+
+#[fexit]
+pub fn access_remote_vm_exit_fexit(ctx: FExitContext) -> i32 {
+    on_exit(i64::from(ctx.ret::<i32>().unwrap_or(0)));
+    0
+}
+
+#[fentry]
+pub fn access_process_vm_entry_fentry(ctx: FEntryContext) -> i32 {
+    on_entry(&ctx, task_mm(ctx.arg(0)), ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    0
+}
+
+#[fexit]
+pub fn access_process_vm_exit_fexit(ctx: FExitContext) -> i32 {
+    on_exit(i64::from(ctx.ret::<i32>().unwrap_or(0)));
+    0
+}
+
+#[kprobe]
+pub fn access_remote_vm_entry_kprobe(ctx: ProbeContext) -> u32 {
+    on_entry(
+        &ctx,
+        ctx.arg(0).unwrap_or(0),
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(3).unwrap_or(0),
+        ctx.arg(4).unwrap_or(0),
+    );
+    0
+}
+
+#[kretprobe]
+pub fn access_remote_vm_exit_kretprobe(ctx: RetProbeContext) -> u32 {
+    on_exit(i64::from(ctx.ret::<i32>()));
+    0
+}
+
+#[kprobe]
+pub fn access_process_vm_entry_kprobe(ctx: ProbeContext) -> u32 {
+    on_entry(
+        &ctx,
+        task_mm(ctx.arg(0).unwrap_or(0)),
+        ctx.arg(1).unwrap_or(0),
+        ctx.arg(3).unwrap_or(0),
+        ctx.arg(4).unwrap_or(0),
+    );
+    0
+}
+
+#[kretprobe]
+pub fn access_process_vm_exit_kretprobe(ctx: RetProbeContext) -> u32 {
+    on_exit(i64::from(ctx.ret::<i32>()));
     0
 }

@@ -1,14 +1,139 @@
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use remote_vm_common::Point;
+//! Maps and helpers every family uses.
+use core::ptr;
 
-/// Hits per probe point, per CPU; summed in user space.
+use aya_ebpf::{
+    helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_task_storage_get},
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
+use remote_vm_common::{Control, HostWait, Point, SelfTest, classify::CallState, stats::Stats};
+
+/// Hits per probe point, per CPU.
 #[map(name = "HITS")]
 pub static HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Point::CAPACITY, 0);
+
+/// Counters and histograms, one `Stats` per CPU.
+#[map(name = "STATS")]
+pub static STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(1, 0);
+
+/// Written by user space: which thread makes the start-up probe read.
+#[map(name = "CONTROL")]
+pub static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
+
+/// What the start-up probe read saw.
+#[map(name = "SELFTEST")]
+pub static SELFTEST: Array<SelfTest> = Array::with_max_entries(1, 0);
+
+/// A `BPF_MAP_TYPE_TASK_STORAGE` map, declared the BTF way (`.maps`): one `T` per
+/// task, created on demand, freed with the task. A lookup on a task that never
+/// made a remote access is a NULL check on `task->bpf_storage`: cheap on the
+/// page-fault path.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; 29],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    /// BPF_F_NO_PREALLOC, required for local storage.
+    map_flags: *const [i32; 1],
+}
+
+// SAFETY: the fields are BTF placeholders the loader reads; never dereferenced.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        TaskStorage {
+            r#type: ptr::null(),
+            key: ptr::null(),
+            value: ptr::null(),
+            max_entries: ptr::null(),
+            map_flags: ptr::null(),
+        }
+    }
+
+    /// The current task's value; with `create`, a zeroed one is made if missing.
+    #[inline(always)]
+    pub fn current(&self, create: bool) -> Option<&mut T> {
+        const BPF_LOCAL_STORAGE_GET_F_CREATE: u64 = 1;
+        // SAFETY: helper call with this map and the current task (a trusted BTF
+        // pointer); the result is NULL or a pointer to this task's value.
+        unsafe {
+            let task = bpf_get_current_task_btf();
+            let p = bpf_task_storage_get(
+                ptr::from_ref(self).cast_mut().cast(),
+                task,
+                ptr::null_mut(),
+                if create { BPF_LOCAL_STORAGE_GET_F_CREATE } else { 0 },
+            );
+            p.cast::<T>().as_mut()
+        }
+    }
+}
+
+/// Per-thread state of the remote access in progress.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "CALLS")]
+pub static CALLS: TaskStorage<CallState> = TaskStorage::new();
+
+/// Per-thread host-wide mmap_lock wait in progress.
+#[unsafe(link_section = ".maps")]
+#[unsafe(export_name = "WAITS")]
+pub static WAITS: TaskStorage<HostWait> = TaskStorage::new();
 
 #[inline(always)]
 pub fn hit(point: Point) {
     if let Some(slot) = HITS.get_ptr_mut(point.index()) {
-        // Per-CPU slot, programs do not nest on one CPU for these hooks.
+        // SAFETY: this CPU's slot; a program does not nest with itself on a CPU.
         unsafe { *slot += 1 };
     }
+}
+
+#[inline(always)]
+pub fn stats() -> Option<&'static mut Stats> {
+    // SAFETY: this CPU's value.
+    STATS.get_ptr_mut(0).and_then(|p| unsafe { p.as_mut() })
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: no preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// Reads a `u64` (or pointer) at `base + off` in kernel memory; 0 on failure.
+#[inline(always)]
+pub fn read_u64(base: u64, off: u64) -> u64 {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel((base.wrapping_add(off)) as *const u64).unwrap_or(0) }
+}
+
+#[inline(always)]
+pub fn read_u32(base: u64, off: u64) -> u32 {
+    // SAFETY: as above.
+    unsafe { bpf_probe_read_kernel((base.wrapping_add(off)) as *const u32).unwrap_or(u32::MAX) }
+}
+
+/// The current task's `mm` (0 for kernel threads or when the offset is unknown).
+#[inline(always)]
+pub fn current_mm() -> u64 {
+    let off = super::layout::TASK_MM_OFF.load();
+    if !super::layout::known(off) {
+        return 0;
+    }
+    // SAFETY: the current task pointer is always valid.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    read_u64(task, off)
+}
+
+/// The thread id of the current task.
+#[inline(always)]
+pub fn tid() -> u32 {
+    aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32
+}
+
+/// Whether `tid` is the daemon's start-up probe reader.
+#[inline(always)]
+pub fn is_selftest(tid: u32) -> bool {
+    CONTROL.get(0).is_some_and(|c| c.selftest_tid != 0 && c.selftest_tid == tid)
 }

@@ -1,0 +1,832 @@
+//! The classifier: one state machine per remote access, driven by the probe events
+//! of the thread making it, from `__access_remote_vm()` entry to exit.
+//!
+//! This is the single definition: the eBPF programs call these methods on the
+//! per-thread state they keep in task storage, and the unit tests drive the very
+//! same methods with event sequences. It is `no_std`, allocation-free, loop-free
+//! and panic-free so that it verifies as eBPF.
+//!
+//! What the patched kernel does for a read (`access_remote_vm_fast()`):
+//! per VMA `lock_vma_under_rcu(mm, addr)` (NULL: stop), a VMA-flags check
+//! (unsuitable: stop without walking), then `folio_walk_start(.., addr, ..)` per
+//! mapping entry (NULL: not present, stop). The rest goes to the old path:
+//! `mmap_read_lock_killable()`, GUP, maybe `expand_stack()` which re-takes the lock
+//! for write. Writes and unpatched kernels take only the old path.
+
+/// How a read went.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    /// Returned without taking the target's mmap_lock.
+    Fast = 0,
+    /// Tried the lockless loop, then took (or tried to take) the mmap_lock.
+    Fallback = 1,
+    /// Took the mmap_lock with no lockless attempt.
+    Slow = 2,
+}
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Fast, Path::Fallback, Path::Slow];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Path::Fast => "fast",
+            Path::Fallback => "fallback",
+            Path::Slow => "slow",
+        }
+    }
+}
+
+/// Why the lockless loop of a fallback stopped.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// `lock_vma_under_rcu()` returned NULL (no VMA, or a writer holds it).
+    VmaLockFailed = 0,
+    /// A VMA was locked but no walk followed: hugetlb, VM_IO/VM_PFNMAP,
+    /// secretmem or unreadable.
+    VmaUnsuitable = 1,
+    /// `folio_walk_start()` returned NULL: nothing present (never touched, swapped
+    /// out, the shared zero page, …).
+    PageNotPresent = 2,
+    /// Anything else (e.g. a walk that found no page).
+    Other = 3,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 4] = [
+        Reason::VmaLockFailed,
+        Reason::VmaUnsuitable,
+        Reason::PageNotPresent,
+        Reason::Other,
+    ];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reason::VmaLockFailed => "vma_lock_failed",
+            Reason::VmaUnsuitable => "vma_unsuitable",
+            Reason::PageNotPresent => "page_not_present",
+            Reason::Other => "other",
+        }
+    }
+}
+
+/// The level of a successful `folio_walk_start()` (`enum folio_walk_level`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Pte = 0,
+    Pmd = 1,
+    Pud = 2,
+}
+
+impl Level {
+    pub const ALL: [Level; 3] = [Level::Pte, Level::Pmd, Level::Pud];
+
+    pub const fn label(self) -> &'static str {
+        match self {
+            Level::Pte => "pte",
+            Level::Pmd => "pmd",
+            Level::Pud => "pud",
+        }
+    }
+}
+
+// `CallState::flags`.
+/// Inside `__access_remote_vm()` now.
+pub const F_ACTIVE: u32 = 1 << 0;
+/// `FOLL_WRITE` was set.
+pub const F_WRITE: u32 = 1 << 1;
+/// `FOLL_ANON` was set (cmdline/environ readers).
+pub const F_ANON: u32 = 1 << 2;
+/// At least one `lock_vma_under_rcu()` ran inside this call.
+pub const F_LOCKLESS: u32 = 1 << 3;
+/// The last lockless step was a successful `lock_vma_under_rcu()` with no walk yet.
+pub const F_VMA_PENDING: u32 = 1 << 4;
+/// A lockless step failed; the loop is over.
+pub const F_STOPPED: u32 = 1 << 5;
+/// The target's mmap_lock was asked for (read or write) at least once.
+pub const F_LOCK_TRIED: u32 = 1 << 6;
+/// The daemon's own start-up probe read: kept out of every counter.
+pub const F_SELFTEST: u32 = 1 << 7;
+/// A lockless walk succeeded in a VMA that is not anonymous while `FOLL_ANON`
+/// was set (the v1 FOLL_ANON gap).
+pub const F_ANON_FILE_WALK: u32 = 1 << 8;
+/// A lock wait is in progress.
+pub const F_WAITING: u32 = 1 << 9;
+/// The wait in progress is for the write lock.
+pub const F_WAIT_WRITE: u32 = 1 << 10;
+
+/// Per-thread state of one remote access, kept in task storage.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallState {
+    pub flags: u32,
+    /// `Reason` of the step that stopped the lockless loop (valid with F_STOPPED).
+    pub reason: u32,
+    /// The target `mm_struct *`.
+    pub mm: u64,
+    pub start_addr: u64,
+    pub len: u64,
+    pub start_ns: u64,
+    /// Address argument of the most recent lockless step.
+    pub last_step_addr: u64,
+    /// When the wait in progress began.
+    pub wait_start_ns: u64,
+    /// When the mmap_lock was first acquired in this call (0: never).
+    pub acquired_ns: u64,
+    /// VMAs locked by `lock_vma_under_rcu()` in this call.
+    pub vmas_locked: u32,
+    /// Successful lockless walks, by level.
+    pub walks: [u32; 3],
+    /// Lockless bytes decided when the lock was first tried (fallbacks).
+    pub lockless_bytes: u64,
+    /// `Path` decided when the lock was first tried.
+    pub locked_path: u32,
+    /// GUP calls (`get_user_pages_remote`) in this call.
+    pub gup_calls: u32,
+    /// kprobe mode only: arguments stashed at function entry for the return probe.
+    pub pending_addr: u64,
+    pub pending_ptr: u64,
+    pub pending_vma: u64,
+}
+
+/// One mmap_lock acquisition of the target's lock (one observation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Acquisition {
+    pub write: bool,
+    pub wait_ns: u64,
+    /// `down_*_killable()` failed (the reader was killed).
+    pub failed: bool,
+}
+
+/// Everything one finished call contributes to the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// `None` for writes.
+    pub path: Option<Path>,
+    pub reason: Option<Reason>,
+    /// Bytes the call returned (negative returns count 0).
+    pub bytes: u64,
+    pub duration_ns: u64,
+    /// First acquisition of the mmap_lock to exit, if it was acquired.
+    pub hold_ns: Option<u64>,
+    /// Fallbacks: bytes the lockless loop had done when it stopped.
+    pub lockless_bytes: u64,
+    /// Fallbacks that returned fewer bytes than the lockless loop had already
+    /// copied (v1 keeps `return 0` when the old path's vma_lookup/expand_stack
+    /// fails): the bytes thrown away.
+    pub discarded_bytes: u64,
+    pub vmas_locked: u32,
+    pub walks: [u32; 3],
+    /// A lockless walk succeeded in a non-anonymous VMA with FOLL_ANON set.
+    pub anon_file_walk: bool,
+    pub gup_calls: u32,
+}
+
+/// Values that come from the running kernel's BTF.
+#[derive(Clone, Copy, Debug)]
+pub struct Flags {
+    pub foll_write: u32,
+    pub foll_anon: u32,
+}
+
+impl CallState {
+    pub const fn is_active(&self) -> bool {
+        self.flags & F_ACTIVE != 0
+    }
+
+    /// Counted in the metrics (active and not the daemon's own probe read).
+    pub const fn is_counted(&self) -> bool {
+        self.flags & (F_ACTIVE | F_SELFTEST) == F_ACTIVE
+    }
+
+    /// `__access_remote_vm(mm, addr, buf, len, gup_flags)` entered. Returns
+    /// `true` if a previous call on this thread never saw its exit (a missed
+    /// return probe).
+    #[inline(always)]
+    pub fn begin(&mut self, mm: u64, addr: u64, len: i32, gup_flags: u32, f: Flags, selftest: bool, now: u64) -> bool {
+        let orphan = self.is_active();
+        *self = CallState::default();
+        let mut flags = F_ACTIVE;
+        if gup_flags & f.foll_write != 0 {
+            flags |= F_WRITE;
+        }
+        if gup_flags & f.foll_anon != 0 {
+            flags |= F_ANON;
+        }
+        if selftest {
+            flags |= F_SELFTEST;
+        }
+        self.flags = flags;
+        self.mm = mm;
+        self.start_addr = addr;
+        self.len = if len > 0 { len as u64 } else { 0 };
+        self.start_ns = now;
+        orphan
+    }
+
+    #[inline(always)]
+    fn in_lockless_phase(&self) -> bool {
+        self.flags & (F_ACTIVE | F_WRITE | F_LOCK_TRIED | F_STOPPED) == F_ACTIVE
+    }
+
+    /// `lock_vma_under_rcu(mm, addr)` returned (`locked`: non-NULL).
+    #[inline(always)]
+    pub fn lock_vma(&mut self, mm: u64, addr: u64, locked: bool) {
+        if !self.in_lockless_phase() || mm != self.mm {
+            return;
+        }
+        self.flags |= F_LOCKLESS;
+        self.last_step_addr = addr;
+        if locked {
+            self.vmas_locked += 1;
+            self.flags |= F_VMA_PENDING;
+        } else {
+            self.stop(Reason::VmaLockFailed);
+        }
+    }
+
+    /// `folio_walk_start(fw, vma, addr, flags)` returned. `found`: a folio with a
+    /// page; `level`: `fw->level`; `anonymous`: the VMA is anonymous.
+    #[inline(always)]
+    pub fn folio_walk(&mut self, addr: u64, found: bool, level: u32, anonymous: bool) {
+        if !self.in_lockless_phase() || self.flags & F_LOCKLESS == 0 {
+            return;
+        }
+        self.flags &= !F_VMA_PENDING;
+        self.last_step_addr = addr;
+        if !found {
+            self.stop(Reason::PageNotPresent);
+            return;
+        }
+        if level < 3 {
+            self.walks[level as usize] += 1;
+        }
+        if self.flags & F_ANON != 0 && !anonymous {
+            self.flags |= F_ANON_FILE_WALK;
+        }
+    }
+
+    /// A walk returned a folio but no page: the loop stops there.
+    #[inline(always)]
+    pub fn walk_without_page(&mut self, addr: u64) {
+        if self.in_lockless_phase() {
+            self.last_step_addr = addr;
+            self.stop(Reason::Other);
+        }
+    }
+
+    #[inline(always)]
+    fn stop(&mut self, reason: Reason) {
+        self.flags = (self.flags | F_STOPPED) & !F_VMA_PENDING;
+        self.reason = reason as u32;
+    }
+
+    /// `get_user_pages_remote()` entered.
+    #[inline(always)]
+    pub fn gup(&mut self) {
+        if self.is_active() {
+            self.gup_calls += 1;
+        }
+    }
+
+    /// `down_{read,write}_killable(sem)` entered; `target`: `sem` is the target
+    /// mm's mmap_lock.
+    #[inline(always)]
+    pub fn lock_wait_begin(&mut self, target: bool, write: bool, now: u64) {
+        if !self.is_active() || !target {
+            return;
+        }
+        if self.flags & F_LOCK_TRIED == 0 {
+            self.flags |= F_LOCK_TRIED;
+            self.locked_path = if self.flags & F_LOCKLESS != 0 {
+                Path::Fallback as u32
+            } else {
+                Path::Slow as u32
+            };
+            if self.flags & F_LOCKLESS != 0 {
+                if self.flags & F_STOPPED == 0 {
+                    // Locked a VMA and walked nothing after it: the flags check
+                    // refused the VMA. Anything else that ends the loop without a
+                    // failing step is `other`.
+                    self.reason = if self.flags & F_VMA_PENDING != 0 {
+                        Reason::VmaUnsuitable as u32
+                    } else {
+                        Reason::Other as u32
+                    };
+                }
+                self.lockless_bytes = self.last_step_addr.wrapping_sub(self.start_addr);
+                if self.lockless_bytes > self.len {
+                    self.lockless_bytes = self.len;
+                }
+            }
+        }
+        self.flags |= F_WAITING;
+        if write {
+            self.flags |= F_WAIT_WRITE;
+        } else {
+            self.flags &= !F_WAIT_WRITE;
+        }
+        self.wait_start_ns = now;
+    }
+
+    /// The `down_*_killable()` in progress returned (`ok`: acquired).
+    #[inline(always)]
+    pub fn lock_wait_end(&mut self, ok: bool, now: u64) -> Option<Acquisition> {
+        if self.flags & (F_ACTIVE | F_WAITING) != (F_ACTIVE | F_WAITING) {
+            return None;
+        }
+        self.flags &= !F_WAITING;
+        if ok && self.acquired_ns == 0 {
+            self.acquired_ns = now;
+        }
+        Some(Acquisition {
+            write: self.flags & F_WAIT_WRITE != 0,
+            wait_ns: now.saturating_sub(self.wait_start_ns),
+            failed: !ok,
+        })
+    }
+
+    /// `__access_remote_vm()` returned `ret`. Returns `None` if no entry was seen
+    /// (a missed entry probe).
+    #[inline(always)]
+    pub fn finish(&mut self, ret: i64, now: u64) -> Option<Outcome> {
+        if !self.is_active() {
+            return None;
+        }
+        let flags = self.flags;
+        self.flags &= !F_ACTIVE;
+        let bytes = if ret > 0 { ret as u64 } else { 0 };
+        let path = if flags & F_WRITE != 0 {
+            None
+        } else if flags & F_LOCK_TRIED == 0 {
+            Some(Path::Fast)
+        } else if self.locked_path == Path::Fallback as u32 {
+            Some(Path::Fallback)
+        } else {
+            Some(Path::Slow)
+        };
+        let fallback = path == Some(Path::Fallback);
+        let reason = if fallback {
+            Some(match self.reason {
+                0 => Reason::VmaLockFailed,
+                1 => Reason::VmaUnsuitable,
+                2 => Reason::PageNotPresent,
+                _ => Reason::Other,
+            })
+        } else {
+            None
+        };
+        let lockless_bytes = if fallback { self.lockless_bytes } else { 0 };
+        Some(Outcome {
+            path,
+            reason,
+            bytes,
+            duration_ns: now.saturating_sub(self.start_ns),
+            hold_ns: if self.acquired_ns != 0 {
+                Some(now.saturating_sub(self.acquired_ns))
+            } else {
+                None
+            },
+            lockless_bytes,
+            discarded_bytes: lockless_bytes.saturating_sub(bytes),
+            vmas_locked: self.vmas_locked,
+            walks: self.walks,
+            anon_file_walk: flags & F_ANON_FILE_WALK != 0,
+            gup_calls: self.gup_calls,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::stats::{Counter, Hist, Stats};
+
+    const F: Flags = Flags {
+        foll_write: 0x1,
+        foll_anon: 0x80,
+    };
+    const MM: u64 = 0xffff_8880_0000_1000;
+
+    /// One probe event, as the eBPF programs see it.
+    #[derive(Clone, Copy, Debug)]
+    enum Ev {
+        Begin { addr: u64, len: i32, gup: u32 },
+        LockVma { addr: u64, ok: bool },
+        LockVmaOtherMm { addr: u64 },
+        Walk { addr: u64, found: bool, level: u32, anon: bool },
+        WalkNoPage { addr: u64 },
+        Gup,
+        Wait { write: bool },
+        WaitOtherSem,
+        Got { ok: bool },
+        Finish { ret: i64 },
+    }
+    use Ev::*;
+
+    struct Run {
+        orphans: u32,
+        acquisitions: Vec<Acquisition>,
+        outcome: Option<Outcome>,
+    }
+
+    /// Drives `events` through one `CallState`, 10 ns apart.
+    fn drive(events: &[Ev]) -> Run {
+        let mut s = CallState::default();
+        let mut run = Run {
+            orphans: 0,
+            acquisitions: Vec::new(),
+            outcome: None,
+        };
+        for (i, ev) in events.iter().enumerate() {
+            let now = 1000 + 10 * i as u64;
+            match *ev {
+                Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, now)),
+                LockVma { addr, ok } => s.lock_vma(MM, addr, ok),
+                LockVmaOtherMm { addr } => s.lock_vma(MM + 4096, addr, true),
+                Walk { addr, found, level, anon } => s.folio_walk(addr, found, level, anon),
+                WalkNoPage { addr } => s.walk_without_page(addr),
+                Gup => s.gup(),
+                Wait { write } => s.lock_wait_begin(true, write, now),
+                WaitOtherSem => s.lock_wait_begin(false, false, now),
+                Got { ok } => run.acquisitions.extend(s.lock_wait_end(ok, now)),
+                Finish { ret } => run.outcome = s.finish(ret, now),
+            }
+        }
+        run
+    }
+
+    const READ: u32 = 0x10; // FOLL_FORCE-ish bits only: a read
+    const PAGE: u64 = 4096;
+
+    fn outcome(events: &[Ev]) -> Outcome {
+        drive(events).outcome.expect("finished")
+    }
+
+    #[test]
+    fn resident_page_is_fast() {
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 4096, gup: READ },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: true, level: 0, anon: true },
+            Finish { ret: 4096 },
+        ]);
+        assert_eq!(
+            o,
+            Outcome {
+                path: Some(Path::Fast),
+                reason: None,
+                bytes: 4096,
+                duration_ns: 30,
+                hold_ns: None,
+                lockless_bytes: 0,
+                discarded_bytes: 0,
+                vmas_locked: 1,
+                walks: [1, 0, 0],
+                anon_file_walk: false,
+                gup_calls: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn never_written_page_falls_back_page_not_present() {
+        let run = drive(&[
+            Begin { addr: 0x1000, len: 4096, gup: READ },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: false, level: 0, anon: true },
+            Wait { write: false },
+            Got { ok: true },
+            Gup,
+            Finish { ret: 4096 },
+        ]);
+        let o = run.outcome.unwrap();
+        assert_eq!(o.path, Some(Path::Fallback));
+        assert_eq!(o.reason, Some(Reason::PageNotPresent));
+        assert_eq!(o.lockless_bytes, 0);
+        assert_eq!(o.hold_ns, Some(20));
+        assert_eq!(o.duration_ns, 60);
+        assert_eq!(o.gup_calls, 1);
+        assert_eq!(o.walks, [0, 0, 0]);
+        assert_eq!(
+            run.acquisitions,
+            [Acquisition {
+                write: false,
+                wait_ns: 10,
+                failed: false
+            }]
+        );
+    }
+
+    #[test]
+    fn straddling_into_an_unreadable_vma_is_unsuitable_with_lockless_bytes() {
+        // 0x1800..0x2800: the first half in a readable VMA ending at 0x2000, the
+        // second in a PROT_NONE VMA: locked, refused by the flags check, no walk.
+        let o = outcome(&[
+            Begin { addr: 0x1800, len: 4096, gup: READ },
+            LockVma { addr: 0x1800, ok: true },
+            Walk { addr: 0x1800, found: true, level: 0, anon: true },
+            LockVma { addr: 0x2000, ok: true },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: 2048 },
+        ]);
+        assert_eq!(o.path, Some(Path::Fallback));
+        assert_eq!(o.reason, Some(Reason::VmaUnsuitable));
+        assert_eq!(o.lockless_bytes, 0x800);
+        assert_eq!(o.discarded_bytes, 0);
+        assert_eq!(o.vmas_locked, 2);
+        assert_eq!(o.walks, [1, 0, 0]);
+    }
+
+    #[test]
+    fn straddling_two_readable_vmas_is_fast_with_two_vmas() {
+        let o = outcome(&[
+            Begin { addr: 0x1800, len: 4096, gup: READ },
+            LockVma { addr: 0x1800, ok: true },
+            Walk { addr: 0x1800, found: true, level: 0, anon: true },
+            LockVma { addr: 0x2000, ok: true },
+            Walk { addr: 0x2000, found: true, level: 0, anon: true },
+            Finish { ret: 4096 },
+        ]);
+        assert_eq!((o.path, o.vmas_locked, o.walks), (Some(Path::Fast), 2, [2, 0, 0]));
+    }
+
+    #[test]
+    fn hugetlb_vma_is_unsuitable_at_once() {
+        let o = outcome(&[
+            Begin { addr: 0x20_0000, len: 4096, gup: READ },
+            LockVma { addr: 0x20_0000, ok: true },
+            Wait { write: false },
+            Got { ok: true },
+            Gup,
+            Finish { ret: 4096 },
+        ]);
+        assert_eq!((o.path, o.reason, o.lockless_bytes), (Some(Path::Fallback), Some(Reason::VmaUnsuitable), 0));
+    }
+
+    #[test]
+    fn unmapped_address_fails_vma_lock_then_takes_read_and_write_locks() {
+        // Patched: lock_vma_under_rcu NULL; old path: read lock, vma_lookup fails,
+        // expand_stack drops it and takes the write lock, fails, returns 0.
+        let run = drive(&[
+            Begin { addr: 0x9000, len: 4096, gup: READ },
+            LockVma { addr: 0x9000, ok: false },
+            Wait { write: false },
+            Got { ok: true },
+            Wait { write: true },
+            Got { ok: true },
+            Finish { ret: 0 },
+        ]);
+        let o = run.outcome.unwrap();
+        assert_eq!((o.path, o.reason, o.bytes), (Some(Path::Fallback), Some(Reason::VmaLockFailed), 0));
+        assert_eq!(o.vmas_locked, 0);
+        // Two acquisitions, read then write, each its own observation; hold from the first.
+        assert_eq!(
+            run.acquisitions,
+            [
+                Acquisition { write: false, wait_ns: 10, failed: false },
+                Acquisition { write: true, wait_ns: 10, failed: false },
+            ]
+        );
+        assert_eq!(o.hold_ns, Some(30));
+    }
+
+    #[test]
+    fn unpatched_read_is_slow_even_with_expand_stack_downgrade() {
+        let run = drive(&[
+            Begin { addr: 0x7ffe_0000, len: 4096, gup: READ },
+            Wait { write: false },
+            Got { ok: true },
+            Wait { write: true }, // expand_stack: write lock, then downgrade (no event)
+            Got { ok: true },
+            Gup,
+            Finish { ret: 4096 },
+        ]);
+        let o = run.outcome.unwrap();
+        assert_eq!((o.path, o.reason, o.lockless_bytes), (Some(Path::Slow), None, 0));
+        assert_eq!(run.acquisitions.len(), 2);
+        assert_eq!(o.hold_ns, Some(40));
+    }
+
+    #[test]
+    fn writes_are_apart_and_never_lockless() {
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 8, gup: READ | F.foll_write },
+            // A lock_vma_under_rcu on this thread during a write (a fault) is not lockless.
+            LockVma { addr: 0x1000, ok: true },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: 8 },
+        ]);
+        assert_eq!((o.path, o.reason, o.bytes, o.vmas_locked), (None, None, 8, 0));
+    }
+
+    #[test]
+    fn killed_acquisition_is_a_failure_and_holds_nothing() {
+        let run = drive(&[
+            Begin { addr: 0x1000, len: 4096, gup: READ },
+            LockVma { addr: 0x1000, ok: false },
+            Wait { write: false },
+            Got { ok: false },
+            Finish { ret: 0 },
+        ]);
+        assert_eq!(run.acquisitions, [Acquisition { write: false, wait_ns: 10, failed: true }]);
+        let o = run.outcome.unwrap();
+        assert_eq!((o.path, o.hold_ns), (Some(Path::Fallback), None));
+    }
+
+    #[test]
+    fn lockless_bytes_thrown_away_are_discarded() {
+        // One resident page, then the next VMA cannot be locked (a hole): the old
+        // path's vma_lookup/expand_stack fails and v1 returns 0.
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 8192, gup: READ },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: true, level: 0, anon: true },
+            LockVma { addr: 0x2000, ok: false },
+            Wait { write: false },
+            Got { ok: true },
+            Wait { write: true },
+            Got { ok: true },
+            Finish { ret: 0 },
+        ]);
+        assert_eq!((o.reason, o.lockless_bytes, o.discarded_bytes), (Some(Reason::VmaLockFailed), 4096, 4096));
+        // The unpatched kernel returns the partial count: nothing discarded.
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 8192, gup: READ },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: true, level: 0, anon: true },
+            LockVma { addr: 0x2000, ok: false },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: 4096 },
+        ]);
+        assert_eq!(o.discarded_bytes, 0);
+    }
+
+    #[test]
+    fn walk_without_page_and_unexplained_stops_are_other() {
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 8192, gup: READ },
+            LockVma { addr: 0x1000, ok: true },
+            WalkNoPage { addr: 0x1000 },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: 8192 },
+        ]);
+        assert_eq!((o.reason, o.lockless_bytes), (Some(Reason::Other), 0));
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 8192, gup: READ },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: true, level: 0, anon: true },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: 8192 },
+        ]);
+        assert_eq!((o.reason, o.lockless_bytes), (Some(Reason::Other), 0x0));
+    }
+
+    #[test]
+    fn thp_walk_counts_at_pmd_level() {
+        let o = outcome(&[
+            Begin { addr: 0x20_0000, len: 4096, gup: READ },
+            LockVma { addr: 0x20_0000, ok: true },
+            Walk { addr: 0x20_0000, found: true, level: 1, anon: true },
+            Finish { ret: 4096 },
+        ]);
+        assert_eq!(o.walks, [0, 1, 0]);
+    }
+
+    #[test]
+    fn foll_anon_walk_in_a_file_vma_is_flagged_fast_or_not() {
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 100, gup: READ | F.foll_anon },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: true, level: 0, anon: false },
+            Finish { ret: 100 },
+        ]);
+        assert_eq!((o.path, o.anon_file_walk), (Some(Path::Fast), true));
+        // Without FOLL_ANON, a file VMA is fine.
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 100, gup: READ },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: true, level: 0, anon: false },
+            Finish { ret: 100 },
+        ]);
+        assert!(!o.anon_file_walk);
+    }
+
+    #[test]
+    fn unrelated_events_change_nothing() {
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 4096, gup: READ },
+            LockVmaOtherMm { addr: 0x5000 },
+            WaitOtherSem,
+            Got { ok: true },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: true, level: 0, anon: true },
+            Finish { ret: 4096 },
+        ]);
+        assert_eq!((o.path, o.vmas_locked, o.hold_ns), (Some(Path::Fast), 1, None));
+        // Walks after the lock was taken are not lockless.
+        let o = outcome(&[
+            Begin { addr: 0x1000, len: 4096, gup: READ },
+            Wait { write: false },
+            Got { ok: true },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: true, level: 0, anon: true },
+            Finish { ret: 4096 },
+        ]);
+        assert_eq!((o.path, o.vmas_locked, o.walks), (Some(Path::Slow), 0, [0, 0, 0]));
+    }
+
+    #[test]
+    fn missed_probes_are_detected() {
+        let run = drive(&[
+            Begin { addr: 0x1000, len: 1, gup: READ },
+            Begin { addr: 0x1000, len: 1, gup: READ },
+            Finish { ret: 1 },
+            Finish { ret: 1 },
+        ]);
+        assert_eq!(run.orphans, 1);
+        let mut s = CallState::default();
+        assert_eq!(s.finish(1, 5), None);
+        assert_eq!(s.lock_wait_end(true, 5), None);
+    }
+
+    #[test]
+    fn zero_length_read_is_fast() {
+        let o = outcome(&[Begin { addr: 0x1000, len: 0, gup: READ }, Finish { ret: 0 }]);
+        assert_eq!((o.path, o.vmas_locked), (Some(Path::Fast), 0));
+    }
+
+    #[test]
+    fn selftest_calls_are_marked() {
+        let mut s = CallState::default();
+        s.begin(MM, 0x1000, 4096, READ, F, true, 0);
+        assert!(s.is_active() && !s.is_counted());
+        s.begin(MM, 0x1000, 4096, READ, F, false, 0);
+        assert!(s.is_counted());
+    }
+
+    #[test]
+    fn stats_record_exactly_what_the_outcome_says() {
+        let mut st = Stats::ZERO;
+        st.record_call(&outcome(&[
+            Begin { addr: 0x1800, len: 4096, gup: READ },
+            LockVma { addr: 0x1800, ok: true },
+            Walk { addr: 0x1800, found: true, level: 0, anon: true },
+            LockVma { addr: 0x2000, ok: true },
+            Wait { write: false },
+            Got { ok: true },
+            Gup,
+            Finish { ret: 4096 },
+        ]));
+        st.record_call(&outcome(&[
+            Begin { addr: 0x1000, len: 4096, gup: READ },
+            LockVma { addr: 0x1000, ok: true },
+            Walk { addr: 0x1000, found: true, level: 1, anon: true },
+            Finish { ret: 4096 },
+        ]));
+        st.record_call(&outcome(&[
+            Begin { addr: 0x1000, len: 16, gup: READ | F.foll_write },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: 16 },
+        ]));
+        st.record_acquisition(&Acquisition { write: true, wait_ns: 4, failed: true }, true);
+        st.record_lock_vma(false, false);
+        let c = |k: Counter| st.counters[k as usize];
+        assert_eq!(c(Counter::ReadsFast), 1);
+        assert_eq!(c(Counter::ReadsFallback), 1);
+        assert_eq!(c(Counter::ReadsSlow), 0);
+        assert_eq!(c(Counter::Writes), 1);
+        assert_eq!(c(Counter::FallbackVmaUnsuitable), 1);
+        assert_eq!(c(Counter::FallbackLocklessBytes), 0x800);
+        assert_eq!(c(Counter::ReadBytesFast), 4096);
+        assert_eq!(c(Counter::ReadBytesFallback), 4096);
+        assert_eq!(c(Counter::WrittenBytes), 16);
+        assert_eq!(c(Counter::MultiVmaReadsFallback), 1);
+        assert_eq!(c(Counter::MultiVmaReadsFast), 0);
+        assert_eq!(c(Counter::GupCallsFallback), 1);
+        assert_eq!(c(Counter::FolioWalksPte), 1);
+        assert_eq!(c(Counter::FolioWalksPmd), 1);
+        assert_eq!(c(Counter::AcquireFailuresHost), 1);
+        assert_eq!(c(Counter::LockVmaOther), 1);
+        assert_eq!(c(Counter::LockVmaFailuresOther), 1);
+        let total: u64 = st.counters.iter().sum();
+        assert_eq!(total, 1 + 1 + 1 + 1 + 0x800 + 4096 + 4096 + 16 + 1 + 1 + 1 + 1 + 1 + 1 + 1);
+        assert_eq!(st.hists[Hist::ReadDurationFallback as usize].buckets.iter().sum::<u64>(), 1);
+        assert_eq!(st.hists[Hist::ReadVmasFallback as usize].buckets[1], 1); // 2 VMAs: le=2
+        assert_eq!(st.hists[Hist::WaitHostWrite as usize].buckets[2], 1); // 4 ns: le=4
+        assert_eq!(st.hists[Hist::Hold as usize].sum, 20 + 10);
+        assert_eq!(st.hists[Hist::WriteDuration as usize].sum, 30);
+        let _ = PAGE;
+    }
+}

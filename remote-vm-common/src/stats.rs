@@ -1,0 +1,289 @@
+//! The in-kernel aggregates: counters and log2 histograms in per-CPU arrays,
+//! indexed by the enums below. User space sums the CPUs on scrape.
+use crate::classify::{Acquisition, Outcome, Path};
+
+/// Slots of the `COUNTERS` per-CPU array (one `Counters` value per CPU).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    ReadsFast = 0,
+    ReadsFallback = 1,
+    ReadsSlow = 2,
+    Writes = 3,
+    FallbackVmaLockFailed = 4,
+    FallbackVmaUnsuitable = 5,
+    FallbackPageNotPresent = 6,
+    FallbackOther = 7,
+    ReadBytesFast = 8,
+    ReadBytesFallback = 9,
+    ReadBytesSlow = 10,
+    WrittenBytes = 11,
+    FallbackLocklessBytes = 12,
+    AcquireFailuresRemote = 13,
+    AcquireFailuresHost = 14,
+    LockVmaRemote = 15,
+    LockVmaOther = 16,
+    LockVmaFailuresRemote = 17,
+    LockVmaFailuresOther = 18,
+    GupCallsFallback = 19,
+    GupCallsSlow = 20,
+    GupCallsWrite = 21,
+    /// Task storage could not be had for a call: the call is not classified.
+    StateUnavailable = 22,
+    /// An entry found the previous call on its thread still open (its exit was missed).
+    MissedExits = 23,
+    /// An exit without an entry (the entry was missed).
+    MissedEntries = 24,
+    MultiVmaReadsFast = 25,
+    MultiVmaReadsFallback = 26,
+    MultiVmaReadsSlow = 27,
+    FollAnonFileBackedLockless = 28,
+    DiscardedBytes = 29,
+    DiscardedReads = 30,
+    FolioWalksPte = 31,
+    FolioWalksPmd = 32,
+    FolioWalksPud = 33,
+}
+
+impl Counter {
+    pub const COUNT: usize = 34;
+    pub const CAPACITY: usize = 64;
+}
+
+/// Slots of the `HISTS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hist {
+    ReadDurationFast = 0,
+    ReadDurationFallback = 1,
+    ReadDurationSlow = 2,
+    WriteDuration = 3,
+    WaitRemoteRead = 4,
+    WaitRemoteWrite = 5,
+    WaitHostRead = 6,
+    WaitHostWrite = 7,
+    Hold = 8,
+    ReadVmasFast = 9,
+    ReadVmasFallback = 10,
+    ReadVmasSlow = 11,
+}
+
+impl Hist {
+    pub const COUNT: u32 = 12;
+    pub const CAPACITY: u32 = 16;
+}
+
+pub const BUCKETS: usize = 64;
+
+/// One log2 histogram: `buckets[i]` counts values `v` with `2^(i-1) < v <= 2^i`
+/// (bucket 0: `v <= 1`), so a value on a power of two lands in the bucket whose
+/// upper bound it equals: "round up at seams". `sum` is the sum of the values.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Histogram {
+    pub buckets: [u64; BUCKETS],
+    pub sum: u64,
+}
+
+/// The bucket of `v`: `ceil(log2(v))`, 0 for `v <= 1`. Branch-light and loop-free
+/// for the verifier.
+#[inline(always)]
+pub fn bucket(v: u64) -> usize {
+    if v <= 1 {
+        return 0;
+    }
+    let mut x = v - 1;
+    let mut n = 0usize;
+    if x >> 32 != 0 {
+        x >>= 32;
+        n += 32;
+    }
+    if x >> 16 != 0 {
+        x >>= 16;
+        n += 16;
+    }
+    if x >> 8 != 0 {
+        x >>= 8;
+        n += 8;
+    }
+    if x >> 4 != 0 {
+        x >>= 4;
+        n += 4;
+    }
+    if x >> 2 != 0 {
+        x >>= 2;
+        n += 2;
+    }
+    if x >> 1 != 0 {
+        n += 1;
+    }
+    n + 1
+}
+
+impl Histogram {
+    #[inline(always)]
+    pub fn observe(&mut self, v: u64) {
+        // Values past 2^63 share the last bucket rather than being dropped.
+        let b = bucket(v);
+        let b = if b < BUCKETS { b } else { BUCKETS - 1 };
+        if let Some(slot) = self.buckets.get_mut(b) {
+            *slot += 1;
+        }
+        self.sum = self.sum.wrapping_add(v);
+    }
+}
+
+/// Everything one CPU has counted: the single value of the `STATS` per-CPU array.
+/// One map lookup per event reaches all of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Stats {
+    pub counters: [u64; Counter::CAPACITY],
+    pub hists: [Histogram; Hist::CAPACITY as usize],
+}
+
+impl Stats {
+    pub const ZERO: Stats = Stats {
+        counters: [0; Counter::CAPACITY],
+        hists: [Histogram { buckets: [0; BUCKETS], sum: 0 }; Hist::CAPACITY as usize],
+    };
+
+    #[inline(always)]
+    pub fn add(&mut self, c: Counter, n: u64) {
+        if let Some(slot) = self.counters.get_mut(c as usize) {
+            *slot += n;
+        }
+    }
+
+    #[inline(always)]
+    fn add_at(&mut self, base: Counter, offset: u32, n: u64) {
+        if let Some(slot) = self.counters.get_mut(base as usize + offset as usize) {
+            *slot += n;
+        }
+    }
+
+    #[inline(always)]
+    pub fn observe(&mut self, h: Hist, v: u64) {
+        if let Some(hist) = self.hists.get_mut(h as usize) {
+            hist.observe(v);
+        }
+    }
+
+    #[inline(always)]
+    fn observe_at(&mut self, base: Hist, offset: u32, v: u64) {
+        if let Some(hist) = self.hists.get_mut(base as usize + offset as usize) {
+            hist.observe(v);
+        }
+    }
+
+    /// What one finished `__access_remote_vm()` call adds.
+    #[inline(always)]
+    pub fn record_call(&mut self, o: &Outcome) {
+        match o.path {
+            None => {
+                self.add(Counter::Writes, 1);
+                self.add(Counter::WrittenBytes, o.bytes);
+                self.observe(Hist::WriteDuration, o.duration_ns);
+                self.add(Counter::GupCallsWrite, u64::from(o.gup_calls));
+            }
+            Some(path) => {
+                let p = path as u32;
+                self.add_at(Counter::ReadsFast, p, 1);
+                self.add_at(Counter::ReadBytesFast, p, o.bytes);
+                self.observe_at(Hist::ReadDurationFast, p, o.duration_ns);
+                self.observe_at(Hist::ReadVmasFast, p, u64::from(o.vmas_locked));
+                if o.vmas_locked >= 2 {
+                    self.add_at(Counter::MultiVmaReadsFast, p, 1);
+                }
+                match path {
+                    Path::Fallback => self.add(Counter::GupCallsFallback, u64::from(o.gup_calls)),
+                    Path::Slow => self.add(Counter::GupCallsSlow, u64::from(o.gup_calls)),
+                    Path::Fast => {}
+                }
+            }
+        }
+        if let Some(reason) = o.reason {
+            self.add_at(Counter::FallbackVmaLockFailed, reason as u32, 1);
+            self.add(Counter::FallbackLocklessBytes, o.lockless_bytes);
+        }
+        if let Some(hold) = o.hold_ns {
+            self.observe(Hist::Hold, hold);
+        }
+        if o.discarded_bytes > 0 {
+            self.add(Counter::DiscardedBytes, o.discarded_bytes);
+            self.add(Counter::DiscardedReads, 1);
+        }
+        self.add(Counter::FolioWalksPte, u64::from(o.walks[0]));
+        self.add(Counter::FolioWalksPmd, u64::from(o.walks[1]));
+        self.add(Counter::FolioWalksPud, u64::from(o.walks[2]));
+        if o.anon_file_walk {
+            self.add(Counter::FollAnonFileBackedLockless, 1);
+        }
+    }
+
+    /// One acquisition of an mmap_lock: inside a remote access (`host: false`) or
+    /// host-wide contention (`host: true`).
+    #[inline(always)]
+    pub fn record_acquisition(&mut self, a: &Acquisition, host: bool) {
+        let base = if host { Hist::WaitHostRead } else { Hist::WaitRemoteRead };
+        self.observe_at(base, u32::from(a.write), a.wait_ns);
+        if a.failed {
+            self.add(
+                if host { Counter::AcquireFailuresHost } else { Counter::AcquireFailuresRemote },
+                1,
+            );
+        }
+    }
+
+    /// One `lock_vma_under_rcu()` return, inside a remote access or not.
+    #[inline(always)]
+    pub fn record_lock_vma(&mut self, remote: bool, locked: bool) {
+        self.add(if remote { Counter::LockVmaRemote } else { Counter::LockVmaOther }, 1);
+        if !locked {
+            self.add(
+                if remote { Counter::LockVmaFailuresRemote } else { Counter::LockVmaFailuresOther },
+                1,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_round_up_at_seams() {
+        assert_eq!(bucket(0), 0);
+        assert_eq!(bucket(1), 0);
+        assert_eq!(bucket(2), 1);
+        assert_eq!(bucket(3), 2);
+        assert_eq!(bucket(4), 2);
+        assert_eq!(bucket(5), 3);
+        assert_eq!(bucket(1024), 10);
+        assert_eq!(bucket(1025), 11);
+        assert_eq!(bucket(1 << 40), 40);
+        assert_eq!(bucket((1 << 40) + 1), 41);
+        assert_eq!(bucket(u64::MAX), 64);
+        for i in 1..63 {
+            assert_eq!(bucket(1u64 << i), i, "2^{i}");
+            assert_eq!(bucket((1u64 << i) + 1), i + 1, "2^{i}+1");
+        }
+    }
+
+    #[test]
+    fn observe_keeps_sum_and_drops_nothing() {
+        let mut h = Histogram { buckets: [0; BUCKETS], sum: 0 };
+        for v in [0, 1, 2, 3, 4, 1000] {
+            h.observe(v);
+        }
+        assert_eq!(h.sum, 1010);
+        assert_eq!(h.buckets[0], 2);
+        assert_eq!(h.buckets[1], 1);
+        assert_eq!(h.buckets[2], 2);
+        assert_eq!(h.buckets[10], 1);
+        assert_eq!(h.buckets.iter().sum::<u64>(), 6);
+        h.observe(u64::MAX);
+        assert_eq!(h.buckets[BUCKETS - 1], 1);
+    }
+}

@@ -1,0 +1,199 @@
+//! What the programs need to know about the running kernel, read from its BTF:
+//! struct field offsets, enum values, tracepoint argument positions, and which
+//! functions exist. Each item is a value or the reason it is unknown.
+use crate::btf::{Btf, KIND_INT};
+
+pub type Item<T> = Result<T, String>;
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// `offsetof(struct mm_struct, mmap_lock)`.
+    pub mm_mmap_lock: Item<u64>,
+    /// `offsetof(struct task_struct, mm)`.
+    pub task_mm: Item<u64>,
+    /// `offsetof(struct folio_walk, page)`, `(…, level)`.
+    pub fw_page: Item<u64>,
+    pub fw_level: Item<u64>,
+    /// `FW_LEVEL_PMD`, `FW_LEVEL_PUD`.
+    pub fw_levels: Item<(u32, u32)>,
+    /// `offsetof(struct vm_area_struct, vm_ops)`.
+    pub vma_vm_ops: Item<u64>,
+    /// `FOLL_WRITE` (falls back to 0x1, its value in every kernel, with a note).
+    pub foll_write: u32,
+    pub foll_write_note: Option<String>,
+    /// `FOLL_ANON` (its value changed across kernels: no fallback).
+    pub foll_anon: Item<u32>,
+    /// Argument positions of `write` and `success` in the mmap_lock tracepoints.
+    pub mmap_lock_tp_args: Item<(u32, u32)>,
+    /// The lockless path's functions exist in this kernel.
+    pub has_lock_vma_under_rcu: bool,
+    pub has_folio_walk_start: bool,
+}
+
+const FOLL_WRITE_DEFAULT: u32 = 0x1;
+
+impl Layout {
+    pub fn from_btf(btf: &Btf) -> Layout {
+        let foll_write = btf.enum_value("FOLL_WRITE");
+        Layout {
+            mm_mmap_lock: btf.field_offset("mm_struct", "mmap_lock"),
+            task_mm: btf.field_offset("task_struct", "mm"),
+            fw_page: btf.field_offset("folio_walk", "page"),
+            fw_level: btf.field_offset("folio_walk", "level"),
+            fw_levels: btf
+                .enum_value("FW_LEVEL_PMD")
+                .and_then(|pmd| btf.enum_value("FW_LEVEL_PUD").map(|pud| (pmd as u32, pud as u32))),
+            vma_vm_ops: btf.field_offset("vm_area_struct", "vm_ops"),
+            foll_write: foll_write.as_ref().map_or(FOLL_WRITE_DEFAULT, |v| *v as u32),
+            foll_write_note: foll_write
+                .err()
+                .map(|why| format!("{why}; using 0x1, its value in every kernel")),
+            foll_anon: btf.enum_value("FOLL_ANON").map(|v| v as u32),
+            mmap_lock_tp_args: mmap_lock_tp_args(btf),
+            has_lock_vma_under_rcu: btf.has_function("lock_vma_under_rcu"),
+            has_folio_walk_start: btf.has_function("folio_walk_start"),
+        }
+    }
+
+    /// Without BTF nothing is known; kallsyms still tells which functions exist.
+    pub fn without_btf() -> Layout {
+        fn no<T>() -> Item<T> {
+            Err("no BTF".to_string())
+        }
+        let syms = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+        let has = |name: &str| syms.lines().any(|l| l.split_whitespace().nth(2) == Some(name));
+        Layout {
+            mm_mmap_lock: no(),
+            task_mm: no(),
+            fw_page: no(),
+            fw_level: no(),
+            fw_levels: no(),
+            vma_vm_ops: no(),
+            foll_write: FOLL_WRITE_DEFAULT,
+            foll_write_note: Some("no BTF; using 0x1, its value in every kernel".into()),
+            foll_anon: no(),
+            mmap_lock_tp_args: no(),
+            has_lock_vma_under_rcu: has("lock_vma_under_rcu"),
+            has_folio_walk_start: has("folio_walk_start"),
+        }
+    }
+
+    /// The kernel has the functions of the lockless read path.
+    pub fn has_lockless_path(&self) -> bool {
+        self.has_lock_vma_under_rcu && self.has_folio_walk_start
+    }
+
+    /// `check` lines: every item and its value or why it is unknown.
+    pub fn lines(&self) -> Vec<String> {
+        fn show<T: std::fmt::Debug>(name: &str, v: &Item<T>) -> String {
+            match v {
+                Ok(v) => format!("btf: {name} = {v:?}"),
+                Err(why) => format!("btf: {name} unknown ({why})"),
+            }
+        }
+        let mut out = vec![
+            show("mm_struct.mmap_lock", &self.mm_mmap_lock),
+            show("task_struct.mm", &self.task_mm),
+            show("folio_walk.page", &self.fw_page),
+            show("folio_walk.level", &self.fw_level),
+            show("FW_LEVEL_PMD/PUD", &self.fw_levels),
+            show("vm_area_struct.vm_ops", &self.vma_vm_ops),
+        ];
+        out.push(match &self.foll_write_note {
+            None => format!("btf: FOLL_WRITE = {:#x}", self.foll_write),
+            Some(note) => format!("btf: FOLL_WRITE = {:#x} ({note})", self.foll_write),
+        });
+        out.push(show("FOLL_ANON", &self.foll_anon));
+        out.push(show("mmap_lock tracepoint (write, success) args", &self.mmap_lock_tp_args));
+        out.push(format!(
+            "btf: lockless path functions: lock_vma_under_rcu={} folio_walk_start={}",
+            self.has_lock_vma_under_rcu, self.has_folio_walk_start
+        ));
+        out
+    }
+}
+
+/// Positions of `bool write` and `bool success` (after `__data`): the first and
+/// second `_Bool` of `mmap_lock_acquire_returned`; `mmap_lock_start_locking` must
+/// have `write` at the same position.
+fn mmap_lock_tp_args(btf: &Btf) -> Item<(u32, u32)> {
+    let bools = |tp: &str| -> Item<Vec<u32>> {
+        Ok(btf
+            .tracepoint_args(tp)?
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.kind == KIND_INT && (t.name == "_Bool" || t.name == "bool"))
+            .map(|(i, _)| i as u32)
+            .collect())
+    };
+    let start = bools("mmap_lock_start_locking")?;
+    let acquired = bools("mmap_lock_acquire_returned")?;
+    match (start.as_slice(), acquired.as_slice()) {
+        ([w], [w2, s]) if w == w2 => Ok((*w, *s)),
+        _ => Err(format!(
+            "unexpected mmap_lock tracepoint signature (bool args at {start:?} and {acquired:?})"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::btf::{KIND_STRUCT, tests::Builder};
+
+    fn tracepoints(with_memcg_path: bool) -> Btf {
+        let mut b = Builder::new();
+        let boolean = b.int("_Bool", 1);
+        let bool_t = b.typedef("bool", boolean);
+        let void_ptr = b.ptr(0);
+        let char_t = b.int("char", 1);
+        let char_ptr = b.ptr(char_t);
+        let mm = b.structure(KIND_STRUCT, "mm_struct", 8, &[]);
+        let mm_ptr = b.ptr(mm);
+        let mut start = vec![void_ptr, mm_ptr];
+        let mut acquired = vec![void_ptr, mm_ptr];
+        if with_memcg_path {
+            start.push(char_ptr);
+            acquired.push(char_ptr);
+        }
+        start.push(bool_t);
+        acquired.extend([bool_t, bool_t]);
+        let p = b.proto(0, &start);
+        let fp = b.ptr(p);
+        b.typedef("btf_trace_mmap_lock_start_locking", fp);
+        let p = b.proto(0, &acquired);
+        let fp = b.ptr(p);
+        b.typedef("btf_trace_mmap_lock_acquire_returned", fp);
+        Btf::parse(&b.build()).unwrap()
+    }
+
+    #[test]
+    fn mmap_lock_tracepoint_args_follow_the_kernel() {
+        // 6.12: (mm, memcg_path, write[, success]); 6.18: (mm, write[, success]).
+        assert_eq!(mmap_lock_tp_args(&tracepoints(true)), Ok((2, 3)));
+        assert_eq!(mmap_lock_tp_args(&tracepoints(false)), Ok((1, 2)));
+    }
+
+    #[test]
+    fn missing_items_say_why() {
+        let l = Layout::from_btf(&tracepoints(false));
+        assert_eq!(l.mm_mmap_lock, Err("struct mm_struct has no field mmap_lock in BTF".into()));
+        assert_eq!(l.task_mm, Err("struct task_struct not in BTF".into()));
+        assert_eq!(l.foll_write, 1);
+        assert_eq!(
+            l.foll_write_note.as_deref(),
+            Some("enumerator FOLL_WRITE not in BTF; using 0x1, its value in every kernel")
+        );
+        assert!(!l.has_lockless_path());
+    }
+
+    #[test]
+    fn host_kernel_layout_is_complete_for_6_18() {
+        let btf = Btf::from_file(std::path::Path::new("/sys/kernel/btf/vmlinux")).unwrap();
+        let l = Layout::from_btf(&btf);
+        assert_eq!(l.mmap_lock_tp_args, Ok((1, 2)));
+        assert_eq!(l.fw_levels, Ok((1, 2)));
+        assert!(l.has_lockless_path());
+        assert!(l.foll_write_note.is_none());
+    }
+}

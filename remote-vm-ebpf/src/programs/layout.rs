@@ -1,0 +1,34 @@
+//! Globals patched by the daemon before load (`EbpfLoader::override_global`) with
+//! values from the running kernel's BTF. Rust eBPF has no CO-RE, so no kernel
+//! struct offset is compiled in. `UNKNOWN_OFFSET` means "not in BTF".
+use aya_ebpf::Global;
+use remote_vm_common::UNKNOWN_OFFSET;
+
+/// `offsetof(struct mm_struct, mmap_lock)`.
+#[unsafe(no_mangle)]
+pub static MM_MMAP_LOCK_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// `offsetof(struct task_struct, mm)`.
+#[unsafe(no_mangle)]
+pub static TASK_MM_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// `offsetof(struct folio_walk, page)` and `(…, level)`.
+#[unsafe(no_mangle)]
+pub static FW_PAGE_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static FW_LEVEL_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// `offsetof(struct vm_area_struct, vm_ops)` (NULL `vm_ops`: anonymous VMA).
+#[unsafe(no_mangle)]
+pub static VMA_VM_OPS_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// `enum folio_walk_level` values of PMD and PUD (PTE is everything else).
+#[unsafe(no_mangle)]
+pub static FW_LEVEL_PMD: Global<u32> = Global::new(1);
+#[unsafe(no_mangle)]
+pub static FW_LEVEL_PUD: Global<u32> = Global::new(2);
+/// `FOLL_WRITE` and `FOLL_ANON`.
+#[unsafe(no_mangle)]
+pub static FOLL_WRITE: Global<u32> = Global::new(1);
+#[unsafe(no_mangle)]
+pub static FOLL_ANON: Global<u32> = Global::new(0);
+
+pub fn known(off: u64) -> bool {
+    off != UNKNOWN_OFFSET
+}

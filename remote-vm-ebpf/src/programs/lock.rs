@@ -1,0 +1,242 @@
+//! mmap_lock acquisitions.
+//!
+//! - *remote*: the remote access's own acquisitions of the target's lock —
+//!   `down_read_killable` (`mmap_read_lock_killable`, inlined) and
+//!   `down_write_killable` (`expand_stack`) entry/exit, filtered to threads inside
+//!   a remote access and to `sem == &target_mm->mmap_lock`; or the mmap_lock
+//!   tracepoints filtered the same way.
+//! - *host*: host-wide waits on a thread's own mm's mmap_lock — `lock:contention_begin`
+//!   / `contention_end` (they fire only when a lock is contended), or, opt-in, the
+//!   mmap_lock tracepoints (every acquisition; they tax every mmap_lock user).
+use aya_ebpf::{
+    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use remote_vm_common::{LCB_F_WRITE, Point, classify::Acquisition};
+
+use super::{
+    layout::{MM_MMAP_LOCK_OFF, known},
+    maps::{CALLS, WAITS, current_mm, hit, now, stats},
+};
+
+// --- remote -------------------------------------------------------------------
+
+/// `sem` is about to be taken (`write`: for writing).
+#[inline(always)]
+fn remote_begin(sem: u64, write: bool) {
+    hit(Point::MmapLockRemoteStart);
+    let Some(state) = CALLS.current(false) else {
+        return;
+    };
+    if !state.is_active() {
+        return;
+    }
+    let off = MM_MMAP_LOCK_OFF.load();
+    let target = known(off) && sem == state.mm.wrapping_add(off);
+    state.lock_wait_begin(target, write, now());
+}
+
+/// The same with the tracepoints, which pass the mm itself.
+#[inline(always)]
+fn remote_begin_mm(mm: u64, write: bool) {
+    hit(Point::MmapLockRemoteStart);
+    let Some(state) = CALLS.current(false) else {
+        return;
+    };
+    if !state.is_active() {
+        return;
+    }
+    let target = mm == state.mm;
+    state.lock_wait_begin(target, write, now());
+}
+
+#[inline(always)]
+fn remote_end(acquired: bool) {
+    hit(Point::MmapLockRemoteEnd);
+    let Some(state) = CALLS.current(false) else {
+        return;
+    };
+    if let Some(a) = state.lock_wait_end(acquired, now()) {
+        if state.is_counted() {
+            if let Some(s) = stats() {
+                s.record_acquisition(&a, false);
+            }
+        }
+    }
+}
+
+#[fentry]
+pub fn down_read_fentry(ctx: FEntryContext) -> i32 {
+    remote_begin(ctx.arg(0), false);
+    0
+}
+
+#[fexit]
+pub fn down_read_fexit(ctx: FExitContext) -> i32 {
+    remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
+    0
+}
+
+#[fentry]
+pub fn down_write_fentry(ctx: FEntryContext) -> i32 {
+    remote_begin(ctx.arg(0), true);
+    0
+}
+
+#[fexit]
+pub fn down_write_fexit(ctx: FExitContext) -> i32 {
+    remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
+    0
+}
+
+#[kprobe]
+pub fn down_read_kprobe(ctx: ProbeContext) -> u32 {
+    remote_begin(ctx.arg(0).unwrap_or(0), false);
+    0
+}
+
+#[kretprobe]
+pub fn down_read_kretprobe(ctx: RetProbeContext) -> u32 {
+    remote_end(ctx.ret::<i32>() == 0);
+    0
+}
+
+#[kprobe]
+pub fn down_write_kprobe(ctx: ProbeContext) -> u32 {
+    remote_begin(ctx.arg(0).unwrap_or(0), true);
+    0
+}
+
+#[kretprobe]
+pub fn down_write_kretprobe(ctx: RetProbeContext) -> u32 {
+    remote_end(ctx.ret::<i32>() == 0);
+    0
+}
+
+// The mmap_lock tracepoints changed their arguments: 6.12 passes
+// `(mm, memcg_path, write[, success])`, 6.18 `(mm, write[, success])`. tp_btf
+// arguments must be read at constant offsets, so each program exists once per
+// layout (`W` = position of `write`) and the daemon attaches the one BTF names.
+
+#[inline(always)]
+fn tp_bool<const N: usize>(ctx: &BtfTracePointContext) -> bool {
+    let v: u64 = ctx.arg(N);
+    v & 0xff != 0
+}
+
+#[btf_tracepoint(function = "mmap_lock_start_locking")]
+pub fn remote_start_locking_tp_w1(ctx: BtfTracePointContext) -> i32 {
+    remote_begin_mm(ctx.arg(0), tp_bool::<1>(&ctx));
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_start_locking")]
+pub fn remote_start_locking_tp_w2(ctx: BtfTracePointContext) -> i32 {
+    remote_begin_mm(ctx.arg(0), tp_bool::<2>(&ctx));
+    0
+}
+
+// A downgrade also reports acquire_returned, with no start: lock_wait_end
+// ignores it (no wait in progress).
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn remote_acquire_returned_tp_w1(ctx: BtfTracePointContext) -> i32 {
+    remote_end(tp_bool::<2>(&ctx));
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn remote_acquire_returned_tp_w2(ctx: BtfTracePointContext) -> i32 {
+    remote_end(tp_bool::<3>(&ctx));
+    0
+}
+
+// --- host ---------------------------------------------------------------------
+
+#[inline(always)]
+fn host_begin(lock: u64, write: bool) {
+    hit(Point::MmapLockHostStart);
+    let off = MM_MMAP_LOCK_OFF.load();
+    if !known(off) {
+        return;
+    }
+    let mm = current_mm();
+    if mm == 0 || lock != mm.wrapping_add(off) {
+        return;
+    }
+    if let Some(w) = WAITS.current(true) {
+        w.lock = lock;
+        w.start_ns = now();
+        w.write = u32::from(write);
+    }
+}
+
+#[inline(always)]
+fn host_end(lock: u64, acquired: bool) {
+    hit(Point::MmapLockHostEnd);
+    let Some(w) = WAITS.current(false) else {
+        return;
+    };
+    if w.lock == 0 || w.lock != lock {
+        return;
+    }
+    let a = Acquisition {
+        write: w.write != 0,
+        wait_ns: now().saturating_sub(w.start_ns),
+        failed: !acquired,
+    };
+    w.lock = 0;
+    if let Some(s) = stats() {
+        s.record_acquisition(&a, true);
+    }
+}
+
+#[btf_tracepoint(function = "contention_begin")]
+pub fn host_contention_begin_tp(ctx: BtfTracePointContext) -> i32 {
+    let flags: u32 = ctx.arg(1);
+    host_begin(ctx.arg(0), flags & LCB_F_WRITE != 0);
+    0
+}
+
+#[btf_tracepoint(function = "contention_end")]
+pub fn host_contention_end_tp(ctx: BtfTracePointContext) -> i32 {
+    let ret: i32 = ctx.arg(1);
+    host_end(ctx.arg(0), ret == 0);
+    0
+}
+
+#[inline(always)]
+fn host_start_locking<const W: usize>(ctx: &BtfTracePointContext) {
+    let mm: u64 = ctx.arg(0);
+    // The same key as the contention mode: the lock's address.
+    host_begin(mm.wrapping_add(MM_MMAP_LOCK_OFF.load()), tp_bool::<W>(ctx));
+}
+
+#[inline(always)]
+fn host_acquire_returned<const S: usize>(ctx: &BtfTracePointContext) {
+    let mm: u64 = ctx.arg(0);
+    host_end(mm.wrapping_add(MM_MMAP_LOCK_OFF.load()), tp_bool::<S>(ctx));
+}
+
+#[btf_tracepoint(function = "mmap_lock_start_locking")]
+pub fn host_start_locking_tp_w1(ctx: BtfTracePointContext) -> i32 {
+    host_start_locking::<1>(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_start_locking")]
+pub fn host_start_locking_tp_w2(ctx: BtfTracePointContext) -> i32 {
+    host_start_locking::<2>(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn host_acquire_returned_tp_w1(ctx: BtfTracePointContext) -> i32 {
+    host_acquire_returned::<2>(&ctx);
+    0
+}
+
+#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
+pub fn host_acquire_returned_tp_w2(ctx: BtfTracePointContext) -> i32 {
+    host_acquire_returned::<3>(&ctx);
+    0
+}

@@ -1,0 +1,153 @@
+//! The lockless loop's steps: `lock_vma_under_rcu(mm, addr)` and
+//! `folio_walk_start(fw, vma, addr, flags)` returns, and GUP calls.
+//!
+//! `lock_vma_under_rcu()` also runs on every page fault of every thread: its
+//! programs count those as `context="other"` and return after one task-storage
+//! lookup that is a NULL check for threads that never made a remote access.
+use aya_ebpf::{
+    macros::{fentry, fexit, kprobe, kretprobe},
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use remote_vm_common::Point;
+
+use super::{
+    layout::{FW_LEVEL_OFF, FW_LEVEL_PMD, FW_LEVEL_PUD, FW_PAGE_OFF, VMA_VM_OPS_OFF, known},
+    maps::{CALLS, hit, read_u32, read_u64, stats},
+};
+
+#[inline(always)]
+fn on_lock_vma(mm: u64, addr: u64, vma: u64) {
+    hit(Point::LockVmaUnderRcuExit);
+    let locked = vma != 0;
+    match CALLS.current(false) {
+        Some(state) if state.is_active() => {
+            if state.is_counted() {
+                if let Some(s) = stats() {
+                    s.record_lock_vma(true, locked);
+                }
+            }
+            state.lock_vma(mm, addr, locked);
+        }
+        _ => {
+            if let Some(s) = stats() {
+                s.record_lock_vma(false, locked);
+            }
+        }
+    }
+}
+
+#[fexit]
+pub fn lock_vma_fexit(ctx: FExitContext) -> i32 {
+    on_lock_vma(ctx.arg(0), ctx.arg(1), ctx.ret::<u64>().unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn lock_vma_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(state) = CALLS.current(false) {
+        if state.is_active() {
+            state.pending_ptr = ctx.arg(0).unwrap_or(0);
+            state.pending_addr = ctx.arg(1).unwrap_or(0);
+        }
+    }
+    0
+}
+
+#[kretprobe]
+pub fn lock_vma_kretprobe(ctx: RetProbeContext) -> u32 {
+    let (mm, addr) = match CALLS.current(false) {
+        Some(state) if state.is_active() => (state.pending_ptr, state.pending_addr),
+        _ => (0, 0),
+    };
+    on_lock_vma(mm, addr, ctx.ret::<u64>());
+    0
+}
+
+/// `fw->level` as our `Level` index (0 pte, 1 pmd, 2 pud).
+#[inline(always)]
+fn level_of(fw: u64) -> u32 {
+    let off = FW_LEVEL_OFF.load();
+    if !known(off) {
+        return 3;
+    }
+    let v = read_u32(fw, off);
+    if v == FW_LEVEL_PMD.load() {
+        1
+    } else if v == FW_LEVEL_PUD.load() {
+        2
+    } else {
+        0
+    }
+}
+
+#[inline(always)]
+fn on_folio_walk(fw: u64, vma: u64, addr: u64, folio: u64) {
+    hit(Point::FolioWalkStartExit);
+    let Some(state) = CALLS.current(false) else {
+        return;
+    };
+    if !state.is_active() {
+        return;
+    }
+    if folio == 0 {
+        state.folio_walk(addr, false, 0, true);
+        return;
+    }
+    let page_off = FW_PAGE_OFF.load();
+    if known(page_off) && read_u64(fw, page_off) == 0 {
+        state.walk_without_page(addr);
+        return;
+    }
+    let ops_off = VMA_VM_OPS_OFF.load();
+    // Unknown offset: treat as anonymous, so the FOLL_ANON metric never claims a gap.
+    let anonymous = !known(ops_off) || read_u64(vma, ops_off) == 0;
+    state.folio_walk(addr, true, level_of(fw), anonymous);
+}
+
+#[fexit]
+pub fn folio_walk_fexit(ctx: FExitContext) -> i32 {
+    on_folio_walk(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.ret::<u64>().unwrap_or(0));
+    0
+}
+
+#[kprobe]
+pub fn folio_walk_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(state) = CALLS.current(false) {
+        if state.is_active() {
+            state.pending_ptr = ctx.arg(0).unwrap_or(0);
+            state.pending_vma = ctx.arg(1).unwrap_or(0);
+            state.pending_addr = ctx.arg(2).unwrap_or(0);
+        }
+    }
+    0
+}
+
+#[kretprobe]
+pub fn folio_walk_kretprobe(ctx: RetProbeContext) -> u32 {
+    let (fw, vma, addr) = match CALLS.current(false) {
+        Some(state) if state.is_active() => (state.pending_ptr, state.pending_vma, state.pending_addr),
+        _ => (0, 0, 0),
+    };
+    on_folio_walk(fw, vma, addr, ctx.ret::<u64>());
+    0
+}
+
+#[inline(always)]
+fn on_gup() {
+    hit(Point::GetUserPagesRemoteEntry);
+    if let Some(state) = CALLS.current(false) {
+        state.gup();
+    }
+}
+
+#[fentry]
+pub fn gup_fentry(_ctx: FEntryContext) -> i32 {
+    on_gup();
+    0
+}
+
+#[kprobe]
+pub fn gup_kprobe(_ctx: ProbeContext) -> u32 {
+    on_gup();
+    0
+}
