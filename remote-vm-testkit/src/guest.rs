@@ -3,6 +3,7 @@
 //! (`vmtest <name> ok|FAIL …`); a JSON report closes the run for the host harness.
 use std::{
     collections::BTreeMap,
+    os::unix::fs::FileExt,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -11,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::{
+    classes::{self, COUNTS, Kernel},
     prom::{self, Scrape},
     workload::{self, Target},
 };
@@ -19,7 +21,7 @@ pub const DAEMON: &str = "/usr/bin/remote-vm-daemon";
 const LISTEN: &str = "127.0.0.1:19361";
 const DAEMON_LOG: &str = "/tmp/daemon.log";
 
-/// Every probe and the mode it must attach in on the test kernels (their first).
+/// Every probe and the mode it attaches in on the test kernels by default (its first).
 const FIRST_MODES: &[(&str, &str)] = &[
     ("access_remote_vm_entry", "fentry"),
     ("access_remote_vm_exit", "fentry"),
@@ -30,6 +32,54 @@ const FIRST_MODES: &[(&str, &str)] = &[
     ("mmap_lock_remote_end", "fentry"),
     ("mmap_lock_host_start", "contention_tp"),
     ("mmap_lock_host_end", "contention_tp"),
+];
+
+/// A daemon configuration and the modes it must attach in.
+struct Scenario {
+    name: &'static str,
+    config: &'static str,
+    modes: &'static [(&'static str, &'static str)],
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "first",
+        config: "",
+        modes: FIRST_MODES,
+    },
+    Scenario {
+        name: "fallback",
+        config: "[probes]\naccess_remote_vm = \"kprobe\"\nlock_vma_under_rcu = \"kprobe\"\nfolio_walk_start = \"kprobe\"\nget_user_pages_remote = \"kprobe\"\nmmap_lock_remote = \"kprobe\"\nmmap_lock_host = \"mmap_lock_tp\"\n",
+        modes: &[
+            ("access_remote_vm_entry", "kprobe"),
+            ("access_remote_vm_exit", "kprobe"),
+            ("lock_vma_under_rcu_exit", "kprobe"),
+            ("folio_walk_start_exit", "kprobe"),
+            ("get_user_pages_remote_entry", "kprobe"),
+            ("mmap_lock_remote_start", "kprobe"),
+            ("mmap_lock_remote_end", "kprobe"),
+            ("mmap_lock_host_start", "mmap_lock_tp"),
+            ("mmap_lock_host_end", "mmap_lock_tp"),
+        ],
+    },
+    Scenario {
+        name: "callers",
+        config: "[probes]\naccess_remote_vm = \"fentry_callers\"\nmmap_lock_remote = \"mmap_lock_tp\"\n",
+        modes: &[
+            ("access_remote_vm_entry", "fentry_callers"),
+            ("access_remote_vm_exit", "fentry_callers"),
+            ("mmap_lock_remote_start", "mmap_lock_tp"),
+            ("mmap_lock_remote_end", "mmap_lock_tp"),
+        ],
+    },
+    Scenario {
+        name: "kprobe_callers",
+        config: "[probes]\naccess_remote_vm = \"kprobe_callers\"\n",
+        modes: &[
+            ("access_remote_vm_entry", "kprobe_callers"),
+            ("access_remote_vm_exit", "kprobe_callers"),
+        ],
+    },
 ];
 
 #[derive(Debug, Serialize)]
@@ -44,6 +94,7 @@ pub struct Check {
 pub struct Report {
     pub kernel: String,
     pub release: String,
+    pub expect: String,
     pub checks: Vec<Check>,
 }
 
@@ -70,7 +121,7 @@ impl Report {
     }
 }
 
-/// `rvm.kernel=NAME` from the kernel command line.
+/// `rvm.KEY=VALUE` from the kernel command line.
 fn cmdline_arg(key: &str) -> Option<String> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
     cmdline
@@ -80,26 +131,39 @@ fn cmdline_arg(key: &str) -> Option<String> {
 }
 
 pub fn main() -> Result<bool> {
+    let expect = cmdline_arg("rvm.expect").unwrap_or_else(|| "unknown".into());
+    let kernel = match expect.as_str() {
+        "patched" => Some(Kernel::Patched),
+        "unpatched" => Some(Kernel::Unpatched),
+        _ => None,
+    };
     let mut report = Report {
         kernel: cmdline_arg("rvm.kernel").unwrap_or_else(|| "unnamed".into()),
         release: std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string(),
+        expect,
         checks: Vec::new(),
     };
-    println!("vmtest: kernel {} ({})", report.kernel, report.release);
+    println!("vmtest: kernel {} ({}), expecting {}", report.kernel, report.release, report.expect);
+    // Hugetlb pages must be reserved before use.
+    let _ = std::fs::write("/proc/sys/vm/nr_hugepages", "8");
 
-    if let Err(e) = check_command(&mut report) {
-        report.error("check.run", e);
+    if let Err(e) = check_command(&mut report, &[], "check") {
+        report.error("check", e);
     }
-    match Daemon::start(&["--log-level", "debug"]) {
-        Ok(mut daemon) => {
-            if let Err(e) = daemon_checks(&mut report) {
-                report.error("daemon", e);
-            }
-            if let Err(e) = daemon.stop(&mut report) {
-                report.error("daemon.stop", e);
+    // --btf PATH with the kernel's own BTF copied to a file.
+    let btf_copy = "/tmp/vmlinux.btf";
+    match std::fs::copy("/sys/kernel/btf/vmlinux", btf_copy) {
+        Ok(_) => {
+            if let Err(e) = check_command(&mut report, &["--btf", btf_copy], "check_btf_file") {
+                report.error("check_btf_file", e);
             }
         }
-        Err(e) => report.error("daemon.start", e),
+        Err(e) => report.error("check_btf_file", e.into()),
+    }
+    for (i, scenario) in SCENARIOS.iter().enumerate() {
+        if let Err(e) = run_scenario(&mut report, scenario, kernel, i == 0) {
+            report.error(scenario.name, e);
+        }
     }
 
     let ok = report.checks.iter().all(|c| c.ok);
@@ -107,14 +171,15 @@ pub fn main() -> Result<bool> {
     Ok(ok)
 }
 
-/// `remote-vm-daemon check`: exit 0 and every probe in its first mode.
-fn check_command(report: &mut Report) -> Result<()> {
-    let out = Command::new(DAEMON).arg("check").output().context("run check")?;
+/// `remote-vm-daemon check`: exit 0, every probe in its first mode, and the
+/// kernel's own verdict on the lockless path.
+fn check_command(report: &mut Report, extra: &[&str], name: &str) -> Result<()> {
+    let out = Command::new(DAEMON).arg("check").args(extra).output().context("run check")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     for line in stdout.lines() {
-        println!("vmtest: check| {line}");
+        println!("vmtest: {name}| {line}");
     }
-    report.check("check.exit_code", 0, out.status.code().unwrap_or(-1));
+    report.check(format!("{name}.exit_code"), 0, out.status.code().unwrap_or(-1));
     let modes: BTreeMap<&str, &str> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("probe "))
@@ -122,9 +187,18 @@ fn check_command(report: &mut Report) -> Result<()> {
         .map(|(probe, rest)| (probe, rest.split_whitespace().next().unwrap_or("")))
         .collect();
     for (probe, mode) in FIRST_MODES {
-        report.check(format!("check.mode.{probe}"), mode, modes.get(probe).copied().unwrap_or("missing"));
+        report.check(format!("{name}.mode.{probe}"), mode, modes.get(probe).copied().unwrap_or("missing"));
     }
-    report.check("check.probe_count", FIRST_MODES.len(), modes.len());
+    report.check(format!("{name}.probe_count"), FIRST_MODES.len(), modes.len());
+    if report.expect != "unknown" {
+        let patched = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("patched: "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("missing");
+        let want = if report.expect == "patched" { "yes" } else { "no" };
+        report.check(format!("{name}.patched"), want, patched);
+    }
     Ok(())
 }
 
@@ -133,10 +207,11 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(extra: &[&str]) -> Result<Daemon> {
+    fn start(config: &str, extra: &[&str]) -> Result<Daemon> {
+        std::fs::write("/tmp/remote-vm.toml", config)?;
         let log = std::fs::File::create(DAEMON_LOG)?;
         let child = Command::new(DAEMON)
-            .args(["run", "--listen", LISTEN])
+            .args(["run", "--listen", LISTEN, "--config", "/tmp/remote-vm.toml"])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -158,12 +233,19 @@ impl Daemon {
         }
     }
 
-    fn stop(&mut self, report: &mut Report) -> Result<()> {
+    fn stop(&mut self, report: &mut Report, name: &str) -> Result<()> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait()?;
-        report.check("daemon.sigterm_exit_code", 0, status.code().unwrap_or(-1));
+        report.check(format!("{name}.sigterm_exit_code"), 0, status.code().unwrap_or(-1));
         Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -171,48 +253,122 @@ fn hits(s: &Scrape, probe: &str) -> f64 {
     s.value("remote_vm_probe_hits_total", &[("probe", probe)]).unwrap_or(f64::NAN)
 }
 
-fn daemon_checks(report: &mut Report) -> Result<()> {
-    let first = Scrape::fetch(LISTEN)?;
-    for (probe, mode) in FIRST_MODES {
+fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> String {
+    match (before.value(name, labels), after.value(name, labels)) {
+        (Some(b), Some(a)) => format!("{}", a - b),
+        _ => "absent".to_string(),
+    }
+}
+
+fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Kernel>, first: bool) -> Result<()> {
+    let extra: &[&str] = if first { &["--log-level", "debug"] } else { &[] };
+    let mut daemon = Daemon::start(sc.config, extra)?;
+    let name = sc.name;
+    let result = (|| -> Result<()> {
+        let start = Scrape::fetch(LISTEN)?;
+        for (probe, mode) in sc.modes {
+            report.check(
+                format!("{name}.attached.{probe}"),
+                1,
+                start.value("remote_vm_probe_attached", &[("probe", probe), ("mode", mode)]).unwrap_or(-1.0),
+            );
+        }
+        if first {
+            // Scraping must not itself read remote memory.
+            let again = Scrape::fetch(LISTEN)?;
+            for probe in ["access_remote_vm_entry", "access_remote_vm_exit"] {
+                report.check(format!("{name}.scrape_makes_no_remote_reads.{probe}"), 0, hits(&again, probe) - hits(&start, probe));
+            }
+        }
+        classification(report, name, kernel)?;
+        if first {
+            load(report, name, kernel)?;
+            // aya-log: the eBPF side's debug messages reach the daemon's log.
+            let log = std::fs::read_to_string(DAEMON_LOG)?;
+            let lines = log.lines().filter(|l| l.contains("__access_remote_vm entry: tid")).count();
+            report.check(format!("{name}.ebpf_log_messages_reach_the_daemon_log"), true, lines > 0);
+        }
+        Ok(())
+    })();
+    daemon.stop(report, name)?;
+    result
+}
+
+/// The classification workload: every class of access a known number of times.
+fn classification(report: &mut Report, name: &str, kernel: Option<Kernel>) -> Result<()> {
+    let target = Target::spawn(4, 16)?;
+    let mut counts = COUNTS;
+    if target.layout.hugetlb.is_none() {
+        println!("vmtest: {name}: no hugetlb page reserved; skipping the hugetlb class");
+        counts.hugetlb = 0;
+    }
+    let before = Scrape::fetch(LISTEN)?;
+    let ground = classes::run(&target, &counts)?;
+    let after = Scrape::fetch(LISTEN)?;
+    drop(target);
+    let Some(k) = kernel else {
+        // Unknown kernel: only what holds everywhere.
+        let entries = hits(&after, "access_remote_vm_entry") - hits(&before, "access_remote_vm_entry");
+        let exits = hits(&after, "access_remote_vm_exit") - hits(&before, "access_remote_vm_exit");
+        report.check(format!("{name}.classes.entries_equal_exits"), entries, exits);
+        return Ok(());
+    };
+    report.check(format!("{name}.classes.ground_truth"), format!("{:?}", classes::expected_ground(k, &counts)), format!("{ground:?}"));
+    for (metric, labels, value) in classes::expected(k, &counts) {
+        let label_text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         report.check(
-            format!("metrics.attached.{probe}"),
-            1,
-            first.value("remote_vm_probe_attached", &[("probe", probe), ("mode", mode)]).unwrap_or(-1.0),
+            format!("{name}.classes.{metric}{{{}}}", label_text.join(",")),
+            value,
+            delta(&before, &after, metric, &labels),
         );
     }
-    // Scraping must not itself read remote memory.
-    let again = Scrape::fetch(LISTEN)?;
-    for probe in ["access_remote_vm_entry", "access_remote_vm_exit"] {
-        report.check(format!("scrape.no_remote_reads.{probe}"), 0, hits(&again, probe) - hits(&first, probe));
-    }
+    Ok(())
+}
 
-    // N single-page preads of /proc/PID/mem = N calls.
-    const N: usize = 64;
-    let target = Target::spawn(4)?;
+/// At least 100 000 reads of resident pages from several threads: still exact.
+fn load(report: &mut Report, name: &str, kernel: Option<Kernel>) -> Result<()> {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 25_000;
+    let target = Target::spawn(8, 1)?;
     let before = Scrape::fetch(LISTEN)?;
-    let mut good = 0;
-    for i in 0..N {
-        let page = i % target.layout.resident_pages;
-        let data = target.pread(target.layout.resident + (page * workload::PAGE) as u64, workload::PAGE)?;
-        if data.len() == workload::PAGE && data.iter().all(|b| *b == workload::pattern(page)) {
-            good += 1;
-        }
-    }
+    let started = Instant::now();
+    let errors: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let target = &target;
+                s.spawn(move || {
+                    let mut buf = [0u8; 64];
+                    let mut bad = 0;
+                    for i in 0..PER_THREAD {
+                        let page = (t + i) % target.layout.resident_pages;
+                        let addr = target.layout.resident + (page * workload::PAGE) as u64;
+                        match target.mem().read_at(&mut buf, addr) {
+                            Ok(64) if buf.iter().all(|b| *b == workload::pattern(page)) => {}
+                            _ => bad += 1,
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(PER_THREAD)).sum()
+    });
     let after = Scrape::fetch(LISTEN)?;
-    for (k, v) in &after.samples {
-        if k.starts_with("remote_vm_") && !k.contains("_bucket") {
-            println!("vmtest: metrics| {k} {v}");
+    println!("vmtest: {name}: {} reads from {THREADS} threads in {:.1} s", THREADS * PER_THREAD, started.elapsed().as_secs_f64());
+    drop(target);
+    let n = (THREADS * PER_THREAD) as u64;
+    report.check(format!("{name}.load.read_errors"), 0, errors);
+    for probe in ["access_remote_vm_entry", "access_remote_vm_exit"] {
+        report.check(format!("{name}.load.hits.{probe}"), n, delta(&before, &after, "remote_vm_probe_hits_total", &[("probe", probe)]));
+        report.check(format!("{name}.load.misses.{probe}"), 0, delta(&before, &after, "remote_vm_probe_misses_total", &[("probe", probe)]));
+    }
+    report.check(format!("{name}.load.untracked"), 0, delta(&before, &after, "remote_vm_untracked_calls_total", &[]));
+    if let Some(k) = kernel {
+        let path = if k == Kernel::Patched { "fast" } else { "slow" };
+        for p in ["fast", "fallback", "slow"] {
+            let want = if p == path { n } else { 0 };
+            report.check(format!("{name}.load.reads.{p}"), want, delta(&before, &after, "remote_vm_reads_total", &[("path", p)]));
         }
     }
-    report.check("workload.preads_correct", N, good);
-    for probe in ["access_remote_vm_entry", "access_remote_vm_exit"] {
-        report.check(format!("hits.{probe}"), N, hits(&after, probe) - hits(&before, probe));
-    }
-    drop(target);
-
-    // aya-log: the eBPF side's debug messages reach the daemon's log.
-    let log = std::fs::read_to_string(DAEMON_LOG)?;
-    let ebpf_lines = log.lines().filter(|l| l.contains("__access_remote_vm entry: tid")).count();
-    report.check("log.ebpf_messages_at_least_n", true, ebpf_lines >= N);
     Ok(())
 }

@@ -3,3 +3,4 @@
 pub mod guest;
 pub mod prom;
 pub mod workload;
+pub mod classes;

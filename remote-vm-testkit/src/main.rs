@@ -18,6 +18,8 @@ enum Cmd {
     Target {
         #[arg(long, default_value_t = 4)]
         pages: usize,
+        #[arg(long, default_value_t = 16)]
+        zero_pages: usize,
     },
 }
 
@@ -25,7 +27,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Guest => guest::main(),
-        Cmd::Target { pages } => workload::target_main(pages).map(|()| true),
+        Cmd::Target { pages, zero_pages } => workload::target_main(pages, zero_pages).map(|()| true),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,

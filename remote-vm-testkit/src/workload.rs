@@ -11,7 +11,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 pub const PAGE: usize = 4096;
-/// The byte pattern of page `i` of a target region.
+pub const HUGE: usize = 2 << 20;
+
+/// The byte pattern of page `i` of the resident region.
 pub fn pattern(page: usize) -> u8 {
     0xA0 ^ (page as u8)
 }
@@ -22,41 +24,83 @@ pub struct Layout {
     /// Anonymous, written (so resident), PTE-mapped pages.
     pub resident: u64,
     pub resident_pages: usize,
+    /// Two resident pages in two VMAs: the first read-write, the second read-only.
+    pub straddle: u64,
+    /// Anonymous pages never written (reads see the shared zero page).
+    pub zero: u64,
+    pub zero_pages: usize,
+    /// A written 2 MiB hugetlb page, if the kernel had one reserved.
+    pub hugetlb: Option<u64>,
+    /// An unmapped page; the page before it is resident.
+    pub hole: u64,
+}
+
+fn map(len: usize, prot: i32, flags: i32) -> Result<*mut u8> {
+    // SAFETY: anonymous mapping, checked for MAP_FAILED.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags | libc::MAP_ANONYMOUS, -1, 0) };
+    if p == libc::MAP_FAILED {
+        bail!("mmap {len}: {}", std::io::Error::last_os_error());
+    }
+    // PTE-level pages (THP is `always` in the test kernels).
+    // SAFETY: advising our own mapping.
+    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    Ok(p.cast())
+}
+
+fn fill(p: *mut u8, len: usize, byte: u8) {
+    for off in 0..len {
+        // SAFETY: inside a writable mapping; volatile so the faults happen.
+        unsafe { std::ptr::write_volatile(p.add(off), byte) };
+    }
 }
 
 /// Runs in the target process: maps and fills the regions, prints the layout as
 /// one JSON line, then waits for stdin to close.
-pub fn target_main(pages: usize) -> Result<()> {
-    let len = pages * PAGE;
-    // SAFETY: anonymous private mapping, checked for MAP_FAILED.
-    let base = unsafe {
+pub fn target_main(pages: usize, zero_pages: usize) -> Result<()> {
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let resident = map(pages * PAGE, rw, libc::MAP_PRIVATE)?;
+    for page in 0..pages {
+        // SAFETY: page inside the mapping.
+        fill(unsafe { resident.add(page * PAGE) }, PAGE, pattern(page));
+    }
+    let straddle = map(2 * PAGE, rw, libc::MAP_PRIVATE)?;
+    fill(straddle, 2 * PAGE, 0x5b);
+    // SAFETY: our own mapping; splits it into two VMAs.
+    if unsafe { libc::mprotect(straddle.add(PAGE).cast(), PAGE, libc::PROT_READ) } != 0 {
+        bail!("mprotect: {}", std::io::Error::last_os_error());
+    }
+    let zero = map(zero_pages * PAGE, rw, libc::MAP_PRIVATE)?;
+    // SAFETY: as above; a huge page is only there if reserved (nr_hugepages).
+    let huge = unsafe {
         libc::mmap(
             std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            HUGE,
+            rw,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB,
             -1,
             0,
         )
     };
-    if base == libc::MAP_FAILED {
-        bail!("mmap: {}", std::io::Error::last_os_error());
-    }
-    // PTE-level pages (THP is `always` in the test kernels).
-    // SAFETY: advising our own mapping.
-    unsafe { libc::madvise(base, len, libc::MADV_NOHUGEPAGE) };
-    for page in 0..pages {
-        // SAFETY: inside the mapping; volatile so the writes (faults) happen.
-        unsafe {
-            let p = (base as *mut u8).add(page * PAGE);
-            for off in 0..PAGE {
-                std::ptr::write_volatile(p.add(off), pattern(page));
-            }
-        }
+    let hugetlb = if huge == libc::MAP_FAILED {
+        None
+    } else {
+        fill(huge.cast(), PAGE, 0x6c);
+        Some(huge as u64)
+    };
+    let around = map(3 * PAGE, rw, libc::MAP_PRIVATE)?;
+    fill(around, 3 * PAGE, 0x7d);
+    // SAFETY: unmapping the middle page of our own mapping.
+    if unsafe { libc::munmap(around.add(PAGE).cast(), PAGE) } != 0 {
+        bail!("munmap: {}", std::io::Error::last_os_error());
     }
     let layout = Layout {
-        resident: base as u64,
+        resident: resident as u64,
         resident_pages: pages,
+        straddle: straddle as u64,
+        zero: zero as u64,
+        zero_pages,
+        hugetlb,
+        hole: around as u64 + PAGE as u64,
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::to_string(&layout)?)?;
@@ -76,10 +120,10 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn spawn(pages: usize) -> Result<Target> {
+    pub fn spawn(pages: usize, zero_pages: usize) -> Result<Target> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
-            .args(["target", "--pages", &pages.to_string()])
+            .args(["target", "--pages", &pages.to_string(), "--zero-pages", &zero_pages.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -88,7 +132,11 @@ impl Target {
         let mut line = String::new();
         BufReader::new(child.stdout.take().context("target stdout")?).read_line(&mut line)?;
         let layout: Layout = serde_json::from_str(&line).with_context(|| format!("target said {line:?}"))?;
-        let mem = File::open(format!("/proc/{}/mem", child.id())).context("open /proc/PID/mem")?;
+        let mem = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/{}/mem", child.id()))
+            .context("open /proc/PID/mem")?;
         Ok(Target {
             child,
             stdin,
@@ -97,17 +145,23 @@ impl Target {
         })
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// One `pread` of `/proc/PID/mem`: exactly one `__access_remote_vm()` call for
-    /// `len` <= 4096 (mem_rw copies through one page-sized buffer).
+    /// One `pread` of `/proc/PID/mem`: one `__access_remote_vm()` call for `len`
+    /// <= 4096 (mem_rw copies through one page-sized buffer), unless the call
+    /// returns short and mem_rw asks again for the rest.
     pub fn pread(&self, addr: u64, len: usize) -> std::io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         let n = self.mem.read_at(&mut buf, addr)?;
         buf.truncate(n);
         Ok(buf)
+    }
+
+    /// One `pwrite` of `/proc/PID/mem` (FOLL_FORCE | FOLL_WRITE): one call.
+    pub fn pwrite(&self, addr: u64, data: &[u8]) -> std::io::Result<usize> {
+        self.mem.write_at(data, addr)
+    }
+
+    pub fn mem(&self) -> &File {
+        &self.mem
     }
 }
 

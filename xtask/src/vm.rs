@@ -38,6 +38,21 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// What the guest should find: the shared `patched` kernel has the lockless
+    /// path, `unpatched` (and Debian's kernels) do not; others are not assumed.
+    pub fn expect(&self) -> &'static str {
+        let n = self.name.as_str();
+        if n.starts_with("unpatched") || n.starts_with("debian") {
+            "unpatched"
+        } else if n.starts_with("patched") {
+            "patched"
+        } else {
+            "unknown"
+        }
+    }
+}
+
 /// The shared A/B pair beside the repository.
 pub fn default_kernels(root: &Path) -> Vec<Kernel> {
     let dir = root.join("../shared/kernels");
@@ -155,7 +170,11 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, out_dir: &Path, timeout: Duration
         .arg("-initrd")
         .arg(initramfs)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 quiet rvm.kernel={}", kernel.name))
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet rvm.kernel={} rvm.expect={}",
+            kernel.name,
+            kernel.expect()
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,0 +1,288 @@
+//! The classification workload: a known number of remote accesses of each kind,
+//! and the exact metric deltas each kernel must show for them.
+//!
+//! The model follows the kernel code (6.12 with and without the v1 series):
+//! - patched reads first run the lockless loop: `lock_vma_under_rcu` per VMA, the
+//!   VMA-flags check, `folio_walk_start` per mapping entry; whatever is left takes
+//!   `mmap_read_lock_killable`, `vma_lookup`/`expand_stack` (write lock) and GUP,
+//!   one `get_user_pages_remote` per page;
+//! - unpatched reads, and all writes, take only that old path;
+//! - `/proc/PID/mem` asks again for the rest when a call returns short.
+use anyhow::{Result, bail};
+
+use crate::workload::{PAGE, Target, pattern};
+
+/// How many accesses of each kind one run makes.
+#[derive(Clone, Copy, Debug)]
+pub struct Counts {
+    /// A resident, PTE-mapped page.
+    pub resident: u64,
+    /// 4 KiB from the middle of a read-write page into the next, read-only VMA.
+    pub straddle: u64,
+    /// A never-written anonymous page (the zero page).
+    pub zero: u64,
+    /// A page of a hugetlb mapping (0 when none is reserved).
+    pub hugetlb: u64,
+    /// An unmapped address.
+    pub unmapped: u64,
+    /// 4 KiB from the middle of a resident page into an unmapped hole.
+    pub hole_straddle: u64,
+    /// 16-byte writes to a resident page.
+    pub writes: u64,
+}
+
+pub const COUNTS: Counts = Counts {
+    resident: 16,
+    straddle: 5,
+    zero: 7,
+    hugetlb: 3,
+    unmapped: 4,
+    hole_straddle: 2,
+    writes: 6,
+};
+
+const B: u64 = PAGE as u64;
+const HALF: u64 = B / 2;
+const WRITE_LEN: usize = 16;
+
+/// What the workload itself saw: calls it made and bytes it got back.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ground {
+    pub reads_ok: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+/// Makes the accesses of `c` against `t`, checking the data it gets back.
+pub fn run(t: &Target, c: &Counts) -> Result<Ground> {
+    let l = &t.layout;
+    let mut g = Ground::default();
+    let mut read = |addr: u64, len: usize, want: Option<u8>| -> Result<()> {
+        match t.pread(addr, len) {
+            Ok(data) => {
+                if let Some(b) = want {
+                    if data.iter().any(|x| *x != b) {
+                        bail!("read at {addr:#x}: unexpected bytes");
+                    }
+                }
+                g.reads_ok += 1;
+                g.bytes_read += data.len() as u64;
+                Ok(())
+            }
+            // EIO: the call returned 0 bytes.
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(()),
+            Err(e) => bail!("pread {addr:#x}: {e}"),
+        }
+    };
+    for i in 0..c.resident as usize {
+        let page = i % l.resident_pages;
+        read(l.resident + (page * PAGE) as u64, PAGE, Some(pattern(page)))?;
+    }
+    for _ in 0..c.straddle {
+        read(l.straddle + HALF, PAGE, Some(0x5b))?;
+    }
+    if c.zero as usize > l.zero_pages {
+        bail!("not enough zero pages");
+    }
+    for i in 0..c.zero as usize {
+        read(l.zero + (i * PAGE) as u64, PAGE, Some(0))?;
+    }
+    if c.hugetlb > 0 {
+        let Some(h) = l.hugetlb else { bail!("no hugetlb page in the target") };
+        for i in 0..c.hugetlb as usize {
+            read(h + (i * PAGE) as u64, PAGE, Some(if i == 0 { 0x6c } else { 0 }))?;
+        }
+    }
+    for _ in 0..c.unmapped {
+        read(l.hole, PAGE, None)?;
+    }
+    for _ in 0..c.hole_straddle {
+        read(l.hole - HALF, PAGE, Some(0x7d))?;
+    }
+    for i in 0..c.writes as usize {
+        let page = i % l.resident_pages;
+        let n = t
+            .pwrite(l.resident + (page * PAGE) as u64, &[pattern(page); WRITE_LEN])
+            .map_err(|e| anyhow::anyhow!("pwrite: {e}"))?;
+        g.bytes_written += n as u64;
+    }
+    Ok(g)
+}
+
+/// The kernel under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernel {
+    /// The lockless read path is there.
+    Patched,
+    /// It is not: every read takes the mmap_lock.
+    Unpatched,
+}
+
+/// One expected delta: metric (with `_count`/`_sum` suffixes for histograms),
+/// labels, value.
+pub type Expect = (&'static str, Vec<(&'static str, &'static str)>, u64);
+
+/// Remote-access calls the workload makes on `k`.
+pub fn calls(k: Kernel, c: &Counts) -> u64 {
+    let reads = c.resident + c.straddle + c.zero + c.hugetlb + c.unmapped;
+    // Unpatched: the hole straddle returns 2 KiB, and /proc/PID/mem asks for the rest.
+    let hole = if k == Kernel::Patched { c.hole_straddle } else { 2 * c.hole_straddle };
+    reads + hole + c.writes
+}
+
+/// Every metric delta the workload must cause on `k`.
+pub fn expected(k: Kernel, c: &Counts) -> Vec<Expect> {
+    let Counts {
+        resident: r,
+        straddle: s,
+        zero: z,
+        hugetlb: h,
+        unmapped: m,
+        hole_straddle: x,
+        writes: w,
+    } = *c;
+    let n = calls(k, c);
+    let mut e: Vec<Expect> = vec![
+        ("remote_vm_probe_hits_total", vec![("probe", "access_remote_vm_entry")], n),
+        ("remote_vm_probe_hits_total", vec![("probe", "access_remote_vm_exit")], n),
+        ("remote_vm_probe_misses_total", vec![("probe", "access_remote_vm_entry")], 0),
+        ("remote_vm_probe_misses_total", vec![("probe", "access_remote_vm_exit")], 0),
+        ("remote_vm_untracked_calls_total", vec![], 0),
+        ("remote_vm_writes_total", vec![], w),
+        ("remote_vm_written_bytes_total", vec![], w * WRITE_LEN as u64),
+        ("remote_vm_write_duration_seconds_count", vec![], w),
+        ("remote_vm_mmap_lock_acquire_failures_total", vec![("context", "remote_vm")], 0),
+        ("remote_vm_foll_anon_file_backed_lockless_reads_total", vec![], 0),
+        ("remote_vm_fallbacks_total", vec![("reason", "other")], 0),
+        ("remote_vm_folio_walks_total", vec![("level", "pmd")], 0),
+        ("remote_vm_folio_walks_total", vec![("level", "pud")], 0),
+        ("remote_vm_multi_vma_reads_total", vec![("path", "slow")], 0),
+        ("remote_vm_multi_vma_reads_total", vec![("path", "fallback")], 0),
+    ];
+    let paths = |fast: u64, fallback: u64, slow: u64| {
+        [("fast", fast), ("fallback", fallback), ("slow", slow)]
+    };
+    match k {
+        Kernel::Patched => {
+            let fallback = z + h + m + x;
+            for (p, v) in paths(r + s, fallback, 0) {
+                e.push(("remote_vm_reads_total", vec![("path", p)], v));
+                e.push(("remote_vm_read_duration_seconds_count", vec![("path", p)], v));
+                e.push(("remote_vm_read_vmas_count", vec![("path", p)], v));
+            }
+            for (p, v) in paths((r + s) * B, (z + h) * B, 0) {
+                e.push(("remote_vm_read_bytes_total", vec![("path", p)], v));
+            }
+            // VMAs locked: one per read, two for the straddles (the hole never locks).
+            for (p, v) in paths(r + 2 * s, z + h + x, 0) {
+                e.push(("remote_vm_read_vmas_sum", vec![("path", p)], v));
+            }
+            e.extend([
+                ("remote_vm_multi_vma_reads_total", vec![("path", "fast")], s),
+                ("remote_vm_fallbacks_total", vec![("reason", "vma_lock_failed")], m + x),
+                ("remote_vm_fallbacks_total", vec![("reason", "vma_unsuitable")], h),
+                ("remote_vm_fallbacks_total", vec![("reason", "page_not_present")], z),
+                ("remote_vm_fallback_lockless_bytes_total", vec![], x * HALF),
+                ("remote_vm_lockless_bytes_discarded_total", vec![], x * HALF),
+                ("remote_vm_lockless_discarded_reads_total", vec![], x),
+                ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "read")], fallback + w),
+                ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "write")], m + x),
+                ("remote_vm_mmap_lock_hold_seconds_count", vec![], fallback + w),
+                ("remote_vm_lock_vma_under_rcu_total", vec![("context", "remote_vm")], r + 2 * s + z + h + m + 2 * x),
+                ("remote_vm_lock_vma_under_rcu_failures_total", vec![("context", "remote_vm")], m + x),
+                ("remote_vm_folio_walks_total", vec![("level", "pte")], r + 2 * s + x),
+                ("remote_vm_lockless_pte_pages_total", vec![], r + 2 * s + x),
+                ("remote_vm_gup_calls_total", vec![("path", "fallback")], z + h),
+                ("remote_vm_gup_calls_total", vec![("path", "slow")], 0),
+            ]);
+        }
+        Kernel::Unpatched => {
+            let slow = r + s + z + h + m + 2 * x;
+            for (p, v) in paths(0, 0, slow) {
+                e.push(("remote_vm_reads_total", vec![("path", p)], v));
+                e.push(("remote_vm_read_duration_seconds_count", vec![("path", p)], v));
+                e.push(("remote_vm_read_vmas_count", vec![("path", p)], v));
+                e.push(("remote_vm_read_vmas_sum", vec![("path", p)], 0));
+            }
+            for (p, v) in paths(0, 0, (r + s + z + h) * B + x * HALF) {
+                e.push(("remote_vm_read_bytes_total", vec![("path", p)], v));
+            }
+            e.extend([
+                ("remote_vm_multi_vma_reads_total", vec![("path", "fast")], 0),
+                ("remote_vm_fallbacks_total", vec![("reason", "vma_lock_failed")], 0),
+                ("remote_vm_fallbacks_total", vec![("reason", "vma_unsuitable")], 0),
+                ("remote_vm_fallbacks_total", vec![("reason", "page_not_present")], 0),
+                ("remote_vm_fallback_lockless_bytes_total", vec![], 0),
+                ("remote_vm_lockless_bytes_discarded_total", vec![], 0),
+                ("remote_vm_lockless_discarded_reads_total", vec![], 0),
+                ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "read")], slow + w),
+                ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "write")], m + 2 * x),
+                ("remote_vm_mmap_lock_hold_seconds_count", vec![], slow + w),
+                ("remote_vm_lock_vma_under_rcu_total", vec![("context", "remote_vm")], 0),
+                ("remote_vm_lock_vma_under_rcu_failures_total", vec![("context", "remote_vm")], 0),
+                ("remote_vm_folio_walks_total", vec![("level", "pte")], 0),
+                ("remote_vm_lockless_pte_pages_total", vec![], 0),
+                // One GUP per page: the straddles and the first half of the hole
+                // straddles span two pages (the second GUP fails at the hole).
+                ("remote_vm_gup_calls_total", vec![("path", "fallback")], 0),
+                ("remote_vm_gup_calls_total", vec![("path", "slow")], r + 2 * s + z + h + 2 * x),
+            ]);
+        }
+    }
+    e
+}
+
+/// What the workload itself must see on `k`.
+pub fn expected_ground(k: Kernel, c: &Counts) -> Ground {
+    let full = c.resident + c.straddle + c.zero + c.hugetlb;
+    match k {
+        // The hole straddle's lockless bytes are thrown away: EIO.
+        Kernel::Patched => Ground {
+            reads_ok: full,
+            bytes_read: full * B,
+            bytes_written: c.writes * WRITE_LEN as u64,
+        },
+        Kernel::Unpatched => Ground {
+            reads_ok: full + c.hole_straddle,
+            bytes_read: full * B + c.hole_straddle * HALF,
+            bytes_written: c.writes * WRITE_LEN as u64,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_is_self_consistent() {
+        for k in [Kernel::Patched, Kernel::Unpatched] {
+            let e = expected(k, &COUNTS);
+            let get = |name: &str, labels: &[(&str, &str)]| {
+                e.iter()
+                    .find(|(n, l, _)| *n == name && l.as_slice() == labels)
+                    .map(|(_, _, v)| *v)
+                    .unwrap_or_else(|| panic!("{name} {labels:?} missing"))
+            };
+            let reads: u64 = ["fast", "fallback", "slow"]
+                .iter()
+                .map(|p| get("remote_vm_reads_total", &[("path", p)]))
+                .sum();
+            // Every call is a read or a write, and every entry has its exit.
+            assert_eq!(reads + get("remote_vm_writes_total", &[]), calls(k, &COUNTS));
+            let fallbacks: u64 = ["vma_lock_failed", "vma_unsuitable", "page_not_present", "other"]
+                .iter()
+                .map(|r| get("remote_vm_fallbacks_total", &[("reason", r)]))
+                .sum();
+            assert_eq!(fallbacks, get("remote_vm_reads_total", &[("path", "fallback")]));
+            // Bytes the kernel returned are the bytes the workload got.
+            let bytes: u64 = ["fast", "fallback", "slow"]
+                .iter()
+                .map(|p| get("remote_vm_read_bytes_total", &[("path", p)]))
+                .sum();
+            assert_eq!(bytes, expected_ground(k, &COUNTS).bytes_read);
+        }
+        assert_eq!(calls(Kernel::Patched, &COUNTS), 43);
+        assert_eq!(calls(Kernel::Unpatched, &COUNTS), 45);
+    }
+}
