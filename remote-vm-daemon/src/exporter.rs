@@ -41,6 +41,9 @@ pub struct Sight {
     /// The remote access's own lock waits, failures and hold times.
     pub remote_lock: bool,
     pub host_lock: bool,
+    /// Killed host-wide waiters: not in the mmap_lock tracepoint mode, which
+    /// reports failed trylocks the same way.
+    pub host_failures: bool,
     pub lock_vma: bool,
     pub gup: bool,
     /// FOLL_ANON gap: walks, `vm_area_struct.vm_ops` and `FOLL_ANON` from BTF.
@@ -63,6 +66,9 @@ impl Sight {
             fallbacks: reads && (!lockless || walk),
             remote_lock: access && remote,
             host_lock: loaded.attached("mmap_lock_host"),
+            host_failures: loaded
+                .verdict("mmap_lock_host")
+                .is_some_and(|v| v.mode.is_some_and(|m| m.name == "contention_tp")),
             lock_vma: access && lock_vma,
             gup: reads && loaded.attached("get_user_pages_remote"),
             foll_anon: reads && walk && l.vma_vm_ops.is_ok() && l.foll_anon.is_ok(),
@@ -283,9 +289,9 @@ fn access_families(state: &State, stats: &Stats, sight: Sight) -> Vec<Family> {
             Kind::Counter,
             "mmap_lock acquisitions that failed (the waiter was killed), by context.",
         );
-        for (context, seen, base, fail) in [
-            ("remote_vm", sight.remote_lock, Hist::WaitRemoteRead, Counter::AcquireFailuresRemote),
-            ("host", sight.host_lock, Hist::WaitHostRead, Counter::AcquireFailuresHost),
+        for (context, seen, base, fail, failures_seen) in [
+            ("remote_vm", sight.remote_lock, Hist::WaitRemoteRead, Counter::AcquireFailuresRemote, true),
+            ("host", sight.host_lock, Hist::WaitHostRead, Counter::AcquireFailuresHost, sight.host_failures),
         ] {
             if !seen {
                 continue;
@@ -299,7 +305,9 @@ fn access_families(state: &State, stats: &Stats, sight: Sight) -> Vec<Family> {
                     1e9,
                 );
             }
-            failures.push(&[("context", context)], c(stats, fail));
+            if failures_seen {
+                failures.push(&[("context", context)], c(stats, fail));
+            }
         }
         out.extend([wait, failures]);
     }

@@ -281,6 +281,7 @@ fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Kernel>, firs
             }
         }
         classification(report, name, kernel)?;
+        host_contention(report, name)?;
         if first {
             load(report, name, kernel)?;
             // aya-log: the eBPF side's debug messages reach the daemon's log.
@@ -322,6 +323,55 @@ fn classification(report: &mut Report, name: &str, kernel: Option<Kernel>) -> Re
             delta(&before, &after, metric, &labels),
         );
     }
+    Ok(())
+}
+
+/// Host-wide waits: contention in a process of its own (not controlled to the
+/// last event, so a lower bound): the contention tracepoints see some waits; the
+/// mmap_lock tracepoints see at least every write-lock request the workload made.
+fn host_contention(report: &mut Report, name: &str) -> Result<()> {
+    let count = |s: &Scrape, mode: &str| {
+        s.value("remote_vm_mmap_lock_wait_seconds_count", &[("context", "host"), ("mode", mode)])
+            .unwrap_or(f64::NAN)
+    };
+    let before = Scrape::fetch(LISTEN)?;
+    // Whether a waiter sleeps (and so is traced) depends on scheduling: up to
+    // three rounds until some contended wait is seen.
+    let mut requests = 0u64;
+    let mut after = before.clone();
+    for _ in 0..3 {
+        let out = Command::new(std::env::current_exe()?)
+            .args(["contend", "--iterations", "200", "--region-mb", "64"])
+            .output()?;
+        if !out.status.success() {
+            bail!("contend failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        requests += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
+        after = Scrape::fetch(LISTEN)?;
+        if count(&after, "write") + count(&after, "read") > count(&before, "write") + count(&before, "read") {
+            break;
+        }
+    }
+    let writes = count(&after, "write") - count(&before, "write");
+    let reads = count(&after, "read") - count(&before, "read");
+    let mode = after
+        .series("remote_vm_probe_attached")
+        .find(|(k, v)| *v == 1.0 && k.contains("probe=\"mmap_lock_host_start\""))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default();
+    println!("vmtest: {name}: host contention: {requests} write-lock requests, {writes} write and {reads} read waits seen ({mode})");
+    if mode.contains("mmap_lock_tp") {
+        report.check(format!("{name}.host.every_write_request_seen"), true, writes >= requests as f64);
+    } else {
+        report.check(format!("{name}.host.contended_waits_seen"), true, writes + reads > 0.0);
+    }
+    // Nobody was killed while waiting. (The mmap_lock tracepoints cannot tell a
+    // failed trylock from a killed waiter: there the series is absent.)
+    report.check(
+        format!("{name}.host.acquire_failures"),
+        if mode.contains("mmap_lock_tp") { "absent" } else { "0" },
+        delta(&before, &after, "remote_vm_mmap_lock_acquire_failures_total", &[("context", "host")]),
+    );
     Ok(())
 }
 

@@ -15,6 +15,13 @@ enum Cmd {
     /// Run the VM test suite (inside the guest, from /init). Exit 0 when every check passed.
     Guest,
     /// A target process: map and fill pages, print the layout as JSON, wait for stdin EOF.
+    /// mmap_lock contention inside this process (see workload::contend).
+    Contend {
+        #[arg(long, default_value_t = 200)]
+        iterations: usize,
+        #[arg(long, default_value_t = 64)]
+        region_mb: usize,
+    },
     Target {
         #[arg(long, default_value_t = 4)]
         pages: usize,
@@ -27,6 +34,10 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Guest => guest::main(),
+        Cmd::Contend { iterations, region_mb } => workload::contend(iterations, region_mb).map(|n| {
+            println!("{n}");
+            true
+        }),
         Cmd::Target { pages, zero_pages } => workload::target_main(pages, zero_pages).map(|()| true),
     };
     match result {

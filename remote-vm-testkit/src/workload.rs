@@ -171,3 +171,51 @@ impl Drop for Target {
         let _ = self.child.wait();
     }
 }
+
+/// Host-wide mmap_lock contention inside one process: one thread flips the
+/// protection of a large populated region (holding the write lock while it
+/// rewrites every PTE), three more map and unmap a page (asking for the write
+/// lock). More threads than CPUs, so waiters sleep rather than spin (only a
+/// sleeping waiter is `lock:contention_begin`). Returns the write-lock requests
+/// made: two per iteration per thread.
+pub fn contend(iterations: usize, region_mb: usize) -> Result<u64> {
+    const MAPPERS: usize = 3;
+    let len = region_mb << 20;
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let big = map(len, rw, libc::MAP_PRIVATE)?;
+    for off in (0..len).step_by(PAGE) {
+        // SAFETY: inside the mapping.
+        unsafe { std::ptr::write_volatile(big.add(off), 1) };
+    }
+    let big = big as usize;
+    std::thread::scope(|s| {
+        let flipper = s.spawn(move || {
+            for _ in 0..iterations {
+                // SAFETY: our own mapping.
+                unsafe {
+                    libc::mprotect(big as *mut libc::c_void, len, libc::PROT_READ);
+                    libc::mprotect(big as *mut libc::c_void, len, rw);
+                }
+            }
+        });
+        let mappers: Vec<_> = (0..MAPPERS)
+            .map(|_| {
+                s.spawn(move || -> Result<()> {
+                    for _ in 0..iterations {
+                        let p = map(PAGE, rw, libc::MAP_PRIVATE)?;
+                        // SAFETY: unmapping what we just mapped.
+                        unsafe { libc::munmap(p.cast(), PAGE) };
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let _ = flipper.join();
+        mappers
+            .into_iter()
+            .try_for_each(|m| m.join().unwrap_or_else(|_| bail!("mapper panicked")))
+    })?;
+    // SAFETY: our own mapping.
+    unsafe { libc::munmap(big as *mut libc::c_void, len) };
+    Ok(2 * (1 + MAPPERS as u64) * iterations as u64)
+}

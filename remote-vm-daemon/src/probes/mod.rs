@@ -335,7 +335,17 @@ pub fn describe(e: impl std::error::Error) -> String {
     match out.split_once(". Verifier output: ") {
         Some((head, log)) => {
             log::debug!("verifier log:\n{log}");
-            let last = log.lines().map(str::trim).filter(|l| !l.is_empty()).last();
+            // The error is the last line before the verifier's statistics.
+            let last = log
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("processed ")
+                        && !l.starts_with("verification time")
+                        && !l.starts_with("stack depth")
+                })
+                .last();
             match last {
                 Some(last) => format!("{head} (verifier: {last})"),
                 None => head.to_string(),

@@ -170,8 +170,11 @@ fn host_begin(lock: u64, write: bool) {
     }
 }
 
+/// `failures_mean_killed`: the contention tracepoints end a wait with an error
+/// only when the waiter was killed; the mmap_lock tracepoints also report every
+/// failed trylock, so there a failure is dropped (not a wait, not a kill).
 #[inline(always)]
-fn host_end(lock: u64, acquired: bool) {
+fn host_end(lock: u64, acquired: bool, failures_mean_killed: bool) {
     hit(Point::MmapLockHostEnd);
     let Some(w) = WAITS.current(false) else {
         return;
@@ -185,6 +188,9 @@ fn host_end(lock: u64, acquired: bool) {
         failed: !acquired,
     };
     w.lock = 0;
+    if !acquired && !failures_mean_killed {
+        return;
+    }
     if let Some(s) = stats() {
         s.record_acquisition(&a, true);
     }
@@ -200,7 +206,7 @@ pub fn host_contention_begin_tp(ctx: BtfTracePointContext) -> i32 {
 #[btf_tracepoint(function = "contention_end")]
 pub fn host_contention_end_tp(ctx: BtfTracePointContext) -> i32 {
     let ret: i32 = ctx.arg(1);
-    host_end(ctx.arg(0), ret == 0);
+    host_end(ctx.arg(0), ret == 0, true);
     0
 }
 
@@ -214,7 +220,7 @@ fn host_start_locking<const W: usize>(ctx: &BtfTracePointContext) {
 #[inline(always)]
 fn host_acquire_returned<const S: usize>(ctx: &BtfTracePointContext) {
     let mm: u64 = ctx.arg(0);
-    host_end(mm.wrapping_add(MM_MMAP_LOCK_OFF.load()), tp_bool::<S>(ctx));
+    host_end(mm.wrapping_add(MM_MMAP_LOCK_OFF.load()), tp_bool::<S>(ctx), false);
 }
 
 #[btf_tracepoint(function = "mmap_lock_start_locking")]
