@@ -342,18 +342,27 @@ fn access_families(state: &State, stats: &Stats, sight: Sight) -> Vec<Family> {
     out
 }
 
-/// One line per probe: its mode, or `none` and why. Used by `check` and `/healthz`.
-pub fn verdict_lines(verdicts: &[Verdict]) -> Vec<String> {
+/// One line per probe: its mode and whether it is exact, or `none` and why.
+/// Used by `check` and `/healthz`.
+pub fn verdict_lines(loaded: &Loaded) -> Vec<String> {
     let mut lines = Vec::new();
-    for v in verdicts {
+    for v in &loaded.verdicts {
         for point in v.family.points {
             lines.push(match v.mode {
-                Some(mode) => format!(
-                    "probe {}: {} ({})",
-                    point.name(),
-                    mode.name,
-                    if mode.exact { "exact" } else { "may miss events; see remote_vm_probe_misses_total" }
-                ),
+                Some(mode) if mode.exact => format!("probe {}: {} (exact)", point.name(), mode.name),
+                Some(mode) => {
+                    let links = loaded.kprobe_links(*point);
+                    let source = if links > 0 {
+                        format!("the kernel counts them on {links} kprobe link(s)")
+                    } else {
+                        "this kernel keeps no kprobe miss counter (Linux < 6.7)".to_string()
+                    };
+                    format!(
+                        "probe {}: {} (may miss events; see remote_vm_probe_misses_total: {source})",
+                        point.name(),
+                        mode.name
+                    )
+                }
                 None => format!("probe {}: none ({})", point.name(), v.reason()),
             });
         }

@@ -218,6 +218,11 @@ impl Loaded {
         recursion + kprobe
     }
 
+    /// Kprobe links whose `missed` counts toward `point`.
+    pub fn kprobe_links(&self, point: Point) -> usize {
+        self.miss_sources.get(&point).map_or(0, |(_, links)| links.len())
+    }
+
     /// Every CPU's `Stats` summed.
     pub fn stats(&self) -> Stats {
         let mut total = Stats::ZERO;

@@ -135,7 +135,7 @@ fn check(common: Common) -> ExitCode {
     for line in loaded.layout.lines() {
         println!("{line}");
     }
-    for line in exporter::verdict_lines(&loaded.verdicts) {
+    for line in exporter::verdict_lines(&loaded) {
         println!("{line}");
     }
     println!("{}", exporter::patched_line(&loaded));
@@ -187,7 +187,7 @@ fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(e),
         };
-        for line in exporter::verdict_lines(&loaded.verdicts) {
+        for line in exporter::verdict_lines(&loaded) {
             log::info!("{line}");
         }
         log::info!("{}", exporter::patched_line(&loaded));

@@ -55,7 +55,7 @@ fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
             let mut body = String::from("ok\n");
             body.push_str(&exporter::kernel_line(&state.facts));
             body.push('\n');
-            let lines = exporter::verdict_lines(&state.loaded.verdicts)
+            let lines = exporter::verdict_lines(&state.loaded)
                 .into_iter()
                 .chain([exporter::patched_line(&state.loaded)])
                 .chain(exporter::sight_lines(&state.loaded));

@@ -273,6 +273,14 @@ fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Kernel>, firs
                 start.value("remote_vm_probe_attached", &[("probe", probe), ("mode", mode)]).unwrap_or(-1.0),
             );
         }
+        if sc.name == "fallback" {
+            // Kprobe modes say where their misses are counted (Linux 6.7+: on the link).
+            let (_, health) = prom::get(LISTEN, "/healthz")?;
+            for (probe, links) in [("access_remote_vm_entry", 1), ("access_remote_vm_exit", 1), ("lock_vma_under_rcu_exit", 2), ("mmap_lock_remote_start", 2)] {
+                let want = format!("probe {probe}: kprobe (may miss events; see remote_vm_probe_misses_total: the kernel counts them on {links} kprobe link(s))");
+                report.check(format!("{name}.healthz.{probe}"), true, health.lines().any(|l| l == want));
+            }
+        }
         if first {
             // Scraping must not itself read remote memory.
             let again = Scrape::fetch(LISTEN)?;
