@@ -10,7 +10,7 @@
 //! - `/proc/PID/mem` asks again for the rest when a call returns short.
 use anyhow::{Result, bail};
 
-use crate::workload::{PAGE, Target, pattern};
+use crate::workload::{CMDLINE, PAGE, Target, pattern};
 
 /// How many accesses of each kind one run makes.
 #[derive(Clone, Copy, Debug)]
@@ -29,6 +29,11 @@ pub struct Counts {
     pub hole_straddle: u64,
     /// 16-byte writes to a resident page.
     pub writes: u64,
+    /// A page of a PMD-mapped transparent huge page (0 when none was given).
+    pub thp: u64,
+    /// `read()`s of `/proc/PID/cmdline` whose argv lives in a file mapping (two
+    /// FOLL_ANON calls each; 0 when argv could not be moved).
+    pub cmdline: u64,
 }
 
 pub const COUNTS: Counts = Counts {
@@ -39,6 +44,8 @@ pub const COUNTS: Counts = Counts {
     unmapped: 4,
     hole_straddle: 2,
     writes: 6,
+    thp: 3,
+    cmdline: 2,
 };
 
 const B: u64 = PAGE as u64;
@@ -51,6 +58,8 @@ pub struct Ground {
     pub reads_ok: u64,
     pub bytes_read: u64,
     pub bytes_written: u64,
+    /// Bytes `/proc/PID/cmdline` gave back, over all its reads.
+    pub cmdline_bytes: u64,
 }
 
 /// Makes the accesses of `c` against `t`, checking the data it gets back.
@@ -99,6 +108,19 @@ pub fn run(t: &Target, c: &Counts) -> Result<Ground> {
     for _ in 0..c.hole_straddle {
         read(l.hole - HALF, PAGE, Some(0x7d))?;
     }
+    if c.thp > 0 {
+        let Some(thp) = l.thp else { bail!("no THP in the target") };
+        for i in 0..c.thp as usize {
+            read(thp + (i * PAGE) as u64, PAGE, Some(0x8e))?;
+        }
+    }
+    for _ in 0..c.cmdline {
+        let got = t.read_cmdline().map_err(|e| anyhow::anyhow!("read cmdline: {e}"))?;
+        if !got.is_empty() && got != CMDLINE {
+            bail!("cmdline read back {got:?}");
+        }
+        g.cmdline_bytes += got.len() as u64;
+    }
     for i in 0..c.writes as usize {
         let page = i % l.resident_pages;
         let n = t
@@ -124,7 +146,7 @@ pub type Expect = (&'static str, Vec<(&'static str, &'static str)>, u64);
 
 /// Remote-access calls the workload makes on `k`.
 pub fn calls(k: Kernel, c: &Counts) -> u64 {
-    let reads = c.resident + c.straddle + c.zero + c.hugetlb + c.unmapped;
+    let reads = c.resident + c.straddle + c.zero + c.hugetlb + c.unmapped + c.thp + 2 * c.cmdline;
     // Unpatched: the hole straddle returns 2 KiB, and /proc/PID/mem asks for the rest.
     let hole = if k == Kernel::Patched { c.hole_straddle } else { 2 * c.hole_straddle };
     reads + hole + c.writes
@@ -140,7 +162,12 @@ pub fn expected(k: Kernel, c: &Counts) -> Vec<Expect> {
         unmapped: m,
         hole_straddle: x,
         writes: w,
+        thp: t,
+        cmdline: cl,
     } = *c;
+    // One cmdline read: a 1-byte probe and one call for the whole argv.
+    let cl_calls = 2 * cl;
+    let cl_bytes = cl * (1 + CMDLINE.len() as u64);
     let n = calls(k, c);
     let mut e: Vec<Expect> = vec![
         ("remote_vm_probe_hits_total", vec![("probe", "access_remote_vm_entry")], n),
@@ -152,9 +179,7 @@ pub fn expected(k: Kernel, c: &Counts) -> Vec<Expect> {
         ("remote_vm_written_bytes_total", vec![], w * WRITE_LEN as u64),
         ("remote_vm_write_duration_seconds_count", vec![], w),
         ("remote_vm_mmap_lock_acquire_failures_total", vec![("context", "remote_vm")], 0),
-        ("remote_vm_foll_anon_file_backed_lockless_reads_total", vec![], 0),
         ("remote_vm_fallbacks_total", vec![("reason", "other")], 0),
-        ("remote_vm_folio_walks_total", vec![("level", "pmd")], 0),
         ("remote_vm_folio_walks_total", vec![("level", "pud")], 0),
         ("remote_vm_multi_vma_reads_total", vec![("path", "slow")], 0),
         ("remote_vm_multi_vma_reads_total", vec![("path", "fallback")], 0),
@@ -165,16 +190,17 @@ pub fn expected(k: Kernel, c: &Counts) -> Vec<Expect> {
     match k {
         Kernel::Patched => {
             let fallback = z + h + m + x;
-            for (p, v) in paths(r + s, fallback, 0) {
+            let fast = r + s + t + cl_calls;
+            for (p, v) in paths(fast, fallback, 0) {
                 e.push(("remote_vm_reads_total", vec![("path", p)], v));
                 e.push(("remote_vm_read_duration_seconds_count", vec![("path", p)], v));
                 e.push(("remote_vm_read_vmas_count", vec![("path", p)], v));
             }
-            for (p, v) in paths((r + s) * B, (z + h) * B, 0) {
+            for (p, v) in paths((r + s + t) * B + cl_bytes, (z + h) * B, 0) {
                 e.push(("remote_vm_read_bytes_total", vec![("path", p)], v));
             }
             // VMAs locked: one per read, two for the straddles (the hole never locks).
-            for (p, v) in paths(r + 2 * s, z + h + x, 0) {
+            for (p, v) in paths(r + 2 * s + t + cl_calls, z + h + x, 0) {
                 e.push(("remote_vm_read_vmas_sum", vec![("path", p)], v));
             }
             e.extend([
@@ -188,23 +214,27 @@ pub fn expected(k: Kernel, c: &Counts) -> Vec<Expect> {
                 ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "read")], fallback + w),
                 ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "write")], m + x),
                 ("remote_vm_mmap_lock_hold_seconds_count", vec![], fallback + w),
-                ("remote_vm_lock_vma_under_rcu_total", vec![("context", "remote_vm")], r + 2 * s + z + h + m + 2 * x),
+                ("remote_vm_lock_vma_under_rcu_total", vec![("context", "remote_vm")], r + 2 * s + z + h + m + 2 * x + t + cl_calls),
                 ("remote_vm_lock_vma_under_rcu_failures_total", vec![("context", "remote_vm")], m + x),
-                ("remote_vm_folio_walks_total", vec![("level", "pte")], r + 2 * s + x),
-                ("remote_vm_lockless_pte_pages_total", vec![], r + 2 * s + x),
+                ("remote_vm_folio_walks_total", vec![("level", "pte")], r + 2 * s + x + cl_calls),
+                ("remote_vm_folio_walks_total", vec![("level", "pmd")], t),
+                ("remote_vm_lockless_pte_pages_total", vec![], r + 2 * s + x + cl_calls),
+                // The FOLL_ANON gap: both cmdline calls walk the file mapping lockless.
+                ("remote_vm_foll_anon_file_backed_lockless_reads_total", vec![], cl_calls),
                 ("remote_vm_gup_calls_total", vec![("path", "fallback")], z + h),
                 ("remote_vm_gup_calls_total", vec![("path", "slow")], 0),
             ]);
         }
         Kernel::Unpatched => {
-            let slow = r + s + z + h + m + 2 * x;
+            let slow = r + s + z + h + m + 2 * x + t + cl_calls;
             for (p, v) in paths(0, 0, slow) {
                 e.push(("remote_vm_reads_total", vec![("path", p)], v));
                 e.push(("remote_vm_read_duration_seconds_count", vec![("path", p)], v));
                 e.push(("remote_vm_read_vmas_count", vec![("path", p)], v));
                 e.push(("remote_vm_read_vmas_sum", vec![("path", p)], 0));
             }
-            for (p, v) in paths(0, 0, (r + s + z + h) * B + x * HALF) {
+            // FOLL_ANON on a file VMA: GUP refuses, the cmdline reads return nothing.
+            for (p, v) in paths(0, 0, (r + s + z + h + t) * B + x * HALF) {
                 e.push(("remote_vm_read_bytes_total", vec![("path", p)], v));
             }
             e.extend([
@@ -221,11 +251,13 @@ pub fn expected(k: Kernel, c: &Counts) -> Vec<Expect> {
                 ("remote_vm_lock_vma_under_rcu_total", vec![("context", "remote_vm")], 0),
                 ("remote_vm_lock_vma_under_rcu_failures_total", vec![("context", "remote_vm")], 0),
                 ("remote_vm_folio_walks_total", vec![("level", "pte")], 0),
+                ("remote_vm_folio_walks_total", vec![("level", "pmd")], 0),
                 ("remote_vm_lockless_pte_pages_total", vec![], 0),
+                ("remote_vm_foll_anon_file_backed_lockless_reads_total", vec![], 0),
                 // One GUP per page: the straddles and the first half of the hole
                 // straddles span two pages (the second GUP fails at the hole).
                 ("remote_vm_gup_calls_total", vec![("path", "fallback")], 0),
-                ("remote_vm_gup_calls_total", vec![("path", "slow")], r + 2 * s + z + h + 2 * x),
+                ("remote_vm_gup_calls_total", vec![("path", "slow")], r + 2 * s + z + h + 2 * x + t + cl_calls),
             ]);
         }
     }
@@ -234,18 +266,22 @@ pub fn expected(k: Kernel, c: &Counts) -> Vec<Expect> {
 
 /// What the workload itself must see on `k`.
 pub fn expected_ground(k: Kernel, c: &Counts) -> Ground {
-    let full = c.resident + c.straddle + c.zero + c.hugetlb;
+    let full = c.resident + c.straddle + c.zero + c.hugetlb + c.thp;
     match k {
-        // The hole straddle's lockless bytes are thrown away: EIO.
+        // The hole straddle's lockless bytes are thrown away: EIO. The cmdline
+        // reads succeed through the lockless path's FOLL_ANON gap.
         Kernel::Patched => Ground {
             reads_ok: full,
             bytes_read: full * B,
             bytes_written: c.writes * WRITE_LEN as u64,
+            cmdline_bytes: c.cmdline * CMDLINE.len() as u64,
         },
+        // GUP refuses FOLL_ANON on a file mapping: an empty cmdline.
         Kernel::Unpatched => Ground {
             reads_ok: full + c.hole_straddle,
             bytes_read: full * B + c.hole_straddle * HALF,
             bytes_written: c.writes * WRITE_LEN as u64,
+            cmdline_bytes: 0,
         },
     }
 }
@@ -275,14 +311,17 @@ mod tests {
                 .map(|r| get("remote_vm_fallbacks_total", &[("reason", r)]))
                 .sum();
             assert_eq!(fallbacks, get("remote_vm_reads_total", &[("path", "fallback")]));
-            // Bytes the kernel returned are the bytes the workload got.
+            // Bytes the kernel returned are the bytes the workload got (cmdline:
+            // plus the 1-byte probes the workload never sees).
             let bytes: u64 = ["fast", "fallback", "slow"]
                 .iter()
                 .map(|p| get("remote_vm_read_bytes_total", &[("path", p)]))
                 .sum();
-            assert_eq!(bytes, expected_ground(k, &COUNTS).bytes_read);
+            let g = expected_ground(k, &COUNTS);
+            let probes = if g.cmdline_bytes > 0 { COUNTS.cmdline } else { 0 };
+            assert_eq!(bytes, g.bytes_read + g.cmdline_bytes + probes);
         }
-        assert_eq!(calls(Kernel::Patched, &COUNTS), 43);
-        assert_eq!(calls(Kernel::Unpatched, &COUNTS), 45);
+        assert_eq!(calls(Kernel::Patched, &COUNTS), 43 + 3 + 4);
+        assert_eq!(calls(Kernel::Unpatched, &COUNTS), 45 + 3 + 4);
     }
 }

@@ -311,6 +311,15 @@ fn classification(report: &mut Report, name: &str, kernel: Option<Kernel>) -> Re
         println!("vmtest: {name}: no hugetlb page reserved; skipping the hugetlb class");
         counts.hugetlb = 0;
     }
+    // The shared kernels give both; a kernel that does not fails the check below.
+    report.check(format!("{name}.classes.thp_available"), true, target.layout.thp.is_some());
+    report.check(format!("{name}.classes.argv_moved_into_a_file"), workload::CMDLINE.len(), target.layout.cmdline_len);
+    if target.layout.thp.is_none() {
+        counts.thp = 0;
+    }
+    if target.layout.cmdline_len == 0 {
+        counts.cmdline = 0;
+    }
     let before = Scrape::fetch(LISTEN)?;
     let ground = classes::run(&target, &counts)?;
     let after = Scrape::fetch(LISTEN)?;

@@ -33,7 +33,15 @@ pub struct Layout {
     pub hugetlb: Option<u64>,
     /// An unmapped page; the page before it is resident.
     pub hole: u64,
+    /// A 2 MiB-aligned, PMD-mapped transparent huge page, if the kernel gave one.
+    pub thp: Option<u64>,
+    /// Bytes of argv as `/proc/PID/cmdline` shows it: moved (PR_SET_MM) into a
+    /// resident shared file mapping, so not anonymous. 0 if that failed.
+    pub cmdline_len: u64,
 }
+
+/// What the target's moved argv holds.
+pub const CMDLINE: &[u8] = b"file-backed\0argv\0";
 
 fn map(len: usize, prot: i32, flags: i32) -> Result<*mut u8> {
     // SAFETY: anonymous mapping, checked for MAP_FAILED.
@@ -87,6 +95,12 @@ pub fn target_main(pages: usize, zero_pages: usize) -> Result<()> {
         fill(huge.cast(), PAGE, 0x6c);
         Some(huge as u64)
     };
+    let thp = map_thp()?;
+    let cmdline_len = move_argv_into_a_file().unwrap_or_else(|e| {
+        eprintln!("target: cannot move argv into a file mapping: {e:#}");
+        0
+    });
+    // The hole last: a later mapping could land in it.
     let around = map(3 * PAGE, rw, libc::MAP_PRIVATE)?;
     fill(around, 3 * PAGE, 0x7d);
     // SAFETY: unmapping the middle page of our own mapping.
@@ -101,6 +115,8 @@ pub fn target_main(pages: usize, zero_pages: usize) -> Result<()> {
         zero_pages,
         hugetlb,
         hole: around as u64 + PAGE as u64,
+        thp,
+        cmdline_len,
     };
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::to_string(&layout)?)?;
@@ -109,6 +125,75 @@ pub fn target_main(pages: usize, zero_pages: usize) -> Result<()> {
     let mut sink = Vec::new();
     std::io::stdin().read_to_end(&mut sink)?;
     Ok(())
+}
+
+/// A written, 2 MiB-aligned anonymous region with MADV_HUGEPAGE; `Some` if
+/// `/proc/self/smaps` shows it backed by a huge page.
+fn map_thp() -> Result<Option<u64>> {
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    // SAFETY: anonymous mapping, checked.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), 2 * HUGE, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    if p == libc::MAP_FAILED {
+        bail!("mmap: {}", std::io::Error::last_os_error());
+    }
+    let aligned = (p as usize + HUGE - 1) & !(HUGE - 1);
+    // SAFETY: advising and writing our own mapping.
+    unsafe { libc::madvise(aligned as *mut libc::c_void, HUGE, libc::MADV_HUGEPAGE) };
+    fill(aligned as *mut u8, HUGE, 0x8e);
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut in_region = false;
+    for line in smaps.lines() {
+        if let Some((range, _)) = line.split_once(' ') {
+            if let Some((lo, hi)) = range.split_once('-') {
+                if let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16)) {
+                    in_region = lo <= aligned && aligned < hi;
+                    continue;
+                }
+            }
+        }
+        if in_region {
+            if let Some(kb) = line.strip_prefix("AnonHugePages:") {
+                let kb: usize = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                return Ok((kb >= HUGE / 1024).then_some(aligned as u64));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Moves this process's argv (as /proc/PID/cmdline reads it) into a resident
+/// shared mapping of a tmpfs file (PR_SET_MM_ARG_START/END, needs
+/// CAP_SYS_RESOURCE). Returns its length.
+fn move_argv_into_a_file() -> Result<u64> {
+    let path = format!("/tmp/rvm-cmdline-{}", std::process::id());
+    std::fs::write(&path, CMDLINE)?;
+    let file = File::open(&path)?;
+    // SAFETY: mapping a file we just wrote, checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&file),
+            0,
+        )
+    };
+    let _ = std::fs::remove_file(&path);
+    if p == libc::MAP_FAILED {
+        bail!("mmap {path}: {}", std::io::Error::last_os_error());
+    }
+    // Touch it so the page is mapped (resident, present in the page table).
+    // SAFETY: inside the mapping.
+    let _ = unsafe { std::ptr::read_volatile(p as *const u8) };
+    let start = p as u64;
+    for (opt, addr) in [(libc::PR_SET_MM_ARG_START, start), (libc::PR_SET_MM_ARG_END, start + CMDLINE.len() as u64)] {
+        // SAFETY: prctl with plain integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_MM, opt as libc::c_ulong, addr as libc::c_ulong, 0 as libc::c_ulong, 0 as libc::c_ulong) } != 0 {
+            bail!("prctl(PR_SET_MM): {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(CMDLINE.len() as u64)
 }
 
 /// A running target process.
@@ -162,6 +247,17 @@ impl Target {
 
     pub fn mem(&self) -> &File {
         &self.mem
+    }
+
+    /// One `read()` of `/proc/PID/cmdline` with a page-sized buffer: for argv
+    /// ending in NUL, two `access_remote_vm()` calls with FOLL_ANON (a 1-byte
+    /// probe at arg_end-1, then the page loop's one call).
+    pub fn read_cmdline(&self) -> std::io::Result<Vec<u8>> {
+        let mut f = File::open(format!("/proc/{}/cmdline", self.child.id()))?;
+        let mut buf = vec![0u8; PAGE];
+        let n = f.read(&mut buf)?;
+        buf.truncate(n);
+        Ok(buf)
     }
 }
 
