@@ -17,7 +17,6 @@ use crate::{
     kernel::KernelFacts,
     loader::Loaded,
     metrics::{Family, Kind, encode_all},
-    probes::Verdict,
 };
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -54,6 +54,8 @@ impl Patched {
 pub struct Loaded {
     /// Owns the programs and their links; dropping it detaches everything.
     pub ebpf: Ebpf,
+    /// The eBPF programs' log records, until `forward_logs` hands them to a thread.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub verdicts: Vec<Verdict>,
     pub layout: Layout,
     pub patched: Patched,
@@ -130,10 +132,13 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         reason: probes::describe(&e),
         hint: privilege_hint(),
     })?;
-    match aya_log::EbpfLogger::init(&mut ebpf) {
-        Ok(logger) => crate::logging::forward_ebpf_logs(logger),
-        Err(e) => log::warn!("eBPF log messages will not be shown: {}", probes::describe(e)),
-    }
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            log::warn!("eBPF log messages will not be shown: {}", probes::describe(e));
+            None
+        }
+    };
     let mut verdicts: Vec<Verdict> = Vec::new();
     for family in probes::FAMILIES {
         let choice = opts.choices.get(family.name).cloned().unwrap_or_default();
@@ -147,6 +152,7 @@ pub fn load(opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
         .map_err(|_| LoadError::Map("STATS"))?;
     let mut loaded = Loaded {
         ebpf,
+        logger,
         verdicts,
         layout,
         patched: Patched::Unknown,
@@ -196,6 +202,14 @@ fn miss_sources(ebpf: &Ebpf, verdicts: &[Verdict]) -> BTreeMap<Point, (Vec<Owned
 }
 
 impl Loaded {
+    /// Starts the thread that forwards the eBPF programs' log records into ours
+    /// (after any privilege drop: threads inherit the capabilities of their creator).
+    pub fn forward_logs(&mut self) {
+        if let Some(logger) = self.logger.take() {
+            crate::logging::forward_ebpf_logs(logger);
+        }
+    }
+
     /// Hits of `point` summed over CPUs.
     pub fn hits(&self, point: Point) -> u64 {
         self.hits

@@ -10,6 +10,7 @@ mod loader;
 mod logging;
 mod metrics;
 mod misses;
+mod notify;
 mod probes;
 mod server;
 
@@ -167,48 +168,81 @@ fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
         config.listen = listen;
     }
     logging::init(config.log_level);
+    let notify = notify::Notifier::from_env();
+    // Bind first: a taken port fails before anything is attached.
+    notify.status(&format!("binding {}", config.listen));
+    let listener = match std::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return fail(format!(
+                "cannot listen on {}: {e} (another remote-vm-daemon? choose another with --listen)",
+                config.listen
+            ));
+        }
+        Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
+    };
+    notify.status("attaching probes");
+    let facts = KernelFacts::read(common.btf.as_deref());
+    log::info!("{}", exporter::kernel_line(&facts));
+    let mut loaded = match loader::load(&loader::LoadOptions {
+        btf_path: common.btf.as_deref(),
+        log_level: config.log_level,
+        choices: &config.probes,
+    }) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    for line in exporter::verdict_lines(&loaded) {
+        log::info!("{line}");
+    }
+    log::info!("{}", exporter::patched_line(&loaded));
+    let points: usize = loaded.verdicts.iter().map(|v| v.family.points.len()).sum();
+    let attached: usize = loaded
+        .verdicts
+        .iter()
+        .filter(|v| v.attached())
+        .map(|v| v.family.points.len())
+        .sum();
+    if attached < points {
+        log::warn!("degraded: {attached} of {points} probes attached; the rest are reported as mode=\"none\"");
+    }
+    // Everything is attached and every fd we need is open: give up all privilege
+    // before any other thread exists, so none keeps it.
+    match caps::drop_all() {
+        Ok(()) => log::info!("dropped all capabilities (CapEff {:#x})", caps::effective().unwrap_or(0)),
+        Err(e) => log::error!("could not drop capabilities: {e}"),
+    }
+    loaded.forward_logs();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(async move {
-        // Bind first: a taken port fails before anything is attached.
-        let listener = match tokio::net::TcpListener::bind(config.listen).await {
-            Ok(l) => l,
-            Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
-        };
-        let facts = KernelFacts::read(common.btf.as_deref());
-        log::info!("{}", exporter::kernel_line(&facts));
-        let loaded = match loader::load(&loader::LoadOptions {
-            btf_path: common.btf.as_deref(),
-            log_level: config.log_level,
-            choices: &config.probes,
-        }) {
-            Ok(l) => l,
-            Err(e) => return fail(e),
-        };
-        for line in exporter::verdict_lines(&loaded) {
-            log::info!("{line}");
-        }
-        log::info!("{}", exporter::patched_line(&loaded));
-        let attached = loaded.verdicts.iter().filter(|v| v.attached()).count();
-        if attached < loaded.verdicts.len() {
-            log::warn!(
-                "degraded: {attached} of {} probe families attached; the rest are reported as mode=\"none\"",
-                loaded.verdicts.len()
-            );
-        }
-        let state = Arc::new(State {
-            facts,
-            loaded,
-            hist_min_log2: config.hist_min_log2,
-            hist_max_log2: config.hist_max_log2,
-        });
+    let state = Arc::new(State {
+        facts,
+        loaded,
+        hist_min_log2: config.hist_min_log2,
+        hist_max_log2: config.hist_max_log2,
+    });
+    let served = runtime.block_on(async {
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))?;
         log::info!("serving http://{}/metrics", config.listen);
-        server::serve(listener, state, shutdown_signal()).await;
-        log::info!("shutting down");
-        ExitCode::from(EXIT_OK)
-    })
+        notify.send(&format!(
+            "READY=1\nSTATUS=serving http://{}/metrics; {attached} of {points} probes attached",
+            config.listen
+        ));
+        server::serve(listener, state.clone(), shutdown_signal()).await;
+        Ok::<(), std::io::Error>(())
+    });
+    notify.send("STOPPING=1\nSTATUS=detaching probes");
+    log::info!("shutting down");
+    drop(runtime);
+    drop(state);
+    match served {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => fail(format!("cannot serve on {}: {e}", config.listen)),
+    }
 }
 
 async fn shutdown_signal() {

@@ -18,13 +18,6 @@ struct InfoAttr {
     info: u64,
 }
 
-#[repr(C)]
-struct IdAttr {
-    id: u32,
-    next_id: u32,
-    open_flags: u32,
-}
-
 fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
     // SAFETY: the bpf(2) syscall with an attr of the size we pass.
     let r = unsafe {
@@ -56,34 +49,42 @@ pub fn prog_id_and_misses(fd: RawFd) -> io::Result<(u32, u64)> {
     Ok((info.id, info.recursion_misses))
 }
 
-/// The kprobe links of `prog_ids`, opened now (this needs CAP_SYS_ADMIN, which
-/// the daemon has while attaching) and kept for reading `missed` later.
+/// The kprobe links of `prog_ids` among this process's own file descriptors
+/// (aya holds them), found through `/proc/self/fdinfo` and duplicated so they can
+/// be read later: no privilege needed.
 pub fn kprobe_links(prog_ids: &[u32]) -> Vec<(u32, OwnedFd)> {
     let mut out = Vec::new();
-    let mut id = 0u32;
-    loop {
-        let mut next = IdAttr {
-            id,
-            next_id: 0,
-            open_flags: 0,
-        };
-        if bpf(bpf_cmd::BPF_LINK_GET_NEXT_ID, &mut next).is_err() {
-            break;
-        }
-        id = next.next_id;
-        let mut open = IdAttr {
-            id,
-            next_id: 0,
-            open_flags: 0,
-        };
-        let Ok(fd) = bpf(bpf_cmd::BPF_LINK_GET_FD_BY_ID, &mut open) else {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()) else {
             continue;
         };
-        // SAFETY: a new fd the kernel just gave us.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        if let Ok(info) = info_by_fd::<bpf_link_info>(fd.as_raw_fd()) {
-            if prog_ids.contains(&info.prog_id) && kprobe_missed(&info).is_some() {
-                out.push((info.prog_id, fd));
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        };
+        let (Some(_link_id), Some(prog_id)) = (field("link_id:"), field("prog_id:")) else {
+            continue;
+        };
+        if !prog_ids.contains(&prog_id) {
+            continue;
+        }
+        // SAFETY: duplicating one of our own open descriptors.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            continue;
+        }
+        // SAFETY: a new descriptor we own.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup) };
+        if let Ok(link) = info_by_fd::<bpf_link_info>(dup.as_raw_fd()) {
+            if kprobe_missed(&link).is_some() {
+                out.push((prog_id, dup));
             }
         }
     }

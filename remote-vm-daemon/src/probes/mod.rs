@@ -177,10 +177,6 @@ impl Verdict {
         self.mode.map_or("none", |m| m.name)
     }
 
-    pub fn exact(&self) -> bool {
-        self.mode.is_some_and(|m| m.exact)
-    }
-
     /// All failures as one line: `fentry: …; kprobe: …`.
     pub fn reason(&self) -> String {
         let mut out = String::new();
