@@ -184,8 +184,8 @@ impl Btf {
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<Btf, String> {
-        let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        Btf::parse(&data).map_err(|e| format!("{}: {e}", path.display()))
+        let data = std::fs::read(path).map_err(|e| e.to_string())?;
+        Btf::parse(&data).map_err(|e| e.to_string())
     }
 
     pub fn get(&self, id: u32) -> Option<&Type> {

@@ -80,11 +80,20 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(match e.kind() {
-                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => EXIT_OK,
-                _ => EXIT_FAILED,
-            });
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    ExitCode::from(if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        EXIT_FAILED
+                    } else {
+                        EXIT_OK
+                    })
+                }
+                // One line: clap's first, without its usage footer.
+                _ => fail(e.to_string().lines().next().unwrap_or("bad arguments").trim_start_matches("error: ")),
+            };
         }
     };
     match cli.command {
@@ -213,6 +222,10 @@ fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
         Err(e) => log::error!("could not drop capabilities: {e}"),
     }
     loaded.forward_logs();
+    // Parsing the kernel's BTF twice (aya's and ours) peaks at tens of MB; give
+    // the freed memory back to the system.
+    // SAFETY: no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),

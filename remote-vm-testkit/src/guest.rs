@@ -160,6 +160,9 @@ pub fn main() -> Result<bool> {
         }
         Err(e) => report.error("check_btf_file", e.into()),
     }
+    if let Err(e) = least_capabilities(&mut report) {
+        report.error("least_capabilities", e);
+    }
     for (i, scenario) in SCENARIOS.iter().enumerate() {
         if let Err(e) = run_scenario(&mut report, scenario, kernel, i == 0) {
             report.error(scenario.name, e);
@@ -202,6 +205,35 @@ fn check_command(report: &mut Report, extra: &[&str], name: &str) -> Result<()> 
         let want = if report.expect == "patched" { "yes" } else { "no" };
         report.check(format!("{name}.patched"), want, patched);
     }
+    Ok(())
+}
+
+/// `check` as user nobody with only CAP_BPF and CAP_PERFMON attaches every probe;
+/// with CAP_BPF alone it is refused and the missing capability named.
+fn least_capabilities(report: &mut Report) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let with = |caps: &str| -> Result<(Option<i32>, String, String)> {
+        let out = Command::new(&exe).args(["with-caps", caps, "--", DAEMON, "check"]).output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, stdout, stderr) = with("38,39")?;
+    report.check("least_capabilities.bpf_perfmon.exit_code", 0, code.unwrap_or(-1));
+    let attached = stdout.lines().filter(|l| l.starts_with("probe ") && !l.contains(": none (")).count();
+    report.check("least_capabilities.bpf_perfmon.probes_attached", FIRST_MODES.len(), attached);
+    if code != Some(0) {
+        println!("vmtest: least_capabilities: {stdout}{stderr}");
+    }
+    let (code, stdout, _) = with("39")?;
+    report.check("least_capabilities.bpf_only.exit_code", 2, code.unwrap_or(-1));
+    report.check(
+        "least_capabilities.bpf_only.names_cap_perfmon",
+        true,
+        stdout.lines().filter(|l| l.starts_with("probe ")).all(|l| l.contains("(missing capability CAP_PERFMON)") || l.contains("not tried")),
+    );
     Ok(())
 }
 

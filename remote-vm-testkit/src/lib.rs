@@ -4,3 +4,4 @@ pub mod guest;
 pub mod prom;
 pub mod workload;
 pub mod classes;
+pub mod caps;

@@ -15,6 +15,14 @@ enum Cmd {
     /// Run the VM test suite (inside the guest, from /init). Exit 0 when every check passed.
     Guest,
     /// A target process: map and fill pages, print the layout as JSON, wait for stdin EOF.
+    /// Run a command as user nobody with exactly the given capabilities
+    /// (ambient), e.g. `with-caps 38,39 -- remote-vm-daemon check`.
+    WithCaps {
+        /// Capability numbers, comma-separated (38 CAP_PERFMON, 39 CAP_BPF).
+        caps: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// mmap_lock contention inside this process (see workload::contend).
     Contend {
         #[arg(long, default_value_t = 200)]
@@ -34,6 +42,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Guest => guest::main(),
+        Cmd::WithCaps { caps, command } => remote_vm_testkit::caps::exec_with(&caps, &command).map(|()| false),
         Cmd::Contend { iterations, region_mb } => workload::contend(iterations, region_mb).map(|n| {
             println!("{n}");
             true

@@ -17,7 +17,7 @@ const MIN_DEBIAN_RUSTC: (u32, u32) = (1, 96);
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// Extra packages for the tests: QEMU for the VM tests, a static busybox for the
 /// initramfs, Prometheus for promtool.
-const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus"];
+const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus", "wrk"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {

@@ -234,11 +234,7 @@ pub fn attach(
     };
     let mut failures = Vec::new();
     for mode in modes {
-        let result = mode
-            .needs
-            .iter()
-            .try_for_each(|need| need.check(layout))
-            .and_then(|()| attach_mode(ebpf, btf, layout, mode));
+        let result = ready(mode, layout).and_then(|()| attach_mode(ebpf, btf, layout, mode));
         match result {
             Ok(()) => {
                 return Verdict {
@@ -255,6 +251,11 @@ pub fn attach(
         mode: None,
         failures,
     }
+}
+
+/// Whether this kernel's layout has what `mode` needs.
+pub fn ready(mode: &ModeSpec, layout: &Layout) -> Result<(), String> {
+    mode.needs.iter().try_for_each(|need| need.check(layout))
 }
 
 /// The programs of `mode` that apply to this kernel.
@@ -304,7 +305,17 @@ fn attach_program(ebpf: &mut Ebpf, btf: Option<&Btf>, spec: &ProgramSpec) -> Res
             p.load(tracepoint, btf).and_then(|()| p.attach().map(drop))
         }
     };
-    result.map_err(|e| format!("{} {}: {}", spec.hook.kind(), spec.hook.target(), describe(e)))
+    result.map_err(|e| {
+        let why = describe(e);
+        // Refused for want of privilege: say which.
+        let missing = crate::caps::missing_for_loading();
+        let hint = if (why.contains("Operation not permitted") || why.contains("Permission denied")) && !missing.is_empty() {
+            format!(" (missing capability {})", missing.join(", "))
+        } else {
+            String::new()
+        };
+        format!("{} {}: {why}{hint}", spec.hook.kind(), spec.hook.target())
+    })
 }
 
 fn unload(program: &mut Program) -> Result<(), ProgramError> {
@@ -374,6 +385,38 @@ mod tests {
         let mut points: Vec<Point> = FAMILIES.iter().flat_map(|f| f.points.iter().copied()).collect();
         points.sort();
         assert_eq!(points, Point::ALL.to_vec());
+    }
+
+    #[test]
+    fn an_unexpected_tracepoint_signature_keeps_its_modes_off() {
+        use crate::btf::{Btf, KIND_STRUCT, tests::Builder};
+        // mmap_lock_start_locking(mm, write) but acquire_returned(mm, success) only.
+        let mut b = Builder::new();
+        let boolean = b.int("_Bool", 1);
+        let void_ptr = b.ptr(0);
+        let mm = b.structure(KIND_STRUCT, "mm_struct", 8, &[]);
+        let mm_ptr = b.ptr(mm);
+        for (tp, args) in [
+            ("mmap_lock_start_locking", vec![void_ptr, mm_ptr, boolean]),
+            ("mmap_lock_acquire_returned", vec![void_ptr, mm_ptr, boolean]),
+        ] {
+            let proto = b.proto(0, &args);
+            let fp = b.ptr(proto);
+            b.typedef(&format!("btf_trace_{tp}"), fp);
+        }
+        let layout = Layout::from_btf(&Btf::parse(&b.build()).unwrap());
+        let tp_mode = lock::HOST.mode("mmap_lock_tp").unwrap();
+        assert_eq!(
+            ready(tp_mode, &layout),
+            Err("struct mm_struct has no field mmap_lock in BTF".to_string())
+        );
+        let remote_tp = lock::REMOTE.mode("mmap_lock_tp").unwrap();
+        assert_eq!(
+            ready(remote_tp, &layout),
+            Err("unexpected mmap_lock tracepoint signature (bool args at [1] and [1])".to_string())
+        );
+        // And no program of any mode is for such a kernel.
+        assert_eq!(programs(remote_tp, &layout).count(), 0);
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! Every bad input gets one clear line and a non-zero exit, or a reported
+//! degraded state. Host tests: they need root (and run under `cargo xtask test`).
+use std::{
+    net::TcpListener,
+    process::{Command, Output},
+};
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn run(cmd: &mut Command) -> Run {
+    let Output { status, stdout, stderr } = cmd.output().expect("run");
+    Run {
+        code: status.code(),
+        stdout: String::from_utf8_lossy(&stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr).into_owned(),
+    }
+}
+
+fn daemon(args: &[&str]) -> Run {
+    run(Command::new(DAEMON).args(args))
+}
+
+/// Exit 1 and exactly one line on stderr.
+fn one_line_failure(r: &Run) -> &str {
+    assert_eq!(r.code, Some(1), "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let lines: Vec<&str> = r.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line expected:\n{}", r.stderr);
+    lines[0]
+}
+
+fn temp_file(name: &str, contents: &[u8]) -> String {
+    let path = std::env::temp_dir().join(format!("rvm-test-{}-{name}", std::process::id()));
+    std::fs::write(&path, contents).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn malformed_config() {
+    let f = temp_file("malformed.toml", b"listen = \n");
+    let r = daemon(&["check", "--config", &f]);
+    assert_eq!(
+        one_line_failure(&r),
+        format!("remote-vm-daemon: config {f} line 1: invalid string expected `\"`, `'`")
+    );
+}
+
+#[test]
+fn unknown_key_and_bad_value() {
+    let f = temp_file("unknown.toml", b"port = 9\n");
+    assert_eq!(
+        one_line_failure(&daemon(&["check", "--config", &f])),
+        format!(
+            "remote-vm-daemon: config {f} line 1: unknown field `port`, expected one of `listen`, `log_level`, `probes`, `histograms`"
+        )
+    );
+    let f = temp_file("mode.toml", b"[probes]\nlock_vma_under_rcu = \"fentry\"\n");
+    assert_eq!(
+        one_line_failure(&daemon(&["check", "--config", &f])),
+        format!(
+            "remote-vm-daemon: config {f}: key `probes.lock_vma_under_rcu`: invalid value \"fentry\": expected auto, off, or one of fexit, kprobe"
+        )
+    );
+}
+
+#[test]
+fn missing_config_file() {
+    assert_eq!(
+        one_line_failure(&daemon(&["check", "--config", "/nonexistent/remote-vm.toml"])),
+        "remote-vm-daemon: config /nonexistent/remote-vm.toml: cannot read: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn invalid_listen_address() {
+    assert_eq!(
+        one_line_failure(&daemon(&["run", "--listen", "nope"])),
+        "remote-vm-daemon: invalid value 'nope' for '--listen <ADDR:PORT>': expected ADDRESS:PORT, e.g. 127.0.0.1:19361 or [::1]:19361"
+    );
+    assert_eq!(
+        one_line_failure(&daemon(&["run", "--frobnicate"])),
+        "remote-vm-daemon: unexpected argument '--frobnicate' found"
+    );
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn port_in_use() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_eq!(
+        one_line_failure(&daemon(&["run", "--listen", &addr])),
+        format!(
+            "remote-vm-daemon: cannot listen on {addr}: Address already in use (os error 98) (another remote-vm-daemon? choose another with --listen)"
+        )
+    );
+}
+
+fn as_nobody(args: &[&str]) -> Run {
+    run(Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--"])
+        .arg(DAEMON)
+        .args(args))
+}
+
+#[test]
+#[ignore = "needs root (to become nobody); run by cargo xtask test"]
+fn missing_privileges_name_the_capabilities() {
+    let r = as_nobody(&["check"]);
+    let line = one_line_failure(&r);
+    assert!(line.starts_with("remote-vm-daemon: cannot load the eBPF object: "), "{line}");
+    assert!(line.contains("Operation not permitted"), "{line}");
+    assert!(
+        line.ends_with("(missing capability CAP_BPF, CAP_PERFMON; run as root or grant CAP_BPF and CAP_PERFMON)"),
+        "{line}"
+    );
+    // The config is still checked without privileges.
+    assert!(r.stdout.starts_with("config: ok (embedded defaults)\n"), "{}", r.stdout);
+    let f = temp_file("nobody.toml", b"listen = 1\n");
+    std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    assert_eq!(
+        one_line_failure(&as_nobody(&["check", "--config", &f])),
+        format!("remote-vm-daemon: config {f} line 1: invalid type: integer `1`, expected a string")
+    );
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn btf_path_that_is_garbage_or_missing() {
+    let f = temp_file("garbage.btf", b"this is not BTF, just some bytes");
+    assert_eq!(
+        one_line_failure(&daemon(&["check", "--btf", &f])),
+        format!("remote-vm-daemon: cannot read BTF from {f}: not BTF (bad magic 0x6874)")
+    );
+    assert_eq!(
+        one_line_failure(&daemon(&["check", "--btf", "/nonexistent.btf"])),
+        "remote-vm-daemon: cannot read BTF from /nonexistent.btf: No such file or directory (os error 2)"
+    );
+}
+
+/// `check` in a mount namespace where `hide` are empty tmpfs mounts.
+fn check_with_hidden(hide: &[&str]) -> Run {
+    let mut script = String::from("set -e\n");
+    for dir in hide {
+        script.push_str(&format!("mount -t tmpfs none {dir}\n"));
+    }
+    script.push_str(&format!("exec {DAEMON} check\n"));
+    run(Command::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]))
+}
+
+#[test]
+#[ignore = "needs root (mount namespace) and BPF; run by cargo xtask test"]
+fn no_kernel_btf_is_a_reported_degraded_state() {
+    let r = check_with_hidden(&["/sys/kernel/btf"]);
+    assert_eq!(r.code, Some(2), "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines[1].starts_with("kernel: release="), "{}", r.stdout);
+    assert!(lines[1].contains(" btf=missing "), "{}", r.stdout);
+    assert!(lines.contains(&"btf: mm_struct.mmap_lock unknown (no BTF)"), "{}", r.stdout);
+    assert!(
+        lines.contains(&"probe mmap_lock_host_start: none (contention_tp: no BTF)"),
+        "{}",
+        r.stdout
+    );
+    assert!(lines.contains(&"summary: degraded: 0 of 9 probes attached"), "{}", r.stdout);
+    assert!(r.stderr.contains("no kernel BTF at /sys/kernel/btf/vmlinux; only kprobes can attach (see --btf)"));
+}
+
+#[test]
+#[ignore = "needs root (mount namespace) and BPF; run by cargo xtask test"]
+fn tracefs_and_bpffs_are_not_needed() {
+    let normal = daemon(&["check"]);
+    let hidden = check_with_hidden(&["/sys/kernel/tracing", "/sys/kernel/debug", "/sys/fs/bpf"]);
+    assert_eq!(hidden.code, normal.code);
+    assert_eq!(hidden.stdout, normal.stdout);
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn forced_modes_are_tried_alone() {
+    let f = temp_file(
+        "forced.toml",
+        b"[probes]\naccess_remote_vm = \"kprobe\"\nmmap_lock_host = \"mmap_lock_tp\"\n",
+    );
+    let r = daemon(&["check", "--config", &f]);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(lines.contains(
+        &"probe access_remote_vm_entry: none (kprobe: kprobe __access_remote_vm: `/sys/bus/event_source/devices/kprobe/type`: No such file or directory (os error 2))"
+    ), "{}", r.stdout);
+    // The opt-in host mode attaches the programs for 6.18's tracepoint layout.
+    assert!(lines.contains(&"probe mmap_lock_host_start: mmap_lock_tp (exact)"), "{}", r.stdout);
+    let f = temp_file("off.toml", b"[probes]\nmmap_lock_host = \"off\"\n");
+    let r = daemon(&["check", "--config", &f]);
+    assert!(r.stdout.lines().any(|l| l == "probe mmap_lock_host_end: none (disabled by config)"), "{}", r.stdout);
+    assert!(r.stdout.lines().any(|l| l == "summary: degraded: 0 of 9 probes attached"), "{}", r.stdout);
+}
