@@ -131,6 +131,9 @@ fn cmdline_arg(key: &str) -> Option<String> {
 }
 
 pub fn main() -> Result<bool> {
+    if cmdline_arg("rvm.mode").as_deref() == Some("serve") {
+        return serve();
+    }
     let expect = cmdline_arg("rvm.expect").unwrap_or_else(|| "unknown".into());
     let kernel = match expect.as_str() {
         "patched" => Some(Kernel::Patched),
@@ -602,4 +605,59 @@ fn lifecycle(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
     report.check(format!("{name}.restart.reads_counted_once"), 10, reads);
     daemon.stop(report, name)?;
     Ok(())
+}
+
+/// `rvm.mode=serve`: bring up eth0 (QEMU user networking forwards the host's port
+/// to the guest's 19361), run the daemon on all addresses and the classification
+/// workload in a loop until the host stops the VM.
+fn serve() -> Result<bool> {
+    for args in [
+        vec!["link", "set", "eth0", "up"],
+        vec!["addr", "add", "10.0.2.15/24", "dev", "eth0"],
+    ] {
+        let status = Command::new("ip").args(&args).status()?;
+        if !status.success() {
+            bail!("ip {}: {status}", args.join(" "));
+        }
+    }
+    let _ = std::fs::write("/proc/sys/vm/nr_hugepages", "8");
+    let config = "listen = \"0.0.0.0:19361\"\n";
+    std::fs::write("/tmp/remote-vm.toml", config)?;
+    let mut daemon = Command::new(DAEMON)
+        .args(["run", "--config", "/tmp/remote-vm.toml"])
+        .stdout(Stdio::null())
+        .spawn()
+        .context("spawn daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(prom::get(LISTEN, "/healthz"), Ok((200, _))) {
+        if Instant::now() > deadline {
+            bail!("daemon did not serve");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!("vmtest: serving");
+    let mut rounds = 0u64;
+    loop {
+        let target = Target::spawn(4, 16)?;
+        let mut counts = COUNTS;
+        if target.layout.hugetlb.is_none() {
+            counts.hugetlb = 0;
+        }
+        if target.layout.thp.is_none() {
+            counts.thp = 0;
+        }
+        if target.layout.cmdline_len == 0 {
+            counts.cmdline = 0;
+        }
+        classes::run(&target, &counts)?;
+        drop(target);
+        rounds += 1;
+        if rounds % 50 == 0 {
+            println!("vmtest: served {rounds} workload rounds");
+        }
+        if let Some(status) = daemon.try_wait()? {
+            bail!("daemon exited: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -4,6 +4,8 @@
 //! - `cargo xtask test`: set up, then every test: unit, host integration, VM.
 //! - `cargo xtask vm-test [--kernel [NAME=]PATH]...`: the VM tests alone.
 mod cpio;
+mod dashboards;
+mod promtest;
 mod setup;
 mod vm;
 
@@ -50,6 +52,11 @@ enum Cmd {
     },
     /// Set up, then run every test: unit, host integration and VM tests.
     Test,
+    /// Write dashboards/*.json from xtask/src/dashboards.rs.
+    Dashboards,
+    /// The dashboard and rules tests: promtool, Grafana's schema, and every query
+    /// against Prometheus scraping both shared kernels and the host.
+    DashboardTest,
     /// Boot kernels under QEMU and run the in-VM tests.
     VmTest {
         /// `[NAME=]PATH` of a kernel image; repeatable. Default: ../shared/kernels/bzImage-{patched,unpatched}.
@@ -88,6 +95,18 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Test => {
             setup::setup(setup::Purpose::Test)?;
             test(&root)
+        }
+        Cmd::Dashboards => {
+            for (path, contents) in dashboards::files()? {
+                std::fs::write(root.join(path), contents)?;
+                say!("wrote {path}");
+            }
+            Ok(())
+        }
+        Cmd::DashboardTest => {
+            setup::setup(setup::Purpose::Test)?;
+            build(&root)?;
+            promtest::dashboard_test(&root)
         }
         Cmd::VmTest { kernels } => {
             setup::setup(setup::Purpose::Test)?;
@@ -129,6 +148,7 @@ fn test(root: &Path) -> Result<()> {
     say!("running unit and host integration tests (cargo test --release, ignored host tests included)");
     sh(cargo(root).args(["test", "--release", "--", "--include-ignored"]))?;
     vm_test(root, Vec::new())?;
+    promtest::dashboard_test(root)?;
     say!("all tests passed");
     Ok(())
 }

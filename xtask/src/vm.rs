@@ -152,6 +152,95 @@ pub struct Boot {
     pub seconds: f64,
 }
 
+/// The QEMU command for `kernel`: TCG (KVM fails here), serial console on stdout,
+/// `extra` appended to the kernel command line, and with `forward` the guest's
+/// port 19361 reachable on the host's 127.0.0.1:`forward` (user networking with
+/// `restrict=on`: the guest cannot send anything out).
+fn qemu(kernel: &Kernel, initramfs: &Path, extra: &str, forward: Option<u16>) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel.image)
+        .arg("-initrd")
+        .arg(initramfs)
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 panic=-1 quiet rvm.kernel={} rvm.expect={} {extra}",
+            kernel.name,
+            kernel.expect()
+        ))
+        .stdin(Stdio::null());
+    if let Some(port) = forward {
+        cmd.args([
+            "-nic",
+            &format!("user,restrict=on,model=virtio-net-pci,hostfwd=tcp:127.0.0.1:{port}-:19361"),
+        ]);
+    }
+    cmd
+}
+
+/// A VM running the daemon and the workload in a loop (`rvm.mode=serve`),
+/// scrapeable on 127.0.0.1:`port`. Dropping it stops the VM.
+pub struct ServingVm {
+    pub kernel: Kernel,
+    pub port: u16,
+    pub console: PathBuf,
+    child: std::process::Child,
+}
+
+impl ServingVm {
+    pub fn start(kernel: &Kernel, initramfs: &Path, out_dir: &Path, port: u16) -> Result<ServingVm> {
+        if !kernel.image.is_file() {
+            bail!("kernel image {} not found", kernel.image.display());
+        }
+        std::fs::create_dir_all(out_dir)?;
+        let console_path = out_dir.join("console.log");
+        let console = std::fs::File::create(&console_path)?;
+        say!(
+            "booting kernel {} ({}) under QEMU TCG, daemon forwarded to 127.0.0.1:{port}",
+            kernel.name,
+            kernel.image.display()
+        );
+        let child = qemu(kernel, initramfs, "rvm.mode=serve", Some(port))
+            .stdout(console.try_clone()?)
+            .stderr(console)
+            .spawn()
+            .context("start qemu-system-x86_64 (install qemu-system-x86)")?;
+        Ok(ServingVm {
+            kernel: kernel.clone(),
+            port,
+            console: console_path,
+            child,
+        })
+    }
+
+    /// Waits until the guest says it is serving.
+    pub fn wait_serving(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&self.console).unwrap_or_default();
+            if text.contains("vmtest: serving") {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("VM {} exited ({status}); console: {}", self.kernel.name, self.console.display());
+            }
+            if Instant::now() > deadline {
+                bail!("VM {} did not serve within {} s; console: {}", self.kernel.name, timeout.as_secs(), self.console.display());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for ServingVm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Boots `kernel` with `initramfs` and waits for the guest to finish (or `timeout`).
 pub fn boot(kernel: &Kernel, initramfs: &Path, out_dir: &Path, timeout: Duration) -> Result<Boot> {
     if !kernel.image.is_file() {
@@ -162,20 +251,7 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, out_dir: &Path, timeout: Duration
     let mut console = std::fs::File::create(&console_path)?;
     say!("vm-test: booting kernel {} ({}) under QEMU TCG", kernel.name, kernel.image.display());
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&kernel.image)
-        .arg("-initrd")
-        .arg(initramfs)
-        .arg("-append")
-        .arg(format!(
-            "console=ttyS0 panic=-1 quiet rvm.kernel={} rvm.expect={}",
-            kernel.name,
-            kernel.expect()
-        ))
-        .stdin(Stdio::null())
+    let mut child = qemu(kernel, initramfs, "", None)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -1,0 +1,303 @@
+//! Dashboards and rules against a real Prometheus (Debian's `prometheus`) that
+//! scrapes the daemon inside both shared kernels at once (each VM running the
+//! classification workload in a loop) and the host daemon.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{dashboards, say, sh, vm};
+
+pub const PROMETHEUS_PORT: u16 = 19490;
+const HOST_DAEMON_PORT: u16 = 19413;
+
+/// `GET path` on 127.0.0.1:`port`; the body.
+pub fn http_get(port: u16, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connect 127.0.0.1:{port}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header end")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        bail!("GET {path}: {}: {body}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// An instant query through the Prometheus HTTP API: the result vector.
+pub fn query(port: u16, expr: &str) -> Result<Vec<Value>> {
+    let body = http_get(port, &format!("/api/v1/query?query={}", urlencode(expr)))?;
+    let v: Value = serde_json::from_str(&body)?;
+    if v["status"] != "success" {
+        bail!("query failed: {body}");
+    }
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+}
+
+/// Grafana's `label_values(SELECTOR, LABEL)` variable query, split.
+fn label_values(q: &str) -> Option<(&str, &str)> {
+    let inner = q.strip_prefix("label_values(")?.strip_suffix(')')?;
+    let (selector, label) = inner.rsplit_once(',')?;
+    Some((selector.trim(), label.trim()))
+}
+
+/// What Grafana asks for `label_values`: `/api/v1/label/LABEL/values?match[]=SELECTOR`.
+fn values(port: u16, selector: &str, label: &str) -> Result<Vec<Value>> {
+    let body = http_get(port, &format!("/api/v1/label/{label}/values?match[]={}", urlencode(selector)))?;
+    let v: Value = serde_json::from_str(&body)?;
+    if v["status"] != "success" {
+        bail!("label values failed: {body}");
+    }
+    Ok(v["data"].as_array().cloned().unwrap_or_default())
+}
+
+/// A child process killed on drop.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two serving VMs (patched, unpatched), the host daemon and a Prometheus
+/// scraping all three every second, with the rules loaded.
+pub struct Lab {
+    pub vms: Vec<vm::ServingVm>,
+    _host_daemon: Guard,
+    _prometheus: Guard,
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    pub fn start(root: &Path, name: &str, kernels: &[vm::Kernel]) -> Result<Lab> {
+        let dir = root.join("target").join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let initramfs = dir.join("initramfs.cpio");
+        vm::write_initramfs(
+            &initramfs,
+            &[root.join("target/release/remote-vm-daemon"), root.join("target/release/rvm-testkit")],
+        )?;
+        let mut vms = Vec::new();
+        for (i, k) in kernels.iter().enumerate() {
+            vms.push(vm::ServingVm::start(k, &initramfs, &dir.join(&k.name), 19411 + i as u16)?);
+        }
+        say!("starting the host daemon on 127.0.0.1:{HOST_DAEMON_PORT}");
+        let host_daemon = Guard(
+            Command::new(root.join("target/release/remote-vm-daemon"))
+                .args(["run", "--listen", &format!("127.0.0.1:{HOST_DAEMON_PORT}"), "--log-level", "warn"])
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("host-daemon.log"))?)
+                .spawn()
+                .context("start the host daemon")?,
+        );
+        for v in &mut vms {
+            v.wait_serving(Duration::from_secs(120))?;
+            say!("VM {} serves on 127.0.0.1:{}", v.kernel.name, v.port);
+        }
+        let targets: Vec<String> = vms
+            .iter()
+            .map(|v| format!("127.0.0.1:{}", v.port))
+            .chain([format!("127.0.0.1:{HOST_DAEMON_PORT}")])
+            .collect();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: remote-vm\n    static_configs:\n      - targets: [{}]\n",
+            root.join("dashboards/remote-vm.rules.yml").display(),
+            targets.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
+        );
+        std::fs::write(dir.join("prometheus.yml"), config)?;
+        say!("starting Prometheus on 127.0.0.1:{PROMETHEUS_PORT} scraping {}", targets.join(", "));
+        let prometheus = Guard(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
+                .spawn()
+                .context("start prometheus (Debian package prometheus)")?,
+        );
+        Ok(Lab {
+            vms,
+            _host_daemon: host_daemon,
+            _prometheus: prometheus,
+            dir,
+        })
+    }
+
+    /// Waits until every target has been scraped up for `seconds`.
+    pub fn wait_scraped(&self, seconds: u64) -> Result<()> {
+        let targets = self.vms.len() + 1;
+        say!("letting Prometheus scrape for {seconds} s");
+        let deadline = Instant::now() + Duration::from_secs(seconds + 120);
+        loop {
+            let ok = query(PROMETHEUS_PORT, &format!("count_over_time(up[{seconds}s]) >= {} and up == 1", seconds - 2))
+                .map(|r| r.len())
+                .unwrap_or(0);
+            if ok == targets {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("Prometheus did not scrape all {targets} targets; see {}", self.dir.display());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+}
+
+/// The dashboard and rules test.
+pub fn dashboard_test(root: &Path) -> Result<()> {
+    say!("checking the dashboards are generated from xtask/src/dashboards.rs");
+    for (path, contents) in dashboards::files()? {
+        let committed = std::fs::read_to_string(root.join(path)).unwrap_or_default();
+        if committed != contents {
+            bail!("{path} is stale: run `cargo xtask dashboards`");
+        }
+    }
+    let host: Value = serde_json::from_str(&std::fs::read_to_string(root.join("dashboards/remote-vm-host.json"))?)?;
+    let fleet: Value = serde_json::from_str(&std::fs::read_to_string(root.join("dashboards/remote-vm-fleet.json"))?)?;
+    dashboards::lint(&host)?;
+    dashboards::lint(&fleet)?;
+    grafana_schema_check(root, &[("host", &host), ("fleet", &fleet)])?;
+    say!("promtool check rules / test rules");
+    sh(Command::new("promtool").args(["check", "rules"]).arg(root.join("dashboards/remote-vm.rules.yml")))?;
+    sh(Command::new("promtool").args(["test", "rules"]).arg(root.join("dashboards/remote-vm.rules.test.yml")))?;
+    sh(Command::new("promtool").args(["check", "config", "--syntax-only"]).arg(root.join("dashboards/prometheus.yml")))?;
+
+    let lab = Lab::start(root, "dashboard-test", &vm::default_kernels(root))?;
+    lab.wait_scraped(30)?;
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (dashboard, d) in [("host", &host), ("fleet", &fleet)] {
+        for (title, expr) in dashboards::queries(d) {
+            let q = dashboards::substitute(&expr, "10s");
+            checked += 1;
+            let result = match label_values(&q) {
+                Some((selector, label)) => values(PROMETHEUS_PORT, selector, label),
+                None => query(PROMETHEUS_PORT, &q),
+            };
+            match result {
+                Ok(r) if r.is_empty() => failures.push(format!("{dashboard} / {title}: no series for {q}")),
+                Ok(_) => {}
+                Err(e) => failures.push(format!("{dashboard} / {title}: {e}")),
+            }
+        }
+    }
+    // Every rule parses in the running Prometheus, and the recorded series exist.
+    let rules: Value = serde_json::from_str(&http_get(PROMETHEUS_PORT, "/api/v1/rules")?)?;
+    for group in rules["data"]["groups"].as_array().into_iter().flatten() {
+        for rule in group["rules"].as_array().into_iter().flatten() {
+            checked += 1;
+            if rule["health"] != "ok" {
+                failures.push(format!("rule {}: health {} {}", rule["name"], rule["health"], rule["lastError"]));
+            }
+            if rule["type"] == "recording" {
+                let name = rule["name"].as_str().unwrap_or("");
+                if query(PROMETHEUS_PORT, name).map(|r| r.is_empty()).unwrap_or(true) {
+                    failures.push(format!("recording rule {name}: no series"));
+                }
+            }
+        }
+    }
+    // The patched VM shows a fast path, the unpatched none, the host cannot see.
+    let ratio = "sum by (instance) (rate(remote_vm_reads_total{path=\"fast\"}[10s])) / sum by (instance) (rate(remote_vm_reads_total[10s]))";
+    let r = query(PROMETHEUS_PORT, ratio)?;
+    let value = |port: u16| {
+        r.iter()
+            .find(|s| s["metric"]["instance"] == format!("127.0.0.1:{port}"))
+            .and_then(|s| s["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()))
+    };
+    for v in &lab.vms {
+        let got = value(v.port);
+        say!("fast-path ratio of {}: {got:?}", v.kernel.name);
+        let ok = match v.kernel.expect() {
+            "patched" => got.is_some_and(|x| x > 0.0),
+            "unpatched" => got == Some(0.0),
+            _ => true,
+        };
+        if !ok {
+            failures.push(format!("fast-path ratio of {}: {got:?}", v.kernel.name));
+        }
+    }
+    if value(HOST_DAEMON_PORT).is_some() {
+        failures.push("the host daemon reports reads it cannot see".into());
+    }
+    for (port, patched) in lab
+        .vms
+        .iter()
+        .map(|v| (v.port, if v.kernel.expect() == "patched" { "yes" } else { "no" }))
+        .chain([(HOST_DAEMON_PORT, "unknown")])
+    {
+        let q = format!("remote_vm_kernel_info{{instance=\"127.0.0.1:{port}\",patched=\"{patched}\"}}");
+        if query(PROMETHEUS_PORT, &q)?.len() != 1 {
+            failures.push(format!("{q}: not exactly one series"));
+        }
+    }
+    if !failures.is_empty() {
+        for f in &failures {
+            say!("  FAIL {f}");
+        }
+        bail!("{} of {checked} dashboard/rule checks failed (lab kept in {})", failures.len(), lab.dir.display());
+    }
+    say!("dashboards and rules: {checked} queries and rules checked against Prometheus with data from both kernels and the host");
+    Ok(())
+}
+
+/// Type-checks each dashboard (without the import-only `__inputs`/`__requires`)
+/// against the `Dashboard` type of Grafana's published schema package
+/// (`@grafana/schema` from the npm registry) with `tsc --strict`.
+fn grafana_schema_check(root: &Path, dashboards: &[(&str, &Value)]) -> Result<()> {
+    const SCHEMA: &str = "@grafana/schema@13.2.3";
+    const TYPESCRIPT: &str = "typescript@5.9.3";
+    let dir = root.join("target/grafana-schema");
+    std::fs::create_dir_all(&dir)?;
+    if !dir.join("node_modules/@grafana/schema/package.json").is_file() || !dir.join("node_modules/typescript").is_dir() {
+        say!("installing {SCHEMA} and {TYPESCRIPT} from the npm registry into {}", dir.display());
+        sh(Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+            .arg(&dir)
+            .args([SCHEMA, TYPESCRIPT]))
+        .context("npm install (Node.js and npm are needed for the Grafana schema check)")?;
+    }
+    let mut files = Vec::new();
+    for (name, d) in dashboards {
+        let mut d = (*d).clone();
+        if let Some(o) = d.as_object_mut() {
+            o.remove("__inputs");
+            o.remove("__requires");
+        }
+        let file = dir.join(format!("{name}.ts"));
+        std::fs::write(
+            &file,
+            format!(
+                "import type {{ Dashboard }} from '@grafana/schema';\nexport const dashboard: Dashboard = {};\n",
+                serde_json::to_string_pretty(&d)?
+            ),
+        )?;
+        files.push(file);
+    }
+    say!("type-checking the dashboards against {SCHEMA}'s Dashboard");
+    sh(Command::new(dir.join("node_modules/.bin/tsc"))
+        .args(["--noEmit", "--strict", "--skipLibCheck", "--moduleResolution", "bundler", "--module", "esnext", "--target", "es2022"])
+        .args(&files)
+        .current_dir(&dir))
+}
