@@ -35,6 +35,10 @@ pub fn setup(purpose: Purpose) -> Result<()> {
     let mut wanted: Vec<&str> = BUILD_PACKAGES.to_vec();
     if purpose == Purpose::Test {
         wanted.extend(TEST_PACKAGES);
+        // The Grafana schema check runs tsc; use the machine's Node.js if it has one.
+        if which("npm").is_none() {
+            wanted.extend(["nodejs", "npm"]);
+        }
     }
     let mut missing: Vec<&str> = wanted.into_iter().filter(|p| !installed(p)).collect();
     if !missing.contains(&"rustc-web") && !debian_rustc_new_enough() {
