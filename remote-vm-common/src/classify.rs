@@ -260,8 +260,11 @@ impl CallState {
             self.stop(Reason::PageNotPresent);
             return;
         }
-        if level < 3 {
-            self.walks[level as usize] += 1;
+        match level {
+            0 => self.walks[0] += 1,
+            1 => self.walks[1] += 1,
+            2 => self.walks[2] += 1,
+            _ => {}
         }
         if self.flags & F_ANON != 0 && !anonymous {
             self.flags |= F_ANON_FILE_WALK;

@@ -126,9 +126,8 @@ impl Histogram {
         // Values past 2^63 share the last bucket rather than being dropped.
         let b = bucket(v);
         let b = if b < BUCKETS { b } else { BUCKETS - 1 };
-        if let Some(slot) = self.buckets.get_mut(b) {
-            *slot += 1;
-        }
+        // The mask (a no-op here) gives older verifiers (6.1) a bound they can see.
+        self.buckets[b & (BUCKETS - 1)] += 1;
         self.sum = self.sum.wrapping_add(v);
     }
 }
@@ -148,32 +147,28 @@ impl Stats {
         hists: [Histogram { buckets: [0; BUCKETS], sum: 0 }; Hist::CAPACITY as usize],
     };
 
+    // Indexes are masked to the array sizes (powers of two, larger than any
+    // index the enums produce): the eBPF verifiers of older kernels (6.1) do not
+    // carry a compare's bound over to the register used for the access.
+
     #[inline(always)]
     pub fn add(&mut self, c: Counter, n: u64) {
-        if let Some(slot) = self.counters.get_mut(c as usize) {
-            *slot += n;
-        }
+        self.counters[(c as usize) & (Counter::CAPACITY - 1)] += n;
     }
 
     #[inline(always)]
     fn add_at(&mut self, base: Counter, offset: u32, n: u64) {
-        if let Some(slot) = self.counters.get_mut(base as usize + offset as usize) {
-            *slot += n;
-        }
+        self.counters[(base as usize + offset as usize) & (Counter::CAPACITY - 1)] += n;
     }
 
     #[inline(always)]
     pub fn observe(&mut self, h: Hist, v: u64) {
-        if let Some(hist) = self.hists.get_mut(h as usize) {
-            hist.observe(v);
-        }
+        self.hists[(h as usize) & (Hist::CAPACITY as usize - 1)].observe(v);
     }
 
     #[inline(always)]
     fn observe_at(&mut self, base: Hist, offset: u32, v: u64) {
-        if let Some(hist) = self.hists.get_mut(base as usize + offset as usize) {
-            hist.observe(v);
-        }
+        self.hists[(base as usize + offset as usize) & (Hist::CAPACITY as usize - 1)].observe(v);
     }
 
     /// What one finished `__access_remote_vm()` call adds.

@@ -17,6 +17,11 @@ pub fn parse_cap_eff(status: &str) -> Option<u64> {
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
 }
 
+/// Whether the effective set has `cap`.
+pub fn has(cap: u32) -> bool {
+    effective().is_some_and(|mask| mask & (1u64 << cap) != 0)
+}
+
 /// Capabilities that loading and attaching need and this process lacks:
 /// CAP_BPF (maps, programs) and CAP_PERFMON (tracing programs), unless
 /// CAP_SYS_ADMIN covers both.

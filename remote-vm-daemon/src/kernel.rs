@@ -65,6 +65,20 @@ pub struct KernelFacts {
 pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 impl KernelFacts {
+    /// Where no kernel config could be read (Debian's kernels have no
+    /// /proc/config.gz), the options are inferred from which functions the kernel
+    /// has: `lock_vma_under_rcu` exists only with PER_VMA_LOCK,
+    /// `tlb_remove_table_sync_one` only with MMU_GATHER_RCU_TABLE_FREE.
+    pub fn fill_from_layout(&mut self, layout: &crate::layout::Layout) {
+        if self.config_source.is_some() {
+            return;
+        }
+        let yes_no = |b: bool| if b { Tristate::Yes } else { Tristate::No };
+        self.per_vma_lock = yes_no(layout.has_lock_vma_under_rcu);
+        self.rcu_table_free = yes_no(layout.has_rcu_table_free);
+        self.config_source = Some(PathBuf::from(if layout.from_btf { "functions in BTF" } else { "functions in /proc/kallsyms" }));
+    }
+
     /// Reads the facts of the running kernel. `btf_override` is the `--btf` path.
     pub fn read(btf_override: Option<&Path>) -> KernelFacts {
         let release = read_release();

@@ -28,6 +28,10 @@ pub struct Layout {
     /// The lockless path's functions exist in this kernel.
     pub has_lock_vma_under_rcu: bool,
     pub has_folio_walk_start: bool,
+    /// `tlb_remove_table_sync_one()` is only built with MMU_GATHER_RCU_TABLE_FREE.
+    pub has_rcu_table_free: bool,
+    /// Whether these come from BTF (else kallsyms).
+    pub from_btf: bool,
 }
 
 const FOLL_WRITE_DEFAULT: u32 = 0x1;
@@ -52,6 +56,8 @@ impl Layout {
             mmap_lock_tp_args: mmap_lock_tp_args(btf),
             has_lock_vma_under_rcu: btf.has_function("lock_vma_under_rcu"),
             has_folio_walk_start: btf.has_function("folio_walk_start"),
+            has_rcu_table_free: btf.has_function("tlb_remove_table_sync_one"),
+            from_btf: true,
         }
     }
 
@@ -75,6 +81,8 @@ impl Layout {
             mmap_lock_tp_args: no(),
             has_lock_vma_under_rcu: has("lock_vma_under_rcu"),
             has_folio_walk_start: has("folio_walk_start"),
+            has_rcu_table_free: has("tlb_remove_table_sync_one"),
+            from_btf: false,
         }
     }
 

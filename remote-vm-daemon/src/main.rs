@@ -132,16 +132,20 @@ fn check(common: Common) -> ExitCode {
             .map_or("embedded defaults".to_string(), |p| p.display().to_string())
     );
     logging::init(config.log_level.min(log::LevelFilter::Warn));
-    let facts = KernelFacts::read(common.btf.as_deref());
-    println!("{}", exporter::kernel_line(&facts));
+    let mut facts = KernelFacts::read(common.btf.as_deref());
     let loaded = match loader::load(&loader::LoadOptions {
         btf_path: common.btf.as_deref(),
         log_level: config.log_level,
         choices: &config.probes,
     }) {
         Ok(l) => l,
-        Err(e) => return fail(e),
+        Err(e) => {
+            println!("{}", exporter::kernel_line(&facts));
+            return fail(e);
+        }
     };
+    facts.fill_from_layout(&loaded.layout);
+    println!("{}", exporter::kernel_line(&facts));
     for line in loaded.layout.lines() {
         println!("{line}");
     }
@@ -191,8 +195,7 @@ fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
         Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
     };
     notify.status("attaching probes");
-    let facts = KernelFacts::read(common.btf.as_deref());
-    log::info!("{}", exporter::kernel_line(&facts));
+    let mut facts = KernelFacts::read(common.btf.as_deref());
     let mut loaded = match loader::load(&loader::LoadOptions {
         btf_path: common.btf.as_deref(),
         log_level: config.log_level,
@@ -201,6 +204,8 @@ fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    facts.fill_from_layout(&loaded.layout);
+    log::info!("{}", exporter::kernel_line(&facts));
     for line in exporter::verdict_lines(&loaded) {
         log::info!("{line}");
     }

@@ -5,6 +5,8 @@
 //! - `cargo xtask vm-test [--kernel [NAME=]PATH]...`: the VM tests alone.
 mod cpio;
 mod dashboards;
+mod kernels;
+mod matrix;
 mod promtest;
 mod setup;
 mod vm;
@@ -59,7 +61,9 @@ enum Cmd {
     DashboardTest,
     /// Boot kernels under QEMU and run the in-VM tests.
     VmTest {
-        /// `[NAME=]PATH` of a kernel image; repeatable. Default: ../shared/kernels/bzImage-{patched,unpatched}.
+        /// `[NAME[:EXPECT]=]PATH` of a kernel image (EXPECT: patched, unpatched, legacy,
+        /// unknown); repeatable. Default: ../shared/kernels/bzImage-{patched,unpatched}
+        /// and Debian 12's 6.1 and 6.12 cloud kernels (downloaded and cached under target/kernels).
         #[arg(long = "kernel", value_parser = vm::Kernel::parse)]
         kernels: Vec<vm::Kernel>,
     },
@@ -155,7 +159,8 @@ fn test(root: &Path) -> Result<()> {
 
 fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>) -> Result<()> {
     if kernels.is_empty() {
-        kernels = vm::default_kernels(root);
+        kernels = vm::shared_kernels(root);
+        kernels.extend(kernels::debian_kernels(root)?);
     }
     let out = root.join("target/vm-test");
     std::fs::create_dir_all(&out)?;
@@ -169,18 +174,19 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>) -> Result<()> {
         ],
     )?;
     let mut failed = Vec::new();
+    let mut rows = Vec::new();
     for kernel in &kernels {
         let boot = vm::boot(kernel, &initramfs, &out.join(&kernel.name), Duration::from_secs(600))?;
         let checks = boot
             .report
             .as_ref()
-            .and_then(|r| r["checks"].as_array().map(|c| c.len()))
-            .unwrap_or(0);
+            .and_then(|r| r["checks"].as_array().cloned())
+            .unwrap_or_default();
         if boot.success {
             say!(
                 "vm-test: {}: {} checks passed in {:.0} s (console: {})",
                 kernel.name,
-                checks,
+                checks.len(),
                 boot.seconds,
                 boot.console.display()
             );
@@ -193,7 +199,33 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>) -> Result<()> {
             );
             failed.push(kernel.name.clone());
         }
+        rows.push(matrix::Row {
+            kernel: kernel.name.clone(),
+            origin: kernel.origin.clone(),
+            expect: kernel.expect.clone(),
+            check: boot
+                .report
+                .as_ref()
+                .and_then(|r| r["check_output"].as_str().map(str::to_string))
+                .unwrap_or_default(),
+            checks,
+            passed: Some(boot.success),
+        });
     }
+    // The host as a native row: what `check` attaches here.
+    let host_check = Command::new(root.join("target/release/remote-vm-daemon")).arg("check").output()?;
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    rows.push(matrix::Row {
+        kernel: "host".into(),
+        origin: format!("this machine, Linux {} (native)", release.trim()),
+        expect: "tracepoints only".into(),
+        check: String::from_utf8_lossy(&host_check.stdout).into_owned(),
+        checks: Vec::new(),
+        passed: None,
+    });
+    let table = matrix::render(&rows);
+    std::fs::write(out.join("matrix.md"), &table)?;
+    say!("vm-test: kernel matrix (also in {}):\n{table}", out.join("matrix.md").display());
     if !failed.is_empty() {
         bail!("VM tests failed on: {}", failed.join(", "));
     }

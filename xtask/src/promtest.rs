@@ -183,7 +183,7 @@ pub fn dashboard_test(root: &Path) -> Result<()> {
     sh(Command::new("promtool").args(["test", "rules"]).arg(root.join("dashboards/remote-vm.rules.test.yml")))?;
     sh(Command::new("promtool").args(["check", "config", "--syntax-only"]).arg(root.join("dashboards/prometheus.yml")))?;
 
-    let lab = Lab::start(root, "dashboard-test", &vm::default_kernels(root))?;
+    let lab = Lab::start(root, "dashboard-test", &vm::shared_kernels(root))?;
     lab.wait_scraped(30)?;
     let mut failures = Vec::new();
     let mut checked = 0;

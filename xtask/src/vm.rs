@@ -13,15 +13,23 @@ use anyhow::{Context, Result, bail};
 
 use crate::{cpio::Cpio, say};
 
-/// A kernel to boot: its name (also passed to the guest as `rvm.kernel=`) and image.
+/// A kernel to boot: its name (also passed to the guest as `rvm.kernel=`), image,
+/// what the guest must find (`rvm.expect=`), and where it came from.
 #[derive(Clone, Debug)]
 pub struct Kernel {
     pub name: String,
     pub image: PathBuf,
+    /// `patched`, `unpatched`, `legacy` (no lockless-path functions) or `unknown`.
+    pub expect: String,
+    /// The exact origin (package and version), for the matrix.
+    pub origin: String,
 }
 
 impl Kernel {
-    /// `NAME=PATH` or `PATH` (the name is then the file name without `bzImage-`).
+    /// `NAME[:EXPECT]=PATH` or `PATH` (the name is then the file name without
+    /// `bzImage-`). EXPECT is what the guest must find: `patched`, `unpatched`,
+    /// `legacy` (no lockless-path functions at all) or `unknown`; by default
+    /// `patched`/`unpatched` when the name starts so, else `unknown`.
     pub fn parse(spec: &str) -> Result<Kernel, String> {
         let (name, path) = match spec.split_once('=') {
             Some((n, p)) => (n.to_string(), PathBuf::from(p)),
@@ -31,36 +39,45 @@ impl Kernel {
                 (file.trim_start_matches("bzImage-").to_string(), p)
             }
         };
+        let (name, expect) = match name.split_once(':') {
+            Some((n, e)) => (n.to_string(), Some(e.to_string())),
+            None => (name, None),
+        };
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
             return Err(format!("kernel name {name:?}: use letters, digits, '-', '_', '.'"));
         }
-        Ok(Kernel { name, image: path })
+        let expect = match expect {
+            Some(e) if ["patched", "unpatched", "legacy", "unknown"].contains(&e.as_str()) => e,
+            Some(e) => return Err(format!("expectation {e:?}: one of patched, unpatched, legacy, unknown")),
+            None if name.starts_with("unpatched") => "unpatched".to_string(),
+            None if name.starts_with("patched") => "patched".to_string(),
+            None => "unknown".to_string(),
+        };
+        Ok(Kernel {
+            origin: path.display().to_string(),
+            name,
+            image: path,
+            expect,
+        })
     }
 }
 
 impl Kernel {
-    /// What the guest should find: the shared `patched` kernel has the lockless
-    /// path, `unpatched` (and Debian's kernels) do not; others are not assumed.
-    pub fn expect(&self) -> &'static str {
-        let n = self.name.as_str();
-        if n.starts_with("unpatched") || n.starts_with("debian") {
-            "unpatched"
-        } else if n.starts_with("patched") {
-            "patched"
-        } else {
-            "unknown"
-        }
+    pub fn expect(&self) -> &str {
+        &self.expect
     }
 }
 
 /// The shared A/B pair beside the repository.
-pub fn default_kernels(root: &Path) -> Vec<Kernel> {
+pub fn shared_kernels(root: &Path) -> Vec<Kernel> {
     let dir = root.join("../shared/kernels");
     ["patched", "unpatched"]
         .iter()
         .map(|n| Kernel {
             name: n.to_string(),
             image: dir.join(format!("bzImage-{n}")),
+            expect: n.to_string(),
+            origin: format!("../shared/kernels/bzImage-{n} (6.12.117{})", if *n == "patched" { " + v1 series" } else { "" }),
         })
         .collect()
 }

@@ -309,13 +309,30 @@ fn attach_program(ebpf: &mut Ebpf, btf: Option<&Btf>, spec: &ProgramSpec) -> Res
         let why = describe(e);
         // Refused for want of privilege: say which.
         let missing = crate::caps::missing_for_loading();
-        let hint = if (why.contains("Operation not permitted") || why.contains("Permission denied")) && !missing.is_empty() {
+        let refused = why.contains("Operation not permitted") || why.contains("Permission denied");
+        let hint = if refused && !missing.is_empty() {
             format!(" (missing capability {})", missing.join(", "))
+        } else if refused && why.contains("perf_event_open") && !crate::caps::has(crate::caps::CAP_SYS_ADMIN) {
+            perf_paranoid_hint()
         } else {
             String::new()
         };
         format!("{} {}: {why}{hint}", spec.hook.kind(), spec.hook.target())
     })
+}
+
+/// Debian's kernels add `kernel.perf_event_paranoid=3` (their default), which
+/// reserves perf events, and so kprobes, to CAP_SYS_ADMIN even with CAP_PERFMON.
+fn perf_paranoid_hint() -> String {
+    match std::fs::read_to_string("/proc/sys/kernel/perf_event_paranoid")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+    {
+        Some(level) if level > 2 => format!(
+            " (kernel.perf_event_paranoid={level} reserves kprobes to CAP_SYS_ADMIN; set it to 2 or grant CAP_SYS_ADMIN)"
+        ),
+        _ => String::new(),
+    }
 }
 
 fn unload(program: &mut Program) -> Result<(), ProgramError> {

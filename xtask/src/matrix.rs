@@ -1,0 +1,152 @@
+//! The kernel matrix: kernel × probe (mode, or why not) and kernel × class
+//! (expected vs counted), from the guests' reports and a native `check` on the
+//! host; printed and written to `target/vm-test/matrix.md`.
+use std::fmt::Write as _;
+
+use serde_json::Value;
+
+/// One column of the matrix.
+pub struct Row {
+    pub kernel: String,
+    pub origin: String,
+    pub expect: String,
+    /// `remote-vm-daemon check` output.
+    pub check: String,
+    /// The guest's checks (`name`, `expected`, `got`, `ok`); empty for the host.
+    pub checks: Vec<Value>,
+    pub passed: Option<bool>,
+}
+
+/// The classes shown, as (row title, check name in the `first` scenario).
+const CLASSES: &[(&str, &str)] = &[
+    ("reads fast", "first.classes.remote_vm_reads_total{path=fast}"),
+    ("reads fallback", "first.classes.remote_vm_reads_total{path=fallback}"),
+    ("reads slow", "first.classes.remote_vm_reads_total{path=slow}"),
+    ("writes", "first.classes.remote_vm_writes_total{}"),
+    ("fallback: vma_lock_failed", "first.classes.remote_vm_fallbacks_total{reason=vma_lock_failed}"),
+    ("fallback: vma_unsuitable", "first.classes.remote_vm_fallbacks_total{reason=vma_unsuitable}"),
+    ("fallback: page_not_present", "first.classes.remote_vm_fallbacks_total{reason=page_not_present}"),
+    ("lockless bytes", "first.classes.remote_vm_fallback_lockless_bytes_total{}"),
+    ("discarded lockless bytes", "first.classes.remote_vm_lockless_bytes_discarded_total{}"),
+    ("multi-VMA fast reads", "first.classes.remote_vm_multi_vma_reads_total{path=fast}"),
+    ("FOLL_ANON file-backed lockless", "first.classes.remote_vm_foll_anon_file_backed_lockless_reads_total{}"),
+    ("lockless walks at PMD", "first.classes.remote_vm_folio_walks_total{level=pmd}"),
+    ("remote mmap_lock write waits", "first.classes.remote_vm_mmap_lock_wait_seconds_count{context=remote_vm,mode=write}"),
+    ("GUP calls (slow)", "first.classes.remote_vm_gup_calls_total{path=slow}"),
+    ("100k-read load: exact", "first.load.hits.access_remote_vm_entry"),
+];
+
+/// `probe NAME: MODE (…)` lines of a `check` output, shortened for a table cell.
+fn probes(check: &str) -> Vec<(String, String)> {
+    check
+        .lines()
+        .filter_map(|l| l.strip_prefix("probe "))
+        .filter_map(|l| l.split_once(": "))
+        .map(|(probe, rest)| {
+            let cell = match rest.split_once(' ') {
+                Some(("none", why)) => format!("none: {}", short_reason(why)),
+                Some((mode, _)) => mode.to_string(),
+                None => rest.to_string(),
+            };
+            (probe.to_string(), cell)
+        })
+        .collect()
+}
+
+/// The gist of a failure reason.
+fn short_reason(why: &str) -> String {
+    let w = why.trim_start_matches('(').trim_end_matches(')');
+    if w.contains("not tried") {
+        "needs access_remote_vm".into()
+    } else if w.contains("unknown BTF type") {
+        "function not in this kernel".into()
+    } else if w.contains("kprobe/type") && w.contains("Operation not permitted") {
+        "fentry EPERM, no kprobe PMU".into()
+    } else if w.contains("no BTF") {
+        "no BTF".into()
+    } else {
+        w.chars().take(60).collect()
+    }
+}
+
+fn cell_of<'a>(checks: &'a [Value], name: &str) -> Option<&'a Value> {
+    checks.iter().find(|c| c["name"] == name)
+}
+
+pub fn render(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| | {} |", rows.iter().map(|r| r.kernel.as_str()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(out, "|---|{}", "---|".repeat(rows.len()));
+    let line = |out: &mut String, title: &str, cells: Vec<String>| {
+        let _ = writeln!(out, "| {title} | {} |", cells.join(" | "));
+    };
+    line(&mut out, "kernel", rows.iter().map(|r| r.origin.clone()).collect());
+    line(&mut out, "expected", rows.iter().map(|r| r.expect.clone()).collect());
+    let release = |r: &Row| {
+        r.check
+            .lines()
+            .find_map(|l| l.strip_prefix("kernel: release="))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    line(&mut out, "release", rows.iter().map(release).collect());
+    let patched = |r: &Row| {
+        r.check
+            .lines()
+            .find_map(|l| l.strip_prefix("patched: "))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or("?")
+            .to_string()
+    };
+    line(&mut out, "`patched`", rows.iter().map(patched).collect());
+    let all: Vec<Vec<(String, String)>> = rows.iter().map(|r| probes(&r.check)).collect();
+    if let Some(first) = all.iter().find(|p| !p.is_empty()) {
+        for (probe, _) in first {
+            line(
+                &mut out,
+                &format!("probe `{probe}`"),
+                all.iter()
+                    .map(|p| p.iter().find(|(n, _)| n == probe).map_or("?".into(), |(_, c)| c.clone()))
+                    .collect(),
+            );
+        }
+    }
+    for (title, name) in CLASSES {
+        line(
+            &mut out,
+            title,
+            rows.iter()
+                .map(|r| match cell_of(&r.checks, name) {
+                    Some(c) => format!(
+                        "{} {}/{}",
+                        if c["ok"] == true { "✓" } else { "✗" },
+                        c["got"].as_str().unwrap_or("?"),
+                        c["expected"].as_str().unwrap_or("?")
+                    ),
+                    None if r.checks.is_empty() => "n/a (tracepoints only)".into(),
+                    None => "-".into(),
+                })
+                .collect(),
+        );
+    }
+    line(
+        &mut out,
+        "checks passed",
+        rows.iter()
+            .map(|r| {
+                if r.checks.is_empty() {
+                    return match r.passed {
+                        Some(true) => "host tests ✓".into(),
+                        Some(false) => "host tests ✗".into(),
+                        None => "-".into(),
+                    };
+                }
+                let ok = r.checks.iter().filter(|c| c["ok"] == true).count();
+                format!("{ok}/{}", r.checks.len())
+            })
+            .collect(),
+    );
+    out.push_str("\nCells: probe mode, or `none` and why; class rows `✓ counted/expected` deltas of one workload run (`absent`: the family cannot exist there).\n");
+    out
+}
