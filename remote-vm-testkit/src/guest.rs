@@ -156,6 +156,9 @@ pub fn main() -> Result<bool> {
     if cmdline_arg("rvm.mode").as_deref() == Some("serve") {
         return serve();
     }
+    if cmdline_arg("rvm.mode").as_deref() == Some("ab") {
+        return ab();
+    }
     let expect = cmdline_arg("rvm.expect").unwrap_or_else(|| "unknown".into());
     let kernel = Kernel::from_expect(&expect);
     let mut report = Report {
@@ -710,4 +713,46 @@ fn serve() -> Result<bool> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// `rvm.mode=ab rvm.ab=key=value,…`: the contention workload with the daemon
+/// attached; prints `ab-result {json}` with the workload's ground truth and the
+/// daemon's metrics before and after.
+fn ab() -> Result<bool> {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: crate::stress::StressArgs,
+    }
+    let spec = cmdline_arg("rvm.ab").unwrap_or_default();
+    let mut argv = vec!["ab".to_string()];
+    for kv in spec.split(',').filter(|s| !s.is_empty()) {
+        match kv.split_once('=') {
+            Some((k, "true")) => argv.push(format!("--{}", k.replace('_', "-"))),
+            Some((k, v)) => argv.extend([format!("--{}", k.replace('_', "-")), v.to_string()]),
+            None => argv.push(format!("--{}", kv.replace('_', "-"))),
+        }
+    }
+    let args = Wrap::try_parse_from(&argv).map_err(|e| anyhow::anyhow!("rvm.ab={spec}: {e}"))?.args;
+    println!("vmtest: ab workload {args:?}");
+    let mut daemon = Daemon::start("", &[])?;
+    let before = Scrape::fetch(LISTEN)?;
+    let result = crate::stress::run(&args, true)?;
+    let after = Scrape::fetch(LISTEN)?;
+    let keep = |s: &Scrape| -> BTreeMap<String, f64> {
+        s.samples.iter().filter(|(k, _)| k.starts_with("remote_vm_")).map(|(k, v)| (k.clone(), *v)).collect()
+    };
+    let out = serde_json::json!({
+        "kernel": cmdline_arg("rvm.kernel").unwrap_or_default(),
+        "release": std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
+        "workload": result,
+        "before": keep(&before),
+        "after": keep(&after),
+    });
+    println!("ab-result {}", serde_json::to_string(&out)?);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGTERM) };
+    let _ = daemon.child.wait();
+    Ok(true)
 }

@@ -5,3 +5,4 @@ pub mod prom;
 pub mod workload;
 pub mod classes;
 pub mod caps;
+pub mod stress;

@@ -1,5 +1,5 @@
 //! rvm-testkit: workloads with known answers and the in-VM test runner.
-use remote_vm_testkit::{guest, workload};
+use remote_vm_testkit::{guest, stress, workload};
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +23,17 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// The contention workload: a churning target read by monitoring-like readers;
+    /// prints its ground truth (calls made, latencies) as JSON.
+    Stress {
+        #[command(flatten)]
+        args: stress::StressArgs,
+    },
+    /// The target of `stress` (started by it).
+    StressTarget {
+        #[command(flatten)]
+        args: stress::StressArgs,
+    },
     /// mmap_lock contention inside this process (see workload::contend).
     Contend {
         #[arg(long, default_value_t = 200)]
@@ -42,6 +53,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Guest => guest::main(),
+        Cmd::Stress { args } => stress::run(&args, true).and_then(|r| {
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(true)
+        }),
+        Cmd::StressTarget { args } => stress::target_main(&args).map(|()| true),
         Cmd::WithCaps { caps, command } => remote_vm_testkit::caps::exec_with(&caps, &command).map(|()| false),
         Cmd::Contend { iterations, region_mb } => workload::contend(iterations, region_mb).map(|n| {
             println!("{n}");

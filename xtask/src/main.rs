@@ -3,6 +3,7 @@
 //! - `cargo xtask run [-- DAEMON ARGS]`: set up, build, start the daemon.
 //! - `cargo xtask test`: set up, then every test: unit, host integration, VM.
 //! - `cargo xtask vm-test [--kernel [NAME=]PATH]...`: the VM tests alone.
+mod ab;
 mod cpio;
 mod dashboards;
 mod kernels;
@@ -54,6 +55,15 @@ enum Cmd {
     },
     /// Set up, then run every test: unit, host integration and VM tests.
     Test,
+    /// Patched vs unpatched under mmap_lock contention: report and plots in target/ab/RUN/.
+    Ab {
+        /// `[NAME[:EXPECT]=]PATH` of a kernel image; repeatable. Default: the shared pair.
+        #[arg(long = "kernel", value_parser = vm::Kernel::parse)]
+        kernels: Vec<vm::Kernel>,
+        /// The workload, `key=value,…` (keys of `rvm-testkit stress --help`, `_` for `-`).
+        #[arg(long, default_value = ab::DEFAULT_WORKLOAD)]
+        workload: String,
+    },
     /// Write dashboards/*.json from xtask/src/dashboards.rs.
     Dashboards,
     /// The dashboard and rules tests: promtool, Grafana's schema, and every query
@@ -99,6 +109,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Test => {
             setup::setup(setup::Purpose::Test)?;
             test(&root)
+        }
+        Cmd::Ab { mut kernels, workload } => {
+            setup::setup(setup::Purpose::Test)?;
+            build(&root)?;
+            if kernels.is_empty() {
+                kernels = vm::shared_kernels(&root);
+            }
+            ab::run(&root, kernels, &workload).map(drop)
         }
         Cmd::Dashboards => {
             for (path, contents) in dashboards::files()? {
@@ -153,6 +171,8 @@ fn test(root: &Path) -> Result<()> {
     sh(cargo(root).args(["test", "--release", "--", "--include-ignored"]))?;
     vm_test(root, Vec::new())?;
     promtest::dashboard_test(root)?;
+    say!("A/B run, reduced ({})", ab::TEST_WORKLOAD);
+    ab::run(root, vm::shared_kernels(root), ab::TEST_WORKLOAD)?;
     say!("all tests passed");
     Ok(())
 }

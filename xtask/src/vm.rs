@@ -260,6 +260,19 @@ impl Drop for ServingVm {
 
 /// Boots `kernel` with `initramfs` and waits for the guest to finish (or `timeout`).
 pub fn boot(kernel: &Kernel, initramfs: &Path, out_dir: &Path, timeout: Duration) -> Result<Boot> {
+    boot_with(kernel, initramfs, out_dir, "", timeout, "vmtest-report ")
+}
+
+/// `boot` with `extra` on the kernel command line; the report is the JSON after
+/// the console line prefix `report_prefix`.
+pub fn boot_with(
+    kernel: &Kernel,
+    initramfs: &Path,
+    out_dir: &Path,
+    extra: &str,
+    timeout: Duration,
+    report_prefix: &str,
+) -> Result<Boot> {
     if !kernel.image.is_file() {
         bail!("kernel image {} not found", kernel.image.display());
     }
@@ -268,7 +281,7 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, out_dir: &Path, timeout: Duration
     let mut console = std::fs::File::create(&console_path)?;
     say!("vm-test: booting kernel {} ({}) under QEMU TCG", kernel.name, kernel.image.display());
     let started = Instant::now();
-    let mut child = qemu(kernel, initramfs, "", None)
+    let mut child = qemu(kernel, initramfs, extra, None)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -298,9 +311,11 @@ pub fn boot(kernel: &Kernel, initramfs: &Path, out_dir: &Path, timeout: Duration
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
                 writeln!(console, "{line}")?;
-                if let Some(json) = line.strip_prefix("vmtest-report ") {
+                if let Some(json) = line.strip_prefix(report_prefix) {
                     report = serde_json::from_str(json).ok();
                 } else if line.starts_with("vmtest ") && line.contains(" FAIL") {
+                    say!("  [{}] {line}", kernel.name);
+                } else if line.starts_with("stress: ") {
                     say!("  [{}] {line}", kernel.name);
                 } else if line == "init: success" {
                     success = true;
