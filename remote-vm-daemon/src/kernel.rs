@@ -112,10 +112,17 @@ impl KernelFacts {
     }
 }
 
+/// `uname -r`: from the syscall, so a service with `ProcSubset=pid` knows it too.
 fn read_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string())
+    // SAFETY: uname fills the struct we pass.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return "unknown".to_string();
+    }
+    // SAFETY: the kernel NUL-terminates release.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn read_config(path: &Path) -> Option<String> {

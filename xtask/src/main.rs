@@ -6,6 +6,7 @@
 mod ab;
 mod cpio;
 mod dashboards;
+mod deb;
 mod kernels;
 mod matrix;
 mod promtest;
@@ -64,6 +65,11 @@ enum Cmd {
         #[arg(long, default_value = ab::DEFAULT_WORKLOAD)]
         workload: String,
     },
+    /// Build the .deb (target/debian/remote-vm_VERSION_amd64.deb).
+    Deb,
+    /// The package tests: systemd-analyze verify/security, install, upgrade, purge
+    /// in a fresh debootstrap tree.
+    DebTest,
     /// Write dashboards/*.json from xtask/src/dashboards.rs.
     Dashboards,
     /// The dashboard and rules tests: promtool, Grafana's schema, and every query
@@ -118,6 +124,16 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             ab::run(&root, kernels, &workload).map(drop)
         }
+        Cmd::Deb => {
+            setup::setup(setup::Purpose::Run)?;
+            build(&root)?;
+            deb::build(&root, None, &root.join("target/debian")).map(drop)
+        }
+        Cmd::DebTest => {
+            setup::setup(setup::Purpose::Test)?;
+            build(&root)?;
+            deb::test(&root)
+        }
         Cmd::Dashboards => {
             for (path, contents) in dashboards::files()? {
                 std::fs::write(root.join(path), contents)?;
@@ -171,6 +187,8 @@ fn test(root: &Path) -> Result<()> {
     sh(cargo(root).args(["test", "--release", "--", "--include-ignored"]))?;
     vm_test(root, Vec::new())?;
     promtest::dashboard_test(root)?;
+    say!("package: unit and .deb");
+    deb::test(root)?;
     say!("A/B run, reduced ({})", ab::TEST_WORKLOAD);
     ab::run(root, vm::shared_kernels(root), ab::TEST_WORKLOAD)?;
     say!("all tests passed");

@@ -1,0 +1,184 @@
+//! The package: `cargo deb`, the unit checked with systemd's own tools, and the
+//! .deb installed, upgraded and purged in a fresh `debootstrap` tree.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{say, setup, sh};
+
+const UNIT: &str = "packaging/remote-vm.service";
+/// The exposure `systemd-analyze security` must not exceed.
+const MAX_EXPOSURE: f64 = 2.0;
+
+fn output(cmd: &mut Command) -> Result<(bool, String)> {
+    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Ok((out.status.success(), text))
+}
+
+/// Builds `target/debian/remote-vm_VERSION_amd64.deb` (cargo-deb installed if missing).
+pub fn build(root: &Path, version: Option<&str>, out_dir: &Path) -> Result<PathBuf> {
+    if !output(Command::new(setup::cargo()).args(["deb", "--version"]))?.0 {
+        say!("deb: installing cargo-deb (cargo install, about a minute)");
+        sh(Command::new(setup::cargo()).args(["install", "cargo-deb", "--locked"]))?;
+    }
+    std::fs::create_dir_all(out_dir)?;
+    let mut cmd = Command::new(setup::cargo());
+    cmd.current_dir(root)
+        .env("REMOTE_VM_EBPF_TOOLCHAIN", setup::EBPF_TOOLCHAIN)
+        .args(["deb", "-p", "remote-vm-daemon", "--no-build", "-o"])
+        .arg(out_dir);
+    if let Some(v) = version {
+        cmd.args(["--deb-version", v]);
+    }
+    let (ok, text) = output(&mut cmd)?;
+    if !ok {
+        bail!("cargo deb failed: {text}");
+    }
+    let path = PathBuf::from(text.lines().last().unwrap_or("").trim());
+    if !path.is_file() {
+        bail!("cargo deb did not say where the package is: {text}");
+    }
+    say!("deb: built {}", path.display());
+    Ok(path)
+}
+
+/// `systemd-analyze security --offline=true`: the exposure figure.
+pub fn exposure(root: &Path) -> Result<(f64, String)> {
+    let (_, text) = output(Command::new("systemd-analyze").args(["security", "--offline=true", "--no-pager"]).arg(root.join(UNIT)))?;
+    let figure = text
+        .lines()
+        .find_map(|l| l.split("exposure level for remote-vm.service:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .with_context(|| format!("no exposure level in:\n{text}"))?;
+    Ok((figure, text))
+}
+
+/// A fresh minimal Debian 12 tree (with systemd), debootstrapped once into
+/// `target/deb-test/base` and copied for each run.
+fn fresh_tree(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/deb-test");
+    let base = dir.join("base");
+    // systemd in the tree: its units let `systemd-analyze verify --root` resolve ours.
+    if !base.join("usr/bin/dpkg").is_file() || !base.join("lib/systemd/systemd").is_file() {
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&dir)?;
+        say!("deb: debootstrap --variant=minbase --include=systemd bookworm (once, cached in {})", base.display());
+        sh(Command::new("debootstrap")
+            .args(["--variant=minbase", "--include=systemd", "bookworm"])
+            .arg(&base)
+            .arg("http://deb.debian.org/debian"))?;
+    }
+    let tree = dir.join("rootfs");
+    let _ = std::fs::remove_dir_all(&tree);
+    sh(Command::new("cp").arg("-a").arg(&base).arg(&tree)).context("copy the debootstrap tree")?;
+    Ok(tree)
+}
+
+fn chroot(tree: &Path, args: &[&str]) -> Result<(bool, String)> {
+    output(Command::new("chroot").arg(tree).args(args).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+pub fn test(root: &Path) -> Result<()> {
+    let (figure, report) = exposure(root)?;
+    let exposed: Vec<&str> = report.lines().filter(|l| l.trim_start().starts_with('✗')).collect();
+    say!("deb: systemd-analyze security --offline=true {UNIT}: exposure {figure} (at most {MAX_EXPOSURE}); remaining:");
+    for l in &exposed {
+        say!("  {}", l.split_whitespace().collect::<Vec<_>>().join(" "));
+    }
+    if figure > MAX_EXPOSURE {
+        bail!("exposure {figure} is above {MAX_EXPOSURE}");
+    }
+    // cargo-deb clears earlier packages of the same name: keep copies.
+    let keep = root.join("target/deb-test/packages");
+    std::fs::create_dir_all(&keep)?;
+    let mut debs = Vec::new();
+    for version in [None, Some("0.1.0-2")] {
+        let built = build(root, version, &root.join("target/debian"))?;
+        let kept = keep.join(built.file_name().context("deb name")?);
+        std::fs::copy(&built, &kept)?;
+        debs.push(kept);
+    }
+    let (v1, v2) = (debs[0].clone(), debs[1].clone());
+    let tree = fresh_tree(root)?;
+    for deb in [&v1, &v2] {
+        let dest = tree.join("tmp").join(deb.file_name().context("deb name")?);
+        std::fs::copy(deb, &dest).with_context(|| format!("copy {} to {}", deb.display(), dest.display()))?;
+    }
+    let name = |p: &PathBuf| format!("/tmp/{}", p.file_name().and_then(|n| n.to_str()).unwrap_or(""));
+    let mut failures = Vec::new();
+    let mut expect = |what: &str, ok: bool, detail: &str| {
+        if ok {
+            say!("deb: ok: {what}");
+        } else {
+            say!("deb: FAIL: {what}: {detail}");
+            failures.push(what.to_string());
+        }
+    };
+
+    let (ok, text) = chroot(&tree, &["dpkg", "-i", &name(&v1)])?;
+    expect("dpkg -i into a fresh debootstrap tree", ok, &text);
+    let files = [
+        "usr/bin/remote-vm-daemon",
+        "lib/systemd/system/remote-vm.service",
+        "etc/remote-vm/remote-vm.toml",
+        "usr/share/remote-vm/dashboards/remote-vm-host.json",
+        "usr/share/remote-vm/dashboards/remote-vm-fleet.json",
+        "usr/share/remote-vm/remote-vm.rules.yml",
+        "usr/share/remote-vm/grafana-provisioning/datasource.yml",
+        "usr/share/doc/remote-vm/README.md",
+        "usr/share/doc/remote-vm/copyright",
+    ];
+    let missing: Vec<&str> = files.iter().copied().filter(|f| !tree.join(f).exists()).collect();
+    expect("installs the binary, unit, conffile, dashboards, rules, docs", missing.is_empty(), &format!("missing {missing:?}"));
+    let (ok, text) = chroot(&tree, &["dpkg-query", "-W", "-f=${Conffiles}", "remote-vm"])?;
+    expect("/etc/remote-vm/remote-vm.toml is a conffile", ok && text.contains("/etc/remote-vm/remote-vm.toml"), &text);
+    let (ok, text) = chroot(&tree, &["/usr/bin/remote-vm-daemon", "defaults"])?;
+    expect("the installed binary runs on a fresh Debian 12", ok && text.contains("listen = "), &text);
+    let wants = tree.join("etc/systemd/system/multi-user.target.wants/remote-vm.service");
+    expect("nothing enabled by surprise", !wants.exists(), "multi-user.target.wants has remote-vm.service");
+    let (ok, text) = output(
+        Command::new("systemd-analyze")
+            .args(["verify", "--man=no", "--generators=no"])
+            .arg(format!("--root={}", tree.display()))
+            .arg("/lib/systemd/system/remote-vm.service"),
+    )?;
+    expect("systemd-analyze verify of the installed unit", ok && text.trim().is_empty(), &text);
+
+    // Upgrade with a locally changed conffile: the change stays.
+    let conf = tree.join("etc/remote-vm/remote-vm.toml");
+    let mut changed = std::fs::read_to_string(&conf)?;
+    changed.push_str("\n# changed by the operator\n");
+    std::fs::write(&conf, &changed)?;
+    let (ok, text) = chroot(&tree, &["dpkg", "-i", "--force-confdef", "--force-confold", &name(&v2)])?;
+    expect("dpkg -i of the upgrade", ok, &text);
+    let (_, version) = chroot(&tree, &["dpkg-query", "-W", "-f=${Version}", "remote-vm"])?;
+    expect("the upgrade is installed", version.trim() == "0.1.0-2", &version);
+    expect(
+        "the upgrade keeps the changed conffile",
+        std::fs::read_to_string(&conf).unwrap_or_default() == changed,
+        "conffile content differs",
+    );
+
+    // Purge: nothing of the package stays.
+    let (ok, text) = chroot(&tree, &["dpkg", "-P", "remote-vm"])?;
+    expect("dpkg -P", ok, &text);
+    let left: Vec<&str> = files
+        .iter()
+        .copied()
+        .chain(["etc/remote-vm", "usr/share/remote-vm", "usr/share/doc/remote-vm"])
+        .filter(|f| tree.join(f).exists())
+        .collect();
+    expect("dpkg -P removes everything", left.is_empty(), &format!("left {left:?}"));
+    let (_, status) = chroot(&tree, &["dpkg-query", "-W", "-f=${Status}", "remote-vm"])?;
+    expect("dpkg knows nothing of it", !status.contains("installed"), &status);
+
+    if !failures.is_empty() {
+        bail!("package checks failed: {}", failures.join("; "));
+    }
+    Ok(())
+}
