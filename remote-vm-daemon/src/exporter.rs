@@ -39,6 +39,8 @@ pub struct Sight {
     pub fallbacks: bool,
     /// The remote access's own lock waits, failures and hold times.
     pub remote_lock: bool,
+    /// ... including its write-lock acquisitions (`expand_stack`).
+    pub remote_writes: bool,
     pub host_lock: bool,
     /// Killed host-wide waiters: not in the mmap_lock tracepoint mode, which
     /// reports failed trylocks the same way.
@@ -64,6 +66,11 @@ impl Sight {
             reads,
             fallbacks: reads && (!lockless || walk),
             remote_lock: access && remote,
+            remote_writes: access
+                && loaded
+                    .verdict("mmap_lock_remote")
+                    .and_then(|v| v.mode)
+                    .is_some_and(|m| crate::probes::lock::remote_mode_sees_writes(m.name)),
             host_lock: loaded.attached("mmap_lock_host"),
             host_failures: loaded
                 .verdict("mmap_lock_host")
@@ -296,6 +303,9 @@ fn access_families(state: &State, stats: &Stats, sight: Sight) -> Vec<Family> {
                 continue;
             }
             for (mode, offset) in [("read", 0), ("write", 1)] {
+                if context == "remote_vm" && mode == "write" && !sight.remote_writes {
+                    continue;
+                }
                 wait.push_log2(
                     &[("context", context), ("mode", mode)],
                     &stats.hists[hist_at(base, offset)],
@@ -391,6 +401,7 @@ pub fn sight_lines(loaded: &Loaded) -> Vec<String> {
         ("reads, writes, bytes, durations", s.reads, "needs access_remote_vm, mmap_lock_remote and lock_vma_under_rcu"),
         ("fallback reasons, lockless bytes", s.fallbacks, "needs the read probes and folio_walk_start"),
         ("remote mmap_lock wait and hold", s.remote_lock, "needs access_remote_vm and mmap_lock_remote"),
+        ("remote mmap_lock write waits (expand_stack)", s.remote_writes, "needs mmap_lock_remote in an opt-in read+write mode (fentry_rw, kprobe_rw) or mmap_lock_tp"),
         ("host mmap_lock wait", s.host_lock, "needs mmap_lock_host"),
         ("lock_vma_under_rcu calls", s.lock_vma, "needs access_remote_vm and lock_vma_under_rcu"),
         ("GUP calls", s.gup, "needs the read probes and get_user_pages_remote"),

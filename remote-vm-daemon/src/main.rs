@@ -2,6 +2,7 @@
 //! serves Prometheus metrics.
 mod btf;
 mod caps;
+mod compare;
 mod config;
 mod exporter;
 mod kernel;
@@ -66,6 +67,22 @@ enum Command {
     },
     /// Print the embedded default config.
     Defaults,
+    /// The fleet's A/B table from an existing Prometheus: remote reads by path and
+    /// fallback reason, grouped by kernel (patched, release), with hosts per group.
+    /// Counts are exact counter increases from the raw samples (resets included).
+    Compare {
+        /// Base URL of the Prometheus, e.g. http://localhost:9090
+        #[arg(long, value_name = "URL")]
+        prometheus: String,
+        /// How far back from now: 30m, 1h, 7d, …
+        #[arg(long, default_value = "1h")]
+        range: String,
+        /// Label matchers for every series, e.g. 'job="remote-vm"'.
+        #[arg(long, default_value = "")]
+        selector: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: compare::Format,
+    },
 }
 
 fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
@@ -102,6 +119,28 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_OK)
         }
         Command::Check { common } => check(common),
+        Command::Compare {
+            prometheus,
+            range,
+            selector,
+            format,
+        } => {
+            let result = compare::Prometheus::parse(&prometheus).and_then(|p| {
+                let range_s = compare::parse_range(&range)?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                compare::compare(&p, range_s, &selector, now)
+            });
+            match result {
+                Ok(groups) => {
+                    print!("{}", compare::render(&groups, format, &range));
+                    ExitCode::from(EXIT_OK)
+                }
+                Err(e) => fail(e),
+            }
+        }
         Command::Run { common, listen } => run(common, listen),
     }
 }

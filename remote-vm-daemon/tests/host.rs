@@ -128,6 +128,7 @@ fn check_reports_every_probe_and_exits_degraded() {
             "metrics: reads, writes, bytes, durations: absent (needs access_remote_vm, mmap_lock_remote and lock_vma_under_rcu)",
             "metrics: fallback reasons, lockless bytes: absent (needs the read probes and folio_walk_start)",
             "metrics: remote mmap_lock wait and hold: absent (needs access_remote_vm and mmap_lock_remote)",
+            "metrics: remote mmap_lock write waits (expand_stack): absent (needs mmap_lock_remote in an opt-in read+write mode (fentry_rw, kprobe_rw) or mmap_lock_tp)",
             "metrics: host mmap_lock wait: exported",
             "metrics: lock_vma_under_rcu calls: absent (needs access_remote_vm and lock_vma_under_rcu)",
             "metrics: GUP calls: absent (needs the read probes and get_user_pages_remote)",

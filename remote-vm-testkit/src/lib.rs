@@ -6,3 +6,4 @@ pub mod workload;
 pub mod classes;
 pub mod caps;
 pub mod stress;
+pub mod bench;

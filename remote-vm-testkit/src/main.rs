@@ -1,5 +1,5 @@
 //! rvm-testkit: workloads with known answers and the in-VM test runner.
-use remote_vm_testkit::{guest, stress, workload};
+use remote_vm_testkit::{bench, guest, stress, workload};
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +29,11 @@ enum Cmd {
         #[command(flatten)]
         args: stress::StressArgs,
     },
+    /// The overhead benchmark on this machine: prints figures and a JSON line.
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
     /// The target of `stress` (started by it).
     StressTarget {
         #[command(flatten)]
@@ -55,6 +60,10 @@ fn main() -> std::process::ExitCode {
         Cmd::Guest => guest::main(),
         Cmd::Stress { args } => stress::run(&args, true).and_then(|r| {
             println!("{}", serde_json::to_string(&r)?);
+            Ok(true)
+        }),
+        Cmd::Bench { args } => bench::run(&args).and_then(|r| {
+            println!("bench-result {}", serde_json::to_string(&r)?);
             Ok(true)
         }),
         Cmd::StressTarget { args } => stress::target_main(&args).map(|()| true),

@@ -4,6 +4,7 @@
 //! - `cargo xtask test`: set up, then every test: unit, host integration, VM.
 //! - `cargo xtask vm-test [--kernel [NAME=]PATH]...`: the VM tests alone.
 mod ab;
+mod bench;
 mod cpio;
 mod dashboards;
 mod deb;
@@ -65,6 +66,16 @@ enum Cmd {
         #[arg(long, default_value = ab::DEFAULT_WORKLOAD)]
         workload: String,
     },
+    /// The overhead benchmark (daemon off vs on), natively and in the patched VM;
+    /// a benchmark, not a test: see BENCHMARKS.md.
+    Bench {
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 20)]
+        scrape_seconds: u64,
+    },
     /// Build the .deb (target/debian/remote-vm_VERSION_amd64.deb).
     Deb,
     /// The package tests: systemd-analyze verify/security, install, upgrade, purge
@@ -123,6 +134,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 kernels = vm::shared_kernels(&root);
             }
             ab::run(&root, kernels, &workload).map(drop)
+        }
+        Cmd::Bench { reps, scale, scrape_seconds } => {
+            setup::setup(setup::Purpose::Test)?;
+            build(&root)?;
+            bench::run(&root, &bench::Args { reps, scale, scrape_seconds }).map(drop)
         }
         Cmd::Deb => {
             setup::setup(setup::Purpose::Run)?;
@@ -191,6 +207,8 @@ fn test(root: &Path) -> Result<()> {
     deb::test(root)?;
     say!("A/B run, reduced ({})", ab::TEST_WORKLOAD);
     ab::run(root, vm::shared_kernels(root), ab::TEST_WORKLOAD)?;
+    say!("overhead benchmark, reduced (figures only; BENCHMARKS.md has a full run)");
+    bench::run(root, &bench::Args { reps: 1, scale: 0.1, scrape_seconds: 3 })?;
     say!("all tests passed");
     Ok(())
 }

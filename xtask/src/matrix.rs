@@ -31,7 +31,7 @@ const CLASSES: &[(&str, &str)] = &[
     ("multi-VMA fast reads", "first.classes.remote_vm_multi_vma_reads_total{path=fast}"),
     ("FOLL_ANON file-backed lockless", "first.classes.remote_vm_foll_anon_file_backed_lockless_reads_total{}"),
     ("lockless walks at PMD", "first.classes.remote_vm_folio_walks_total{level=pmd}"),
-    ("remote mmap_lock write waits", "first.classes.remote_vm_mmap_lock_wait_seconds_count{context=remote_vm,mode=write}"),
+    ("remote mmap_lock write waits (fentry_rw)", "kprobe_callers.classes.remote_vm_mmap_lock_wait_seconds_count{context=remote_vm,mode=write}"),
     ("GUP calls (slow)", "first.classes.remote_vm_gup_calls_total{path=slow}"),
     ("100k-read load: exact", "first.load.hits.access_remote_vm_entry"),
 ];

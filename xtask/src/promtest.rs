@@ -88,7 +88,9 @@ pub struct Lab {
 }
 
 impl Lab {
-    pub fn start(root: &Path, name: &str, kernels: &[vm::Kernel]) -> Result<Lab> {
+    /// `workload`: extra kernel arguments for the serving guests (`rvm.serve_delay=`,
+    /// `rvm.serve_seconds=`).
+    pub fn start(root: &Path, name: &str, kernels: &[vm::Kernel], workload: &str) -> Result<Lab> {
         let dir = root.join("target").join(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
@@ -99,7 +101,7 @@ impl Lab {
         )?;
         let mut vms = Vec::new();
         for (i, k) in kernels.iter().enumerate() {
-            vms.push(vm::ServingVm::start(k, &initramfs, &dir.join(&k.name), 19411 + i as u16)?);
+            vms.push(vm::ServingVm::start(k, &initramfs, &dir.join(&k.name), 19411 + i as u16, workload)?);
         }
         say!("starting the host daemon on 127.0.0.1:{HOST_DAEMON_PORT}");
         let host_daemon = Guard(
@@ -183,7 +185,10 @@ pub fn dashboard_test(root: &Path) -> Result<()> {
     sh(Command::new("promtool").args(["test", "rules"]).arg(root.join("dashboards/remote-vm.rules.test.yml")))?;
     sh(Command::new("promtool").args(["check", "config", "--syntax-only"]).arg(root.join("dashboards/prometheus.yml")))?;
 
-    let lab = Lab::start(root, "dashboard-test", &vm::shared_kernels(root))?;
+    // The workload starts 20 s after the daemons serve (Prometheus scrapes its
+    // counters at zero first) and runs 40 s, so `compare` can be held to the
+    // daemons' own final numbers afterwards.
+    let mut lab = Lab::start(root, "dashboard-test", &vm::shared_kernels(root), "rvm.serve_delay=20 rvm.serve_seconds=40")?;
     lab.wait_scraped(30)?;
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -259,6 +264,91 @@ pub fn dashboard_test(root: &Path) -> Result<()> {
         bail!("{} of {checked} dashboard/rule checks failed (lab kept in {})", failures.len(), lab.dir.display());
     }
     say!("dashboards and rules: {checked} queries and rules checked against Prometheus with data from both kernels and the host");
+    compare_test(root, &mut lab)
+}
+
+/// `remote-vm-daemon compare` against this Prometheus equals the daemons' own
+/// counters: the workload has stopped, and Prometheus saw every counter at zero
+/// before it started.
+fn compare_test(root: &Path, lab: &mut Lab) -> Result<()> {
+    for v in &mut lab.vms {
+        v.wait_for("vmtest: workload done", Duration::from_secs(180))?;
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let out = Command::new(root.join("target/release/remote-vm-daemon"))
+        .args(["compare", "--prometheus", &format!("http://127.0.0.1:{PROMETHEUS_PORT}"), "--range", "30m"])
+        .args(["--selector", "job=\"remote-vm\"", "--format", "json"])
+        .output()?;
+    if !out.status.success() {
+        bail!("compare failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let report: Value = serde_json::from_slice(&out.stdout)?;
+    for fmt in ["table", "markdown"] {
+        let t = Command::new(root.join("target/release/remote-vm-daemon"))
+            .args(["compare", "--prometheus", &format!("http://127.0.0.1:{PROMETHEUS_PORT}"), "--range", "30m", "--format", fmt])
+            .output()?;
+        if !t.status.success() {
+            bail!("compare --format {fmt} failed");
+        }
+        if fmt == "table" {
+            println!("{}", String::from_utf8_lossy(&t.stdout));
+        }
+    }
+    let groups = report["groups"].as_array().context("groups")?;
+    let mut failures = Vec::new();
+    for v in &lab.vms {
+        let patched = if v.kernel.expect() == "patched" { "yes" } else { "no" };
+        let Some(g) = groups.iter().find(|g| g["patched"] == patched) else {
+            failures.push(format!("no group patched={patched}"));
+            continue;
+        };
+        if g["hosts"] != 1 {
+            failures.push(format!("group patched={patched}: {} hosts, expected 1", g["hosts"]));
+        }
+        // Prometheus saw the counters at zero before the workload started.
+        let first = query(PROMETHEUS_PORT, &format!("max(min_over_time(remote_vm_reads_total{{instance=\"127.0.0.1:{}\"}}[30m]))", v.port))?;
+        let first = first.first().and_then(|s| s["value"][1].as_str()).unwrap_or("?").to_string();
+        if first != "0" {
+            failures.push(format!("{}: Prometheus' first sample of reads is {first}, not 0: the workload started before the first scrape", v.kernel.name));
+        }
+        let own = crate::promtest::http_get(v.port, "/metrics")?;
+        let value = |series: &str| -> f64 {
+            own.lines()
+                .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+                .and_then(|x| x.trim().parse().ok())
+                .unwrap_or(f64::NAN)
+        };
+        let mut compared = 0;
+        for (key, series) in [
+            ("reads{path=\"fast\"}", "remote_vm_reads_total{path=\"fast\"}"),
+            ("reads{path=\"fallback\"}", "remote_vm_reads_total{path=\"fallback\"}"),
+            ("reads{path=\"slow\"}", "remote_vm_reads_total{path=\"slow\"}"),
+            ("fallbacks{reason=\"vma_lock_failed\"}", "remote_vm_fallbacks_total{reason=\"vma_lock_failed\"}"),
+            ("fallbacks{reason=\"vma_unsuitable\"}", "remote_vm_fallbacks_total{reason=\"vma_unsuitable\"}"),
+            ("fallbacks{reason=\"page_not_present\"}", "remote_vm_fallbacks_total{reason=\"page_not_present\"}"),
+            ("writes", "remote_vm_writes_total"),
+            ("lockless_bytes_discarded", "remote_vm_lockless_bytes_discarded_total"),
+        ] {
+            let got = g["counts"][key].as_f64().unwrap_or(f64::NAN);
+            let want = value(series);
+            compared += 1;
+            if got != want {
+                failures.push(format!("{}: compare says {key} = {got}, the daemon exported {want}", v.kernel.name));
+            }
+        }
+        say!(
+            "compare: {} (patched={patched}): {compared} counts equal the daemon's own ({} reads fast, {} slow)",
+            v.kernel.name,
+            g["counts"]["reads{path=\"fast\"}"],
+            g["counts"]["reads{path=\"slow\"}"]
+        );
+    }
+    if !failures.is_empty() {
+        for f in &failures {
+            say!("  FAIL {f}");
+        }
+        bail!("compare disagrees with the daemons (lab kept in {})", lab.dir.display());
+    }
     Ok(())
 }
 

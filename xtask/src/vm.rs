@@ -207,7 +207,7 @@ pub struct ServingVm {
 }
 
 impl ServingVm {
-    pub fn start(kernel: &Kernel, initramfs: &Path, out_dir: &Path, port: u16) -> Result<ServingVm> {
+    pub fn start(kernel: &Kernel, initramfs: &Path, out_dir: &Path, port: u16, extra: &str) -> Result<ServingVm> {
         if !kernel.image.is_file() {
             bail!("kernel image {} not found", kernel.image.display());
         }
@@ -219,7 +219,7 @@ impl ServingVm {
             kernel.name,
             kernel.image.display()
         );
-        let child = qemu(kernel, initramfs, "rvm.mode=serve", Some(port))
+        let child = qemu(kernel, initramfs, &format!("rvm.mode=serve {extra}"), Some(port))
             .stdout(console.try_clone()?)
             .stderr(console)
             .spawn()
@@ -234,17 +234,22 @@ impl ServingVm {
 
     /// Waits until the guest says it is serving.
     pub fn wait_serving(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_for("vmtest: serving", timeout)
+    }
+
+    /// Waits until the guest's console shows `marker`.
+    pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = std::fs::read_to_string(&self.console).unwrap_or_default();
-            if text.contains("vmtest: serving") {
+            if text.contains(marker) {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
                 bail!("VM {} exited ({status}); console: {}", self.kernel.name, self.console.display());
             }
             if Instant::now() > deadline {
-                bail!("VM {} did not serve within {} s; console: {}", self.kernel.name, timeout.as_secs(), self.console.display());
+                bail!("VM {} did not say {marker:?} within {} s; console: {}", self.kernel.name, timeout.as_secs(), self.console.display());
             }
             std::thread::sleep(Duration::from_millis(200));
         }

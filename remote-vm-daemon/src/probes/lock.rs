@@ -26,6 +26,10 @@ const fn tp(program: &'static str, tracepoint: &'static str, write_arg: u32, poi
 pub static REMOTE: FamilySpec = FamilySpec {
     name: "mmap_lock_remote",
     points: &[Point::MmapLockRemoteStart, Point::MmapLockRemoteEnd],
+    // By default only the read lock: `down_write_killable` is taken by every
+    // mmap()/munmap() on the host, and a remote read only asks for the write lock
+    // in `expand_stack` (reads at unmapped addresses). Its waits are opt-in
+    // (`fentry_rw`), and without them the `mode="write"` series are absent.
     modes: &[
         ModeSpec {
             name: "fentry",
@@ -33,8 +37,6 @@ pub static REMOTE: FamilySpec = FamilySpec {
             programs: &[
                 p("down_read_fentry", Hook::FEntry("down_read_killable"), Point::MmapLockRemoteStart),
                 p("down_read_fexit", Hook::FExit("down_read_killable"), Point::MmapLockRemoteEnd),
-                p("down_write_fentry", Hook::FEntry("down_write_killable"), Point::MmapLockRemoteStart),
-                p("down_write_fexit", Hook::FExit("down_write_killable"), Point::MmapLockRemoteEnd),
             ],
             needs: &[Need::MmMmapLock],
         },
@@ -44,8 +46,6 @@ pub static REMOTE: FamilySpec = FamilySpec {
             programs: &[
                 p("down_read_kprobe", Hook::KProbe("down_read_killable"), Point::MmapLockRemoteStart),
                 p("down_read_kretprobe", Hook::KRetProbe("down_read_killable"), Point::MmapLockRemoteEnd),
-                p("down_write_kprobe", Hook::KProbe("down_write_killable"), Point::MmapLockRemoteStart),
-                p("down_write_kretprobe", Hook::KRetProbe("down_write_killable"), Point::MmapLockRemoteEnd),
             ],
             needs: &[Need::MmMmapLock],
         },
@@ -61,9 +61,37 @@ pub static REMOTE: FamilySpec = FamilySpec {
             needs: &[Need::MmapLockTracepointArgs],
         },
     ],
-    opt_in: &[],
+    opt_in: &[
+        ModeSpec {
+            name: "fentry_rw",
+            exact: true,
+            programs: &[
+                p("down_read_fentry_rw", Hook::FEntry("down_read_killable"), Point::MmapLockRemoteStart),
+                p("down_read_fexit_rw", Hook::FExit("down_read_killable"), Point::MmapLockRemoteEnd),
+                p("down_write_fentry", Hook::FEntry("down_write_killable"), Point::MmapLockRemoteStart),
+                p("down_write_fexit", Hook::FExit("down_write_killable"), Point::MmapLockRemoteEnd),
+            ],
+            needs: &[Need::MmMmapLock],
+        },
+        ModeSpec {
+            name: "kprobe_rw",
+            exact: false,
+            programs: &[
+                p("down_read_kprobe_rw", Hook::KProbe("down_read_killable"), Point::MmapLockRemoteStart),
+                p("down_read_kretprobe_rw", Hook::KRetProbe("down_read_killable"), Point::MmapLockRemoteEnd),
+                p("down_write_kprobe", Hook::KProbe("down_write_killable"), Point::MmapLockRemoteStart),
+                p("down_write_kretprobe", Hook::KRetProbe("down_write_killable"), Point::MmapLockRemoteEnd),
+            ],
+            needs: &[Need::MmMmapLock],
+        },
+    ],
     requires: Some("access_remote_vm"),
 };
+
+/// Whether `mode` of the remote family sees write-lock acquisitions.
+pub fn remote_mode_sees_writes(mode: &str) -> bool {
+    matches!(mode, "fentry_rw" | "kprobe_rw" | "mmap_lock_tp")
+}
 
 /// Host-wide waits on a thread's own mm's mmap_lock. `lock:contention_begin/end`
 /// fire only when a lock is contended (measured 1.00x on an mmap loop); the

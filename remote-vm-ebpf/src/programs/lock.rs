@@ -77,6 +77,33 @@ pub fn down_read_fexit(ctx: FExitContext) -> i32 {
     0
 }
 
+// The same programs again for the opt-in read+write modes (aya loads each
+// program once, so a mode cannot share them with another).
+
+#[fentry]
+pub fn down_read_fentry_rw(ctx: FEntryContext) -> i32 {
+    remote_begin(ctx.arg(0), false);
+    0
+}
+
+#[fexit]
+pub fn down_read_fexit_rw(ctx: FExitContext) -> i32 {
+    remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
+    0
+}
+
+#[kprobe]
+pub fn down_read_kprobe_rw(ctx: ProbeContext) -> u32 {
+    remote_begin(ctx.arg(0).unwrap_or(0), false);
+    0
+}
+
+#[kretprobe]
+pub fn down_read_kretprobe_rw(ctx: RetProbeContext) -> u32 {
+    remote_end(ctx.ret::<i32>() == 0);
+    0
+}
+
 #[fentry]
 pub fn down_write_fentry(ctx: FEntryContext) -> i32 {
     remote_begin(ctx.arg(0), true);

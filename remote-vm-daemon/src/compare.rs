@@ -1,0 +1,297 @@
+//! `remote-vm-daemon compare`: the fleet's A/B table, asked of an existing
+//! Prometheus (the fleet's aggregation engine; nothing is collected here).
+//!
+//! Counts are exact: for every series the raw samples of the range are fetched
+//! and the counter's increase is summed from them, counter resets (daemon
+//! restarts) included — not `increase()`, which extrapolates to the range's ends.
+//! So the table equals what the daemons exported between the first and last
+//! sample Prometheus has in the range.
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    #[error("--prometheus {0}: expected http://HOST:PORT[/PATH] (https is not supported; put a local proxy in front)")]
+    Url(String),
+    #[error("--range {0}: expected a duration such as 30m, 1h, 7d")]
+    Range(String),
+    #[error("cannot reach Prometheus at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error("Prometheus answered {status} for {query}: {body}")]
+    Http { status: String, query: String, body: String },
+    #[error("Prometheus query {query} failed: {reason}")]
+    Query { query: String, reason: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Markdown,
+}
+
+pub struct Prometheus {
+    host: String,
+    port: u16,
+    prefix: String,
+    url: String,
+}
+
+impl Prometheus {
+    pub fn parse(url: &str) -> Result<Prometheus, CompareError> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| CompareError::Url(url.into()))?;
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| CompareError::Url(url.into()))?),
+            None => (authority.to_string(), 80),
+        };
+        if host.is_empty() {
+            return Err(CompareError::Url(url.into()));
+        }
+        Ok(Prometheus {
+            host,
+            port,
+            prefix: path.trim_end_matches('/').to_string(),
+            url: url.to_string(),
+        })
+    }
+
+    fn get(&self, path_and_query: &str, shown: &str) -> Result<Value, CompareError> {
+        let connect = |e: std::io::Error| CompareError::Connect {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        };
+        let mut s = TcpStream::connect((self.host.as_str(), self.port)).map_err(connect)?;
+        s.set_read_timeout(Some(Duration::from_secs(60))).map_err(connect)?;
+        let path = if self.prefix.is_empty() {
+            path_and_query.to_string()
+        } else {
+            format!("/{}{path_and_query}", self.prefix)
+        };
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n", self.host).map_err(connect)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).map_err(connect)?;
+        let raw = String::from_utf8_lossy(&raw);
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        let status = head.lines().next().unwrap_or("").to_string();
+        if !status.contains(" 200") {
+            return Err(CompareError::Http {
+                status,
+                query: shown.into(),
+                body: body.chars().take(300).collect(),
+            });
+        }
+        let v: Value = serde_json::from_str(body).map_err(|e| CompareError::Query {
+            query: shown.into(),
+            reason: e.to_string(),
+        })?;
+        if v["status"] != "success" {
+            return Err(CompareError::Query {
+                query: shown.into(),
+                reason: v["error"].as_str().unwrap_or("unknown").to_string(),
+            });
+        }
+        Ok(v["data"].clone())
+    }
+
+    /// An instant query at `time` (Unix seconds).
+    pub fn query(&self, expr: &str, time: f64) -> Result<Vec<Value>, CompareError> {
+        let data = self.get(&format!("/api/v1/query?query={}&time={time:.3}", urlencode(expr)), expr)?;
+        Ok(data["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `30s`, `15m`, `1h`, `7d` in seconds.
+pub fn parse_range(s: &str) -> Result<u64, CompareError> {
+    let bad = || CompareError::Range(s.into());
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(bad()),
+    };
+    if n == 0 { Err(bad()) } else { Ok(n * mult) }
+}
+
+/// The exact increase of a counter from its raw samples: positive steps summed,
+/// and after a reset (a drop) the new value counted from zero.
+pub fn exact_increase(values: &[f64]) -> f64 {
+    values
+        .windows(2)
+        .map(|w| if w[1] >= w[0] { w[1] - w[0] } else { w[1] })
+        .sum()
+}
+
+/// One (patched, release) group.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Group {
+    pub patched: String,
+    pub release: String,
+    pub hosts: usize,
+    /// Counter increases over the range, by metric key (e.g. `reads{path="fast"}`).
+    pub counts: BTreeMap<String, f64>,
+    /// Counter resets seen (daemon restarts); the counts include what came after.
+    pub resets: u64,
+}
+
+impl Group {
+    pub fn count(&self, key: &str) -> f64 {
+        self.counts.get(key).copied().unwrap_or(0.0)
+    }
+
+    pub fn fast_path_ratio(&self) -> Option<f64> {
+        let all: f64 = ["fast", "fallback", "slow"].iter().map(|p| self.count(&format!("reads{{path=\"{p}\"}}"))).sum();
+        (all > 0.0).then(|| self.count("reads{path=\"fast\"}") / all)
+    }
+}
+
+/// The counters the table shows: (key, metric, label to split by).
+const COUNTERS: &[(&str, &str, Option<&str>)] = &[
+    ("reads", "remote_vm_reads_total", Some("path")),
+    ("fallbacks", "remote_vm_fallbacks_total", Some("reason")),
+    ("writes", "remote_vm_writes_total", None),
+    ("read_bytes", "remote_vm_read_bytes_total", Some("path")),
+    ("lockless_bytes_discarded", "remote_vm_lockless_bytes_discarded_total", None),
+    ("foll_anon_file_backed", "remote_vm_foll_anon_file_backed_lockless_reads_total", None),
+    ("multi_vma_reads", "remote_vm_multi_vma_reads_total", Some("path")),
+];
+
+pub fn compare(prom: &Prometheus, range_s: u64, selector: &str, now: f64) -> Result<Vec<Group>, CompareError> {
+    let sel = selector.trim().trim_start_matches('{').trim_end_matches('}');
+    let with = |extra: &str| {
+        let parts: Vec<&str> = [sel, extra].into_iter().filter(|s| !s.is_empty()).collect();
+        format!("{{{}}}", parts.join(","))
+    };
+    // Which group each host is in (at the end of the range).
+    let info = prom.query(&format!("remote_vm_kernel_info{}", with("")), now)?;
+    let mut host_group: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
+    for s in &info {
+        let m = &s["metric"];
+        let key = (m["patched"].as_str().unwrap_or("unknown").to_string(), m["release"].as_str().unwrap_or("unknown").to_string());
+        let host = (m["job"].as_str().unwrap_or("").to_string(), m["instance"].as_str().unwrap_or("").to_string());
+        host_group.insert(host, key.clone());
+        let g = groups.entry(key.clone()).or_insert_with(|| Group {
+            patched: key.0.clone(),
+            release: key.1.clone(),
+            ..Default::default()
+        });
+        g.hosts += 1;
+    }
+    for (key, metric, split) in COUNTERS {
+        let expr = format!("{metric}{}[{range_s}s]", with(""));
+        for series in prom.query(&expr, now)? {
+            let m = &series["metric"];
+            let host = (m["job"].as_str().unwrap_or("").to_string(), m["instance"].as_str().unwrap_or("").to_string());
+            let Some(gk) = host_group.get(&host) else { continue };
+            let values: Vec<f64> = series["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v[1].as_str().and_then(|x| x.parse().ok()))
+                .collect();
+            let resets = values.windows(2).filter(|w| w[1] < w[0]).count() as u64;
+            let name = match split {
+                Some(label) => format!("{key}{{{label}=\"{}\"}}", m[*label].as_str().unwrap_or("")),
+                None => key.to_string(),
+            };
+            if let Some(g) = groups.get_mut(gk) {
+                *g.counts.entry(name).or_default() += exact_increase(&values);
+                g.resets += resets;
+            }
+        }
+    }
+    Ok(groups.into_values().collect())
+}
+
+pub fn render(groups: &[Group], format: Format, range: &str) -> String {
+    let cell = |g: &Group, k: &str| format!("{}", g.count(k));
+    let columns: Vec<(&str, Box<dyn Fn(&Group) -> String>)> = vec![
+        ("patched", Box::new(|g: &Group| g.patched.clone())),
+        ("release", Box::new(|g: &Group| g.release.clone())),
+        ("hosts", Box::new(|g: &Group| g.hosts.to_string())),
+        ("reads fast", Box::new(move |g: &Group| cell(g, "reads{path=\"fast\"}"))),
+        ("fallback", Box::new(move |g: &Group| cell(g, "reads{path=\"fallback\"}"))),
+        ("slow", Box::new(move |g: &Group| cell(g, "reads{path=\"slow\"}"))),
+        ("fast-path ratio", Box::new(|g: &Group| g.fast_path_ratio().map_or("–".into(), |r| format!("{:.1}%", r * 100.0)))),
+        ("vma_lock_failed", Box::new(move |g: &Group| cell(g, "fallbacks{reason=\"vma_lock_failed\"}"))),
+        ("vma_unsuitable", Box::new(move |g: &Group| cell(g, "fallbacks{reason=\"vma_unsuitable\"}"))),
+        ("page_not_present", Box::new(move |g: &Group| cell(g, "fallbacks{reason=\"page_not_present\"}"))),
+        ("other", Box::new(move |g: &Group| cell(g, "fallbacks{reason=\"other\"}"))),
+        ("writes", Box::new(move |g: &Group| cell(g, "writes"))),
+        ("counter resets", Box::new(|g: &Group| g.resets.to_string())),
+    ];
+    match format {
+        Format::Json => serde_json::to_string_pretty(&serde_json::json!({ "range": range, "groups": groups })).unwrap_or_default() + "\n",
+        Format::Markdown => {
+            let mut out = format!("Remote reads by kernel group over the last {range} (exact counter increases)\n\n");
+            out.push_str(&format!("| {} |\n", columns.iter().map(|(h, _)| *h).collect::<Vec<_>>().join(" | ")));
+            out.push_str(&format!("|{}\n", "---|".repeat(columns.len())));
+            for g in groups {
+                out.push_str(&format!("| {} |\n", columns.iter().map(|(_, f)| f(g)).collect::<Vec<_>>().join(" | ")));
+            }
+            out
+        }
+        Format::Table => {
+            let rows: Vec<Vec<String>> = std::iter::once(columns.iter().map(|(h, _)| h.to_string()).collect())
+                .chain(groups.iter().map(|g| columns.iter().map(|(_, f)| f(g)).collect()))
+                .collect();
+            let widths: Vec<usize> = (0..columns.len())
+                .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+                .collect();
+            let mut out = String::new();
+            for r in rows {
+                let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+                out.push_str(line.join("  ").trim_end());
+                out.push('\n');
+            }
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn increases_are_exact_across_resets() {
+        assert_eq!(exact_increase(&[5.0, 7.0, 7.0, 10.0]), 5.0);
+        // A restart: 10 -> 2 means the new daemon counted 2.
+        assert_eq!(exact_increase(&[5.0, 10.0, 2.0, 6.0]), 5.0 + 2.0 + 4.0);
+        assert_eq!(exact_increase(&[3.0]), 0.0);
+        assert_eq!(exact_increase(&[]), 0.0);
+    }
+
+    #[test]
+    fn parses_urls_and_ranges() {
+        let p = Prometheus::parse("http://prom.example:9090/prefix/").unwrap();
+        assert_eq!((p.host.as_str(), p.port, p.prefix.as_str()), ("prom.example", 9090, "prefix"));
+        assert!(Prometheus::parse("https://x:1").is_err());
+        assert!(Prometheus::parse("http://:9").is_err());
+        assert_eq!(parse_range("90s").unwrap(), 90);
+        assert_eq!(parse_range("1h").unwrap(), 3600);
+        assert_eq!(parse_range("7d").unwrap(), 604800);
+        assert!(parse_range("1y").is_err());
+        assert!(parse_range("h").is_err());
+        assert!(parse_range("0m").is_err());
+    }
+}

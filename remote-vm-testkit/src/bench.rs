@@ -1,0 +1,270 @@
+//! The overhead benchmark: the same workloads with the daemon off and on, as
+//! ratios from one run (off and on interleaved, medians), plus the daemon's own
+//! CPU, RSS and `/metrics` latency at a 1 s scrape. A benchmark, not a test: it
+//! reports figures and asserts nothing about them.
+use std::{
+    os::unix::fs::FileExt,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::{prom, workload::{PAGE, Target}};
+
+const LISTEN: &str = "127.0.0.1:19362";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The daemon binary.
+    #[arg(long, default_value = "/usr/bin/remote-vm-daemon")]
+    pub daemon: String,
+    /// Off/on pairs per workload and mode.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Work per measurement, relative to the default.
+    #[arg(long, default_value_t = 1.0)]
+    pub scale: f64,
+    /// Seconds of the 1 s-scrape CPU/RSS measurement.
+    #[arg(long, default_value_t = 20)]
+    pub scrape_seconds: u64,
+}
+
+/// One workload in one daemon mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ratio {
+    pub workload: String,
+    pub mode: String,
+    pub off_ns: f64,
+    pub on_ns: f64,
+    pub ratio: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub release: String,
+    pub ratios: Vec<Ratio>,
+    /// Daemon CPU while scraped every second under a steady remote-read load.
+    pub daemon_cpu_percent: f64,
+    pub daemon_rss_kb: u64,
+    pub metrics_p50_ms: f64,
+    pub metrics_p99_ms: f64,
+    pub metrics_bytes: usize,
+    /// What the default mode attached (probe → mode).
+    pub attached: Vec<(String, String)>,
+}
+
+/// The daemon modes compared with "off": the default, and each opt-in mode.
+const MODES: &[(&str, &str)] = &[
+    ("default", ""),
+    ("host mmap_lock_tp (opt-in)", "[probes]\nmmap_lock_host = \"mmap_lock_tp\"\n"),
+];
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(bin: &str, config: &str) -> Result<Daemon> {
+        let path = std::env::temp_dir().join("rvm-bench.toml");
+        std::fs::write(&path, config)?;
+        let child = Command::new(bin)
+            .args(["run", "--listen", LISTEN, "--log-level", "warn", "--config"])
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the daemon")?;
+        let d = Daemon(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !matches!(prom::get(LISTEN, "/healthz"), Ok((200, _))) {
+            if Instant::now() > deadline {
+                bail!("daemon did not serve");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(d)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { f64::NAN } else { v[v.len() / 2] }
+}
+
+/// ns per 4 KiB `pread` of a resident page of another process.
+fn remote_reads(target: &Target, n: usize) -> f64 {
+    let mut buf = vec![0u8; PAGE];
+    let t = Instant::now();
+    for i in 0..n {
+        let addr = target.layout.resident + ((i % target.layout.resident_pages) * PAGE) as u64;
+        let _ = target.mem().read_at(&mut buf, addr);
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+/// ns per page fault: map 4 MiB of PTE pages, touch each, unmap.
+fn page_faults(rounds: usize) -> f64 {
+    const LEN: usize = 4 << 20;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        // SAFETY: a private anonymous mapping of our own, released below.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            libc::madvise(p, LEN, libc::MADV_NOHUGEPAGE);
+            for off in (0..LEN).step_by(PAGE) {
+                std::ptr::write_volatile((p as *mut u8).add(off), 1);
+            }
+            libc::munmap(p, LEN);
+        }
+    }
+    t.elapsed().as_nanos() as f64 / (rounds * (LEN / PAGE)) as f64
+}
+
+/// ns per mmap + fault + munmap of one page (each takes the mmap_lock).
+fn mmap_loop(n: usize) -> f64 {
+    let t = Instant::now();
+    for _ in 0..n {
+        // SAFETY: as above.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            std::ptr::write_volatile(p as *mut u8, 1);
+            libc::munmap(p, PAGE);
+        }
+    }
+    t.elapsed().as_nanos() as f64 / n as f64
+}
+
+pub fn run(args: &BenchArgs) -> Result<BenchResult> {
+    let scale = |n: f64| ((n * args.scale) as usize).max(1);
+    let target = Target::spawn(64, 1)?;
+    type Work<'a> = Box<dyn Fn() -> f64 + 'a>;
+    let workloads: Vec<(&str, Work, bool)> = vec![
+        ("remote read (4 KiB pread of /proc/PID/mem)", Box::new(|| remote_reads(&target, scale(20_000.0))), false),
+        ("page fault (4 MiB of PTE pages)", Box::new(|| page_faults(scale(40.0))), false),
+        ("mmap + fault + munmap", Box::new(|| mmap_loop(scale(50_000.0))), true),
+    ];
+    let mut result = BenchResult {
+        release: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
+        ..Default::default()
+    };
+    for (name, work, all_modes) in &workloads {
+        work(); // warm up
+        for (mode, config) in MODES {
+            if !all_modes && *mode != "default" {
+                continue;
+            }
+            let (mut off, mut on) = (Vec::new(), Vec::new());
+            // Each measurement runs the work twice and keeps the second: under
+            // emulation (TCG) the first run after a daemon start also pays for
+            // translating the newly loaded programs.
+            for _ in 0..args.reps {
+                work();
+                off.push(work());
+                let d = Daemon::start(&args.daemon, config)?;
+                work();
+                on.push(work());
+                drop(d);
+            }
+            let (off, on) = (median(off), median(on));
+            println!("bench: {name} [{mode}]: off {off:.0} ns, on {on:.0} ns, {:.3}x", on / off);
+            result.ratios.push(Ratio {
+                workload: name.to_string(),
+                mode: mode.to_string(),
+                off_ns: off,
+                on_ns: on,
+                ratio: on / off,
+            });
+        }
+    }
+
+    // The daemon at a 1 s scrape under a steady remote-read load.
+    let d = Daemon::start(&args.daemon, "")?;
+    let pid = d.0.id();
+    let health = prom::get(LISTEN, "/healthz")?.1;
+    result.attached = health
+        .lines()
+        .filter_map(|l| l.strip_prefix("probe "))
+        .filter_map(|l| l.split_once(": "))
+        .map(|(p, rest)| (p.to_string(), rest.split_whitespace().next().unwrap_or("").to_string()))
+        .collect();
+    // CPU seconds of all the daemon's threads, from schedstat (nanoseconds; the
+    // clock ticks of /proc/PID/stat are too coarse for a mostly idle daemon).
+    // Kernels without CONFIG_SCHED_INFO have no schedstat: clock ticks then.
+    let cpu = || -> Result<f64> {
+        let mut ns = 0u64;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            match std::fs::read_to_string(task?.path().join("schedstat")) {
+                Ok(s) => ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+                Err(_) => {
+                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+                    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
+                    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+                    // SAFETY: sysconf has no preconditions.
+                    return Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64);
+                }
+            }
+        }
+        Ok(ns as f64 / 1e9)
+    };
+    let cpu0 = cpu()?;
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; PAGE];
+    let mut i = 0usize;
+    while t0.elapsed() < Duration::from_secs(args.scrape_seconds) {
+        let second = Instant::now();
+        prom::get(LISTEN, "/metrics")?;
+        // 500 remote reads a second between scrapes.
+        for _ in 0..500 {
+            let addr = target.layout.resident + ((i % target.layout.resident_pages) * PAGE) as u64;
+            let _ = target.mem().read_at(&mut buf, addr);
+            i += 1;
+        }
+        if let Some(rest) = Duration::from_secs(1).checked_sub(second.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    result.daemon_cpu_percent = 100.0 * (cpu()? - cpu0) / t0.elapsed().as_secs_f64();
+    result.daemon_rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let mut lat = Vec::new();
+    for _ in 0..200 {
+        let t = Instant::now();
+        let (_, body) = prom::get(LISTEN, "/metrics")?;
+        lat.push(t.elapsed().as_secs_f64() * 1e3);
+        result.metrics_bytes = body.len();
+    }
+    lat.sort_by(f64::total_cmp);
+    result.metrics_p50_ms = lat[lat.len() / 2];
+    result.metrics_p99_ms = lat[(lat.len() * 99) / 100];
+    println!(
+        "bench: daemon at a 1 s scrape: {:.3} % of a core, RSS {} kB; /metrics p50 {:.2} ms p99 {:.2} ms ({} bytes)",
+        result.daemon_cpu_percent, result.daemon_rss_kb, result.metrics_p50_ms, result.metrics_p99_ms, result.metrics_bytes
+    );
+    drop(d);
+    Ok(result)
+}
