@@ -55,10 +55,15 @@ pub struct BenchResult {
     pub attached: Vec<(String, String)>,
 }
 
-/// The daemon modes compared with "off": the default, and each opt-in mode.
+/// The daemon modes compared with "off": the daemon with nothing attached (a
+/// baseline: under emulation the daemon's mere presence moves the figures), the
+/// default, and each opt-in mode.
+pub const BASELINE: &str = "daemon running, nothing attached";
 const MODES: &[(&str, &str)] = &[
+    (BASELINE, "[probes]\naccess_remote_vm = \"off\"\nmmap_lock_host = \"off\"\n"),
     ("default", ""),
-    ("host mmap_lock_tp (opt-in)", "[probes]\nmmap_lock_host = \"mmap_lock_tp\"\n"),
+    ("opt-in: host mmap_lock_tp", "[probes]\nmmap_lock_host = \"mmap_lock_tp\"\n"),
+    ("opt-in: remote fentry_rw", "[probes]\nmmap_lock_remote = \"fentry_rw\"\n"),
 ];
 
 struct Daemon(Child);
@@ -160,21 +165,18 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     let scale = |n: f64| ((n * args.scale) as usize).max(1);
     let target = Target::spawn(64, 1)?;
     type Work<'a> = Box<dyn Fn() -> f64 + 'a>;
-    let workloads: Vec<(&str, Work, bool)> = vec![
-        ("remote read (4 KiB pread of /proc/PID/mem)", Box::new(|| remote_reads(&target, scale(20_000.0))), false),
-        ("page fault (4 MiB of PTE pages)", Box::new(|| page_faults(scale(40.0))), false),
-        ("mmap + fault + munmap", Box::new(|| mmap_loop(scale(50_000.0))), true),
+    let workloads: Vec<(&str, Work)> = vec![
+        ("remote read (4 KiB pread of /proc/PID/mem)", Box::new(|| remote_reads(&target, scale(20_000.0)))),
+        ("page fault (4 MiB of PTE pages)", Box::new(|| page_faults(scale(40.0)))),
+        ("mmap + fault + munmap", Box::new(|| mmap_loop(scale(50_000.0)))),
     ];
     let mut result = BenchResult {
         release: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
         ..Default::default()
     };
-    for (name, work, all_modes) in &workloads {
+    for (name, work) in &workloads {
         work(); // warm up
         for (mode, config) in MODES {
-            if !all_modes && *mode != "default" {
-                continue;
-            }
             let (mut off, mut on) = (Vec::new(), Vec::new());
             // Each measurement runs the work twice and keeps the second: under
             // emulation (TCG) the first run after a daemon start also pays for

@@ -67,16 +67,26 @@ fn table(title: &str, r: &Value) -> String {
         .map(|p| format!("{} {}", p[0].as_str().unwrap_or(""), p[1].as_str().unwrap_or("")))
         .collect();
     let _ = writeln!(o, "Attached in the default mode: {}.\n", attached.join(", "));
-    let _ = writeln!(o, "| workload | daemon mode | off | on | on / off |");
-    let _ = writeln!(o, "|---|---|---|---|---|");
-    for x in r["ratios"].as_array().into_iter().flatten() {
+    let _ = writeln!(o, "| workload | daemon mode | off | on | on / off | on / (daemon, nothing attached) |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|");
+    let ratios: Vec<&Value> = r["ratios"].as_array().into_iter().flatten().collect();
+    for x in &ratios {
+        let baseline = ratios
+            .iter()
+            .find(|b| b["workload"] == x["workload"] && b["mode"] == "daemon running, nothing attached")
+            .and_then(|b| b["on_ns"].as_f64());
+        let on = x["on_ns"].as_f64().unwrap_or(f64::NAN);
+        let vs_baseline = if x["mode"] == "daemon running, nothing attached" {
+            "–".to_string()
+        } else {
+            baseline.map_or("–".into(), |b| format!("**{:.3}x**", on / b))
+        };
         let _ = writeln!(
             o,
-            "| {} | {} | {:.0} ns | {:.0} ns | **{:.3}x** |",
+            "| {} | {} | {:.0} ns | {on:.0} ns | {:.3}x | {vs_baseline} |",
             x["workload"].as_str().unwrap_or(""),
             x["mode"].as_str().unwrap_or(""),
             x["off_ns"].as_f64().unwrap_or(f64::NAN),
-            x["on_ns"].as_f64().unwrap_or(f64::NAN),
             x["ratio"].as_f64().unwrap_or(f64::NAN)
         );
     }
