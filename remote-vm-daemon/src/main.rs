@@ -158,6 +158,20 @@ fn settle(common: &Common) -> Result<Config, config::ConfigError> {
     Ok(config)
 }
 
+/// Loads and attaches per `config`; the kernel facts completed from its BTF.
+fn load(common: &Common, config: &Config) -> (KernelFacts, Result<loader::Loaded, loader::LoadError>) {
+    let mut facts = KernelFacts::read(common.btf.as_deref());
+    let loaded = loader::load(&loader::LoadOptions {
+        btf_path: common.btf.as_deref(),
+        log_level: config.log_level,
+        choices: &config.probes,
+    });
+    if let Ok(l) = &loaded {
+        facts.fill_from_layout(&l.layout);
+    }
+    (facts, loaded)
+}
+
 fn check(common: Common) -> ExitCode {
     let config = match settle(&common) {
         Ok(c) => c,
@@ -171,20 +185,12 @@ fn check(common: Common) -> ExitCode {
             .map_or("embedded defaults".to_string(), |p| p.display().to_string())
     );
     logging::init(config.log_level.min(log::LevelFilter::Warn));
-    let mut facts = KernelFacts::read(common.btf.as_deref());
-    let loaded = match loader::load(&loader::LoadOptions {
-        btf_path: common.btf.as_deref(),
-        log_level: config.log_level,
-        choices: &config.probes,
-    }) {
-        Ok(l) => l,
-        Err(e) => {
-            println!("{}", exporter::kernel_line(&facts));
-            return fail(e);
-        }
-    };
-    facts.fill_from_layout(&loaded.layout);
+    let (facts, loaded) = load(&common, &config);
     println!("{}", exporter::kernel_line(&facts));
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
     for line in loaded.layout.lines() {
         println!("{line}");
     }
@@ -234,17 +240,12 @@ fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
         Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
     };
     notify.status("attaching probes");
-    let mut facts = KernelFacts::read(common.btf.as_deref());
-    let mut loaded = match loader::load(&loader::LoadOptions {
-        btf_path: common.btf.as_deref(),
-        log_level: config.log_level,
-        choices: &config.probes,
-    }) {
+    let (facts, loaded) = load(&common, &config);
+    log::info!("{}", exporter::kernel_line(&facts));
+    let mut loaded = match loaded {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
-    facts.fill_from_layout(&loaded.layout);
-    log::info!("{}", exporter::kernel_line(&facts));
     for line in exporter::verdict_lines(&loaded) {
         log::info!("{line}");
     }

@@ -735,7 +735,7 @@ fn serve() -> Result<bool> {
         classes::run(&target, &counts)?;
         drop(target);
         rounds += 1;
-        if rounds % 50 == 0 {
+        if rounds.is_multiple_of(50) {
             println!("vmtest: served {rounds} workload rounds");
         }
         if let Some(status) = daemon.try_wait()? {

@@ -25,6 +25,16 @@ pub fn get(addr: &str, path: &str) -> Result<(u16, String)> {
     Ok((status, body.to_string()))
 }
 
+/// Percent-encodes a query-string value.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// Samples of one scrape, keyed by `name{label="value",…}` with labels sorted.
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {

@@ -111,10 +111,7 @@ pub fn run(root: &Path, kernels: Vec<vm::Kernel>, workload: &str) -> Result<Path
     let dir = root.join("target/ab").join(&stamp);
     std::fs::create_dir_all(&dir)?;
     let initramfs = dir.join("initramfs.cpio");
-    vm::write_initramfs(
-        &initramfs,
-        &[root.join("target/release/remote-vm-daemon"), root.join("target/release/rvm-testkit")],
-    )?;
+    vm::write_test_initramfs(root, &initramfs)?;
     let mut runs = Vec::new();
     for k in &kernels {
         say!("ab: {}: booting under QEMU TCG, workload {workload}", k.name);

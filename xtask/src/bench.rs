@@ -40,7 +40,7 @@ fn in_vm(root: &Path, a: &Args) -> Result<Value> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let initramfs = dir.join("initramfs.cpio");
-    vm::write_initramfs(&initramfs, &[root.join("target/release/remote-vm-daemon"), root.join("target/release/rvm-testkit")])?;
+    vm::write_test_initramfs(root, &initramfs)?;
     say!("bench: in the {} VM under QEMU TCG (emulated time)", kernel.name);
     let boot = vm::boot_with(
         &kernel,

@@ -24,10 +24,6 @@ impl<W: Write> Cpio<W> {
         self.entry(path, 0o100000 | mode, data)
     }
 
-    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
-        self.entry(path, 0o120777, target.as_bytes())
-    }
-
     fn entry(&mut self, path: &str, mode: u32, data: &[u8]) -> io::Result<()> {
         let name = path.trim_start_matches('/');
         let nlink = if mode & 0o170000 == 0o040000 { 2 } else { 1 };

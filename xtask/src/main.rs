@@ -222,13 +222,7 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>) -> Result<()> {
     std::fs::create_dir_all(&out)?;
     let initramfs = out.join("initramfs.cpio");
     say!("vm-test: writing {}", initramfs.display());
-    vm::write_initramfs(
-        &initramfs,
-        &[
-            root.join("target/release/remote-vm-daemon"),
-            root.join("target/release/rvm-testkit"),
-        ],
-    )?;
+    vm::write_test_initramfs(root, &initramfs)?;
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for kernel in &kernels {

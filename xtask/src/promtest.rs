@@ -2,8 +2,6 @@
 //! scrapes the daemon inside both shared kernels at once (each VM running the
 //! classification workload in a loop) and the host daemon.
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -12,33 +10,20 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use remote_vm_testkit::prom::{self, urlencode};
+
 use crate::{dashboards, say, sh, vm};
 
 pub const PROMETHEUS_PORT: u16 = 19490;
 const HOST_DAEMON_PORT: u16 = 19413;
 
-/// `GET path` on 127.0.0.1:`port`; the body.
+/// `GET path` on 127.0.0.1:`port`; the body of a 200 answer.
 pub fn http_get(port: u16, path: &str) -> Result<String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connect 127.0.0.1:{port}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let raw = String::from_utf8_lossy(&raw);
-    let (head, body) = raw.split_once("\r\n\r\n").context("no HTTP header end")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!("GET {path}: {}: {body}", head.lines().next().unwrap_or(""));
+    let (status, body) = prom::get(&format!("127.0.0.1:{port}"), path)?;
+    if status != 200 {
+        bail!("GET {path}: {status}: {body}");
     }
-    Ok(body.to_string())
-}
-
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    Ok(body)
 }
 
 /// An instant query through the Prometheus HTTP API: the result vector.
@@ -95,10 +80,7 @@ impl Lab {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let initramfs = dir.join("initramfs.cpio");
-        vm::write_initramfs(
-            &initramfs,
-            &[root.join("target/release/remote-vm-daemon"), root.join("target/release/rvm-testkit")],
-        )?;
+        vm::write_test_initramfs(root, &initramfs)?;
         let mut vms = Vec::new();
         for (i, k) in kernels.iter().enumerate() {
             vms.push(vm::ServingVm::start(k, &initramfs, &dir.join(&k.name), 19411 + i as u16, workload)?);

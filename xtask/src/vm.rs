@@ -96,6 +96,14 @@ if /usr/bin/rvm-testkit guest; then echo "init: success"; else echo "init: failu
 reboot -f
 "#;
 
+/// The initramfs every VM run uses: busybox, the daemon and rvm-testkit.
+pub fn write_test_initramfs(root: &Path, out: &Path) -> Result<()> {
+    write_initramfs(
+        out,
+        &[root.join("target/release/remote-vm-daemon"), root.join("target/release/rvm-testkit")],
+    )
+}
+
 /// Writes the initramfs with `binaries` (and the shared libraries they need) at
 /// `/usr/bin/<name>`.
 pub fn write_initramfs(out: &Path, binaries: &[PathBuf]) -> Result<()> {
@@ -151,7 +159,7 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
         .filter_map(|l| {
             let l = l.trim();
             let path = match l.split_once("=>") {
-                Some((_, rest)) => rest.trim().split_whitespace().next()?,
+                Some((_, rest)) => rest.split_whitespace().next()?,
                 None => l.split_whitespace().next()?,
             };
             path.starts_with('/').then(|| PathBuf::from(path))
@@ -161,7 +169,6 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
 
 /// What one boot produced.
 pub struct Boot {
-    pub kernel: Kernel,
     pub console: PathBuf,
     pub success: bool,
     /// The guest's JSON report, if it got that far.
@@ -318,9 +325,8 @@ pub fn boot_with(
                 writeln!(console, "{line}")?;
                 if let Some(json) = line.strip_prefix(report_prefix) {
                     report = serde_json::from_str(json).ok();
-                } else if line.starts_with("vmtest ") && line.contains(" FAIL") {
-                    say!("  [{}] {line}", kernel.name);
-                } else if line.starts_with("stress: ") {
+                } else if (line.starts_with("vmtest ") && line.contains(" FAIL")) || line.starts_with("stress: ") {
+                    // Failures and progress reach the terminal as they happen.
                     say!("  [{}] {line}", kernel.name);
                 } else if line == "init: success" {
                     success = true;
@@ -347,7 +353,6 @@ pub fn boot_with(
         writeln!(console, "qemu stderr: {stderr}")?;
     }
     Ok(Boot {
-        kernel: kernel.clone(),
         console: console_path,
         success: success && !failure,
         report,

@@ -84,35 +84,51 @@ fn on_exit(ret: i64) {
     }
 }
 
+/// Entry from a trampoline: `(mm or task, addr, buf, len, gup_flags)`.
+#[inline(always)]
+fn fentry_entry(ctx: &FEntryContext, mm: u64) {
+    on_entry(ctx, mm, ctx.arg(1), ctx.arg(3), ctx.arg(4));
+}
+
+/// Entry from a kprobe: the same arguments from the registers.
+#[inline(always)]
+fn kprobe_entry(ctx: &ProbeContext, mm: u64) {
+    on_entry(ctx, mm, ctx.arg(1).unwrap_or(0), ctx.arg(3).unwrap_or(0), ctx.arg(4).unwrap_or(0));
+}
+
+#[inline(always)]
+fn fexit_exit(ctx: &FExitContext) {
+    on_exit(i64::from(ctx.ret::<i32>().unwrap_or(0)));
+}
+
+#[inline(always)]
+fn kretprobe_exit(ctx: &RetProbeContext) {
+    on_exit(i64::from(ctx.ret::<i32>()));
+}
+
 // __access_remote_vm itself.
 
 #[fentry]
 pub fn access_entry_fentry(ctx: FEntryContext) -> i32 {
-    on_entry(&ctx, ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    fentry_entry(&ctx, ctx.arg(0));
     0
 }
 
 #[fexit]
 pub fn access_exit_fexit(ctx: FExitContext) -> i32 {
-    on_exit(i64::from(ctx.ret::<i32>().unwrap_or(0)));
+    fexit_exit(&ctx);
     0
 }
 
 #[kprobe]
 pub fn access_entry_kprobe(ctx: ProbeContext) -> u32 {
-    on_entry(
-        &ctx,
-        ctx.arg(0).unwrap_or(0),
-        ctx.arg(1).unwrap_or(0),
-        ctx.arg(3).unwrap_or(0),
-        ctx.arg(4).unwrap_or(0),
-    );
+    kprobe_entry(&ctx, ctx.arg(0).unwrap_or(0));
     0
 }
 
 #[kretprobe]
 pub fn access_exit_kretprobe(ctx: RetProbeContext) -> u32 {
-    on_exit(i64::from(ctx.ret::<i32>()));
+    kretprobe_exit(&ctx);
     0
 }
 
@@ -127,60 +143,48 @@ fn task_mm(task: u64) -> u64 {
 
 #[fentry]
 pub fn access_remote_vm_entry_fentry(ctx: FEntryContext) -> i32 {
-    on_entry(&ctx, ctx.arg(0), ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    fentry_entry(&ctx, ctx.arg(0));
     0
 }
 
 #[fexit]
 pub fn access_remote_vm_exit_fexit(ctx: FExitContext) -> i32 {
-    on_exit(i64::from(ctx.ret::<i32>().unwrap_or(0)));
+    fexit_exit(&ctx);
     0
 }
 
 #[fentry]
 pub fn access_process_vm_entry_fentry(ctx: FEntryContext) -> i32 {
-    on_entry(&ctx, task_mm(ctx.arg(0)), ctx.arg(1), ctx.arg(3), ctx.arg(4));
+    fentry_entry(&ctx, task_mm(ctx.arg(0)));
     0
 }
 
 #[fexit]
 pub fn access_process_vm_exit_fexit(ctx: FExitContext) -> i32 {
-    on_exit(i64::from(ctx.ret::<i32>().unwrap_or(0)));
+    fexit_exit(&ctx);
     0
 }
 
 #[kprobe]
 pub fn access_remote_vm_entry_kprobe(ctx: ProbeContext) -> u32 {
-    on_entry(
-        &ctx,
-        ctx.arg(0).unwrap_or(0),
-        ctx.arg(1).unwrap_or(0),
-        ctx.arg(3).unwrap_or(0),
-        ctx.arg(4).unwrap_or(0),
-    );
+    kprobe_entry(&ctx, ctx.arg(0).unwrap_or(0));
     0
 }
 
 #[kretprobe]
 pub fn access_remote_vm_exit_kretprobe(ctx: RetProbeContext) -> u32 {
-    on_exit(i64::from(ctx.ret::<i32>()));
+    kretprobe_exit(&ctx);
     0
 }
 
 #[kprobe]
 pub fn access_process_vm_entry_kprobe(ctx: ProbeContext) -> u32 {
-    on_entry(
-        &ctx,
-        task_mm(ctx.arg(0).unwrap_or(0)),
-        ctx.arg(1).unwrap_or(0),
-        ctx.arg(3).unwrap_or(0),
-        ctx.arg(4).unwrap_or(0),
-    );
+    kprobe_entry(&ctx, task_mm(ctx.arg(0).unwrap_or(0)));
     0
 }
 
 #[kretprobe]
 pub fn access_process_vm_exit_kretprobe(ctx: RetProbeContext) -> u32 {
-    on_exit(i64::from(ctx.ret::<i32>()));
+    kretprobe_exit(&ctx);
     0
 }
