@@ -7,7 +7,12 @@ use std::os::fd::AsRawFd;
 pub fn init(level: log::LevelFilter) {
     let mut builder = env_logger::Builder::new();
     builder.filter_level(level);
-    builder.format_timestamp_millis();
+    // Under systemd the journal stamps each line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.format_timestamp(None);
+    } else {
+        builder.format_timestamp_millis();
+    }
     let _ = builder.try_init();
 }
 

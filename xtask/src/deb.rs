@@ -180,5 +180,5 @@ pub fn test(root: &Path) -> Result<()> {
     if !failures.is_empty() {
         bail!("package checks failed: {}", failures.join("; "));
     }
-    Ok(())
+    crate::systemd::test(root, &root.join("target/deb-test/base"), &v1)
 }

@@ -64,6 +64,12 @@ pub fn debian_kernels(root: &Path) -> Result<Vec<Kernel>> {
             let extracted = dir.join(format!("{package}.extract"));
             let _ = std::fs::remove_dir_all(&extracted);
             sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
+            // Keep virtio_blk of each image (decompressed): the systemd test
+            // boots a disk image with it.
+            if let Some(ko) = find_file(&extracted.join("lib/modules"), "virtio_blk.ko.xz") {
+                sh(Command::new("xz").args(["-d", "-k", "-f"]).arg(&ko))?;
+                std::fs::copy(ko.with_extension(""), dir.join(format!("{package}_{version}.virtio_blk.ko")))?;
+            }
             let boot = extracted.join("boot");
             let vmlinuz = std::fs::read_dir(&boot)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
@@ -81,4 +87,38 @@ pub fn debian_kernels(root: &Path) -> Result<Vec<Kernel>> {
         });
     }
     Ok(out)
+}
+
+fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            if let Some(found) = find_file(&p, name) {
+                return Some(found);
+            }
+        } else if p.file_name().and_then(|n| n.to_str()) == Some(name) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Debian's 6.12 cloud kernel and its `virtio_blk` module (it has no 9p; the
+/// namespaces, seccomp and cgroup-BPF that systemd's sandboxing needs are there).
+pub fn debian_612_with_virtio_blk(root: &Path) -> Result<(Kernel, std::path::PathBuf)> {
+    let k = debian_kernels(root)?
+        .into_iter()
+        .find(|k| k.name == "debian-6.12")
+        .context("no debian-6.12 kernel")?;
+    let module = k.image.with_extension("virtio_blk.ko");
+    if !module.is_file() {
+        // Cached before modules were kept: fetch again.
+        let _ = std::fs::remove_file(&k.image);
+        let k2 = debian_kernels(root)?.into_iter().find(|k| k.name == "debian-6.12").context("no debian-6.12 kernel")?;
+        if !module.is_file() {
+            bail!("no virtio_blk module for {}", k2.origin);
+        }
+        return Ok((k2, module));
+    }
+    Ok((k, module))
 }

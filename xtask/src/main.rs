@@ -12,6 +12,7 @@ mod kernels;
 mod matrix;
 mod promtest;
 mod setup;
+mod systemd;
 mod vm;
 
 use std::{
