@@ -256,6 +256,15 @@ impl Loaded {
         total
     }
 
+    /// (probes attached, probes known).
+    pub fn probe_counts(&self) -> (usize, usize) {
+        let points = |v: &&Verdict| v.family.points.len();
+        (
+            self.verdicts.iter().filter(|v| v.attached()).map(|v| points(&v)).sum(),
+            self.verdicts.iter().map(|v| points(&v)).sum(),
+        )
+    }
+
     pub fn verdict(&self, family: &str) -> Option<&Verdict> {
         self.verdicts.iter().find(|v| v.family.name == family)
     }

@@ -201,13 +201,7 @@ fn check(common: Common) -> ExitCode {
     for line in exporter::sight_lines(&loaded) {
         println!("{line}");
     }
-    let total: usize = loaded.verdicts.iter().map(|v| v.family.points.len()).sum();
-    let attached: usize = loaded
-        .verdicts
-        .iter()
-        .filter(|v| v.attached())
-        .map(|v| v.family.points.len())
-        .sum();
+    let (attached, total) = loaded.probe_counts();
     if attached == total {
         println!("summary: all {total} probes attached");
         ExitCode::from(EXIT_OK)
@@ -250,13 +244,7 @@ fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
         log::info!("{line}");
     }
     log::info!("{}", exporter::patched_line(&loaded));
-    let points: usize = loaded.verdicts.iter().map(|v| v.family.points.len()).sum();
-    let attached: usize = loaded
-        .verdicts
-        .iter()
-        .filter(|v| v.attached())
-        .map(|v| v.family.points.len())
-        .sum();
+    let (attached, points) = loaded.probe_counts();
     if attached < points {
         log::warn!("degraded: {attached} of {points} probes attached; the rest are reported as mode=\"none\"");
     }

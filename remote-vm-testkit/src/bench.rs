@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::{prom, workload::{PAGE, Target}};
+use crate::{
+    prom,
+    workload::{PAGE, Target, map},
+};
 
 const LISTEN: &str = "127.0.0.1:19362";
 
@@ -116,28 +119,20 @@ fn remote_reads(target: &Target, n: usize) -> f64 {
 }
 
 /// ns per page fault: map 4 MiB of PTE pages, touch each, unmap.
-fn page_faults(rounds: usize) -> f64 {
+fn page_faults(rounds: usize) -> Result<f64> {
     const LEN: usize = 4 << 20;
     let t = Instant::now();
     for _ in 0..rounds {
-        // SAFETY: a private anonymous mapping of our own, released below.
+        let p = map(LEN, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE)?;
+        // SAFETY: inside our own mapping, released after.
         unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            libc::madvise(p, LEN, libc::MADV_NOHUGEPAGE);
             for off in (0..LEN).step_by(PAGE) {
-                std::ptr::write_volatile((p as *mut u8).add(off), 1);
+                std::ptr::write_volatile(p.add(off), 1);
             }
-            libc::munmap(p, LEN);
+            libc::munmap(p.cast(), LEN);
         }
     }
-    t.elapsed().as_nanos() as f64 / (rounds * (LEN / PAGE)) as f64
+    Ok(t.elapsed().as_nanos() as f64 / (rounds * (LEN / PAGE)) as f64)
 }
 
 /// ns per mmap + fault + munmap of one page (each takes the mmap_lock).
@@ -167,7 +162,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     type Work<'a> = Box<dyn Fn() -> f64 + 'a>;
     let workloads: Vec<(&str, Work)> = vec![
         ("remote read (4 KiB pread of /proc/PID/mem)", Box::new(|| remote_reads(&target, scale(20_000.0)))),
-        ("page fault (4 MiB of PTE pages)", Box::new(|| page_faults(scale(40.0)))),
+        ("page fault (4 MiB of PTE pages)", Box::new(|| page_faults(scale(40.0)).unwrap_or(f64::NAN))),
         ("mmap + fault + munmap", Box::new(|| mmap_loop(scale(50_000.0)))),
     ];
     let mut result = BenchResult {

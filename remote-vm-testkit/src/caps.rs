@@ -14,28 +14,6 @@ pub fn exec_with(caps: &str, command: &[String]) -> Result<()> {
         .map(|c| c.trim().parse::<u32>().context("capability number"))
         .collect::<Result<_>>()?;
     let mask: u64 = caps.iter().fold(0, |m, c| m | (1u64 << c));
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    let word = |i: usize| (mask >> (32 * i)) as u32;
-    let data = [0, 1].map(|i| Data {
-        effective: word(i),
-        permitted: word(i),
-        inheritable: word(i),
-    });
-    let mut header = Header {
-        version: 0x2008_0522,
-        pid: 0,
-    };
     // SAFETY: plain syscalls with valid arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
@@ -45,9 +23,7 @@ pub fn exec_with(caps: &str, command: &[String]) -> Result<()> {
         {
             bail!("becoming nobody: {}", std::io::Error::last_os_error());
         }
-        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) != 0 {
-            bail!("capset: {}", std::io::Error::last_os_error());
-        }
+        remote_vm_common::caps::set(mask).context("capset")?;
         for cap in &caps {
             if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, *cap as libc::c_ulong, 0, 0) != 0 {
                 bail!("ambient cap {cap}: {}", std::io::Error::last_os_error());

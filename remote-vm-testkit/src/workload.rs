@@ -43,7 +43,8 @@ pub struct Layout {
 /// What the target's moved argv holds.
 pub const CMDLINE: &[u8] = b"file-backed\0argv\0";
 
-fn map(len: usize, prot: i32, flags: i32) -> Result<*mut u8> {
+/// An anonymous mapping with PTE-level pages (MADV_NOHUGEPAGE).
+pub fn map(len: usize, prot: i32, flags: i32) -> Result<*mut u8> {
     // SAFETY: anonymous mapping, checked for MAP_FAILED.
     let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags | libc::MAP_ANONYMOUS, -1, 0) };
     if p == libc::MAP_FAILED {
