@@ -4,12 +4,17 @@
 //! Everything here is `no_std`, `#[repr(C)]` and free of pointers so the same
 //! bytes mean the same thing on both sides of a BPF map.
 #![no_std]
+#[cfg(feature = "user")]
+extern crate std;
 
+pub mod catalog;
 pub mod classify;
 pub mod point;
+pub mod registry;
 pub mod stats;
 
 pub use point::Point;
+pub use registry::Family;
 
 /// Written by user space into the `CONTROL` array (one entry).
 #[repr(C)]
@@ -51,45 +56,6 @@ pub const LCB_F_WRITE: u32 = 1 << 2;
 
 /// "Not found in BTF" for the offset globals handed to the programs.
 pub const UNKNOWN_OFFSET: u64 = u64::MAX;
-
-/// User space only: sets this thread's capability sets.
-#[cfg(feature = "user")]
-pub mod caps {
-    extern crate std;
-
-    /// Sets the calling thread's effective, permitted and inheritable sets to
-    /// `mask` (bit N: capability N) with `capset(2)`.
-    pub fn set(mask: u64) -> std::io::Result<()> {
-        #[repr(C)]
-        struct Header {
-            version: u32,
-            pid: i32,
-        }
-        #[repr(C)]
-        #[derive(Clone, Copy)]
-        struct Data {
-            effective: u32,
-            permitted: u32,
-            inheritable: u32,
-        }
-        const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-        let word = |i: usize| (mask >> (32 * i)) as u32;
-        let data = [0, 1].map(|i| Data {
-            effective: word(i),
-            permitted: word(i),
-            inheritable: word(i),
-        });
-        let mut header = Header {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        // SAFETY: capset with a v3 header and its two data words.
-        if unsafe { libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-}
 
 #[cfg(feature = "user")]
 mod pod {

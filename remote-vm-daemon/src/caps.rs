@@ -45,11 +45,11 @@ pub fn missing_from(mask: u64) -> Vec<&'static str> {
 /// inheritable) and the ambient set, and sets no_new_privs. Threads inherit this,
 /// so it runs before any other thread is started.
 pub fn drop_all() -> std::io::Result<()> {
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    use caps::CapSet;
+    // Effective before permitted: the effective set must stay within it.
+    for set in [CapSet::Ambient, CapSet::Effective, CapSet::Inheritable, CapSet::Permitted] {
+        caps::clear(None, set).map_err(std::io::Error::other)?;
     }
-    remote_vm_common::caps::set(0)?;
     // SAFETY: as above.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());

@@ -6,27 +6,21 @@
 //! restarts) included — not `increase()`, which extrapolates to the range's ends.
 //! So the table equals what the daemons exported between the first and last
 //! sample Prometheus has in the range.
-use std::{
-    collections::BTreeMap,
-    io::{Read, Write},
-    net::TcpStream,
-    time::Duration,
-};
+use remote_vm_common::catalog as cat;
+use std::{collections::BTreeMap, time::Duration};
 
+use remote_vm_prom::{Client, Options};
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
-    #[error("--prometheus {0}: expected http://HOST:PORT[/PATH] (https is not supported; put a local proxy in front)")]
-    Url(String),
+    #[error("--prometheus {url}: {reason} (expected http[s]://[USER:PASSWORD@]HOST[:PORT][/PATH])")]
+    Url { url: String, reason: String },
     #[error("--range {0}: expected a duration such as 30m, 1h, 7d")]
     Range(String),
-    #[error("cannot reach Prometheus at {url}: {reason}")]
-    Connect { url: String, reason: String },
-    #[error("Prometheus answered {status} for {query}: {body}")]
-    Http { status: String, query: String, body: String },
-    #[error("Prometheus query {query} failed: {reason}")]
-    Query { query: String, reason: String },
+    /// Unreachable, timed out, an HTTP error, a failed query: each names the URL.
+    #[error(transparent)]
+    Prometheus(remote_vm_prom::Error),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -37,83 +31,43 @@ pub enum Format {
 }
 
 pub struct Prometheus {
-    host: String,
-    port: u16,
-    prefix: String,
-    url: String,
+    api: remote_vm_prom::Prometheus,
 }
 
 impl Prometheus {
+    /// `http[s]://[USER:PASSWORD@]HOST[:PORT][/PATH]`; https checks the server
+    /// against the system's CA certificates.
     pub fn parse(url: &str) -> Result<Prometheus, CompareError> {
-        let rest = url.strip_prefix("http://").ok_or_else(|| CompareError::Url(url.into()))?;
-        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse().map_err(|_| CompareError::Url(url.into()))?),
-            None => (authority.to_string(), 80),
-        };
-        if host.is_empty() {
-            return Err(CompareError::Url(url.into()));
-        }
-        Ok(Prometheus {
-            host,
-            port,
-            prefix: path.trim_end_matches('/').to_string(),
-            url: url.to_string(),
-        })
-    }
-
-    fn get(&self, path_and_query: &str, shown: &str) -> Result<Value, CompareError> {
-        let connect = |e: std::io::Error| CompareError::Connect {
-            url: self.url.clone(),
-            reason: e.to_string(),
-        };
-        let mut s = TcpStream::connect((self.host.as_str(), self.port)).map_err(connect)?;
-        s.set_read_timeout(Some(Duration::from_secs(60))).map_err(connect)?;
-        let path = if self.prefix.is_empty() {
-            path_and_query.to_string()
-        } else {
-            format!("/{}{path_and_query}", self.prefix)
-        };
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\n\r\n", self.host).map_err(connect)?;
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).map_err(connect)?;
-        let raw = String::from_utf8_lossy(&raw);
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-        let status = head.lines().next().unwrap_or("").to_string();
-        if !status.contains(" 200") {
-            return Err(CompareError::Http {
-                status,
-                query: shown.into(),
-                body: body.chars().take(300).collect(),
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("http" | "https")) {
+            return Err(CompareError::Url {
+                url: url.into(),
+                reason: "only http:// and https:// URLs are taken".into(),
             });
         }
-        let v: Value = serde_json::from_str(body).map_err(|e| CompareError::Query {
-            query: shown.into(),
-            reason: e.to_string(),
+        let options = Options {
+            connect_timeout: Duration::from_secs(10),
+            // A little over Prometheus' own default query timeout (2 min), so
+            // that a slow query fails with Prometheus' word for it.
+            timeout: Duration::from_secs(150),
+            // Raw samples of every series over the range: can be large.
+            max_body: 1 << 30,
+            auth: None,
+        };
+        // Its errors show the URL without a password.
+        let client = Client::with_options(url, options).map_err(|e| match e {
+            remote_vm_prom::Error::Url { url, reason } => CompareError::Url { url, reason },
+            e => CompareError::Prometheus(e),
         })?;
-        if v["status"] != "success" {
-            return Err(CompareError::Query {
-                query: shown.into(),
-                reason: v["error"].as_str().unwrap_or("unknown").to_string(),
-            });
-        }
-        Ok(v["data"].clone())
+        Ok(Prometheus {
+            api: remote_vm_prom::Prometheus::new(client),
+        })
     }
 
     /// An instant query at `time` (Unix seconds).
     pub fn query(&self, expr: &str, time: f64) -> Result<Vec<Value>, CompareError> {
-        let data = self.get(&format!("/api/v1/query?query={}&time={time:.3}", urlencode(expr)), expr)?;
-        Ok(data["result"].as_array().cloned().unwrap_or_default())
+        self.api.query(expr, Some(time)).map_err(CompareError::Prometheus)
     }
-}
-
-pub fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// `30s`, `15m`, `1h`, `7d` in seconds.
@@ -165,13 +119,13 @@ impl Group {
 
 /// The counters the table shows: (key, metric, label to split by).
 const COUNTERS: &[(&str, &str, Option<&str>)] = &[
-    ("reads", "remote_vm_reads_total", Some("path")),
-    ("fallbacks", "remote_vm_fallbacks_total", Some("reason")),
-    ("writes", "remote_vm_writes_total", None),
-    ("read_bytes", "remote_vm_read_bytes_total", Some("path")),
-    ("lockless_bytes_discarded", "remote_vm_lockless_bytes_discarded_total", None),
-    ("foll_anon_file_backed", "remote_vm_foll_anon_file_backed_lockless_reads_total", None),
-    ("multi_vma_reads", "remote_vm_multi_vma_reads_total", Some("path")),
+    ("reads", cat::READS.name, Some("path")),
+    ("fallbacks", cat::FALLBACKS.name, Some("reason")),
+    ("writes", cat::WRITES.name, None),
+    ("read_bytes", cat::READ_BYTES.name, Some("path")),
+    ("lockless_bytes_discarded", cat::LOCKLESS_BYTES_DISCARDED.name, None),
+    ("foll_anon_file_backed", cat::FOLL_ANON_FILE_BACKED.name, None),
+    ("multi_vma_reads", cat::MULTI_VMA_READS.name, Some("path")),
 ];
 
 pub fn compare(prom: &Prometheus, range_s: u64, selector: &str, now: f64) -> Result<Vec<Group>, CompareError> {
@@ -181,7 +135,7 @@ pub fn compare(prom: &Prometheus, range_s: u64, selector: &str, now: f64) -> Res
         format!("{{{}}}", parts.join(","))
     };
     // Which group each host is in (at the end of the range).
-    let info = prom.query(&format!("remote_vm_kernel_info{}", with("")), now)?;
+    let info = prom.query(&format!("{}{}", cat::KERNEL_INFO.name, with("")), now)?;
     let mut host_group: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     for s in &info {
@@ -284,9 +238,13 @@ mod tests {
     #[test]
     fn parses_urls_and_ranges() {
         let p = Prometheus::parse("http://prom.example:9090/prefix/").unwrap();
-        assert_eq!((p.host.as_str(), p.port, p.prefix.as_str()), ("prom.example", 9090, "prefix"));
-        assert!(Prometheus::parse("https://x:1").is_err());
+        assert_eq!(p.api.client().base(), "http://prom.example:9090/prefix");
+        let p = Prometheus::parse("https://[::1]:9090").unwrap();
+        assert_eq!(p.api.client().base(), "https://[::1]:9090");
+        assert!(Prometheus::parse("ftp://x:1").is_err());
+        assert!(Prometheus::parse("prom.example:9090").is_err());
         assert!(Prometheus::parse("http://:9").is_err());
+        assert!(Prometheus::parse("http://x:port").is_err());
         assert_eq!(parse_range("90s").unwrap(), 90);
         assert_eq!(parse_range("1h").unwrap(), 3600);
         assert_eq!(parse_range("7d").unwrap(), 604800);

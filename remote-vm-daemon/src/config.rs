@@ -5,7 +5,9 @@ use std::{collections::BTreeMap, net::SocketAddr, path::Path};
 
 use serde::Deserialize;
 
-use crate::probes::{self, Choice};
+use remote_vm_common::Family;
+
+use crate::bpf::Choice;
 
 /// The documented defaults, shipped as `/etc/remote-vm/remote-vm.toml`.
 pub const DEFAULTS: &str = include_str!("../config/remote-vm.toml");
@@ -14,8 +16,8 @@ pub const DEFAULTS: &str = include_str!("../config/remote-vm.toml");
 pub struct Config {
     pub listen: SocketAddr,
     pub log_level: log::LevelFilter,
-    /// Per probe family name.
-    pub probes: BTreeMap<String, Choice>,
+    /// Per probe family.
+    pub probes: BTreeMap<Family, Choice>,
     /// Exported histogram range, as log2 bucket indexes of nanoseconds.
     pub hist_min_log2: u32,
     pub hist_max_log2: u32,
@@ -104,21 +106,26 @@ impl Config {
                 config.log_level =
                     parse_log_level(&v).ok_or_else(|| bad("log_level", format!("{v:?}"), LOG_LEVEL_ALLOWED.into()))?;
             }
-            for (family, value) in raw.probes.unwrap_or_default() {
-                let key = format!("probes.{family}");
-                let Some(spec) = probes::family(&family) else {
-                    let known: Vec<_> = probes::FAMILIES.iter().map(|f| f.name).collect();
+            for (name, value) in raw.probes.unwrap_or_default() {
+                let key = format!("probes.{name}");
+                let Some(family) = Family::from_name(&name) else {
+                    let known: Vec<_> = Family::ALL.iter().map(|f| f.name()).collect();
                     return Err(bad(&key, "(unknown probe family)".into(), format!("one of {}", known.join(", "))));
                 };
-                let allowed = || format!("auto, off, or one of {}", spec.mode_names().join(", "));
+                let allowed = || {
+                    let modes: Vec<_> = family.modes().map(|m| m.name).collect();
+                    format!("auto, off, or one of {}", modes.join(", "))
+                };
                 let Some(text) = value.as_str() else {
                     return Err(bad(&key, value.to_string(), allowed()));
                 };
                 let choice = match text {
                     "auto" => Choice::Auto,
                     "off" => Choice::Disabled,
-                    m if spec.mode(m).is_some() => Choice::Force(m.to_string()),
-                    _ => return Err(bad(&key, format!("{text:?}"), allowed())),
+                    m => match family.mode(m) {
+                        Some(mode) => Choice::Force(mode),
+                        None => return Err(bad(&key, format!("{text:?}"), allowed())),
+                    },
                 };
                 config.probes.insert(family, choice);
             }
@@ -205,12 +212,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:19361".parse().unwrap());
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!((c.hist_min_log2, c.hist_max_log2), (9, 34));
-        let families: Vec<_> = probes::FAMILIES.iter().map(|f| f.name.to_string()).collect();
-        assert_eq!(c.probes.keys().cloned().collect::<Vec<_>>(), {
-            let mut f = families.clone();
-            f.sort();
-            f
-        });
+        assert_eq!(c.probes.keys().copied().collect::<Vec<_>>(), Family::ALL.to_vec());
         assert!(c.probes.values().all(|c| *c == Choice::Auto));
     }
 
@@ -222,12 +224,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen, "[::1]:9999".parse().unwrap());
         assert_eq!(c.log_level, log::LevelFilter::Debug);
-        assert_eq!(c.probes["access_remote_vm"], Choice::Force("kprobe".into()));
-        assert_eq!(c.probes["mmap_lock_host"], Choice::Disabled);
-        assert_eq!(c.probes["lock_vma_under_rcu"], Choice::Auto);
+        let mode = |f: Family, m: &str| Choice::Force(f.mode(m).unwrap());
+        assert_eq!(c.probes[&Family::AccessRemoteVm], mode(Family::AccessRemoteVm, "kprobe"));
+        assert_eq!(c.probes[&Family::MmapLockHost], Choice::Disabled);
+        assert_eq!(c.probes[&Family::LockVmaUnderRcu], Choice::Auto);
         // Opt-in modes can be forced.
         let c = parse("[probes]\nmmap_lock_host = \"mmap_lock_tp\"\n").unwrap();
-        assert_eq!(c.probes["mmap_lock_host"], Choice::Force("mmap_lock_tp".into()));
+        assert_eq!(c.probes[&Family::MmapLockHost], mode(Family::MmapLockHost, "mmap_lock_tp"));
     }
 
     #[test]

@@ -1,51 +1,27 @@
 //! remote-vm-daemon: loads the probes, classifies remote-memory accesses and
 //! serves Prometheus metrics.
-mod btf;
+mod bpf;
 mod caps;
-mod compare;
+mod cmd;
 mod config;
-mod exporter;
 mod kernel;
-mod layout;
-mod loader;
 mod logging;
 mod metrics;
-mod misses;
 mod notify;
-mod probes;
 mod server;
+mod status;
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{config::Config, exporter::State, kernel::KernelFacts};
-
-/// Exit status: everything attached.
-const EXIT_OK: u8 = 0;
-/// Exit status: could not run (bad input, no privileges, …).
-const EXIT_FAILED: u8 = 1;
-/// Exit status of `check`: runs, but some probes did not attach (all reported).
-const EXIT_DEGRADED: u8 = 2;
+use crate::cmd::{Common, EXIT_FAILED, EXIT_OK, check, compare, fail};
 
 #[derive(Parser, Debug)]
 #[command(name = "remote-vm-daemon", version, about = "Classifies remote-memory reads (__access_remote_vm) as fast path, fallback or slow path and exports Prometheus metrics.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(clap::Args, Debug)]
-struct Common {
-    /// TOML config file over the embedded defaults (see `remote-vm-daemon defaults`).
-    #[arg(long, env = "REMOTE_VM_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
-    #[arg(long, value_name = "PATH")]
-    btf: Option<PathBuf>,
-    /// Log level: error, warn, info, debug, trace (overrides the config).
-    #[arg(long, env = "REMOTE_VM_LOG", value_name = "LEVEL", value_parser = parse_level)]
-    log_level: Option<log::LevelFilter>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -64,6 +40,9 @@ enum Command {
     Check {
         #[command(flatten)]
         common: Common,
+        /// `text` for people, `json` for programs (a stable, documented shape).
+        #[arg(long, value_enum, default_value = "text")]
+        format: check::Format,
     },
     /// Print the embedded default config.
     Defaults,
@@ -83,10 +62,6 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: compare::Format,
     },
-}
-
-fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
-    config::parse_log_level(v).ok_or_else(|| format!("expected {}", config::LOG_LEVEL_ALLOWED))
 }
 
 fn parse_listen(v: &str) -> Result<SocketAddr, String> {
@@ -118,7 +93,7 @@ fn main() -> ExitCode {
             print!("{}", config::DEFAULTS);
             ExitCode::from(EXIT_OK)
         }
-        Command::Check { common } => check(common),
+        Command::Check { common, format } => check::check(&common, format),
         Command::Compare {
             prometheus,
             range,
@@ -141,164 +116,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Run { common, listen } => run(common, listen),
+        Command::Run { common, listen } => cmd::run::run(&common, listen),
     }
 }
 
-fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("remote-vm-daemon: {msg}");
-    ExitCode::from(EXIT_FAILED)
-}
-
-fn settle(common: &Common) -> Result<Config, config::ConfigError> {
-    let mut config = Config::load(common.config.as_deref())?;
-    if let Some(level) = common.log_level {
-        config.log_level = level;
-    }
-    Ok(config)
-}
-
-/// Loads and attaches per `config`; the kernel facts completed from its BTF.
-fn load(common: &Common, config: &Config) -> (KernelFacts, Result<loader::Loaded, loader::LoadError>) {
-    let mut facts = KernelFacts::read(common.btf.as_deref());
-    let loaded = loader::load(&loader::LoadOptions {
-        btf_path: common.btf.as_deref(),
-        log_level: config.log_level,
-        choices: &config.probes,
-    });
-    if let Ok(l) = &loaded {
-        facts.fill_from_layout(&l.layout);
-    }
-    (facts, loaded)
-}
-
-fn check(common: Common) -> ExitCode {
-    let config = match settle(&common) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    println!(
-        "config: ok ({})",
-        common
-            .config
-            .as_ref()
-            .map_or("embedded defaults".to_string(), |p| p.display().to_string())
-    );
-    logging::init(config.log_level.min(log::LevelFilter::Warn));
-    let (facts, loaded) = load(&common, &config);
-    println!("{}", exporter::kernel_line(&facts));
-    let loaded = match loaded {
-        Ok(l) => l,
-        Err(e) => return fail(e),
-    };
-    for line in loaded.layout.lines() {
-        println!("{line}");
-    }
-    for line in exporter::verdict_lines(&loaded) {
-        println!("{line}");
-    }
-    println!("{}", exporter::patched_line(&loaded));
-    for line in exporter::sight_lines(&loaded) {
-        println!("{line}");
-    }
-    let (attached, total) = loaded.probe_counts();
-    if attached == total {
-        println!("summary: all {total} probes attached");
-        ExitCode::from(EXIT_OK)
-    } else {
-        println!("summary: degraded: {attached} of {total} probes attached");
-        ExitCode::from(EXIT_DEGRADED)
-    }
-}
-
-fn run(common: Common, listen: Option<SocketAddr>) -> ExitCode {
-    let mut config = match settle(&common) {
-        Ok(c) => c,
-        Err(e) => return fail(e),
-    };
-    if let Some(listen) = listen {
-        config.listen = listen;
-    }
-    logging::init(config.log_level);
-    let notify = notify::Notifier::from_env();
-    // Bind first: a taken port fails before anything is attached.
-    notify.status(&format!("binding {}", config.listen));
-    let listener = match std::net::TcpListener::bind(config.listen) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            return fail(format!(
-                "cannot listen on {}: {e} (another remote-vm-daemon? choose another with --listen)",
-                config.listen
-            ));
-        }
-        Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
-    };
-    notify.status("attaching probes");
-    let (facts, loaded) = load(&common, &config);
-    log::info!("{}", exporter::kernel_line(&facts));
-    let mut loaded = match loaded {
-        Ok(l) => l,
-        Err(e) => return fail(e),
-    };
-    for line in exporter::verdict_lines(&loaded) {
-        log::info!("{line}");
-    }
-    log::info!("{}", exporter::patched_line(&loaded));
-    let (attached, points) = loaded.probe_counts();
-    if attached < points {
-        log::warn!("degraded: {attached} of {points} probes attached; the rest are reported as mode=\"none\"");
-    }
-    // Everything is attached and every fd we need is open: give up all privilege
-    // before any other thread exists, so none keeps it.
-    match caps::drop_all() {
-        Ok(()) => log::info!("dropped all capabilities (CapEff {:#x})", caps::effective().unwrap_or(0)),
-        Err(e) => log::error!("could not drop capabilities: {e}"),
-    }
-    loaded.forward_logs();
-    // Parsing the kernel's BTF twice (aya's and ours) peaks at tens of MB; give
-    // the freed memory back to the system.
-    // SAFETY: no preconditions.
-    unsafe { libc::malloc_trim(0) };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => return fail(format!("cannot start the runtime: {e}")),
-    };
-    let state = Arc::new(State {
-        facts,
-        loaded,
-        hist_min_log2: config.hist_min_log2,
-        hist_max_log2: config.hist_max_log2,
-    });
-    let served = runtime.block_on(async {
-        let listener = listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))?;
-        log::info!("serving http://{}/metrics", config.listen);
-        notify.send(&format!(
-            "READY=1\nSTATUS=serving http://{}/metrics; {attached} of {points} probes attached",
-            config.listen
-        ));
-        server::serve(listener, state.clone(), shutdown_signal()).await;
-        Ok::<(), std::io::Error>(())
-    });
-    notify.send("STOPPING=1\nSTATUS=detaching probes");
-    log::info!("shutting down");
-    drop(runtime);
-    drop(state);
-    match served {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => fail(format!("cannot serve on {}: {e}", config.listen)),
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        log::warn!("cannot install signal handlers; stop with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-}

@@ -7,7 +7,35 @@ use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, servi
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::exporter::{self, State};
+use crate::{
+    bpf::{Attached, Session},
+    kernel::KernelFacts,
+    metrics::{self, View, coverage::Sight},
+    status,
+};
+
+/// What the endpoint serves from: the attached session and the facts fixed at start-up.
+pub struct State {
+    pub facts: KernelFacts,
+    pub attached: Attached,
+    pub sight: Sight,
+    pub session: Session,
+    pub hist_min_log2: u32,
+    pub hist_max_log2: u32,
+}
+
+impl State {
+    fn metrics(&self) -> String {
+        let view = View {
+            facts: &self.facts,
+            attached: &self.attached,
+            sight: self.sight,
+            hist_min_log2: self.hist_min_log2,
+            hist_max_log2: self.hist_max_log2,
+        };
+        metrics::render(&view, &self.session.snapshot())
+    }
+}
 
 const LANDING: &str = "<!doctype html>\n<html><head><title>remote-vm</title></head><body>\n\
 <h1>remote-vm</h1>\n<p>Remote-memory reads (<code>__access_remote_vm</code>) by path: fast, fallback, slow.</p>\n\
@@ -49,22 +77,13 @@ fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
         "/metrics" => text(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
-            exporter::render(state),
+            state.metrics(),
         ),
-        "/healthz" => {
-            let mut body = String::from("ok\n");
-            body.push_str(&exporter::kernel_line(&state.facts));
-            body.push('\n');
-            let lines = exporter::verdict_lines(&state.loaded)
-                .into_iter()
-                .chain([exporter::patched_line(&state.loaded)])
-                .chain(exporter::sight_lines(&state.loaded));
-            for line in lines {
-                body.push_str(&line);
-                body.push('\n');
-            }
-            text(StatusCode::OK, "text/plain; charset=utf-8", body)
-        }
+        "/healthz" => text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            status::healthz(&state.facts, &state.attached, &state.sight),
+        ),
         "/" => text(StatusCode::OK, "text/html; charset=utf-8", LANDING.to_string()),
         _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
     }

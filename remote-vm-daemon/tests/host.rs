@@ -9,7 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use remote_vm_testkit::prom::{self, Scrape};
+use remote_vm_common::catalog::*;
+use remote_vm_testkit::{
+    golden,
+    prom::{self, Scrape},
+};
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
 
@@ -36,21 +40,28 @@ kprobe_callers: kprobe access_remote_vm: `/sys/bus/event_source/devices/kprobe/t
 const REFINES: &str = "not tried: it only refines access_remote_vm, which is not attached";
 
 /// Metric families this host can and cannot export.
-const EXPORTED: &[&str] = &["remote_vm_mmap_lock_wait_seconds_count", "remote_vm_mmap_lock_acquire_failures_total"];
-const ABSENT: &[&str] = &[
-    "remote_vm_reads_total",
-    "remote_vm_writes_total",
-    "remote_vm_read_bytes_total",
-    "remote_vm_read_duration_seconds_count",
-    "remote_vm_fallbacks_total",
-    "remote_vm_fallback_lockless_bytes_total",
-    "remote_vm_mmap_lock_hold_seconds_count",
-    "remote_vm_lock_vma_under_rcu_total",
-    "remote_vm_folio_walks_total",
-    "remote_vm_gup_calls_total",
-    "remote_vm_read_vmas_count",
-    "remote_vm_foll_anon_file_backed_lockless_reads_total",
-];
+fn exported() -> Vec<String> {
+    vec![MMAP_LOCK_WAIT.count(), MMAP_LOCK_ACQUIRE_FAILURES.name.to_string()]
+}
+
+fn absent() -> Vec<String> {
+    let mut names: Vec<String> = [
+        READS,
+        WRITES,
+        READ_BYTES,
+        FALLBACKS,
+        FALLBACK_LOCKLESS_BYTES,
+        LOCK_VMA_CALLS,
+        FOLIO_WALKS,
+        GUP_CALLS,
+        FOLL_ANON_FILE_BACKED,
+    ]
+    .iter()
+    .map(|m| m.name.to_string())
+    .collect();
+    names.extend([READ_DURATION.count(), MMAP_LOCK_HOLD.count(), READ_VMAS.count()]);
+    names
+}
 
 fn daemon(args: &[&str]) -> Output {
     Command::new(DAEMON).args(args).output().expect("run daemon")
@@ -156,38 +167,42 @@ fn metrics_tell_what_attached_and_pass_promtool() {
     for (probe, mode, _) in HOST_MODES {
         let attached = if *mode == "none" { 0.0 } else { 1.0 };
         assert_eq!(
-            scrape.value("remote_vm_probe_attached", &[("probe", probe), ("mode", mode)]),
+            scrape.value(PROBE_ATTACHED.name, &[("probe", probe), ("mode", mode)]),
             Some(attached),
             "{probe}"
         );
         // Hits exist only where a program runs: no zero where nothing can see.
         assert_eq!(
-            scrape.value("remote_vm_probe_hits_total", &[("probe", probe)]).is_some(),
+            scrape.value(PROBE_HITS.name, &[("probe", probe)]).is_some(),
             *mode != "none",
             "{probe}"
         );
         assert_eq!(
-            scrape.value("remote_vm_probe_misses_total", &[("probe", probe)]).is_some(),
+            scrape.value(PROBE_MISSES.name, &[("probe", probe)]).is_some(),
             *mode != "none",
             "{probe}"
         );
     }
-    assert_eq!(scrape.series("remote_vm_probe_attached").count(), HOST_MODES.len());
-    for name in EXPORTED {
-        assert!(scrape.series(name).count() > 0, "{name} should be exported");
+    assert_eq!(scrape.series(PROBE_ATTACHED.name).count(), HOST_MODES.len());
+    for name in exported() {
+        assert!(scrape.series(&name).count() > 0, "{name} should be exported");
     }
-    for name in ABSENT {
-        assert_eq!(scrape.series(name).count(), 0, "{name} should be absent");
+    for name in absent() {
+        assert_eq!(scrape.series(&name).count(), 0, "{name} should be absent");
     }
+    // Nothing that is not in the golden file of every exportable series.
+    let golden = golden::series();
+    let unknown: Vec<String> = golden::scrape_series(&scrape).into_iter().filter(|s| !golden::known(&golden, s)).collect();
+    assert_eq!(unknown, Vec::<String>::new());
     // Host-wide waits only: no remote_vm context where the access probes are missing.
-    assert_eq!(scrape.series("remote_vm_mmap_lock_wait_seconds_count").count(), 2);
+    assert_eq!(scrape.series(&MMAP_LOCK_WAIT.count()).count(), 2);
     for mode in ["read", "write"] {
-        assert!(scrape.value("remote_vm_mmap_lock_wait_seconds_count", &[("context", "host"), ("mode", mode)]).is_some());
+        assert!(scrape.value(&MMAP_LOCK_WAIT.count(), &[("context", "host"), ("mode", mode)]).is_some());
     }
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(
         scrape.value(
-            "remote_vm_kernel_info",
+            KERNEL_INFO.name,
             &[
                 ("release", release.trim()),
                 ("per_vma_lock", "yes"),
@@ -198,7 +213,7 @@ fn metrics_tell_what_attached_and_pass_promtool() {
         Some(1.0)
     );
     assert_eq!(
-        scrape.value("remote_vm_build_info", &[("version", env!("CARGO_PKG_VERSION"))]),
+        scrape.value(BUILD_INFO.name, &[("version", env!("CARGO_PKG_VERSION"))]),
         Some(1.0)
     );
     assert!(scrape.value("process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));

@@ -8,12 +8,15 @@ const NOBODY: u32 = 65534;
 
 /// Becomes nobody keeping only `caps` (comma-separated numbers), raises them into
 /// the ambient set so they survive exec, and execs `command`.
-pub fn exec_with(caps: &str, command: &[String]) -> Result<()> {
-    let caps: Vec<u32> = caps
+pub fn exec_with(list: &str, command: &[String]) -> Result<()> {
+    let numbers: Vec<u8> = list
         .split(',')
-        .map(|c| c.trim().parse::<u32>().context("capability number"))
+        .map(|c| c.trim().parse::<u8>().context("capability number"))
         .collect::<Result<_>>()?;
-    let mask: u64 = caps.iter().fold(0, |m, c| m | (1u64 << c));
+    let keep: caps::CapsHashSet = caps::all().into_iter().filter(|c| numbers.contains(&c.index())).collect();
+    if keep.len() != numbers.len() {
+        bail!("unknown capability number in {numbers:?}");
+    }
     // SAFETY: plain syscalls with valid arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0
@@ -23,12 +26,14 @@ pub fn exec_with(caps: &str, command: &[String]) -> Result<()> {
         {
             bail!("becoming nobody: {}", std::io::Error::last_os_error());
         }
-        remote_vm_common::caps::set(mask).context("capset")?;
-        for cap in &caps {
-            if libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, *cap as libc::c_ulong, 0, 0) != 0 {
-                bail!("ambient cap {cap}: {}", std::io::Error::last_os_error());
-            }
-        }
+    }
+    // Permitted first (it bounds the others), then inheritable and effective, then
+    // ambient, which exec keeps.
+    for set in [caps::CapSet::Permitted, caps::CapSet::Inheritable, caps::CapSet::Effective] {
+        caps::set(None, set, &keep).with_context(|| format!("capset {set:?}"))?;
+    }
+    for cap in &keep {
+        caps::raise(None, caps::CapSet::Ambient, *cap).with_context(|| format!("ambient {cap}"))?;
     }
     let err = std::process::Command::new(&command[0]).args(&command[1..]).exec();
     bail!("exec {}: {err}", command[0])

@@ -9,6 +9,17 @@
 //! - unpatched reads, and all writes, take only that old path;
 //! - `/proc/PID/mem` asks again for the rest when a call returns short.
 use anyhow::{Result, bail};
+use remote_vm_common::{
+    Point,
+    catalog::{
+        CONTEXT_REMOTE, FALLBACK_LOCKLESS_BYTES, FALLBACKS, FOLIO_WALKS, FOLL_ANON_FILE_BACKED, GUP_CALLS,
+        LOCK_READ, LOCK_VMA_CALLS, LOCK_VMA_FAILURES, LOCK_WRITE, LOCKLESS_BYTES_DISCARDED,
+        LOCKLESS_DISCARDED_READS, LOCKLESS_PTE_PAGES, MMAP_LOCK_ACQUIRE_FAILURES, MMAP_LOCK_HOLD, MMAP_LOCK_WAIT,
+        MULTI_VMA_READS, Metric, PROBE_HITS, PROBE_MISSES, READ_BYTES, READ_DURATION, READ_VMAS, READS,
+        UNTRACKED_CALLS, WRITE_DURATION, WRITES, WRITTEN_BYTES,
+    },
+    classify::{Level, Path, Reason},
+};
 
 use crate::workload::{CMDLINE, PAGE, Target, pattern};
 
@@ -161,16 +172,58 @@ impl Kernel {
 
 /// Metric families a legacy kernel cannot have: their probes or BTF facts do not exist.
 const ABSENT_ON_LEGACY: &[&str] = &[
-    "remote_vm_lock_vma_under_rcu_total",
-    "remote_vm_lock_vma_under_rcu_failures_total",
-    "remote_vm_folio_walks_total",
-    "remote_vm_lockless_pte_pages_total",
-    "remote_vm_foll_anon_file_backed_lockless_reads_total",
+    LOCK_VMA_CALLS.name,
+    LOCK_VMA_FAILURES.name,
+    FOLIO_WALKS.name,
+    LOCKLESS_PTE_PAGES.name,
+    FOLL_ANON_FILE_BACKED.name,
 ];
+
+/// `$metric.name` followed by the literal `$suffix`, as a `&'static str` constant.
+macro_rules! sample {
+    ($metric:expr, $suffix:literal) => {{
+        const METRIC: Metric = $metric;
+        const LEN: usize = METRIC.name.len() + $suffix.len();
+        const BYTES: [u8; LEN] = concat_bytes(METRIC.name, $suffix);
+        const NAME: &str = match std::str::from_utf8(&BYTES) {
+            Ok(name) => name,
+            Err(_) => panic!("not UTF-8"),
+        };
+        NAME
+    }};
+}
+
+const fn concat_bytes<const N: usize>(a: &str, b: &str) -> [u8; N] {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    assert!(a.len() + b.len() == N);
+    let mut out = [0; N];
+    let mut i = 0;
+    while i < a.len() {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - a.len()];
+        i += 1;
+    }
+    out
+}
+
+/// The histogram sample lines expected below, as `&'static str`: the names
+/// `Metric::sample` gives as a `String`, joined at compile time.
+const READ_DURATION_COUNT: &str = sample!(READ_DURATION, "_count");
+const READ_VMAS_COUNT: &str = sample!(READ_VMAS, "_count");
+const READ_VMAS_SUM: &str = sample!(READ_VMAS, "_sum");
+const WRITE_DURATION_COUNT: &str = sample!(WRITE_DURATION, "_count");
+const MMAP_LOCK_WAIT_COUNT: &str = sample!(MMAP_LOCK_WAIT, "_count");
+const MMAP_LOCK_HOLD_COUNT: &str = sample!(MMAP_LOCK_HOLD, "_count");
+
+/// Label name/value pairs of one series.
+pub type Labels = Vec<(&'static str, &'static str)>;
 
 /// One expected delta: metric (with `_count`/`_sum` suffixes for histograms),
 /// labels, value (`None`: the series must be absent).
-pub type Expect = (&'static str, Vec<(&'static str, &'static str)>, Option<u64>);
+pub type Expect = (&'static str, Labels, Option<u64>);
 
 /// Remote-access calls the workload makes on `k`.
 pub fn calls(k: Kernel, c: &Counts) -> u64 {
@@ -195,7 +248,7 @@ pub fn expected(k: Kernel, c: &Counts) -> Vec<Expect> {
             // 6.1's __access_remote_vm stops at a hole inside its loop without
             // trying expand_stack (its backport only checks before the loop): the
             // first half of a hole straddle takes no write lock, the retry does.
-            if name == "remote_vm_mmap_lock_wait_seconds_count" && labels.contains(&("mode", "write")) {
+            if name == MMAP_LOCK_WAIT_COUNT && labels.contains(&("mode", LOCK_WRITE)) {
                 return (name, labels, Some(c.unmapped + c.hole_straddle));
             }
             (name, labels, Some(v))
@@ -203,7 +256,7 @@ pub fn expected(k: Kernel, c: &Counts) -> Vec<Expect> {
         .collect()
 }
 
-fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Vec<(&'static str, &'static str)>, u64)> {
+fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
     let Counts {
         resident: r,
         straddle: s,
@@ -219,95 +272,101 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Vec<(&'static st
     let cl_calls = 2 * cl;
     let cl_bytes = cl * (1 + CMDLINE.len() as u64);
     let n = calls(k, c);
-    let mut e: Vec<(&'static str, Vec<(&'static str, &'static str)>, u64)> = vec![
-        ("remote_vm_probe_hits_total", vec![("probe", "access_remote_vm_entry")], n),
-        ("remote_vm_probe_hits_total", vec![("probe", "access_remote_vm_exit")], n),
-        ("remote_vm_probe_misses_total", vec![("probe", "access_remote_vm_entry")], 0),
-        ("remote_vm_probe_misses_total", vec![("probe", "access_remote_vm_exit")], 0),
-        ("remote_vm_untracked_calls_total", vec![], 0),
-        ("remote_vm_writes_total", vec![], w),
-        ("remote_vm_written_bytes_total", vec![], w * WRITE_LEN as u64),
-        ("remote_vm_write_duration_seconds_count", vec![], w),
-        ("remote_vm_mmap_lock_acquire_failures_total", vec![("context", "remote_vm")], 0),
-        ("remote_vm_fallbacks_total", vec![("reason", "other")], 0),
-        ("remote_vm_folio_walks_total", vec![("level", "pud")], 0),
-        ("remote_vm_multi_vma_reads_total", vec![("path", "slow")], 0),
-        ("remote_vm_multi_vma_reads_total", vec![("path", "fallback")], 0),
+    let entry = ("probe", Point::AccessRemoteVmEntry.name());
+    let exit = ("probe", Point::AccessRemoteVmExit.name());
+    let remote = ("context", CONTEXT_REMOTE);
+    let path = |p: Path| ("path", p.label());
+    let reason = |r: Reason| ("reason", r.label());
+    let level = |l: Level| ("level", l.label());
+    let mut e: Vec<(&'static str, Labels, u64)> = vec![
+        (PROBE_HITS.name, vec![entry], n),
+        (PROBE_HITS.name, vec![exit], n),
+        (PROBE_MISSES.name, vec![entry], 0),
+        (PROBE_MISSES.name, vec![exit], 0),
+        (UNTRACKED_CALLS.name, vec![], 0),
+        (WRITES.name, vec![], w),
+        (WRITTEN_BYTES.name, vec![], w * WRITE_LEN as u64),
+        (WRITE_DURATION_COUNT, vec![], w),
+        (MMAP_LOCK_ACQUIRE_FAILURES.name, vec![remote], 0),
+        (FALLBACKS.name, vec![reason(Reason::Other)], 0),
+        (FOLIO_WALKS.name, vec![level(Level::Pud)], 0),
+        (MULTI_VMA_READS.name, vec![path(Path::Slow)], 0),
+        (MULTI_VMA_READS.name, vec![path(Path::Fallback)], 0),
     ];
     let paths = |fast: u64, fallback: u64, slow: u64| {
-        [("fast", fast), ("fallback", fallback), ("slow", slow)]
+        [(Path::Fast, fast), (Path::Fallback, fallback), (Path::Slow, slow)]
     };
     match k {
         Kernel::Patched => {
             let fallback = z + h + m + x;
             let fast = r + s + t + cl_calls;
             for (p, v) in paths(fast, fallback, 0) {
-                e.push(("remote_vm_reads_total", vec![("path", p)], v));
-                e.push(("remote_vm_read_duration_seconds_count", vec![("path", p)], v));
-                e.push(("remote_vm_read_vmas_count", vec![("path", p)], v));
+                e.push((READS.name, vec![path(p)], v));
+                e.push((READ_DURATION_COUNT, vec![path(p)], v));
+                e.push((READ_VMAS_COUNT, vec![path(p)], v));
             }
             for (p, v) in paths((r + s + t) * B + cl_bytes, (z + h) * B, 0) {
-                e.push(("remote_vm_read_bytes_total", vec![("path", p)], v));
+                e.push((READ_BYTES.name, vec![path(p)], v));
             }
             // VMAs locked: one per read, two for the straddles (the hole never locks).
             for (p, v) in paths(r + 2 * s + t + cl_calls, z + h + x, 0) {
-                e.push(("remote_vm_read_vmas_sum", vec![("path", p)], v));
+                e.push((READ_VMAS_SUM, vec![path(p)], v));
             }
             e.extend([
-                ("remote_vm_multi_vma_reads_total", vec![("path", "fast")], s),
-                ("remote_vm_fallbacks_total", vec![("reason", "vma_lock_failed")], m + x),
-                ("remote_vm_fallbacks_total", vec![("reason", "vma_unsuitable")], h),
-                ("remote_vm_fallbacks_total", vec![("reason", "page_not_present")], z),
-                ("remote_vm_fallback_lockless_bytes_total", vec![], x * HALF),
-                ("remote_vm_lockless_bytes_discarded_total", vec![], x * HALF),
-                ("remote_vm_lockless_discarded_reads_total", vec![], x),
-                ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "read")], fallback + w),
-                ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "write")], m + x),
-                ("remote_vm_mmap_lock_hold_seconds_count", vec![], fallback + w),
-                ("remote_vm_lock_vma_under_rcu_total", vec![("context", "remote_vm")], r + 2 * s + z + h + m + 2 * x + t + cl_calls),
-                ("remote_vm_lock_vma_under_rcu_failures_total", vec![("context", "remote_vm")], m + x),
-                ("remote_vm_folio_walks_total", vec![("level", "pte")], r + 2 * s + x + cl_calls),
-                ("remote_vm_folio_walks_total", vec![("level", "pmd")], t),
-                ("remote_vm_lockless_pte_pages_total", vec![], r + 2 * s + x + cl_calls),
+                (MULTI_VMA_READS.name, vec![path(Path::Fast)], s),
+                (FALLBACKS.name, vec![reason(Reason::VmaLockFailed)], m + x),
+                (FALLBACKS.name, vec![reason(Reason::VmaUnsuitable)], h),
+                (FALLBACKS.name, vec![reason(Reason::PageNotPresent)], z),
+                (FALLBACK_LOCKLESS_BYTES.name, vec![], x * HALF),
+                (LOCKLESS_BYTES_DISCARDED.name, vec![], x * HALF),
+                (LOCKLESS_DISCARDED_READS.name, vec![], x),
+                (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_READ)], fallback + w),
+                (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_WRITE)], m + x),
+                (MMAP_LOCK_HOLD_COUNT, vec![], fallback + w),
+                (LOCK_VMA_CALLS.name, vec![remote], r + 2 * s + z + h + m + 2 * x + t + cl_calls),
+                (LOCK_VMA_FAILURES.name, vec![remote], m + x),
+                (FOLIO_WALKS.name, vec![level(Level::Pte)], r + 2 * s + x + cl_calls),
+                (FOLIO_WALKS.name, vec![level(Level::Pmd)], t),
+                (LOCKLESS_PTE_PAGES.name, vec![], r + 2 * s + x + cl_calls),
                 // The FOLL_ANON gap: both cmdline calls walk the file mapping lockless.
-                ("remote_vm_foll_anon_file_backed_lockless_reads_total", vec![], cl_calls),
-                ("remote_vm_gup_calls_total", vec![("path", "fallback")], z + h),
-                ("remote_vm_gup_calls_total", vec![("path", "slow")], 0),
+                (FOLL_ANON_FILE_BACKED.name, vec![], cl_calls),
+                (GUP_CALLS.name, vec![path(Path::Fallback)], z + h),
+                (GUP_CALLS.name, vec![path(Path::Slow)], 0),
             ]);
         }
         Kernel::Unpatched | Kernel::Legacy => {
             let slow = r + s + z + h + m + 2 * x + t + cl_calls;
             for (p, v) in paths(0, 0, slow) {
-                e.push(("remote_vm_reads_total", vec![("path", p)], v));
-                e.push(("remote_vm_read_duration_seconds_count", vec![("path", p)], v));
-                e.push(("remote_vm_read_vmas_count", vec![("path", p)], v));
-                e.push(("remote_vm_read_vmas_sum", vec![("path", p)], 0));
+                e.push((READS.name, vec![path(p)], v));
+                e.push((READ_DURATION_COUNT, vec![path(p)], v));
+                e.push((READ_VMAS_COUNT, vec![path(p)], v));
+                e.push((READ_VMAS_SUM, vec![path(p)], 0));
             }
             // FOLL_ANON on a file VMA: GUP refuses, the cmdline reads return nothing.
             for (p, v) in paths(0, 0, (r + s + z + h + t) * B + x * HALF) {
-                e.push(("remote_vm_read_bytes_total", vec![("path", p)], v));
+                e.push((READ_BYTES.name, vec![path(p)], v));
             }
             e.extend([
-                ("remote_vm_multi_vma_reads_total", vec![("path", "fast")], 0),
-                ("remote_vm_fallbacks_total", vec![("reason", "vma_lock_failed")], 0),
-                ("remote_vm_fallbacks_total", vec![("reason", "vma_unsuitable")], 0),
-                ("remote_vm_fallbacks_total", vec![("reason", "page_not_present")], 0),
-                ("remote_vm_fallback_lockless_bytes_total", vec![], 0),
-                ("remote_vm_lockless_bytes_discarded_total", vec![], 0),
-                ("remote_vm_lockless_discarded_reads_total", vec![], 0),
-                ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "read")], slow + w),
-                ("remote_vm_mmap_lock_wait_seconds_count", vec![("context", "remote_vm"), ("mode", "write")], m + 2 * x),
-                ("remote_vm_mmap_lock_hold_seconds_count", vec![], slow + w),
-                ("remote_vm_lock_vma_under_rcu_total", vec![("context", "remote_vm")], 0),
-                ("remote_vm_lock_vma_under_rcu_failures_total", vec![("context", "remote_vm")], 0),
-                ("remote_vm_folio_walks_total", vec![("level", "pte")], 0),
-                ("remote_vm_folio_walks_total", vec![("level", "pmd")], 0),
-                ("remote_vm_lockless_pte_pages_total", vec![], 0),
-                ("remote_vm_foll_anon_file_backed_lockless_reads_total", vec![], 0),
+                (MULTI_VMA_READS.name, vec![path(Path::Fast)], 0),
+                (FALLBACKS.name, vec![reason(Reason::VmaLockFailed)], 0),
+                (FALLBACKS.name, vec![reason(Reason::VmaUnsuitable)], 0),
+                (FALLBACKS.name, vec![reason(Reason::PageNotPresent)], 0),
+                (FALLBACK_LOCKLESS_BYTES.name, vec![], 0),
+                (LOCKLESS_BYTES_DISCARDED.name, vec![], 0),
+                (LOCKLESS_DISCARDED_READS.name, vec![], 0),
+                (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_READ)], slow + w),
+                (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_WRITE)], m + 2 * x),
+                (MMAP_LOCK_HOLD_COUNT, vec![], slow + w),
+                (LOCK_VMA_CALLS.name, vec![remote], 0),
+                (LOCK_VMA_FAILURES.name, vec![remote], 0),
+                (FOLIO_WALKS.name, vec![level(Level::Pte)], 0),
+                (FOLIO_WALKS.name, vec![level(Level::Pmd)], 0),
+                (LOCKLESS_PTE_PAGES.name, vec![], 0),
+                (FOLL_ANON_FILE_BACKED.name, vec![], 0),
                 // One GUP per page: the straddles and the first half of the hole
                 // straddles span two pages (the second GUP fails at the hole).
-                ("remote_vm_gup_calls_total", vec![("path", "fallback")], 0),
-                ("remote_vm_gup_calls_total", vec![("path", "slow")], r + 2 * s + z + h + 2 * x + t + cl_calls),
+                (GUP_CALLS.name, vec![path(Path::Fallback)], 0),
+                (GUP_CALLS.name, vec![path(Path::Slow)], r + 2 * s + z + h + 2 * x + t + cl_calls),
             ]);
         }
     }
@@ -341,6 +400,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sample_names_are_the_catalogs() {
+        assert_eq!(READ_DURATION_COUNT, READ_DURATION.count());
+        assert_eq!(READ_VMAS_COUNT, READ_VMAS.count());
+        assert_eq!(READ_VMAS_SUM, READ_VMAS.sample("_sum"));
+        assert_eq!(WRITE_DURATION_COUNT, WRITE_DURATION.count());
+        assert_eq!(MMAP_LOCK_WAIT_COUNT, MMAP_LOCK_WAIT.count());
+        assert_eq!(MMAP_LOCK_HOLD_COUNT, MMAP_LOCK_HOLD.count());
+    }
+
+    #[test]
     fn model_is_self_consistent() {
         for k in [Kernel::Patched, Kernel::Unpatched, Kernel::Legacy] {
             let e = expected(k, &COUNTS);
@@ -350,23 +419,14 @@ mod tests {
                     .and_then(|(_, _, v)| *v)
                     .unwrap_or_else(|| panic!("{name} {labels:?} missing"))
             };
-            let reads: u64 = ["fast", "fallback", "slow"]
-                .iter()
-                .map(|p| get("remote_vm_reads_total", &[("path", p)]))
-                .sum();
+            let reads: u64 = Path::ALL.iter().map(|p| get(READS.name, &[("path", p.label())])).sum();
             // Every call is a read or a write, and every entry has its exit.
-            assert_eq!(reads + get("remote_vm_writes_total", &[]), calls(k, &COUNTS));
-            let fallbacks: u64 = ["vma_lock_failed", "vma_unsuitable", "page_not_present", "other"]
-                .iter()
-                .map(|r| get("remote_vm_fallbacks_total", &[("reason", r)]))
-                .sum();
-            assert_eq!(fallbacks, get("remote_vm_reads_total", &[("path", "fallback")]));
+            assert_eq!(reads + get(WRITES.name, &[]), calls(k, &COUNTS));
+            let fallbacks: u64 = Reason::ALL.iter().map(|r| get(FALLBACKS.name, &[("reason", r.label())])).sum();
+            assert_eq!(fallbacks, get(READS.name, &[("path", Path::Fallback.label())]));
             // Bytes the kernel returned are the bytes the workload got (cmdline:
             // plus the 1-byte probes the workload never sees).
-            let bytes: u64 = ["fast", "fallback", "slow"]
-                .iter()
-                .map(|p| get("remote_vm_read_bytes_total", &[("path", p)]))
-                .sum();
+            let bytes: u64 = Path::ALL.iter().map(|p| get(READ_BYTES.name, &[("path", p.label())])).sum();
             let g = expected_ground(k, &COUNTS);
             let probes = if g.cmdline_bytes > 0 { COUNTS.cmdline } else { 0 };
             assert_eq!(bytes, g.bytes_read + g.cmdline_bytes + probes);
@@ -375,6 +435,6 @@ mod tests {
         assert_eq!(calls(Kernel::Unpatched, &COUNTS), 45 + 3 + 4);
         assert_eq!(calls(Kernel::Legacy, &COUNTS), calls(Kernel::Unpatched, &COUNTS));
         let legacy = expected(Kernel::Legacy, &COUNTS);
-        assert!(legacy.iter().any(|(n, _, v)| *n == "remote_vm_lock_vma_under_rcu_total" && v.is_none()));
+        assert!(legacy.iter().any(|(n, _, v)| *n == LOCK_VMA_CALLS.name && v.is_none()));
     }
 }

@@ -11,6 +11,12 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
+use remote_vm_common::{
+    Family, Point,
+    catalog::{self as cat, NO_MODE},
+    classify::Path,
+};
+
 use crate::{
     classes::{self, COUNTS, Kernel},
     prom::{self, Scrape},
@@ -21,29 +27,38 @@ pub const DAEMON: &str = "/usr/bin/remote-vm-daemon";
 const LISTEN: &str = "127.0.0.1:19361";
 const DAEMON_LOG: &str = "/tmp/daemon.log";
 
-/// Every probe and the mode it attaches in on the test kernels by default (its first).
-const FIRST_MODES: &[(&str, &str)] = &[
-    ("access_remote_vm_entry", "fentry"),
-    ("access_remote_vm_exit", "fentry"),
-    ("lock_vma_under_rcu_exit", "fexit"),
-    ("folio_walk_start_exit", "fexit"),
-    ("get_user_pages_remote_entry", "fentry"),
-    ("mmap_lock_remote_start", "fentry"),
-    ("mmap_lock_remote_end", "fentry"),
-    ("mmap_lock_host_start", "contention_tp"),
-    ("mmap_lock_host_end", "contention_tp"),
-];
+/// A probe and the mode it must attach in.
+type ProbeMode = (&'static str, &'static str);
+
+/// Every probe of `modes`' families (family, mode name) with that mode.
+fn probe_modes(modes: &[(Family, &'static str)]) -> Vec<ProbeMode> {
+    modes
+        .iter()
+        .flat_map(|(f, m)| f.spec().points.iter().map(move |p| (p.name(), *m)))
+        .collect()
+}
+
+/// Every probe in the mode `auto` tries first (the test kernels take it).
+fn first_modes() -> Vec<ProbeMode> {
+    probe_modes(&Family::ALL.map(|f| (f, f.first_mode().name)))
+}
 
 /// Probes of functions a legacy kernel (6.1) does not have.
-const LOCKLESS_PROBES: &[&str] = &["lock_vma_under_rcu_exit", "folio_walk_start_exit"];
+fn lockless_probe(probe: &str) -> bool {
+    [Family::LockVmaUnderRcu, Family::FolioWalkStart]
+        .iter()
+        .any(|f| f.spec().points.iter().any(|p| p.name() == probe))
+}
 
 /// The mode `probe` must attach in on `kernel`, given the configured `mode`.
 fn expected_mode(kernel: Option<Kernel>, probe: &str, mode: &'static str) -> &'static str {
-    if kernel == Some(Kernel::Legacy) && LOCKLESS_PROBES.contains(&probe) {
-        "none"
-    } else if kernel == Some(Kernel::Legacy) && probe == "get_user_pages_remote_entry" && mode == "fentry" {
-        // 6.1's get_user_pages_remote has 7 arguments; its trampolines take 6.
-        "kprobe"
+    let gup = Point::GetUserPagesRemoteEntry.name();
+    if kernel == Some(Kernel::Legacy) && lockless_probe(probe) {
+        NO_MODE
+    } else if kernel == Some(Kernel::Legacy) && probe == gup && mode == Family::GetUserPagesRemote.first_mode().name {
+        // 6.1's get_user_pages_remote has 7 arguments; its trampolines take 6:
+        // the next mode, the kprobe.
+        Family::GetUserPagesRemote.spec().modes[1].name
     } else {
         mode
     }
@@ -54,59 +69,56 @@ fn expected_check_exit(kernel: Option<Kernel>) -> i32 {
     if kernel == Some(Kernel::Legacy) { 2 } else { 0 }
 }
 
-/// A daemon configuration and the modes it must attach in.
+/// A daemon configuration: families forced into modes (the rest `auto`).
 struct Scenario {
     name: &'static str,
-    config: &'static str,
-    modes: &'static [(&'static str, &'static str)],
-    /// The remote-lock mode sees expand_stack's write-lock acquisitions.
-    remote_writes: bool,
+    forced: &'static [(Family, &'static str)],
 }
 
+impl Scenario {
+    fn config(&self) -> String {
+        let mut config = String::from("[probes]\n");
+        for (family, mode) in self.forced {
+            config.push_str(&format!("{} = \"{mode}\"\n", family.name()));
+        }
+        config
+    }
+
+    /// The modes it must attach in: the forced ones, or all first modes.
+    fn modes(&self) -> Vec<ProbeMode> {
+        if self.forced.is_empty() { first_modes() } else { probe_modes(self.forced) }
+    }
+
+    /// Its remote-lock mode sees expand_stack's write-lock acquisitions.
+    fn remote_writes(&self) -> bool {
+        let remote = Family::MmapLockRemote;
+        let mode = self.forced.iter().find(|(f, _)| *f == remote).map_or(remote.first_mode().name, |(_, m)| *m);
+        remote.mode(mode).is_some_and(|m| m.sees_write_waits)
+    }
+}
+
+use Family::*;
+
 const SCENARIOS: &[Scenario] = &[
-    Scenario {
-        name: "first",
-        config: "",
-        modes: FIRST_MODES,
-        remote_writes: false,
-    },
+    Scenario { name: "first", forced: &[] },
     Scenario {
         name: "fallback",
-        config: "[probes]\naccess_remote_vm = \"kprobe\"\nlock_vma_under_rcu = \"kprobe\"\nfolio_walk_start = \"kprobe\"\nget_user_pages_remote = \"kprobe\"\nmmap_lock_remote = \"kprobe\"\nmmap_lock_host = \"mmap_lock_tp\"\n",
-        modes: &[
-            ("access_remote_vm_entry", "kprobe"),
-            ("access_remote_vm_exit", "kprobe"),
-            ("lock_vma_under_rcu_exit", "kprobe"),
-            ("folio_walk_start_exit", "kprobe"),
-            ("get_user_pages_remote_entry", "kprobe"),
-            ("mmap_lock_remote_start", "kprobe"),
-            ("mmap_lock_remote_end", "kprobe"),
-            ("mmap_lock_host_start", "mmap_lock_tp"),
-            ("mmap_lock_host_end", "mmap_lock_tp"),
+        forced: &[
+            (AccessRemoteVm, "kprobe"),
+            (LockVmaUnderRcu, "kprobe"),
+            (FolioWalkStart, "kprobe"),
+            (GetUserPagesRemote, "kprobe"),
+            (MmapLockRemote, "kprobe"),
+            (MmapLockHost, "mmap_lock_tp"),
         ],
-        remote_writes: false,
     },
     Scenario {
         name: "callers",
-        config: "[probes]\naccess_remote_vm = \"fentry_callers\"\nmmap_lock_remote = \"mmap_lock_tp\"\n",
-        modes: &[
-            ("access_remote_vm_entry", "fentry_callers"),
-            ("access_remote_vm_exit", "fentry_callers"),
-            ("mmap_lock_remote_start", "mmap_lock_tp"),
-            ("mmap_lock_remote_end", "mmap_lock_tp"),
-        ],
-        remote_writes: true,
+        forced: &[(AccessRemoteVm, "fentry_callers"), (MmapLockRemote, "mmap_lock_tp")],
     },
     Scenario {
         name: "kprobe_callers",
-        config: "[probes]\naccess_remote_vm = \"kprobe_callers\"\nmmap_lock_remote = \"fentry_rw\"\n",
-        modes: &[
-            ("access_remote_vm_entry", "kprobe_callers"),
-            ("access_remote_vm_exit", "kprobe_callers"),
-            ("mmap_lock_remote_start", "fentry_rw"),
-            ("mmap_lock_remote_end", "fentry_rw"),
-        ],
-        remote_writes: true,
+        forced: &[(AccessRemoteVm, "kprobe_callers"), (MmapLockRemote, "fentry_rw")],
     },
 ];
 
@@ -213,42 +225,53 @@ pub fn main() -> Result<bool> {
     Ok(ok)
 }
 
-/// `remote-vm-daemon check`: exit 0, every probe in its first mode, and the
-/// kernel's own verdict on the lockless path.
+/// `remote-vm-daemon check --format json`: exit 0, every probe in its first
+/// mode, and the kernel's own verdict on the lockless path.
 fn check_command(report: &mut Report, kernel: Option<Kernel>, extra: &[&str], name: &str) -> Result<()> {
-    let out = Command::new(DAEMON).arg("check").args(extra).output().context("run check")?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    for line in stdout.lines() {
-        println!("vmtest: {name}| {line}");
-    }
     if name == "check" {
+        // The human form, for the host's kernel matrix.
+        let out = Command::new(DAEMON).arg("check").args(extra).output().context("run check")?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        for line in stdout.lines() {
+            println!("vmtest: {name}| {line}");
+        }
         report.check_output = stdout.to_string();
     }
-    report.check(format!("{name}.exit_code"), expected_check_exit(kernel), out.status.code().unwrap_or(-1));
-    let modes: BTreeMap<&str, &str> = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("probe "))
-        .filter_map(|l| l.split_once(": "))
-        .map(|(probe, rest)| (probe, rest.split_whitespace().next().unwrap_or("")))
+    let (code, json) = check_json(extra)?;
+    report.check(format!("{name}.exit_code"), expected_check_exit(kernel), code);
+    report.check(format!("{name}.json.summary.exit"), code, json["summary"]["exit"].as_i64().unwrap_or(-1));
+    let probes = json["probes"].as_array().cloned().unwrap_or_default();
+    let modes: BTreeMap<String, String> = probes
+        .iter()
+        .map(|p| (p["probe"].as_str().unwrap_or("").to_string(), p["mode"].as_str().unwrap_or("").to_string()))
         .collect();
-    for (probe, mode) in FIRST_MODES {
+    let first = first_modes();
+    for (probe, mode) in &first {
         report.check(
             format!("{name}.mode.{probe}"),
             expected_mode(kernel, probe, mode),
-            modes.get(probe).copied().unwrap_or("missing"),
+            modes.get(*probe).map_or("missing", String::as_str),
         );
     }
-    report.check(format!("{name}.probe_count"), FIRST_MODES.len(), modes.len());
+    report.check(format!("{name}.probe_count"), first.len(), modes.len());
     if report.expect != "unknown" {
-        let patched = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("patched: "))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or("missing");
+        let patched = json["patched"]["value"].as_str().unwrap_or("missing");
         let want = if kernel == Some(Kernel::Patched) { "yes" } else { "no" };
         report.check(format!("{name}.patched"), want, patched);
     }
     Ok(())
+}
+
+/// `check --format json`: its exit status and document.
+fn check_json(extra: &[&str]) -> Result<(i32, serde_json::Value)> {
+    let out = Command::new(DAEMON)
+        .args(["check", "--format", "json"])
+        .args(extra)
+        .output()
+        .context("run check --format json")?;
+    let json = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("check --format json printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok((out.status.code().unwrap_or(-1), json))
 }
 
 /// `check` as user nobody with only CAP_BPF and CAP_PERFMON attaches every probe;
@@ -269,15 +292,16 @@ fn least_capabilities(report: &mut Report, kernel: Option<Kernel>) -> Result<()>
     // Debian's kernels reserve perf events (kprobes) to CAP_SYS_ADMIN
     // (perf_event_paranoid=3): 6.1's get_user_pages_remote, a kprobe there, stays off.
     let legacy = kernel == Some(Kernel::Legacy);
-    let attachable = FIRST_MODES
+    let gup = Point::GetUserPagesRemoteEntry.name();
+    let attachable = first_modes()
         .iter()
-        .filter(|(p, m)| expected_mode(kernel, p, m) != "none" && !(legacy && *p == "get_user_pages_remote_entry"))
+        .filter(|(p, m)| expected_mode(kernel, p, m) != NO_MODE && !(legacy && *p == gup))
         .count();
     if legacy {
         report.check(
             "least_capabilities.bpf_perfmon.kprobe_says_why",
             true,
-            stdout.lines().any(|l| l.starts_with("probe get_user_pages_remote_entry: none (") && l.contains("perf_event_paranoid=3 reserves kprobes to CAP_SYS_ADMIN")),
+            stdout.lines().any(|l| l.starts_with(&format!("probe {gup}: none (")) && l.contains("perf_event_paranoid=3 reserves kprobes to CAP_SYS_ADMIN")),
         );
     }
     report.check("least_capabilities.bpf_perfmon.probes_attached", attachable, attached);
@@ -346,8 +370,11 @@ impl Drop for Daemon {
     }
 }
 
+/// The entry and exit of every remote access.
+const ACCESS_PROBES: [Point; 2] = [Point::AccessRemoteVmEntry, Point::AccessRemoteVmExit];
+
 fn hits(s: &Scrape, probe: &str) -> f64 {
-    s.value("remote_vm_probe_hits_total", &[("probe", probe)]).unwrap_or(f64::NAN)
+    s.value(cat::PROBE_HITS.name, &[("probe", probe)]).unwrap_or(f64::NAN)
 }
 
 fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> String {
@@ -359,24 +386,31 @@ fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -
 
 fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Kernel>, first: bool) -> Result<()> {
     let extra: &[&str] = if first { &["--log-level", "debug"] } else { &[] };
-    let mut daemon = Daemon::start(sc.config, extra)?;
+    let mut daemon = Daemon::start(&sc.config(), extra)?;
     let name = sc.name;
     let result = (|| -> Result<()> {
         let start = Scrape::fetch(LISTEN)?;
-        for (probe, mode) in sc.modes {
+        for (probe, mode) in sc.modes() {
             let mode = expected_mode(kernel, probe, mode);
             report.check(
                 format!("{name}.attached.{probe}"),
-                u8::from(mode != "none"),
-                start.value("remote_vm_probe_attached", &[("probe", probe), ("mode", mode)]).unwrap_or(-1.0),
+                u8::from(mode != NO_MODE),
+                start.value(cat::PROBE_ATTACHED.name, &[("probe", probe), ("mode", mode)]).unwrap_or(-1.0),
             );
         }
+        golden_series(report, name, &start, sc, kernel);
         if sc.name == "fallback" && kernel.is_some() {
             // Kprobe modes say where their misses are counted (Linux 6.7+: on the link).
             let (_, health) = prom::get(LISTEN, "/healthz")?;
             let legacy = kernel == Some(Kernel::Legacy);
-            for (probe, links) in [("access_remote_vm_entry", 1), ("access_remote_vm_exit", 1), ("lock_vma_under_rcu_exit", 2), ("mmap_lock_remote_start", 1)] {
-                if legacy && LOCKLESS_PROBES.contains(&probe) {
+            let probes = [
+                (Point::AccessRemoteVmEntry, 1),
+                (Point::AccessRemoteVmExit, 1),
+                (Point::LockVmaUnderRcuExit, 2),
+                (Point::MmapLockRemoteStart, 1),
+            ];
+            for (probe, links) in probes.map(|(p, n)| (p.name(), n)) {
+                if legacy && lockless_probe(probe) {
                     continue;
                 }
                 let source = if legacy {
@@ -384,18 +418,18 @@ fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Kernel>, firs
                 } else {
                     format!("the kernel counts them on {links} kprobe link(s)")
                 };
-                let want = format!("probe {probe}: kprobe (may miss events; see remote_vm_probe_misses_total: {source})");
+                let want = format!("probe {probe}: kprobe (may miss events; see {}: {source})", cat::PROBE_MISSES.name);
                 report.check(format!("{name}.healthz.{probe}"), true, health.lines().any(|l| l == want));
             }
         }
         if first {
             // Scraping must not itself read remote memory.
             let again = Scrape::fetch(LISTEN)?;
-            for probe in ["access_remote_vm_entry", "access_remote_vm_exit"] {
+            for probe in ACCESS_PROBES.map(Point::name) {
                 report.check(format!("{name}.scrape_makes_no_remote_reads.{probe}"), 0, hits(&again, probe) - hits(&start, probe));
             }
         }
-        classification(report, name, kernel, sc.remote_writes)?;
+        classification(report, name, kernel, sc.remote_writes())?;
         host_contention(report, name)?;
         if first {
             load(report, name, kernel)?;
@@ -408,6 +442,30 @@ fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Kernel>, firs
     })();
     daemon.stop(report, name)?;
     result
+}
+
+/// The series this scenario exports against the golden file of every series the
+/// daemon can export (`remote-vm-daemon/golden/exposition.txt`): none unknown,
+/// and on a patched or unpatched kernel, every golden series whose probes
+/// attached here.
+fn golden_series(report: &mut Report, name: &str, scrape: &Scrape, sc: &Scenario, kernel: Option<Kernel>) {
+    let golden = crate::golden::series();
+    let got = crate::golden::scrape_series(scrape);
+    let unknown: Vec<&String> = got.iter().filter(|s| !crate::golden::known(&golden, s)).collect();
+    report.check(format!("{name}.golden.unknown_series"), "[]", format!("{unknown:?}"));
+    if matches!(kernel, Some(Kernel::Patched | Kernel::Unpatched)) {
+        // Everything attaches on these kernels: what is missing is what the
+        // scenario's modes cannot see (the remote write waits without them).
+        let write = format!("mode=\"{}\"", cat::LOCK_WRITE);
+        let remote = format!("context=\"{}\"", cat::CONTEXT_REMOTE);
+        let missing: Vec<&String> = golden
+            .iter()
+            .filter(|g| !g.starts_with(cat::PROBE_ATTACHED.name))
+            .filter(|g| sc.remote_writes() || !(g.contains(&write) && g.contains(&remote)))
+            .filter(|g| !got.contains(g))
+            .collect();
+        report.check(format!("{name}.golden.missing_series"), "[]", format!("{missing:?}"));
+    }
 }
 
 /// The classification workload: every class of access a known number of times.
@@ -433,15 +491,16 @@ fn classification(report: &mut Report, name: &str, kernel: Option<Kernel>, remot
     drop(target);
     let Some(k) = kernel else {
         // Unknown kernel: only what holds everywhere.
-        let entries = hits(&after, "access_remote_vm_entry") - hits(&before, "access_remote_vm_entry");
-        let exits = hits(&after, "access_remote_vm_exit") - hits(&before, "access_remote_vm_exit");
+        let [entry, exit] = ACCESS_PROBES.map(Point::name);
+        let entries = hits(&after, entry) - hits(&before, entry);
+        let exits = hits(&after, exit) - hits(&before, exit);
         report.check(format!("{name}.classes.entries_equal_exits"), entries, exits);
         return Ok(());
     };
     report.check(format!("{name}.classes.ground_truth"), format!("{:?}", classes::expected_ground(k, &counts)), format!("{ground:?}"));
     for (metric, labels, mut value) in classes::expected(k, &counts) {
         // Without a write-lock probe its series is absent, never zero.
-        if metric == "remote_vm_mmap_lock_wait_seconds_count" && labels.contains(&("mode", "write")) && !remote_writes {
+        if metric == cat::MMAP_LOCK_WAIT.count() && labels.contains(&("mode", cat::LOCK_WRITE)) && !remote_writes {
             value = None;
         }
         let label_text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -459,7 +518,7 @@ fn classification(report: &mut Report, name: &str, kernel: Option<Kernel>, remot
 /// mmap_lock tracepoints see at least every write-lock request the workload made.
 fn host_contention(report: &mut Report, name: &str) -> Result<()> {
     let count = |s: &Scrape, mode: &str| {
-        s.value("remote_vm_mmap_lock_wait_seconds_count", &[("context", "host"), ("mode", mode)])
+        s.value(&cat::MMAP_LOCK_WAIT.count(), &[("context", cat::CONTEXT_HOST), ("mode", mode)])
             .unwrap_or(f64::NAN)
     };
     let before = Scrape::fetch(LISTEN)?;
@@ -476,15 +535,16 @@ fn host_contention(report: &mut Report, name: &str) -> Result<()> {
         }
         requests += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
         after = Scrape::fetch(LISTEN)?;
-        if count(&after, "write") + count(&after, "read") > count(&before, "write") + count(&before, "read") {
+        let both = |s: &Scrape| count(s, cat::LOCK_WRITE) + count(s, cat::LOCK_READ);
+        if both(&after) > both(&before) {
             break;
         }
     }
-    let writes = count(&after, "write") - count(&before, "write");
-    let reads = count(&after, "read") - count(&before, "read");
+    let writes = count(&after, cat::LOCK_WRITE) - count(&before, cat::LOCK_WRITE);
+    let reads = count(&after, cat::LOCK_READ) - count(&before, cat::LOCK_READ);
     let mode = after
-        .series("remote_vm_probe_attached")
-        .find(|(k, v)| *v == 1.0 && k.contains("probe=\"mmap_lock_host_start\""))
+        .series(cat::PROBE_ATTACHED.name)
+        .find(|(k, v)| *v == 1.0 && k.contains(&format!("probe=\"{}\"", Point::MmapLockHostStart.name())))
         .map(|(k, _)| k.clone())
         .unwrap_or_default();
     println!("vmtest: {name}: host contention: {requests} write-lock requests, {writes} write and {reads} read waits seen ({mode})");
@@ -498,7 +558,7 @@ fn host_contention(report: &mut Report, name: &str) -> Result<()> {
     report.check(
         format!("{name}.host.acquire_failures"),
         if mode.contains("mmap_lock_tp") { "absent" } else { "0" },
-        delta(&before, &after, "remote_vm_mmap_lock_acquire_failures_total", &[("context", "host")]),
+        delta(&before, &after, cat::MMAP_LOCK_ACQUIRE_FAILURES.name, &[("context", cat::CONTEXT_HOST)]),
     );
     Ok(())
 }
@@ -536,16 +596,16 @@ fn load(report: &mut Report, name: &str, kernel: Option<Kernel>) -> Result<()> {
     drop(target);
     let n = (THREADS * PER_THREAD) as u64;
     report.check(format!("{name}.load.read_errors"), 0, errors);
-    for probe in ["access_remote_vm_entry", "access_remote_vm_exit"] {
-        report.check(format!("{name}.load.hits.{probe}"), n, delta(&before, &after, "remote_vm_probe_hits_total", &[("probe", probe)]));
-        report.check(format!("{name}.load.misses.{probe}"), 0, delta(&before, &after, "remote_vm_probe_misses_total", &[("probe", probe)]));
+    for probe in ACCESS_PROBES.map(Point::name) {
+        report.check(format!("{name}.load.hits.{probe}"), n, delta(&before, &after, cat::PROBE_HITS.name, &[("probe", probe)]));
+        report.check(format!("{name}.load.misses.{probe}"), 0, delta(&before, &after, cat::PROBE_MISSES.name, &[("probe", probe)]));
     }
-    report.check(format!("{name}.load.untracked"), 0, delta(&before, &after, "remote_vm_untracked_calls_total", &[]));
+    report.check(format!("{name}.load.untracked"), 0, delta(&before, &after, cat::UNTRACKED_CALLS.name, &[]));
     if let Some(k) = kernel {
-        let path = if k == Kernel::Patched { "fast" } else { "slow" };
-        for p in ["fast", "fallback", "slow"] {
+        let path = if k == Kernel::Patched { Path::Fast } else { Path::Slow };
+        for p in Path::ALL {
             let want = if p == path { n } else { 0 };
-            report.check(format!("{name}.load.reads.{p}"), want, delta(&before, &after, "remote_vm_reads_total", &[("path", p)]));
+            report.check(format!("{name}.load.reads.{}", p.label()), want, delta(&before, &after, cat::READS.name, &[("path", p.label())]));
         }
     }
     Ok(())
@@ -666,9 +726,9 @@ fn lifecycle(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
     }
     drop(target);
     let s = Scrape::fetch(LISTEN)?;
-    let reads: f64 = ["fast", "fallback", "slow"]
+    let reads: f64 = Path::ALL
         .iter()
-        .map(|p| s.value("remote_vm_reads_total", &[("path", p)]).unwrap_or(f64::NAN))
+        .map(|p| s.value(cat::READS.name, &[("path", p.label())]).unwrap_or(f64::NAN))
         .sum();
     report.check(format!("{name}.restart.reads_counted_once"), 10, reads);
     daemon.stop(report, name)?;
@@ -771,7 +831,7 @@ fn ab() -> Result<bool> {
     let result = crate::stress::run(&args, true)?;
     let after = Scrape::fetch(LISTEN)?;
     let keep = |s: &Scrape| -> BTreeMap<String, f64> {
-        s.samples.iter().filter(|(k, _)| k.starts_with("remote_vm_")).map(|(k, v)| (k.clone(), *v)).collect()
+        s.samples.iter().filter(|(k, _)| k.starts_with(cat::PREFIX)).map(|(k, v)| (k.clone(), *v)).collect()
     };
     let out = serde_json::json!({
         "kernel": cmdline_arg("rvm.kernel").unwrap_or_default(),

@@ -1,5 +1,6 @@
 //! Test support shared by the VM runner and the host integration tests:
 //! workloads with known answers and a reader for the daemon's metrics.
+pub mod golden;
 pub mod guest;
 pub mod prom;
 pub mod workload;

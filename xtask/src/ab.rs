@@ -8,6 +8,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use remote_vm_common::{
+    Point,
+    catalog::{self, CONTEXT_HOST, CONTEXT_REMOTE, LOCK_READ, LOCK_WRITE, Metric},
+    classify::{self, Reason},
+};
 use serde_json::Value;
 
 use crate::{say, vm};
@@ -16,6 +21,16 @@ use crate::{say, vm};
 pub const DEFAULT_WORKLOAD: &str = "churn_threads=2,readers=2,rate=200,duration=20,memory_mb=64";
 /// The reduced run inside `cargo xtask test`.
 pub const TEST_WORKLOAD: &str = "churn_threads=2,readers=2,rate=100,duration=6,memory_mb=32";
+
+/// The sample key of the daemon's `__access_remote_vm()` entries.
+fn entries_key() -> String {
+    format!("{}{{probe=\"{}\"}}", catalog::PROBE_HITS.name, Point::AccessRemoteVmEntry.name())
+}
+
+/// The sample key of the reads by path `p`.
+fn reads_key(p: classify::Path) -> String {
+    format!("{}{{path=\"{}\"}}", catalog::READS.name, p.label())
+}
 
 /// One kernel's run.
 struct Run {
@@ -64,8 +79,8 @@ impl Run {
 
     /// Cumulative `(le, count)` of a histogram over the run, summed over every
     /// series whose labels include `labels` (comma-separated `k="v"`).
-    fn buckets(&self, metric: &str, labels: &str) -> Vec<(f64, f64)> {
-        let prefix = format!("{metric}_bucket{{");
+    fn buckets(&self, metric: &Metric, labels: &str) -> Vec<(f64, f64)> {
+        let prefix = format!("{}{{", metric.sample("_bucket"));
         let mut by_le: std::collections::BTreeMap<u64, (f64, f64)> = std::collections::BTreeMap::new();
         for (k, _) in self.result["after"].as_object().into_iter().flatten() {
             if !k.starts_with(&prefix) || !labels.split(',').filter(|l| !l.is_empty()).all(|l| k.contains(l)) {
@@ -82,7 +97,7 @@ impl Run {
     }
 
     /// The upper bound of the bucket that holds quantile `q` (log2 buckets: "≤").
-    fn bucket_quantile(&self, metric: &str, labels: &str, q: f64) -> Option<f64> {
+    fn bucket_quantile(&self, metric: &Metric, labels: &str, q: f64) -> Option<f64> {
         let b = self.buckets(metric, labels);
         let total = b.last()?.1;
         if total <= 0.0 {
@@ -131,18 +146,15 @@ pub fn run(root: &Path, kernels: Vec<vm::Kernel>, workload: &str) -> Result<Path
     // The report must agree with the workload's own ground truth.
     let mut problems = Vec::new();
     for r in &runs {
-        let entries = r.delta(r#"remote_vm_probe_hits_total{probe="access_remote_vm_entry"}"#);
+        let entries = r.delta(&entries_key());
         if entries != r.calls() as f64 {
             problems.push(format!("{}: daemon saw {entries} calls, the workload made {}", r.kernel.name, r.calls()));
         }
-        let reads: f64 = ["fast", "fallback", "slow"]
-            .iter()
-            .map(|p| r.delta(&format!("remote_vm_reads_total{{path=\"{p}\"}}")))
-            .sum();
+        let reads: f64 = classify::Path::ALL.iter().map(|&p| r.delta(&reads_key(p))).sum();
         if reads != r.calls() as f64 {
             problems.push(format!("{}: {reads} reads classified, {} calls made", r.kernel.name, r.calls()));
         }
-        let fast = r.delta(r#"remote_vm_reads_total{path="fast"}"#);
+        let fast = r.delta(&reads_key(classify::Path::Fast));
         match r.kernel.expect() {
             "patched" if !(fast > 0.0) => problems.push(format!("{}: no fast-path read", r.kernel.name)),
             "unpatched" | "legacy" if fast != 0.0 => problems.push(format!("{}: {fast} fast-path reads", r.kernel.name)),
@@ -176,54 +188,52 @@ fn report(runs: &[Run], workload: &str, stamp: &str) -> String {
     row(&mut o, "`patched`", &|r| {
         r.result["after"]
             .as_object()
-            .and_then(|m| m.keys().find(|k| k.starts_with("remote_vm_kernel_info")).cloned())
+            .and_then(|m| m.keys().find(|k| k.starts_with(catalog::KERNEL_INFO.name)).cloned())
             .and_then(|k| k.split("patched=\"").nth(1).and_then(|s| s.split('"').next()).map(str::to_string))
             .unwrap_or_else(|| "?".into())
     });
     row(&mut o, "calls made (workload ground truth)", &|r| r.calls().to_string());
     row(&mut o, "calls seen (daemon, entries)", &|r| {
-        format!("{}", r.delta(r#"remote_vm_probe_hits_total{probe="access_remote_vm_entry"}"#))
+        format!("{}", r.delta(&entries_key()))
     });
-    for p in ["fast", "fallback", "slow"] {
-        row(&mut o, &format!("reads `{p}`"), &|r| format!("{}", r.delta(&format!("remote_vm_reads_total{{path=\"{p}\"}}"))));
+    for p in classify::Path::ALL {
+        row(&mut o, &format!("reads `{}`", p.label()), &|r| format!("{}", r.delta(&reads_key(p))));
     }
     row(&mut o, "fast-path ratio", &|r| {
-        let fast = r.delta(r#"remote_vm_reads_total{path="fast"}"#);
-        let all: f64 = ["fast", "fallback", "slow"]
-            .iter()
-            .map(|p| r.delta(&format!("remote_vm_reads_total{{path=\"{p}\"}}")))
-            .sum();
+        let fast = r.delta(&reads_key(classify::Path::Fast));
+        let all: f64 = classify::Path::ALL.iter().map(|&p| r.delta(&reads_key(p))).sum();
         if all > 0.0 { format!("{:.1} %", 100.0 * fast / all) } else { "–".into() }
     });
-    for reason in ["vma_lock_failed", "vma_unsuitable", "page_not_present", "other"] {
+    for reason in Reason::ALL.map(Reason::label) {
         row(&mut o, &format!("fallbacks `{reason}`"), &|r| {
-            let k = format!("remote_vm_fallbacks_total{{reason=\"{reason}\"}}");
+            let k = format!("{}{{reason=\"{reason}\"}}", catalog::FALLBACKS.name);
             if r.has(&k) { format!("{}", r.delta(&k)) } else { "absent".into() }
         });
     }
     for (q, label) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
         row(&mut o, &format!("remote-read latency {label}, workload (user space)"), &|r| fmt_s(Some(r.quantile(q))));
         row(&mut o, &format!("remote-read latency {label}, daemon (≤ log2 bucket)"), &|r| {
-            fmt_s(r.bucket_quantile("remote_vm_read_duration_seconds", "", q))
+            fmt_s(r.bucket_quantile(&catalog::READ_DURATION, "", q))
         });
     }
-    for mode in ["read", "write"] {
-        let labels = format!("context=\"remote_vm\",mode=\"{mode}\"");
+    for mode in [LOCK_READ, LOCK_WRITE] {
+        let labels = format!("context=\"{CONTEXT_REMOTE}\",mode=\"{mode}\"");
         row(&mut o, &format!("remote reads' mmap_lock {mode} waits"), &|r| {
-            format!("{}", r.delta(&format!("remote_vm_mmap_lock_wait_seconds_count{{{labels}}}")))
+            format!("{}", r.delta(&format!("{}{{{labels}}}", catalog::MMAP_LOCK_WAIT.count())))
         });
         for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
             row(&mut o, &format!("… {mode} wait {label} (≤)"), &|r| {
-                fmt_s(r.bucket_quantile("remote_vm_mmap_lock_wait_seconds", &labels, q))
+                fmt_s(r.bucket_quantile(&catalog::MMAP_LOCK_WAIT, &labels, q))
             });
         }
     }
     for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
-        row(&mut o, &format!("mmap_lock hold {label} (≤)"), &|r| fmt_s(r.bucket_quantile("remote_vm_mmap_lock_hold_seconds", "", q)));
+        row(&mut o, &format!("mmap_lock hold {label} (≤)"), &|r| fmt_s(r.bucket_quantile(&catalog::MMAP_LOCK_HOLD, "", q)));
     }
     row(&mut o, "host-wide contended waits", &|r| {
-        let read = r.delta(r#"remote_vm_mmap_lock_wait_seconds_count{context="host",mode="read"}"#);
-        let write = r.delta(r#"remote_vm_mmap_lock_wait_seconds_count{context="host",mode="write"}"#);
+        let host = |mode: &str| format!("{}{{context=\"{CONTEXT_HOST}\",mode=\"{mode}\"}}", catalog::MMAP_LOCK_WAIT.count());
+        let read = r.delta(&host(LOCK_READ));
+        let write = r.delta(&host(LOCK_WRITE));
         format!("{read} read, {write} write")
     });
     row(&mut o, "target churn throughput", &|r| {
@@ -302,7 +312,7 @@ fn plots(dir: &Path, runs: &[Run]) -> Result<()> {
     let waits = runs
         .iter()
         .map(|r| {
-            let b = r.buckets("remote_vm_mmap_lock_wait_seconds", "context=\"remote_vm\",mode=\"read\"");
+            let b = r.buckets(&catalog::MMAP_LOCK_WAIT, &format!("context=\"{CONTEXT_REMOTE}\",mode=\"{LOCK_READ}\""));
             let total = b.last().map_or(0.0, |x| x.1).max(1.0);
             (r.kernel.name.clone(), b.into_iter().map(|(le, c)| (le, c / total)).collect())
         })

@@ -3,6 +3,10 @@
 //! text; `cargo xtask dashboards` writes `dashboards/*.json`, the tests check the
 //! committed files are current and run every query against a real Prometheus.
 use anyhow::{Context, Result, bail};
+use remote_vm_common::{
+    catalog::{self, CONTEXT_HOST, CONTEXT_REMOTE, Metric},
+    classify::Path,
+};
 use serde_json::{Value, json};
 
 const DS: &str = "${DS_PROMETHEUS}";
@@ -97,17 +101,19 @@ fn h(extra: &str) -> String {
 /// Restricts a per-(job, instance) expression to hosts of the chosen release and
 /// patched state, and gives it their labels.
 fn fleet(expr: &str) -> String {
+    let info = catalog::KERNEL_INFO.name;
     format!(
-        r#"({expr}) * on (job, instance) group_left (release, patched) remote_vm_kernel_info{{job=~"$job",release=~"$release",patched=~"$patched"}}"#
+        r#"({expr}) * on (job, instance) group_left (release, patched) {info}{{job=~"$job",release=~"$release",patched=~"$patched"}}"#
     )
 }
 
-fn quantiles(metric: &str, sel: &str, by: &str) -> Vec<(String, &'static str)> {
+fn quantiles(metric: &Metric, sel: &str, by: &str) -> Vec<(String, &'static str)> {
+    let bucket = metric.sample("_bucket");
     [("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99")]
         .iter()
         .map(|(q, _)| {
             (
-                format!("histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{sel}[$__rate_interval])))"),
+                format!("histogram_quantile({q}, sum by ({by}, le) (rate({bucket}{sel}[$__rate_interval])))"),
                 match *q {
                     "0.5" => "p50 {{path}}",
                     "0.9" => "p90 {{path}}",
@@ -120,110 +126,113 @@ fn quantiles(metric: &str, sel: &str, by: &str) -> Vec<(String, &'static str)> {
 
 pub fn host_panels() -> Vec<Panel> {
     use Kind::*;
+    let reads = catalog::READS.name;
     let ratio = format!(
-        "sum(rate(remote_vm_reads_total{}[$__rate_interval])) / sum(rate(remote_vm_reads_total{}[$__rate_interval]))",
-        h(r#"path="fast""#),
+        "sum(rate({reads}{}[$__rate_interval])) / sum(rate({reads}{}[$__rate_interval]))",
+        h(&format!(r#"path="{}""#, Path::Fast.label())),
         h("")
     );
     vec![
         row("Overview"),
         panel(Stat, "Fast-path ratio", "percentunit", NEEDS_READS, "Remote reads that never took the target's mmap_lock: fast / all reads.", vec![(ratio.clone(), "fast path")]),
-        panel(Table, "Kernel", "none", NEEDS_DAEMON, "Release, the config options the lockless path needs, and whether the kernel runs it (patched, decided by a probe read at start-up).", vec![(format!("remote_vm_kernel_info{}", h("")), "")]),
+        panel(Table, "Kernel", "none", NEEDS_DAEMON, "Release, the config options the lockless path needs, and whether the kernel runs it (patched, decided by a probe read at start-up).", vec![(format!("{}{}", catalog::KERNEL_INFO.name, h("")), "")]),
         wide(panel(Timeseries, "Fast-path ratio over time", "percentunit", NEEDS_READS, "fast / all reads.", vec![(ratio, "fast path")])),
         panel(Timeseries, "Reads by path", "ops", NEEDS_READS, "Remote reads per second: fast (no mmap_lock), fallback (lockless loop, then mmap_lock), slow (mmap_lock only).", vec![
-            (format!("sum by (path) (rate(remote_vm_reads_total{}[$__rate_interval]))", h("")), "{{path}}"),
-            (format!("sum(rate(remote_vm_writes_total{}[$__rate_interval]))", h("")), "writes"),
+            (format!("sum by (path) (rate({reads}{}[$__rate_interval]))", h("")), "{{path}}"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::WRITES.name, h("")), "writes"),
         ]),
         panel(Timeseries, "Fallbacks by reason", "ops", NEEDS_FALLBACKS, "Why the lockless loop stopped.", vec![
-            (format!("sum by (reason) (rate(remote_vm_fallbacks_total{}[$__rate_interval]))", h("")), "{{reason}}"),
+            (format!("sum by (reason) (rate({}{}[$__rate_interval]))", catalog::FALLBACKS.name, h("")), "{{reason}}"),
         ]),
-        panel(Timeseries, "Read latency by path", "s", NEEDS_READS, "__access_remote_vm entry to exit.", quantiles("remote_vm_read_duration_seconds", &h(""), "path")),
+        panel(Timeseries, "Read latency by path", "s", NEEDS_READS, "__access_remote_vm entry to exit.", quantiles(&catalog::READ_DURATION, &h(""), "path")),
         panel(Heatmap, "Read latency heatmap", "s", NEEDS_READS, "All remote reads, log2 buckets.", vec![
-            (format!("sum by (le) (rate(remote_vm_read_duration_seconds_bucket{}[$__rate_interval]))", h("")), "{{le}}"),
+            (format!("sum by (le) (rate({}{}[$__rate_interval]))", catalog::READ_DURATION.sample("_bucket"), h("")), "{{le}}"),
         ]),
         panel(Timeseries, "mmap_lock wait p99: remote reads vs host-wide", "s", NEEDS_REMOTE_LOCK, "remote_vm: a remote access's own acquisitions of the target's lock; host: contended waits on a thread's own mm.", vec![
-            (format!("histogram_quantile(0.99, sum by (context, mode, le) (rate(remote_vm_mmap_lock_wait_seconds_bucket{}[$__rate_interval])))", h("")), "{{context}} {{mode}}"),
+            (format!("histogram_quantile(0.99, sum by (context, mode, le) (rate({}{}[$__rate_interval])))", catalog::MMAP_LOCK_WAIT.sample("_bucket"), h("")), "{{context}} {{mode}}"),
         ]),
         panel(Timeseries, "mmap_lock hold by remote reads", "s", NEEDS_REMOTE_LOCK, "First acquisition to the call's exit.", vec![
-            (format!("histogram_quantile(0.5, sum by (le) (rate(remote_vm_mmap_lock_hold_seconds_bucket{}[$__rate_interval])))", h("")), "p50"),
-            (format!("histogram_quantile(0.99, sum by (le) (rate(remote_vm_mmap_lock_hold_seconds_bucket{}[$__rate_interval])))", h("")), "p99"),
+            (format!("histogram_quantile(0.5, sum by (le) (rate({}{}[$__rate_interval])))", catalog::MMAP_LOCK_HOLD.sample("_bucket"), h("")), "p50"),
+            (format!("histogram_quantile(0.99, sum by (le) (rate({}{}[$__rate_interval])))", catalog::MMAP_LOCK_HOLD.sample("_bucket"), h("")), "p99"),
         ]),
         panel(Timeseries, "Host-wide mmap_lock waits", "ops", NEEDS_HOST_LOCK, "Contended waits per second on threads' own mm, and killed waiters.", vec![
-            (format!("sum by (mode) (rate(remote_vm_mmap_lock_wait_seconds_count{}[$__rate_interval]))", h(r#"context="host""#)), "waits {{mode}}"),
-            (format!("sum(rate(remote_vm_mmap_lock_acquire_failures_total{}[$__rate_interval]))", h("")), "failures"),
+            (format!("sum by (mode) (rate({}{}[$__rate_interval]))", catalog::MMAP_LOCK_WAIT.count(), h(&format!(r#"context="{CONTEXT_HOST}""#))), "waits {{mode}}"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::MMAP_LOCK_ACQUIRE_FAILURES.name, h("")), "failures"),
         ]),
         panel(Timeseries, "lock_vma_under_rcu failure ratio", "percentunit", NEEDS_LOCK_VMA, "NULL returns / calls, inside remote reads and elsewhere (page faults).", vec![
-            (format!("sum by (context) (rate(remote_vm_lock_vma_under_rcu_failures_total{}[$__rate_interval])) / sum by (context) (rate(remote_vm_lock_vma_under_rcu_total{}[$__rate_interval]))", h(""), h("")), "{{context}}"),
+            (format!("sum by (context) (rate({}{}[$__rate_interval])) / sum by (context) (rate({}{}[$__rate_interval]))", catalog::LOCK_VMA_FAILURES.name, h(""), catalog::LOCK_VMA_CALLS.name, h("")), "{{context}}"),
         ]),
         panel(Timeseries, "Bytes", "Bps", NEEDS_READS, "Bytes returned by remote reads by path, and by the lockless loop of fallbacks.", vec![
-            (format!("sum by (path) (rate(remote_vm_read_bytes_total{}[$__rate_interval]))", h("")), "read {{path}}"),
-            (format!("sum(rate(remote_vm_fallback_lockless_bytes_total{}[$__rate_interval]))", h("")), "lockless part of fallbacks"),
-            (format!("sum(rate(remote_vm_written_bytes_total{}[$__rate_interval]))", h("")), "written"),
+            (format!("sum by (path) (rate({}{}[$__rate_interval]))", catalog::READ_BYTES.name, h("")), "read {{path}}"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::FALLBACK_LOCKLESS_BYTES.name, h("")), "lockless part of fallbacks"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::WRITTEN_BYTES.name, h("")), "written"),
         ]),
         row("Probe health"),
         panel(Table, "Probes", "none", NEEDS_DAEMON, "Each probe: the mode it attached in (1), or mode=none (0). See /healthz or `remote-vm-daemon check` for why.", vec![
-            (format!("remote_vm_probe_attached{}", h("")), ""),
+            (format!("{}{}", catalog::PROBE_ATTACHED.name, h("")), ""),
         ]),
         panel(Timeseries, "Probe misses", "ops", NEEDS_DAEMON, "Runs the kernel reports missed, plus calls seen without entry or exit. Only non-zero in kprobe modes or under recursion.", vec![
-            (format!("sum by (probe) (rate(remote_vm_probe_misses_total{}[$__rate_interval]))", h("")), "{{probe}}"),
+            (format!("sum by (probe) (rate({}{}[$__rate_interval]))", catalog::PROBE_MISSES.name, h("")), "{{probe}}"),
         ]),
         row("What the data says about the review"),
         panel(Timeseries, "Reads locking several VMAs", "percentunit", NEEDS_READS, "Share of reads that locked two or more VMAs in the lockless loop (Suren, Lorenzo: multi-VMA reads).", vec![
-            (format!("sum(rate(remote_vm_multi_vma_reads_total{}[$__rate_interval])) / sum(rate(remote_vm_reads_total{}[$__rate_interval]))", h(""), h("")), "multi-VMA"),
+            (format!("sum(rate({}{}[$__rate_interval])) / sum(rate({reads}{}[$__rate_interval]))", catalog::MULTI_VMA_READS.name, h(""), h("")), "multi-VMA"),
         ]),
         panel(Timeseries, "FOLL_ANON reads walked lockless in file mappings", "ops", NEEDS_WALKS, "cmdline/environ reads that the lockless path served from a non-anonymous VMA (Usama: the missing FOLL_ANON check, CVE-2018-1120).", vec![
-            (format!("sum(rate(remote_vm_foll_anon_file_backed_lockless_reads_total{}[$__rate_interval]))", h("")), "FOLL_ANON file-backed"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::FOLL_ANON_FILE_BACKED.name, h("")), "FOLL_ANON file-backed"),
         ]),
         panel(Timeseries, "Lockless bytes thrown away", "Bps", NEEDS_FALLBACKS, "Bytes the lockless loop copied that the call did not return (Lorenzo: the remaining return 0 paths).", vec![
-            (format!("sum(rate(remote_vm_lockless_bytes_discarded_total{}[$__rate_interval]))", h("")), "discarded bytes"),
-            (format!("sum(rate(remote_vm_lockless_discarded_reads_total{}[$__rate_interval]))", h("")), "reads"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::LOCKLESS_BYTES_DISCARDED.name, h("")), "discarded bytes"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::LOCKLESS_DISCARDED_READS.name, h("")), "reads"),
         ]),
         panel(Timeseries, "Lockless walks by level, pages not marked accessed", "ops", NEEDS_WALKS, "Successful lockless folio walks by mapping level (David: huge mappings) and PTE pages read without folio_mark_accessed (Usama).", vec![
-            (format!("sum by (level) (rate(remote_vm_folio_walks_total{}[$__rate_interval]))", h("")), "walks {{level}}"),
-            (format!("sum(rate(remote_vm_lockless_pte_pages_total{}[$__rate_interval]))", h("")), "PTE pages not marked accessed"),
+            (format!("sum by (level) (rate({}{}[$__rate_interval]))", catalog::FOLIO_WALKS.name, h("")), "walks {{level}}"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::LOCKLESS_PTE_PAGES.name, h("")), "PTE pages not marked accessed"),
         ]),
     ]
 }
 
 pub fn fleet_panels() -> Vec<Panel> {
     use Kind::*;
-    let per_host_ratio = fleet(
-        r#"sum by (job, instance) (rate(remote_vm_reads_total{job=~"$job",path="fast"}[$__rate_interval])) / sum by (job, instance) (rate(remote_vm_reads_total{job=~"$job"}[$__rate_interval]))"#,
-    );
-    let group_quantile = |q: &str, metric: &str, extra: &str| {
+    let reads = catalog::READS.name;
+    let (fast, fallback) = (Path::Fast.label(), Path::Fallback.label());
+    let all_reads = format!(r#"sum by (job, instance) (rate({reads}{{job=~"$job"}}[$__rate_interval]))"#);
+    let fast_reads = format!(r#"sum by (job, instance) (rate({reads}{{job=~"$job",path="{fast}"}}[$__rate_interval]))"#);
+    let fallback_reads = format!(r#"sum by (job, instance) (rate({reads}{{job=~"$job",path="{fallback}"}}[$__rate_interval]))"#);
+    let per_host_ratio = fleet(&format!("{fast_reads} / {all_reads}"));
+    let group_quantile = |q: &str, metric: &Metric, extra: &str| {
+        let bucket = metric.sample("_bucket");
         format!(
             r#"histogram_quantile({q}, sum by (patched, le) ({}))"#,
             fleet(&format!(
-                r#"sum by (job, instance, le) (rate({metric}_bucket{{job=~"$job"{extra}}}[$__rate_interval]))"#
+                r#"sum by (job, instance, le) (rate({bucket}{{job=~"$job"{extra}}}[$__rate_interval]))"#
             ))
         )
     };
     vec![
         row("Patched vs unpatched"),
         panel(Table, "Hosts per kernel", "none", NEEDS_DAEMON, "Hosts reporting, by patched state and release.", vec![
-            (r#"count by (patched, release) (remote_vm_kernel_info{job=~"$job",release=~"$release",patched=~"$patched"})"#.to_string(), ""),
+            (format!(r#"count by (patched, release) ({}{{job=~"$job",release=~"$release",patched=~"$patched"}})"#, catalog::KERNEL_INFO.name), ""),
         ]),
         panel(Timeseries, "Fast-path ratio by group", "percentunit", NEEDS_READS, "fast / all reads, per patched state.", vec![
-            (format!("sum by (patched) ({}) / sum by (patched) ({})",
-                fleet(r#"sum by (job, instance) (rate(remote_vm_reads_total{job=~"$job",path="fast"}[$__rate_interval]))"#),
-                fleet(r#"sum by (job, instance) (rate(remote_vm_reads_total{job=~"$job"}[$__rate_interval]))"#)), "patched={{patched}}"),
+            (format!("sum by (patched) ({}) / sum by (patched) ({})", fleet(&fast_reads), fleet(&all_reads)), "patched={{patched}}"),
         ]),
         panel(Timeseries, "Remote-read latency by group", "s", NEEDS_READS, "p50 and p99 of remote reads, per patched state.", vec![
-            (group_quantile("0.5", "remote_vm_read_duration_seconds", ""), "p50 patched={{patched}}"),
-            (group_quantile("0.99", "remote_vm_read_duration_seconds", ""), "p99 patched={{patched}}"),
+            (group_quantile("0.5", &catalog::READ_DURATION, ""), "p50 patched={{patched}}"),
+            (group_quantile("0.99", &catalog::READ_DURATION, ""), "p99 patched={{patched}}"),
         ]),
         panel(Timeseries, "mmap_lock wait of remote reads by group", "s", NEEDS_REMOTE_LOCK, "p99 of a remote access's own waits for the target's mmap_lock, per patched state.", vec![
-            (group_quantile("0.99", "remote_vm_mmap_lock_wait_seconds", r#",context="remote_vm""#), "p99 patched={{patched}}"),
+            (group_quantile("0.99", &catalog::MMAP_LOCK_WAIT, &format!(r#",context="{CONTEXT_REMOTE}""#)), "p99 patched={{patched}}"),
         ]),
         row("Hosts"),
         wide(panel(Timeseries, "Fast-path ratio per host", "percentunit", NEEDS_READS, "fast / all reads on each host.", vec![
             (per_host_ratio, "{{instance}} ({{release}}, patched={{patched}})"),
         ])),
         panel(Table, "Worst hosts by fallback ratio", "percentunit", NEEDS_READS, "Top 10: fallback / all reads.", vec![
-            (format!("topk(10, {})", fleet(r#"sum by (job, instance) (rate(remote_vm_reads_total{job=~"$job",path="fallback"}[$__rate_interval])) / sum by (job, instance) (rate(remote_vm_reads_total{job=~"$job"}[$__rate_interval]))"#)), ""),
+            (format!("topk(10, {})", fleet(&format!("{fallback_reads} / {all_reads}"))), ""),
         ]),
         panel(Table, "Worst hosts by mmap_lock wait", "s", NEEDS_REMOTE_LOCK, "Top 10: p99 of remote reads' own mmap_lock waits.", vec![
-            (format!("topk(10, {})", fleet(r#"histogram_quantile(0.99, sum by (job, instance, le) (rate(remote_vm_mmap_lock_wait_seconds_bucket{job=~"$job",context="remote_vm"}[$__rate_interval])))"#)), ""),
+            (format!("topk(10, {})", fleet(&format!(r#"histogram_quantile(0.99, sum by (job, instance, le) (rate({}{{job=~"$job",context="{CONTEXT_REMOTE}"}}[$__rate_interval])))"#, catalog::MMAP_LOCK_WAIT.sample("_bucket")))), ""),
         ]),
     ]
 }
@@ -313,12 +322,13 @@ fn render(uid: &str, title: &str, description: &str, panels: &[Panel], fleet: bo
         "type": "datasource", "name": "DS_PROMETHEUS", "label": "Prometheus", "query": "prometheus",
         "hide": 0, "includeAll": false, "multi": false, "options": [], "refresh": 1, "regex": "", "skipUrlSync": false
     })];
-    vars.push(variable("job", "Job", "label_values(remote_vm_build_info, job)", true));
+    let (build_info, kernel_info) = (catalog::BUILD_INFO.name, catalog::KERNEL_INFO.name);
+    vars.push(variable("job", "Job", &format!("label_values({build_info}, job)"), true));
     if fleet {
-        vars.push(variable("release", "Release", r#"label_values(remote_vm_kernel_info{job=~"$job"}, release)"#, true));
-        vars.push(variable("patched", "Patched", r#"label_values(remote_vm_kernel_info{job=~"$job"}, patched)"#, true));
+        vars.push(variable("release", "Release", &format!(r#"label_values({kernel_info}{{job=~"$job"}}, release)"#), true));
+        vars.push(variable("patched", "Patched", &format!(r#"label_values({kernel_info}{{job=~"$job"}}, patched)"#), true));
     } else {
-        vars.push(variable("instance", "Host", r#"label_values(remote_vm_build_info{job=~"$job"}, instance)"#, false));
+        vars.push(variable("instance", "Host", &format!(r#"label_values({build_info}{{job=~"$job"}}, instance)"#), false));
     }
     let mut requires = vec![
         json!({"type": "grafana", "id": "grafana", "name": "Grafana", "version": "10.0.0"}),
@@ -372,7 +382,7 @@ pub fn fleet_dashboard() -> Value {
     render(
         "remote-vm-fleet",
         "remote-vm: fleet",
-        "Patched vs unpatched kernels across hosts, joined on remote_vm_kernel_info.",
+        &format!("Patched vs unpatched kernels across hosts, joined on {}.", catalog::KERNEL_INFO.name),
         &fleet_panels(),
         true,
     )

@@ -3,6 +3,11 @@
 //! host; printed and written to `target/vm-test/matrix.md`.
 use std::fmt::Write as _;
 
+use remote_vm_common::{
+    Point,
+    catalog::{self, CONTEXT_REMOTE, LOCK_WRITE},
+    classify::{Level, Path, Reason},
+};
 use serde_json::Value;
 
 /// One column of the matrix.
@@ -18,23 +23,31 @@ pub struct Row {
 }
 
 /// The classes shown, as (row title, check name in the `first` scenario).
-const CLASSES: &[(&str, &str)] = &[
-    ("reads fast", "first.classes.remote_vm_reads_total{path=fast}"),
-    ("reads fallback", "first.classes.remote_vm_reads_total{path=fallback}"),
-    ("reads slow", "first.classes.remote_vm_reads_total{path=slow}"),
-    ("writes", "first.classes.remote_vm_writes_total{}"),
-    ("fallback: vma_lock_failed", "first.classes.remote_vm_fallbacks_total{reason=vma_lock_failed}"),
-    ("fallback: vma_unsuitable", "first.classes.remote_vm_fallbacks_total{reason=vma_unsuitable}"),
-    ("fallback: page_not_present", "first.classes.remote_vm_fallbacks_total{reason=page_not_present}"),
-    ("lockless bytes", "first.classes.remote_vm_fallback_lockless_bytes_total{}"),
-    ("discarded lockless bytes", "first.classes.remote_vm_lockless_bytes_discarded_total{}"),
-    ("multi-VMA fast reads", "first.classes.remote_vm_multi_vma_reads_total{path=fast}"),
-    ("FOLL_ANON file-backed lockless", "first.classes.remote_vm_foll_anon_file_backed_lockless_reads_total{}"),
-    ("lockless walks at PMD", "first.classes.remote_vm_folio_walks_total{level=pmd}"),
-    ("remote mmap_lock write waits (fentry_rw)", "kprobe_callers.classes.remote_vm_mmap_lock_wait_seconds_count{context=remote_vm,mode=write}"),
-    ("GUP calls (slow)", "first.classes.remote_vm_gup_calls_total{path=slow}"),
-    ("100k-read load: exact", "first.load.hits.access_remote_vm_entry"),
-];
+fn classes() -> Vec<(&'static str, String)> {
+    let first = |name: &str, labels: String| format!("first.classes.{name}{{{labels}}}");
+    let path = |p: Path| format!("path={}", p.label());
+    let reason = |r: Reason| format!("reason={}", r.label());
+    vec![
+        ("reads fast", first(catalog::READS.name, path(Path::Fast))),
+        ("reads fallback", first(catalog::READS.name, path(Path::Fallback))),
+        ("reads slow", first(catalog::READS.name, path(Path::Slow))),
+        ("writes", first(catalog::WRITES.name, String::new())),
+        ("fallback: vma_lock_failed", first(catalog::FALLBACKS.name, reason(Reason::VmaLockFailed))),
+        ("fallback: vma_unsuitable", first(catalog::FALLBACKS.name, reason(Reason::VmaUnsuitable))),
+        ("fallback: page_not_present", first(catalog::FALLBACKS.name, reason(Reason::PageNotPresent))),
+        ("lockless bytes", first(catalog::FALLBACK_LOCKLESS_BYTES.name, String::new())),
+        ("discarded lockless bytes", first(catalog::LOCKLESS_BYTES_DISCARDED.name, String::new())),
+        ("multi-VMA fast reads", first(catalog::MULTI_VMA_READS.name, path(Path::Fast))),
+        ("FOLL_ANON file-backed lockless", first(catalog::FOLL_ANON_FILE_BACKED.name, String::new())),
+        ("lockless walks at PMD", first(catalog::FOLIO_WALKS.name, format!("level={}", Level::Pmd.label()))),
+        (
+            "remote mmap_lock write waits (fentry_rw)",
+            format!("kprobe_callers.classes.{}{{context={CONTEXT_REMOTE},mode={LOCK_WRITE}}}", catalog::MMAP_LOCK_WAIT.count()),
+        ),
+        ("GUP calls (slow)", first(catalog::GUP_CALLS.name, path(Path::Slow))),
+        ("100k-read load: exact", format!("first.load.hits.{}", Point::AccessRemoteVmEntry.name())),
+    ]
+}
 
 /// `probe NAME: MODE (…)` lines of a `check` output, shortened for a table cell.
 fn probes(check: &str) -> Vec<(String, String)> {
@@ -112,7 +125,7 @@ pub fn render(rows: &[Row]) -> String {
             );
         }
     }
-    for (title, name) in CLASSES {
+    for (title, name) in &classes() {
         line(
             &mut out,
             title,

@@ -10,7 +10,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use remote_vm_testkit::prom::{self, urlencode};
+use remote_vm_common::catalog as cat;
+use remote_vm_prom::Prometheus;
 
 use crate::{dashboards, say, sh, vm};
 
@@ -19,21 +20,21 @@ const HOST_DAEMON_PORT: u16 = 19413;
 
 /// `GET path` on 127.0.0.1:`port`; the body of a 200 answer.
 pub fn http_get(port: u16, path: &str) -> Result<String> {
-    let (status, body) = prom::get(&format!("127.0.0.1:{port}"), path)?;
+    let (status, body) = remote_vm_prom::get(&format!("127.0.0.1:{port}"), path)?;
     if status != 200 {
         bail!("GET {path}: {status}: {body}");
     }
     Ok(body)
 }
 
+/// The Prometheus on 127.0.0.1:`port`.
+fn prometheus(port: u16) -> Result<Prometheus> {
+    Ok(Prometheus::new(remote_vm_prom::Client::new(&format!("127.0.0.1:{port}"))?))
+}
+
 /// An instant query through the Prometheus HTTP API: the result vector.
 pub fn query(port: u16, expr: &str) -> Result<Vec<Value>> {
-    let body = http_get(port, &format!("/api/v1/query?query={}", urlencode(expr)))?;
-    let v: Value = serde_json::from_str(&body)?;
-    if v["status"] != "success" {
-        bail!("query failed: {body}");
-    }
-    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    Ok(prometheus(port)?.query(expr, None)?)
 }
 
 /// Grafana's `label_values(SELECTOR, LABEL)` variable query, split.
@@ -45,12 +46,7 @@ fn label_values(q: &str) -> Option<(&str, &str)> {
 
 /// What Grafana asks for `label_values`: `/api/v1/label/LABEL/values?match[]=SELECTOR`.
 fn values(port: u16, selector: &str, label: &str) -> Result<Vec<Value>> {
-    let body = http_get(port, &format!("/api/v1/label/{label}/values?match[]={}", urlencode(selector)))?;
-    let v: Value = serde_json::from_str(&body)?;
-    if v["status"] != "success" {
-        bail!("label values failed: {body}");
-    }
-    Ok(v["data"].as_array().cloned().unwrap_or_default())
+    Ok(prometheus(port)?.label_values(label, &[selector])?)
 }
 
 /// A child process killed on drop.
@@ -190,8 +186,8 @@ pub fn dashboard_test(root: &Path) -> Result<()> {
         }
     }
     // Every rule parses in the running Prometheus, and the recorded series exist.
-    let rules: Value = serde_json::from_str(&http_get(PROMETHEUS_PORT, "/api/v1/rules")?)?;
-    for group in rules["data"]["groups"].as_array().into_iter().flatten() {
+    let rules = prometheus(PROMETHEUS_PORT)?.rules()?;
+    for group in rules["groups"].as_array().into_iter().flatten() {
         for rule in group["rules"].as_array().into_iter().flatten() {
             checked += 1;
             if rule["health"] != "ok" {
@@ -206,7 +202,9 @@ pub fn dashboard_test(root: &Path) -> Result<()> {
         }
     }
     // The patched VM shows a fast path, the unpatched none, the host cannot see.
-    let ratio = "sum by (instance) (rate(remote_vm_reads_total{path=\"fast\"}[10s])) / sum by (instance) (rate(remote_vm_reads_total[10s]))";
+    let reads = cat::READS.name;
+    let ratio = format!("sum by (instance) (rate({reads}{{path=\"fast\"}}[10s])) / sum by (instance) (rate({reads}[10s]))");
+    let ratio = ratio.as_str();
     let r = query(PROMETHEUS_PORT, ratio)?;
     let value = |port: u16| {
         r.iter()
@@ -234,7 +232,7 @@ pub fn dashboard_test(root: &Path) -> Result<()> {
         .map(|v| (v.port, if v.kernel.expect() == "patched" { "yes" } else { "no" }))
         .chain([(HOST_DAEMON_PORT, "unknown")])
     {
-        let q = format!("remote_vm_kernel_info{{instance=\"127.0.0.1:{port}\",patched=\"{patched}\"}}");
+        let q = format!("{}{{instance=\"127.0.0.1:{port}\",patched=\"{patched}\"}}", cat::KERNEL_INFO.name);
         if query(PROMETHEUS_PORT, &q)?.len() != 1 {
             failures.push(format!("{q}: not exactly one series"));
         }
@@ -288,7 +286,7 @@ fn compare_test(root: &Path, lab: &mut Lab) -> Result<()> {
             failures.push(format!("group patched={patched}: {} hosts, expected 1", g["hosts"]));
         }
         // Prometheus saw the counters at zero before the workload started.
-        let first = query(PROMETHEUS_PORT, &format!("max(min_over_time(remote_vm_reads_total{{instance=\"127.0.0.1:{}\"}}[30m]))", v.port))?;
+        let first = query(PROMETHEUS_PORT, &format!("max(min_over_time({}{{instance=\"127.0.0.1:{}\"}}[30m]))", cat::READS.name, v.port))?;
         let first = first.first().and_then(|s| s["value"][1].as_str()).unwrap_or("?").to_string();
         if first != "0" {
             failures.push(format!("{}: Prometheus' first sample of reads is {first}, not 0: the workload started before the first scrape", v.kernel.name));
@@ -301,17 +299,18 @@ fn compare_test(root: &Path, lab: &mut Lab) -> Result<()> {
                 .unwrap_or(f64::NAN)
         };
         let mut compared = 0;
-        for (key, series) in [
-            ("reads{path=\"fast\"}", "remote_vm_reads_total{path=\"fast\"}"),
-            ("reads{path=\"fallback\"}", "remote_vm_reads_total{path=\"fallback\"}"),
-            ("reads{path=\"slow\"}", "remote_vm_reads_total{path=\"slow\"}"),
-            ("fallbacks{reason=\"vma_lock_failed\"}", "remote_vm_fallbacks_total{reason=\"vma_lock_failed\"}"),
-            ("fallbacks{reason=\"vma_unsuitable\"}", "remote_vm_fallbacks_total{reason=\"vma_unsuitable\"}"),
-            ("fallbacks{reason=\"page_not_present\"}", "remote_vm_fallbacks_total{reason=\"page_not_present\"}"),
-            ("writes", "remote_vm_writes_total"),
-            ("lockless_bytes_discarded", "remote_vm_lockless_bytes_discarded_total"),
-        ] {
-            let got = g["counts"][key].as_f64().unwrap_or(f64::NAN);
+        // compare's row keys and the series each one sums.
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        for p in ["fast", "fallback", "slow"] {
+            pairs.push((format!("reads{{path=\"{p}\"}}"), format!("{}{{path=\"{p}\"}}", cat::READS.name)));
+        }
+        for r in ["vma_lock_failed", "vma_unsuitable", "page_not_present"] {
+            pairs.push((format!("fallbacks{{reason=\"{r}\"}}"), format!("{}{{reason=\"{r}\"}}", cat::FALLBACKS.name)));
+        }
+        pairs.push(("writes".into(), cat::WRITES.name.into()));
+        pairs.push(("lockless_bytes_discarded".into(), cat::LOCKLESS_BYTES_DISCARDED.name.into()));
+        for (key, series) in &pairs {
+            let got = g["counts"][key.as_str()].as_f64().unwrap_or(f64::NAN);
             let want = value(series);
             compared += 1;
             if got != want {

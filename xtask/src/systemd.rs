@@ -10,6 +10,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use remote_vm_common::Point;
 
 use crate::{cpio::Cpio, kernels, say, sh};
 
@@ -166,7 +167,8 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
         lines.iter().filter(|l| l.starts_with("thread-capeff=")).count() > 0
             && lines.iter().filter(|l| l.starts_with("thread-capeff=")).all(|l| *l == "thread-capeff=0000000000000000"),
     );
-    expect("the probes attach in their first modes under the unit", has("healthz| probe access_remote_vm_entry: fentry (exact)"));
+    let entry = format!("healthz| probe {}: fentry (exact)", Point::AccessRemoteVmEntry.name());
+    expect("the probes attach in their first modes under the unit", has(&entry));
     expect("patched=no on Debian's 6.12", lines.iter().any(|l| l.starts_with("healthz| patched: no")));
     expect(
         "it serves metrics",

@@ -183,6 +183,7 @@ impl Btf {
         Ok(Btf { types, by_name })
     }
 
+    #[cfg(test)]
     pub fn from_file(path: &std::path::Path) -> Result<Btf, String> {
         let data = std::fs::read(path).map_err(|e| e.to_string())?;
         Btf::parse(&data).map_err(|e| e.to_string())

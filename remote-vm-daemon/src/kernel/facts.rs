@@ -62,6 +62,18 @@ pub struct KernelFacts {
     pub rcu_table_free: Tristate,
 }
 
+/// Facts of a kernel that has everything, for tests.
+#[cfg(test)]
+pub fn for_tests() -> KernelFacts {
+    KernelFacts {
+        release: "6.12.117".to_string(),
+        btf: BtfSource::Kernel,
+        config_source: Some(PathBuf::from("/proc/config.gz")),
+        per_vma_lock: Tristate::Yes,
+        rcu_table_free: Tristate::Yes,
+    }
+}
+
 pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 impl KernelFacts {
@@ -69,7 +81,7 @@ impl KernelFacts {
     /// /proc/config.gz), the options are inferred from which functions the kernel
     /// has: `lock_vma_under_rcu` exists only with PER_VMA_LOCK,
     /// `tlb_remove_table_sync_one` only with MMU_GATHER_RCU_TABLE_FREE.
-    pub fn fill_from_layout(&mut self, layout: &crate::layout::Layout) {
+    pub fn fill_from_layout(&mut self, layout: &super::Layout) {
         if self.config_source.is_some() {
             return;
         }

@@ -4,22 +4,7 @@
 //! knows how to write them. Integers stay integers (no float rounding of counters).
 use std::fmt::Write as _;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-impl Kind {
-    fn as_str(self) -> &'static str {
-        match self {
-            Kind::Counter => "counter",
-            Kind::Gauge => "gauge",
-            Kind::Histogram => "histogram",
-        }
-    }
-}
+use remote_vm_common::catalog::Metric;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Value {
@@ -47,20 +32,17 @@ pub struct Sample {
     pub value: Value,
 }
 
+/// One metric family of the catalog and its samples.
 #[derive(Clone, Debug)]
 pub struct Family {
-    pub name: &'static str,
-    pub help: &'static str,
-    pub kind: Kind,
+    pub metric: &'static Metric,
     pub samples: Vec<Sample>,
 }
 
 impl Family {
-    pub fn new(name: &'static str, kind: Kind, help: &'static str) -> Family {
+    pub fn new(metric: &'static Metric) -> Family {
         Family {
-            name,
-            help,
-            kind,
+            metric,
             samples: Vec::new(),
         }
     }
@@ -107,10 +89,11 @@ impl Family {
     }
 
     pub fn encode(&self, out: &mut String) {
-        let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(self.help));
-        let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind.as_str());
+        let m = self.metric;
+        let _ = writeln!(out, "# HELP {} {}", m.name, escape_help(m.help));
+        let _ = writeln!(out, "# TYPE {} {}", m.name, m.kind.as_str());
         for s in &self.samples {
-            out.push_str(self.name);
+            out.push_str(m.name);
             out.push_str(s.suffix);
             if !s.labels.is_empty() {
                 out.push('{');
@@ -162,7 +145,17 @@ fn escape_help(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use remote_vm_common::stats::{BUCKETS, Histogram};
+    use remote_vm_common::{
+        catalog::{Buckets, Kind, Unit},
+        stats::{BUCKETS, Histogram},
+    };
+
+    const fn m(name: &'static str, kind: Kind, help: &'static str) -> Metric {
+        Metric { name, help, kind, unit: Unit::Count, labels: &[], buckets: Buckets::None, coverage: &[] }
+    }
+    static T: Metric = m("t_seconds", Kind::Histogram, "T.");
+    static X: Metric = m("x_total", Kind::Counter, "An \\ example\nhelp.");
+    static Y: Metric = m("y", Kind::Gauge, "Y.");
 
     #[test]
     fn log2_histograms_are_cumulative_and_round_up_at_seams() {
@@ -171,38 +164,38 @@ mod tests {
         for v in [1, 1024, 1025, 5_000_000_000] {
             h.observe(v);
         }
-        let mut f = Family::new("remote_vm_t_seconds", Kind::Histogram, "T.");
+        let mut f = Family::new(&T);
         f.push_log2(&[("path", "fast")], &h, 10, 11, 1e9);
         let mut out = String::new();
         f.encode(&mut out);
         assert_eq!(
             out,
-            "# HELP remote_vm_t_seconds T.\n\
-             # TYPE remote_vm_t_seconds histogram\n\
-             remote_vm_t_seconds_bucket{path=\"fast\",le=\"1.024e-6\"} 2\n\
-             remote_vm_t_seconds_bucket{path=\"fast\",le=\"2.048e-6\"} 3\n\
-             remote_vm_t_seconds_bucket{path=\"fast\",le=\"+Inf\"} 4\n\
-             remote_vm_t_seconds_sum{path=\"fast\"} 5.00000205\n\
-             remote_vm_t_seconds_count{path=\"fast\"} 4\n"
+            "# HELP t_seconds T.\n\
+             # TYPE t_seconds histogram\n\
+             t_seconds_bucket{path=\"fast\",le=\"1.024e-6\"} 2\n\
+             t_seconds_bucket{path=\"fast\",le=\"2.048e-6\"} 3\n\
+             t_seconds_bucket{path=\"fast\",le=\"+Inf\"} 4\n\
+             t_seconds_sum{path=\"fast\"} 5.00000205\n\
+             t_seconds_count{path=\"fast\"} 4\n"
         );
     }
 
     #[test]
     fn encodes_exactly() {
-        let mut f = Family::new("remote_vm_x_total", Kind::Counter, "An \\ example\nhelp.");
+        let mut f = Family::new(&X);
         f.push(&[("probe", "a\"b\\c\nd")], 18_446_744_073_709_551_615u64);
         f.push(&[], 0.25);
-        let mut g = Family::new("remote_vm_y", Kind::Gauge, "Y.");
+        let mut g = Family::new(&Y);
         g.push(&[("a", "1"), ("b", "2")], f64::INFINITY);
         assert_eq!(
             encode_all(&[f, g]),
-            "# HELP remote_vm_x_total An \\\\ example\\nhelp.\n\
-             # TYPE remote_vm_x_total counter\n\
-             remote_vm_x_total{probe=\"a\\\"b\\\\c\\nd\"} 18446744073709551615\n\
-             remote_vm_x_total 0.25\n\
-             # HELP remote_vm_y Y.\n\
-             # TYPE remote_vm_y gauge\n\
-             remote_vm_y{a=\"1\",b=\"2\"} +Inf\n"
+            "# HELP x_total An \\\\ example\\nhelp.\n\
+             # TYPE x_total counter\n\
+             x_total{probe=\"a\\\"b\\\\c\\nd\"} 18446744073709551615\n\
+             x_total 0.25\n\
+             # HELP y Y.\n\
+             # TYPE y gauge\n\
+             y{a=\"1\",b=\"2\"} +Inf\n"
         );
     }
 }

@@ -1,7 +1,7 @@
 //! What the programs need to know about the running kernel, read from its BTF:
 //! struct field offsets, enum values, tracepoint argument positions, and which
 //! functions exist. Each item is a value or the reason it is unknown.
-use crate::btf::{Btf, KIND_INT};
+use super::btf::{Btf, KIND_INT};
 
 pub type Item<T> = Result<T, String>;
 
@@ -147,7 +147,7 @@ fn mmap_lock_tp_args(btf: &Btf) -> Item<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::btf::{KIND_STRUCT, tests::Builder};
+    use crate::kernel::btf::{KIND_STRUCT, tests::Builder};
 
     fn tracepoints(with_memcg_path: bool) -> Btf {
         let mut b = Builder::new();

@@ -1,0 +1,607 @@
+//! The metric catalog: every metric family the daemon exports, declared once —
+//! name, help, type, unit, labels with their value sets, and what it needs to be
+//! exported. The daemon's exposition, `check`'s `metrics:` lines, the README
+//! table, the dashboards and rules generator and the tests' expectations all
+//! derive from it; no other source spells a `remote_vm_` name.
+use crate::{
+    Point,
+    classify::{Level, Path, Reason},
+    registry::Family,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// The base unit of a family's values (Prometheus conventions: seconds, bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    /// A count of events or things.
+    Count,
+    Seconds,
+    Bytes,
+    /// An `_info` gauge: always 1, the facts are in the labels.
+    Info,
+}
+
+/// The values one label can take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Values {
+    /// `classify::Path` labels.
+    Path,
+    /// The paths on which GUP runs: `fallback`, `slow`.
+    GupPath,
+    /// `classify::Reason` labels.
+    Reason,
+    /// `classify::Level` labels.
+    Level,
+    /// `Point` names.
+    Probe,
+    /// Every mode name of the registry, and `none`.
+    Mode,
+    /// A closed set written here.
+    Fixed(&'static [&'static str]),
+    /// Free text from the host (kernel release, version): one series per host.
+    Free,
+}
+
+impl Values {
+    /// Calls `f` with every value of a closed set (nothing for `Free`).
+    pub fn each(self, mut f: impl FnMut(&'static str)) {
+        match self {
+            Values::Path => Path::ALL.iter().for_each(|p| f(p.label())),
+            Values::GupPath => [Path::Fallback, Path::Slow].iter().for_each(|p| f(p.label())),
+            Values::Reason => Reason::ALL.iter().for_each(|r| f(r.label())),
+            Values::Level => Level::ALL.iter().for_each(|l| f(l.label())),
+            Values::Probe => Point::ALL.iter().for_each(|p| f(p.name())),
+            Values::Mode => {
+                // Each name once, in registry order.
+                for (i, family) in Family::ALL.iter().enumerate() {
+                    for m in family.modes() {
+                        let earlier = Family::ALL[..i].iter().any(|e| e.mode(m.name).is_some());
+                        if !earlier {
+                            f(m.name);
+                        }
+                    }
+                }
+                f(NO_MODE);
+            }
+            Values::Fixed(values) => values.iter().for_each(|v| f(v)),
+            Values::Free => {}
+        }
+    }
+
+    pub fn contains(self, value: &str) -> bool {
+        let mut found = matches!(self, Values::Free);
+        self.each(|v| found |= v == value);
+        found
+    }
+}
+
+/// The `mode` of a probe that is not attached.
+pub const NO_MODE: &str = "none";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Label {
+    pub name: &'static str,
+    pub values: Values,
+}
+
+const fn label(name: &'static str, values: Values) -> Label {
+    Label { name, values }
+}
+
+pub const PATH: Label = label("path", Values::Path);
+pub const GUP_PATH: Label = label("path", Values::GupPath);
+pub const REASON: Label = label("reason", Values::Reason);
+pub const LEVEL: Label = label("level", Values::Level);
+pub const PROBE: Label = label("probe", Values::Probe);
+pub const MODE: Label = label("mode", Values::Mode);
+/// Whose mmap_lock: a remote access's own acquisitions of the target's, or host-wide.
+pub const WAIT_CONTEXT: Label = label("context", Values::Fixed(&[CONTEXT_REMOTE, CONTEXT_HOST]));
+pub const LOCK_VMA_CONTEXT: Label = label("context", Values::Fixed(&[CONTEXT_REMOTE, CONTEXT_OTHER]));
+pub const LOCK_MODE: Label = label("mode", Values::Fixed(&[LOCK_READ, LOCK_WRITE]));
+pub const CONTEXT_REMOTE: &str = "remote_vm";
+pub const CONTEXT_HOST: &str = "host";
+pub const CONTEXT_OTHER: &str = "other";
+pub const LOCK_READ: &str = "read";
+pub const LOCK_WRITE: &str = "write";
+const YES_NO_UNKNOWN: Values = Values::Fixed(&["yes", "no", "unknown"]);
+
+/// Histogram buckets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Buckets {
+    None,
+    /// Log2 nanosecond buckets exported in seconds, over the configured range.
+    Log2Seconds,
+    /// Log2 buckets of a count, `2^min ..= 2^max`.
+    Log2 { min: u32, max: u32 },
+}
+
+/// What a family needs to be exported: the attached probes and BTF facts that
+/// make its numbers exact. A family whose needs are unmet is absent, never zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Coverage {
+    /// Always exported.
+    Always,
+    /// Reads by path, bytes, durations, writes: entry/exit, the target-lock
+    /// probes, and the lockless loop's first step (unless the kernel has none).
+    Reads,
+    /// Fallback reasons and lockless bytes: also the walks.
+    Fallbacks,
+    /// The remote access's own lock waits, failures and hold times.
+    RemoteLock,
+    /// ... including its write-lock acquisitions (`expand_stack`).
+    RemoteWrites,
+    HostLock,
+    LockVma,
+    Gup,
+    WalkLevels,
+    FollAnon,
+}
+
+impl Coverage {
+    /// The coverages `check` and `/healthz` report, in order.
+    pub const REPORTED: [Coverage; 9] = [
+        Coverage::Reads,
+        Coverage::Fallbacks,
+        Coverage::RemoteLock,
+        Coverage::RemoteWrites,
+        Coverage::HostLock,
+        Coverage::LockVma,
+        Coverage::Gup,
+        Coverage::WalkLevels,
+        Coverage::FollAnon,
+    ];
+
+    /// What the coverage exports, in words.
+    pub const fn what(self) -> &'static str {
+        match self {
+            Coverage::Always => "always",
+            Coverage::Reads => "reads, writes, bytes, durations",
+            Coverage::Fallbacks => "fallback reasons, lockless bytes",
+            Coverage::RemoteLock => "remote mmap_lock wait and hold",
+            Coverage::RemoteWrites => "remote mmap_lock write waits (expand_stack)",
+            Coverage::HostLock => "host mmap_lock wait",
+            Coverage::LockVma => "lock_vma_under_rcu calls",
+            Coverage::Gup => "GUP calls",
+            Coverage::WalkLevels => "folio walk levels, lockless PTE pages",
+            Coverage::FollAnon => "FOLL_ANON file-backed lockless reads",
+        }
+    }
+
+    /// What it needs, in words.
+    pub const fn needs(self) -> &'static str {
+        match self {
+            Coverage::Always => "nothing",
+            Coverage::Reads => "needs access_remote_vm, mmap_lock_remote and lock_vma_under_rcu",
+            Coverage::Fallbacks => "needs the read probes and folio_walk_start",
+            Coverage::RemoteLock => "needs access_remote_vm and mmap_lock_remote",
+            Coverage::RemoteWrites => {
+                "needs mmap_lock_remote in an opt-in read+write mode (fentry_rw, kprobe_rw) or mmap_lock_tp"
+            }
+            Coverage::HostLock => "needs mmap_lock_host",
+            Coverage::LockVma => "needs access_remote_vm and lock_vma_under_rcu",
+            Coverage::Gup => "needs the read probes and get_user_pages_remote",
+            Coverage::WalkLevels => "needs folio_walk_start and folio_walk.level in BTF",
+            Coverage::FollAnon => "needs folio_walk_start, vm_area_struct.vm_ops and FOLL_ANON in BTF",
+        }
+    }
+}
+
+/// One metric family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub labels: &'static [Label],
+    pub buckets: Buckets,
+    /// Exported when any of these is met (series by series where a family spans
+    /// several: `mmap_lock_wait_seconds` by `context` and `mode`).
+    pub coverage: &'static [Coverage],
+}
+
+const fn metric(
+    name: &'static str,
+    kind: Kind,
+    unit: Unit,
+    labels: &'static [Label],
+    coverage: &'static [Coverage],
+    help: &'static str,
+) -> Metric {
+    Metric {
+        name,
+        help,
+        kind,
+        unit,
+        labels,
+        buckets: match kind {
+            Kind::Histogram => Buckets::Log2Seconds,
+            _ => Buckets::None,
+        },
+        coverage,
+    }
+}
+
+use Coverage as C;
+use Kind::{Counter, Gauge, Histogram};
+
+pub const BUILD_INFO: Metric = metric(
+    "remote_vm_build_info",
+    Gauge,
+    Unit::Info,
+    &[label("version", Values::Free)],
+    &[C::Always],
+    "remote-vm daemon build; always 1.",
+);
+pub const KERNEL_INFO: Metric = metric(
+    "remote_vm_kernel_info",
+    Gauge,
+    Unit::Info,
+    &[
+        label("release", Values::Free),
+        label("per_vma_lock", YES_NO_UNKNOWN),
+        label("rcu_table_free", YES_NO_UNKNOWN),
+        label("patched", YES_NO_UNKNOWN),
+    ],
+    &[C::Always],
+    "The running kernel: release, the config options the lockless remote-read path needs, and whether it runs that path (patched: decided by a probe read at start-up); always 1.",
+);
+pub const PROBE_ATTACHED: Metric = metric(
+    "remote_vm_probe_attached",
+    Gauge,
+    Unit::Count,
+    &[PROBE, MODE],
+    &[C::Always],
+    "1 if the probe is attached in the given mode; 0 with mode=\"none\" if no mode could attach (see /healthz or `check` for why).",
+);
+pub const PROBE_HITS: Metric = metric(
+    "remote_vm_probe_hits_total",
+    Counter,
+    Unit::Count,
+    &[PROBE],
+    &[C::Always],
+    "Times the probe's programs ran.",
+);
+pub const PROBE_MISSES: Metric = metric(
+    "remote_vm_probe_misses_total",
+    Counter,
+    Unit::Count,
+    &[PROBE],
+    &[C::Always],
+    "Runs of the probe the kernel reports missed (program recursion, kprobe misses and kretprobe maxactive overflows), plus remote accesses seen without their entry or exit.",
+);
+pub const READS: Metric = metric(
+    "remote_vm_reads_total",
+    Counter,
+    Unit::Count,
+    &[PATH],
+    &[C::Reads],
+    "Remote-memory reads (__access_remote_vm without FOLL_WRITE) by path: fast (no mmap_lock), fallback (lockless loop, then mmap_lock), slow (mmap_lock only).",
+);
+pub const READ_BYTES: Metric = metric(
+    "remote_vm_read_bytes_total",
+    Counter,
+    Unit::Bytes,
+    &[PATH],
+    &[C::Reads],
+    "Bytes returned by remote reads, by path.",
+);
+pub const READ_DURATION: Metric = metric(
+    "remote_vm_read_duration_seconds",
+    Histogram,
+    Unit::Seconds,
+    &[PATH],
+    &[C::Reads],
+    "Duration of remote reads (__access_remote_vm entry to exit), by path.",
+);
+pub const READ_VMAS: Metric = Metric {
+    buckets: Buckets::Log2 { min: 0, max: 6 },
+    ..metric(
+        "remote_vm_read_vmas",
+        Histogram,
+        Unit::Count,
+        &[PATH],
+        &[C::Reads],
+        "VMAs locked by lock_vma_under_rcu() per remote read, by path (0 for reads with no lockless attempt).",
+    )
+};
+pub const MULTI_VMA_READS: Metric = metric(
+    "remote_vm_multi_vma_reads_total",
+    Counter,
+    Unit::Count,
+    &[PATH],
+    &[C::Reads],
+    "Remote reads that locked two or more VMAs in the lockless loop, by path.",
+);
+pub const WRITES: Metric = metric(
+    "remote_vm_writes_total",
+    Counter,
+    Unit::Count,
+    &[],
+    &[C::Reads],
+    "Remote-memory writes (__access_remote_vm with FOLL_WRITE).",
+);
+pub const WRITTEN_BYTES: Metric = metric(
+    "remote_vm_written_bytes_total",
+    Counter,
+    Unit::Bytes,
+    &[],
+    &[C::Reads],
+    "Bytes returned by remote writes.",
+);
+pub const WRITE_DURATION: Metric = metric(
+    "remote_vm_write_duration_seconds",
+    Histogram,
+    Unit::Seconds,
+    &[],
+    &[C::Reads],
+    "Duration of remote writes.",
+);
+pub const UNTRACKED_CALLS: Metric = metric(
+    "remote_vm_untracked_calls_total",
+    Counter,
+    Unit::Count,
+    &[],
+    &[C::Reads],
+    "Remote accesses not classified because no per-thread state could be allocated.",
+);
+pub const FALLBACKS: Metric = metric(
+    "remote_vm_fallbacks_total",
+    Counter,
+    Unit::Count,
+    &[REASON],
+    &[C::Fallbacks],
+    "Fallback reads by the reason the lockless loop stopped.",
+);
+pub const FALLBACK_LOCKLESS_BYTES: Metric = metric(
+    "remote_vm_fallback_lockless_bytes_total",
+    Counter,
+    Unit::Bytes,
+    &[],
+    &[C::Fallbacks],
+    "Bytes of fallback reads done by the lockless loop before it stopped (stop address - start address).",
+);
+pub const LOCKLESS_BYTES_DISCARDED: Metric = metric(
+    "remote_vm_lockless_bytes_discarded_total",
+    Counter,
+    Unit::Bytes,
+    &[],
+    &[C::Fallbacks],
+    "Bytes the lockless loop had copied that the call did not return (v1 returns 0 when the old path's vma_lookup/expand_stack fails).",
+);
+pub const LOCKLESS_DISCARDED_READS: Metric = metric(
+    "remote_vm_lockless_discarded_reads_total",
+    Counter,
+    Unit::Count,
+    &[],
+    &[C::Fallbacks],
+    "Remote reads that returned fewer bytes than the lockless loop had copied.",
+);
+pub const FOLIO_WALKS: Metric = metric(
+    "remote_vm_folio_walks_total",
+    Counter,
+    Unit::Count,
+    &[LEVEL],
+    &[C::WalkLevels],
+    "Successful lockless folio_walk_start() calls inside remote reads, by the level of the mapping found.",
+);
+pub const LOCKLESS_PTE_PAGES: Metric = metric(
+    "remote_vm_lockless_pte_pages_total",
+    Counter,
+    Unit::Count,
+    &[],
+    &[C::WalkLevels],
+    "PTE-mapped pages read by the lockless loop, which (unlike the old path) does not folio_mark_accessed() them.",
+);
+pub const FOLL_ANON_FILE_BACKED: Metric = metric(
+    "remote_vm_foll_anon_file_backed_lockless_reads_total",
+    Counter,
+    Unit::Count,
+    &[],
+    &[C::FollAnon],
+    "Remote reads with FOLL_ANON (cmdline, environ) in which a lockless walk succeeded in a VMA that is not anonymous, whether or not they fell back afterwards.",
+);
+pub const GUP_CALLS: Metric = metric(
+    "remote_vm_gup_calls_total",
+    Counter,
+    Unit::Count,
+    &[GUP_PATH],
+    &[C::Gup],
+    "get_user_pages_remote() calls made by remote reads, by path.",
+);
+pub const MMAP_LOCK_WAIT: Metric = metric(
+    "remote_vm_mmap_lock_wait_seconds",
+    Histogram,
+    Unit::Seconds,
+    &[WAIT_CONTEXT, LOCK_MODE],
+    &[C::RemoteLock, C::HostLock],
+    "mmap_lock acquisition waits, one observation per acquisition: context=\"remote_vm\" for a remote access's own acquisitions of the target's lock, \"host\" for host-wide contended waits on a thread's own mm.",
+);
+pub const MMAP_LOCK_ACQUIRE_FAILURES: Metric = metric(
+    "remote_vm_mmap_lock_acquire_failures_total",
+    Counter,
+    Unit::Count,
+    &[WAIT_CONTEXT],
+    &[C::RemoteLock, C::HostLock],
+    "mmap_lock acquisitions that failed (the waiter was killed), by context.",
+);
+pub const MMAP_LOCK_HOLD: Metric = metric(
+    "remote_vm_mmap_lock_hold_seconds",
+    Histogram,
+    Unit::Seconds,
+    &[],
+    &[C::RemoteLock],
+    "Time from a remote access's first acquisition of the target's mmap_lock to the call's exit.",
+);
+pub const LOCK_VMA_CALLS: Metric = metric(
+    "remote_vm_lock_vma_under_rcu_total",
+    Counter,
+    Unit::Count,
+    &[LOCK_VMA_CONTEXT],
+    &[C::LockVma],
+    "lock_vma_under_rcu() calls: inside remote reads (context=\"remote_vm\") and elsewhere, mostly page faults (\"other\").",
+);
+pub const LOCK_VMA_FAILURES: Metric = metric(
+    "remote_vm_lock_vma_under_rcu_failures_total",
+    Counter,
+    Unit::Count,
+    &[LOCK_VMA_CONTEXT],
+    &[C::LockVma],
+    "lock_vma_under_rcu() calls that returned NULL, by context.",
+);
+
+/// Every family of ours, in exposition order.
+pub const ALL: &[&Metric] = &[
+    &BUILD_INFO,
+    &KERNEL_INFO,
+    &PROBE_ATTACHED,
+    &PROBE_HITS,
+    &PROBE_MISSES,
+    &READS,
+    &READ_BYTES,
+    &READ_DURATION,
+    &READ_VMAS,
+    &MULTI_VMA_READS,
+    &WRITES,
+    &WRITTEN_BYTES,
+    &WRITE_DURATION,
+    &UNTRACKED_CALLS,
+    &FALLBACKS,
+    &FALLBACK_LOCKLESS_BYTES,
+    &LOCKLESS_BYTES_DISCARDED,
+    &LOCKLESS_DISCARDED_READS,
+    &FOLIO_WALKS,
+    &LOCKLESS_PTE_PAGES,
+    &FOLL_ANON_FILE_BACKED,
+    &GUP_CALLS,
+    &MMAP_LOCK_WAIT,
+    &MMAP_LOCK_ACQUIRE_FAILURES,
+    &MMAP_LOCK_HOLD,
+    &LOCK_VMA_CALLS,
+    &LOCK_VMA_FAILURES,
+];
+
+/// The common prefix of every name.
+pub const PREFIX: &str = "remote_vm_";
+
+pub fn by_name(name: &str) -> Option<&'static Metric> {
+    ALL.iter().copied().find(|m| m.name == name)
+}
+
+#[cfg(feature = "user")]
+impl Metric {
+    /// The name of one of its sample lines: `_bucket`, `_sum`, `_count`.
+    pub fn sample(&self, suffix: &str) -> std::string::String {
+        let mut s = std::string::String::from(self.name);
+        s.push_str(suffix);
+        s
+    }
+
+    /// `NAME_count` of a histogram.
+    pub fn count(&self) -> std::string::String {
+        self.sample("_count")
+    }
+
+    /// The label set of this family as README shows it.
+    fn labels_md(&self) -> std::string::String {
+        use std::{format, string::String, vec::Vec};
+        let parts: Vec<String> = self
+            .labels
+            .iter()
+            .map(|l| {
+                let mut values = Vec::new();
+                l.values.each(|v| values.push(format!("`{v}`")));
+                match l.values {
+                    Values::Free => format!("`{}`", l.name),
+                    Values::Probe | Values::Mode => format!("`{}` ({} values)", l.name, values.len()),
+                    _ => format!("`{}`={}", l.name, values.join("\\|")),
+                }
+            })
+            .collect();
+        parts.join(", ")
+    }
+}
+
+/// The README's metrics table, generated from the catalog.
+#[cfg(feature = "user")]
+pub fn readme_table() -> std::string::String {
+    use std::{format, string::String};
+    let mut out = String::from("| metric | type | labels | exported when | meaning |\n|---|---|---|---|---|\n");
+    for m in ALL {
+        let when: std::vec::Vec<&str> = m.coverage.iter().map(|c| c.what()).collect();
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            m.name,
+            m.kind.as_str(),
+            m.labels_md(),
+            when.join("; "),
+            m.help.replace('|', "\\|"),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
+    use super::*;
+
+    #[test]
+    fn names_follow_the_conventions() {
+        let mut names: Vec<&str> = ALL.iter().map(|m| m.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), ALL.len(), "a name declared twice");
+        for m in ALL {
+            assert!(m.name.starts_with(PREFIX), "{}", m.name);
+            match (m.kind, m.unit) {
+                (Kind::Counter, _) => assert!(m.name.ends_with("_total"), "{}", m.name),
+                (_, Unit::Info) => assert!(m.name.ends_with("_info") && m.kind == Kind::Gauge, "{}", m.name),
+                (_, Unit::Seconds) => assert!(m.name.ends_with("_seconds"), "{}", m.name),
+                _ => assert!(!m.name.ends_with("_total"), "{}", m.name),
+            }
+            if m.unit == Unit::Bytes {
+                assert!(m.name.contains("bytes") && m.kind == Kind::Counter, "{}", m.name);
+            }
+            assert_eq!(m.kind == Kind::Histogram, m.buckets != Buckets::None, "{}", m.name);
+            assert!(m.help.ends_with('.'), "{}", m.name);
+            assert!(!m.coverage.is_empty(), "{}", m.name);
+            // No pid or other unbounded label: free text only in _info families.
+            for l in m.labels {
+                assert!(l.values != Values::Free || m.unit == Unit::Info, "{} {}", m.name, l.name);
+                assert!(l.name != "pid" && l.name != "tid" && l.name != "comm");
+            }
+        }
+    }
+
+    #[test]
+    fn value_sets_are_closed_and_unique() {
+        let mut modes = Vec::new();
+        Values::Mode.each(|m| modes.push(m));
+        let n = modes.len();
+        modes.sort();
+        modes.dedup();
+        assert_eq!(modes.len(), n);
+        assert!(Values::Mode.contains("contention_tp") && Values::Mode.contains(NO_MODE));
+        assert!(!Values::Path.contains("other") && Values::Reason.contains("other"));
+        assert!(Values::Free.contains("6.18.0"));
+    }
+}

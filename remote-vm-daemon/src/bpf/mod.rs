@@ -1,0 +1,331 @@
+//! Stage 2, the BPF object: loads the embedded object with the kernel's layout
+//! patched in as globals, attaches every family the config allows, runs the
+//! start-up probe read that decides `patched`, and reads the maps on scrape.
+pub mod attach;
+mod misses;
+mod selftest;
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray},
+};
+use remote_vm_common::{Family, Point, UNKNOWN_OFFSET, stats::Stats};
+
+pub use self::{
+    attach::{Choice, Verdict},
+    selftest::Patched,
+};
+use crate::kernel::{Kernel, Layout};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/remote-vm"));
+
+/// The maps user space reads.
+const HITS: &str = "HITS";
+const STATS: &str = "STATS";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot load the eBPF object: {reason}{hint}")]
+    Object { reason: String, hint: String },
+    #[error("the eBPF object has no map {0}")]
+    Map(&'static str),
+}
+
+/// What the attach stage decided; fixed for the daemon's life.
+#[derive(Debug, Clone)]
+pub struct Attached {
+    pub verdicts: Vec<Verdict>,
+    pub patched: Patched,
+    /// How `patched` was decided, for `check` and /healthz.
+    pub patched_why: String,
+    /// Per point: kprobe links whose `missed` the kernel keeps (kprobe modes).
+    pub kprobe_links: BTreeMap<Point, usize>,
+}
+
+impl Attached {
+    pub fn verdict(&self, family: Family) -> Option<&Verdict> {
+        self.verdicts.iter().find(|v| v.family == family)
+    }
+
+    pub fn attached(&self, family: Family) -> bool {
+        self.verdict(family).is_some_and(Verdict::attached)
+    }
+
+    /// (probes attached, probes known).
+    pub fn probe_counts(&self) -> (usize, usize) {
+        let points = |v: &&Verdict| v.family.spec().points.len();
+        (
+            self.verdicts.iter().filter(|v| v.attached()).map(|v| points(&v)).sum(),
+            self.verdicts.iter().map(|v| points(&v)).sum(),
+        )
+    }
+}
+
+/// Counters read from the maps at one moment.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Every CPU's `Stats` summed.
+    pub stats: Stats,
+    /// Per point (by index): runs of its programs.
+    pub hits: [u64; Point::ALL.len()],
+    /// Per point: runs the kernel reports missed.
+    pub kernel_misses: [u64; Point::ALL.len()],
+}
+
+impl Snapshot {
+    pub const ZERO: Snapshot = Snapshot {
+        stats: Stats::ZERO,
+        hits: [0; Point::ALL.len()],
+        kernel_misses: [0; Point::ALL.len()],
+    };
+}
+
+/// Everything that stays alive while the probes are attached.
+pub struct Session {
+    /// Owns the programs and their links; dropping it detaches everything.
+    ebpf: Ebpf,
+    /// The eBPF programs' log records, until `forward_logs` hands them to a thread.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    hits: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, Stats>,
+    /// Per point: the program fds whose recursion misses count there, and the
+    /// kprobe links whose `missed` does.
+    miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
+}
+
+pub struct LoadOptions<'a> {
+    pub log_level: log::LevelFilter,
+    /// Per family: how to attach it.
+    pub choices: &'a BTreeMap<Family, Choice>,
+}
+
+/// The offsets and values from `layout` the programs read as globals, by
+/// their names in `remote-vm-ebpf/src/programs/layout.rs`.
+fn globals(layout: &Layout) -> ([(&'static str, u64); 5], [(&'static str, u32); 4]) {
+    let off = |item: &Result<u64, String>| *item.as_ref().unwrap_or(&UNKNOWN_OFFSET);
+    let (fw_pmd, fw_pud) = layout.fw_levels.clone().unwrap_or((1, 2));
+    (
+        [
+            ("MM_MMAP_LOCK_OFF", off(&layout.mm_mmap_lock)),
+            ("TASK_MM_OFF", off(&layout.task_mm)),
+            ("FW_PAGE_OFF", off(&layout.fw_page)),
+            ("FW_LEVEL_OFF", off(&layout.fw_level)),
+            ("VMA_VM_OPS_OFF", off(&layout.vma_vm_ops)),
+        ],
+        [
+            ("FW_LEVEL_PMD", fw_pmd),
+            ("FW_LEVEL_PUD", fw_pud),
+            ("FOLL_WRITE", layout.foll_write),
+            ("FOLL_ANON", layout.foll_anon.clone().unwrap_or(0)),
+        ],
+    )
+}
+
+pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attached), LoadError> {
+    raise_memlock_limit();
+    let level = opts.log_level as usize as u8; // aya-log: Error = 1 … Trace = 5; 0 off
+    let (globals64, globals32) = globals(&kernel.layout);
+    let mut loader = EbpfLoader::new();
+    loader
+        .btf(kernel.btf.as_ref())
+        .allow_unsupported_maps()
+        .override_global(aya_log::LEVEL, &level, false);
+    for (name, value) in &globals64 {
+        loader.override_global(name, value, true);
+    }
+    for (name, value) in &globals32 {
+        loader.override_global(name, value, true);
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| LoadError::Object {
+        reason: attach::describe(&e),
+        hint: privilege_hint(),
+    })?;
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            log::warn!("eBPF log messages will not be shown: {}", attach::describe(&e));
+            None
+        }
+    };
+    let mut verdicts: Vec<Verdict> = Vec::new();
+    for family in Family::ALL {
+        let choice = opts.choices.get(&family).cloned().unwrap_or_default();
+        let verdict = attach::attach(&mut ebpf, kernel.btf.as_ref(), &kernel.layout, family, &choice, &verdicts);
+        verdicts.push(verdict);
+    }
+    let miss_sources = miss_sources(&ebpf, &verdicts);
+    let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Map(name));
+    let hits = PerCpuArray::try_from(take(&mut ebpf, HITS)?).map_err(|_| LoadError::Map(HITS))?;
+    let stats = PerCpuArray::try_from(take(&mut ebpf, STATS)?).map_err(|_| LoadError::Map(STATS))?;
+    let kprobe_links = miss_sources.iter().map(|(p, (_, links))| (*p, links.len())).collect();
+    let mut session = Session {
+        ebpf,
+        logger,
+        hits,
+        stats,
+        miss_sources,
+    };
+    let (patched, patched_why) = selftest::decide_patched(&mut session.ebpf, &kernel.layout, &verdicts);
+    Ok((
+        session,
+        Attached {
+            verdicts,
+            patched,
+            patched_why,
+            kprobe_links,
+        },
+    ))
+}
+
+/// For each attached program: its fd (recursion misses) and, in kprobe modes,
+/// its link (kprobe `missed`), grouped by the point they serve.
+fn miss_sources(ebpf: &Ebpf, verdicts: &[Verdict]) -> BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)> {
+    let mut by_point: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)> = BTreeMap::new();
+    let mut kprobe_ids: Vec<(u32, Point)> = Vec::new();
+    for v in verdicts {
+        let Some(mode) = v.mode else { continue };
+        for spec in mode.programs {
+            let Some(fd) = ebpf
+                .program(spec.program)
+                .and_then(|p| p.fd().ok())
+                .and_then(|fd| fd.as_fd().try_clone_to_owned().ok())
+            else {
+                continue;
+            };
+            if let Ok((id, _)) = misses::prog_id_and_misses(fd.as_raw_fd()) {
+                if spec.hook.is_kprobe() {
+                    kprobe_ids.push((id, spec.point));
+                }
+            }
+            by_point.entry(spec.point).or_default().0.push(fd);
+        }
+    }
+    if !kprobe_ids.is_empty() {
+        let ids: Vec<u32> = kprobe_ids.iter().map(|(id, _)| *id).collect();
+        for (prog_id, fd) in misses::kprobe_links(&ids) {
+            if let Some((_, point)) = kprobe_ids.iter().find(|(id, _)| *id == prog_id) {
+                by_point.entry(*point).or_default().1.push(fd);
+            }
+        }
+    }
+    by_point
+}
+
+impl Session {
+    /// Starts the thread that forwards the eBPF programs' log records into ours
+    /// (after any privilege drop: threads inherit the capabilities of their creator).
+    pub fn forward_logs(&mut self) {
+        if let Some(logger) = self.logger.take() {
+            crate::logging::forward_ebpf_logs(logger);
+        }
+    }
+
+    /// Reads every counter once.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::ZERO;
+        for point in Point::ALL {
+            let i = point.index() as usize;
+            snap.hits[i] = self.hits(point);
+            snap.kernel_misses[i] = self.kernel_misses(point);
+        }
+        snap.stats = self.stats();
+        snap
+    }
+
+    fn hits(&self, point: Point) -> u64 {
+        self.hits
+            .get(&point.index(), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    fn kernel_misses(&self, point: Point) -> u64 {
+        let Some((progs, links)) = self.miss_sources.get(&point) else {
+            return 0;
+        };
+        let recursion: u64 = progs
+            .iter()
+            .filter_map(|fd| misses::prog_id_and_misses(fd.as_raw_fd()).ok())
+            .map(|(_, m)| m)
+            .sum();
+        let kprobe: u64 = links.iter().filter_map(misses::link_missed).sum();
+        recursion + kprobe
+    }
+
+    fn stats(&self) -> Stats {
+        let mut total = Stats::ZERO;
+        if let Ok(per_cpu) = self.stats.get(&0, 0) {
+            for s in per_cpu.iter() {
+                for (t, v) in total.counters.iter_mut().zip(s.counters.iter()) {
+                    *t += v;
+                }
+                for (th, h) in total.hists.iter_mut().zip(s.hists.iter()) {
+                    for (tb, b) in th.buckets.iter_mut().zip(h.buckets.iter()) {
+                        *tb += b;
+                    }
+                    th.sum = th.sum.wrapping_add(h.sum);
+                }
+            }
+        }
+        total
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.
+fn raise_memlock_limit() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit with a valid struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        log::debug!(
+            "could not raise RLIMIT_MEMLOCK ({}); not needed on kernels >= 5.11",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Names the capabilities loading needs when the effective set lacks them.
+fn privilege_hint() -> String {
+    let missing = crate::caps::missing_for_loading();
+    if missing.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (missing capability {}; run as root or grant CAP_BPF and CAP_PERFMON)",
+            missing.join(", ")
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_registered_program_map_and_global_is_in_the_object() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("parse the embedded object");
+        for family in Family::ALL {
+            for mode in family.modes() {
+                for spec in mode.programs {
+                    assert!(obj.programs.contains_key(spec.program), "{} missing", spec.program);
+                }
+            }
+        }
+        for map in [HITS, STATS, "CONTROL", "SELFTEST", "CALLS", "WAITS", "AYA_LOGS"] {
+            assert!(obj.maps.contains_key(map), "map {map} missing");
+        }
+        let (g64, g32) = globals(&Layout::without_btf());
+        // The symbol names are NUL-terminated in the object's string table.
+        for name in g64.iter().map(|g| g.0).chain(g32.iter().map(|g| g.0)) {
+            let symbol = [name.as_bytes(), b"\0"].concat();
+            assert!(EBPF_OBJECT.windows(symbol.len()).any(|w| w == symbol), "global {name} missing");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! `check`: validate the config, load and attach every probe, report, detach.
+use std::process::ExitCode;
+
+use super::{Common, EXIT_DEGRADED, EXIT_OK, fail};
+use crate::{kernel::Kernel, logging, metrics::coverage::Sight, status};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// Lines for people.
+    Text,
+    /// One JSON document (README: "check --format json").
+    Json,
+}
+
+pub fn check(common: &Common, format: Format) -> ExitCode {
+    let config = match common.settle() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let source = common
+        .config
+        .as_ref()
+        .map_or("embedded defaults".to_string(), |p| p.display().to_string());
+    let text = format == Format::Text;
+    if text {
+        println!("config: ok ({source})");
+    }
+    logging::init(config.log_level.min(log::LevelFilter::Warn));
+    let kernel = match Kernel::read(common.btf.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    if text {
+        println!("{}", status::kernel_line(&kernel.facts));
+    }
+    let (_session, attached) = match super::load(&kernel, &config) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let sight = Sight::of(&kernel.layout, &attached);
+    let (n, total) = attached.probe_counts();
+    let exit = if n == total { EXIT_OK } else { EXIT_DEGRADED };
+    if text {
+        let lines = kernel
+            .layout
+            .lines()
+            .into_iter()
+            .chain(status::verdict_lines(&attached))
+            .chain([status::patched_line(&attached)])
+            .chain(status::coverage_lines(&sight))
+            .chain([status::summary_line(&attached)]);
+        for line in lines {
+            println!("{line}");
+        }
+    } else {
+        let report = status::check_report(source, &kernel.facts, &kernel.layout, &attached, &sight, exit);
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => return fail(format!("cannot write the report: {e}")),
+        }
+    }
+    ExitCode::from(exit)
+}

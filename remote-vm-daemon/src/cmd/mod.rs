@@ -1,0 +1,73 @@
+//! One module per subcommand; `main.rs` parses the command line and dispatches.
+pub mod check;
+#[path = "../compare.rs"]
+pub mod compare;
+pub mod run;
+
+use std::path::PathBuf;
+
+use crate::{
+    bpf::{self, Attached, LoadError, Session},
+    config::{self, Config},
+    kernel::{Kernel, KernelError},
+};
+
+/// Exit status: everything attached.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: could not run (bad input, no privileges, …).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status of `check`: runs, but some probes did not attach (all reported).
+pub const EXIT_DEGRADED: u8 = 2;
+
+/// The flags `run` and `check` share.
+#[derive(clap::Args, Debug)]
+pub struct Common {
+    /// TOML config file over the embedded defaults (see `remote-vm-daemon defaults`).
+    #[arg(long, env = "REMOTE_VM_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
+    #[arg(long, value_name = "PATH")]
+    pub btf: Option<PathBuf>,
+    /// Log level: error, warn, info, debug, trace (overrides the config).
+    #[arg(long, env = "REMOTE_VM_LOG", value_name = "LEVEL", value_parser = parse_level)]
+    pub log_level: Option<log::LevelFilter>,
+}
+
+fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
+    config::parse_log_level(v).ok_or_else(|| format!("expected {}", config::LOG_LEVEL_ALLOWED))
+}
+
+impl Common {
+    /// The config file over the defaults, flags over the file.
+    pub fn settle(&self) -> Result<Config, config::ConfigError> {
+        let mut config = Config::load(self.config.as_deref())?;
+        if let Some(level) = self.log_level {
+            config.log_level = level;
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// Load and attach per `config`.
+pub fn load(kernel: &Kernel, config: &Config) -> Result<(Session, Attached), StartError> {
+    Ok(bpf::load(
+        kernel,
+        &bpf::LoadOptions {
+            log_level: config.log_level,
+            choices: &config.probes,
+        },
+    )?)
+}
+
+pub fn fail(msg: impl std::fmt::Display) -> std::process::ExitCode {
+    eprintln!("remote-vm-daemon: {msg}");
+    std::process::ExitCode::from(EXIT_FAILED)
+}

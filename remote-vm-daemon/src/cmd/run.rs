@@ -1,0 +1,112 @@
+//! `run`: bind, attach, drop every privilege, serve until SIGTERM or SIGINT.
+use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+
+use super::{Common, EXIT_OK, fail};
+use crate::{
+    caps,
+    kernel::Kernel,
+    logging,
+    metrics::coverage::Sight,
+    notify, server,
+    server::State,
+    status,
+};
+
+pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
+    let mut config = match common.settle() {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    if let Some(listen) = listen {
+        config.listen = listen;
+    }
+    logging::init(config.log_level);
+    let notify = notify::Notifier::from_env();
+    // Bind first: a taken port fails before anything is attached.
+    notify.status(&format!("binding {}", config.listen));
+    let listener = match std::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return fail(format!(
+                "cannot listen on {}: {e} (another remote-vm-daemon? choose another with --listen)",
+                config.listen
+            ));
+        }
+        Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
+    };
+    notify.status("attaching probes");
+    let kernel = match Kernel::read(common.btf.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    log::info!("{}", status::kernel_line(&kernel.facts));
+    let (mut session, attached) = match super::load(&kernel, &config) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    for line in status::verdict_lines(&attached) {
+        log::info!("{line}");
+    }
+    log::info!("{}", status::patched_line(&attached));
+    let (n, points) = attached.probe_counts();
+    if n < points {
+        log::warn!("degraded: {n} of {points} probes attached; the rest are reported as mode=\"none\"");
+    }
+    // Everything is attached and every fd we need is open: give up all privilege
+    // before any other thread exists, so none keeps it.
+    match caps::drop_all() {
+        Ok(()) => log::info!("dropped all capabilities (CapEff {:#x})", caps::effective().unwrap_or(0)),
+        Err(e) => log::error!("could not drop capabilities: {e}"),
+    }
+    session.forward_logs();
+    let sight = Sight::of(&kernel.layout, &attached);
+    let Kernel { facts, btf, .. } = kernel;
+    // aya's BTF of the kernel is tens of MB: give the memory back to the system.
+    drop(btf);
+    // SAFETY: no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let state = Arc::new(State {
+        facts,
+        attached,
+        sight,
+        session,
+        hist_min_log2: config.hist_min_log2,
+        hist_max_log2: config.hist_max_log2,
+    });
+    let served = runtime.block_on(async {
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))?;
+        log::info!("serving http://{}/metrics", config.listen);
+        notify.send(&format!(
+            "READY=1\nSTATUS=serving http://{}/metrics; {n} of {points} probes attached",
+            config.listen
+        ));
+        server::serve(listener, state.clone(), shutdown_signal()).await;
+        Ok::<(), std::io::Error>(())
+    });
+    notify.send("STOPPING=1\nSTATUS=detaching probes");
+    log::info!("shutting down");
+    drop(runtime);
+    drop(state);
+    match served {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => fail(format!("cannot serve on {}: {e}", config.listen)),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        log::warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,54 @@
+//! Stage 1, kernel facts: everything the daemon knows about the running kernel
+//! before anything is loaded. The BTF bytes are read once; aya's `Btf` (for
+//! loading programs) and our layout (offsets, enums, tracepoint arguments,
+//! functions) are both built from them.
+pub mod btf;
+mod facts;
+pub mod layout;
+
+use std::path::Path;
+
+pub use facts::{KernelFacts, SYS_BTF};
+#[cfg(test)]
+pub use facts::for_tests as facts_for_tests;
+pub use layout::Layout;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("cannot read BTF from {path}: {reason}")]
+    Btf { path: String, reason: String },
+}
+
+/// The running kernel as the rest of the daemon sees it.
+pub struct Kernel {
+    pub facts: KernelFacts,
+    pub layout: Layout,
+    /// aya's view of the same BTF, for loading BTF-typed programs; `None`
+    /// without BTF (only kprobes can attach then).
+    pub btf: Option<aya::Btf>,
+}
+
+impl Kernel {
+    /// Reads the BTF the daemon should use — `--btf PATH`, else the kernel's own,
+    /// else none — and the facts that follow from it.
+    pub fn read(btf_path: Option<&Path>) -> Result<Kernel, KernelError> {
+        let mut facts = KernelFacts::read(btf_path);
+        let path = btf_path.unwrap_or(Path::new(SYS_BTF));
+        let bad = |reason: String| KernelError::Btf {
+            path: path.display().to_string(),
+            reason,
+        };
+        let (layout, btf) = if btf_path.is_none() && !path.exists() {
+            log::warn!("no kernel BTF at {}; only kprobes can attach (see --btf)", path.display());
+            (Layout::without_btf(), None)
+        } else {
+            let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            let ours = btf::Btf::parse(&bytes).map_err(|e| bad(e.to_string()))?;
+            let theirs = aya::Btf::parse(&bytes, aya::Endianness::default())
+                .map_err(|e| bad(crate::bpf::attach::describe(&e)))?;
+            (Layout::from_btf(&ours), Some(theirs))
+        };
+        facts.fill_from_layout(&layout);
+        Ok(Kernel { facts, layout, btf })
+    }
+}

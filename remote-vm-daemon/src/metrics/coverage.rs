@@ -1,0 +1,61 @@
+//! Which of the catalog's coverages the attached probes and the kernel's BTF
+//! make exact on this host. A family whose coverage is unmet is absent, never
+//! zero: nothing reads "0 % fast path" where the daemon cannot see. Where the
+//! kernel has no lockless path at all, the families that depend on it are
+//! present and exact (there is nothing to miss).
+use remote_vm_common::{Family, catalog::Coverage};
+
+use crate::{bpf::Attached, kernel::Layout};
+
+/// What is covered here; decided once after attaching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sight {
+    met: [bool; Coverage::REPORTED.len() + 1],
+    /// Host-wide acquisition failures are killed waiters (not failed trylocks).
+    pub host_failures: bool,
+}
+
+impl Sight {
+    pub fn of(layout: &Layout, attached: &Attached) -> Sight {
+        let lockless = layout.has_lockless_path();
+        let on = |f: Family| attached.attached(f);
+        let mode = |f: Family| attached.verdict(f).and_then(|v| v.mode);
+        let access = on(Family::AccessRemoteVm);
+        let remote = on(Family::MmapLockRemote);
+        let walk = on(Family::FolioWalkStart);
+        let reads = access && remote && (!lockless || on(Family::LockVmaUnderRcu));
+        let met = |c: Coverage| match c {
+            Coverage::Always => true,
+            Coverage::Reads => reads,
+            Coverage::Fallbacks => reads && (!lockless || walk),
+            Coverage::RemoteLock => access && remote,
+            Coverage::RemoteWrites => access && mode(Family::MmapLockRemote).is_some_and(|m| m.sees_write_waits),
+            Coverage::HostLock => on(Family::MmapLockHost),
+            Coverage::LockVma => access && on(Family::LockVmaUnderRcu),
+            Coverage::Gup => reads && on(Family::GetUserPagesRemote),
+            Coverage::WalkLevels => reads && walk && layout.fw_level.is_ok() && layout.fw_levels.is_ok(),
+            Coverage::FollAnon => reads && walk && layout.vma_vm_ops.is_ok() && layout.foll_anon.is_ok(),
+        };
+        let mut sight = Sight {
+            met: [false; Coverage::REPORTED.len() + 1],
+            host_failures: mode(Family::MmapLockHost).is_some_and(|m| m.reports_failures),
+        };
+        sight.met[0] = true;
+        for (i, c) in Coverage::REPORTED.iter().enumerate() {
+            sight.met[i + 1] = met(*c);
+        }
+        sight
+    }
+
+    pub fn covers(&self, c: Coverage) -> bool {
+        match Coverage::REPORTED.iter().position(|r| *r == c) {
+            Some(i) => self.met[i + 1],
+            None => self.met[0],
+        }
+    }
+
+    /// Any of `cs` (a family's declared coverage).
+    pub fn covers_any(&self, cs: &[Coverage]) -> bool {
+        cs.iter().any(|c| self.covers(*c))
+    }
+}

@@ -1,0 +1,162 @@
+//! The public API pinned: every series the daemon can export, checked against
+//! `golden/exposition.txt` (names, types, label names and values, `le` strings).
+use std::collections::BTreeMap;
+
+use remote_vm_common::{
+    Family as Probe,
+    catalog::{self, Values},
+};
+
+use super::*;
+use crate::{
+    bpf::{Patched, Verdict},
+    kernel::{Layout, facts_for_tests},
+};
+
+/// A kernel with every BTF item and the lockless path.
+pub fn full_layout() -> Layout {
+    Layout {
+        mm_mmap_lock: Ok(112),
+        task_mm: Ok(2000),
+        fw_page: Ok(0),
+        fw_level: Ok(24),
+        fw_levels: Ok((1, 2)),
+        vma_vm_ops: Ok(144),
+        foll_write: 1,
+        foll_write_note: None,
+        foll_anon: Ok(1 << 14),
+        mmap_lock_tp_args: Ok((1, 2)),
+        has_lock_vma_under_rcu: true,
+        has_folio_walk_start: true,
+        has_rcu_table_free: true,
+        from_btf: true,
+    }
+}
+
+/// Every family attached in `modes` (by family), the rest in their first mode.
+pub fn attached_in(modes: &[(Probe, &str)]) -> Attached {
+    let verdicts = Probe::ALL
+        .iter()
+        .map(|f| {
+            let mode = modes.iter().find(|(g, _)| g == f).map_or(f.first_mode(), |(_, m)| f.mode(m).unwrap());
+            Verdict {
+                family: *f,
+                mode: Some(mode),
+                failures: Vec::new(),
+            }
+        })
+        .collect();
+    Attached {
+        verdicts,
+        patched: Patched::Yes,
+        patched_why: String::new(),
+        kprobe_links: BTreeMap::new(),
+    }
+}
+
+/// The configuration that exports every series: the read+write remote mode,
+/// host-wide contention tracepoints.
+pub fn everything() -> Attached {
+    attached_in(&[(Probe::MmapLockRemote, "fentry_rw")])
+}
+
+/// `# TYPE` lines and sample names with their labels, values dropped; the
+/// values of free labels (release, version) shown as `*`.
+pub fn series(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("# TYPE ") {
+            out.push(line.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        let name = series.split('{').next().unwrap_or(series);
+        let family = catalog::ALL.iter().find(|m| {
+            name == m.name || ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s) == Some(m.name))
+        });
+        let Some(family) = family else { continue };
+        let mut s = series.to_string();
+        for l in family.labels.iter().filter(|l| l.values == Values::Free) {
+            if let Some(start) = s.find(&format!("{}=\"", l.name)) {
+                let v0 = start + l.name.len() + 2;
+                if let Some(len) = s[v0..].find('"') {
+                    s.replace_range(v0..v0 + len, "*");
+                }
+            }
+        }
+        out.push(s);
+    }
+    out
+}
+
+fn render_with(attached: &Attached) -> String {
+    let facts = facts_for_tests();
+    let view = View {
+        facts: &facts,
+        attached,
+        sight: Sight::of(&full_layout(), attached),
+        hist_min_log2: 9,
+        hist_max_log2: 34,
+    };
+    encode_all(&collect(&view, &Snapshot::ZERO))
+}
+
+const GOLDEN: &str = include_str!("../../golden/exposition.txt");
+
+#[test]
+fn every_series_is_the_golden_one() {
+    let got = series(&render_with(&everything()));
+    if std::env::var_os("REMOTE_VM_BLESS").is_some() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/golden/exposition.txt");
+        std::fs::write(path, got.join("\n") + "\n").unwrap();
+    }
+    let want: Vec<&str> = GOLDEN.lines().collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn every_family_has_a_filler_and_only_declared_labels() {
+    let attached = everything();
+    let facts = facts_for_tests();
+    let view = View {
+        facts: &facts,
+        attached: &attached,
+        sight: Sight::of(&full_layout(), &attached),
+        hist_min_log2: 9,
+        hist_max_log2: 34,
+    };
+    let families = collect(&view, &Snapshot::ZERO);
+    assert_eq!(families.len(), catalog::ALL.len());
+    for f in &families {
+        assert!(!f.samples.is_empty(), "{} has no filler", f.metric.name);
+        for s in &f.samples {
+            let names: Vec<&str> = s.labels.iter().map(|(k, _)| *k).filter(|k| *k != "le").collect();
+            let declared: Vec<&str> = f.metric.labels.iter().map(|l| l.name).collect();
+            assert_eq!(names, declared, "{}", f.metric.name);
+            for ((_, v), l) in s.labels.iter().filter(|(k, _)| *k != "le").zip(f.metric.labels) {
+                assert!(l.values.contains(v), "{} {}={v}", f.metric.name, l.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_mode_exports_a_subset_of_the_golden_series() {
+    let golden: Vec<&str> = GOLDEN.lines().collect();
+    for family in Probe::ALL {
+        for mode in family.modes() {
+            let got = series(&render_with(&attached_in(&[(family, mode.name)])));
+            for s in &got {
+                // probe_attached names the mode: the probe must be known.
+                let probe_part = |s: &str| s.split(",mode=").next().unwrap_or_default().to_string();
+                let known = golden.contains(&s.as_str())
+                    || (s.starts_with(catalog::PROBE_ATTACHED.name)
+                        && golden.iter().any(|g| probe_part(g) == probe_part(s)));
+                assert!(known, "{} {}: {s}", family.name(), mode.name);
+            }
+        }
+    }
+}

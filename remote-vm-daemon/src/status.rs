@@ -1,0 +1,245 @@
+//! The daemon's status as people read it (`check`, `/healthz`, the log) and as
+//! programs read it (`check --format json`): kernel facts, one verdict per probe,
+//! `patched`, and which metric families are exported or absent and why.
+use remote_vm_common::catalog::Coverage;
+use serde::Serialize;
+
+use crate::{
+    bpf::Attached,
+    kernel::{KernelFacts, Layout},
+    metrics::coverage::Sight,
+};
+
+/// One line per probe: its mode and whether it is exact, or `none` and why.
+pub fn verdict_lines(attached: &Attached) -> Vec<String> {
+    probes(attached).iter().map(ProbeStatus::line).collect()
+}
+
+pub fn kernel_line(f: &KernelFacts) -> String {
+    format!(
+        "kernel: release={} btf={} per_vma_lock={} rcu_table_free={} config={}",
+        f.release,
+        f.btf,
+        f.per_vma_lock,
+        f.rcu_table_free,
+        config_source(f),
+    )
+}
+
+fn config_source(f: &KernelFacts) -> String {
+    f.config_source.as_ref().map_or("unknown".to_string(), |p| p.display().to_string())
+}
+
+pub fn patched_line(attached: &Attached) -> String {
+    format!("patched: {} ({})", attached.patched.as_str(), attached.patched_why)
+}
+
+/// Which metric families are exported and which are absent, and why.
+pub fn coverage_lines(sight: &Sight) -> Vec<String> {
+    coverage(sight)
+        .iter()
+        .map(|c| match c.exported {
+            true => format!("metrics: {}: exported", c.what),
+            false => format!("metrics: {}: absent ({})", c.what, c.needs),
+        })
+        .collect()
+}
+
+pub fn summary_line(attached: &Attached) -> String {
+    let (n, total) = attached.probe_counts();
+    if n == total {
+        format!("summary: all {total} probes attached")
+    } else {
+        format!("summary: degraded: {n} of {total} probes attached")
+    }
+}
+
+/// `/healthz`: "ok", then the same lines as `check` after its BTF lines.
+pub fn healthz(facts: &KernelFacts, attached: &Attached, sight: &Sight) -> String {
+    let mut body = String::from("ok\n");
+    let lines = [kernel_line(facts)]
+        .into_iter()
+        .chain(verdict_lines(attached))
+        .chain([patched_line(attached)])
+        .chain(coverage_lines(sight));
+    for line in lines {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    body
+}
+
+/// One probe's verdict.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ProbeStatus {
+    pub probe: &'static str,
+    pub family: &'static str,
+    /// The mode it attached in, or `none`.
+    pub mode: &'static str,
+    pub attached: bool,
+    /// Every run is seen (trampolines, tracepoints) or may be missed (kprobes).
+    pub exact: bool,
+    /// Kprobe links whose misses the kernel counts (kprobe modes only).
+    pub kprobe_links: usize,
+    /// Why it did not attach: per mode tried, or why none was tried.
+    pub reasons: Vec<Reason>,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Reason {
+    /// The mode tried, or `null` when the family was not tried.
+    pub mode: Option<&'static str>,
+    pub error: String,
+}
+
+impl ProbeStatus {
+    fn line(&self) -> String {
+        if !self.attached {
+            let reasons: Vec<String> = self
+                .reasons
+                .iter()
+                .map(|r| match r.mode {
+                    Some(m) => format!("{m}: {}", r.error),
+                    None => r.error.clone(),
+                })
+                .collect();
+            return format!("probe {}: none ({})", self.probe, reasons.join("; "));
+        }
+        if self.exact {
+            return format!("probe {}: {} (exact)", self.probe, self.mode);
+        }
+        let source = if self.kprobe_links > 0 {
+            format!("the kernel counts them on {} kprobe link(s)", self.kprobe_links)
+        } else {
+            "this kernel keeps no kprobe miss counter (Linux < 6.7)".to_string()
+        };
+        format!(
+            "probe {}: {} (may miss events; see {}: {source})",
+            self.probe,
+            self.mode,
+            remote_vm_common::catalog::PROBE_MISSES.name
+        )
+    }
+}
+
+pub fn probes(attached: &Attached) -> Vec<ProbeStatus> {
+    let mut out = Vec::new();
+    for v in &attached.verdicts {
+        for point in v.family.spec().points {
+            out.push(ProbeStatus {
+                probe: point.name(),
+                family: v.family.name(),
+                mode: v.mode_name(),
+                attached: v.attached(),
+                exact: v.mode.is_some_and(|m| m.exact),
+                kprobe_links: attached.kprobe_links.get(point).copied().unwrap_or(0),
+                reasons: v
+                    .failures
+                    .iter()
+                    .map(|(mode, why)| Reason {
+                        mode: *mode,
+                        error: why.to_string(),
+                    })
+                    .collect(),
+            });
+        }
+    }
+    out
+}
+
+#[derive(Debug, Serialize)]
+pub struct CoverageStatus {
+    pub what: &'static str,
+    pub exported: bool,
+    pub needs: &'static str,
+    /// The metric families it exports.
+    pub metrics: Vec<&'static str>,
+}
+
+pub fn coverage(sight: &Sight) -> Vec<CoverageStatus> {
+    Coverage::REPORTED
+        .iter()
+        .map(|c| CoverageStatus {
+            what: c.what(),
+            exported: sight.covers(*c),
+            needs: c.needs(),
+            metrics: remote_vm_common::catalog::ALL
+                .iter()
+                .filter(|m| m.coverage.contains(c))
+                .map(|m| m.name)
+                .collect(),
+        })
+        .collect()
+}
+
+/// The document `check --format json` prints: a stable shape, documented in
+/// README ("check --format json"). Fields are only ever added.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    /// The version of this shape.
+    pub format: u32,
+    pub config: String,
+    pub kernel: KernelStatus,
+    pub btf: Vec<BtfItem>,
+    pub probes: Vec<ProbeStatus>,
+    pub patched: PatchedStatus,
+    pub metrics: Vec<CoverageStatus>,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KernelStatus {
+    pub release: String,
+    pub btf: String,
+    pub per_vma_lock: &'static str,
+    pub rcu_table_free: &'static str,
+    pub config: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BtfItem {
+    /// The line `check` prints for it.
+    pub line: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PatchedStatus {
+    /// `yes`, `no` or `unknown`.
+    pub value: &'static str,
+    pub why: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub attached: usize,
+    pub total: usize,
+    /// `check`'s exit status: 0 all attached, 2 degraded.
+    pub exit: u8,
+}
+
+pub fn check_report(config: String, facts: &KernelFacts, layout: &Layout, attached: &Attached, sight: &Sight, exit: u8) -> CheckReport {
+    let (n, total) = attached.probe_counts();
+    CheckReport {
+        format: 1,
+        config,
+        kernel: KernelStatus {
+            release: facts.release.clone(),
+            btf: facts.btf.to_string(),
+            per_vma_lock: facts.per_vma_lock.as_str(),
+            rcu_table_free: facts.rcu_table_free.as_str(),
+            config: config_source(facts),
+        },
+        btf: layout.lines().into_iter().map(|line| BtfItem { line }).collect(),
+        probes: probes(attached),
+        patched: PatchedStatus {
+            value: attached.patched.as_str(),
+            why: attached.patched_why.clone(),
+        },
+        metrics: coverage(sight),
+        summary: Summary {
+            attached: n,
+            total,
+            exit,
+        },
+    }
+}
