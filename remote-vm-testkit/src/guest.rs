@@ -145,8 +145,8 @@ pub struct Report {
     pub kernel: String,
     pub release: String,
     pub expect: String,
-    /// What `remote-vm-daemon check` printed (for the host's kernel matrix).
-    pub check_output: String,
+    /// What `remote-vm-daemon check --format json` printed (for the host's kernel matrix).
+    pub check: serde_json::Value,
     pub checks: Vec<Check>,
 }
 
@@ -198,7 +198,7 @@ pub fn main() -> Result<bool> {
         kernel: cmdline_arg("rvm.kernel").unwrap_or_else(|| "unnamed".into()),
         release: std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string(),
         expect,
-        check_output: String::new(),
+        check: serde_json::Value::Null,
         checks: Vec::new(),
     };
     println!("vmtest: kernel {} ({}), expecting {}", report.kernel, report.release, report.expect);
@@ -238,16 +238,13 @@ pub fn main() -> Result<bool> {
 /// `remote-vm-daemon check --format json`: exit 0, every probe in its first
 /// mode, and the kernel's own verdict on the lockless path.
 fn check_command(report: &mut Report, kernel: Option<Kernel>, extra: &[&str], name: &str) -> Result<()> {
-    if name == "check" {
-        // The human form, for the host's kernel matrix.
-        let out = Command::new(DAEMON).arg("check").args(extra).output().context("run check")?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        for line in stdout.lines() {
-            println!("vmtest: {name}| {line}");
-        }
-        report.check_output = stdout.to_string();
-    }
     let (code, json) = check_json(extra)?;
+    for line in serde_json::to_string_pretty(&json)?.lines() {
+        println!("vmtest: {name}| {line}");
+    }
+    if name == "check" {
+        report.check = json.clone();
+    }
     report.check(format!("{name}.exit_code"), expected_check_exit(kernel), code);
     report.check(format!("{name}.json.summary.exit"), code, json["summary"]["exit"].as_i64().unwrap_or(-1));
     let probes = json["probes"].as_array().cloned().unwrap_or_default();

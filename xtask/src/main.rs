@@ -254,23 +254,21 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>) -> Result<()> {
             kernel: kernel.name.clone(),
             origin: kernel.origin.clone(),
             expect: kernel.expect.clone(),
-            check: boot
-                .report
-                .as_ref()
-                .and_then(|r| r["check_output"].as_str().map(str::to_string))
-                .unwrap_or_default(),
+            check: boot.report.as_ref().map_or(serde_json::Value::Null, |r| r["check"].clone()),
             checks,
             passed: Some(boot.success),
         });
     }
     // The host as a native row: what `check` attaches here.
-    let host_check = Command::new(root.join("target/release/remote-vm-daemon")).arg("check").output()?;
+    let host_check = Command::new(root.join("target/release/remote-vm-daemon"))
+        .args(["check", "--format", "json"])
+        .output()?;
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     rows.push(matrix::Row {
         kernel: "host".into(),
         origin: format!("this machine, Linux {} (native)", release.trim()),
         expect: "tracepoints only".into(),
-        check: String::from_utf8_lossy(&host_check.stdout).into_owned(),
+        check: serde_json::from_slice(&host_check.stdout).unwrap_or(serde_json::Value::Null),
         checks: Vec::new(),
         passed: None,
     });

@@ -15,8 +15,8 @@ pub struct Row {
     pub kernel: String,
     pub origin: String,
     pub expect: String,
-    /// `remote-vm-daemon check` output.
-    pub check: String,
+    /// `remote-vm-daemon check --format json` output (README: "check --format json").
+    pub check: Value,
     /// The guest's checks (`name`, `expected`, `got`, `ok`); empty for the host.
     pub checks: Vec<Value>,
     pub passed: Option<bool>,
@@ -49,19 +49,30 @@ fn classes() -> Vec<(&'static str, String)> {
     ]
 }
 
-/// `probe NAME: MODE (…)` lines of a `check` output, shortened for a table cell.
-fn probes(check: &str) -> Vec<(String, String)> {
-    check
-        .lines()
-        .filter_map(|l| l.strip_prefix("probe "))
-        .filter_map(|l| l.split_once(": "))
-        .map(|(probe, rest)| {
-            let cell = match rest.split_once(' ') {
-                Some(("none", why)) => format!("none: {}", short_reason(why)),
-                Some((mode, _)) => mode.to_string(),
-                None => rest.to_string(),
+/// Each probe of a `check` report and its mode, or why not, shortened for a table cell.
+fn probes(check: &Value) -> Vec<(String, String)> {
+    let empty = Vec::new();
+    check["probes"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|p| {
+            let probe = p["probe"].as_str().unwrap_or("?").to_string();
+            let cell = if p["attached"] == true {
+                p["mode"].as_str().unwrap_or("?").to_string()
+            } else {
+                let reasons: Vec<String> = p["reasons"]
+                    .as_array()
+                    .unwrap_or(&empty)
+                    .iter()
+                    .map(|r| match r["mode"].as_str() {
+                        Some(m) => format!("{m}: {}", r["error"].as_str().unwrap_or("")),
+                        None => r["error"].as_str().unwrap_or("").to_string(),
+                    })
+                    .collect();
+                format!("none: {}", short_reason(&reasons.join("; ")))
             };
-            (probe.to_string(), cell)
+            (probe, cell)
         })
         .collect()
 }
@@ -95,23 +106,9 @@ pub fn render(rows: &[Row]) -> String {
     };
     line(&mut out, "kernel", rows.iter().map(|r| r.origin.clone()).collect());
     line(&mut out, "expected", rows.iter().map(|r| r.expect.clone()).collect());
-    let release = |r: &Row| {
-        r.check
-            .lines()
-            .find_map(|l| l.strip_prefix("kernel: release="))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or("?")
-            .to_string()
-    };
+    let release = |r: &Row| r.check["kernel"]["release"].as_str().unwrap_or("?").to_string();
     line(&mut out, "release", rows.iter().map(release).collect());
-    let patched = |r: &Row| {
-        r.check
-            .lines()
-            .find_map(|l| l.strip_prefix("patched: "))
-            .and_then(|l| l.split_whitespace().next())
-            .unwrap_or("?")
-            .to_string()
-    };
+    let patched = |r: &Row| r.check["patched"]["value"].as_str().unwrap_or("?").to_string();
     line(&mut out, "`patched`", rows.iter().map(patched).collect());
     let all: Vec<Vec<(String, String)>> = rows.iter().map(|r| probes(&r.check)).collect();
     if let Some(first) = all.iter().find(|p| !p.is_empty()) {
@@ -162,4 +159,35 @@ pub fn render(rows: &[Row]) -> String {
     );
     out.push_str("\nCells: probe mode, or `none` and why; class rows `✓ counted/expected` deltas of one workload run (`absent`: the family cannot exist there).\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_come_from_check_json() {
+        let check = serde_json::json!({
+            "kernel": {"release": "6.12.117"},
+            "patched": {"value": "yes", "why": "…"},
+            "probes": [
+                {"probe": "a_entry", "attached": true, "mode": "fentry", "reasons": []},
+                {"probe": "b_exit", "attached": false, "mode": "none",
+                 "reasons": [{"mode": null, "error": "not tried: it only refines a, which is not attached"}]},
+            ],
+        });
+        let row = Row {
+            kernel: "k".into(),
+            origin: "o".into(),
+            expect: "patched".into(),
+            check,
+            checks: Vec::new(),
+            passed: None,
+        };
+        let table = render(&[row]);
+        assert!(table.contains("| release | 6.12.117 |"), "{table}");
+        assert!(table.contains("| `patched` | yes |"), "{table}");
+        assert!(table.contains("| probe `a_entry` | fentry |"), "{table}");
+        assert!(table.contains("| probe `b_exit` | none: needs access_remote_vm |"), "{table}");
+    }
 }
