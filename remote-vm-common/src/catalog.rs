@@ -497,6 +497,45 @@ pub const ALL: &[&Metric] = &[
     &LOCK_VMA_FAILURES,
 ];
 
+/// The standard process metrics (the names every Prometheus client library
+/// exports), after ours. Read from `/proc/self` on each scrape.
+pub const PROCESS_CPU: Metric = metric(
+    "process_cpu_seconds_total",
+    Counter,
+    Unit::Seconds,
+    &[],
+    &[C::Always],
+    "Total user and system CPU time spent in seconds.",
+);
+pub const PROCESS_OPEN_FDS: Metric =
+    metric("process_open_fds", Gauge, Unit::Count, &[], &[C::Always], "Number of open file descriptors.");
+pub const PROCESS_MAX_FDS: Metric =
+    metric("process_max_fds", Gauge, Unit::Count, &[], &[C::Always], "Maximum number of open file descriptors.");
+pub const PROCESS_VIRTUAL_MEMORY: Metric =
+    metric("process_virtual_memory_bytes", Gauge, Unit::Bytes, &[], &[C::Always], "Virtual memory size in bytes.");
+pub const PROCESS_RESIDENT_MEMORY: Metric =
+    metric("process_resident_memory_bytes", Gauge, Unit::Bytes, &[], &[C::Always], "Resident memory size in bytes.");
+pub const PROCESS_START_TIME: Metric = metric(
+    "process_start_time_seconds",
+    Gauge,
+    Unit::Seconds,
+    &[],
+    &[C::Always],
+    "Start time of the process since unix epoch in seconds.",
+);
+pub const PROCESS_THREADS: Metric =
+    metric("process_threads", Gauge, Unit::Count, &[], &[C::Always], "Number of OS threads in the process.");
+
+pub const PROCESS: &[&Metric] = &[
+    &PROCESS_CPU,
+    &PROCESS_OPEN_FDS,
+    &PROCESS_MAX_FDS,
+    &PROCESS_VIRTUAL_MEMORY,
+    &PROCESS_RESIDENT_MEMORY,
+    &PROCESS_START_TIME,
+    &PROCESS_THREADS,
+];
+
 /// The common prefix of every name.
 pub const PREFIX: &str = "remote_vm_";
 
@@ -589,6 +628,14 @@ mod tests {
                 assert!(l.values != Values::Free || m.unit == Unit::Info, "{} {}", m.name, l.name);
                 assert!(l.name != "pid" && l.name != "tid" && l.name != "comm");
             }
+        }
+    }
+
+    #[test]
+    fn process_metrics_have_the_standard_names() {
+        for m in PROCESS {
+            assert!(m.name.starts_with("process_") && m.labels.is_empty(), "{}", m.name);
+            assert_eq!(m.kind == Kind::Counter, m.name.ends_with("_total"), "{}", m.name);
         }
     }
 

@@ -2,6 +2,12 @@
 //!
 //! Our families are built fresh from the BPF maps on every scrape; this module only
 //! knows how to write them. Integers stay integers (no float rounding of counters).
+//!
+//! Why not the `prometheus` crate: its model holds every value as `f64` (a
+//! counter past 2^53 would be rounded) and it writes `le` bounds in its own
+//! float format, which would rename every bucket series fleets already store
+//! (`golden/exposition.txt` pins ours, e.g. `le="1.024e-6"`). So there is exactly
+//! one writer, this one, for our families and the process metrics alike.
 use std::fmt::Write as _;
 
 use remote_vm_common::catalog::Metric;

@@ -6,6 +6,7 @@
 //! another process's memory, so a scrape is never counted as a remote access.
 pub mod coverage;
 pub mod exposition;
+mod process;
 
 use remote_vm_common::{
     Point,
@@ -35,11 +36,12 @@ pub struct View<'a> {
     pub hist_max_log2: u32,
 }
 
-/// The full /metrics body: our families, then the standard process metrics.
+/// The full /metrics body: our families, then the standard process metrics,
+/// through one writer.
 pub fn render(view: &View, snap: &Snapshot) -> String {
-    let mut text = encode_all(&collect(view, snap));
-    text.push_str(&process_metrics());
-    text
+    let mut families = collect(view, snap);
+    families.extend(process::collect());
+    encode_all(&families)
 }
 
 /// Every family the view covers, in catalog order.
@@ -204,20 +206,6 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
 
 fn single(f: &mut Family, value: u64) {
     f.push(&[], value);
-}
-
-fn process_metrics() -> String {
-    use prometheus::Encoder;
-    let registry = prometheus::Registry::new();
-    let collector = prometheus::process_collector::ProcessCollector::for_self();
-    if registry.register(Box::new(collector)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    if prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf).is_err() {
-        return String::new();
-    }
-    String::from_utf8(buf).unwrap_or_default()
 }
 
 #[cfg(test)]

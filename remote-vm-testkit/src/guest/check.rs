@@ -1,0 +1,104 @@
+//! The `check` subcommand: its JSON document, and its verdict with the least
+//! capabilities.
+use std::{collections::BTreeMap, process::Command};
+
+use anyhow::{Context, Result};
+
+use remote_vm_common::{Point, catalog::NO_MODE};
+
+use crate::classes::Kernel;
+
+use super::{
+    expect::{expected_check_exit, expected_mode, first_modes},
+    harness::{DAEMON, Report},
+};
+
+/// `remote-vm-daemon check --format json`: exit 0, every probe in its first
+/// mode, and the kernel's own verdict on the lockless path.
+pub(super) fn check_command(report: &mut Report, kernel: Option<Kernel>, extra: &[&str], name: &str) -> Result<()> {
+    let (code, json) = check_json(extra)?;
+    for line in serde_json::to_string_pretty(&json)?.lines() {
+        println!("vmtest: {name}| {line}");
+    }
+    if name == "check" {
+        report.check = json.clone();
+    }
+    report.check(format!("{name}.exit_code"), expected_check_exit(kernel), code);
+    report.check(format!("{name}.json.summary.exit"), code, json["summary"]["exit"].as_i64().unwrap_or(-1));
+    let probes = json["probes"].as_array().cloned().unwrap_or_default();
+    let modes: BTreeMap<String, String> = probes
+        .iter()
+        .map(|p| (p["probe"].as_str().unwrap_or("").to_string(), p["mode"].as_str().unwrap_or("").to_string()))
+        .collect();
+    let first = first_modes();
+    for (probe, mode) in &first {
+        report.check(
+            format!("{name}.mode.{probe}"),
+            expected_mode(kernel, probe, mode),
+            modes.get(*probe).map_or("missing", String::as_str),
+        );
+    }
+    report.check(format!("{name}.probe_count"), first.len(), modes.len());
+    if report.expect != "unknown" {
+        let patched = json["patched"]["value"].as_str().unwrap_or("missing");
+        let want = if kernel == Some(Kernel::Patched) { "yes" } else { "no" };
+        report.check(format!("{name}.patched"), want, patched);
+    }
+    Ok(())
+}
+
+/// `check --format json`: its exit status and document.
+fn check_json(extra: &[&str]) -> Result<(i32, serde_json::Value)> {
+    let out = Command::new(DAEMON)
+        .args(["check", "--format", "json"])
+        .args(extra)
+        .output()
+        .context("run check --format json")?;
+    let json = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("check --format json printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok((out.status.code().unwrap_or(-1), json))
+}
+
+/// `check` as user nobody with only CAP_BPF and CAP_PERFMON attaches every probe;
+/// with CAP_BPF alone it is refused and the missing capability named.
+pub(super) fn least_capabilities(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let with = |caps: &str| -> Result<(Option<i32>, String, String)> {
+        let out = Command::new(&exe).args(["with-caps", caps, "--", DAEMON, "check"]).output()?;
+        Ok((
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    };
+    let (code, stdout, stderr) = with("38,39")?;
+    report.check("least_capabilities.bpf_perfmon.exit_code", expected_check_exit(kernel), code.unwrap_or(-1));
+    let attached = stdout.lines().filter(|l| l.starts_with("probe ") && !l.contains(": none (")).count();
+    // Debian's kernels reserve perf events (kprobes) to CAP_SYS_ADMIN
+    // (perf_event_paranoid=3): 6.1's get_user_pages_remote, a kprobe there, stays off.
+    let legacy = kernel == Some(Kernel::Legacy);
+    let gup = Point::GetUserPagesRemoteEntry.name();
+    let attachable = first_modes()
+        .iter()
+        .filter(|(p, m)| expected_mode(kernel, p, m) != NO_MODE && !(legacy && *p == gup))
+        .count();
+    if legacy {
+        report.check(
+            "least_capabilities.bpf_perfmon.kprobe_says_why",
+            true,
+            stdout.lines().any(|l| l.starts_with(&format!("probe {gup}: none (")) && l.contains("perf_event_paranoid=3 reserves kprobes to CAP_SYS_ADMIN")),
+        );
+    }
+    report.check("least_capabilities.bpf_perfmon.probes_attached", attachable, attached);
+    if code != Some(expected_check_exit(kernel)) || attached != attachable {
+        println!("vmtest: least_capabilities: {stdout}{stderr}");
+    }
+    let (code, stdout, _) = with("39")?;
+    report.check("least_capabilities.bpf_only.exit_code", 2, code.unwrap_or(-1));
+    report.check(
+        "least_capabilities.bpf_only.names_cap_perfmon",
+        true,
+        stdout.lines().filter(|l| l.starts_with("probe ")).all(|l| l.contains("(missing capability CAP_PERFMON)") || l.contains("not tried")),
+    );
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! What must attach where, derived from the probe registry, and the daemon
+//! configurations (scenarios) the runner tries.
+use remote_vm_common::{Family, Point, catalog::NO_MODE, registry::ModeSpec};
+
+use crate::classes::Kernel;
+
+/// A probe and the mode it must attach in.
+type ProbeMode = (&'static str, &'static str);
+
+/// Every probe of `modes`' families (family, mode name) with that mode.
+fn probe_modes(modes: &[(Family, &'static str)]) -> Vec<ProbeMode> {
+    modes
+        .iter()
+        .flat_map(|(f, m)| f.spec().points.iter().map(move |p| (p.name(), *m)))
+        .collect()
+}
+
+/// Every probe in the mode `auto` tries first (the test kernels take it).
+pub(super) fn first_modes() -> Vec<ProbeMode> {
+    probe_modes(&Family::ALL.map(|f| (f, f.first_mode().name)))
+}
+
+/// Probes of functions a legacy kernel (6.1) does not have.
+pub(super) fn lockless_probe(probe: &str) -> bool {
+    [Family::LockVmaUnderRcu, Family::FolioWalkStart]
+        .iter()
+        .any(|f| f.spec().points.iter().any(|p| p.name() == probe))
+}
+
+/// The mode `probe` must attach in on `kernel`, given the configured `mode`.
+pub(super) fn expected_mode(kernel: Option<Kernel>, probe: &str, mode: &'static str) -> &'static str {
+    let gup = Point::GetUserPagesRemoteEntry.name();
+    if kernel == Some(Kernel::Legacy) && lockless_probe(probe) {
+        NO_MODE
+    } else if kernel == Some(Kernel::Legacy) && probe == gup && mode == Family::GetUserPagesRemote.first_mode().name {
+        // 6.1's get_user_pages_remote has 7 arguments; its trampolines take 6:
+        // the next mode, the kprobe.
+        Family::GetUserPagesRemote.spec().modes[1].name
+    } else {
+        mode
+    }
+}
+
+/// `check`'s exit status on `kernel`: 2 (degraded) where probes cannot exist.
+pub(super) fn expected_check_exit(kernel: Option<Kernel>) -> i32 {
+    if kernel == Some(Kernel::Legacy) { 2 } else { 0 }
+}
+
+/// A daemon configuration: families forced into modes (the rest `auto`).
+pub(super) struct Scenario {
+    pub(super) name: &'static str,
+    forced: &'static [(Family, &'static str)],
+}
+
+impl Scenario {
+    pub(super) fn config(&self) -> String {
+        let mut config = String::from("[probes]\n");
+        for (family, mode) in self.forced {
+            config.push_str(&format!("{} = \"{mode}\"\n", family.name()));
+        }
+        config
+    }
+
+    /// The modes it must attach in: the forced ones, or all first modes.
+    pub(super) fn modes(&self) -> Vec<ProbeMode> {
+        if self.forced.is_empty() { first_modes() } else { probe_modes(self.forced) }
+    }
+
+    /// The mode it attaches `family` in.
+    fn mode(&self, family: Family) -> &'static ModeSpec {
+        let name = self.forced.iter().find(|(f, _)| *f == family).map_or(family.first_mode().name, |(_, m)| *m);
+        family.mode(name).unwrap_or(family.first_mode())
+    }
+
+    /// Its host-wide mode reports killed waiters (so the failures series exists).
+    pub(super) fn host_failures(&self) -> bool {
+        self.mode(Family::MmapLockHost).reports_failures
+    }
+
+    /// Its remote-lock mode sees expand_stack's write-lock acquisitions.
+    pub(super) fn remote_writes(&self) -> bool {
+        self.mode(Family::MmapLockRemote).sees_write_waits
+    }
+}
+
+use Family::*;
+
+pub(super) const SCENARIOS: &[Scenario] = &[
+    Scenario { name: "first", forced: &[] },
+    Scenario {
+        name: "fallback",
+        forced: &[
+            (AccessRemoteVm, "kprobe"),
+            (LockVmaUnderRcu, "kprobe"),
+            (FolioWalkStart, "kprobe"),
+            (GetUserPagesRemote, "kprobe"),
+            (MmapLockRemote, "kprobe"),
+            (MmapLockHost, "mmap_lock_tp"),
+        ],
+    },
+    Scenario {
+        name: "callers",
+        forced: &[(AccessRemoteVm, "fentry_callers"), (MmapLockRemote, "mmap_lock_tp")],
+    },
+    Scenario {
+        name: "kprobe_callers",
+        forced: &[(AccessRemoteVm, "kprobe_callers"), (MmapLockRemote, "fentry_rw")],
+    },
+];

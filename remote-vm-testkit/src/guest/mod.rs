@@ -1,0 +1,84 @@
+//! The test runner inside a VM (started by /init): drives the daemon and the
+//! workloads and checks exact numbers. Each check prints one line
+//! (`vmtest <name> ok|FAIL …`); a JSON report closes the run for the host harness.
+//!
+//! `main` runs the suites in order; the harness (`Report`, `Daemon`) and the
+//! registry-derived expectations are shared by them:
+//! - `harness`: the report and its checks, the daemon under test, metric deltas;
+//! - `expect`: what must attach where, and the scenarios;
+//! - `check`: the `check` subcommand, also with the least capabilities;
+//! - `scenario`: one daemon configuration and its workloads;
+//! - `lifecycle`: start, stop, kill and restart;
+//! - `modes`: `rvm.mode=serve|ab|bench`, which run no tests.
+mod check;
+mod expect;
+mod harness;
+mod lifecycle;
+mod modes;
+mod scenario;
+
+use anyhow::Result;
+
+use crate::classes::Kernel;
+
+use check::{check_command, least_capabilities};
+use expect::SCENARIOS;
+use harness::cmdline_arg;
+use lifecycle::lifecycle;
+use modes::{ab, bench, serve};
+use scenario::run_scenario;
+
+pub use harness::{Check, DAEMON, Report};
+
+pub fn main() -> Result<bool> {
+    if cmdline_arg("rvm.mode").as_deref() == Some("serve") {
+        return serve();
+    }
+    if cmdline_arg("rvm.mode").as_deref() == Some("ab") {
+        return ab();
+    }
+    if cmdline_arg("rvm.mode").as_deref() == Some("bench") {
+        return bench();
+    }
+    let expect = cmdline_arg("rvm.expect").unwrap_or_else(|| "unknown".into());
+    let kernel = Kernel::from_expect(&expect);
+    let mut report = Report {
+        kernel: cmdline_arg("rvm.kernel").unwrap_or_else(|| "unnamed".into()),
+        release: std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim().to_string(),
+        expect,
+        check: serde_json::Value::Null,
+        checks: Vec::new(),
+    };
+    println!("vmtest: kernel {} ({}), expecting {}", report.kernel, report.release, report.expect);
+    // Hugetlb pages must be reserved before use.
+    let _ = std::fs::write("/proc/sys/vm/nr_hugepages", "8");
+
+    if let Err(e) = check_command(&mut report, kernel, &[], "check") {
+        report.error("check", e);
+    }
+    // --btf PATH with the kernel's own BTF copied to a file.
+    let btf_copy = "/tmp/vmlinux.btf";
+    match std::fs::copy("/sys/kernel/btf/vmlinux", btf_copy) {
+        Ok(_) => {
+            if let Err(e) = check_command(&mut report, kernel, &["--btf", btf_copy], "check_btf_file") {
+                report.error("check_btf_file", e);
+            }
+        }
+        Err(e) => report.error("check_btf_file", e.into()),
+    }
+    if let Err(e) = least_capabilities(&mut report, kernel) {
+        report.error("least_capabilities", e);
+    }
+    for (i, scenario) in SCENARIOS.iter().enumerate() {
+        if let Err(e) = run_scenario(&mut report, scenario, kernel, i == 0) {
+            report.error(scenario.name, e);
+        }
+    }
+    if let Err(e) = lifecycle(&mut report, kernel) {
+        report.error("lifecycle", e);
+    }
+
+    let ok = report.checks.iter().all(|c| c.ok);
+    println!("vmtest-report {}", serde_json::to_string(&report)?);
+    Ok(ok)
+}

@@ -1,0 +1,251 @@
+//! One daemon configuration (scenario): what attached, the exported series, the
+//! classification workload, host-wide contention and (first scenario) load.
+use std::{os::unix::fs::FileExt, process::Command, time::Instant};
+
+use anyhow::{Result, bail};
+
+use remote_vm_common::{
+    Point,
+    catalog::{self as cat, NO_MODE},
+    classify::Path,
+};
+
+use crate::{
+    classes::{self, COUNTS, Kernel},
+    prom::{self, Scrape},
+    workload::{self, Target},
+};
+
+use super::{
+    expect::{Scenario, expected_mode, lockless_probe},
+    harness::{ACCESS_PROBES, DAEMON_LOG, Daemon, LISTEN, Report, delta, hits},
+};
+
+pub(super) fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Kernel>, first: bool) -> Result<()> {
+    let extra: &[&str] = if first { &["--log-level", "debug"] } else { &[] };
+    let mut daemon = Daemon::start(&sc.config(), extra)?;
+    let name = sc.name;
+    let result = (|| -> Result<()> {
+        let start = Scrape::fetch(LISTEN)?;
+        for (probe, mode) in sc.modes() {
+            let mode = expected_mode(kernel, probe, mode);
+            report.check(
+                format!("{name}.attached.{probe}"),
+                u8::from(mode != NO_MODE),
+                start.value(cat::PROBE_ATTACHED.name, &[("probe", probe), ("mode", mode)]).unwrap_or(-1.0),
+            );
+        }
+        golden_series(report, name, &start, sc, kernel);
+        if sc.name == "fallback" && kernel.is_some() {
+            // Kprobe modes say where their misses are counted (Linux 6.7+: on the link).
+            let (_, health) = prom::get(LISTEN, "/healthz")?;
+            let legacy = kernel == Some(Kernel::Legacy);
+            let probes = [
+                (Point::AccessRemoteVmEntry, 1),
+                (Point::AccessRemoteVmExit, 1),
+                (Point::LockVmaUnderRcuExit, 2),
+                (Point::MmapLockRemoteStart, 1),
+            ];
+            for (probe, links) in probes.map(|(p, n)| (p.name(), n)) {
+                if legacy && lockless_probe(probe) {
+                    continue;
+                }
+                let source = if legacy {
+                    "this kernel keeps no kprobe miss counter (Linux < 6.7)".to_string()
+                } else {
+                    format!("the kernel counts them on {links} kprobe link(s)")
+                };
+                let want = format!("probe {probe}: kprobe (may miss events; see {}: {source})", cat::PROBE_MISSES.name);
+                report.check(format!("{name}.healthz.{probe}"), true, health.lines().any(|l| l == want));
+            }
+        }
+        if first {
+            // Scraping must not itself read remote memory.
+            let again = Scrape::fetch(LISTEN)?;
+            for probe in ACCESS_PROBES.map(Point::name) {
+                report.check(format!("{name}.scrape_makes_no_remote_reads.{probe}"), 0, hits(&again, probe) - hits(&start, probe));
+            }
+        }
+        classification(report, name, kernel, sc.remote_writes())?;
+        host_contention(report, name)?;
+        if first {
+            load(report, name, kernel)?;
+            // aya-log: the eBPF side's debug messages reach the daemon's log.
+            let log = std::fs::read_to_string(DAEMON_LOG)?;
+            let lines = log.lines().filter(|l| l.contains("__access_remote_vm entry: tid")).count();
+            report.check(format!("{name}.ebpf_log_messages_reach_the_daemon_log"), true, lines > 0);
+        }
+        Ok(())
+    })();
+    daemon.stop(report, name)?;
+    result
+}
+
+/// The series this scenario exports against the golden file of every series the
+/// daemon can export (`remote-vm-daemon/golden/exposition.txt`): none unknown,
+/// and on a patched or unpatched kernel, every golden series whose probes
+/// attached here.
+fn golden_series(report: &mut Report, name: &str, scrape: &Scrape, sc: &Scenario, kernel: Option<Kernel>) {
+    let golden = crate::golden::series();
+    let got = crate::golden::scrape_series(scrape);
+    let unknown: Vec<&String> = got.iter().filter(|s| !crate::golden::known(&golden, s)).collect();
+    report.check(format!("{name}.golden.unknown_series"), "[]", format!("{unknown:?}"));
+    if matches!(kernel, Some(Kernel::Patched | Kernel::Unpatched)) {
+        // Everything attaches on these kernels: what is missing is what the
+        // scenario's modes cannot see (the remote write waits without them).
+        let write = format!("mode=\"{}\"", cat::LOCK_WRITE);
+        let remote = format!("context=\"{}\"", cat::CONTEXT_REMOTE);
+        let host_failures = format!("{}{{context=\"{}\"}}", cat::MMAP_LOCK_ACQUIRE_FAILURES.name, cat::CONTEXT_HOST);
+        let missing: Vec<&String> = golden
+            .iter()
+            .filter(|g| !g.starts_with(cat::PROBE_ATTACHED.name))
+            .filter(|g| sc.remote_writes() || !(g.contains(&write) && g.contains(&remote)))
+            .filter(|g| sc.host_failures() || **g != host_failures)
+            .filter(|g| !got.iter().any(|s| crate::golden::same_shape(g, s)))
+            .collect();
+        report.check(format!("{name}.golden.missing_series"), "[]", format!("{missing:?}"));
+    }
+}
+
+/// The classification workload: every class of access a known number of times.
+pub(super) fn classification(report: &mut Report, name: &str, kernel: Option<Kernel>, remote_writes: bool) -> Result<()> {
+    let target = Target::spawn(4, 16)?;
+    let mut counts = COUNTS;
+    if target.layout.hugetlb.is_none() {
+        println!("vmtest: {name}: no hugetlb page reserved; skipping the hugetlb class");
+        counts.hugetlb = 0;
+    }
+    // The shared kernels give both; a kernel that does not fails the check below.
+    report.check(format!("{name}.classes.thp_available"), true, target.layout.thp.is_some());
+    report.check(format!("{name}.classes.argv_moved_into_a_file"), workload::CMDLINE.len(), target.layout.cmdline_len);
+    if target.layout.thp.is_none() {
+        counts.thp = 0;
+    }
+    if target.layout.cmdline_len == 0 {
+        counts.cmdline = 0;
+    }
+    let before = Scrape::fetch(LISTEN)?;
+    let ground = classes::run(&target, &counts)?;
+    let after = Scrape::fetch(LISTEN)?;
+    drop(target);
+    let Some(k) = kernel else {
+        // Unknown kernel: only what holds everywhere.
+        let [entry, exit] = ACCESS_PROBES.map(Point::name);
+        let entries = hits(&after, entry) - hits(&before, entry);
+        let exits = hits(&after, exit) - hits(&before, exit);
+        report.check(format!("{name}.classes.entries_equal_exits"), entries, exits);
+        return Ok(());
+    };
+    report.check(format!("{name}.classes.ground_truth"), format!("{:?}", classes::expected_ground(k, &counts)), format!("{ground:?}"));
+    for (metric, labels, mut value) in classes::expected(k, &counts) {
+        // Without a write-lock probe its series is absent, never zero.
+        if metric == cat::MMAP_LOCK_WAIT.count() && labels.contains(&("mode", cat::LOCK_WRITE)) && !remote_writes {
+            value = None;
+        }
+        let label_text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        report.check(
+            format!("{name}.classes.{metric}{{{}}}", label_text.join(",")),
+            value.map_or("absent".to_string(), |v| v.to_string()),
+            delta(&before, &after, metric, &labels),
+        );
+    }
+    Ok(())
+}
+
+/// Host-wide waits: contention in a process of its own (not controlled to the
+/// last event, so a lower bound): the contention tracepoints see some waits; the
+/// mmap_lock tracepoints see at least every write-lock request the workload made.
+fn host_contention(report: &mut Report, name: &str) -> Result<()> {
+    let count = |s: &Scrape, mode: &str| {
+        s.value(&cat::MMAP_LOCK_WAIT.count(), &[("context", cat::CONTEXT_HOST), ("mode", mode)])
+            .unwrap_or(f64::NAN)
+    };
+    let before = Scrape::fetch(LISTEN)?;
+    // Whether a waiter sleeps (and so is traced) depends on scheduling: up to
+    // three rounds until some contended wait is seen.
+    let mut requests = 0u64;
+    let mut after = before.clone();
+    for _ in 0..3 {
+        let out = Command::new(std::env::current_exe()?)
+            .args(["contend", "--iterations", "200", "--region-mb", "64"])
+            .output()?;
+        if !out.status.success() {
+            bail!("contend failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        requests += String::from_utf8_lossy(&out.stdout).trim().parse::<u64>()?;
+        after = Scrape::fetch(LISTEN)?;
+        let both = |s: &Scrape| count(s, cat::LOCK_WRITE) + count(s, cat::LOCK_READ);
+        if both(&after) > both(&before) {
+            break;
+        }
+    }
+    let writes = count(&after, cat::LOCK_WRITE) - count(&before, cat::LOCK_WRITE);
+    let reads = count(&after, cat::LOCK_READ) - count(&before, cat::LOCK_READ);
+    let mode = after
+        .series(cat::PROBE_ATTACHED.name)
+        .find(|(k, v)| *v == 1.0 && k.contains(&format!("probe=\"{}\"", Point::MmapLockHostStart.name())))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_default();
+    println!("vmtest: {name}: host contention: {requests} write-lock requests, {writes} write and {reads} read waits seen ({mode})");
+    if mode.contains("mmap_lock_tp") {
+        report.check(format!("{name}.host.every_write_request_seen"), true, writes >= requests as f64);
+    } else {
+        report.check(format!("{name}.host.contended_waits_seen"), true, writes + reads > 0.0);
+    }
+    // Nobody was killed while waiting. (The mmap_lock tracepoints cannot tell a
+    // failed trylock from a killed waiter: there the series is absent.)
+    report.check(
+        format!("{name}.host.acquire_failures"),
+        if mode.contains("mmap_lock_tp") { "absent" } else { "0" },
+        delta(&before, &after, cat::MMAP_LOCK_ACQUIRE_FAILURES.name, &[("context", cat::CONTEXT_HOST)]),
+    );
+    Ok(())
+}
+
+/// At least 100 000 reads of resident pages from several threads: still exact.
+fn load(report: &mut Report, name: &str, kernel: Option<Kernel>) -> Result<()> {
+    const THREADS: usize = 4;
+    const PER_THREAD: usize = 25_000;
+    let target = Target::spawn(8, 1)?;
+    let before = Scrape::fetch(LISTEN)?;
+    let started = Instant::now();
+    let errors: usize = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let target = &target;
+                s.spawn(move || {
+                    let mut buf = [0u8; 64];
+                    let mut bad = 0;
+                    for i in 0..PER_THREAD {
+                        let page = (t + i) % target.layout.resident_pages;
+                        let addr = target.layout.resident + (page * workload::PAGE) as u64;
+                        match target.mem().read_at(&mut buf, addr) {
+                            Ok(64) if buf.iter().all(|b| *b == workload::pattern(page)) => {}
+                            _ => bad += 1,
+                        }
+                    }
+                    bad
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(PER_THREAD)).sum()
+    });
+    let after = Scrape::fetch(LISTEN)?;
+    println!("vmtest: {name}: {} reads from {THREADS} threads in {:.1} s", THREADS * PER_THREAD, started.elapsed().as_secs_f64());
+    drop(target);
+    let n = (THREADS * PER_THREAD) as u64;
+    report.check(format!("{name}.load.read_errors"), 0, errors);
+    for probe in ACCESS_PROBES.map(Point::name) {
+        report.check(format!("{name}.load.hits.{probe}"), n, delta(&before, &after, cat::PROBE_HITS.name, &[("probe", probe)]));
+        report.check(format!("{name}.load.misses.{probe}"), 0, delta(&before, &after, cat::PROBE_MISSES.name, &[("probe", probe)]));
+    }
+    report.check(format!("{name}.load.untracked"), 0, delta(&before, &after, cat::UNTRACKED_CALLS.name, &[]));
+    if let Some(k) = kernel {
+        let path = if k == Kernel::Patched { Path::Fast } else { Path::Slow };
+        for p in Path::ALL {
+            let want = if p == path { n } else { 0 };
+            report.check(format!("{name}.load.reads.{}", p.label()), want, delta(&before, &after, cat::READS.name, &[("path", p.label())]));
+        }
+    }
+    Ok(())
+}
