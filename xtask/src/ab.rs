@@ -15,7 +15,7 @@ use remote_vm_common::{
 };
 use serde_json::Value;
 
-use crate::{say, vm};
+use crate::{vm, util::say};
 
 /// The workload, as `key=value,…` for `rvm.ab=` (see `rvm-testkit stress --help`).
 pub const DEFAULT_WORKLOAD: &str = "churn_threads=2,readers=2,rate=200,duration=20,memory_mb=64";

@@ -6,7 +6,7 @@ use std::{fmt::Write as _, path::Path, process::Command, time::Duration};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{say, vm};
+use crate::{vm, util::say};
 
 pub struct Args {
     pub reps: usize,

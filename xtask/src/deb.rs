@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{say, setup, sh};
+use crate::{setup, util::{say, sh}};
 
 const UNIT: &str = "packaging/remote-vm.service";
 /// The exposure `systemd-analyze security` must not exceed.

@@ -6,7 +6,7 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{say, sh, vm::Kernel};
+use crate::{vm::Kernel, util::{say, sh}};
 
 /// (name, meta package, what the guest must find).
 const DEBIAN: &[(&str, &str, &str)] = &[

@@ -13,6 +13,7 @@ mod matrix;
 mod promtest;
 mod setup;
 mod systemd;
+mod util;
 mod vm;
 
 use std::{
@@ -22,16 +23,11 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 
-/// Progress lines: every step says what it does.
-#[macro_export]
-macro_rules! say {
-    ($($arg:tt)*) => {{
-        println!("xtask: {}", format!($($arg)*));
-    }};
-}
+use crate::util::{say, sh};
+
 
 #[derive(Parser)]
 #[command(name = "cargo xtask")]
@@ -176,15 +172,6 @@ fn workspace_root() -> PathBuf {
         .parent()
         .expect("xtask lives in the workspace")
         .to_path_buf()
-}
-
-/// Runs a command, echoing it; fails on a non-zero exit.
-pub fn sh(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("spawn {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
 }
 
 fn cargo(root: &Path) -> Command {

@@ -13,7 +13,7 @@ use serde_json::Value;
 use remote_vm_common::catalog as cat;
 use remote_vm_prom::Prometheus;
 
-use crate::{dashboards, say, sh, vm};
+use crate::{dashboards, vm, util::{say, sh}};
 
 pub const PROMETHEUS_PORT: u16 = 19490;
 const HOST_DAEMON_PORT: u16 = 19413;

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{say, sh};
+use crate::{util::{say, sh}};
 
 /// The rustup name given to Debian's `/usr` toolchain; the daemon's build.rs uses it.
 pub const EBPF_TOOLCHAIN: &str = "debian-rustc-web";

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use remote_vm_common::Point;
 
-use crate::{cpio::Cpio, kernels, say, sh};
+use crate::{cpio::Cpio, kernels, util::{say, sh}};
 
 const CHECK_SCRIPT: &str = r#"#!/bin/bash
 # Runs after remote-vm.service under systemd; reports on the serial console.

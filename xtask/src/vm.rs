@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cpio::Cpio, say};
+use crate::{cpio::Cpio, util::say};
 
 /// A kernel to boot: its name (also passed to the guest as `rvm.kernel=`), image,
 /// what the guest must find (`rvm.expect=`), and where it came from.
