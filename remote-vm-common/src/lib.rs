@@ -58,9 +58,4 @@ pub const LCB_F_WRITE: u32 = 1 << 2;
 pub const UNKNOWN_OFFSET: u64 = u64::MAX;
 
 #[cfg(feature = "user")]
-mod pod {
-    // SAFETY: plain #[repr(C)] data, any bit pattern valid.
-    unsafe impl aya::Pod for super::Control {}
-    unsafe impl aya::Pod for super::SelfTest {}
-    unsafe impl aya::Pod for super::stats::Stats {}
-}
+pub mod user;

@@ -30,8 +30,13 @@ const STATS: &str = "STATS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot load the eBPF object: {reason}{hint}")]
-    Object { reason: String, hint: String },
+    /// aya refused the object (a map or program the kernel would not take).
+    #[error("cannot load the eBPF object: {}{hint}", attach::describe(.source.as_ref()))]
+    Object {
+        #[source]
+        source: Box<aya::EbpfError>,
+        hint: String,
+    },
     #[error("the eBPF object has no map {0}")]
     Map(&'static str),
 }
@@ -142,7 +147,7 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
         loader.override_global(name, value, true);
     }
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| LoadError::Object {
-        reason: attach::describe(&e),
+        source: Box::new(e),
         hint: privilege_hint(),
     })?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {

@@ -15,8 +15,25 @@ pub use layout::Layout;
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("cannot read BTF from {path}: {reason}")]
-    Btf { path: String, reason: String },
+    #[error("cannot read BTF from {path}: {source}")]
+    Btf {
+        path: String,
+        #[source]
+        source: BtfReadError,
+    },
+}
+
+/// Why a BTF file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfReadError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Our reader's verdict.
+    #[error(transparent)]
+    Parse(#[from] btf::BtfError),
+    /// aya's verdict on the same bytes.
+    #[error("{}", crate::bpf::attach::describe(.0))]
+    Aya(aya::BtfError),
 }
 
 /// The running kernel as the rest of the daemon sees it.
@@ -34,18 +51,17 @@ impl Kernel {
     pub fn read(btf_path: Option<&Path>) -> Result<Kernel, KernelError> {
         let mut facts = KernelFacts::read(btf_path);
         let path = btf_path.unwrap_or(Path::new(SYS_BTF));
-        let bad = |reason: String| KernelError::Btf {
+        let bad = |source: BtfReadError| KernelError::Btf {
             path: path.display().to_string(),
-            reason,
+            source,
         };
         let (layout, btf) = if btf_path.is_none() && !path.exists() {
             log::warn!("no kernel BTF at {}; only kprobes can attach (see --btf)", path.display());
             (Layout::without_btf(), None)
         } else {
-            let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-            let ours = btf::Btf::parse(&bytes).map_err(|e| bad(e.to_string()))?;
-            let theirs = aya::Btf::parse(&bytes, aya::Endianness::default())
-                .map_err(|e| bad(crate::bpf::attach::describe(&e)))?;
+            let bytes = std::fs::read(path).map_err(|e| bad(e.into()))?;
+            let ours = btf::Btf::parse(&bytes).map_err(|e| bad(e.into()))?;
+            let theirs = aya::Btf::parse(&bytes, aya::Endianness::default()).map_err(|e| bad(BtfReadError::Aya(e)))?;
             (Layout::from_btf(&ours), Some(theirs))
         };
         facts.fill_from_layout(&layout);
