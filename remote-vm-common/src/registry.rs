@@ -428,6 +428,41 @@ static HOST: FamilySpec = FamilySpec {
     requires: None,
 };
 
+/// The README's probe table, generated from the registry.
+#[cfg(feature = "user")]
+pub fn readme_table() -> std::string::String {
+    use std::{format, string::String, vec::Vec};
+    let mode_text = |m: &ModeSpec| {
+        let mut hooks: Vec<String> = Vec::new();
+        for p in m.programs {
+            let h = format!("{} `{}`", p.hook.kind(), p.hook.target());
+            if !hooks.contains(&h) {
+                hooks.push(h);
+            }
+        }
+        let exact = if m.exact { "exact" } else { "may miss" };
+        format!("`{}` ({}; {exact})", m.name, hooks.join(", "))
+    };
+    let mut out = String::from(
+        "| family (config key) | probes (`probe` label) | modes, in `auto` order | opt-in modes | only with |\n|---|---|---|---|---|\n",
+    );
+    for f in Family::ALL {
+        let s = f.spec();
+        let points: Vec<String> = s.points.iter().map(|p| format!("`{}`", p.name())).collect();
+        let modes: Vec<String> = s.modes.iter().map(mode_text).collect();
+        let opt_in: Vec<String> = s.opt_in.iter().map(mode_text).collect();
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            s.name,
+            points.join(", "),
+            modes.join("<br>"),
+            if opt_in.is_empty() { "—".into() } else { opt_in.join("<br>") },
+            s.requires.map_or("—".into(), |r| format!("`{}`", r.name())),
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;

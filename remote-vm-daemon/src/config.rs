@@ -217,6 +217,26 @@ mod tests {
     }
 
     #[test]
+    fn embedded_defaults_list_each_familys_modes_as_the_registry_does() {
+        for family in Family::ALL {
+            let line = DEFAULTS
+                .lines()
+                .find(|l| l.starts_with(&format!("{} = ", family.name())))
+                .unwrap_or_else(|| panic!("no line for {}", family.name()));
+            let comment = line.split_once('#').map(|(_, c)| c.trim()).unwrap_or_default();
+            let names = |modes: &[remote_vm_common::registry::ModeSpec]| {
+                modes.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+            };
+            let spec = family.spec();
+            let mut want = names(spec.modes);
+            if !spec.opt_in.is_empty() {
+                want = format!("{want}; opt-in: {}", names(spec.opt_in));
+            }
+            assert_eq!(comment, want, "{}", family.name());
+        }
+    }
+
+    #[test]
     fn file_overrides_defaults() {
         let c = parse(
             "listen = \"[::1]:9999\"\nlog_level = \"debug\"\n[probes]\naccess_remote_vm = \"kprobe\"\nmmap_lock_host = \"off\"\n",

@@ -73,19 +73,26 @@ fn no_rust_source_but_the_catalog_spells_a_metric_name() {
     assert_eq!(found, Vec::<String>::new(), "metric names typed outside the catalog");
 }
 
-#[test]
-fn the_readme_table_is_the_catalogs() {
+/// The README section between `<!-- NAME table: generated from the SOURCE -->`
+/// and `<!-- end of NAME table -->` is `want`.
+fn readme_section_is(name: &str, source: &str, want: &str) {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let (begin, end) = ("<!-- metrics table: generated from the catalog -->\n", "<!-- end of metrics table -->");
-    let start = readme.find(begin).expect("README has the metrics table markers") + begin.len();
-    let stop = readme[start..].find(end).expect("end marker") + start;
-    let want = catalog::readme_table();
-    if readme[start..stop] != want && std::env::var_os("REMOTE_VM_BLESS").is_some() {
+    let begin = format!("<!-- {name} table: generated from the {source} -->\n");
+    let end = format!("<!-- end of {name} table -->");
+    let start = readme.find(&begin).expect("README has the table markers") + begin.len();
+    let stop = readme[start..].find(&end).expect("end marker") + start;
+    if readme[start..stop] != *want && std::env::var_os("REMOTE_VM_BLESS").is_some() {
         let fixed = format!("{}{want}{}", &readme[..start], &readme[stop..]);
         std::fs::write(root().join("README.md"), fixed).unwrap();
         return;
     }
-    assert_eq!(readme[start..stop], want, "README drifted from the catalog (REMOTE_VM_BLESS=1 rewrites it)");
+    assert_eq!(readme[start..stop], *want, "README drifted from the {source} (REMOTE_VM_BLESS=1 rewrites it)");
+}
+
+#[test]
+fn the_readme_tables_are_generated() {
+    readme_section_is("metrics", "catalog", &catalog::readme_table());
+    readme_section_is("probes", "registry", &remote_vm_common::registry::readme_table());
 }
 
 #[test]
