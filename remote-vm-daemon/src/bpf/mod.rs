@@ -4,6 +4,7 @@
 pub mod attach;
 mod misses;
 mod selftest;
+mod session;
 
 use std::{
     collections::BTreeMap,
@@ -12,13 +13,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray},
+    maps::PerCpuArray,
 };
-use remote_vm_common::{Family, Point, UNKNOWN_OFFSET, stats::Stats};
+use remote_vm_common::{Family, Point, UNKNOWN_OFFSET};
 
 pub use self::{
     attach::{Choice, Verdict},
     selftest::Patched,
+    session::{Session, Snapshot},
 };
 use crate::kernel::{Kernel, Layout};
 
@@ -69,38 +71,6 @@ impl Attached {
             self.verdicts.iter().map(|v| points(&v)).sum(),
         )
     }
-}
-
-/// Counters read from the maps at one moment.
-#[derive(Clone, Debug)]
-pub struct Snapshot {
-    /// Every CPU's `Stats` summed.
-    pub stats: Stats,
-    /// Per point (by index): runs of its programs.
-    pub hits: [u64; Point::ALL.len()],
-    /// Per point: runs the kernel reports missed.
-    pub kernel_misses: [u64; Point::ALL.len()],
-}
-
-impl Snapshot {
-    pub const ZERO: Snapshot = Snapshot {
-        stats: Stats::ZERO,
-        hits: [0; Point::ALL.len()],
-        kernel_misses: [0; Point::ALL.len()],
-    };
-}
-
-/// Everything that stays alive while the probes are attached.
-pub struct Session {
-    /// Owns the programs and their links; dropping it detaches everything.
-    ebpf: Ebpf,
-    /// The eBPF programs' log records, until `forward_logs` hands them to a thread.
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    hits: PerCpuArray<MapData, u64>,
-    stats: PerCpuArray<MapData, Stats>,
-    /// Per point: the program fds whose recursion misses count there, and the
-    /// kprobe links whose `missed` does.
-    miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
 }
 
 pub struct LoadOptions<'a> {
@@ -168,14 +138,8 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
     let hits = PerCpuArray::try_from(take(&mut ebpf, HITS)?).map_err(|_| LoadError::Map(HITS))?;
     let stats = PerCpuArray::try_from(take(&mut ebpf, STATS)?).map_err(|_| LoadError::Map(STATS))?;
     let kprobe_links = miss_sources.iter().map(|(p, (_, links))| (*p, links.len())).collect();
-    let mut session = Session {
-        ebpf,
-        logger,
-        hits,
-        stats,
-        miss_sources,
-    };
-    let (patched, patched_why) = selftest::decide_patched(&mut session.ebpf, &kernel.layout, &verdicts);
+    let mut session = Session::new(ebpf, logger, hits, stats, miss_sources);
+    let (patched, patched_why) = selftest::decide_patched(session.ebpf_mut(), &kernel.layout, &verdicts);
     Ok((
         session,
         Attached {
@@ -219,66 +183,6 @@ fn miss_sources(ebpf: &Ebpf, verdicts: &[Verdict]) -> BTreeMap<Point, (Vec<Owned
         }
     }
     by_point
-}
-
-impl Session {
-    /// Starts the thread that forwards the eBPF programs' log records into ours
-    /// (after any privilege drop: threads inherit the capabilities of their creator).
-    pub fn forward_logs(&mut self) {
-        if let Some(logger) = self.logger.take() {
-            crate::logging::forward_ebpf_logs(logger);
-        }
-    }
-
-    /// Reads every counter once.
-    pub fn snapshot(&self) -> Snapshot {
-        let mut snap = Snapshot::ZERO;
-        for point in Point::ALL {
-            let i = point.index() as usize;
-            snap.hits[i] = self.hits(point);
-            snap.kernel_misses[i] = self.kernel_misses(point);
-        }
-        snap.stats = self.stats();
-        snap
-    }
-
-    fn hits(&self, point: Point) -> u64 {
-        self.hits
-            .get(&point.index(), 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
-    }
-
-    fn kernel_misses(&self, point: Point) -> u64 {
-        let Some((progs, links)) = self.miss_sources.get(&point) else {
-            return 0;
-        };
-        let recursion: u64 = progs
-            .iter()
-            .filter_map(|fd| misses::prog_id_and_misses(fd.as_raw_fd()).ok())
-            .map(|(_, m)| m)
-            .sum();
-        let kprobe: u64 = links.iter().filter_map(misses::link_missed).sum();
-        recursion + kprobe
-    }
-
-    fn stats(&self) -> Stats {
-        let mut total = Stats::ZERO;
-        if let Ok(per_cpu) = self.stats.get(&0, 0) {
-            for s in per_cpu.iter() {
-                for (t, v) in total.counters.iter_mut().zip(s.counters.iter()) {
-                    *t += v;
-                }
-                for (th, h) in total.hists.iter_mut().zip(s.hists.iter()) {
-                    for (tb, b) in th.buckets.iter_mut().zip(h.buckets.iter()) {
-                        *tb += b;
-                    }
-                    th.sum = th.sum.wrapping_add(h.sum);
-                }
-            }
-        }
-        total
-    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; newer ones ignore it.

@@ -1,6 +1,5 @@
 //! One module per subcommand; `main.rs` parses the command line and dispatches.
 pub mod check;
-#[path = "../compare.rs"]
 pub mod compare;
 pub mod run;
 

@@ -1,0 +1,128 @@
+//! What stays alive while the probes are attached, and reading its maps.
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsRawFd, OwnedFd},
+};
+
+use aya::{
+    Ebpf,
+    maps::{MapData, PerCpuArray},
+};
+use remote_vm_common::{Point, stats::Stats};
+
+use super::misses;
+
+/// Counters read from the maps at one moment.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Every CPU's `Stats` summed.
+    pub stats: Stats,
+    /// Per point (by index): runs of its programs.
+    pub hits: [u64; Point::ALL.len()],
+    /// Per point: runs the kernel reports missed.
+    pub kernel_misses: [u64; Point::ALL.len()],
+}
+
+impl Snapshot {
+    pub const ZERO: Snapshot = Snapshot {
+        stats: Stats::ZERO,
+        hits: [0; Point::ALL.len()],
+        kernel_misses: [0; Point::ALL.len()],
+    };
+}
+
+/// Everything that stays alive while the probes are attached.
+pub struct Session {
+    /// Owns the programs and their links; dropping it detaches everything.
+    ebpf: Ebpf,
+    /// The eBPF programs' log records, until `forward_logs` hands them to a thread.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    hits: PerCpuArray<MapData, u64>,
+    stats: PerCpuArray<MapData, Stats>,
+    /// Per point: the program fds whose recursion misses count there, and the
+    /// kprobe links whose `missed` does.
+    miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
+}
+
+impl Session {
+    pub(super) fn new(
+        ebpf: Ebpf,
+        logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+        hits: PerCpuArray<MapData, u64>,
+        stats: PerCpuArray<MapData, Stats>,
+        miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
+    ) -> Session {
+        Session {
+            ebpf,
+            logger,
+            hits,
+            stats,
+            miss_sources,
+        }
+    }
+
+    pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+}
+
+impl Session {
+    /// Starts the thread that forwards the eBPF programs' log records into ours
+    /// (after any privilege drop: threads inherit the capabilities of their creator).
+    pub fn forward_logs(&mut self) {
+        if let Some(logger) = self.logger.take() {
+            crate::logging::forward_ebpf_logs(logger);
+        }
+    }
+
+    /// Reads every counter once.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snap = Snapshot::ZERO;
+        for point in Point::ALL {
+            let i = point.index() as usize;
+            snap.hits[i] = self.hits(point);
+            snap.kernel_misses[i] = self.kernel_misses(point);
+        }
+        snap.stats = self.stats();
+        snap
+    }
+
+    fn hits(&self, point: Point) -> u64 {
+        self.hits
+            .get(&point.index(), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    fn kernel_misses(&self, point: Point) -> u64 {
+        let Some((progs, links)) = self.miss_sources.get(&point) else {
+            return 0;
+        };
+        let recursion: u64 = progs
+            .iter()
+            .filter_map(|fd| misses::prog_id_and_misses(fd.as_raw_fd()).ok())
+            .map(|(_, m)| m)
+            .sum();
+        let kprobe: u64 = links.iter().filter_map(misses::link_missed).sum();
+        recursion + kprobe
+    }
+
+    fn stats(&self) -> Stats {
+        let mut total = Stats::ZERO;
+        if let Ok(per_cpu) = self.stats.get(&0, 0) {
+            for s in per_cpu.iter() {
+                for (t, v) in total.counters.iter_mut().zip(s.counters.iter()) {
+                    *t += v;
+                }
+                for (th, h) in total.hists.iter_mut().zip(s.hists.iter()) {
+                    for (tb, b) in th.buckets.iter_mut().zip(h.buckets.iter()) {
+                        *tb += b;
+                    }
+                    th.sum = th.sum.wrapping_add(h.sum);
+                }
+            }
+        }
+        total
+    }
+}
+
