@@ -90,6 +90,8 @@ pub struct Reason {
     /// The mode tried, or `null` when the family was not tried.
     pub mode: Option<&'static str>,
     pub error: String,
+    /// The OS error code the kernel refused with (e.g. 1 for EPERM), if any.
+    pub errno: Option<i32>,
 }
 
 impl ProbeStatus {
@@ -139,6 +141,10 @@ pub fn probes(attached: &Attached) -> Vec<ProbeStatus> {
                     .map(|(mode, why)| Reason {
                         mode: *mode,
                         error: why.to_string(),
+                        errno: match why {
+                            crate::bpf::AttachError::Kernel { errno, .. } => *errno,
+                            _ => None,
+                        },
                     })
                     .collect(),
             });

@@ -244,3 +244,45 @@ fn metrics_tell_what_attached_and_pass_promtool() {
 
     assert_eq!(running.stop(), 0, "SIGTERM exits 0");
 }
+
+#[test]
+#[ignore = "needs root and BPF on the 6.18 host; run by cargo xtask test"]
+fn check_json_says_what_check_says() {
+    let text = daemon(&["check"]);
+    let json = daemon(&["check", "--format", "json"]);
+    assert_eq!(json.status.code(), text.status.code());
+    let doc: serde_json::Value = serde_json::from_slice(&json.stdout).expect("one JSON document");
+    assert_eq!(doc["format"], 1);
+    assert_eq!(doc["summary"]["exit"].as_i64(), text.status.code().map(i64::from));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    let probes = doc["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), HOST_MODES.len());
+    for ((probe, mode, why), p) in HOST_MODES.iter().zip(probes) {
+        assert_eq!(p["probe"], *probe);
+        assert_eq!(p["mode"], *mode);
+        assert_eq!(p["attached"], *mode != "none");
+        let reasons: Vec<String> = p["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| match r["mode"].as_str() {
+                Some(m) => format!("{m}: {}", r["error"].as_str().unwrap()),
+                None => r["error"].as_str().unwrap().to_string(),
+            })
+            .collect();
+        assert_eq!(reasons.join("; "), *why, "{probe}");
+    }
+    // The refusals carry their OS error: EPERM for fentry, ENOENT for the kprobe PMU.
+    let errnos: Vec<i64> = probes[0]["reasons"].as_array().unwrap().iter().filter_map(|r| r["errno"].as_i64()).collect();
+    assert_eq!(errnos, vec![1, 2, 1, 2]);
+    let patched = format!("patched: {} ({})", doc["patched"]["value"].as_str().unwrap(), doc["patched"]["why"].as_str().unwrap());
+    assert!(stdout.lines().any(|l| l == patched), "{patched}");
+    let btf: Vec<&str> = stdout.lines().filter(|l| l.starts_with("btf: ")).collect();
+    let json_btf: Vec<&str> = doc["btf"].as_array().unwrap().iter().map(|b| b["line"].as_str().unwrap()).collect();
+    assert_eq!(json_btf, btf);
+    for c in doc["metrics"].as_array().unwrap() {
+        let word = if c["exported"] == true { "exported".to_string() } else { format!("absent ({})", c["needs"].as_str().unwrap()) };
+        let line = format!("metrics: {}: {word}", c["what"].as_str().unwrap());
+        assert!(stdout.lines().any(|l| l == line), "{line}");
+    }
+}

@@ -18,7 +18,7 @@ use aya::{
 use remote_vm_common::{Family, Point, UNKNOWN_OFFSET};
 
 pub use self::{
-    attach::{Choice, Verdict},
+    attach::{AttachError, Choice, Verdict},
     selftest::Patched,
     session::{Session, Snapshot},
 };
