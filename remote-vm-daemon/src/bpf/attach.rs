@@ -93,11 +93,10 @@ pub fn attach(
         Choice::Auto => family.spec().modes.iter().collect(),
         Choice::Force(mode) => vec![*mode],
     };
-    if let Some(required) = family.spec().requires {
-        if !earlier.iter().any(|v| v.family == required && v.attached()) {
+    if let Some(required) = family.spec().requires
+        && !earlier.iter().any(|v| v.family == required && v.attached()) {
             return Verdict::not_tried(family, AttachError::Unrefined(required));
         }
-    }
     let mut failures = Vec::new();
     for mode in modes {
         match ready(mode, layout).and_then(|()| attach_mode(ebpf, btf, layout, mode)) {
@@ -272,13 +271,12 @@ fn describe_load(io_error: &io::Error, log: &str) -> String {
     let last = log
         .lines()
         .map(str::trim)
-        .filter(|l| {
+        .rfind(|l| {
             !l.is_empty()
                 && !l.starts_with("processed ")
                 && !l.starts_with("verification time")
                 && !l.starts_with("stack depth")
-        })
-        .last();
+        });
     match last {
         Some(last) => format!("{head} (verifier: {last})"),
         None => head,

@@ -82,11 +82,10 @@ pub fn kprobe_links(prog_ids: &[u32]) -> Vec<(u32, OwnedFd)> {
         }
         // SAFETY: a new descriptor we own.
         let dup = unsafe { OwnedFd::from_raw_fd(dup) };
-        if let Ok(link) = info_by_fd::<bpf_link_info>(dup.as_raw_fd()) {
-            if kprobe_missed(&link).is_some() {
+        if let Ok(link) = info_by_fd::<bpf_link_info>(dup.as_raw_fd())
+            && kprobe_missed(&link).is_some() {
                 out.push((prog_id, dup));
             }
-        }
     }
     out
 }

@@ -81,7 +81,10 @@ pub struct LoadOptions<'a> {
 
 /// The offsets and values from `layout` the programs read as globals, by
 /// their names in `remote-vm-ebpf/src/programs/layout.rs`.
-fn globals(layout: &Layout) -> ([(&'static str, u64); 5], [(&'static str, u32); 4]) {
+/// A global's name in the object and its value.
+type Global<T> = (&'static str, T);
+
+fn globals(layout: &Layout) -> ([Global<u64>; 5], [Global<u32>; 4]) {
     let off = |item: &Result<u64, String>| *item.as_ref().unwrap_or(&UNKNOWN_OFFSET);
     let (fw_pmd, fw_pud) = layout.fw_levels.clone().unwrap_or((1, 2));
     (
@@ -166,11 +169,10 @@ fn miss_sources(ebpf: &Ebpf, verdicts: &[Verdict]) -> BTreeMap<Point, (Vec<Owned
             else {
                 continue;
             };
-            if let Ok((id, _)) = misses::prog_id_and_misses(fd.as_raw_fd()) {
-                if spec.hook.is_kprobe() {
+            if let Ok((id, _)) = misses::prog_id_and_misses(fd.as_raw_fd())
+                && spec.hook.is_kprobe() {
                     kprobe_ids.push((id, spec.point));
                 }
-            }
             by_point.entry(spec.point).or_default().0.push(fd);
         }
     }
