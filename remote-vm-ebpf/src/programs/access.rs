@@ -4,10 +4,10 @@
 //!
 //! Modes: fentry/fexit or kprobe/kretprobe on `__access_remote_vm`; where it is
 //! inlined, the same on its callers `access_remote_vm(mm, …)` and
-//! `access_process_vm(task, …)`.
+//! `access_process_vm(task, …)`. The programs themselves are the `entry_points!`
+//! table at the end.
 use aya_ebpf::{
     EbpfContext,
-    macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::debug;
@@ -106,34 +106,6 @@ fn kretprobe_exit(ctx: &RetProbeContext) {
     on_exit(i64::from(ctx.ret::<i32>()));
 }
 
-// __access_remote_vm itself.
-
-#[fentry]
-pub fn access_entry_fentry(ctx: FEntryContext) -> i32 {
-    fentry_entry(&ctx, ctx.arg(0));
-    0
-}
-
-#[fexit]
-pub fn access_exit_fexit(ctx: FExitContext) -> i32 {
-    fexit_exit(&ctx);
-    0
-}
-
-#[kprobe]
-pub fn access_entry_kprobe(ctx: ProbeContext) -> u32 {
-    kprobe_entry(&ctx, ctx.arg(0).unwrap_or(0));
-    0
-}
-
-#[kretprobe]
-pub fn access_exit_kretprobe(ctx: RetProbeContext) -> u32 {
-    kretprobe_exit(&ctx);
-    0
-}
-
-// The callers, for kernels where __access_remote_vm is inlined.
-
 /// `access_process_vm(task, …)` reads `task->mm` (it takes a reference itself).
 #[inline(always)]
 fn task_mm(task: u64) -> u64 {
@@ -141,50 +113,21 @@ fn task_mm(task: u64) -> u64 {
     if task == 0 || !known(off) { 0 } else { read_u64(task, off) }
 }
 
-#[fentry]
-pub fn access_remote_vm_entry_fentry(ctx: FEntryContext) -> i32 {
-    fentry_entry(&ctx, ctx.arg(0));
-    0
-}
+entry_points! {
+    // __access_remote_vm itself.
+    fentry access_entry_fentry(ctx) => fentry_entry(&ctx, ctx.arg(0));
+    fexit access_exit_fexit(ctx) => fexit_exit(&ctx);
+    kprobe access_entry_kprobe(ctx) => kprobe_entry(&ctx, ctx.arg(0).unwrap_or(0));
+    kretprobe access_exit_kretprobe(ctx) => kretprobe_exit(&ctx);
 
-#[fexit]
-pub fn access_remote_vm_exit_fexit(ctx: FExitContext) -> i32 {
-    fexit_exit(&ctx);
-    0
-}
-
-#[fentry]
-pub fn access_process_vm_entry_fentry(ctx: FEntryContext) -> i32 {
-    fentry_entry(&ctx, task_mm(ctx.arg(0)));
-    0
-}
-
-#[fexit]
-pub fn access_process_vm_exit_fexit(ctx: FExitContext) -> i32 {
-    fexit_exit(&ctx);
-    0
-}
-
-#[kprobe]
-pub fn access_remote_vm_entry_kprobe(ctx: ProbeContext) -> u32 {
-    kprobe_entry(&ctx, ctx.arg(0).unwrap_or(0));
-    0
-}
-
-#[kretprobe]
-pub fn access_remote_vm_exit_kretprobe(ctx: RetProbeContext) -> u32 {
-    kretprobe_exit(&ctx);
-    0
-}
-
-#[kprobe]
-pub fn access_process_vm_entry_kprobe(ctx: ProbeContext) -> u32 {
-    kprobe_entry(&ctx, task_mm(ctx.arg(0).unwrap_or(0)));
-    0
-}
-
-#[kretprobe]
-pub fn access_process_vm_exit_kretprobe(ctx: RetProbeContext) -> u32 {
-    kretprobe_exit(&ctx);
-    0
+    // The callers, for kernels where __access_remote_vm is inlined.
+    fentry access_remote_vm_entry_fentry(ctx) => fentry_entry(&ctx, ctx.arg(0));
+    fexit access_remote_vm_exit_fexit(ctx) => fexit_exit(&ctx);
+    fentry access_process_vm_entry_fentry(ctx) => fentry_entry(&ctx, task_mm(ctx.arg(0)));
+    fexit access_process_vm_exit_fexit(ctx) => fexit_exit(&ctx);
+    kprobe access_remote_vm_entry_kprobe(ctx) => kprobe_entry(&ctx, ctx.arg(0).unwrap_or(0));
+    kretprobe access_remote_vm_exit_kretprobe(ctx) => kretprobe_exit(&ctx);
+    kprobe access_process_vm_entry_kprobe(ctx) =>
+        kprobe_entry(&ctx, task_mm(ctx.arg(0).unwrap_or(0)));
+    kretprobe access_process_vm_exit_kretprobe(ctx) => kretprobe_exit(&ctx);
 }

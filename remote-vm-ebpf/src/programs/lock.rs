@@ -8,10 +8,7 @@
 //! - *host*: host-wide waits on a thread's own mm's mmap_lock — `lock:contention_begin`
 //!   / `contention_end` (they fire only when a lock is contended), or, opt-in, the
 //!   mmap_lock tracepoints (every acquisition; they tax every mmap_lock user).
-use aya_ebpf::{
-    macros::{btf_tracepoint, fentry, fexit, kprobe, kretprobe},
-    programs::{BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext},
-};
+use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use remote_vm_common::{LCB_F_WRITE, Point, classify::Acquisition};
 
 use super::{
@@ -65,81 +62,6 @@ fn remote_end(acquired: bool) {
     }
 }
 
-#[fentry]
-pub fn down_read_fentry(ctx: FEntryContext) -> i32 {
-    remote_begin(ctx.arg(0), false);
-    0
-}
-
-#[fexit]
-pub fn down_read_fexit(ctx: FExitContext) -> i32 {
-    remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
-    0
-}
-
-// The same programs again for the opt-in read+write modes (aya loads each
-// program once, so a mode cannot share them with another).
-
-#[fentry]
-pub fn down_read_fentry_rw(ctx: FEntryContext) -> i32 {
-    remote_begin(ctx.arg(0), false);
-    0
-}
-
-#[fexit]
-pub fn down_read_fexit_rw(ctx: FExitContext) -> i32 {
-    remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
-    0
-}
-
-#[kprobe]
-pub fn down_read_kprobe_rw(ctx: ProbeContext) -> u32 {
-    remote_begin(ctx.arg(0).unwrap_or(0), false);
-    0
-}
-
-#[kretprobe]
-pub fn down_read_kretprobe_rw(ctx: RetProbeContext) -> u32 {
-    remote_end(ctx.ret::<i32>() == 0);
-    0
-}
-
-#[fentry]
-pub fn down_write_fentry(ctx: FEntryContext) -> i32 {
-    remote_begin(ctx.arg(0), true);
-    0
-}
-
-#[fexit]
-pub fn down_write_fexit(ctx: FExitContext) -> i32 {
-    remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
-    0
-}
-
-#[kprobe]
-pub fn down_read_kprobe(ctx: ProbeContext) -> u32 {
-    remote_begin(ctx.arg(0).unwrap_or(0), false);
-    0
-}
-
-#[kretprobe]
-pub fn down_read_kretprobe(ctx: RetProbeContext) -> u32 {
-    remote_end(ctx.ret::<i32>() == 0);
-    0
-}
-
-#[kprobe]
-pub fn down_write_kprobe(ctx: ProbeContext) -> u32 {
-    remote_begin(ctx.arg(0).unwrap_or(0), true);
-    0
-}
-
-#[kretprobe]
-pub fn down_write_kretprobe(ctx: RetProbeContext) -> u32 {
-    remote_end(ctx.ret::<i32>() == 0);
-    0
-}
-
 // The mmap_lock tracepoints changed their arguments: 6.12 passes
 // `(mm, memcg_path, write[, success])`, 6.18 `(mm, write[, success])`. tp_btf
 // arguments must be read at constant offsets, so each program exists once per
@@ -151,30 +73,37 @@ fn tp_bool<const N: usize>(ctx: &BtfTracePointContext) -> bool {
     v & 0xff != 0
 }
 
-#[btf_tracepoint(function = "mmap_lock_start_locking")]
-pub fn remote_start_locking_tp_w1(ctx: BtfTracePointContext) -> i32 {
-    remote_begin_mm(ctx.arg(0), tp_bool::<1>(&ctx));
-    0
-}
+entry_points! {
+    fentry down_read_fentry(ctx) => remote_begin(ctx.arg(0), false);
+    fexit down_read_fexit(ctx) => remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
 
-#[btf_tracepoint(function = "mmap_lock_start_locking")]
-pub fn remote_start_locking_tp_w2(ctx: BtfTracePointContext) -> i32 {
-    remote_begin_mm(ctx.arg(0), tp_bool::<2>(&ctx));
-    0
-}
+    // The same programs again for the opt-in read+write modes (aya loads each
+    // program once, so a mode cannot share them with another).
+    fentry down_read_fentry_rw(ctx) => remote_begin(ctx.arg(0), false);
+    fexit down_read_fexit_rw(ctx) => remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
+    kprobe down_read_kprobe_rw(ctx) => remote_begin(ctx.arg(0).unwrap_or(0), false);
+    kretprobe down_read_kretprobe_rw(ctx) => remote_end(ctx.ret::<i32>() == 0);
 
-// A downgrade also reports acquire_returned, with no start: lock_wait_end
-// ignores it (no wait in progress).
-#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
-pub fn remote_acquire_returned_tp_w1(ctx: BtfTracePointContext) -> i32 {
-    remote_end(tp_bool::<2>(&ctx));
-    0
-}
+    fentry down_write_fentry(ctx) => remote_begin(ctx.arg(0), true);
+    fexit down_write_fexit(ctx) => remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
 
-#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
-pub fn remote_acquire_returned_tp_w2(ctx: BtfTracePointContext) -> i32 {
-    remote_end(tp_bool::<3>(&ctx));
-    0
+    kprobe down_read_kprobe(ctx) => remote_begin(ctx.arg(0).unwrap_or(0), false);
+    kretprobe down_read_kretprobe(ctx) => remote_end(ctx.ret::<i32>() == 0);
+    kprobe down_write_kprobe(ctx) => remote_begin(ctx.arg(0).unwrap_or(0), true);
+    kretprobe down_write_kretprobe(ctx) => remote_end(ctx.ret::<i32>() == 0);
+
+    // The mmap_lock tracepoints, one program per argument layout (see `tp_bool`).
+    btf_tracepoint(function = "mmap_lock_start_locking")
+    remote_start_locking_tp_w1(ctx) => remote_begin_mm(ctx.arg(0), tp_bool::<1>(&ctx));
+    btf_tracepoint(function = "mmap_lock_start_locking")
+    remote_start_locking_tp_w2(ctx) => remote_begin_mm(ctx.arg(0), tp_bool::<2>(&ctx));
+
+    // A downgrade also reports acquire_returned, with no start: lock_wait_end
+    // ignores it (no wait in progress).
+    btf_tracepoint(function = "mmap_lock_acquire_returned")
+    remote_acquire_returned_tp_w1(ctx) => remote_end(tp_bool::<2>(&ctx));
+    btf_tracepoint(function = "mmap_lock_acquire_returned")
+    remote_acquire_returned_tp_w2(ctx) => remote_end(tp_bool::<3>(&ctx));
 }
 
 // --- host ---------------------------------------------------------------------
@@ -223,6 +152,10 @@ fn host_end(lock: u64, acquired: bool, failures_mean_killed: bool) {
     }
 }
 
+// The contention tracepoints are hand-written: their bodies are more than one
+// call (typed reads of the arguments first), which the `entry_points!` table
+// does not hold (see its doc).
+
 #[btf_tracepoint(function = "contention_begin")]
 pub fn host_contention_begin_tp(ctx: BtfTracePointContext) -> i32 {
     let flags: u32 = ctx.arg(1);
@@ -250,26 +183,13 @@ fn host_acquire_returned<const S: usize>(ctx: &BtfTracePointContext) {
     host_end(mm.wrapping_add(MM_MMAP_LOCK_OFF.load()), tp_bool::<S>(ctx), false);
 }
 
-#[btf_tracepoint(function = "mmap_lock_start_locking")]
-pub fn host_start_locking_tp_w1(ctx: BtfTracePointContext) -> i32 {
-    host_start_locking::<1>(&ctx);
-    0
-}
-
-#[btf_tracepoint(function = "mmap_lock_start_locking")]
-pub fn host_start_locking_tp_w2(ctx: BtfTracePointContext) -> i32 {
-    host_start_locking::<2>(&ctx);
-    0
-}
-
-#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
-pub fn host_acquire_returned_tp_w1(ctx: BtfTracePointContext) -> i32 {
-    host_acquire_returned::<2>(&ctx);
-    0
-}
-
-#[btf_tracepoint(function = "mmap_lock_acquire_returned")]
-pub fn host_acquire_returned_tp_w2(ctx: BtfTracePointContext) -> i32 {
-    host_acquire_returned::<3>(&ctx);
-    0
+entry_points! {
+    btf_tracepoint(function = "mmap_lock_start_locking")
+    host_start_locking_tp_w1(ctx) => host_start_locking::<1>(&ctx);
+    btf_tracepoint(function = "mmap_lock_start_locking")
+    host_start_locking_tp_w2(ctx) => host_start_locking::<2>(&ctx);
+    btf_tracepoint(function = "mmap_lock_acquire_returned")
+    host_acquire_returned_tp_w1(ctx) => host_acquire_returned::<2>(&ctx);
+    btf_tracepoint(function = "mmap_lock_acquire_returned")
+    host_acquire_returned_tp_w2(ctx) => host_acquire_returned::<3>(&ctx);
 }

@@ -75,6 +75,9 @@ macro_rules! entry_points {
             0
         }
     };
+    (@one $kind:ident $($rest:tt)*) => {
+        compile_error!(concat!("entry_points!: unknown program kind `", stringify!($kind), "`"));
+    };
     ($(
         $(#[$attr:meta])*
         $kind:ident $(($($args:tt)*))? $name:ident($ctx:ident) => $body:expr;

@@ -5,8 +5,8 @@
 //! programs count those as `context="other"` and return after one task-storage
 //! lookup that is a NULL check for threads that never made a remote access.
 use aya_ebpf::{
-    macros::{fentry, fexit, kprobe, kretprobe},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    macros::{kprobe, kretprobe},
+    programs::{ProbeContext, RetProbeContext},
 };
 use remote_vm_common::Point;
 
@@ -36,11 +36,12 @@ fn on_lock_vma(mm: u64, addr: u64, vma: u64) {
     }
 }
 
-#[fexit]
-pub fn lock_vma_fexit(ctx: FExitContext) -> i32 {
-    on_lock_vma(ctx.arg(0), ctx.arg(1), ctx.ret::<u64>().unwrap_or(0));
-    0
+entry_points! {
+    fexit lock_vma_fexit(ctx) => on_lock_vma(ctx.arg(0), ctx.arg(1), ctx.ret::<u64>().unwrap_or(0));
 }
+
+// The kprobe pair is hand-written: the kprobe stashes the arguments for the
+// kretprobe, more than one call, which the `entry_points!` table does not hold.
 
 #[kprobe]
 pub fn lock_vma_kprobe(ctx: ProbeContext) -> u32 {
@@ -104,11 +105,12 @@ fn on_folio_walk(fw: u64, vma: u64, addr: u64, folio: u64) {
     state.folio_walk(addr, true, level_of(fw), anonymous);
 }
 
-#[fexit]
-pub fn folio_walk_fexit(ctx: FExitContext) -> i32 {
-    on_folio_walk(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.ret::<u64>().unwrap_or(0));
-    0
+entry_points! {
+    fexit folio_walk_fexit(ctx) =>
+        on_folio_walk(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.ret::<u64>().unwrap_or(0));
 }
+
+// The kprobe pair is hand-written, as for lock_vma_under_rcu above.
 
 #[kprobe]
 pub fn folio_walk_kprobe(ctx: ProbeContext) -> u32 {
@@ -140,14 +142,7 @@ fn on_gup() {
     }
 }
 
-#[fentry]
-pub fn gup_fentry(_ctx: FEntryContext) -> i32 {
-    on_gup();
-    0
-}
-
-#[kprobe]
-pub fn gup_kprobe(_ctx: ProbeContext) -> u32 {
-    on_gup();
-    0
+entry_points! {
+    fentry gup_fentry(_ctx) => on_gup();
+    kprobe gup_kprobe(_ctx) => on_gup();
 }
