@@ -63,17 +63,25 @@ fn check_json(extra: &[&str]) -> Result<(i32, serde_json::Value)> {
 /// with CAP_BPF alone it is refused and the missing capability named.
 pub(super) fn least_capabilities(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
     let exe = std::env::current_exe()?;
-    let with = |caps: &str| -> Result<(Option<i32>, String, String)> {
-        let out = Command::new(&exe).args(["with-caps", caps, "--", DAEMON, "check"]).output()?;
-        Ok((
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+    // `check --format json` as nobody with `caps`: exit status, probes, stderr.
+    let with = |caps: &str| -> Result<(i32, Vec<serde_json::Value>, String)> {
+        let out = Command::new(&exe)
+            .args(["with-caps", caps, "--", DAEMON, "check", "--format", "json"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).with_context(|| format!("check printed no JSON: {stderr}"))?;
+        Ok((out.status.code().unwrap_or(-1), json["probes"].as_array().cloned().unwrap_or_default(), stderr))
     };
-    let (code, stdout, stderr) = with("38,39")?;
-    report.check("least_capabilities.bpf_perfmon.exit_code", expected_check_exit(kernel), code.unwrap_or(-1));
-    let attached = stdout.lines().filter(|l| l.starts_with("probe ") && !l.contains(": none (")).count();
+    let errors = |p: &serde_json::Value| -> Vec<String> {
+        p["reasons"]
+            .as_array()
+            .map(|rs| rs.iter().map(|r| r["error"].as_str().unwrap_or("").to_string()).collect())
+            .unwrap_or_default()
+    };
+    let (code, probes, stderr) = with("38,39")?;
+    report.check("least_capabilities.bpf_perfmon.exit_code", expected_check_exit(kernel), code);
+    let attached = probes.iter().filter(|p| p["attached"] == true).count();
     // Debian's kernels reserve perf events (kprobes) to CAP_SYS_ADMIN
     // (perf_event_paranoid=3): 6.1's get_user_pages_remote, a kprobe there, stays off.
     let legacy = kernel == Some(Kernel::Legacy);
@@ -83,22 +91,23 @@ pub(super) fn least_capabilities(report: &mut Report, kernel: Option<Kernel>) ->
         .filter(|(p, m)| expected_mode(kernel, p, m) != NO_MODE && !(legacy && *p == gup))
         .count();
     if legacy {
-        report.check(
-            "least_capabilities.bpf_perfmon.kprobe_says_why",
-            true,
-            stdout.lines().any(|l| l.starts_with(&format!("probe {gup}: none (")) && l.contains("perf_event_paranoid=3 reserves kprobes to CAP_SYS_ADMIN")),
-        );
+        let says_why = probes.iter().any(|p| {
+            p["probe"] == gup
+                && p["attached"] == false
+                && errors(p).iter().any(|e| e.contains("perf_event_paranoid=3 reserves kprobes to CAP_SYS_ADMIN"))
+        });
+        report.check("least_capabilities.bpf_perfmon.kprobe_says_why", true, says_why);
     }
     report.check("least_capabilities.bpf_perfmon.probes_attached", attachable, attached);
-    if code != Some(expected_check_exit(kernel)) || attached != attachable {
-        println!("vmtest: least_capabilities: {stdout}{stderr}");
+    if code != expected_check_exit(kernel) || attached != attachable {
+        println!("vmtest: least_capabilities: {probes:?}{stderr}");
     }
-    let (code, stdout, _) = with("39")?;
-    report.check("least_capabilities.bpf_only.exit_code", 2, code.unwrap_or(-1));
-    report.check(
-        "least_capabilities.bpf_only.names_cap_perfmon",
-        true,
-        stdout.lines().filter(|l| l.starts_with("probe ")).all(|l| l.contains("(missing capability CAP_PERFMON)") || l.contains("not tried")),
-    );
+    let (code, probes, _) = with("39")?;
+    report.check("least_capabilities.bpf_only.exit_code", 2, code);
+    let named = probes.iter().all(|p| {
+        let e = errors(p);
+        e.iter().any(|e| e.contains("(missing capability CAP_PERFMON)") || e.contains("not tried"))
+    });
+    report.check("least_capabilities.bpf_only.names_cap_perfmon", true, named);
     Ok(())
 }
