@@ -114,6 +114,8 @@ pub const MODE: Label = label("mode", Values::Mode);
 pub const WAIT_CONTEXT: Label = label("context", Values::Fixed(&[CONTEXT_REMOTE, CONTEXT_HOST]));
 pub const LOCK_VMA_CONTEXT: Label = label("context", Values::Fixed(&[CONTEXT_REMOTE, CONTEXT_OTHER]));
 pub const LOCK_MODE: Label = label("mode", Values::Fixed(&[LOCK_READ, LOCK_WRITE]));
+/// The lock mode a stalled remote access asked for.
+pub const STALL_LOCK_MODE: Label = label("lock_mode", Values::Fixed(&[LOCK_READ, LOCK_WRITE]));
 pub const CONTEXT_REMOTE: &str = "remote_vm";
 pub const CONTEXT_HOST: &str = "host";
 pub const CONTEXT_OTHER: &str = "other";
@@ -449,6 +451,14 @@ pub const MMAP_LOCK_HOLD: Metric = metric(
     &[C::RemoteLock],
     "Time from a remote access's first acquisition of the target's mmap_lock to the call's exit.",
 );
+pub const STALLS: Metric = metric(
+    "remote_vm_stalls_total",
+    Counter,
+    Unit::Count,
+    &[STALL_LOCK_MODE],
+    &[C::RemoteLock],
+    "Remote accesses whose wait for the target's mmap_lock reached stalls.threshold_seconds, by the lock mode asked for (write: expand_stack; its series needs a read+write mode).",
+);
 pub const LOCK_VMA_CALLS: Metric = metric(
     "remote_vm_lock_vma_under_rcu_total",
     Counter,
@@ -493,6 +503,7 @@ pub const ALL: &[&Metric] = &[
     &MMAP_LOCK_WAIT,
     &MMAP_LOCK_ACQUIRE_FAILURES,
     &MMAP_LOCK_HOLD,
+    &STALLS,
     &LOCK_VMA_CALLS,
     &LOCK_VMA_FAILURES,
 ];

@@ -43,10 +43,14 @@ pub enum Counter {
     FolioWalksPte = 31,
     FolioWalksPmd = 32,
     FolioWalksPud = 33,
+    /// Remote accesses whose wait for the target's mmap_lock reached the stall
+    /// threshold: for the read lock, then the write lock (`expand_stack`).
+    StallsRead = 34,
+    StallsWrite = 35,
 }
 
 impl Counter {
-    pub const COUNT: usize = 34;
+    pub const COUNT: usize = 36;
     pub const CAPACITY: usize = 64;
 }
 
@@ -230,6 +234,17 @@ impl Stats {
         }
     }
 
+    /// A remote access's own wait for the target's mmap_lock: the acquisition,
+    /// and a stall when the wait reached `stall_threshold_ns` (killed waiters
+    /// included: they were stuck all the same).
+    #[inline(always)]
+    pub fn record_remote_wait(&mut self, a: &Acquisition, stall_threshold_ns: u64) {
+        self.record_acquisition(a, false);
+        if a.wait_ns >= stall_threshold_ns {
+            self.add_at(Counter::StallsRead, u32::from(a.write), 1);
+        }
+    }
+
     /// One `lock_vma_under_rcu()` return, inside a remote access or not.
     #[inline(always)]
     pub fn record_lock_vma(&mut self, remote: bool, locked: bool) {
@@ -264,6 +279,23 @@ mod tests {
             assert_eq!(bucket(1u64 << i), i, "2^{i}");
             assert_eq!(bucket((1u64 << i) + 1), i + 1, "2^{i}+1");
         }
+    }
+
+    #[test]
+    fn a_wait_at_the_threshold_is_a_stall_and_one_below_is_not() {
+        let mut s = Stats::ZERO;
+        let wait = |ns, write, failed| Acquisition { write, wait_ns: ns, failed };
+        s.record_remote_wait(&wait(99_999_999, false, false), 100_000_000);
+        assert_eq!(s.counters[Counter::StallsRead as usize], 0);
+        s.record_remote_wait(&wait(100_000_000, false, false), 100_000_000);
+        s.record_remote_wait(&wait(5_000_000_000, false, true), 100_000_000);
+        s.record_remote_wait(&wait(200_000_000, true, false), 100_000_000);
+        assert_eq!(s.counters[Counter::StallsRead as usize], 2);
+        assert_eq!(s.counters[Counter::StallsWrite as usize], 1);
+        // Every wait is still an acquisition; the killed one a failure.
+        assert_eq!(s.hists[Hist::WaitRemoteRead as usize].buckets.iter().sum::<u64>(), 3);
+        assert_eq!(s.hists[Hist::WaitRemoteWrite as usize].buckets.iter().sum::<u64>(), 1);
+        assert_eq!(s.counters[Counter::AcquireFailuresRemote as usize], 1);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct Config {
     /// Exported histogram range, as log2 bucket indexes of nanoseconds.
     pub hist_min_log2: u32,
     pub hist_max_log2: u32,
+    /// A remote access waiting this long for the target's mmap_lock is a stall.
+    pub stall_threshold_ns: u64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -50,6 +52,13 @@ struct RawConfig {
     log_level: Option<String>,
     probes: Option<BTreeMap<String, toml::Value>>,
     histograms: Option<RawHistograms>,
+    stalls: Option<RawStalls>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStalls {
+    threshold_seconds: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,6 +99,7 @@ impl Config {
             probes: BTreeMap::new(),
             hist_min_log2: 10,
             hist_max_log2: 34,
+            stall_threshold_ns: 100_000_000,
         };
         for (name, text) in layers {
             let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(name, text, &e))?;
@@ -128,6 +138,19 @@ impl Config {
                     },
                 };
                 config.probes.insert(family, choice);
+            }
+            if let Some(v) = raw.stalls.and_then(|st| st.threshold_seconds) {
+                let s = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+                config.stall_threshold_ns = match s {
+                    Some(s) if (1e-3..=3600.0).contains(&s) => (s * 1e9).round() as u64,
+                    _ => {
+                        return Err(bad(
+                            "stalls.threshold_seconds",
+                            v.to_string(),
+                            "a number of seconds between 0.001 and 3600".into(),
+                        ));
+                    }
+                };
             }
             if let Some(h) = raw.histograms {
                 let seconds = |key: &str, v: toml::Value| -> Result<f64, ConfigError> {
@@ -212,6 +235,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:19361".parse().unwrap());
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!((c.hist_min_log2, c.hist_max_log2), (9, 34));
+        assert_eq!(c.stall_threshold_ns, 100_000_000);
         assert_eq!(c.probes.keys().copied().collect::<Vec<_>>(), Family::ALL.to_vec());
         assert!(c.probes.values().all(|c| *c == Choice::Auto));
     }
@@ -258,7 +282,7 @@ mod tests {
         let e = parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "config t.toml line 2: unknown field `listen_port`, expected one of `listen`, `log_level`, `probes`, `histograms`"
+            "config t.toml line 2: unknown field `listen_port`, expected one of `listen`, `log_level`, `probes`, `histograms`, `stalls`"
         );
         assert_eq!(
             parse("[probes]\nfentry = \"auto\"\n").unwrap_err().to_string(),
@@ -292,6 +316,17 @@ mod tests {
             parse("[histograms]\nmin_seconds = 2.0\nmax_seconds = 1.0\n").unwrap_err().to_string(),
             "config t.toml: key `histograms`: invalid value min 2^30 ns >= max 2^30 ns: expected min_seconds below max_seconds"
         );
+    }
+
+    #[test]
+    fn stall_threshold_is_seconds_within_bounds() {
+        assert_eq!(parse("[stalls]\nthreshold_seconds = 2\n").unwrap().stall_threshold_ns, 2_000_000_000);
+        assert_eq!(parse("[stalls]\nthreshold_seconds = 0.25\n").unwrap().stall_threshold_ns, 250_000_000);
+        assert_eq!(
+            parse("[stalls]\nthreshold_seconds = 0\n").unwrap_err().to_string(),
+            "config t.toml: key `stalls.threshold_seconds`: invalid value 0: expected a number of seconds between 0.001 and 3600"
+        );
+        assert!(parse("[stalls]\nkeep = 3\n").unwrap_err().to_string().contains("unknown field `keep`"));
     }
 
     #[test]

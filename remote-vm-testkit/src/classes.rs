@@ -14,7 +14,7 @@ use remote_vm_common::{
     catalog::{
         CONTEXT_REMOTE, FALLBACK_LOCKLESS_BYTES, FALLBACKS, FOLIO_WALKS, FOLL_ANON_FILE_BACKED, GUP_CALLS,
         LOCK_READ, LOCK_VMA_CALLS, LOCK_VMA_FAILURES, LOCK_WRITE, LOCKLESS_BYTES_DISCARDED,
-        LOCKLESS_DISCARDED_READS, LOCKLESS_PTE_PAGES, MMAP_LOCK_ACQUIRE_FAILURES, MMAP_LOCK_HOLD, MMAP_LOCK_WAIT,
+        LOCKLESS_DISCARDED_READS, LOCKLESS_PTE_PAGES, MMAP_LOCK_ACQUIRE_FAILURES, MMAP_LOCK_HOLD, MMAP_LOCK_WAIT, STALLS,
         MULTI_VMA_READS, Metric, PROBE_HITS, PROBE_MISSES, READ_BYTES, READ_DURATION, READ_VMAS, READS,
         UNTRACKED_CALLS, WRITE_DURATION, WRITES, WRITTEN_BYTES,
     },
@@ -288,6 +288,9 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
         (WRITTEN_BYTES.name, vec![], w * WRITE_LEN as u64),
         (WRITE_DURATION_COUNT, vec![], w),
         (MMAP_LOCK_ACQUIRE_FAILURES.name, vec![remote], 0),
+        // Nothing holds the target's lock: no remote access waits long.
+        (STALLS.name, vec![("lock_mode", LOCK_READ)], 0),
+        (STALLS.name, vec![("lock_mode", LOCK_WRITE)], 0),
         (FALLBACKS.name, vec![reason(Reason::Other)], 0),
         (FOLIO_WALKS.name, vec![level(Level::Pud)], 0),
         (MULTI_VMA_READS.name, vec![path(Path::Slow)], 0),

@@ -6,5 +6,6 @@ pub mod prom;
 pub mod workload;
 pub mod classes;
 pub mod caps;
+pub mod stall;
 pub mod stress;
 pub mod bench;

@@ -1,5 +1,5 @@
 //! rvm-testkit: workloads with known answers and the in-VM test runner.
-use remote_vm_testkit::{bench, guest, stress, workload};
+use remote_vm_testkit::{bench, guest, stall, stress, workload};
 
 use clap::{Parser, Subcommand};
 
@@ -39,6 +39,11 @@ enum Cmd {
         #[command(flatten)]
         args: stress::StressArgs,
     },
+    /// A target whose mmap_lock its main thread holds for write on request (see stall.rs).
+    StallTarget {
+        #[arg(long, default_value_t = 256)]
+        region_mb: usize,
+    },
     /// mmap_lock contention inside this process (see workload::contend).
     Contend {
         #[arg(long, default_value_t = 200)]
@@ -67,6 +72,7 @@ fn main() -> std::process::ExitCode {
             Ok(true)
         }),
         Cmd::StressTarget { args } => stress::target_main(&args).map(|()| true),
+        Cmd::StallTarget { region_mb } => stall::target_main(region_mb).map(|()| true),
         Cmd::WithCaps { caps, command } => remote_vm_testkit::caps::exec_with(&caps, &command).map(|()| false),
         Cmd::Contend { iterations, region_mb } => workload::contend(iterations, region_mb).map(|n| {
             println!("{n}");

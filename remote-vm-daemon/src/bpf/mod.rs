@@ -75,16 +75,18 @@ impl Attached {
 
 pub struct LoadOptions<'a> {
     pub log_level: log::LevelFilter,
+    /// A remote wait at least this long is a stall.
+    pub stall_threshold_ns: u64,
     /// Per family: how to attach it.
     pub choices: &'a BTreeMap<Family, Choice>,
 }
 
-/// The offsets and values from `layout` the programs read as globals, by
-/// their names in `remote-vm-ebpf/src/programs/layout.rs`.
+/// The offsets and values from `layout` (and the stall threshold) the programs
+/// read as globals, by their names in `remote-vm-ebpf/src/programs/layout.rs`.
 /// A global's name in the object and its value.
 type Global<T> = (&'static str, T);
 
-fn globals(layout: &Layout) -> ([Global<u64>; 5], [Global<u32>; 4]) {
+fn globals(layout: &Layout, stall_threshold_ns: u64) -> ([Global<u64>; 6], [Global<u32>; 4]) {
     let off = |item: &Result<u64, String>| *item.as_ref().unwrap_or(&UNKNOWN_OFFSET);
     let (fw_pmd, fw_pud) = layout.fw_levels.clone().unwrap_or((1, 2));
     (
@@ -94,6 +96,7 @@ fn globals(layout: &Layout) -> ([Global<u64>; 5], [Global<u32>; 4]) {
             ("FW_PAGE_OFF", off(&layout.fw_page)),
             ("FW_LEVEL_OFF", off(&layout.fw_level)),
             ("VMA_VM_OPS_OFF", off(&layout.vma_vm_ops)),
+            ("STALL_THRESHOLD_NS", stall_threshold_ns),
         ],
         [
             ("FW_LEVEL_PMD", fw_pmd),
@@ -107,7 +110,7 @@ fn globals(layout: &Layout) -> ([Global<u64>; 5], [Global<u32>; 4]) {
 pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attached), LoadError> {
     raise_memlock_limit();
     let level = opts.log_level as usize as u8; // aya-log: Error = 1 … Trace = 5; 0 off
-    let (globals64, globals32) = globals(&kernel.layout);
+    let (globals64, globals32) = globals(&kernel.layout, opts.stall_threshold_ns);
     let mut loader = EbpfLoader::new();
     loader
         .btf(kernel.btf.as_ref())
@@ -232,7 +235,7 @@ mod tests {
         for map in [HITS, STATS, "CONTROL", "SELFTEST", "CALLS", "WAITS", "AYA_LOGS"] {
             assert!(obj.maps.contains_key(map), "map {map} missing");
         }
-        let (g64, g32) = globals(&Layout::without_btf());
+        let (g64, g32) = globals(&Layout::without_btf(), 1);
         // The symbol names are NUL-terminated in the object's string table.
         for name in g64.iter().map(|g| g.0).chain(g32.iter().map(|g| g.0)) {
             let symbol = [name.as_bytes(), b"\0"].concat();

@@ -61,6 +61,7 @@ pub fn load(kernel: &Kernel, config: &Config) -> Result<(Session, Attached), Sta
         kernel,
         &bpf::LoadOptions {
             log_level: config.log_level,
+            stall_threshold_ns: config.stall_threshold_ns,
             choices: &config.probes,
         },
     )?)

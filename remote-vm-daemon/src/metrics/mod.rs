@@ -191,6 +191,12 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
         n if n == cat::MMAP_LOCK_HOLD.name => {
             f.push_log2(&[], &stats.hists[Hist::Hold as usize], lo, hi, divisor);
         }
+        n if n == cat::STALLS.name => {
+            f.push(&[("lock_mode", cat::LOCK_READ)], c(stats, Counter::StallsRead));
+            if view.sight.covers(Coverage::RemoteWrites) {
+                f.push(&[("lock_mode", cat::LOCK_WRITE)], c(stats, Counter::StallsWrite));
+            }
+        }
         n if n == cat::LOCK_VMA_CALLS.name => {
             f.push(&[("context", cat::CONTEXT_REMOTE)], c(stats, Counter::LockVmaRemote));
             f.push(&[("context", cat::CONTEXT_OTHER)], c(stats, Counter::LockVmaOther));

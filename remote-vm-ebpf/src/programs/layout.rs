@@ -29,6 +29,11 @@ pub static FOLL_WRITE: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
 pub static FOLL_ANON: Global<u32> = Global::new(0);
 
+/// A remote access's wait for the target's mmap_lock at least this long is a
+/// stall (`[stalls] threshold_seconds` in the config).
+#[unsafe(no_mangle)]
+pub static STALL_THRESHOLD_NS: Global<u64> = Global::new(100_000_000);
+
 pub fn known(off: u64) -> bool {
     off != UNKNOWN_OFFSET
 }

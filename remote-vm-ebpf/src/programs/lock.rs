@@ -12,7 +12,7 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use remote_vm_common::{LCB_F_WRITE, Point, classify::Acquisition};
 
 use super::{
-    layout::{MM_MMAP_LOCK_OFF, known},
+    layout::{MM_MMAP_LOCK_OFF, STALL_THRESHOLD_NS, known},
     maps::{CALLS, WAITS, current_mm, hit, now, stats},
 };
 
@@ -56,7 +56,7 @@ fn remote_end(acquired: bool) {
     if let Some(a) = state.lock_wait_end(acquired, now()) {
         if state.is_counted() {
             if let Some(s) = stats() {
-                s.record_acquisition(&a, false);
+                s.record_remote_wait(&a, STALL_THRESHOLD_NS.load());
             }
         }
     }

@@ -16,6 +16,7 @@ mod harness;
 mod lifecycle;
 mod modes;
 mod scenario;
+mod stalls;
 
 use anyhow::Result;
 
@@ -27,6 +28,7 @@ use harness::cmdline_arg;
 use lifecycle::lifecycle;
 use modes::{ab, bench, serve};
 use scenario::run_scenario;
+use stalls::stalls;
 
 pub use harness::{Check, DAEMON, Report};
 
@@ -73,6 +75,9 @@ pub fn main() -> Result<bool> {
         if let Err(e) = run_scenario(&mut report, scenario, kernel, i == 0) {
             report.error(scenario.name, e);
         }
+    }
+    if let Err(e) = stalls(&mut report, kernel) {
+        report.error("stalls", e);
     }
     if let Err(e) = lifecycle(&mut report, kernel) {
         report.error("lifecycle", e);

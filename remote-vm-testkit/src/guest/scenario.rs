@@ -99,7 +99,11 @@ fn golden_series(report: &mut Report, name: &str, scrape: &Scrape, sc: &Scenario
         let missing: Vec<&String> = golden
             .iter()
             .filter(|g| !g.starts_with(cat::PROBE_ATTACHED.name))
-            .filter(|g| sc.remote_writes() || !(g.contains(&write) && g.contains(&remote)))
+            .filter(|g| {
+                let remote_write = (g.contains(&write) && g.contains(&remote))
+                    || g.starts_with(&format!("{}{{lock_mode=\"{}\"", cat::STALLS.name, cat::LOCK_WRITE));
+                sc.remote_writes() || !remote_write
+            })
             .filter(|g| sc.host_failures() || **g != host_failures)
             .filter(|g| !got.iter().any(|s| crate::golden::same_shape(g, s)))
             .collect();
@@ -139,7 +143,9 @@ pub(super) fn classification(report: &mut Report, name: &str, kernel: Option<Ker
     report.check(format!("{name}.classes.ground_truth"), format!("{:?}", classes::expected_ground(k, &counts)), format!("{ground:?}"));
     for (metric, labels, mut value) in classes::expected(k, &counts) {
         // Without a write-lock probe its series is absent, never zero.
-        if metric == cat::MMAP_LOCK_WAIT.count() && labels.contains(&("mode", cat::LOCK_WRITE)) && !remote_writes {
+        let write_series = (metric == cat::MMAP_LOCK_WAIT.count() && labels.contains(&("mode", cat::LOCK_WRITE)))
+            || (metric == cat::STALLS.name && labels.contains(&("lock_mode", cat::LOCK_WRITE)));
+        if write_series && !remote_writes {
             value = None;
         }
         let label_text: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -1,0 +1,90 @@
+//! Stalls: a remote reader waiting on another process's mmap_lock. A thread of
+//! the target holds the lock for write (`munlock()` of a large mlocked region,
+//! timed by its own clock) while this process reads the target's
+//! `/proc/PID/cmdline`. The workload's own timings decide how many stalls there
+//! were; the daemon must count exactly those.
+use std::time::Duration;
+
+use anyhow::Result;
+use remote_vm_common::catalog as cat;
+
+use super::harness::{Daemon, LISTEN, Report, delta};
+use crate::{classes::Kernel, prom::Scrape, stall::StallTarget};
+
+/// Large enough that munlock() holds the lock for tens of ms even natively.
+const REGION_MB: usize = 256;
+/// Holds shorter than this are too close to scheduling noise to test with.
+const MIN_HOLD_NS: u64 = 20_000_000;
+
+pub(super) fn stalls(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
+    let Some(kernel) = kernel else { return Ok(()) };
+    let mut target = StallTarget::spawn(REGION_MB)?;
+    // Calibrate: two holds alone; the shorter decides the thresholds.
+    let hold = target.hold()?.min(target.hold()?);
+    println!("vmtest: stalls: munlock of {REGION_MB} MiB holds the mmap_lock for write {:.1} ms", hold as f64 / 1e6);
+    report.check("stalls.hold_long_enough", true, hold >= MIN_HOLD_NS);
+    if hold < MIN_HOLD_NS {
+        return Ok(());
+    }
+    // A wait of most of the hold is a stall at hold/4, and not at 4 × hold.
+    round(report, &mut target, kernel, "stalls.below", hold / 4, hold)?;
+    round(report, &mut target, kernel, "stalls.above", hold * 4, hold)?;
+    Ok(())
+}
+
+/// One read of the target's cmdline during one hold, under a daemon whose
+/// stall threshold is `threshold_ns`.
+fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &str, threshold_ns: u64, hold: u64) -> Result<()> {
+    let config = format!("[stalls]\nthreshold_seconds = {:.6}\n", threshold_ns as f64 / 1e9);
+    let mut daemon = Daemon::start(&config, &[])?;
+    let result = (|| -> Result<()> {
+        let before = Scrape::fetch(LISTEN)?;
+        target.start_hold()?;
+        // Well inside the hold: the holder is in munlock() by now.
+        std::thread::sleep(Duration::from_nanos(hold / 8));
+        let took = target.read_cmdline()?;
+        let held = target.end_hold()?;
+        let after = Scrape::fetch(LISTEN)?;
+        println!(
+            "vmtest: {name}: threshold {:.1} ms, hold {:.1} ms, cmdline read took {:.1} ms",
+            threshold_ns as f64 / 1e6,
+            held as f64 / 1e6,
+            took as f64 / 1e6
+        );
+        // Ground truth from the workload's clocks. The read's wait is at most
+        // the time it took, and all of it but a few µs: taking twice the
+        // threshold, its first access stalled (the second finds the lock free);
+        // under the threshold, nothing stalled; in between cannot be decided.
+        let truth = if took >= 2 * threshold_ns {
+            Some(1u64)
+        } else if took < threshold_ns {
+            Some(0)
+        } else {
+            None
+        };
+        // Patched with the argv page resident: the lockless path, no wait at all.
+        let blocks = kernel != Kernel::Patched;
+        report.check(format!("{name}.reader_blocked"), blocks, took >= hold / 2);
+        let want = truth.map_or("undecidable".to_string(), |t| t.to_string());
+        report.check(
+            format!("{name}.stalls_total{{lock_mode=read}}"),
+            want,
+            delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
+        );
+        // Both remote accesses of the read took the lock, or neither did.
+        let waits = if blocks { 2 } else { 0 };
+        report.check(
+            format!("{name}.mmap_lock_waits"),
+            waits,
+            delta(
+                &before,
+                &after,
+                &cat::MMAP_LOCK_WAIT.count(),
+                &[("context", cat::CONTEXT_REMOTE), ("mode", cat::LOCK_READ)],
+            ),
+        );
+        Ok(())
+    })();
+    daemon.stop(report, name)?;
+    result
+}
