@@ -459,6 +459,14 @@ pub const STALLS: Metric = metric(
     &[C::RemoteLock],
     "Remote accesses whose wait for the target's mmap_lock reached stalls.threshold_seconds, by the lock mode asked for (write: expand_stack; its series needs a read+write mode).",
 );
+pub const STALL_EVENTS_DROPPED: Metric = metric(
+    "remote_vm_stall_events_dropped_total",
+    Counter,
+    Unit::Count,
+    &[],
+    &[C::RemoteLock],
+    "Stall events lost because the ring buffer to the daemon was full (the stalls are still counted).",
+);
 pub const LOCK_VMA_CALLS: Metric = metric(
     "remote_vm_lock_vma_under_rcu_total",
     Counter,
@@ -504,6 +512,7 @@ pub const ALL: &[&Metric] = &[
     &MMAP_LOCK_ACQUIRE_FAILURES,
     &MMAP_LOCK_HOLD,
     &STALLS,
+    &STALL_EVENTS_DROPPED,
     &LOCK_VMA_CALLS,
     &LOCK_VMA_FAILURES,
 ];

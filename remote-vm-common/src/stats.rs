@@ -47,10 +47,12 @@ pub enum Counter {
     /// threshold: for the read lock, then the write lock (`expand_stack`).
     StallsRead = 34,
     StallsWrite = 35,
+    /// Stall events the ring buffer had no room for.
+    StallEventsDropped = 36,
 }
 
 impl Counter {
-    pub const COUNT: usize = 36;
+    pub const COUNT: usize = 37;
     pub const CAPACITY: usize = 64;
 }
 

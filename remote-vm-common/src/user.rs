@@ -5,3 +5,4 @@
 unsafe impl aya::Pod for crate::Control {}
 unsafe impl aya::Pod for crate::SelfTest {}
 unsafe impl aya::Pod for crate::stats::Stats {}
+unsafe impl aya::Pod for crate::StallEvent {}

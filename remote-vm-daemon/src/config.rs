@@ -23,6 +23,10 @@ pub struct Config {
     pub hist_max_log2: u32,
     /// A remote access waiting this long for the target's mmap_lock is a stall.
     pub stall_threshold_ns: u64,
+    /// Stalls kept for `/stalls`.
+    pub stalls_keep: usize,
+    /// Whether `/stalls` is served (it shows which process reads which).
+    pub stalls_http: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -59,6 +63,8 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawStalls {
     threshold_seconds: Option<toml::Value>,
+    keep: Option<toml::Value>,
+    http: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +106,8 @@ impl Config {
             hist_min_log2: 10,
             hist_max_log2: 34,
             stall_threshold_ns: 100_000_000,
+            stalls_keep: 256,
+            stalls_http: true,
         };
         for (name, text) in layers {
             let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(name, text, &e))?;
@@ -139,7 +147,17 @@ impl Config {
                 };
                 config.probes.insert(family, choice);
             }
-            if let Some(v) = raw.stalls.and_then(|st| st.threshold_seconds) {
+            let stalls = raw.stalls.unwrap_or_default();
+            if let Some(v) = stalls.keep {
+                config.stalls_keep = match v.as_integer() {
+                    Some(n) if (1..=65_536).contains(&n) => n as usize,
+                    _ => return Err(bad("stalls.keep", v.to_string(), "a whole number from 1 to 65536".into())),
+                };
+            }
+            if let Some(v) = stalls.http {
+                config.stalls_http = v.as_bool().ok_or_else(|| bad("stalls.http", v.to_string(), "true or false".into()))?;
+            }
+            if let Some(v) = stalls.threshold_seconds {
                 let s = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
                 config.stall_threshold_ns = match s {
                     Some(s) if (1e-3..=3600.0).contains(&s) => (s * 1e9).round() as u64,
@@ -236,6 +254,7 @@ mod tests {
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!((c.hist_min_log2, c.hist_max_log2), (9, 34));
         assert_eq!(c.stall_threshold_ns, 100_000_000);
+        assert_eq!((c.stalls_keep, c.stalls_http), (256, true));
         assert_eq!(c.probes.keys().copied().collect::<Vec<_>>(), Family::ALL.to_vec());
         assert!(c.probes.values().all(|c| *c == Choice::Auto));
     }
@@ -326,7 +345,17 @@ mod tests {
             parse("[stalls]\nthreshold_seconds = 0\n").unwrap_err().to_string(),
             "config t.toml: key `stalls.threshold_seconds`: invalid value 0: expected a number of seconds between 0.001 and 3600"
         );
-        assert!(parse("[stalls]\nkeep = 3\n").unwrap_err().to_string().contains("unknown field `keep`"));
+        assert!(parse("[stalls]\nkept = 3\n").unwrap_err().to_string().contains("unknown field `kept`"));
+        let c = parse("[stalls]\nkeep = 3\nhttp = false\n").unwrap();
+        assert_eq!((c.stalls_keep, c.stalls_http), (3, false));
+        assert_eq!(
+            parse("[stalls]\nkeep = 0\n").unwrap_err().to_string(),
+            "config t.toml: key `stalls.keep`: invalid value 0: expected a whole number from 1 to 65536"
+        );
+        assert_eq!(
+            parse("[stalls]\nhttp = \"yes\"\n").unwrap_err().to_string(),
+            "config t.toml: key `stalls.http`: invalid value \"yes\": expected true or false"
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod logging;
 mod metrics;
 mod notify;
 mod server;
+mod stalls;
 mod status;
 
 use std::{net::SocketAddr, process::ExitCode};

@@ -11,11 +11,14 @@ use crate::{
     bpf::{Attached, Session},
     kernel::KernelFacts,
     metrics::{self, View, coverage::Sight},
+    stalls::{StallLog, StallsPage},
     status,
 };
 
 /// What the endpoint serves from: the attached session and the facts fixed at start-up.
 pub struct State {
+    /// The stall log, when `/stalls` is served.
+    pub stalls: Option<Arc<StallLog>>,
     pub facts: KernelFacts,
     pub attached: Attached,
     pub sight: Sight,
@@ -35,11 +38,22 @@ impl State {
         };
         metrics::render(&view, &self.session.snapshot())
     }
+
+    fn stalls(&self, log: &StallLog) -> String {
+        let dropped = self.session.snapshot().stats.counters[remote_vm_common::stats::Counter::StallEventsDropped as usize];
+        let page = StallsPage {
+            threshold_seconds: log.threshold_seconds,
+            recent: log.recent(),
+            dropped,
+        };
+        serde_json::to_string_pretty(&page).unwrap_or_default() + "\n"
+    }
 }
 
 const LANDING: &str = "<!doctype html>\n<html><head><title>remote-vm</title></head><body>\n\
 <h1>remote-vm</h1>\n<p>Remote-memory reads (<code>__access_remote_vm</code>) by path: fast, fallback, slow.</p>\n\
-<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a> (probe verdicts)</li></ul>\n\
+<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a> (probe verdicts)</li>\
+<li><a href=\"/stalls\">/stalls</a> (recent stalls)</li></ul>\n\
 </body></html>\n";
 
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl std::future::Future<Output = ()>) {
@@ -84,6 +98,10 @@ fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
             "text/plain; charset=utf-8",
             status::healthz(&state.facts, &state.attached, &state.sight),
         ),
+        "/stalls" => match &state.stalls {
+            Some(log) => text(StatusCode::OK, "application/json", state.stalls(log)),
+            None => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found (stalls.http = false)\n".into()),
+        },
         "/" => text(StatusCode::OK, "text/html; charset=utf-8", LANDING.to_string()),
         _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
     }

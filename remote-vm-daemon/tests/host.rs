@@ -148,7 +148,7 @@ fn check_reports_every_probe_and_exits_degraded() {
     // The BTF lines carry this kernel's offsets: every item is found.
     let (btf, rest): (Vec<&str>, Vec<&str>) = stdout.lines().partition(|l| l.starts_with("btf: "));
     assert_eq!(rest, expected);
-    assert_eq!(btf.len(), 10, "{btf:?}");
+    assert_eq!(btf.len(), 11, "{btf:?}");
     assert!(btf.iter().all(|l| !l.contains("unknown")), "{btf:?}");
     assert!(btf.contains(&"btf: mmap_lock tracepoint (write, success) args = (1, 2)"), "{btf:?}");
 }

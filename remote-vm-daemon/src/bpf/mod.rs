@@ -29,6 +29,7 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// The maps user space reads.
 const HITS: &str = "HITS";
 const STATS: &str = "STATS";
+const STALL_EVENTS: &str = "STALL_EVENTS";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -86,9 +87,10 @@ pub struct LoadOptions<'a> {
 /// A global's name in the object and its value.
 type Global<T> = (&'static str, T);
 
-fn globals(layout: &Layout, stall_threshold_ns: u64) -> ([Global<u64>; 6], [Global<u32>; 4]) {
+fn globals(layout: &Layout, stall_threshold_ns: u64) -> ([Global<u64>; 13], [Global<u32>; 4]) {
     let off = |item: &Result<u64, String>| *item.as_ref().unwrap_or(&UNKNOWN_OFFSET);
     let (fw_pmd, fw_pud) = layout.fw_levels.clone().unwrap_or((1, 2));
+    let ids = layout.stall_ids.named();
     (
         [
             ("MM_MMAP_LOCK_OFF", off(&layout.mm_mmap_lock)),
@@ -97,6 +99,13 @@ fn globals(layout: &Layout, stall_threshold_ns: u64) -> ([Global<u64>; 6], [Glob
             ("FW_LEVEL_OFF", off(&layout.fw_level)),
             ("VMA_VM_OPS_OFF", off(&layout.vma_vm_ops)),
             ("STALL_THRESHOLD_NS", stall_threshold_ns),
+            (ids[0].0, off(ids[0].2)),
+            (ids[1].0, off(ids[1].2)),
+            (ids[2].0, off(ids[2].2)),
+            (ids[3].0, off(ids[3].2)),
+            (ids[4].0, off(ids[4].2)),
+            (ids[5].0, off(ids[5].2)),
+            (ids[6].0, off(ids[6].2)),
         ],
         [
             ("FW_LEVEL_PMD", fw_pmd),
@@ -144,7 +153,14 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
     let hits = PerCpuArray::try_from(take(&mut ebpf, HITS)?).map_err(|_| LoadError::Map(HITS))?;
     let stats = PerCpuArray::try_from(take(&mut ebpf, STATS)?).map_err(|_| LoadError::Map(STATS))?;
     let kprobe_links = miss_sources.iter().map(|(p, (_, links))| (*p, links.len())).collect();
-    let mut session = Session::new(ebpf, logger, hits, stats, miss_sources);
+    let stall_events = match ebpf.take_map(STALL_EVENTS).map(aya::maps::RingBuf::try_from) {
+        Some(Ok(ring)) => Some(ring),
+        _ => {
+            log::warn!("no stall events: the eBPF object's {STALL_EVENTS} ring buffer could not be opened");
+            None
+        }
+    };
+    let mut session = Session::new(ebpf, logger, hits, stats, miss_sources, stall_events);
     let (patched, patched_why) = selftest::decide_patched(session.ebpf_mut(), &kernel.layout, &verdicts);
     Ok((
         session,
@@ -232,7 +248,7 @@ mod tests {
                 }
             }
         }
-        for map in [HITS, STATS, "CONTROL", "SELFTEST", "CALLS", "WAITS", "AYA_LOGS"] {
+        for map in [HITS, STATS, STALL_EVENTS, "CONTROL", "SELFTEST", "CALLS", "WAITS", "AYA_LOGS"] {
             assert!(obj.maps.contains_key(map), "map {map} missing");
         }
         let (g64, g32) = globals(&Layout::without_btf(), 1);

@@ -6,7 +6,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray},
+    maps::{MapData, PerCpuArray, RingBuf},
 };
 use remote_vm_common::{Point, stats::Stats};
 
@@ -42,6 +42,8 @@ pub struct Session {
     /// Per point: the program fds whose recursion misses count there, and the
     /// kprobe links whose `missed` does.
     miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
+    /// The stall events, until `take_stall_events` hands them to their reader.
+    stall_events: Option<RingBuf<MapData>>,
 }
 
 impl Session {
@@ -51,6 +53,7 @@ impl Session {
         hits: PerCpuArray<MapData, u64>,
         stats: PerCpuArray<MapData, Stats>,
         miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
+        stall_events: Option<RingBuf<MapData>>,
     ) -> Session {
         Session {
             ebpf,
@@ -58,7 +61,13 @@ impl Session {
             hits,
             stats,
             miss_sources,
+            stall_events,
         }
+    }
+
+    /// The ring buffer of stall events (once).
+    pub fn take_stall_events(&mut self) -> Option<RingBuf<MapData>> {
+        self.stall_events.take()
     }
 
     pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {

@@ -9,6 +9,7 @@ use crate::{
     metrics::coverage::Sight,
     notify, server,
     server::State,
+    stalls::{self, StallLog},
     status,
 };
 
@@ -59,6 +60,11 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
         Err(e) => log::error!("could not drop capabilities: {e}"),
     }
     session.forward_logs();
+    let stall_log = Arc::new(StallLog::new(config.stalls_keep, config.stall_threshold_ns));
+    match session.take_stall_events() {
+        Some(ring) => stalls::spawn_reader(ring, stall_log.clone()),
+        None => log::warn!("stalls are counted but not logged: no stall event ring buffer"),
+    }
     let sight = Sight::of(&kernel.layout, &attached);
     let Kernel { facts, btf, .. } = kernel;
     // aya's BTF of the kernel is tens of MB: give the memory back to the system.
@@ -70,6 +76,7 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     let state = Arc::new(State {
+        stalls: config.stalls_http.then_some(stall_log),
         facts,
         attached,
         sight,

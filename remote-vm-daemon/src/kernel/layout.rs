@@ -23,6 +23,10 @@ pub struct Layout {
     pub foll_write_note: Option<String>,
     /// `FOLL_ANON` (its value changed across kernels: no fallback).
     pub foll_anon: Item<u32>,
+    /// For stall events: `mm_struct.owner` (CONFIG_MEMCG), `arg_start`,
+    /// `arg_end`, `env_start`, `env_end`; `task_struct.tgid`, `comm`. Each is
+    /// optional: an event leaves out what is unknown.
+    pub stall_ids: StallIds,
     /// Argument positions of `write` and `success` in the mmap_lock tracepoints.
     pub mmap_lock_tp_args: Item<(u32, u32)>,
     /// The lockless path's functions exist in this kernel.
@@ -32,6 +36,57 @@ pub struct Layout {
     pub has_rcu_table_free: bool,
     /// Whether these come from BTF (else kallsyms).
     pub from_btf: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StallIds {
+    pub mm_owner: Item<u64>,
+    pub mm_arg_start: Item<u64>,
+    pub mm_arg_end: Item<u64>,
+    pub mm_env_start: Item<u64>,
+    pub mm_env_end: Item<u64>,
+    pub task_tgid: Item<u64>,
+    pub task_comm: Item<u64>,
+}
+
+impl StallIds {
+    fn from_btf(btf: &Btf) -> StallIds {
+        StallIds {
+            mm_owner: btf.field_offset("mm_struct", "owner"),
+            mm_arg_start: btf.field_offset("mm_struct", "arg_start"),
+            mm_arg_end: btf.field_offset("mm_struct", "arg_end"),
+            mm_env_start: btf.field_offset("mm_struct", "env_start"),
+            mm_env_end: btf.field_offset("mm_struct", "env_end"),
+            task_tgid: btf.field_offset("task_struct", "tgid"),
+            task_comm: btf.field_offset("task_struct", "comm"),
+        }
+    }
+
+    pub fn unknown() -> StallIds {
+        let no = || Err("no BTF".to_string());
+        StallIds {
+            mm_owner: no(),
+            mm_arg_start: no(),
+            mm_arg_end: no(),
+            mm_env_start: no(),
+            mm_env_end: no(),
+            task_tgid: no(),
+            task_comm: no(),
+        }
+    }
+
+    /// (global name, item) pairs, for the programs and `check`.
+    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 7] {
+        [
+            ("MM_OWNER_OFF", "mm_struct.owner", &self.mm_owner),
+            ("MM_ARG_START_OFF", "mm_struct.arg_start", &self.mm_arg_start),
+            ("MM_ARG_END_OFF", "mm_struct.arg_end", &self.mm_arg_end),
+            ("MM_ENV_START_OFF", "mm_struct.env_start", &self.mm_env_start),
+            ("MM_ENV_END_OFF", "mm_struct.env_end", &self.mm_env_end),
+            ("TASK_TGID_OFF", "task_struct.tgid", &self.task_tgid),
+            ("TASK_COMM_OFF", "task_struct.comm", &self.task_comm),
+        ]
+    }
 }
 
 const FOLL_WRITE_DEFAULT: u32 = 0x1;
@@ -53,6 +108,7 @@ impl Layout {
                 .err()
                 .map(|why| format!("{why}; using 0x1, its value in every kernel")),
             foll_anon: btf.enum_value("FOLL_ANON").map(|v| v as u32),
+            stall_ids: StallIds::from_btf(btf),
             mmap_lock_tp_args: mmap_lock_tp_args(btf),
             has_lock_vma_under_rcu: btf.has_function("lock_vma_under_rcu"),
             has_folio_walk_start: btf.has_function("folio_walk_start"),
@@ -78,6 +134,7 @@ impl Layout {
             foll_write: FOLL_WRITE_DEFAULT,
             foll_write_note: Some("no BTF; using 0x1, its value in every kernel".into()),
             foll_anon: no(),
+            stall_ids: StallIds::unknown(),
             mmap_lock_tp_args: no(),
             has_lock_vma_under_rcu: has("lock_vma_under_rcu"),
             has_folio_walk_start: has("folio_walk_start"),
@@ -113,6 +170,12 @@ impl Layout {
         });
         out.push(show("FOLL_ANON", &self.foll_anon));
         out.push(show("mmap_lock tracepoint (write, success) args", &self.mmap_lock_tp_args));
+        let unknown: Vec<&str> = self.stall_ids.named().iter().filter(|(_, _, v)| v.is_err()).map(|(_, n, _)| *n).collect();
+        out.push(if unknown.is_empty() {
+            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.tgid/comm) = all found".to_string()
+        } else {
+            format!("btf: stall event identities: unknown {} (events leave them out)", unknown.join(", "))
+        });
         out.push(format!(
             "btf: lockless path functions: lock_vma_under_rcu={} folio_walk_start={}",
             self.has_lock_vma_under_rcu, self.has_folio_walk_start

@@ -197,6 +197,7 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
                 f.push(&[("lock_mode", cat::LOCK_WRITE)], c(stats, Counter::StallsWrite));
             }
         }
+        n if n == cat::STALL_EVENTS_DROPPED.name => single(f, c(stats, Counter::StallEventsDropped)),
         n if n == cat::LOCK_VMA_CALLS.name => {
             f.push(&[("context", cat::CONTEXT_REMOTE)], c(stats, Counter::LockVmaRemote));
             f.push(&[("context", cat::CONTEXT_OTHER)], c(stats, Counter::LockVmaOther));

@@ -25,6 +25,7 @@ pub fn full_layout() -> Layout {
         foll_write: 1,
         foll_write_note: None,
         foll_anon: Ok(1 << 14),
+        stall_ids: crate::kernel::layout::StallIds::unknown(),
         mmap_lock_tp_args: Ok((1, 2)),
         has_lock_vma_under_rcu: true,
         has_folio_walk_start: true,

@@ -29,6 +29,23 @@ pub static FOLL_WRITE: Global<u32> = Global::new(1);
 #[unsafe(no_mangle)]
 pub static FOLL_ANON: Global<u32> = Global::new(0);
 
+/// `offsetof(struct mm_struct, owner)` (CONFIG_MEMCG), `arg_start`, `arg_end`,
+/// `env_start`, `env_end`; `offsetof(struct task_struct, tgid)`, `(…, comm)`.
+#[unsafe(no_mangle)]
+pub static MM_OWNER_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static MM_ARG_START_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static MM_ARG_END_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static MM_ENV_START_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static MM_ENV_END_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static TASK_TGID_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static TASK_COMM_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+
 /// A remote access's wait for the target's mmap_lock at least this long is a
 /// stall (`[stalls] threshold_seconds` in the config).
 #[unsafe(no_mangle)]

@@ -9,11 +9,19 @@
 //!   / `contention_end` (they fire only when a lock is contended), or, opt-in, the
 //!   mmap_lock tracepoints (every acquisition; they tax every mmap_lock user).
 use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use remote_vm_common::{LCB_F_WRITE, Point, classify::Acquisition};
+use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use remote_vm_common::{
+    Interface, LCB_F_WRITE, Point, StallEvent,
+    classify::{Acquisition, CallState, F_ANON, F_WRITE},
+    stats::Counter,
+};
 
 use super::{
-    layout::{MM_MMAP_LOCK_OFF, STALL_THRESHOLD_NS, known},
-    maps::{CALLS, WAITS, current_mm, hit, now, stats},
+    layout::{
+        MM_ARG_END_OFF, MM_ARG_START_OFF, MM_ENV_END_OFF, MM_ENV_START_OFF, MM_MMAP_LOCK_OFF, MM_OWNER_OFF,
+        STALL_THRESHOLD_NS, TASK_COMM_OFF, TASK_TGID_OFF, known,
+    },
+    maps::{CALLS, STALL_EVENTS, WAITS, current_mm, hit, now, read_u32, read_u64, stats},
 };
 
 // --- remote -------------------------------------------------------------------
@@ -55,9 +63,59 @@ fn remote_end(acquired: bool) {
     };
     if let Some(a) = state.lock_wait_end(acquired, now()) {
         if state.is_counted() {
+            let threshold = STALL_THRESHOLD_NS.load();
             if let Some(s) = stats() {
-                s.record_remote_wait(&a, STALL_THRESHOLD_NS.load());
+                s.record_remote_wait(&a, threshold);
             }
+            if a.wait_ns >= threshold {
+                emit_stall(state, &a);
+            }
+        }
+    }
+}
+
+/// `mm_struct` field at `off`, 0 when unknown.
+#[inline(always)]
+fn mm_field(mm: u64, off: u64) -> u64 {
+    if known(off) { read_u64(mm, off) } else { 0 }
+}
+
+/// One stall event: who waited, on whose lock, how, for how long. Only here,
+/// after a wait of at least the threshold, is anything read beyond the counters.
+#[inline(always)]
+fn emit_stall(state: &CallState, a: &Acquisition) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut e = StallEvent {
+        end_ns: now(),
+        wait_ns: a.wait_ns,
+        // SAFETY: no preconditions.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        reader_tgid: (pid_tgid >> 32) as u32,
+        reader_tid: pid_tgid as u32,
+        target_tgid: 0,
+        lock_write: u32::from(a.write),
+        access_write: u32::from(state.flags & F_WRITE != 0),
+        interface: 0,
+        failed: u32::from(a.failed),
+        _pad: 0,
+        reader_comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        target_comm: [0; 16],
+    };
+    let mm = state.mm;
+    let arg = (mm_field(mm, MM_ARG_START_OFF.load()), mm_field(mm, MM_ARG_END_OFF.load()));
+    let env = (mm_field(mm, MM_ENV_START_OFF.load()), mm_field(mm, MM_ENV_END_OFF.load()));
+    e.interface = Interface::of(state.start_addr, state.flags & F_ANON != 0, arg, env) as u32;
+    let owner = mm_field(mm, MM_OWNER_OFF.load());
+    let (tgid_off, comm_off) = (TASK_TGID_OFF.load(), TASK_COMM_OFF.load());
+    if owner != 0 && known(tgid_off) && known(comm_off) {
+        let tgid = read_u32(owner, tgid_off);
+        e.target_tgid = if tgid == u32::MAX { 0 } else { tgid };
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        e.target_comm = unsafe { bpf_probe_read_kernel(owner.wrapping_add(comm_off) as *const [u8; 16]) }.unwrap_or([0; 16]);
+    }
+    if STALL_EVENTS.output::<StallEvent>(&e, 0).is_err() {
+        if let Some(s) = stats() {
+            s.add(Counter::StallEventsDropped, 1);
         }
     }
 }

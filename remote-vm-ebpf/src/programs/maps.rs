@@ -4,7 +4,7 @@ use core::ptr;
 use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_task_storage_get},
     macros::map,
-    maps::{Array, PerCpuArray},
+    maps::{Array, PerCpuArray, RingBuf},
 };
 use remote_vm_common::{Control, HostWait, Point, SelfTest, classify::CallState, stats::Stats};
 
@@ -23,6 +23,11 @@ pub static CONTROL: Array<Control> = Array::with_max_entries(1, 0);
 /// What the start-up probe read saw.
 #[map(name = "SELFTEST")]
 pub static SELFTEST: Array<SelfTest> = Array::with_max_entries(1, 0);
+
+/// One event per stall (`remote_vm_common::StallEvent`); nothing else goes
+/// through it, so it carries nothing on the paths of ordinary calls.
+#[map(name = "STALL_EVENTS")]
+pub static STALL_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
 /// A `BPF_MAP_TYPE_TASK_STORAGE` map, declared the BTF way (`.maps`): one `T` per
 /// task, created on demand, freed with the task. A lookup on a task that never

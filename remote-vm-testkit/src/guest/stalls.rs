@@ -8,8 +8,28 @@ use std::time::Duration;
 use anyhow::Result;
 use remote_vm_common::catalog as cat;
 
-use super::harness::{Daemon, LISTEN, Report, delta};
-use crate::{classes::Kernel, prom::Scrape, stall::StallTarget};
+use super::harness::{DAEMON_LOG, Daemon, LISTEN, Report, delta};
+use crate::{
+    classes::Kernel,
+    prom::{self, Scrape},
+    stall::StallTarget,
+};
+
+/// `GET /stalls`' `recent`, once it holds `want` entries (the daemon reads its
+/// ring buffer on a thread of its own) or after 5 s.
+fn stall_log(want: usize) -> Result<Vec<serde_json::Value>> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) = prom::get(LISTEN, "/stalls")?;
+        anyhow::ensure!(status == 200, "GET /stalls: {status}");
+        let page: serde_json::Value = serde_json::from_str(&body)?;
+        let recent = page["recent"].as_array().cloned().unwrap_or_default();
+        if recent.len() >= want || std::time::Instant::now() > deadline {
+            return Ok(recent);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
 
 /// Large enough that munlock() holds the lock for tens of ms even natively.
 const REGION_MB: usize = 256;
@@ -45,6 +65,8 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
         let took = target.read_cmdline()?;
         let held = target.end_hold()?;
         let after = Scrape::fetch(LISTEN)?;
+        // SAFETY: no preconditions.
+        let reader_tid = unsafe { libc::gettid() } as u64;
         println!(
             "vmtest: {name}: threshold {:.1} ms, hold {:.1} ms, cmdline read took {:.1} ms",
             threshold_ns as f64 / 1e6,
@@ -68,9 +90,33 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
         let want = truth.map_or("undecidable".to_string(), |t| t.to_string());
         report.check(
             format!("{name}.stalls_total{{lock_mode=read}}"),
-            want,
+            &want,
             delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
         );
+        // The stall log: the same number of stalls, naming who read whom.
+        let recent = stall_log(truth.unwrap_or(0) as usize)?;
+        report.check(format!("{name}.stalls_logged"), &want, recent.len());
+        if let (Some(1), Some(s)) = (truth, recent.first()) {
+            let me = std::process::id() as u64;
+            let comm = std::fs::read_to_string("/proc/self/comm")?.trim().to_string();
+            let got = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+            report.check(format!("{name}.stall.reader.pid"), me, got(&s["reader"]["pid"]));
+            report.check(format!("{name}.stall.reader.tid"), reader_tid, got(&s["reader"]["tid"]));
+            report.check(format!("{name}.stall.reader.comm"), &comm, s["reader"]["comm"].as_str().unwrap_or(""));
+            report.check(format!("{name}.stall.target.pid"), target.pid() as u64, got(&s["target"]["pid"]));
+            report.check(format!("{name}.stall.target.comm"), &comm, s["target"]["comm"].as_str().unwrap_or(""));
+            report.check(format!("{name}.stall.interface"), "cmdline", s["interface"].as_str().unwrap_or(""));
+            report.check(format!("{name}.stall.lock_mode"), "read", s["lock_mode"].as_str().unwrap_or(""));
+            report.check(format!("{name}.stall.access"), "read", s["access"].as_str().unwrap_or(""));
+            // The wait lies between the threshold and the read's own duration.
+            let waited = (s["waited_seconds"].as_f64().unwrap_or(0.0) * 1e9) as u64;
+            report.check(format!("{name}.stall.waited_within_the_read"), true, waited >= threshold_ns && waited <= took);
+            report.check(format!("{name}.stall.not_killed"), false, s["killed"].as_bool().unwrap_or(true));
+            // And one warn line in the daemon's log.
+            let log = std::fs::read_to_string(DAEMON_LOG)?;
+            let line = format!("stall: {comm} (pid {me} tid {reader_tid}) waited ");
+            report.check(format!("{name}.stall.logged_once"), 1, log.lines().filter(|l| l.contains(&line)).count());
+        }
         // Both remote accesses of the read took the lock, or neither did.
         let waits = if blocks { 2 } else { 0 };
         report.check(

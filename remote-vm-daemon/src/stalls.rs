@@ -1,0 +1,333 @@
+//! The stall log: events from the kernel's `STALL_EVENTS` ring buffer, one per
+//! remote access that waited at least the threshold for another process's
+//! mmap_lock. Kept in memory (the last `stalls.keep`), logged (one warn line per
+//! stall, rate-limited, suppressed lines counted) and served as `GET /stalls`.
+//! Identities (pids, comms, cgroups) go here and to the log, never to metric labels.
+use std::{
+    collections::{HashMap, VecDeque},
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use remote_vm_common::{Interface, StallEvent, catalog};
+use serde::Serialize;
+
+/// At most this many warn lines per `LOG_WINDOW`.
+const LOG_BURST: u32 = 10;
+const LOG_WINDOW: Duration = Duration::from_secs(60);
+/// Cgroup directories walked at most to resolve one id.
+const CGROUP_WALK_LIMIT: usize = 20_000;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Reader {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// The cgroup (v2) path, or `null` when it cannot be found (gone, v1 only).
+    pub cgroup: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Target {
+    /// 0 when unknown.
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// One stall, as `/stalls` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Stall {
+    pub reader: Reader,
+    pub target: Target,
+    /// `read`, or `write` (`expand_stack`).
+    pub lock_mode: &'static str,
+    /// The remote access's direction: `read` or `write`.
+    pub access: &'static str,
+    pub interface: &'static str,
+    pub waited_seconds: f64,
+    /// RFC 3339, UTC.
+    pub ended: String,
+    /// The waiter was killed before it got the lock.
+    pub killed: bool,
+}
+
+struct Inner {
+    recent: VecDeque<Stall>,
+    window_start: Option<Instant>,
+    logged_in_window: u32,
+    suppressed: u64,
+}
+
+/// The last `keep` stalls, newest first.
+pub struct StallLog {
+    keep: usize,
+    pub threshold_seconds: f64,
+    inner: Mutex<Inner>,
+}
+
+impl StallLog {
+    pub fn new(keep: usize, threshold_ns: u64) -> StallLog {
+        StallLog {
+            keep,
+            threshold_seconds: threshold_ns as f64 / 1e9,
+            inner: Mutex::new(Inner {
+                recent: VecDeque::new(),
+                window_start: None,
+                logged_in_window: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    pub fn recent(&self) -> Vec<Stall> {
+        self.inner.lock().map(|i| i.recent.iter().cloned().collect()).unwrap_or_default()
+    }
+
+    fn add(&self, stall: Stall, now: Instant) {
+        let Ok(mut inner) = self.inner.lock() else { return };
+        let window_over = inner.window_start.is_none_or(|start| now.duration_since(start) >= LOG_WINDOW);
+        if window_over {
+            inner.window_start = Some(now);
+            inner.logged_in_window = 0;
+        }
+        if inner.logged_in_window < LOG_BURST {
+            inner.logged_in_window += 1;
+            let more = std::mem::take(&mut inner.suppressed);
+            let note = if more > 0 { format!(" ({more} earlier stalls not logged)") } else { String::new() };
+            log::warn!(
+                "stall: {} (pid {} tid {}) waited {:.3} s for the mmap_lock ({}) of {} (pid {}) reading {}{}",
+                stall.reader.comm,
+                stall.reader.pid,
+                stall.reader.tid,
+                stall.waited_seconds,
+                stall.lock_mode,
+                stall.target.comm,
+                stall.target.pid,
+                stall.interface,
+                note
+            );
+        } else {
+            inner.suppressed += 1;
+        }
+        inner.recent.push_front(stall);
+        while inner.recent.len() > self.keep {
+            inner.recent.pop_back();
+        }
+    }
+}
+
+/// Reads the ring buffer on a thread of its own until the process exits.
+pub fn spawn_reader(ring: RingBuf<MapData>, log: Arc<StallLog>) {
+    let spawned = std::thread::Builder::new().name("stalls".into()).spawn(move || read_loop(ring, &log));
+    if let Err(e) = spawned {
+        log::warn!("stall events will not be read: cannot start their thread: {e}");
+    }
+}
+
+fn read_loop(mut ring: RingBuf<MapData>, log: &StallLog) {
+    let mut cgroups = CgroupNames::default();
+    loop {
+        let mut pfd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 1000) };
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<StallEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole StallEvent (size checked); unaligned read.
+            let e: StallEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            drop(item);
+            let stall = to_stall(&e, realtime_of(e.end_ns), cgroups.path(e.cgroup_id));
+            log.add(stall, Instant::now());
+        }
+    }
+}
+
+fn comm(bytes: &[u8; 16]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn mode(write: u32) -> &'static str {
+    if write != 0 { catalog::LOCK_WRITE } else { catalog::LOCK_READ }
+}
+
+/// An event as `/stalls` shows it; `ended_unix_ns` its end on the wall clock.
+pub fn to_stall(e: &StallEvent, ended_unix_ns: u128, cgroup: Option<String>) -> Stall {
+    Stall {
+        reader: Reader {
+            pid: e.reader_tgid,
+            tid: e.reader_tid,
+            comm: comm(&e.reader_comm),
+            cgroup,
+        },
+        target: Target {
+            pid: e.target_tgid,
+            comm: comm(&e.target_comm),
+        },
+        lock_mode: mode(e.lock_write),
+        access: mode(e.access_write),
+        interface: Interface::from_u32(e.interface).label(),
+        waited_seconds: e.wait_ns as f64 / 1e9,
+        ended: rfc3339(ended_unix_ns),
+        killed: e.failed != 0,
+    }
+}
+
+/// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) as nanoseconds since the epoch.
+fn realtime_of(mono_ns: u64) -> u128 {
+    let read = |id| {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime fills the struct we pass.
+        unsafe { libc::clock_gettime(id, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let offset = read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC);
+    (mono_ns as i128 + offset).max(0) as u128
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-25T21:42:32.123Z`.
+pub fn rfc3339(unix_ns: u128) -> String {
+    let secs = (unix_ns / 1_000_000_000) as i64;
+    let ms = (unix_ns / 1_000_000 % 1000) as u32;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// Cgroup v2 ids (directory inode numbers) to paths, walking the cgroup2 mount.
+#[derive(Default)]
+struct CgroupNames {
+    known: HashMap<u64, String>,
+}
+
+impl CgroupNames {
+    fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.known.get(&id) {
+            return Some(p.clone());
+        }
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let found = find_inode(&root, id)?;
+        let path = format!("/{}", found.strip_prefix(&root).ok()?.display());
+        self.known.insert(id, path.clone());
+        Some(path)
+    }
+}
+
+/// The directory under `root` whose inode is `ino`, breadth first, bounded.
+fn find_inode(root: &Path, ino: u64) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut queue = VecDeque::from([root.to_path_buf()]);
+    let mut seen = 0;
+    while let Some(dir) = queue.pop_front() {
+        seen += 1;
+        if seen > CGROUP_WALK_LIMIT {
+            return None;
+        }
+        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == ino) {
+            return Some(dir);
+        }
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                queue.push_back(e.path());
+            }
+        }
+    }
+    None
+}
+
+/// `GET /stalls`.
+#[derive(Debug, Serialize)]
+pub struct StallsPage {
+    pub threshold_seconds: f64,
+    /// Newest first.
+    pub recent: Vec<Stall>,
+    /// Events the ring buffer had no room for.
+    pub dropped: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> StallEvent {
+        let mut reader_comm = [0u8; 16];
+        reader_comm[..2].copy_from_slice(b"ps");
+        let mut target_comm = [0u8; 16];
+        target_comm[..4].copy_from_slice(b"java");
+        StallEvent {
+            end_ns: 0,
+            wait_ns: 1_500_000_000,
+            cgroup_id: 1,
+            reader_tgid: 10,
+            reader_tid: 11,
+            target_tgid: 20,
+            lock_write: 0,
+            access_write: 0,
+            interface: Interface::Cmdline as u32,
+            failed: 0,
+            _pad: 0,
+            reader_comm,
+            target_comm,
+        }
+    }
+
+    #[test]
+    fn events_become_stalls() {
+        let s = to_stall(&event(), 1_795_641_669_123_000_000, Some("/system.slice".into()));
+        assert_eq!(s.reader, Reader { pid: 10, tid: 11, comm: "ps".into(), cgroup: Some("/system.slice".into()) });
+        assert_eq!(s.target, Target { pid: 20, comm: "java".into() });
+        assert_eq!((s.lock_mode, s.access, s.interface), ("read", "read", "cmdline"));
+        assert_eq!(s.waited_seconds, 1.5);
+        assert_eq!(s.ended, "2026-11-25T21:21:09.123Z");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339(4_102_444_799_999_000_000), "2099-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn the_log_keeps_the_newest_and_limits_its_lines() {
+        let log = StallLog::new(3, 100_000_000);
+        let t0 = Instant::now();
+        for i in 0..(LOG_BURST + 5) {
+            let mut e = event();
+            e.reader_tid = i;
+            log.add(to_stall(&e, 0, None), t0);
+        }
+        let recent = log.recent();
+        assert_eq!(recent.iter().map(|s| s.reader.tid).collect::<Vec<_>>(), vec![LOG_BURST + 4, LOG_BURST + 3, LOG_BURST + 2]);
+        assert_eq!(log.inner.lock().unwrap().suppressed, 5);
+        // A new window logs again, saying how many were not logged.
+        log.add(to_stall(&event(), 0, None), t0 + LOG_WINDOW);
+        assert_eq!(log.inner.lock().unwrap().suppressed, 0);
+    }
+
+    #[test]
+    fn the_cgroup_root_resolves() {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = std::fs::metadata("/sys/fs/cgroup") else { return };
+        assert_eq!(CgroupNames::default().path(m.ino()).as_deref(), Some("/"));
+    }
+}
