@@ -105,7 +105,13 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
             report.check(format!("{name}.stall.reader.comm"), &comm, s["reader"]["comm"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.target.pid"), target.pid() as u64, got(&s["target"]["pid"]));
             report.check(format!("{name}.stall.target.comm"), &comm, s["target"]["comm"].as_str().unwrap_or(""));
-            report.check(format!("{name}.stall.interface"), "cmdline", s["interface"].as_str().unwrap_or(""));
+            // cmdline needs FOLL_ANON's value, which BTF carries only where it is an
+            // enumerator (not on 6.1, where it is a #define): there `other`.
+            let foll_anon_known = report.check["btf"]
+                .as_array()
+                .is_some_and(|lines| lines.iter().any(|l| l["line"].as_str().is_some_and(|l| l.starts_with("btf: FOLL_ANON = "))));
+            let interface = if foll_anon_known { "cmdline" } else { "other" };
+            report.check(format!("{name}.stall.interface"), interface, s["interface"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.lock_mode"), "read", s["lock_mode"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.access"), "read", s["access"].as_str().unwrap_or(""));
             // The wait lies between the threshold and the read's own duration.
