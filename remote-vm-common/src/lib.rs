@@ -119,6 +119,8 @@ pub struct StallEvent {
     pub _pad: u32,
     pub reader_comm: [u8; 16],
     pub target_comm: [u8; 16],
+    /// Who held the lock when the wait began.
+    pub holder: classify::HolderSnap,
 }
 
 /// `lock:contention_begin` flags (`include/trace/events/lock.h`, a stable set of

@@ -12,7 +12,10 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use remote_vm_common::{Interface, StallEvent, catalog};
+use remote_vm_common::{
+    Interface, StallEvent, catalog,
+    classify::{HolderKind, HolderSnap},
+};
 use serde::Serialize;
 
 /// At most this many warn lines per `LOG_WINDOW`.
@@ -37,11 +40,26 @@ pub struct Target {
     pub comm: String,
 }
 
+/// Who held the lock when the wait began.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Holder {
+    /// `writer`, `readers` (the identity, if any, is the last reader's), `none`
+    /// (free when looked at), `unknown` (the lock's layout is not known).
+    pub kind: &'static str,
+    /// 0 when unknown.
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    /// The identity is the holder's for sure (a writer), not a hint.
+    pub exact: bool,
+}
+
 /// One stall, as `/stalls` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Stall {
     pub reader: Reader,
     pub target: Target,
+    pub holder: Holder,
     /// `read`, or `write` (`expand_stack`).
     pub lock_mode: &'static str,
     /// The remote access's direction: `read` or `write`.
@@ -98,7 +116,7 @@ impl StallLog {
             let more = std::mem::take(&mut inner.suppressed);
             let note = if more > 0 { format!(" ({more} earlier stalls not logged)") } else { String::new() };
             log::warn!(
-                "stall: {} (pid {} tid {}) waited {:.3} s for the mmap_lock ({}) of {} (pid {}) reading {}{}",
+                "stall: {} (pid {} tid {}) waited {:.3} s for the mmap_lock ({}) of {} (pid {}) reading {}; held by {} {} (pid {} tid {}){}",
                 stall.reader.comm,
                 stall.reader.pid,
                 stall.reader.tid,
@@ -107,6 +125,10 @@ impl StallLog {
                 stall.target.comm,
                 stall.target.pid,
                 stall.interface,
+                stall.holder.kind,
+                stall.holder.comm,
+                stall.holder.pid,
+                stall.holder.tid,
                 note
             );
         } else {
@@ -167,6 +189,13 @@ pub fn to_stall(e: &StallEvent, ended_unix_ns: u128, cgroup: Option<String>) -> 
         target: Target {
             pid: e.target_tgid,
             comm: comm(&e.target_comm),
+        },
+        holder: Holder {
+            kind: HolderKind::from_u32(e.holder.kind).label(),
+            pid: e.holder.tgid,
+            tid: e.holder.tid,
+            comm: comm(&e.holder.comm),
+            exact: e.holder.exact != 0,
         },
         lock_mode: mode(e.lock_write),
         access: mode(e.access_write),
@@ -287,6 +316,13 @@ mod tests {
             _pad: 0,
             reader_comm,
             target_comm,
+            holder: HolderSnap {
+                kind: HolderKind::Writer as u32,
+                exact: 1,
+                tgid: 20,
+                tid: 21,
+                comm: target_comm,
+            },
         }
     }
 
@@ -295,6 +331,7 @@ mod tests {
         let s = to_stall(&event(), 1_795_641_669_123_000_000, Some("/system.slice".into()));
         assert_eq!(s.reader, Reader { pid: 10, tid: 11, comm: "ps".into(), cgroup: Some("/system.slice".into()) });
         assert_eq!(s.target, Target { pid: 20, comm: "java".into() });
+        assert_eq!(s.holder, Holder { kind: "writer", pid: 20, tid: 21, comm: "java".into(), exact: true });
         assert_eq!((s.lock_mode, s.access, s.interface), ("read", "read", "cmdline"));
         assert_eq!(s.waited_seconds, 1.5);
         assert_eq!(s.ended, "2026-11-25T21:21:09.123Z");

@@ -17,8 +17,20 @@ use anyhow::{Context, Result, bail};
 
 use crate::workload::PAGE;
 
-/// The target's side.
+/// The holder thread's name (its `comm`).
+pub const HOLDER_COMM: &str = "holder";
+
+/// The target's side: the holding happens on a thread of its own, so its tid
+/// differs from the process's pid and its comm is `HOLDER_COMM`.
 pub fn target_main(region_mb: usize) -> Result<()> {
+    std::thread::Builder::new()
+        .name(HOLDER_COMM.into())
+        .spawn(move || hold_loop(region_mb))?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the holder thread panicked"))?
+}
+
+fn hold_loop(region_mb: usize) -> Result<()> {
     let len = region_mb << 20;
     // SAFETY: a fresh anonymous mapping, ours alone.
     let region = unsafe {
@@ -71,7 +83,7 @@ pub struct StallTarget {
     child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
-    /// The holder thread (the target's main thread).
+    /// The holder thread (not the target's main thread).
     pub tid: i32,
 }
 

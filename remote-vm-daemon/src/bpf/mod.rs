@@ -87,7 +87,7 @@ pub struct LoadOptions<'a> {
 /// A global's name in the object and its value.
 type Global<T> = (&'static str, T);
 
-fn globals(layout: &Layout, stall_threshold_ns: u64) -> ([Global<u64>; 13], [Global<u32>; 4]) {
+fn globals(layout: &Layout, stall_threshold_ns: u64) -> ([Global<u64>; 16], [Global<u32>; 4]) {
     let off = |item: &Result<u64, String>| *item.as_ref().unwrap_or(&UNKNOWN_OFFSET);
     let (fw_pmd, fw_pud) = layout.fw_levels.clone().unwrap_or((1, 2));
     let ids = layout.stall_ids.named();
@@ -106,6 +106,9 @@ fn globals(layout: &Layout, stall_threshold_ns: u64) -> ([Global<u64>; 13], [Glo
             (ids[4].0, off(ids[4].2)),
             (ids[5].0, off(ids[5].2)),
             (ids[6].0, off(ids[6].2)),
+            (ids[7].0, off(ids[7].2)),
+            (ids[8].0, off(ids[8].2)),
+            (ids[9].0, off(ids[9].2)),
         ],
         [
             ("FW_LEVEL_PMD", fw_pmd),

@@ -47,6 +47,10 @@ pub struct StallIds {
     pub mm_env_end: Item<u64>,
     pub task_tgid: Item<u64>,
     pub task_comm: Item<u64>,
+    pub task_pid: Item<u64>,
+    /// `struct rw_semaphore` `count` and `owner` (absent on PREEMPT_RT).
+    pub rwsem_count: Item<u64>,
+    pub rwsem_owner: Item<u64>,
 }
 
 impl StallIds {
@@ -59,6 +63,9 @@ impl StallIds {
             mm_env_end: btf.field_offset("mm_struct", "env_end"),
             task_tgid: btf.field_offset("task_struct", "tgid"),
             task_comm: btf.field_offset("task_struct", "comm"),
+            task_pid: btf.field_offset("task_struct", "pid"),
+            rwsem_count: btf.field_offset("rw_semaphore", "count"),
+            rwsem_owner: btf.field_offset("rw_semaphore", "owner"),
         }
     }
 
@@ -72,11 +79,14 @@ impl StallIds {
             mm_env_end: no(),
             task_tgid: no(),
             task_comm: no(),
+            task_pid: no(),
+            rwsem_count: no(),
+            rwsem_owner: no(),
         }
     }
 
     /// (global name, item) pairs, for the programs and `check`.
-    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 7] {
+    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 10] {
         [
             ("MM_OWNER_OFF", "mm_struct.owner", &self.mm_owner),
             ("MM_ARG_START_OFF", "mm_struct.arg_start", &self.mm_arg_start),
@@ -85,6 +95,9 @@ impl StallIds {
             ("MM_ENV_END_OFF", "mm_struct.env_end", &self.mm_env_end),
             ("TASK_TGID_OFF", "task_struct.tgid", &self.task_tgid),
             ("TASK_COMM_OFF", "task_struct.comm", &self.task_comm),
+            ("TASK_PID_OFF", "task_struct.pid", &self.task_pid),
+            ("RWSEM_COUNT_OFF", "rw_semaphore.count", &self.rwsem_count),
+            ("RWSEM_OWNER_OFF", "rw_semaphore.owner", &self.rwsem_owner),
         ]
     }
 }
@@ -172,7 +185,7 @@ impl Layout {
         out.push(show("mmap_lock tracepoint (write, success) args", &self.mmap_lock_tp_args));
         let unknown: Vec<&str> = self.stall_ids.named().iter().filter(|(_, _, v)| v.is_err()).map(|(_, n, _)| *n).collect();
         out.push(if unknown.is_empty() {
-            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.tgid/comm) = all found".to_string()
+            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.pid/tgid/comm, rw_semaphore.count/owner) = all found".to_string()
         } else {
             format!("btf: stall event identities: unknown {} (events leave them out)", unknown.join(", "))
         });

@@ -46,6 +46,15 @@ pub static TASK_TGID_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 #[unsafe(no_mangle)]
 pub static TASK_COMM_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 
+/// `offsetof(struct rw_semaphore, count)`, `(…, owner)` (unknown on PREEMPT_RT,
+/// whose rw_semaphore is an rwbase_rt), `offsetof(struct task_struct, pid)`.
+#[unsafe(no_mangle)]
+pub static RWSEM_COUNT_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static RWSEM_OWNER_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static TASK_PID_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+
 /// A remote access's wait for the target's mmap_lock at least this long is a
 /// stall (`[stalls] threshold_seconds` in the config).
 #[unsafe(no_mangle)]

@@ -12,14 +12,14 @@ use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel};
 use remote_vm_common::{
     Interface, LCB_F_WRITE, Point, StallEvent,
-    classify::{Acquisition, CallState, F_ANON, F_WRITE},
+    classify::{Acquisition, CallState, F_ANON, F_WRITE, HolderKind, HolderSnap, decode_holder},
     stats::Counter,
 };
 
 use super::{
     layout::{
         MM_ARG_END_OFF, MM_ARG_START_OFF, MM_ENV_END_OFF, MM_ENV_START_OFF, MM_MMAP_LOCK_OFF, MM_OWNER_OFF,
-        STALL_THRESHOLD_NS, TASK_COMM_OFF, TASK_TGID_OFF, known,
+        RWSEM_COUNT_OFF, RWSEM_OWNER_OFF, STALL_THRESHOLD_NS, TASK_COMM_OFF, TASK_PID_OFF, TASK_TGID_OFF, known,
     },
     maps::{CALLS, STALL_EVENTS, WAITS, current_mm, hit, now, read_u32, read_u64, stats},
 };
@@ -38,7 +38,33 @@ fn remote_begin(sem: u64, write: bool) {
     }
     let off = MM_MMAP_LOCK_OFF.load();
     let target = known(off) && sem == state.mm.wrapping_add(off);
+    if target {
+        state.holder = holder_of(sem);
+    }
     state.lock_wait_begin(target, write, now());
+}
+
+/// Who holds `sem` now, from its lock words; the identity is read only when
+/// the lock is taken.
+#[inline(always)]
+fn holder_of(sem: u64) -> HolderSnap {
+    let (count_off, owner_off) = (RWSEM_COUNT_OFF.load(), RWSEM_OWNER_OFF.load());
+    let mut h = HolderSnap::default();
+    if !known(count_off) || !known(owner_off) {
+        h.kind = HolderKind::Unknown as u32;
+        return h;
+    }
+    let (kind, exact, task) = decode_holder(read_u64(sem, count_off), read_u64(sem, owner_off));
+    h.kind = kind as u32;
+    h.exact = u32::from(exact);
+    let (pid_off, tgid_off, comm_off) = (TASK_PID_OFF.load(), TASK_TGID_OFF.load(), TASK_COMM_OFF.load());
+    if task != 0 && known(pid_off) && known(tgid_off) && known(comm_off) {
+        h.tid = read_u32(task, pid_off);
+        h.tgid = read_u32(task, tgid_off);
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        h.comm = unsafe { bpf_probe_read_kernel(task.wrapping_add(comm_off) as *const [u8; 16]) }.unwrap_or([0; 16]);
+    }
+    h
 }
 
 /// The same with the tracepoints, which pass the mm itself.
@@ -52,6 +78,10 @@ fn remote_begin_mm(mm: u64, write: bool) {
         return;
     }
     let target = mm == state.mm;
+    let off = MM_MMAP_LOCK_OFF.load();
+    if target && known(off) {
+        state.holder = holder_of(mm.wrapping_add(off));
+    }
     state.lock_wait_begin(target, write, now());
 }
 
@@ -100,6 +130,7 @@ fn emit_stall(state: &CallState, a: &Acquisition) {
         _pad: 0,
         reader_comm: bpf_get_current_comm().unwrap_or([0; 16]),
         target_comm: [0; 16],
+        holder: state.holder,
     };
     let mm = state.mm;
     let arg = (mm_field(mm, MM_ARG_START_OFF.load()), mm_field(mm, MM_ARG_END_OFF.load()));

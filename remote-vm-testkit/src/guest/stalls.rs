@@ -12,7 +12,7 @@ use super::harness::{DAEMON_LOG, Daemon, LISTEN, Report, delta};
 use crate::{
     classes::Kernel,
     prom::{self, Scrape},
-    stall::StallTarget,
+    stall::{HOLDER_COMM, StallTarget},
 };
 
 /// `GET /stalls`' `recent`, once it holds `want` entries (the daemon reads its
@@ -113,6 +113,14 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
             let interface = if foll_anon_known { "cmdline" } else { "other" };
             report.check(format!("{name}.stall.interface"), interface, s["interface"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.lock_mode"), "read", s["lock_mode"].as_str().unwrap_or(""));
+            // The holder: the target's thread in munlock() (not its main
+            // thread), a writer, exactly.
+            let h = &s["holder"];
+            report.check(format!("{name}.stall.holder.kind"), "writer", h["kind"].as_str().unwrap_or(""));
+            report.check(format!("{name}.stall.holder.exact"), true, h["exact"].as_bool().unwrap_or(false));
+            report.check(format!("{name}.stall.holder.tid"), target.tid as u64, got(&h["tid"]));
+            report.check(format!("{name}.stall.holder.pid"), target.pid() as u64, got(&h["pid"]));
+            report.check(format!("{name}.stall.holder.comm"), HOLDER_COMM, h["comm"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.access"), "read", s["access"].as_str().unwrap_or(""));
             // The wait lies between the threshold and the read's own duration.
             let waited = (s["waited_seconds"].as_f64().unwrap_or(0.0) * 1e9) as u64;
