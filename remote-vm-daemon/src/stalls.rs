@@ -12,10 +12,7 @@ use std::{
 };
 
 use aya::maps::{MapData, RingBuf};
-use remote_vm_common::{
-    Interface, StallEvent, catalog,
-    classify::{HolderKind, HolderSnap},
-};
+use remote_vm_common::{Interface, StallEvent, catalog, classify::HolderKind};
 use serde::Serialize;
 
 /// At most this many warn lines per `LOG_WINDOW`.
@@ -295,6 +292,8 @@ pub struct StallsPage {
 
 #[cfg(test)]
 mod tests {
+    use remote_vm_common::classify::HolderSnap;
+
     use super::*;
 
     fn event() -> StallEvent {
