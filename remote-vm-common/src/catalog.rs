@@ -563,6 +563,18 @@ pub fn by_name(name: &str) -> Option<&'static Metric> {
     ALL.iter().copied().find(|m| m.name == name)
 }
 
+/// The suffixes of a histogram's sample lines.
+pub const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
+
+/// The family a sample name belongs to: the name itself, or a histogram's
+/// `_bucket`, `_sum`, `_count` line.
+pub fn family_of_sample(name: &str) -> Option<&'static Metric> {
+    ALL.iter().copied().find(|m| {
+        name == m.name
+            || (m.kind == Kind::Histogram && HISTOGRAM_SUFFIXES.iter().any(|s| name.strip_suffix(s) == Some(m.name)))
+    })
+}
+
 #[cfg(feature = "user")]
 impl Metric {
     /// The name of one of its sample lines: `_bucket`, `_sum`, `_count`.
@@ -649,6 +661,17 @@ mod tests {
                 assert!(l.name != "pid" && l.name != "tid" && l.name != "comm");
             }
         }
+    }
+
+    #[test]
+    fn samples_find_their_family() {
+        assert_eq!(family_of_sample(READS.name), Some(&READS));
+        let bucket = std::format!("{}_bucket", READ_DURATION.name);
+        assert_eq!(family_of_sample(&bucket), Some(&READ_DURATION));
+        // Only histograms have suffixed lines.
+        let not_a_line = std::format!("{}_count", READS.name);
+        assert_eq!(family_of_sample(&not_a_line), None);
+        assert_eq!(family_of_sample("process_threads"), None);
     }
 
     #[test]

@@ -147,6 +147,13 @@ impl Config {
                 };
                 config.probes.insert(family, choice);
             }
+            // A number of seconds (float or integer) within `range`.
+            let seconds = |key: &str, v: toml::Value, range: std::ops::RangeInclusive<f64>, allowed: &str| {
+                match v.as_float().or_else(|| v.as_integer().map(|i| i as f64)) {
+                    Some(s) if range.contains(&s) => Ok(s),
+                    _ => Err(bad(key, v.to_string(), allowed.to_string())),
+                }
+            };
             let stalls = raw.stalls.unwrap_or_default();
             if let Some(v) = stalls.keep {
                 config.stalls_keep = match v.as_integer() {
@@ -158,32 +165,16 @@ impl Config {
                 config.stalls_http = v.as_bool().ok_or_else(|| bad("stalls.http", v.to_string(), "true or false".into()))?;
             }
             if let Some(v) = stalls.threshold_seconds {
-                let s = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
-                config.stall_threshold_ns = match s {
-                    Some(s) if (1e-3..=3600.0).contains(&s) => (s * 1e9).round() as u64,
-                    _ => {
-                        return Err(bad(
-                            "stalls.threshold_seconds",
-                            v.to_string(),
-                            "a number of seconds between 0.001 and 3600".into(),
-                        ));
-                    }
-                };
+                let s = seconds("stalls.threshold_seconds", v, 1e-3..=3600.0, "a number of seconds between 0.001 and 3600")?;
+                config.stall_threshold_ns = (s * 1e9).round() as u64;
             }
             if let Some(h) = raw.histograms {
-                let seconds = |key: &str, v: toml::Value| -> Result<f64, ConfigError> {
-                    let allowed = || "a number of seconds between 1e-9 and 1e6".to_string();
-                    let s = v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
-                    match s {
-                        Some(s) if (1e-9..=1e6).contains(&s) => Ok(s),
-                        _ => Err(bad(key, v.to_string(), allowed())),
-                    }
-                };
+                const HIST_ALLOWED: &str = "a number of seconds between 1e-9 and 1e6";
                 if let Some(v) = h.min_seconds {
-                    config.hist_min_log2 = log2_floor_ns(seconds("histograms.min_seconds", v)?);
+                    config.hist_min_log2 = log2_floor_ns(seconds("histograms.min_seconds", v, 1e-9..=1e6, HIST_ALLOWED)?);
                 }
                 if let Some(v) = h.max_seconds {
-                    config.hist_max_log2 = log2_ceil_ns(seconds("histograms.max_seconds", v)?);
+                    config.hist_max_log2 = log2_ceil_ns(seconds("histograms.max_seconds", v, 1e-9..=1e6, HIST_ALLOWED)?);
                 }
                 if config.hist_min_log2 >= config.hist_max_log2 {
                     return Err(bad(

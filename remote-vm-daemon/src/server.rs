@@ -40,7 +40,7 @@ impl State {
     }
 
     fn stalls(&self, log: &StallLog) -> String {
-        let dropped = self.session.snapshot().stats.counters[remote_vm_common::stats::Counter::StallEventsDropped as usize];
+        let dropped = self.session.counter(remote_vm_common::stats::Counter::StallEventsDropped);
         let page = StallsPage {
             threshold_seconds: log.threshold_seconds,
             recent: log.recent(),

@@ -1,15 +1,39 @@
 //! The golden file of every series the daemon can export
 //! (`remote-vm-daemon/golden/exposition.txt`, pinned by the daemon's unit test),
 //! for checking what a running daemon exports against it.
+use std::collections::HashSet;
+
 use remote_vm_common::catalog::{self, Values};
 
 use crate::prom::Scrape;
 
 const GOLDEN: &str = include_str!("../../remote-vm-daemon/golden/exposition.txt");
 
-/// The golden series (sample lines without values; `# TYPE` lines left out).
-pub fn series() -> Vec<String> {
-    GOLDEN.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect()
+/// The golden series (sample lines without values; `# TYPE` lines left out)
+/// and their shapes, computed once.
+pub struct Golden {
+    pub lines: Vec<String>,
+    shapes: HashSet<String>,
+}
+
+impl Golden {
+    pub fn load() -> Golden {
+        let lines: Vec<String> = GOLDEN.lines().filter(|l| !l.starts_with('#')).map(str::to_string).collect();
+        let shapes = lines.iter().filter_map(|l| shape(l)).collect();
+        Golden { lines, shapes }
+    }
+
+    /// Whether `series` is golden. Status labels — the probe's `mode`, an
+    /// `_info` family's facts — may take any value of their declared closed set.
+    pub fn knows(&self, series: &str) -> bool {
+        shape(series).is_some_and(|s| self.shapes.contains(&s))
+    }
+
+    /// The golden series none of `got` has the shape of.
+    pub fn missing_from<'a>(&'a self, got: &[String]) -> impl Iterator<Item = &'a String> + 'a {
+        let have: HashSet<String> = got.iter().filter_map(|s| shape(s)).collect();
+        self.lines.iter().filter(move |g| shape(g).is_none_or(|s| !have.contains(&s)))
+    }
 }
 
 /// A scrape's series of our families in the golden form: labels in the
@@ -23,32 +47,27 @@ pub fn scrape_series(scrape: &Scrape) -> Vec<String> {
         .collect()
 }
 
-/// Whether `series` is golden. Status labels — the probe's `mode`, an `_info`
-/// family's facts — may take any value of their declared closed set.
-pub fn known(golden: &[String], series: &str) -> bool {
-    let Some(shape) = shape(series) else { return false };
-    golden.iter().any(|g| shape_of_golden(g) == shape)
-}
-
-fn shape_of_golden(line: &str) -> String {
-    shape(line).unwrap_or_default()
-}
-
-/// Whether two series are the same up to their status labels' values.
-pub fn same_shape(a: &str, b: &str) -> bool {
-    matches!((shape(a), shape(b)), (Some(x), Some(y)) if x == y)
+/// `name{k="v",…}` as the name and its label pairs.
+fn split_series(series: &str) -> (&str, Vec<(&str, &str)>) {
+    let (name, rest) = series.split_once('{').unwrap_or((series, ""));
+    let labels = rest
+        .trim_end_matches('}')
+        .split("\",")
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.split_once("=\""))
+        .map(|(k, v)| (k, v.trim_end_matches('"')))
+        .collect();
+    (name, labels)
 }
 
 /// The series with its status labels' values checked and replaced by `*`;
-/// `None` if one is outside its declared set.
+/// `None` if one is outside its declared set or the family is not ours.
 fn shape(series: &str) -> Option<String> {
-    let (name, rest) = series.split_once('{').unwrap_or((series, ""));
-    let family = family_of(name)?;
+    let (name, labels) = split_series(series);
+    let family = catalog::family_of_sample(name)?;
     let status = |l: &catalog::Label| l.values == Values::Mode || family.unit == catalog::Unit::Info;
     let mut out = Vec::new();
-    for part in rest.trim_end_matches('}').split("\",").filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once("=\"")?;
-        let v = v.trim_end_matches('"');
+    for (k, v) in labels {
         match family.labels.iter().find(|l| l.name == k) {
             Some(l) if status(l) => {
                 if v != "*" && !l.values.contains(v) {
@@ -62,25 +81,11 @@ fn shape(series: &str) -> Option<String> {
     Some(format!("{name}{{{}}}", out.join(",")))
 }
 
-/// The catalog family a sample name belongs to (histograms: `_bucket`, `_sum`, `_count`).
-fn family_of(name: &str) -> Option<&'static catalog::Metric> {
-    catalog::ALL.iter().copied().find(|m| {
-        name == m.name || ["_bucket", "_sum", "_count"].iter().any(|s| name.strip_suffix(s) == Some(m.name))
-    })
-}
-
 /// `Scrape` sorts labels by name; the golden file has them in the catalog's
 /// order with `le` last.
 fn normalise(key: &str) -> String {
-    let (name, rest) = key.split_once('{').unwrap_or((key, ""));
-    let Some(family) = family_of(name) else { return key.to_string() };
-    let labels: Vec<(&str, &str)> = rest
-        .trim_end_matches('}')
-        .split("\",")
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| p.split_once("=\""))
-        .map(|(k, v)| (k, v.trim_end_matches('"')))
-        .collect();
+    let (name, labels) = split_series(key);
+    let Some(family) = catalog::family_of_sample(name) else { return key.to_string() };
     let mut ordered: Vec<String> = Vec::new();
     for l in family.labels {
         if let Some((_, v)) = labels.iter().find(|(k, _)| *k == l.name) {
@@ -113,18 +118,20 @@ mod tests {
             .map(|l| format!("{} 0\n", l.replace("=\"*\"", "=\"6.1.0\"")))
             .collect();
         let scrape = Scrape::parse(&text).unwrap();
-        let golden = series();
+        let golden = Golden::load();
         let mut got = scrape_series(&scrape);
         got.sort();
-        let mut want = golden.clone();
+        let mut want = golden.lines.clone();
         want.sort();
         assert_eq!(got, want);
-        assert!(got.iter().all(|s| known(&golden, s)));
-        // Status labels may differ, nothing else.
+        assert!(got.iter().all(|s| golden.knows(s)));
+        assert_eq!(golden.missing_from(&got).count(), 0);
+        // Every golden series has a shape of its own: one series covers one.
+        assert_eq!(golden.missing_from(&got[..1]).count(), golden.lines.len() - 1);
+        // Status labels may differ within their closed set, nothing else.
         let info = |p: &str| format!("{}{{release=\"*\",per_vma_lock=\"yes\",rcu_table_free=\"yes\",patched=\"{p}\"}}", catalog::KERNEL_INFO.name);
-        assert!(same_shape(&info("yes"), &info("no")));
-        assert!(!same_shape(&info("yes"), &info("maybe")));
-        assert!(!same_shape(&got[0], &got[1]));
-        assert!(!known(&golden, &format!("{}{{path=\"warp\"}}", catalog::READS.name)));
+        assert!(golden.knows(&info("yes")) && golden.knows(&info("no")));
+        assert!(!golden.knows(&info("maybe")));
+        assert!(!golden.knows(&format!("{}{{path=\"warp\"}}", catalog::READS.name)));
     }
 }

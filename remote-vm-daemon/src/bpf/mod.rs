@@ -82,34 +82,25 @@ pub struct LoadOptions<'a> {
     pub choices: &'a BTreeMap<Family, Choice>,
 }
 
-/// The offsets and values from `layout` (and the stall threshold) the programs
-/// read as globals, by their names in `remote-vm-ebpf/src/programs/layout.rs`.
 /// A global's name in the object and its value.
 type Global<T> = (&'static str, T);
 
-fn globals(layout: &Layout, stall_threshold_ns: u64) -> ([Global<u64>; 16], [Global<u32>; 4]) {
+/// The offsets and values from `layout` (and the stall threshold) the programs
+/// read as globals, by their names in `remote-vm-ebpf/src/programs/layout.rs`.
+fn globals(layout: &Layout, stall_threshold_ns: u64) -> (Vec<Global<u64>>, [Global<u32>; 4]) {
     let off = |item: &Result<u64, String>| *item.as_ref().unwrap_or(&UNKNOWN_OFFSET);
     let (fw_pmd, fw_pud) = layout.fw_levels.clone().unwrap_or((1, 2));
-    let ids = layout.stall_ids.named();
+    let mut globals64 = vec![
+        ("MM_MMAP_LOCK_OFF", off(&layout.mm_mmap_lock)),
+        ("TASK_MM_OFF", off(&layout.task_mm)),
+        ("FW_PAGE_OFF", off(&layout.fw_page)),
+        ("FW_LEVEL_OFF", off(&layout.fw_level)),
+        ("VMA_VM_OPS_OFF", off(&layout.vma_vm_ops)),
+        ("STALL_THRESHOLD_NS", stall_threshold_ns),
+    ];
+    globals64.extend(layout.stall_ids.named().iter().map(|(global, _, item)| (*global, off(item))));
     (
-        [
-            ("MM_MMAP_LOCK_OFF", off(&layout.mm_mmap_lock)),
-            ("TASK_MM_OFF", off(&layout.task_mm)),
-            ("FW_PAGE_OFF", off(&layout.fw_page)),
-            ("FW_LEVEL_OFF", off(&layout.fw_level)),
-            ("VMA_VM_OPS_OFF", off(&layout.vma_vm_ops)),
-            ("STALL_THRESHOLD_NS", stall_threshold_ns),
-            (ids[0].0, off(ids[0].2)),
-            (ids[1].0, off(ids[1].2)),
-            (ids[2].0, off(ids[2].2)),
-            (ids[3].0, off(ids[3].2)),
-            (ids[4].0, off(ids[4].2)),
-            (ids[5].0, off(ids[5].2)),
-            (ids[6].0, off(ids[6].2)),
-            (ids[7].0, off(ids[7].2)),
-            (ids[8].0, off(ids[8].2)),
-            (ids[9].0, off(ids[9].2)),
-        ],
+        globals64,
         [
             ("FW_LEVEL_PMD", fw_pmd),
             ("FW_LEVEL_PUD", fw_pud),
@@ -163,8 +154,15 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
             None
         }
     };
-    let mut session = Session::new(ebpf, logger, hits, stats, miss_sources, stall_events);
-    let (patched, patched_why) = selftest::decide_patched(session.ebpf_mut(), &kernel.layout, &verdicts);
+    let mut session = Session {
+        ebpf,
+        logger,
+        hits,
+        stats,
+        miss_sources,
+        stall_events,
+    };
+    let (patched, patched_why) = selftest::decide_patched(&mut session.ebpf, &kernel.layout, &verdicts);
     Ok((
         session,
         Attached {

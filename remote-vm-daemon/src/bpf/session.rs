@@ -31,51 +31,27 @@ impl Snapshot {
     };
 }
 
-/// Everything that stays alive while the probes are attached.
+/// Everything that stays alive while the probes are attached (built by `load`).
 pub struct Session {
     /// Owns the programs and their links; dropping it detaches everything.
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     /// The eBPF programs' log records, until `forward_logs` hands them to a thread.
-    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-    hits: PerCpuArray<MapData, u64>,
-    stats: PerCpuArray<MapData, Stats>,
+    pub(super) logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub(super) hits: PerCpuArray<MapData, u64>,
+    pub(super) stats: PerCpuArray<MapData, Stats>,
     /// Per point: the program fds whose recursion misses count there, and the
     /// kprobe links whose `missed` does.
-    miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
+    pub(super) miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
     /// The stall events, until `take_stall_events` hands them to their reader.
-    stall_events: Option<RingBuf<MapData>>,
+    pub(super) stall_events: Option<RingBuf<MapData>>,
 }
 
 impl Session {
-    pub(super) fn new(
-        ebpf: Ebpf,
-        logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
-        hits: PerCpuArray<MapData, u64>,
-        stats: PerCpuArray<MapData, Stats>,
-        miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
-        stall_events: Option<RingBuf<MapData>>,
-    ) -> Session {
-        Session {
-            ebpf,
-            logger,
-            hits,
-            stats,
-            miss_sources,
-            stall_events,
-        }
-    }
-
     /// The ring buffer of stall events (once).
     pub fn take_stall_events(&mut self) -> Option<RingBuf<MapData>> {
         self.stall_events.take()
     }
 
-    pub(super) fn ebpf_mut(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
-    }
-}
-
-impl Session {
     /// Starts the thread that forwards the eBPF programs' log records into ours
     /// (after any privilege drop: threads inherit the capabilities of their creator).
     pub fn forward_logs(&mut self) {
@@ -94,6 +70,11 @@ impl Session {
         }
         snap.stats = self.stats();
         snap
+    }
+
+    /// One counter summed over CPUs (no other map read).
+    pub fn counter(&self, c: remote_vm_common::stats::Counter) -> u64 {
+        self.stats().counters[c as usize]
     }
 
     fn hits(&self, point: Point) -> u64 {

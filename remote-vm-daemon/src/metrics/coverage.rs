@@ -10,7 +10,8 @@ use crate::{bpf::Attached, kernel::Layout};
 /// What is covered here; decided once after attaching.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sight {
-    met: [bool; Coverage::REPORTED.len() + 1],
+    /// Bit `c as u32` set: coverage `c` is met.
+    met: u32,
     /// Host-wide acquisition failures are killed waiters (not failed trylocks).
     pub host_failures: bool,
 }
@@ -36,22 +37,18 @@ impl Sight {
             Coverage::WalkLevels => reads && walk && layout.fw_level.is_ok() && layout.fw_levels.is_ok(),
             Coverage::FollAnon => reads && walk && layout.vma_vm_ops.is_ok() && layout.foll_anon.is_ok(),
         };
-        let mut sight = Sight {
-            met: [false; Coverage::REPORTED.len() + 1],
+        Sight {
+            met: [Coverage::Always]
+                .iter()
+                .chain(&Coverage::REPORTED)
+                .filter(|c| met(**c))
+                .fold(0, |bits, c| bits | 1 << *c as u32),
             host_failures: mode(Family::MmapLockHost).is_some_and(|m| m.reports_failures),
-        };
-        sight.met[0] = true;
-        for (i, c) in Coverage::REPORTED.iter().enumerate() {
-            sight.met[i + 1] = met(*c);
         }
-        sight
     }
 
     pub fn covers(&self, c: Coverage) -> bool {
-        match Coverage::REPORTED.iter().position(|r| *r == c) {
-            Some(i) => self.met[i + 1],
-            None => self.met[0],
-        }
+        self.met & 1 << c as u32 != 0
     }
 
     /// Any of `cs` (a family's declared coverage).

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use remote_vm_common::catalog as cat;
+use remote_vm_common::{Interface, catalog as cat, classify::HolderKind};
 
 use super::harness::{DAEMON_LOG, Daemon, LISTEN, Report, delta};
 use crate::{
@@ -110,18 +110,18 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
             let foll_anon_known = report.check["btf"]
                 .as_array()
                 .is_some_and(|lines| lines.iter().any(|l| l["line"].as_str().is_some_and(|l| l.starts_with("btf: FOLL_ANON = "))));
-            let interface = if foll_anon_known { "cmdline" } else { "other" };
+            let interface = if foll_anon_known { Interface::Cmdline } else { Interface::Other }.label();
             report.check(format!("{name}.stall.interface"), interface, s["interface"].as_str().unwrap_or(""));
-            report.check(format!("{name}.stall.lock_mode"), "read", s["lock_mode"].as_str().unwrap_or(""));
+            report.check(format!("{name}.stall.lock_mode"), cat::LOCK_READ, s["lock_mode"].as_str().unwrap_or(""));
             // The holder: the target's thread in munlock() (not its main
             // thread), a writer, exactly.
             let h = &s["holder"];
-            report.check(format!("{name}.stall.holder.kind"), "writer", h["kind"].as_str().unwrap_or(""));
+            report.check(format!("{name}.stall.holder.kind"), HolderKind::Writer.label(), h["kind"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.holder.exact"), true, h["exact"].as_bool().unwrap_or(false));
             report.check(format!("{name}.stall.holder.tid"), target.tid as u64, got(&h["tid"]));
             report.check(format!("{name}.stall.holder.pid"), target.pid() as u64, got(&h["pid"]));
             report.check(format!("{name}.stall.holder.comm"), HOLDER_COMM, h["comm"].as_str().unwrap_or(""));
-            report.check(format!("{name}.stall.access"), "read", s["access"].as_str().unwrap_or(""));
+            report.check(format!("{name}.stall.access"), cat::LOCK_READ, s["access"].as_str().unwrap_or(""));
             // The wait lies between the threshold and the read's own duration.
             let waited = (s["waited_seconds"].as_f64().unwrap_or(0.0) * 1e9) as u64;
             report.check(format!("{name}.stall.waited_within_the_read"), true, waited >= threshold_ns && waited <= took);
