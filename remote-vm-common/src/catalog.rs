@@ -153,11 +153,13 @@ pub enum Coverage {
     Gup,
     WalkLevels,
     FollAnon,
+    /// Remote mmap_lock waits in progress (the task iterator at each scrape).
+    WaitsNow,
 }
 
 impl Coverage {
     /// The coverages `check` and `/healthz` report, in order.
-    pub const REPORTED: [Coverage; 9] = [
+    pub const REPORTED: [Coverage; 10] = [
         Coverage::Reads,
         Coverage::Fallbacks,
         Coverage::RemoteLock,
@@ -167,6 +169,7 @@ impl Coverage {
         Coverage::Gup,
         Coverage::WalkLevels,
         Coverage::FollAnon,
+        Coverage::WaitsNow,
     ];
 
     /// What the coverage exports, in words.
@@ -182,6 +185,7 @@ impl Coverage {
             Coverage::Gup => "GUP calls",
             Coverage::WalkLevels => "folio walk levels, lockless PTE pages",
             Coverage::FollAnon => "FOLL_ANON file-backed lockless reads",
+            Coverage::WaitsNow => "remote mmap_lock waits in progress",
         }
     }
 
@@ -200,6 +204,9 @@ impl Coverage {
             Coverage::Gup => "needs the read probes and get_user_pages_remote",
             Coverage::WalkLevels => "needs folio_walk_start and folio_walk.level in BTF",
             Coverage::FollAnon => "needs folio_walk_start, vm_area_struct.vm_ops and FOLL_ANON in BTF",
+            Coverage::WaitsNow => {
+                "needs access_remote_vm and mmap_lock_remote, the task iterator (BTF, Linux 5.15+) and the host PID namespace"
+            }
         }
     }
 }
@@ -467,6 +474,22 @@ pub const STALL_EVENTS_DROPPED: Metric = metric(
     &[C::RemoteLock],
     "Stall events lost because the ring buffer to the daemon was full (the stalls are still counted).",
 );
+pub const MMAP_LOCK_WAITERS: Metric = metric(
+    "remote_vm_mmap_lock_waiters",
+    Gauge,
+    Unit::Count,
+    &[],
+    &[C::WaitsNow],
+    "Remote accesses waiting for a target's mmap_lock now (read at the scrape; identities in /stalls' in_progress).",
+);
+pub const MMAP_LOCK_OLDEST_WAIT: Metric = metric(
+    "remote_vm_mmap_lock_oldest_wait_seconds",
+    Gauge,
+    Unit::Seconds,
+    &[],
+    &[C::WaitsNow],
+    "Age of the longest remote wait for a target's mmap_lock in progress now; 0 when none.",
+);
 pub const LOCK_VMA_CALLS: Metric = metric(
     "remote_vm_lock_vma_under_rcu_total",
     Counter,
@@ -513,6 +536,8 @@ pub const ALL: &[&Metric] = &[
     &MMAP_LOCK_HOLD,
     &STALLS,
     &STALL_EVENTS_DROPPED,
+    &MMAP_LOCK_WAITERS,
+    &MMAP_LOCK_OLDEST_WAIT,
     &LOCK_VMA_CALLS,
     &LOCK_VMA_FAILURES,
 ];

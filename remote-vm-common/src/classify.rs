@@ -151,6 +151,9 @@ pub struct CallState {
     pub pending_vma: u64,
     /// Who held the target's mmap_lock when the wait in progress began.
     pub holder: HolderSnap,
+    /// The reader's cgroup id, taken when a wait begins on a taken lock (0:
+    /// not taken then); the task iterator reports it for waits in progress.
+    pub cgroup_id: u64,
 }
 
 /// The target's mmap_lock holder, copied when a wait begins (a task pointer
@@ -166,6 +169,11 @@ pub struct HolderSnap {
     pub tgid: u32,
     pub tid: u32,
     pub comm: [u8; 16],
+    /// 1: the first task queued on the lock waits to write — readers that
+    /// arrive queue behind it even while the lock is reader-owned (best
+    /// effort: read without the lock's `wait_lock`).
+    pub writer_waiting: u32,
+    pub _pad: u32,
 }
 
 /// What the lock word says about who holds an `rw_semaphore`.
@@ -403,13 +411,24 @@ impl CallState {
                 }
             }
         }
-        self.flags |= F_WAITING;
-        if write {
-            self.flags |= F_WAIT_WRITE;
-        } else {
-            self.flags &= !F_WAIT_WRITE;
-        }
+        // The start first: a task iterator on another CPU that sees
+        // F_WAITING must see this wait's start, not the previous one's.
         self.wait_start_ns = now;
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        let kind = if write { F_WAIT_WRITE } else { 0 };
+        self.flags = (self.flags & !F_WAIT_WRITE) | kind | F_WAITING;
+    }
+
+    /// A counted wait for the target's mmap_lock is in progress: what the task
+    /// iterator reports at a scrape (`now`), as (age, write lock).
+    #[inline(always)]
+    pub fn wait_in_progress(&self, now: u64) -> Option<(u64, bool)> {
+        let flags = self.flags;
+        if flags & (F_ACTIVE | F_WAITING | F_SELFTEST) != (F_ACTIVE | F_WAITING) {
+            return None;
+        }
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+        Some((now.saturating_sub(self.wait_start_ns), flags & F_WAIT_WRITE != 0))
     }
 
     /// The `down_*_killable()` in progress returned (`ok`: acquired).

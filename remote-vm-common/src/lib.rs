@@ -50,35 +50,67 @@ pub struct HostWait {
     pub _pad: u32,
 }
 
-/// Which `/proc` interface a remote access came through, as far as the kernel
-/// lets a probe tell: `cmdline`/`environ` from the address lying in the
-/// target's argument or environment range with FOLL_ANON; everything else is
-/// `Other` (for now: `mem` and `ptrace` are not told apart yet).
+/// Which interface a remote access came through, as far as the kernel lets a
+/// probe tell without `/proc/kallsyms`: `cmdline`/`environ` from the address
+/// lying in the target's argument or environment range with FOLL_ANON (what
+/// `/proc/PID/cmdline` and `environ` pass); without FOLL_ANON, `ptrace` or
+/// `mem` (`/proc/PID/mem`) by the reader's system call; `Other` for the rest
+/// (e.g. io_uring workers, other kernel callers).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interface {
     Other = 0,
     Cmdline = 1,
     Environ = 2,
+    Mem = 3,
+    Ptrace = 4,
+}
+
+/// How many system calls read or write `/proc/PID/mem` (`SYSCALLS_MEM`):
+/// read, write, pread64, pwrite64, readv, writev, preadv, pwritev, preadv2,
+/// pwritev2.
+pub const MEM_SYSCALLS: usize = 10;
+
+/// The system call numbers that tell `mem` from `ptrace`, handed to the
+/// programs as globals by the daemon (its architecture's numbers; `u32::MAX`:
+/// unknown, matches nothing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Syscalls {
+    pub ptrace: u32,
+    pub mem: [u32; MEM_SYSCALLS],
 }
 
 impl Interface {
-    pub const ALL: [Interface; 3] = [Interface::Other, Interface::Cmdline, Interface::Environ];
+    pub const ALL: [Interface; 5] = [Interface::Other, Interface::Cmdline, Interface::Environ, Interface::Mem, Interface::Ptrace];
 
     pub const fn label(self) -> &'static str {
         match self {
             Interface::Other => "other",
             Interface::Cmdline => "cmdline",
             Interface::Environ => "environ",
+            Interface::Mem => "mem",
+            Interface::Ptrace => "ptrace",
         }
     }
 
-    /// From the access's address and FOLL_ANON, and the target mm's ranges
-    /// (`[arg_start, arg_end)`, `[env_start, env_end)`; 0s when unknown).
+    /// From the access's address and FOLL_ANON (`None`: the flag's value is
+    /// not known, as on 6.1 where it is a `#define`), the target mm's ranges
+    /// (`[arg_start, arg_end)`, `[env_start, env_end)`; 0s when unknown) and
+    /// the reader's system call number `nr`.
     #[inline(always)]
-    pub fn of(addr: u64, anon: bool, arg: (u64, u64), env: (u64, u64)) -> Interface {
+    pub fn of(addr: u64, anon: Option<bool>, arg: (u64, u64), env: (u64, u64), nr: u32, syscalls: &Syscalls) -> Interface {
+        let Some(anon) = anon else {
+            // A cmdline read is a read(2) too: without the flag, nothing is told apart.
+            return Interface::Other;
+        };
         if !anon {
-            Interface::Other
+            if nr == syscalls.ptrace {
+                Interface::Ptrace
+            } else if syscalls.mem.contains(&nr) {
+                Interface::Mem
+            } else {
+                Interface::Other
+            }
         } else if arg.0 < arg.1 && addr >= arg.0 && addr < arg.1 {
             Interface::Cmdline
         } else if env.0 < env.1 && addr >= env.0 && addr < env.1 {
@@ -94,15 +126,16 @@ impl Interface {
 }
 
 /// One stall (the `STALL_EVENTS` ring buffer): a remote access that waited at
-/// least the threshold for the target's mmap_lock. Pids as the kernel's init
-/// namespace numbers them.
+/// least the threshold for the target's mmap_lock; or, from the task
+/// iterator, a wait still in progress (`end_ns` is then when it was seen,
+/// `wait_ns` its age so far). Pids as the kernel's init namespace numbers them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct StallEvent {
     /// `bpf_ktime_get_ns()` when the wait ended.
     pub end_ns: u64,
     pub wait_ns: u64,
-    /// The reader's cgroup (v2) id: its directory's inode number.
+    /// The reader's cgroup (v2) id: its directory's inode number (0: unknown).
     pub cgroup_id: u64,
     pub reader_tgid: u32,
     pub reader_tid: u32,
@@ -138,15 +171,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn interface_from_the_targets_ranges() {
+    fn interface_from_the_targets_ranges_and_the_syscall() {
         let arg = (0x1000, 0x1010);
         let env = (0x1010, 0x1100);
-        assert_eq!(Interface::of(0x100f, true, arg, env), Interface::Cmdline);
-        assert_eq!(Interface::of(0x1010, true, arg, env), Interface::Environ);
-        assert_eq!(Interface::of(0x1100, true, arg, env), Interface::Other);
-        assert_eq!(Interface::of(0x1000, false, arg, env), Interface::Other);
-        // Unknown ranges (zeros) never match.
-        assert_eq!(Interface::of(0, true, (0, 0), (0, 0)), Interface::Other);
+        let sys = Syscalls { ptrace: 101, mem: [0, 1, 17, 18, 19, 20, 295, 296, 327, 328] };
+        let read = 0;
+        assert_eq!(Interface::of(0x100f, Some(true), arg, env, read, &sys), Interface::Cmdline);
+        assert_eq!(Interface::of(0x1010, Some(true), arg, env, read, &sys), Interface::Environ);
+        assert_eq!(Interface::of(0x1100, Some(true), arg, env, read, &sys), Interface::Other);
+        // Without FOLL_ANON the address does not matter, the syscall does.
+        assert_eq!(Interface::of(0x1000, Some(false), arg, env, read, &sys), Interface::Mem);
+        assert_eq!(Interface::of(0x1000, Some(false), arg, env, 327, &sys), Interface::Mem);
+        assert_eq!(Interface::of(0x1000, Some(false), arg, env, 101, &sys), Interface::Ptrace);
+        assert_eq!(Interface::of(0x1000, Some(false), arg, env, 59, &sys), Interface::Other);
+        // FOLL_ANON is never ptrace or mem, whatever the syscall.
+        assert_eq!(Interface::of(0x2000, Some(true), arg, env, 101, &sys), Interface::Other);
+        // Unknown ranges (zeros) and numbers (u32::MAX) never match.
+        assert_eq!(Interface::of(0, Some(true), (0, 0), (0, 0), read, &sys), Interface::Other);
+        // FOLL_ANON unknown: a cmdline read cannot be told from a mem read.
+        assert_eq!(Interface::of(0x1000, None, arg, env, read, &sys), Interface::Other);
+        let unknown = Syscalls { ptrace: u32::MAX, mem: [u32::MAX; MEM_SYSCALLS] };
+        assert_eq!(Interface::of(0x1000, Some(false), arg, env, read, &unknown), Interface::Other);
         for i in Interface::ALL {
             assert_eq!(Interface::from_u32(i as u32), i);
         }

@@ -43,6 +43,7 @@ impl State {
         let dropped = self.session.counter(remote_vm_common::stats::Counter::StallEventsDropped);
         let page = StallsPage {
             threshold_seconds: log.threshold_seconds,
+            in_progress: self.session.waits_now().map(|w| log.in_progress(&w.listed)),
             recent: log.recent(),
             dropped,
         };

@@ -51,22 +51,45 @@ pub struct Holder {
     pub exact: bool,
 }
 
-/// One stall, as `/stalls` shows it.
+/// What a wait on another process's mmap_lock is about: who waits, on whose
+/// lock, who held it when the wait began, how. Shared by stalls and waits in
+/// progress.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Stall {
+pub struct Wait {
     pub reader: Reader,
     pub target: Target,
     pub holder: Holder,
+    /// A writer was first in the lock's queue when the wait began: readers
+    /// queue behind it even while the lock is reader-owned (often the real
+    /// cause). Best effort: the queue is read without its lock.
+    pub writer_waiting: bool,
     /// `read`, or `write` (`expand_stack`).
     pub lock_mode: &'static str,
     /// The remote access's direction: `read` or `write`.
     pub access: &'static str,
     pub interface: &'static str,
+}
+
+/// One stall, as `/stalls` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Stall {
+    #[serde(flatten)]
+    pub wait: Wait,
     pub waited_seconds: f64,
     /// RFC 3339, UTC.
     pub ended: String,
     /// The waiter was killed before it got the lock.
     pub killed: bool,
+}
+
+/// A wait still in progress, as `/stalls` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct InProgress {
+    #[serde(flatten)]
+    pub wait: Wait,
+    pub waiting_seconds: f64,
+    /// RFC 3339, UTC.
+    pub started: String,
 }
 
 struct Inner {
@@ -81,6 +104,7 @@ pub struct StallLog {
     keep: usize,
     pub threshold_seconds: f64,
     inner: Mutex<Inner>,
+    cgroups: Mutex<CgroupNames>,
 }
 
 impl StallLog {
@@ -94,7 +118,28 @@ impl StallLog {
                 logged_in_window: 0,
                 suppressed: 0,
             }),
+            cgroups: Mutex::new(CgroupNames::default()),
         }
+    }
+
+    /// The reader's cgroup path (`None`: id 0 or not found).
+    fn cgroup(&self, id: u64) -> Option<String> {
+        if id == 0 {
+            return None;
+        }
+        self.cgroups.lock().ok()?.path(id)
+    }
+
+    /// Waits in progress from the task iterator's records, as `/stalls` shows them.
+    pub fn in_progress(&self, events: &[StallEvent]) -> Vec<InProgress> {
+        events
+            .iter()
+            .map(|e| InProgress {
+                wait: to_wait(e, self.cgroup(e.cgroup_id)),
+                waiting_seconds: e.wait_ns as f64 / 1e9,
+                started: rfc3339(realtime_of(e.end_ns.saturating_sub(e.wait_ns))),
+            })
+            .collect()
     }
 
     pub fn recent(&self) -> Vec<Stall> {
@@ -112,20 +157,22 @@ impl StallLog {
             inner.logged_in_window += 1;
             let more = std::mem::take(&mut inner.suppressed);
             let note = if more > 0 { format!(" ({more} earlier stalls not logged)") } else { String::new() };
+            let w = &stall.wait;
             log::warn!(
-                "stall: {} (pid {} tid {}) waited {:.3} s for the mmap_lock ({}) of {} (pid {}) reading {}; held by {} {} (pid {} tid {}){}",
-                stall.reader.comm,
-                stall.reader.pid,
-                stall.reader.tid,
+                "stall: {} (pid {} tid {}) waited {:.3} s for the mmap_lock ({}) of {} (pid {}) reading {}; held by {} {} (pid {} tid {}){}{}",
+                w.reader.comm,
+                w.reader.pid,
+                w.reader.tid,
                 stall.waited_seconds,
-                stall.lock_mode,
-                stall.target.comm,
-                stall.target.pid,
-                stall.interface,
-                stall.holder.kind,
-                stall.holder.comm,
-                stall.holder.pid,
-                stall.holder.tid,
+                w.lock_mode,
+                w.target.comm,
+                w.target.pid,
+                w.interface,
+                w.holder.kind,
+                w.holder.comm,
+                w.holder.pid,
+                w.holder.tid,
+                if w.writer_waiting { ", a writer queued" } else { "" },
                 note
             );
         } else {
@@ -147,7 +194,6 @@ pub fn spawn_reader(ring: RingBuf<MapData>, log: Arc<StallLog>) {
 }
 
 fn read_loop(mut ring: RingBuf<MapData>, log: &StallLog) {
-    let mut cgroups = CgroupNames::default();
     loop {
         let mut pfd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
@@ -159,7 +205,7 @@ fn read_loop(mut ring: RingBuf<MapData>, log: &StallLog) {
             // SAFETY: the kernel wrote a whole StallEvent (size checked); unaligned read.
             let e: StallEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             drop(item);
-            let stall = to_stall(&e, realtime_of(e.end_ns), cgroups.path(e.cgroup_id));
+            let stall = to_stall(&e, realtime_of(e.end_ns), log.cgroup(e.cgroup_id));
             log.add(stall, Instant::now());
         }
     }
@@ -174,9 +220,9 @@ fn mode(write: u32) -> &'static str {
     if write != 0 { catalog::LOCK_WRITE } else { catalog::LOCK_READ }
 }
 
-/// An event as `/stalls` shows it; `ended_unix_ns` its end on the wall clock.
-pub fn to_stall(e: &StallEvent, ended_unix_ns: u128, cgroup: Option<String>) -> Stall {
-    Stall {
+/// The part of an event stalls and waits in progress share.
+fn to_wait(e: &StallEvent, cgroup: Option<String>) -> Wait {
+    Wait {
         reader: Reader {
             pid: e.reader_tgid,
             tid: e.reader_tid,
@@ -194,9 +240,17 @@ pub fn to_stall(e: &StallEvent, ended_unix_ns: u128, cgroup: Option<String>) -> 
             comm: comm(&e.holder.comm),
             exact: e.holder.exact != 0,
         },
+        writer_waiting: e.holder.writer_waiting != 0,
         lock_mode: mode(e.lock_write),
         access: mode(e.access_write),
         interface: Interface::from_u32(e.interface).label(),
+    }
+}
+
+/// An event as `/stalls` shows it; `ended_unix_ns` its end on the wall clock.
+pub fn to_stall(e: &StallEvent, ended_unix_ns: u128, cgroup: Option<String>) -> Stall {
+    Stall {
+        wait: to_wait(e, cgroup),
         waited_seconds: e.wait_ns as f64 / 1e9,
         ended: rfc3339(ended_unix_ns),
         killed: e.failed != 0,
@@ -284,6 +338,9 @@ fn find_inode(root: &Path, ino: u64) -> Option<PathBuf> {
 #[derive(Debug, Serialize)]
 pub struct StallsPage {
     pub threshold_seconds: f64,
+    /// Waits in progress now, oldest first (at most `bpf::waits::LIST_MAX`);
+    /// `null` when they cannot be seen (see `/healthz`).
+    pub in_progress: Option<Vec<InProgress>>,
     /// Newest first.
     pub recent: Vec<Stall>,
     /// Events the ring buffer had no room for.
@@ -321,6 +378,8 @@ mod tests {
                 tgid: 20,
                 tid: 21,
                 comm: target_comm,
+                writer_waiting: 0,
+                _pad: 0,
             },
         }
     }
@@ -328,12 +387,41 @@ mod tests {
     #[test]
     fn events_become_stalls() {
         let s = to_stall(&event(), 1_795_641_669_123_000_000, Some("/system.slice".into()));
-        assert_eq!(s.reader, Reader { pid: 10, tid: 11, comm: "ps".into(), cgroup: Some("/system.slice".into()) });
-        assert_eq!(s.target, Target { pid: 20, comm: "java".into() });
-        assert_eq!(s.holder, Holder { kind: "writer", pid: 20, tid: 21, comm: "java".into(), exact: true });
-        assert_eq!((s.lock_mode, s.access, s.interface), ("read", "read", "cmdline"));
+        let (w, s) = (&s.wait, &s);
+        assert_eq!(w.reader, Reader { pid: 10, tid: 11, comm: "ps".into(), cgroup: Some("/system.slice".into()) });
+        assert_eq!(w.target, Target { pid: 20, comm: "java".into() });
+        assert_eq!(w.holder, Holder { kind: "writer", pid: 20, tid: 21, comm: "java".into(), exact: true });
+        assert_eq!((w.lock_mode, w.access, w.interface, w.writer_waiting), ("read", "read", "cmdline", false));
         assert_eq!(s.waited_seconds, 1.5);
         assert_eq!(s.ended, "2026-11-25T21:21:09.123Z");
+    }
+
+    #[test]
+    fn waits_in_progress_and_stalls_share_their_fields() {
+        let mut e = event();
+        e.holder.kind = HolderKind::Readers as u32;
+        e.holder.exact = 0;
+        e.holder.writer_waiting = 1;
+        e.cgroup_id = 0;
+        e.end_ns = 10_000_000_000;
+        e.wait_ns = 2_250_000_000;
+        let log = StallLog::new(3, 100_000_000);
+        let w = &log.in_progress(&[e])[0];
+        assert_eq!(w.waiting_seconds, 2.25);
+        assert!(w.wait.writer_waiting);
+        assert_eq!((w.wait.holder.kind, w.wait.holder.exact, w.wait.reader.cgroup.as_deref()), ("readers", false, None));
+        // The JSON shape: one level, the wait's fields beside its times.
+        let json = serde_json::to_value(w).unwrap();
+        let mut keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["access", "holder", "interface", "lock_mode", "reader", "started", "target", "waiting_seconds", "writer_waiting"]
+        );
+        let stall = serde_json::to_value(to_stall(&e, 0, None)).unwrap();
+        assert_eq!(stall["writer_waiting"], true);
+        assert_eq!(stall["waited_seconds"], 2.25);
+        assert!(stall.get("started").is_none() && stall.get("ended").is_some());
     }
 
     #[test]
@@ -353,7 +441,7 @@ mod tests {
             log.add(to_stall(&e, 0, None), t0);
         }
         let recent = log.recent();
-        assert_eq!(recent.iter().map(|s| s.reader.tid).collect::<Vec<_>>(), vec![LOG_BURST + 4, LOG_BURST + 3, LOG_BURST + 2]);
+        assert_eq!(recent.iter().map(|s| s.wait.reader.tid).collect::<Vec<_>>(), vec![LOG_BURST + 4, LOG_BURST + 3, LOG_BURST + 2]);
         assert_eq!(log.inner.lock().unwrap().suppressed, 5);
         // A new window logs again, saying how many were not logged.
         log.add(to_stall(&event(), 0, None), t0 + LOG_WINDOW);

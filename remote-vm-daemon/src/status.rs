@@ -35,12 +35,13 @@ pub fn patched_line(attached: &Attached) -> String {
 }
 
 /// Which metric families are exported and which are absent, and why.
-pub fn coverage_lines(sight: &Sight) -> Vec<String> {
-    coverage(sight)
+pub fn coverage_lines(sight: &Sight, attached: &Attached) -> Vec<String> {
+    coverage(sight, attached)
         .iter()
-        .map(|c| match c.exported {
-            true => format!("metrics: {}: exported", c.what),
-            false => format!("metrics: {}: absent ({})", c.what, c.needs),
+        .map(|c| match (c.exported, &c.why) {
+            (true, _) => format!("metrics: {}: exported", c.what),
+            (false, Some(why)) => format!("metrics: {}: absent ({why}; {})", c.what, c.needs),
+            (false, None) => format!("metrics: {}: absent ({})", c.what, c.needs),
         })
         .collect()
 }
@@ -61,7 +62,7 @@ pub fn healthz(facts: &KernelFacts, attached: &Attached, sight: &Sight) -> Strin
         .into_iter()
         .chain(verdict_lines(attached))
         .chain([patched_line(attached)])
-        .chain(coverage_lines(sight));
+        .chain(coverage_lines(sight, attached));
     for line in lines {
         body.push_str(&line);
         body.push('\n');
@@ -158,17 +159,25 @@ pub struct CoverageStatus {
     pub what: &'static str,
     pub exported: bool,
     pub needs: &'static str,
+    /// What failed here, when more is known than `needs` says (e.g. the task
+    /// iterator's error), else `null`.
+    pub why: Option<String>,
     /// The metric families it exports.
     pub metrics: Vec<&'static str>,
 }
 
-pub fn coverage(sight: &Sight) -> Vec<CoverageStatus> {
+pub fn coverage(sight: &Sight, attached: &Attached) -> Vec<CoverageStatus> {
     Coverage::REPORTED
         .iter()
         .map(|c| CoverageStatus {
             what: c.what(),
             exported: sight.covers(*c),
             needs: c.needs(),
+            why: match c {
+                // The iterator's own failure (its probes attached).
+                Coverage::WaitsNow if !sight.covers(*c) && sight.covers(Coverage::RemoteLock) => attached.waits.clone().err(),
+                _ => None,
+            },
             metrics: remote_vm_common::catalog::ALL
                 .iter()
                 .filter(|m| m.coverage.contains(c))
@@ -241,7 +250,7 @@ pub fn check_report(config: String, facts: &KernelFacts, layout: &Layout, attach
             value: attached.patched.as_str(),
             why: attached.patched_why.clone(),
         },
-        metrics: coverage(sight),
+        metrics: coverage(sight, attached),
         summary: Summary {
             attached: n,
             total,

@@ -141,6 +141,7 @@ fn check_reports_every_probe_and_exits_degraded() {
             "metrics: GUP calls: absent (needs the read probes and get_user_pages_remote)",
             "metrics: folio walk levels, lockless PTE pages: absent (needs folio_walk_start and folio_walk.level in BTF)",
             "metrics: FOLL_ANON file-backed lockless reads: absent (needs folio_walk_start, vm_area_struct.vm_ops and FOLL_ANON in BTF)",
+            "metrics: remote mmap_lock waits in progress: absent (needs access_remote_vm and mmap_lock_remote, the task iterator (BTF, Linux 5.15+) and the host PID namespace)",
             "summary: degraded: 2 of 9 probes attached",
         ]
         .map(String::from),

@@ -90,6 +90,10 @@ enum Cmd {
         /// and Debian 12's 6.1 and 6.12 cloud kernels (downloaded and cached under target/kernels).
         #[arg(long = "kernel", value_parser = vm::Kernel::parse)]
         kernels: Vec<vm::Kernel>,
+        /// Run only this suite after `check` (e.g. `stalls`), for working on one;
+        /// `cargo xtask test` always runs them all.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -159,10 +163,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             build(&root)?;
             promtest::dashboard_test(&root)
         }
-        Cmd::VmTest { kernels } => {
+        Cmd::VmTest { kernels, only } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
-            vm_test(&root, kernels)
+            vm_test(&root, kernels, only.as_deref())
         }
     }
 }
@@ -189,7 +193,7 @@ fn test(root: &Path) -> Result<()> {
     build(root)?;
     say!("running unit and host integration tests (cargo test --release, ignored host tests included)");
     sh(cargo(root).args(["test", "--release", "--", "--include-ignored"]))?;
-    vm_test(root, Vec::new())?;
+    vm_test(root, Vec::new(), None)?;
     promtest::dashboard_test(root)?;
     say!("package: unit and .deb");
     deb::test(root)?;
@@ -201,7 +205,7 @@ fn test(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>) -> Result<()> {
+fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>) -> Result<()> {
     if kernels.is_empty() {
         kernels = vm::shared_kernels(root);
         kernels.extend(kernels::debian_kernels(root)?);
@@ -214,7 +218,8 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>) -> Result<()> {
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for kernel in &kernels {
-        let boot = vm::boot(kernel, &initramfs, &out.join(&kernel.name), Duration::from_secs(600))?;
+        let extra = only.map_or(String::new(), |suite| format!("rvm.only={suite}"));
+        let boot = vm::boot_with(kernel, &initramfs, &out.join(&kernel.name), &extra, Duration::from_secs(600), "vmtest-report ")?;
         let checks = boot
             .report
             .as_ref()

@@ -270,12 +270,8 @@ impl Drop for ServingVm {
     }
 }
 
-/// Boots `kernel` with `initramfs` and waits for the guest to finish (or `timeout`).
-pub fn boot(kernel: &Kernel, initramfs: &Path, out_dir: &Path, timeout: Duration) -> Result<Boot> {
-    boot_with(kernel, initramfs, out_dir, "", timeout, "vmtest-report ")
-}
-
-/// `boot` with `extra` on the kernel command line; the report is the JSON after
+/// Boots `kernel` with `initramfs`, `extra` on the kernel command line, and
+/// waits for the guest to finish (or `timeout`); the report is the JSON after
 /// the console line prefix `report_prefix`.
 pub fn boot_with(
     kernel: &Kernel,

@@ -1,4 +1,5 @@
-//! Runs the kernel says a program missed: a program's `recursion_misses` (from
+//! Runs the kernel says a program missed (and the raw `bpf(2)` calls the
+//! daemon makes itself): a program's `recursion_misses` (from
 //! `BPF_OBJ_GET_INFO_BY_FD` on its fd) and a kprobe link's `missed` (kprobe
 //! recursion and kretprobe `maxactive` overflows, Linux 6.7+). Both are read
 //! through file descriptors held since attach, so no privilege is needed later.
@@ -18,7 +19,7 @@ struct InfoAttr {
     info: u64,
 }
 
-fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
+pub(super) fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> io::Result<i64> {
     // SAFETY: the bpf(2) syscall with an attr of the size we pass.
     let r = unsafe {
         libc::syscall(
@@ -50,9 +51,18 @@ pub fn prog_id_and_misses(fd: RawFd) -> io::Result<(u32, u64)> {
 }
 
 /// The kprobe links of `prog_ids` among this process's own file descriptors
-/// (aya holds them), found through `/proc/self/fdinfo` and duplicated so they can
-/// be read later: no privilege needed.
+/// (aya holds them), duplicated so they can be read later: no privilege needed.
 pub fn kprobe_links(prog_ids: &[u32]) -> Vec<(u32, OwnedFd)> {
+    own_links(prog_ids)
+        .into_iter()
+        .filter(|(_, _, info)| kprobe_missed(info).is_some())
+        .map(|(id, fd, _)| (id, fd))
+        .collect()
+}
+
+/// The links of `prog_ids` among this process's own file descriptors, found
+/// through `/proc/self/fdinfo`, duplicated, with their info.
+pub fn own_links(prog_ids: &[u32]) -> Vec<(u32, OwnedFd, bpf_link_info)> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc/self/fdinfo") else {
         return out;
@@ -82,10 +92,9 @@ pub fn kprobe_links(prog_ids: &[u32]) -> Vec<(u32, OwnedFd)> {
         }
         // SAFETY: a new descriptor we own.
         let dup = unsafe { OwnedFd::from_raw_fd(dup) };
-        if let Ok(link) = info_by_fd::<bpf_link_info>(dup.as_raw_fd())
-            && kprobe_missed(&link).is_some() {
-                out.push((prog_id, dup));
-            }
+        if let Ok(link) = info_by_fd::<bpf_link_info>(dup.as_raw_fd()) {
+            out.push((prog_id, dup, link));
+        }
     }
     out
 }

@@ -5,6 +5,7 @@ pub mod attach;
 mod misses;
 mod selftest;
 mod session;
+pub mod waits;
 
 use std::{
     collections::BTreeMap,
@@ -53,6 +54,8 @@ pub struct Attached {
     pub patched_why: String,
     /// Per point: kprobe links whose `missed` the kernel keeps (kprobe modes).
     pub kprobe_links: BTreeMap<Point, usize>,
+    /// Waits in progress are reported (the task iterator runs), or why not.
+    pub waits: Result<(), String>,
 }
 
 impl Attached {
@@ -87,7 +90,7 @@ type Global<T> = (&'static str, T);
 
 /// The offsets and values from `layout` (and the stall threshold) the programs
 /// read as globals, by their names in `remote-vm-ebpf/src/programs/layout.rs`.
-fn globals(layout: &Layout, stall_threshold_ns: u64) -> (Vec<Global<u64>>, [Global<u32>; 4]) {
+fn globals(layout: &Layout, stall_threshold_ns: u64) -> (Vec<Global<u64>>, Vec<Global<u32>>) {
     let off = |item: &Result<u64, String>| *item.as_ref().unwrap_or(&UNKNOWN_OFFSET);
     let (fw_pmd, fw_pud) = layout.fw_levels.clone().unwrap_or((1, 2));
     let mut globals64 = vec![
@@ -101,14 +104,39 @@ fn globals(layout: &Layout, stall_threshold_ns: u64) -> (Vec<Global<u64>>, [Glob
     globals64.extend(layout.stall_ids.named().iter().map(|(global, _, item)| (*global, off(item))));
     (
         globals64,
-        [
+        vec![
             ("FW_LEVEL_PMD", fw_pmd),
             ("FW_LEVEL_PUD", fw_pud),
             ("FOLL_WRITE", layout.foll_write),
             ("FOLL_ANON", layout.foll_anon.clone().unwrap_or(0)),
+            ("RWSEM_WAITING_FOR_WRITE", layout.stall_ids.waiting_for_write.clone().unwrap_or(u32::MAX)),
+            ("SYSCALL_PTRACE", SYSCALLS.ptrace),
         ],
     )
 }
+
+/// This architecture's system call numbers that tell `mem` from `ptrace`
+/// (the `SYSCALL_PTRACE` and `SYSCALLS_MEM` globals).
+const SYSCALLS: remote_vm_common::Syscalls = {
+    const fn nr(n: libc::c_long) -> u32 {
+        n as u32
+    }
+    remote_vm_common::Syscalls {
+        ptrace: nr(libc::SYS_ptrace),
+        mem: [
+            nr(libc::SYS_read),
+            nr(libc::SYS_write),
+            nr(libc::SYS_pread64),
+            nr(libc::SYS_pwrite64),
+            nr(libc::SYS_readv),
+            nr(libc::SYS_writev),
+            nr(libc::SYS_preadv),
+            nr(libc::SYS_pwritev),
+            nr(libc::SYS_preadv2),
+            nr(libc::SYS_pwritev2),
+        ],
+    }
+};
 
 pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attached), LoadError> {
     raise_memlock_limit();
@@ -125,6 +153,7 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
     for (name, value) in &globals32 {
         loader.override_global(name, value, true);
     }
+    loader.override_global("SYSCALLS_MEM", &SYSCALLS.mem, true);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| LoadError::Object {
         source: Box::new(e),
         hint: privilege_hint(),
@@ -142,6 +171,13 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
         let verdict = attach::attach(&mut ebpf, kernel.btf.as_ref(), &kernel.layout, family, &choice, &verdicts);
         verdicts.push(verdict);
     }
+    let attached = |f: Family| verdicts.iter().any(|v| v.family == f && v.attached());
+    let waits = if attached(Family::AccessRemoteVm) && attached(Family::MmapLockRemote) {
+        waits::WaitsIter::attach(&mut ebpf, kernel.btf.as_ref())
+    } else {
+        Err(format!("needs {} and {}", Family::AccessRemoteVm.name(), Family::MmapLockRemote.name()))
+    };
+    let waits_why = waits.as_ref().map(|_| ()).map_err(Clone::clone);
     let miss_sources = miss_sources(&ebpf, &verdicts);
     let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Map(name));
     let hits = PerCpuArray::try_from(take(&mut ebpf, HITS)?).map_err(|_| LoadError::Map(HITS))?;
@@ -161,6 +197,7 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
         stats,
         miss_sources,
         stall_events,
+        waits: waits.ok(),
     };
     let (patched, patched_why) = selftest::decide_patched(&mut session.ebpf, &kernel.layout, &verdicts);
     Ok((
@@ -170,6 +207,7 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
             patched,
             patched_why,
             kprobe_links,
+            waits: waits_why,
         },
     ))
 }
@@ -249,12 +287,13 @@ mod tests {
                 }
             }
         }
+        assert!(obj.programs.contains_key(waits::PROGRAM), "{} missing", waits::PROGRAM);
         for map in [HITS, STATS, STALL_EVENTS, "CONTROL", "SELFTEST", "CALLS", "WAITS", "AYA_LOGS"] {
             assert!(obj.maps.contains_key(map), "map {map} missing");
         }
         let (g64, g32) = globals(&Layout::without_btf(), 1);
         // The symbol names are NUL-terminated in the object's string table.
-        for name in g64.iter().map(|g| g.0).chain(g32.iter().map(|g| g.0)) {
+        for name in g64.iter().map(|g| g.0).chain(g32.iter().map(|g| g.0)).chain(["SYSCALLS_MEM"]) {
             let symbol = [name.as_bytes(), b"\0"].concat();
             assert!(EBPF_OBJECT.windows(symbol.len()).any(|w| w == symbol), "global {name} missing");
         }

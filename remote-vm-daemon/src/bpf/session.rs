@@ -10,7 +10,10 @@ use aya::{
 };
 use remote_vm_common::{Point, stats::Stats};
 
-use super::misses;
+use super::{
+    misses,
+    waits::{WaitsIter, WaitsNow},
+};
 
 /// Counters read from the maps at one moment.
 #[derive(Clone, Debug)]
@@ -21,6 +24,10 @@ pub struct Snapshot {
     pub hits: [u64; Point::ALL.len()],
     /// Per point: runs the kernel reports missed.
     pub kernel_misses: [u64; Point::ALL.len()],
+    /// Remote accesses waiting for a target's mmap_lock now; `None` when the
+    /// task iterator is not attached or failed this time (the gauges are then
+    /// absent, never 0).
+    pub waits: Option<WaitsNow>,
 }
 
 impl Snapshot {
@@ -28,6 +35,7 @@ impl Snapshot {
         stats: Stats::ZERO,
         hits: [0; Point::ALL.len()],
         kernel_misses: [0; Point::ALL.len()],
+        waits: None,
     };
 }
 
@@ -44,6 +52,8 @@ pub struct Session {
     pub(super) miss_sources: BTreeMap<Point, (Vec<OwnedFd>, Vec<OwnedFd>)>,
     /// The stall events, until `take_stall_events` hands them to their reader.
     pub(super) stall_events: Option<RingBuf<MapData>>,
+    /// The task iterator of waits in progress, when it attached.
+    pub(super) waits: Option<WaitsIter>,
 }
 
 impl Session {
@@ -69,7 +79,20 @@ impl Session {
             snap.kernel_misses[i] = self.kernel_misses(point);
         }
         snap.stats = self.stats();
+        snap.waits = self.waits_now();
         snap
+    }
+
+    /// Runs the task iterator (`None`: not attached, or it failed: logged).
+    pub fn waits_now(&self) -> Option<WaitsNow> {
+        let it = self.waits.as_ref()?;
+        match it.read() {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!("waits in progress not read this time: task iterator: {e}");
+                None
+            }
+        }
     }
 
     /// One counter summed over CPUs (no other map read).

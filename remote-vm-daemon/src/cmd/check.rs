@@ -47,7 +47,7 @@ pub fn check(common: &Common, format: Format) -> ExitCode {
             .into_iter()
             .chain(status::verdict_lines(&attached))
             .chain([status::patched_line(&attached)])
-            .chain(status::coverage_lines(&sight))
+            .chain(status::coverage_lines(&sight, &attached))
             .chain([status::summary_line(&attached)]);
         for line in lines {
             println!("{line}");

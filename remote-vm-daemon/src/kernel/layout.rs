@@ -51,7 +51,22 @@ pub struct StallIds {
     /// `struct rw_semaphore` `count` and `owner` (absent on PREEMPT_RT).
     pub rwsem_count: Item<u64>,
     pub rwsem_owner: Item<u64>,
+    /// The queue of waiters: `wait_list` (a `list_head`, up to 7.2) or
+    /// `first_waiter` (a `struct rwsem_waiter *`, 7.3); one of them is known.
+    pub rwsem_wait_list: Item<u64>,
+    pub rwsem_first_waiter: Item<u64>,
+    /// `struct rwsem_waiter` `list` and `type`.
+    pub waiter_list: Item<u64>,
+    pub waiter_type: Item<u64>,
+    /// Where `struct pt_regs` keeps the system call number (`orig_ax` on
+    /// x86-64, `syscallno` on arm64).
+    pub pt_regs_syscall: Item<u64>,
+    /// `RWSEM_WAITING_FOR_WRITE` (`enum rwsem_waiter_type`).
+    pub waiting_for_write: Item<u32>,
 }
+
+/// `struct pt_regs`' member with the system call number on this architecture.
+const PT_REGS_SYSCALL: &str = if cfg!(target_arch = "aarch64") { "syscallno" } else { "orig_ax" };
 
 impl StallIds {
     fn from_btf(btf: &Btf) -> StallIds {
@@ -66,6 +81,12 @@ impl StallIds {
             task_pid: btf.field_offset("task_struct", "pid"),
             rwsem_count: btf.field_offset("rw_semaphore", "count"),
             rwsem_owner: btf.field_offset("rw_semaphore", "owner"),
+            rwsem_wait_list: btf.field_offset("rw_semaphore", "wait_list"),
+            rwsem_first_waiter: btf.field_offset("rw_semaphore", "first_waiter"),
+            waiter_list: btf.field_offset("rwsem_waiter", "list"),
+            waiter_type: btf.field_offset("rwsem_waiter", "type"),
+            pt_regs_syscall: btf.field_offset("pt_regs", PT_REGS_SYSCALL),
+            waiting_for_write: btf.enum_value("RWSEM_WAITING_FOR_WRITE").map(|v| v as u32),
         }
     }
 
@@ -82,11 +103,17 @@ impl StallIds {
             task_pid: no(),
             rwsem_count: no(),
             rwsem_owner: no(),
+            rwsem_wait_list: no(),
+            rwsem_first_waiter: no(),
+            waiter_list: no(),
+            waiter_type: no(),
+            pt_regs_syscall: no(),
+            waiting_for_write: Err("no BTF".to_string()),
         }
     }
 
     /// (global name, item) pairs, for the programs and `check`.
-    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 10] {
+    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 15] {
         [
             ("MM_OWNER_OFF", "mm_struct.owner", &self.mm_owner),
             ("MM_ARG_START_OFF", "mm_struct.arg_start", &self.mm_arg_start),
@@ -98,7 +125,43 @@ impl StallIds {
             ("TASK_PID_OFF", "task_struct.pid", &self.task_pid),
             ("RWSEM_COUNT_OFF", "rw_semaphore.count", &self.rwsem_count),
             ("RWSEM_OWNER_OFF", "rw_semaphore.owner", &self.rwsem_owner),
+            ("RWSEM_WAIT_LIST_OFF", "rw_semaphore.wait_list", &self.rwsem_wait_list),
+            ("RWSEM_FIRST_WAITER_OFF", "rw_semaphore.first_waiter", &self.rwsem_first_waiter),
+            ("WAITER_LIST_OFF", "rwsem_waiter.list", &self.waiter_list),
+            ("WAITER_TYPE_OFF", "rwsem_waiter.type", &self.waiter_type),
+            ("PT_REGS_SYSCALL_OFF", if cfg!(target_arch = "aarch64") { "pt_regs.syscallno" } else { "pt_regs.orig_ax" }, &self.pt_regs_syscall),
         ]
+    }
+}
+
+impl StallIds {
+    /// What stall events and waits in progress cannot name on this kernel.
+    pub fn missing(&self) -> Vec<&'static str> {
+        let queue = ["rw_semaphore.wait_list", "rw_semaphore.first_waiter"];
+        let mut out: Vec<&str> = self
+            .named()
+            .iter()
+            .filter(|(_, name, v)| v.is_err() && !queue.contains(name))
+            .map(|(_, n, _)| *n)
+            .collect();
+        // Either form of the waiter queue will do.
+        if self.rwsem_wait_list.is_err() && self.rwsem_first_waiter.is_err() {
+            out.push("rw_semaphore.wait_list/first_waiter");
+        }
+        if self.waiting_for_write.is_err() {
+            out.push("RWSEM_WAITING_FOR_WRITE");
+        }
+        out
+    }
+
+    /// The `check` line.
+    fn line(&self) -> String {
+        let unknown = self.missing();
+        if unknown.is_empty() {
+            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.pid/tgid/comm, rw_semaphore words and waiter queue, pt_regs syscall number) = all found".to_string()
+        } else {
+            format!("btf: stall event identities: unknown {} (events leave them out)", unknown.join(", "))
+        }
     }
 }
 
@@ -183,12 +246,7 @@ impl Layout {
         });
         out.push(show("FOLL_ANON", &self.foll_anon));
         out.push(show("mmap_lock tracepoint (write, success) args", &self.mmap_lock_tp_args));
-        let unknown: Vec<&str> = self.stall_ids.named().iter().filter(|(_, _, v)| v.is_err()).map(|(_, n, _)| *n).collect();
-        out.push(if unknown.is_empty() {
-            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.pid/tgid/comm, rw_semaphore.count/owner) = all found".to_string()
-        } else {
-            format!("btf: stall event identities: unknown {} (events leave them out)", unknown.join(", "))
-        });
+        out.push(self.stall_ids.line());
         out.push(format!(
             "btf: lockless path functions: lock_vma_under_rcu={} folio_walk_start={}",
             self.has_lock_vma_under_rcu, self.has_folio_walk_start

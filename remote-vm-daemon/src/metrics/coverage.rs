@@ -36,6 +36,7 @@ impl Sight {
             Coverage::Gup => reads && on(Family::GetUserPagesRemote),
             Coverage::WalkLevels => reads && walk && layout.fw_level.is_ok() && layout.fw_levels.is_ok(),
             Coverage::FollAnon => reads && walk && layout.vma_vm_ops.is_ok() && layout.foll_anon.is_ok(),
+            Coverage::WaitsNow => access && remote && attached.waits.is_ok(),
         };
         Sight {
             met: [Coverage::Always]

@@ -55,6 +55,9 @@ pub fn collect(view: &View, snap: &Snapshot) -> Vec<Family> {
             fill(&mut f, view, snap);
             f
         })
+        // A family with nothing to say this time (the waits gauges when the
+        // task iterator failed) is left out, not written empty.
+        .filter(|f| !f.samples.is_empty())
         .collect()
 }
 
@@ -198,6 +201,17 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
             }
         }
         n if n == cat::STALL_EVENTS_DROPPED.name => single(f, c(stats, Counter::StallEventsDropped)),
+        // Absent (no sample) when the iterator failed this time, never 0.
+        n if n == cat::MMAP_LOCK_WAITERS.name => {
+            if let Some(w) = &snap.waits {
+                single(f, w.count);
+            }
+        }
+        n if n == cat::MMAP_LOCK_OLDEST_WAIT.name => {
+            if let Some(w) = &snap.waits {
+                f.push(&[], w.oldest_ns as f64 / 1e9);
+            }
+        }
         n if n == cat::LOCK_VMA_CALLS.name => {
             f.push(&[("context", cat::CONTEXT_REMOTE)], c(stats, Counter::LockVmaRemote));
             f.push(&[("context", cat::CONTEXT_OTHER)], c(stats, Counter::LockVmaOther));

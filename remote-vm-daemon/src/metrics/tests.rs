@@ -9,7 +9,7 @@ use remote_vm_common::{
 
 use super::*;
 use crate::{
-    bpf::{Patched, Verdict},
+    bpf::{Patched, Verdict, waits::WaitsNow},
     kernel::{Layout, facts_for_tests},
 };
 
@@ -52,6 +52,7 @@ pub fn attached_in(modes: &[(Probe, &str)]) -> Attached {
         patched: Patched::Yes,
         patched_why: String::new(),
         kprobe_links: BTreeMap::new(),
+        waits: Ok(()),
     }
 }
 
@@ -90,9 +91,17 @@ pub fn series(text: &str) -> Vec<String> {
     out
 }
 
-/// Every family `attached` covers on a kernel with everything, from zeroed maps,
-/// with the default histogram range.
+/// Every family `attached` covers on a kernel with everything, from zeroed maps
+/// and no wait in progress, with the default histogram range.
 fn collect_with(attached: &Attached) -> Vec<Family> {
+    let snap = Snapshot {
+        waits: Some(WaitsNow::default()),
+        ..Snapshot::ZERO
+    };
+    collect_snap(attached, &snap)
+}
+
+fn collect_snap(attached: &Attached, snap: &Snapshot) -> Vec<Family> {
     let facts = facts_for_tests();
     let view = View {
         facts: &facts,
@@ -101,7 +110,28 @@ fn collect_with(attached: &Attached) -> Vec<Family> {
         hist_min_log2: 9,
         hist_max_log2: 34,
     };
-    collect(&view, &Snapshot::ZERO)
+    collect(&view, snap)
+}
+
+#[test]
+fn waits_in_progress_are_gauges_read_at_the_scrape() {
+    let now = WaitsNow {
+        count: 2,
+        oldest_ns: 1_500_000_000,
+        listed: Vec::new(),
+    };
+    let text = encode_all(&collect_snap(&everything(), &Snapshot { waits: Some(now), ..Snapshot::ZERO }));
+    assert!(text.contains(&format!("\n{} 2\n", catalog::MMAP_LOCK_WAITERS.name)), "{text}");
+    assert!(text.contains(&format!("\n{} 1.5\n", catalog::MMAP_LOCK_OLDEST_WAIT.name)), "{text}");
+    // The iterator failed this time: both absent, not 0.
+    let text = encode_all(&collect_snap(&everything(), &Snapshot::ZERO));
+    assert!(!text.contains(catalog::MMAP_LOCK_WAITERS.name) && !text.contains(catalog::MMAP_LOCK_OLDEST_WAIT.name));
+    // Not attached (e.g. outside the host PID namespace): absent too.
+    let mut attached = everything();
+    attached.waits = Err("not in the host PID namespace".into());
+    let snap = Snapshot { waits: Some(WaitsNow::default()), ..Snapshot::ZERO };
+    let text = encode_all(&collect_snap(&attached, &snap));
+    assert!(!text.contains(catalog::MMAP_LOCK_WAITERS.name));
 }
 
 fn render_with(attached: &Attached) -> String {

@@ -2,7 +2,7 @@
 //! values from the running kernel's BTF. Rust eBPF has no CO-RE, so no kernel
 //! struct offset is compiled in. `UNKNOWN_OFFSET` means "not in BTF".
 use aya_ebpf::Global;
-use remote_vm_common::UNKNOWN_OFFSET;
+use remote_vm_common::{MEM_SYSCALLS, UNKNOWN_OFFSET};
 
 /// `offsetof(struct mm_struct, mmap_lock)`.
 #[unsafe(no_mangle)]
@@ -54,6 +54,31 @@ pub static RWSEM_COUNT_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 pub static RWSEM_OWNER_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 #[unsafe(no_mangle)]
 pub static TASK_PID_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+
+/// The rwsem's waiter queue: `offsetof(struct rw_semaphore, wait_list)` (a
+/// `list_head`, up to 7.2) or `(…, first_waiter)` (a pointer, 7.3);
+/// `offsetof(struct rwsem_waiter, list)` and `(…, type)`; the value of
+/// `RWSEM_WAITING_FOR_WRITE` (`u32::MAX`: unknown).
+#[unsafe(no_mangle)]
+pub static RWSEM_WAIT_LIST_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static RWSEM_FIRST_WAITER_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static WAITER_LIST_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static WAITER_TYPE_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static RWSEM_WAITING_FOR_WRITE: Global<u32> = Global::new(u32::MAX);
+
+/// Where `struct pt_regs` keeps the system call number, and the numbers that
+/// tell `ptrace` and `/proc/PID/mem` apart (the daemon's architecture's;
+/// `u32::MAX`: unknown).
+#[unsafe(no_mangle)]
+pub static PT_REGS_SYSCALL_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static SYSCALL_PTRACE: Global<u32> = Global::new(u32::MAX);
+#[unsafe(no_mangle)]
+pub static SYSCALLS_MEM: Global<[u32; MEM_SYSCALLS]> = Global::new([u32::MAX; MEM_SYSCALLS]);
 
 /// A remote access's wait for the target's mmap_lock at least this long is a
 /// stall (`[stalls] threshold_seconds` in the config).

@@ -8,18 +8,23 @@
 //! - *host*: host-wide waits on a thread's own mm's mmap_lock — `lock:contention_begin`
 //!   / `contention_end` (they fire only when a lock is contended), or, opt-in, the
 //!   mmap_lock tracepoints (every acquisition; they tax every mmap_lock user).
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
-use aya_ebpf::helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel};
+use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::helpers::{
+    bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
+    bpf_probe_read_kernel, generated::bpf_task_pt_regs,
+};
 use remote_vm_common::{
-    Interface, LCB_F_WRITE, Point, StallEvent,
+    Interface, LCB_F_WRITE, Point, StallEvent, Syscalls,
     classify::{Acquisition, CallState, F_ANON, F_WRITE, HolderKind, HolderSnap, decode_holder},
     stats::Counter,
 };
 
 use super::{
     layout::{
-        MM_ARG_END_OFF, MM_ARG_START_OFF, MM_ENV_END_OFF, MM_ENV_START_OFF, MM_MMAP_LOCK_OFF, MM_OWNER_OFF,
-        RWSEM_COUNT_OFF, RWSEM_OWNER_OFF, STALL_THRESHOLD_NS, TASK_COMM_OFF, TASK_PID_OFF, TASK_TGID_OFF, known,
+        FOLL_ANON, MM_ARG_END_OFF, MM_ARG_START_OFF, MM_ENV_END_OFF, MM_ENV_START_OFF, MM_MMAP_LOCK_OFF,
+        MM_OWNER_OFF, PT_REGS_SYSCALL_OFF, RWSEM_COUNT_OFF, RWSEM_FIRST_WAITER_OFF, RWSEM_OWNER_OFF,
+        RWSEM_WAIT_LIST_OFF, RWSEM_WAITING_FOR_WRITE, STALL_THRESHOLD_NS, SYSCALL_PTRACE, SYSCALLS_MEM,
+        TASK_COMM_OFF, TASK_PID_OFF, TASK_TGID_OFF, WAITER_LIST_OFF, WAITER_TYPE_OFF, known,
     },
     maps::{CALLS, STALL_EVENTS, WAITS, current_mm, hit, now, read_u32, read_u64, stats},
 };
@@ -39,32 +44,9 @@ fn remote_begin(sem: u64, write: bool) {
     let off = MM_MMAP_LOCK_OFF.load();
     let target = known(off) && sem == state.mm.wrapping_add(off);
     if target {
-        state.holder = holder_of(sem);
+        note_holder(state, sem);
     }
     state.lock_wait_begin(target, write, now());
-}
-
-/// Who holds `sem` now, from its lock words; the identity is read only when
-/// the lock is taken.
-#[inline(always)]
-fn holder_of(sem: u64) -> HolderSnap {
-    let (count_off, owner_off) = (RWSEM_COUNT_OFF.load(), RWSEM_OWNER_OFF.load());
-    let mut h = HolderSnap::default();
-    if !known(count_off) || !known(owner_off) {
-        h.kind = HolderKind::Unknown as u32;
-        return h;
-    }
-    let (kind, exact, task) = decode_holder(read_u64(sem, count_off), read_u64(sem, owner_off));
-    h.kind = kind as u32;
-    h.exact = u32::from(exact);
-    let (pid_off, tgid_off, comm_off) = (TASK_PID_OFF.load(), TASK_TGID_OFF.load(), TASK_COMM_OFF.load());
-    if task != 0 && known(pid_off) && known(tgid_off) && known(comm_off) {
-        h.tid = read_u32(task, pid_off);
-        h.tgid = read_u32(task, tgid_off);
-        // SAFETY: bpf_probe_read_kernel checks the address.
-        h.comm = unsafe { bpf_probe_read_kernel(task.wrapping_add(comm_off) as *const [u8; 16]) }.unwrap_or([0; 16]);
-    }
-    h
 }
 
 /// The same with the tracepoints, which pass the mm itself.
@@ -80,9 +62,71 @@ fn remote_begin_mm(mm: u64, write: bool) {
     let target = mm == state.mm;
     let off = MM_MMAP_LOCK_OFF.load();
     if target && known(off) {
-        state.holder = holder_of(mm.wrapping_add(off));
+        note_holder(state, mm.wrapping_add(off));
     }
     state.lock_wait_begin(target, write, now());
+}
+
+/// Before a wait on the target's lock `sem` begins: who holds it, and, when
+/// it is taken, the reader's cgroup (for the task iterator's report).
+#[inline(always)]
+fn note_holder(state: &mut CallState, sem: u64) {
+    state.holder = holder_of(sem);
+    state.cgroup_id = if state.holder.kind == HolderKind::None as u32 {
+        0
+    } else {
+        // SAFETY: no preconditions.
+        unsafe { bpf_get_current_cgroup_id() }
+    };
+}
+
+/// Who holds `sem` now, from its lock words; the identity and the waiter
+/// queue are read only when the lock is taken.
+#[inline(always)]
+fn holder_of(sem: u64) -> HolderSnap {
+    let (count_off, owner_off) = (RWSEM_COUNT_OFF.load(), RWSEM_OWNER_OFF.load());
+    let mut h = HolderSnap::default();
+    if !known(count_off) || !known(owner_off) {
+        h.kind = HolderKind::Unknown as u32;
+        return h;
+    }
+    let (kind, exact, task) = decode_holder(read_u64(sem, count_off), read_u64(sem, owner_off));
+    h.kind = kind as u32;
+    if kind == HolderKind::None {
+        return h;
+    }
+    h.exact = u32::from(exact);
+    h.writer_waiting = u32::from(first_waiter_writes(sem));
+    let (pid_off, tgid_off, comm_off) = (TASK_PID_OFF.load(), TASK_TGID_OFF.load(), TASK_COMM_OFF.load());
+    if task != 0 && known(pid_off) && known(tgid_off) && known(comm_off) {
+        h.tid = read_u32(task, pid_off);
+        h.tgid = read_u32(task, tgid_off);
+        h.comm = read_comm(task, comm_off);
+    }
+    h
+}
+
+/// Whether the first task queued on `sem` waits to write: 7.3 keeps a pointer
+/// to it (`first_waiter`), earlier kernels a list (`wait_list`, empty when it
+/// points to itself). Read without `wait_lock`: a waiter that just left may be
+/// seen; the `type` read is a checked read either way.
+#[inline(always)]
+fn first_waiter_writes(sem: u64) -> bool {
+    let (first_off, list_off) = (RWSEM_FIRST_WAITER_OFF.load(), RWSEM_WAIT_LIST_OFF.load());
+    let (w_list_off, w_type_off) = (WAITER_LIST_OFF.load(), WAITER_TYPE_OFF.load());
+    if !known(w_type_off) {
+        return false;
+    }
+    let waiter = if known(first_off) {
+        read_u64(sem, first_off)
+    } else if known(list_off) && known(w_list_off) {
+        let head = sem.wrapping_add(list_off);
+        let next = read_u64(head, 0);
+        if next == 0 || next == head { 0 } else { next.wrapping_sub(w_list_off) }
+    } else {
+        0
+    };
+    waiter != 0 && read_u32(waiter, w_type_off) == RWSEM_WAITING_FOR_WRITE.load()
 }
 
 #[inline(always)]
@@ -110,45 +154,97 @@ fn mm_field(mm: u64, off: u64) -> u64 {
     if known(off) { read_u64(mm, off) } else { 0 }
 }
 
-/// One stall event: who waited, on whose lock, how, for how long. Only here,
-/// after a wait of at least the threshold, is anything read beyond the counters.
 #[inline(always)]
-fn emit_stall(state: &CallState, a: &Acquisition) {
-    let pid_tgid = bpf_get_current_pid_tgid();
+fn read_comm(task: u64, comm_off: u64) -> [u8; 16] {
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    unsafe { bpf_probe_read_kernel(task.wrapping_add(comm_off) as *const [u8; 16]) }.unwrap_or([0; 16])
+}
+
+/// The system call `task` is in (`u32::MAX` when unknown).
+#[inline(always)]
+fn syscall_nr(task: *mut task_struct) -> u32 {
+    let off = PT_REGS_SYSCALL_OFF.load();
+    if !known(off) {
+        return u32::MAX;
+    }
+    // SAFETY: `task` is a trusted BTF task pointer (the current task or the
+    // iterator's); the helper returns its user registers.
+    let regs = unsafe { bpf_task_pt_regs(task) } as u64;
+    if regs == 0 { u32::MAX } else { read_u32(regs, off) }
+}
+
+/// What a wait on the target's lock is about, for a stall event or a wait in
+/// progress: the target, the interface (`reader`: the waiting task), the
+/// holder, the lock mode and the direction. The reader's identity and the
+/// times are the caller's.
+#[inline(always)]
+pub(super) fn describe(state: &CallState, reader: *mut task_struct, lock_write: bool) -> StallEvent {
     let mut e = StallEvent {
-        end_ns: now(),
-        wait_ns: a.wait_ns,
-        // SAFETY: no preconditions.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        reader_tgid: (pid_tgid >> 32) as u32,
-        reader_tid: pid_tgid as u32,
+        end_ns: 0,
+        wait_ns: 0,
+        cgroup_id: 0,
+        reader_tgid: 0,
+        reader_tid: 0,
         target_tgid: 0,
-        lock_write: u32::from(a.write),
+        lock_write: u32::from(lock_write),
         access_write: u32::from(state.flags & F_WRITE != 0),
         interface: 0,
-        failed: u32::from(a.failed),
+        failed: 0,
         _pad: 0,
-        reader_comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        reader_comm: [0; 16],
         target_comm: [0; 16],
         holder: state.holder,
     };
     let mm = state.mm;
     let arg = (mm_field(mm, MM_ARG_START_OFF.load()), mm_field(mm, MM_ARG_END_OFF.load()));
     let env = (mm_field(mm, MM_ENV_START_OFF.load()), mm_field(mm, MM_ENV_END_OFF.load()));
-    e.interface = Interface::of(state.start_addr, state.flags & F_ANON != 0, arg, env) as u32;
+    let anon = (FOLL_ANON.load() != 0).then_some(state.flags & F_ANON != 0);
+    let syscalls = Syscalls {
+        ptrace: SYSCALL_PTRACE.load(),
+        mem: SYSCALLS_MEM.load(),
+    };
+    e.interface = Interface::of(state.start_addr, anon, arg, env, syscall_nr(reader), &syscalls) as u32;
     let owner = mm_field(mm, MM_OWNER_OFF.load());
     let (tgid_off, comm_off) = (TASK_TGID_OFF.load(), TASK_COMM_OFF.load());
     if owner != 0 && known(tgid_off) && known(comm_off) {
         let tgid = read_u32(owner, tgid_off);
         e.target_tgid = if tgid == u32::MAX { 0 } else { tgid };
-        // SAFETY: bpf_probe_read_kernel checks the address.
-        e.target_comm = unsafe { bpf_probe_read_kernel(owner.wrapping_add(comm_off) as *const [u8; 16]) }.unwrap_or([0; 16]);
+        e.target_comm = read_comm(owner, comm_off);
     }
+    e
+}
+
+/// One stall event: who waited, on whose lock, how, for how long. Only here,
+/// after a wait of at least the threshold, is anything read beyond the counters.
+#[inline(always)]
+fn emit_stall(state: &CallState, a: &Acquisition) {
+    // SAFETY: no preconditions.
+    let me = unsafe { bpf_get_current_task_btf() };
+    let mut e = describe(state, me, a.write);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    e.end_ns = now();
+    e.wait_ns = a.wait_ns;
+    // SAFETY: no preconditions.
+    e.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    e.reader_tgid = (pid_tgid >> 32) as u32;
+    e.reader_tid = pid_tgid as u32;
+    e.reader_comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    e.failed = u32::from(a.failed);
     if STALL_EVENTS.output::<StallEvent>(&e, 0).is_err() {
         if let Some(s) = stats() {
             s.add(Counter::StallEventsDropped, 1);
         }
     }
+}
+
+/// A task's identity for a wait in progress (the task iterator): tgid, tid, comm.
+#[inline(always)]
+pub(super) fn task_identity(task: u64) -> (u32, u32, [u8; 16]) {
+    let (pid_off, tgid_off, comm_off) = (TASK_PID_OFF.load(), TASK_TGID_OFF.load(), TASK_COMM_OFF.load());
+    if !known(pid_off) || !known(tgid_off) || !known(comm_off) {
+        return (0, 0, [0; 16]);
+    }
+    (read_u32(task, tgid_off), read_u32(task, pid_off), read_comm(task, comm_off))
 }
 
 // The mmap_lock tracepoints changed their arguments: 6.12 passes

@@ -57,6 +57,12 @@ impl<T> TaskStorage<T> {
         }
     }
 
+    /// The map as a helper argument.
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut core::ffi::c_void {
+        ptr::from_ref(self).cast_mut().cast()
+    }
+
     /// The current task's value; with `create`, a zeroed one is made if missing.
     #[inline(always)]
     pub fn current(&self, create: bool) -> Option<&mut T> {
@@ -66,7 +72,7 @@ impl<T> TaskStorage<T> {
         unsafe {
             let task = bpf_get_current_task_btf();
             let p = bpf_task_storage_get(
-                ptr::from_ref(self).cast_mut().cast(),
+                self.as_ptr(),
                 task,
                 ptr::null_mut(),
                 if create { BPF_LOCAL_STORAGE_GET_F_CREATE } else { 0 },

@@ -93,3 +93,4 @@ mod layout;
 mod lock;
 mod maps;
 mod vma;
+mod waits;

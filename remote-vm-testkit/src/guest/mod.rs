@@ -58,28 +58,42 @@ pub fn main() -> Result<bool> {
     if let Err(e) = check_command(&mut report, kernel, &[], "check") {
         report.error("check", e);
     }
-    // --btf PATH with the kernel's own BTF copied to a file.
-    let btf_copy = "/tmp/vmlinux.btf";
-    match std::fs::copy("/sys/kernel/btf/vmlinux", btf_copy) {
-        Ok(_) => {
-            if let Err(e) = check_command(&mut report, kernel, &["--btf", btf_copy], "check_btf_file") {
-                report.error("check_btf_file", e);
+    // `rvm.only=SUITE` (`cargo xtask vm-test --only`): that suite alone after `check`.
+    let only = cmdline_arg("rvm.only");
+    let run = |suite: &str| only.as_deref().is_none_or(|o| o == suite);
+    if run("check_btf_file") {
+        // --btf PATH with the kernel's own BTF copied to a file.
+        let btf_copy = "/tmp/vmlinux.btf";
+        match std::fs::copy("/sys/kernel/btf/vmlinux", btf_copy) {
+            Ok(_) => {
+                if let Err(e) = check_command(&mut report, kernel, &["--btf", btf_copy], "check_btf_file") {
+                    report.error("check_btf_file", e);
+                }
             }
+            Err(e) => report.error("check_btf_file", e.into()),
         }
-        Err(e) => report.error("check_btf_file", e.into()),
     }
-    if let Err(e) = least_capabilities(&mut report, kernel) {
+    if run("least_capabilities")
+        && let Err(e) = least_capabilities(&mut report, kernel)
+    {
         report.error("least_capabilities", e);
     }
     for (i, scenario) in SCENARIOS.iter().enumerate() {
+        if !run(scenario.name) {
+            continue;
+        }
         if let Err(e) = run_scenario(&mut report, scenario, kernel, i == 0) {
             report.error(scenario.name, e);
         }
     }
-    if let Err(e) = stalls(&mut report, kernel) {
+    if run("stalls")
+        && let Err(e) = stalls(&mut report, kernel)
+    {
         report.error("stalls", e);
     }
-    if let Err(e) = lifecycle(&mut report, kernel) {
+    if run("lifecycle")
+        && let Err(e) = lifecycle(&mut report, kernel)
+    {
         report.error("lifecycle", e);
     }
 
