@@ -39,10 +39,18 @@ enum Cmd {
         #[command(flatten)]
         args: stress::StressArgs,
     },
-    /// A target whose mmap_lock its main thread holds for write on request (see stall.rs).
+    /// A target whose mmap_lock a thread of its own holds on request (see stall.rs).
     StallTarget {
+        /// munlock: write hold of tens of ms (--region-mb); merge: write hold of at
+        /// least --hold-ms; readers: read hold of at least --hold-ms, and a writer.
+        #[arg(long, default_value = "munlock", value_parser = ["munlock", "merge", "readers"])]
+        kind: String,
+        /// The munlock kind's mlocked region (MiB).
         #[arg(long, default_value_t = 256)]
         region_mb: usize,
+        /// The merge and readers kinds' wanted hold (ms); calibrated, a lower bound.
+        #[arg(long, default_value_t = 2500)]
+        hold_ms: u64,
     },
     /// mmap_lock contention inside this process (see workload::contend).
     Contend {
@@ -72,7 +80,9 @@ fn main() -> std::process::ExitCode {
             Ok(true)
         }),
         Cmd::StressTarget { args } => stress::target_main(&args).map(|()| true),
-        Cmd::StallTarget { region_mb } => stall::target_main(region_mb).map(|()| true),
+        Cmd::StallTarget { kind, region_mb, hold_ms } => {
+            stall::Kind::from_args(&kind, region_mb, hold_ms).and_then(stall::target_main).map(|()| true)
+        }
         Cmd::WithCaps { caps, command } => remote_vm_testkit::caps::exec_with(&caps, &command).map(|()| false),
         Cmd::Contend { iterations, region_mb } => workload::contend(iterations, region_mb).map(|n| {
             println!("{n}");

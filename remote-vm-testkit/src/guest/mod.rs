@@ -17,6 +17,7 @@ mod lifecycle;
 mod modes;
 mod scenario;
 mod stalls;
+mod waits;
 
 use anyhow::Result;
 
@@ -29,6 +30,7 @@ use lifecycle::lifecycle;
 use modes::{ab, bench, serve};
 use scenario::run_scenario;
 use stalls::stalls;
+use waits::waits;
 
 pub use harness::{Check, DAEMON, Report};
 
@@ -90,6 +92,11 @@ pub fn main() -> Result<bool> {
         && let Err(e) = stalls(&mut report, kernel)
     {
         report.error("stalls", e);
+    }
+    if run("waits")
+        && let Err(e) = waits(&mut report, kernel)
+    {
+        report.error("waits", e);
     }
     if run("lifecycle")
         && let Err(e) = lifecycle(&mut report, kernel)

@@ -1,0 +1,369 @@
+//! Waits in progress (the task iterator), the holder behind them, and the
+//! interfaces a stall names. Ground truth from the workload's own clocks:
+//!
+//! - **write hold**: a thread of the target holds its mmap_lock for write for
+//!   ≥ 2 s (one `mprotect()` merging many single-page VMAs, timed by the
+//!   holder) while three readers of known tid wait: its `/proc/PID/cmdline`,
+//!   its memory through `/proc/PID/mem`, and `PTRACE_PEEKDATA` — the last two
+//!   inside the VMAs the hold write-locks, so that on a patched kernel they
+//!   fall back and wait too while the cmdline read takes the lockless path.
+//!   A scrape in the middle of the hold must count exactly the readers that
+//!   wait and list them with the holder; afterwards each waiting reader is
+//!   exactly one stall naming its interface.
+//! - **reader-owned**: a thread holds the lock for read for seconds
+//!   (`MADV_POPULATE_READ`), another queues for write behind it, then a cmdline
+//!   read queues behind the writer: `readers`, `writer_waiting`.
+//! - **outside the host PID namespace**: waits in progress are not reported,
+//!   and `check` says why.
+use std::{
+    sync::mpsc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use remote_vm_common::{Interface, catalog as cat, classify::HolderKind};
+use serde_json::Value;
+
+use super::harness::{DAEMON, Daemon, LISTEN, Report, delta};
+use crate::{
+    classes::Kernel,
+    prom::{self, Scrape},
+    stall::{self, HOLDER_COMM, READ_HOLDER_COMM, StallTarget},
+};
+
+/// The write hold asked for; the scrape comes `MID` after the readers start.
+const HOLD_MS: u64 = 2500;
+const MID: Duration = Duration::from_millis(1200);
+/// Readers start this long after the holder said `go` (it is in the syscall).
+const SETTLE: Duration = Duration::from_millis(100);
+
+pub(super) fn waits(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
+    if let Some(kernel) = kernel {
+        write_hold(report, kernel)?;
+        reader_owned(report, kernel)?;
+    }
+    outside_the_host_pid_namespace(report)
+}
+
+/// What one reader did: its tid, when it started and how long it took.
+struct Read {
+    tid: u64,
+    took: Duration,
+}
+
+/// A reader thread: `go` tells it to read, `ready` says whether its
+/// preparation worked, `handle` gives what the read did.
+struct Reader {
+    go: mpsc::Sender<()>,
+    ready: mpsc::Receiver<Result<()>>,
+    handle: JoinHandle<Result<Read>>,
+}
+
+/// A reader thread named `name` that runs `read` once told to, after `prepare`.
+fn reader(
+    name: &str,
+    prepare: impl FnOnce() -> Result<()> + Send + 'static,
+    read: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<Reader> {
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<()>>();
+    let handle = std::thread::Builder::new().name(name.into()).spawn(move || -> Result<Read> {
+        // SAFETY: no preconditions.
+        let tid = unsafe { libc::gettid() } as u64;
+        let prepared = prepare();
+        let failed = prepared.is_err();
+        let _ = ready_tx.send(prepared);
+        if failed {
+            bail!("not prepared");
+        }
+        go_rx.recv().context("never told to read")?;
+        let start = Instant::now();
+        read()?;
+        Ok(Read { tid, took: start.elapsed() })
+    })?;
+    Ok(Reader { go: go_tx, ready: ready_rx, handle })
+}
+
+/// `PTRACE_SEIZE` + `PTRACE_INTERRUPT` of `pid`'s main thread and the wait
+/// for its stop: then `PTRACE_PEEKDATA` works (the holder thread runs on).
+fn seize(pid: i32) -> Result<()> {
+    // SAFETY: ptrace and waitpid on our own child; errors checked.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) != 0 {
+            bail!("PTRACE_SEIZE: {}", std::io::Error::last_os_error());
+        }
+        if libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0) != 0 {
+            bail!("PTRACE_INTERRUPT: {}", std::io::Error::last_os_error());
+        }
+        let mut status = 0;
+        if libc::waitpid(pid, &mut status, libc::__WALL) != pid {
+            bail!("waitpid: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+fn peek(pid: i32, addr: u64) -> Result<()> {
+    // SAFETY: PEEKDATA returns the word or -1 with errno set; errno cleared first.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let v = libc::ptrace(libc::PTRACE_PEEKDATA, pid, addr as *mut libc::c_void, 0);
+        let errno = *libc::__errno_location();
+        libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0);
+        if v == -1 && errno != 0 {
+            bail!("PTRACE_PEEKDATA at {addr:#x}: {}", std::io::Error::from_raw_os_error(errno));
+        }
+    }
+    Ok(())
+}
+
+fn read_mem(pid: u32, addr: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(format!("/proc/{pid}/mem"))?;
+    let mut buf = [0u8; 8];
+    file.read_exact_at(&mut buf, addr).with_context(|| format!("/proc/{pid}/mem at {addr:#x}"))
+}
+
+fn stalls_page() -> Result<Value> {
+    let (status, body) = prom::get(LISTEN, "/stalls")?;
+    anyhow::ensure!(status == 200, "GET /stalls: {status}");
+    Ok(serde_json::from_str(&body)?)
+}
+
+/// `/stalls`' `recent` once it holds `want` entries, or after 5 s.
+fn recent(want: usize) -> Result<Vec<Value>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let page = stalls_page()?;
+        let recent = page["recent"].as_array().cloned().unwrap_or_default();
+        if recent.len() >= want || Instant::now() > deadline {
+            return Ok(recent);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+fn s(v: &Value) -> &str {
+    v.as_str().unwrap_or("")
+}
+
+/// Whether `check` found FOLL_ANON's value (not on 6.1): without it nothing
+/// but `other` can be told.
+fn foll_anon_known(report: &Report) -> bool {
+    report.check["btf"]
+        .as_array()
+        .is_some_and(|lines| lines.iter().any(|l| s(&l["line"]).starts_with("btf: FOLL_ANON = ")))
+}
+
+/// The entry of `list` whose reader is `tid`.
+fn by_reader(list: &[Value], tid: u64) -> Option<&Value> {
+    list.iter().find(|w| u(&w["reader"]["tid"]) == tid)
+}
+
+fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
+    let name = "waits.write_hold";
+    let mut daemon = Daemon::start("[stalls]\nthreshold_seconds = 0.1\n", &[])?;
+    let result = (|| -> Result<()> {
+        let mut target = StallTarget::spawn_merge(HOLD_MS)?;
+        let pid = target.pid();
+        let known = foll_anon_known(report);
+        let me = std::process::id() as u64;
+        // The readers: (thread name, interface), started together mid-hold;
+        // the address inside the hold's VMAs is known once it starts.
+        let addr = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (a1, a2) = (addr.clone(), addr.clone());
+        let at = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::SeqCst);
+        let cmdline = reader("rd-cmdline", || Ok(()), move || stall::read_cmdline(pid).map(drop))?;
+        let mem = reader("rd-mem", || Ok(()), move || read_mem(pid, at(&a1)))?;
+        let ptrace = reader("rd-ptrace", move || seize(pid as i32), move || peek(pid as i32, at(&a2)))?;
+        let readers = [("rd-cmdline", Interface::Cmdline, cmdline), ("rd-mem", Interface::Mem, mem), ("rd-ptrace", Interface::Ptrace, ptrace)];
+        for (n, _, r) in &readers {
+            r.ready.recv().with_context(|| format!("{n} ended"))?.with_context(|| n.to_string())?;
+        }
+        let before = Scrape::fetch(LISTEN)?;
+        target.start_hold()?;
+        addr.store(target.inside.context("the merge hold names no address")?, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(SETTLE);
+        for (_, _, r) in &readers {
+            r.go.send(())?;
+        }
+        let started = Instant::now();
+        std::thread::sleep(MID);
+        let mid = Scrape::fetch(LISTEN)?;
+        let page = stalls_page()?;
+        let mid_done = stall::monotonic_ns();
+        let mid_age = started.elapsed();
+        let mut reads = Vec::new();
+        for (n, interface, r) in readers {
+            let read = r.handle.join().map_err(|_| anyhow::anyhow!("{n} panicked"))??;
+            reads.push((n, interface, read));
+        }
+        let held = target.end_hold_timed()?;
+        let after = Scrape::fetch(LISTEN)?;
+        println!(
+            "vmtest: {name}: hold {:.2} s; reads took {}",
+            held.ns as f64 / 1e9,
+            reads.iter().map(|(n, _, r)| format!("{n} {:.2} s", r.took.as_secs_f64())).collect::<Vec<_>>().join(", ")
+        );
+        // The scrape fell inside the hold (by the holder's clock), else nothing below is decided.
+        report.check(format!("{name}.hold_at_least_2s"), true, held.ns >= 2_000_000_000);
+        report.check(format!("{name}.scrape_within_the_hold"), true, mid_done < held.end_ns);
+        // Unpatched, every reader waits; patched, the cmdline read is lockless
+        // and the two inside the write-locked VMAs fall back and wait.
+        let waits = |i: Interface| kernel != Kernel::Patched || i != Interface::Cmdline;
+        let waiting: Vec<&(&str, Interface, Read)> = reads.iter().filter(|(_, i, _)| waits(*i)).collect();
+        for (n, i, r) in &reads {
+            report.check(format!("{name}.{n}.blocked"), waits(*i), r.took >= MID);
+        }
+        report.check(format!("{name}.waiters"), waiting.len(), mid.value(cat::MMAP_LOCK_WAITERS.name, &[]).unwrap_or(-1.0));
+        let oldest = mid.value(cat::MMAP_LOCK_OLDEST_WAIT.name, &[]).unwrap_or(-1.0);
+        // The oldest wait began after the readers were told to go and before the scrape.
+        let oldest_ok = if waiting.is_empty() { oldest == 0.0 } else { oldest >= 1.0 && oldest <= mid_age.as_secs_f64() };
+        report.check(format!("{name}.oldest_wait_seconds_in_range"), true, oldest_ok);
+        let in_progress = page["in_progress"].as_array().cloned().unwrap_or_default();
+        report.check(format!("{name}.in_progress.len"), waiting.len(), in_progress.len());
+        let iface = |i: Interface| if known { i } else { Interface::Other }.label();
+        for (n, i, r) in &waiting {
+            let Some(w) = by_reader(&in_progress, r.tid) else {
+                report.check(format!("{name}.in_progress.{n}"), "listed", "missing");
+                continue;
+            };
+            report.check(format!("{name}.in_progress.{n}.pid"), me, u(&w["reader"]["pid"]));
+            report.check(format!("{name}.in_progress.{n}.comm"), n, s(&w["reader"]["comm"]));
+            report.check(format!("{name}.in_progress.{n}.target"), pid as u64, u(&w["target"]["pid"]));
+            report.check(format!("{name}.in_progress.{n}.holder.kind"), HolderKind::Writer.label(), s(&w["holder"]["kind"]));
+            report.check(format!("{name}.in_progress.{n}.holder.tid"), target.tid as u64, u(&w["holder"]["tid"]));
+            report.check(format!("{name}.in_progress.{n}.holder.comm"), HOLDER_COMM, s(&w["holder"]["comm"]));
+            report.check(format!("{name}.in_progress.{n}.holder.exact"), true, w["holder"]["exact"] == true);
+            report.check(format!("{name}.in_progress.{n}.writer_waiting"), false, w["writer_waiting"] == true);
+            report.check(format!("{name}.in_progress.{n}.interface"), iface(*i), s(&w["interface"]));
+            let age = w["waiting_seconds"].as_f64().unwrap_or(-1.0);
+            report.check(format!("{name}.in_progress.{n}.waiting_seconds_in_range"), true, age >= 1.0 && age <= mid_age.as_secs_f64());
+        }
+        // Afterwards: each waiting reader is one stall.
+        report.check(
+            format!("{name}.stalls_total{{lock_mode=read}}"),
+            waiting.len(),
+            delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
+        );
+        let log = recent(waiting.len())?;
+        report.check(format!("{name}.stalls_logged"), waiting.len(), log.len());
+        for (n, i, r) in &waiting {
+            let Some(st) = by_reader(&log, r.tid) else {
+                report.check(format!("{name}.stall.{n}"), "logged", "missing");
+                continue;
+            };
+            report.check(format!("{name}.stall.{n}.interface"), iface(*i), s(&st["interface"]));
+            report.check(format!("{name}.stall.{n}.holder.tid"), target.tid as u64, u(&st["holder"]["tid"]));
+            let waited = st["waited_seconds"].as_f64().unwrap_or(0.0);
+            report.check(format!("{name}.stall.{n}.waited_within_the_read"), true, waited >= 1.0 && waited <= r.took.as_secs_f64());
+        }
+        Ok(())
+    })();
+    daemon.stop(report, name)?;
+    result
+}
+
+fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
+    let name = "waits.reader_owned";
+    let mut daemon = Daemon::start("[stalls]\nthreshold_seconds = 0.1\n", &[])?;
+    let result = (|| -> Result<()> {
+        let mut target = StallTarget::spawn_readers(HOLD_MS)?;
+        let pid = target.pid();
+        let Reader { go, ready, handle } = reader("rd-cmdline", || Ok(()), move || stall::read_cmdline(pid).map(drop))?;
+        ready.recv()??;
+        let before = Scrape::fetch(LISTEN)?;
+        target.start_hold()?;
+        target.start_writer()?;
+        target.wait_writer_queued(Duration::from_secs(5))?;
+        go.send(())?;
+        let started = Instant::now();
+        std::thread::sleep(MID);
+        let mid = Scrape::fetch(LISTEN)?;
+        let page = stalls_page()?;
+        let mid_done = stall::monotonic_ns();
+        let mid_age = started.elapsed();
+        let read = handle.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        let queued = target.end_queued()?;
+        let after = Scrape::fetch(LISTEN)?;
+        println!(
+            "vmtest: {name}: read hold {:.2} s, writer waited {:.2} s, cmdline read took {:.2} s",
+            queued.holder.ns as f64 / 1e9,
+            queued.writer.ns as f64 / 1e9,
+            read.took.as_secs_f64()
+        );
+        report.check(format!("{name}.hold_at_least_2s"), true, queued.holder.ns >= 2_000_000_000);
+        report.check(format!("{name}.scrape_within_the_hold"), true, mid_done < queued.holder.end_ns);
+        // Patched: the resident argv page needs no lock at all; unpatched the
+        // read queues behind the writer that waits for the read holder.
+        let waits = kernel != Kernel::Patched;
+        report.check(format!("{name}.blocked"), waits, read.took >= MID);
+        let n = usize::from(waits);
+        report.check(format!("{name}.waiters"), n, mid.value(cat::MMAP_LOCK_WAITERS.name, &[]).unwrap_or(-1.0));
+        let in_progress = page["in_progress"].as_array().cloned().unwrap_or_default();
+        report.check(format!("{name}.in_progress.len"), n, in_progress.len());
+        let log = recent(n)?;
+        report.check(
+            format!("{name}.stalls_total{{lock_mode=read}}"),
+            n,
+            delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
+        );
+        report.check(format!("{name}.stalls_logged"), n, log.len());
+        if !waits {
+            return Ok(());
+        }
+        // Seen in progress and in the stall alike: reader-owned, not exact,
+        // the read holder as the last reader, a writer queued first.
+        for (what, w) in [("in_progress", by_reader(&in_progress, read.tid)), ("stall", by_reader(&log, read.tid))] {
+            let Some(w) = w else {
+                report.check(format!("{name}.{what}"), "listed", "missing");
+                continue;
+            };
+            let h = &w["holder"];
+            report.check(format!("{name}.{what}.holder.kind"), HolderKind::Readers.label(), s(&h["kind"]));
+            report.check(format!("{name}.{what}.holder.exact"), false, h["exact"] == true);
+            report.check(format!("{name}.{what}.holder.tid"), target.tid as u64, u(&h["tid"]));
+            report.check(format!("{name}.{what}.holder.comm"), READ_HOLDER_COMM, s(&h["comm"]));
+            report.check(format!("{name}.{what}.writer_waiting"), true, w["writer_waiting"] == true);
+        }
+        if let Some(w) = by_reader(&in_progress, read.tid) {
+            let age = w["waiting_seconds"].as_f64().unwrap_or(-1.0);
+            report.check(format!("{name}.in_progress.waiting_seconds_in_range"), true, age >= 1.0 && age <= mid_age.as_secs_f64());
+        }
+        Ok(())
+    })();
+    daemon.stop(report, name)?;
+    result
+}
+
+/// `check` in a PID namespace of its own: the iterator would see only that
+/// namespace, so waits in progress are absent and `check` says why.
+fn outside_the_host_pid_namespace(report: &mut Report) -> Result<()> {
+    let name = "waits.pid_namespace";
+    if !std::path::Path::new("/proc/self/ns/pid").exists() {
+        println!("vmtest: {name}: this kernel has no PID namespaces (CONFIG_PID_NS): nothing to test");
+        return Ok(());
+    }
+    let out = std::process::Command::new("unshare")
+        .args(["-p", "-f", DAEMON, "check", "--format", "json"])
+        .output()
+        .context("run unshare (busybox)")?;
+    let json: Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!("check in a PID namespace printed no JSON: {}", String::from_utf8_lossy(&out.stderr))
+    })?;
+    let Some(cov) = json["metrics"]
+        .as_array()
+        .and_then(|m| m.iter().find(|c| s(&c["what"]) == cat::Coverage::WaitsNow.what()))
+    else {
+        bail!("check reports no coverage {:?}", cat::Coverage::WaitsNow.what());
+    };
+    report.check(format!("{name}.exported"), false, cov["exported"] == true);
+    let why = s(&cov["why"]);
+    report.check(format!("{name}.why"), true, why.starts_with("the daemon is not in the host PID namespace"));
+    Ok(())
+}
