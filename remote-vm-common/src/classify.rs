@@ -219,6 +219,12 @@ pub const RWSEM_WRITER_LOCKED: u64 = 1 << 0;
 pub const RWSEM_READER_SHIFT: u32 = 8;
 pub const RWSEM_READER_MASK: u64 = ((1u64 << 55) - 1) << RWSEM_READER_SHIFT;
 
+/// Whether an `rw_semaphore` is held (by a writer or readers), by its `count`.
+#[inline(always)]
+pub const fn lock_taken(count: u64) -> bool {
+    count & (RWSEM_WRITER_LOCKED | RWSEM_READER_MASK) != 0
+}
+
 /// Who holds an `rw_semaphore` by its `count` and `owner` words: the kind,
 /// whether the identity is exact, and the `task_struct *` to read it from (0:
 /// none).
@@ -519,6 +525,10 @@ mod holder_tests {
         // Readers whose owner word is stale (no READER_OWNED bit): no identity.
         assert_eq!(decode_holder(0x200, task), (HolderKind::Readers, false, 0));
         assert_eq!(decode_holder(0, 0), (HolderKind::None, false, 0));
+        // Taken exactly when decode_holder names a writer or readers.
+        for count in [0, 1, 2, 4, 0x100, 0x102, 1 << 62, 1 << 63, (1 << 63) | 2] {
+            assert_eq!(lock_taken(count), decode_holder(count, task).0 != HolderKind::None, "{count:#x}");
+        }
         // READFAIL (bit 63) is not a reader.
         assert_eq!(decode_holder(1 << 63, 0).0, HolderKind::None);
         for k in HolderKind::ALL {

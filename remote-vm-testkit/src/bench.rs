@@ -69,10 +69,10 @@ const MODES: &[(&str, &str)] = &[
     ("opt-in: remote fentry_rw", "[probes]\nmmap_lock_remote = \"fentry_rw\"\n"),
 ];
 
-struct Daemon(Child);
+pub(crate) struct Daemon(Child);
 
 impl Daemon {
-    fn start(bin: &str, config: &str) -> Result<Daemon> {
+    pub(crate) fn start(bin: &str, config: &str) -> Result<Daemon> {
         let path = std::env::temp_dir().join("rvm-bench.toml");
         std::fs::write(&path, config)?;
         let child = Command::new(bin)
@@ -108,7 +108,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// ns per 4 KiB `pread` of a resident page of another process.
-fn remote_reads(target: &Target, n: usize) -> f64 {
+pub(crate) fn remote_reads(target: &Target, n: usize) -> f64 {
     let mut buf = vec![0u8; PAGE];
     let t = Instant::now();
     for i in 0..n {
@@ -119,7 +119,7 @@ fn remote_reads(target: &Target, n: usize) -> f64 {
 }
 
 /// ns per page fault: map 4 MiB of PTE pages, touch each, unmap.
-fn page_faults(rounds: usize) -> Result<f64> {
+pub(crate) fn page_faults(rounds: usize) -> Result<f64> {
     const LEN: usize = 4 << 20;
     let t = Instant::now();
     for _ in 0..rounds {

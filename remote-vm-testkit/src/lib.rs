@@ -9,3 +9,4 @@ pub mod caps;
 pub mod stall;
 pub mod stress;
 pub mod bench;
+pub mod icount;

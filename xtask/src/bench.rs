@@ -117,3 +117,52 @@ pub fn run(root: &Path, a: &Args) -> Result<String> {
     println!("{report}");
     Ok(report)
 }
+
+/// `cargo xtask bench --icount`: guest instructions under QEMU `-icount
+/// shift=0,sleep=off -smp 1` on the shared 6.12 pair (unpatched: every remote
+/// read takes the free mmap_lock; patched: the lockless path). Writes
+/// `target/bench/icount.md`.
+pub fn icount(root: &Path, scale: f64) -> Result<String> {
+    let dir = root.join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let initramfs = dir.join("initramfs.cpio");
+    vm::write_test_initramfs(root, &initramfs)?;
+    let mut report = format!("Command: `cargo xtask bench --icount --scale {scale}`\n\n");
+    for kernel in vm::shared_kernels(root) {
+        say!("bench: {} under QEMU -icount shift=0 (guest instructions)", kernel.name);
+        let boot = vm::boot_clocked(
+            &kernel,
+            &initramfs,
+            &dir.join(format!("icount-{}", kernel.name)),
+            &format!("rvm.mode=icount rvm.scale={scale}"),
+            Duration::from_secs(1800),
+            "icount-result ",
+            vm::Clock::Instructions,
+        )?;
+        let r = boot.report.with_context(|| format!("no icount-result; console {}", boot.console.display()))?;
+        let _ = writeln!(report, "### {} kernel (Linux {})\n", kernel.name, r["release"].as_str().unwrap_or("?"));
+        let _ = writeln!(report, "| workload | daemon off | daemon on (default modes) | added |");
+        let _ = writeln!(report, "|---|---|---|---|");
+        for w in r["workloads"].as_array().into_iter().flatten() {
+            let (off, on) = (w["off"].as_f64().unwrap_or(f64::NAN), w["on"].as_f64().unwrap_or(f64::NAN));
+            let _ = writeln!(report, "| {} | {off:.0} | {on:.0} | {:+.0} |", w["workload"].as_str().unwrap_or(""), on - off);
+        }
+        let _ = writeln!(report, "\n| workload | program (kernel's 15-byte name) | runs | instructions per run |");
+        let _ = writeln!(report, "|---|---|---|---|");
+        for p in r["programs"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                report,
+                "| {} | `{}` | {} | {:.0} |",
+                p["workload"].as_str().unwrap_or(""),
+                p["program"].as_str().unwrap_or(""),
+                p["runs"],
+                p["instructions_per_run"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+        report.push('\n');
+    }
+    std::fs::write(dir.join("icount.md"), &report)?;
+    say!("bench: report in {}", dir.join("icount.md").display());
+    println!("{report}");
+    Ok(report)
+}

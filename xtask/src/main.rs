@@ -72,6 +72,10 @@ enum Cmd {
         scale: f64,
         #[arg(long, default_value_t = 20)]
         scrape_seconds: u64,
+        /// Instead: guest instructions (QEMU -icount) per remote read, per page
+        /// fault and per run of each program, on the shared 6.12 pair.
+        #[arg(long)]
+        icount: bool,
     },
     /// Build the .deb (target/debian/remote-vm_VERSION_amd64.deb).
     Deb,
@@ -136,9 +140,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             ab::run(&root, kernels, &workload).map(drop)
         }
-        Cmd::Bench { reps, scale, scrape_seconds } => {
+        Cmd::Bench { reps, scale, scrape_seconds, icount } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
+            if icount {
+                return bench::icount(&root, scale).map(drop);
+            }
             bench::run(&root, &bench::Args { reps, scale, scrape_seconds }).map(drop)
         }
         Cmd::Deb => {

@@ -176,13 +176,28 @@ pub struct Boot {
     pub seconds: f64,
 }
 
+/// How the guest's clock runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// TCG with two vCPUs; guest time follows the host's.
+    Wall,
+    /// `-icount shift=0,sleep=off` with one vCPU: one guest nanosecond is one
+    /// guest instruction, whatever the host is doing.
+    Instructions,
+}
+
 /// The QEMU command for `kernel`: TCG (KVM fails here), serial console on stdout,
 /// `extra` appended to the kernel command line, and with `forward` the guest's
 /// port 19361 reachable on the host's 127.0.0.1:`forward` (user networking with
 /// `restrict=on`: the guest cannot send anything out).
-fn qemu(kernel: &Kernel, initramfs: &Path, extra: &str, forward: Option<u16>) -> Command {
+fn qemu(kernel: &Kernel, initramfs: &Path, extra: &str, forward: Option<u16>, clock: Clock) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024", "-smp", "2"])
+    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024"]);
+    match clock {
+        Clock::Wall => cmd.args(["-smp", "2"]),
+        Clock::Instructions => cmd.args(["-smp", "1", "-icount", "shift=0,sleep=off"]),
+    };
+    cmd
         .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
         .arg("-kernel")
         .arg(&kernel.image)
@@ -226,7 +241,7 @@ impl ServingVm {
             kernel.name,
             kernel.image.display()
         );
-        let child = qemu(kernel, initramfs, &format!("rvm.mode=serve {extra}"), Some(port))
+        let child = qemu(kernel, initramfs, &format!("rvm.mode=serve {extra}"), Some(port), Clock::Wall)
             .stdout(console.try_clone()?)
             .stderr(console)
             .spawn()
@@ -281,6 +296,19 @@ pub fn boot_with(
     timeout: Duration,
     report_prefix: &str,
 ) -> Result<Boot> {
+    boot_clocked(kernel, initramfs, out_dir, extra, timeout, report_prefix, Clock::Wall)
+}
+
+/// `boot_with` with the guest clock chosen.
+pub fn boot_clocked(
+    kernel: &Kernel,
+    initramfs: &Path,
+    out_dir: &Path,
+    extra: &str,
+    timeout: Duration,
+    report_prefix: &str,
+    clock: Clock,
+) -> Result<Boot> {
     if !kernel.image.is_file() {
         bail!("kernel image {} not found", kernel.image.display());
     }
@@ -289,7 +317,7 @@ pub fn boot_with(
     let mut console = std::fs::File::create(&console_path)?;
     say!("vm-test: booting kernel {} ({}) under QEMU TCG", kernel.name, kernel.image.display());
     let started = Instant::now();
-    let mut child = qemu(kernel, initramfs, extra, None)
+    let mut child = qemu(kernel, initramfs, extra, None, clock)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -15,7 +15,7 @@ use aya_ebpf::helpers::{
 };
 use remote_vm_common::{
     Interface, LCB_F_WRITE, Point, StallEvent, Syscalls,
-    classify::{Acquisition, CallState, F_ANON, F_WRITE, HolderKind, HolderSnap, decode_holder},
+    classify::{Acquisition, CallState, F_ANON, F_WRITE, HolderKind, HolderSnap, decode_holder, lock_taken},
     stats::Counter,
 };
 
@@ -31,9 +31,11 @@ use super::{
 
 // --- remote -------------------------------------------------------------------
 
-/// `sem` is about to be taken (`write`: for writing).
+/// `sem` is about to be taken (`write`: for writing). `DIRECT`: `sem` is a
+/// BTF-typed pointer (fentry, tp_btf) the program may load from directly (one
+/// instruction) instead of calling `bpf_probe_read_kernel` (kprobes).
 #[inline(always)]
-fn remote_begin(sem: u64, write: bool) {
+fn remote_begin<const DIRECT: bool>(sem: u64, write: bool) {
     hit(Point::MmapLockRemoteStart);
     let Some(state) = CALLS.current(false) else {
         return;
@@ -44,12 +46,12 @@ fn remote_begin(sem: u64, write: bool) {
     let off = MM_MMAP_LOCK_OFF.load();
     let target = known(off) && sem == state.mm.wrapping_add(off);
     if target {
-        note_holder(state, sem);
+        note_holder::<DIRECT>(state, sem);
     }
     state.lock_wait_begin(target, write, now());
 }
 
-/// The same with the tracepoints, which pass the mm itself.
+/// The same with the tracepoints, which pass the mm itself (a BTF pointer).
 #[inline(always)]
 fn remote_begin_mm(mm: u64, write: bool) {
     hit(Point::MmapLockRemoteStart);
@@ -62,7 +64,7 @@ fn remote_begin_mm(mm: u64, write: bool) {
     let target = mm == state.mm;
     let off = MM_MMAP_LOCK_OFF.load();
     if target && known(off) {
-        note_holder(state, mm.wrapping_add(off));
+        note_holder::<true>(state, mm.wrapping_add(off));
     }
     state.lock_wait_begin(target, write, now());
 }
@@ -70,8 +72,8 @@ fn remote_begin_mm(mm: u64, write: bool) {
 /// Before a wait on the target's lock `sem` begins: who holds it, and, when
 /// it is taken, the reader's cgroup (for the task iterator's report).
 #[inline(always)]
-fn note_holder(state: &mut CallState, sem: u64) {
-    state.holder = holder_of(sem);
+fn note_holder<const DIRECT: bool>(state: &mut CallState, sem: u64) {
+    state.holder = holder_of::<DIRECT>(sem);
     state.cgroup_id = if state.holder.kind == HolderKind::None as u32 {
         0
     } else {
@@ -83,18 +85,27 @@ fn note_holder(state: &mut CallState, sem: u64) {
 /// Who holds `sem` now, from its lock words; the identity and the waiter
 /// queue are read only when the lock is taken.
 #[inline(always)]
-fn holder_of(sem: u64) -> HolderSnap {
+fn holder_of<const DIRECT: bool>(sem: u64) -> HolderSnap {
     let (count_off, owner_off) = (RWSEM_COUNT_OFF.load(), RWSEM_OWNER_OFF.load());
     let mut h = HolderSnap::default();
     if !known(count_off) || !known(owner_off) {
         h.kind = HolderKind::Unknown as u32;
         return h;
     }
-    let (kind, exact, task) = decode_holder(read_u64(sem, count_off), read_u64(sem, owner_off));
-    h.kind = kind as u32;
-    if kind == HolderKind::None {
+    // The count word alone says whether the lock is taken: on a free lock,
+    // that one read is all (the owner word is read only when it is taken).
+    let count = if DIRECT {
+        // SAFETY: a BTF pointer plus an offset the verifier knows (the global
+        // is in the frozen .rodata map); it checks the access against BTF.
+        unsafe { core::ptr::read_volatile(sem.wrapping_add(count_off) as *const u64) }
+    } else {
+        read_u64(sem, count_off)
+    };
+    if !lock_taken(count) {
         return h;
     }
+    let (kind, exact, task) = decode_holder(count, read_u64(sem, owner_off));
+    h.kind = kind as u32;
     h.exact = u32::from(exact);
     h.writer_waiting = u32::from(first_waiter_writes(sem));
     let (pid_off, tgid_off, comm_off) = (TASK_PID_OFF.load(), TASK_TGID_OFF.load(), TASK_COMM_OFF.load());
@@ -259,22 +270,22 @@ fn tp_bool<const N: usize>(ctx: &BtfTracePointContext) -> bool {
 }
 
 entry_points! {
-    fentry down_read_fentry(ctx) => remote_begin(ctx.arg(0), false);
+    fentry down_read_fentry(ctx) => remote_begin::<true>(ctx.arg(0), false);
     fexit down_read_fexit(ctx) => remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
 
     // The same programs again for the opt-in read+write modes (aya loads each
     // program once, so a mode cannot share them with another).
-    fentry down_read_fentry_rw(ctx) => remote_begin(ctx.arg(0), false);
+    fentry down_read_fentry_rw(ctx) => remote_begin::<true>(ctx.arg(0), false);
     fexit down_read_fexit_rw(ctx) => remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
-    kprobe down_read_kprobe_rw(ctx) => remote_begin(ctx.arg(0).unwrap_or(0), false);
+    kprobe down_read_kprobe_rw(ctx) => remote_begin::<false>(ctx.arg(0).unwrap_or(0), false);
     kretprobe down_read_kretprobe_rw(ctx) => remote_end(ctx.ret::<i32>() == 0);
 
-    fentry down_write_fentry(ctx) => remote_begin(ctx.arg(0), true);
+    fentry down_write_fentry(ctx) => remote_begin::<true>(ctx.arg(0), true);
     fexit down_write_fexit(ctx) => remote_end(ctx.ret::<i32>().unwrap_or(-1) == 0);
 
-    kprobe down_read_kprobe(ctx) => remote_begin(ctx.arg(0).unwrap_or(0), false);
+    kprobe down_read_kprobe(ctx) => remote_begin::<false>(ctx.arg(0).unwrap_or(0), false);
     kretprobe down_read_kretprobe(ctx) => remote_end(ctx.ret::<i32>() == 0);
-    kprobe down_write_kprobe(ctx) => remote_begin(ctx.arg(0).unwrap_or(0), true);
+    kprobe down_write_kprobe(ctx) => remote_begin::<false>(ctx.arg(0).unwrap_or(0), true);
     kretprobe down_write_kretprobe(ctx) => remote_end(ctx.ret::<i32>() == 0);
 
     // The mmap_lock tracepoints, one program per argument layout (see `tp_bool`).

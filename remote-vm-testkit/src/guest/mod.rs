@@ -44,6 +44,9 @@ pub fn main() -> Result<bool> {
     if cmdline_arg("rvm.mode").as_deref() == Some("bench") {
         return bench();
     }
+    if cmdline_arg("rvm.mode").as_deref() == Some("icount") {
+        return modes::icount();
+    }
     let expect = cmdline_arg("rvm.expect").unwrap_or_else(|| "unknown".into());
     let kernel = Kernel::from_expect(&expect);
     let mut report = Report {

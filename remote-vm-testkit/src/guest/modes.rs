@@ -151,3 +151,12 @@ pub(super) fn bench() -> Result<bool> {
     println!("bench-result {}", serde_json::to_string(&r)?);
     Ok(true)
 }
+
+/// `rvm.mode=icount` (`cargo xtask bench --icount`, QEMU `-icount shift=0`):
+/// guest instructions per operation and per program run.
+pub(super) fn icount() -> Result<bool> {
+    let scale = cmdline_arg("rvm.scale").map_or(Ok(1.0), |v| v.parse())?;
+    let r = crate::icount::run(DAEMON, scale)?;
+    println!("icount-result {}", serde_json::to_string(&r)?);
+    Ok(true)
+}
