@@ -11,6 +11,7 @@ mod notify;
 mod server;
 mod stalls;
 mod status;
+mod top;
 
 use std::{net::SocketAddr, process::ExitCode};
 
@@ -63,6 +64,28 @@ enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: compare::Format,
     },
+    /// A live terminal view of a running daemon (no privileges needed): reads/s
+    /// by path, fallbacks, the remote wait p99, waits in progress as
+    /// reader → target ← holder, recent stalls. q quits.
+    Top {
+        /// The daemon's base URL (or HOST:PORT).
+        #[arg(long, default_value = "http://127.0.0.1:19361")]
+        url: String,
+        /// Seconds between polls.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+        /// Print one frame (two polls an interval apart) and exit: 0, or 1 when
+        /// the daemon did not answer.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn parse_interval(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(s) if (0.1..=3600.0).contains(&s) => Ok(s),
+        _ => Err("expected seconds between 0.1 and 3600".into()),
+    }
 }
 
 fn parse_listen(v: &str) -> Result<SocketAddr, String> {
@@ -118,6 +141,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { common, listen } => cmd::run::run(&common, listen),
+        Command::Top { url, interval, once } => top::top(&url, std::time::Duration::from_secs_f64(interval), once),
     }
 }
 

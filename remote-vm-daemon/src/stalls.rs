@@ -425,6 +425,33 @@ mod tests {
     }
 
     #[test]
+    fn top_reads_what_stalls_serves() {
+        let log = StallLog::new(3, 100_000_000);
+        let mut e = event();
+        e.holder.writer_waiting = 1;
+        let page = StallsPage {
+            threshold_seconds: 0.1,
+            in_progress: Some(log.in_progress(&[e])),
+            recent: vec![to_stall(&e, 0, Some("/a".into()))],
+            dropped: 7,
+        };
+        let json = serde_json::to_string(&page).unwrap();
+        let top: crate::top::model::StallsPage = serde_json::from_str(&json).unwrap();
+        assert_eq!((top.threshold_seconds, top.dropped), (0.1, 7));
+        let (w, s) = (&top.in_progress.unwrap()[0], &top.recent[0]);
+        for x in [w, s] {
+            assert_eq!((x.reader.pid, x.reader.tid, x.reader.comm.as_str()), (10, 11, "ps"));
+            assert_eq!((x.target.pid, x.target.comm.as_str()), (20, "java"));
+            assert_eq!((x.holder.kind.as_str(), x.holder.tid, x.holder.exact), ("writer", 21, true));
+            assert!(x.writer_waiting);
+            assert_eq!((x.lock_mode.as_str(), x.interface.as_str()), ("read", "cmdline"));
+        }
+        assert_eq!((w.waiting_seconds, s.waited_seconds), (1.5, 1.5));
+        assert_eq!(s.ended, "1970-01-01T00:00:00.000Z");
+        assert!(!w.started.is_empty());
+    }
+
+    #[test]
     fn rfc3339_dates() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");

@@ -13,6 +13,7 @@ mod matrix;
 mod promtest;
 mod setup;
 mod systemd;
+mod toptest;
 mod util;
 mod vm;
 
@@ -87,6 +88,8 @@ enum Cmd {
     /// The dashboard and rules tests: promtool, Grafana's schema, and every query
     /// against Prometheus scraping both shared kernels and the host.
     DashboardTest,
+    /// `remote-vm-daemon top` in tmux against a daemon in the unpatched VM during a known stall.
+    TopTest,
     /// Boot kernels under QEMU and run the in-VM tests.
     VmTest {
         /// `[NAME[:EXPECT]=]PATH` of a kernel image (EXPECT: patched, unpatched, legacy,
@@ -165,6 +168,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
+        Cmd::TopTest => {
+            setup::setup(setup::Purpose::Test)?;
+            build(&root)?;
+            toptest::run(&root)
+        }
         Cmd::DashboardTest => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
@@ -201,6 +209,8 @@ fn test(root: &Path) -> Result<()> {
     say!("running unit and host integration tests (cargo test --release, ignored host tests included)");
     sh(cargo(root).args(["test", "--release", "--", "--include-ignored"]))?;
     vm_test(root, Vec::new(), None)?;
+    say!("top: the live view in tmux against a stalled reader in the unpatched VM");
+    toptest::run(root)?;
     promtest::dashboard_test(root)?;
     say!("package: unit and .deb");
     deb::test(root)?;

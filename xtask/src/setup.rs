@@ -18,7 +18,7 @@ const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev
 /// Extra packages for the tests: QEMU for the VM tests, a static busybox for the
 /// initramfs, Prometheus (and promtool), wrk for the scrape load test, a font for
 /// the A/B plots, debootstrap for the package test.
-const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus", "wrk", "fonts-dejavu-core", "debootstrap"];
+const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus", "wrk", "fonts-dejavu-core", "debootstrap", "tmux"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {

@@ -50,6 +50,9 @@ pub(super) fn serve() -> Result<bool> {
     // counters at zero first); rvm.serve_seconds: how long it runs (0: for ever).
     let arg = |k: &str| cmdline_arg(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(arg("rvm.serve_delay")));
+    if cmdline_arg("rvm.serve_workload").as_deref() == Some("stall") {
+        return stall_loop(&mut daemon);
+    }
     let run_for = arg("rvm.serve_seconds");
     let started = Instant::now();
     let mut rounds = 0u64;
@@ -84,6 +87,48 @@ pub(super) fn serve() -> Result<bool> {
             bail!("daemon exited: {status}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `rvm.serve_workload=stall`: stalls the host can watch (`top`'s tmux test),
+/// one after the other: a thread of a target holds its mmap_lock for write
+/// for ≥ `rvm.stall_hold_ms` (default 8000) while a reader thread `rd-cmdline`
+/// waits on its cmdline. Before each read the console says who is who:
+/// `vmtest: stall-truth reader=PID/TID:COMM target=PID:COMM holder=TID:COMM`, then
+/// `vmtest: stall-waiting`; after it `vmtest: stall-done`.
+fn stall_loop(daemon: &mut std::process::Child) -> Result<bool> {
+    let hold_ms = cmdline_arg("rvm.stall_hold_ms").and_then(|v| v.parse().ok()).unwrap_or(8000);
+    let mut target = crate::stall::StallTarget::spawn_merge(hold_ms)?;
+    let pid = target.pid();
+    loop {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::Builder::new().name("rd-cmdline".into()).spawn(move || -> Result<u64> {
+            // SAFETY: no preconditions.
+            let _ = tid_tx.send(unsafe { libc::gettid() });
+            go_rx.recv()?;
+            crate::stall::read_cmdline(pid)
+        })?;
+        let tid = tid_rx.recv()?;
+        target.start_hold()?;
+        std::thread::sleep(Duration::from_millis(100));
+        let comm = |p: String| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
+        println!(
+            "vmtest: stall-truth reader={}/{tid}:{} target={pid}:{} holder={}:{}",
+            std::process::id(),
+            comm(format!("/proc/self/task/{tid}/comm")),
+            comm(format!("/proc/{pid}/comm")),
+            target.tid,
+            comm(format!("/proc/{pid}/task/{}/comm", target.tid)),
+        );
+        go_tx.send(())?;
+        println!("vmtest: stall-waiting");
+        let took = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        let held = target.end_hold()?;
+        println!("vmtest: stall-done held {:.2} s, read took {:.2} s", held as f64 / 1e9, took as f64 / 1e9);
+        if let Some(status) = daemon.try_wait()? {
+            bail!("daemon exited: {status}");
+        }
     }
 }
 

@@ -1,0 +1,334 @@
+//! What `top` shows, computed from two fetches of a daemon (`/metrics` and
+//! `/stalls`): pure, so unit tests drive it with synthetic answers.
+use remote_vm_common::{
+    catalog as cat,
+    classify::{Path, Reason},
+};
+use remote_vm_prom::Scrape;
+use serde::Deserialize;
+
+/// `/stalls` as `top` reads it (the shape README documents; unknown fields are
+/// ignored, missing ones default).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct StallsPage {
+    pub threshold_seconds: f64,
+    /// `None`: the daemon cannot see waits in progress (see its `/healthz`).
+    pub in_progress: Option<Vec<Wait>>,
+    pub recent: Vec<Wait>,
+    pub dropped: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Who {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Holder {
+    pub kind: String,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub exact: bool,
+}
+
+/// A wait in progress or a stall (`waiting_seconds`/`started` or
+/// `waited_seconds`/`ended`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Wait {
+    pub reader: Who,
+    pub target: Who,
+    pub holder: Holder,
+    pub writer_waiting: bool,
+    pub lock_mode: String,
+    pub interface: String,
+    pub waiting_seconds: f64,
+    pub waited_seconds: f64,
+    pub started: String,
+    pub ended: String,
+    pub killed: bool,
+}
+
+impl Wait {
+    /// `reader → target ← holder`, e.g.
+    /// `ps 41/41 → java 124 ← writer GC Thread#0 131`.
+    pub fn line(&self) -> String {
+        let holder = match self.holder.kind.as_str() {
+            "writer" | "readers" if self.holder.tid != 0 => {
+                let hint = if self.holder.exact { "" } else { "~" };
+                format!("{} {hint}{} {}", self.holder.kind, self.holder.comm, self.holder.tid)
+            }
+            kind => kind.to_string(),
+        };
+        let queued = if self.writer_waiting { " +writer queued" } else { "" };
+        format!(
+            "{} {}/{} → {} {} ← {holder}{queued} [{}]",
+            self.reader.comm, self.reader.pid, self.reader.tid, self.target.comm, self.target.pid, self.interface
+        )
+    }
+}
+
+/// One fetch of a daemon.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// Seconds on a monotonic clock.
+    pub at: f64,
+    pub metrics: Scrape,
+    /// `None` when `/stalls` is off (`stalls.http = false`) or failed.
+    pub stalls: Option<StallsPage>,
+}
+
+/// Reads by path over the interval.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reads {
+    /// Per second, in `Path::ALL` order.
+    pub per_second: [f64; 3],
+    /// Fast reads out of all reads in the interval; `None` without reads.
+    pub fast_share: Option<f64>,
+}
+
+/// Everything one screen shows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub url: String,
+    /// `Err(why)`: the last fetch failed (the figures are the last good ones).
+    pub reachable: Result<(), String>,
+    /// `release` and `patched` from `remote_vm_kernel_info`.
+    pub kernel: Option<(String, String)>,
+    /// Seconds between the two fetches the rates come from (`None`: one fetch so far).
+    pub interval: Option<f64>,
+    /// `None`: the daemon does not export reads here.
+    pub reads: Option<Reads>,
+    /// Per second, by reason (only where the daemon exports fallbacks).
+    pub fallbacks: Vec<(&'static str, f64)>,
+    /// p99 of the remote read-lock waits in the interval (s); `None`: no wait.
+    pub wait_p99: Option<f64>,
+    pub stalls_per_second: Option<f64>,
+    /// Waiters now and the oldest wait's age (s), from the gauges.
+    pub waiting: Option<(f64, f64)>,
+    pub stalls: Option<StallsPage>,
+}
+
+/// `name{labels}` summed over every series whose labels include `labels`.
+fn sum(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let mut found = None;
+    for (series, v) in s.series(name) {
+        let inner = series.strip_prefix(name).unwrap_or("");
+        if want.iter().all(|w| inner.contains(w.as_str())) {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// Increase of a counter between two scrapes (a reset counts from 0).
+fn increase(prev: f64, cur: f64) -> f64 {
+    if cur >= prev { cur - prev } else { cur }
+}
+
+/// The cumulative buckets `(le, count)` of a histogram's series with `labels`.
+fn buckets(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Vec<(f64, f64)> {
+    let bucket = format!("{name}_bucket");
+    let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    let mut out: Vec<(f64, f64)> = s
+        .series(&bucket)
+        .filter(|(series, _)| want.iter().all(|w| series.contains(w.as_str())))
+        .filter_map(|(series, v)| {
+            let le = series.split("le=\"").nth(1)?.split('"').next()?;
+            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            Some((le, v))
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
+    out
+}
+
+/// The `q` quantile of the observations between two cumulative bucket sets,
+/// as Prometheus' `histogram_quantile` computes it (linear within a bucket;
+/// the +Inf bucket answers its lower bound). `None` without observations.
+pub fn quantile(q: f64, prev: &[(f64, f64)], cur: &[(f64, f64)]) -> Option<f64> {
+    let delta: Vec<(f64, f64)> = cur
+        .iter()
+        .map(|(le, c)| {
+            let p = prev.iter().find(|(l, _)| l == le).map_or(0.0, |(_, p)| *p);
+            (*le, increase(p, *c))
+        })
+        .collect();
+    let total = delta.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    let rank = q * total;
+    let mut lower = (0.0, 0.0);
+    for &(le, count) in &delta {
+        if count >= rank {
+            if le.is_infinite() {
+                return Some(lower.0);
+            }
+            let in_bucket = count - lower.1;
+            let frac = if in_bucket > 0.0 { (rank - lower.1) / in_bucket } else { 1.0 };
+            return Some(lower.0 + (le - lower.0) * frac);
+        }
+        lower = (le, count);
+    }
+    Some(lower.0)
+}
+
+impl Model {
+    /// The screen for `cur` (the latest good fetch), with rates against
+    /// `prev`; `reachable` says whether the latest attempt worked.
+    pub fn new(url: &str, prev: Option<&Fetch>, cur: Option<&Fetch>, reachable: Result<(), String>) -> Model {
+        let mut m = Model {
+            url: url.to_string(),
+            reachable,
+            kernel: None,
+            interval: None,
+            reads: None,
+            fallbacks: Vec::new(),
+            wait_p99: None,
+            stalls_per_second: None,
+            waiting: None,
+            stalls: None,
+        };
+        let Some(cur) = cur else { return m };
+        let s = &cur.metrics;
+        m.kernel = s.series(cat::KERNEL_INFO.name).next().map(|(series, _)| {
+            let label = |k: &str| series.split(&format!("{k}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("?").to_string();
+            (label("release"), label("patched"))
+        });
+        let waiters = s.value(cat::MMAP_LOCK_WAITERS.name, &[]);
+        let oldest = s.value(cat::MMAP_LOCK_OLDEST_WAIT.name, &[]);
+        m.waiting = waiters.zip(oldest);
+        m.stalls = cur.stalls.clone();
+        let Some(prev) = prev else { return m };
+        let dt = cur.at - prev.at;
+        if dt <= 0.0 {
+            return m;
+        }
+        m.interval = Some(dt);
+        let p = &prev.metrics;
+        let rate = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+            Some(increase(sum(p, name, labels)?, sum(s, name, labels)?) / dt)
+        };
+        let per_path: Vec<Option<f64>> = Path::ALL.iter().map(|path| rate(cat::READS.name, &[("path", path.label())])).collect();
+        if let [Some(fast), Some(fallback), Some(slow)] = per_path[..] {
+            let all = fast + fallback + slow;
+            m.reads = Some(Reads {
+                per_second: [fast, fallback, slow],
+                fast_share: (all > 0.0).then(|| fast / all),
+            });
+        }
+        m.fallbacks = Reason::ALL
+            .iter()
+            .filter_map(|r| Some((r.label(), rate(cat::FALLBACKS.name, &[("reason", r.label())])?)))
+            .collect();
+        let remote_read = [("context", cat::CONTEXT_REMOTE), ("mode", cat::LOCK_READ)];
+        m.wait_p99 = quantile(
+            0.99,
+            &buckets(p, cat::MMAP_LOCK_WAIT.name, &remote_read),
+            &buckets(s, cat::MMAP_LOCK_WAIT.name, &remote_read),
+        );
+        m.stalls_per_second = rate(cat::STALLS.name, &[]);
+        m
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fetch(at: f64, text: &str, stalls: Option<StallsPage>) -> Fetch {
+        Fetch {
+            at,
+            metrics: Scrape::parse(text).unwrap(),
+            stalls,
+        }
+    }
+
+    fn metrics(fast: u64, fallback: u64, slow: u64, waits: [u64; 3], stalls: u64) -> String {
+        let mut t = format!(
+            "{k}{{release=\"6.12.117\",per_vma_lock=\"yes\",rcu_table_free=\"yes\",patched=\"no\"}} 1\n",
+            k = cat::KERNEL_INFO.name
+        );
+        for (path, n) in [("fast", fast), ("fallback", fallback), ("slow", slow)] {
+            t += &format!("{}{{path=\"{path}\"}} {n}\n", cat::READS.name);
+        }
+        t += &format!("{}{{reason=\"vma_lock_failed\"}} {fallback}\n", cat::FALLBACKS.name);
+        // Cumulative buckets at 0.001, 0.1 and 1 s, and +Inf.
+        for (le, n) in [("0.001", waits[0]), ("0.1", waits[1]), ("1", waits[2]), ("+Inf", waits[2])] {
+            t += &format!(
+                "{}_bucket{{context=\"remote_vm\",mode=\"read\",le=\"{le}\"}} {n}\n",
+                cat::MMAP_LOCK_WAIT.name
+            );
+        }
+        t += &format!("{}{{lock_mode=\"read\"}} {stalls}\n", cat::STALLS.name);
+        t += &format!("{} 1\n{} 2.5\n", cat::MMAP_LOCK_WAITERS.name, cat::MMAP_LOCK_OLDEST_WAIT.name);
+        t
+    }
+
+    #[test]
+    fn rates_shares_and_the_p99_over_the_interval() {
+        let a = fetch(10.0, &metrics(100, 10, 0, [5, 5, 5], 1), None);
+        let b = fetch(12.0, &metrics(130, 20, 10, [5, 105, 205], 3), None);
+        let m = Model::new("u", Some(&a), Some(&b), Ok(()));
+        assert_eq!(m.interval, Some(2.0));
+        assert_eq!(m.kernel, Some(("6.12.117".into(), "no".into())));
+        let reads = m.reads.unwrap();
+        assert_eq!(reads.per_second, [15.0, 5.0, 5.0]);
+        assert_eq!(reads.fast_share, Some(0.6));
+        assert_eq!(m.fallbacks.iter().find(|(r, _)| *r == "vma_lock_failed").map(|f| f.1), Some(5.0));
+        // 200 waits in the interval: 100 in (0.001, 0.1], 100 in (0.1, 1]; the
+        // 198th lies 98 % into the second bucket.
+        let p99 = m.wait_p99.unwrap();
+        assert!((p99 - (0.1 + 0.9 * 0.98)).abs() < 1e-9, "{p99}");
+        assert_eq!(m.stalls_per_second, Some(1.0));
+        assert_eq!(m.waiting, Some((1.0, 2.5)));
+    }
+
+    #[test]
+    fn one_fetch_has_no_rates_and_nothing_has_nothing() {
+        let a = fetch(10.0, &metrics(1, 0, 0, [0, 0, 0], 0), None);
+        let m = Model::new("u", None, Some(&a), Ok(()));
+        assert_eq!((m.interval, m.reads.clone(), m.wait_p99), (None, None, None));
+        assert_eq!(m.waiting, Some((1.0, 2.5)));
+        let m = Model::new("u", None, None, Err("refused".into()));
+        assert_eq!((m.kernel, m.waiting, m.reachable), (None, None, Err("refused".into())));
+    }
+
+    #[test]
+    fn quantiles_like_prometheus() {
+        let none: [(f64, f64); 0] = [];
+        // Everything in the +Inf bucket: its lower bound.
+        assert_eq!(quantile(0.99, &none, &[(1.0, 0.0), (f64::INFINITY, 4.0)]), Some(1.0));
+        // No observation in the interval.
+        assert_eq!(quantile(0.99, &[(1.0, 3.0), (f64::INFINITY, 3.0)], &[(1.0, 3.0), (f64::INFINITY, 3.0)]), None);
+        // A counter reset (the daemon restarted): counted from 0.
+        assert_eq!(quantile(0.5, &[(1.0, 10.0), (f64::INFINITY, 10.0)], &[(1.0, 2.0), (f64::INFINITY, 2.0)]), Some(0.5));
+    }
+
+    #[test]
+    fn waits_read_as_reader_target_holder() {
+        let w = Wait {
+            reader: Who { pid: 41, tid: 51, comm: "ps".into() },
+            target: Who { pid: 124, tid: 0, comm: "java".into() },
+            holder: Holder { kind: "writer".into(), pid: 124, tid: 131, comm: "GC".into(), exact: true },
+            interface: "cmdline".into(),
+            ..Wait::default()
+        };
+        assert_eq!(w.line(), "ps 41/51 → java 124 ← writer GC 131 [cmdline]");
+        let mut r = w.clone();
+        r.holder = Holder { kind: "readers".into(), pid: 124, tid: 133, comm: "VM".into(), exact: false };
+        r.writer_waiting = true;
+        assert_eq!(r.line(), "ps 41/51 → java 124 ← readers ~VM 133 +writer queued [cmdline]");
+        r.holder = Holder { kind: "unknown".into(), ..Holder::default() };
+        r.writer_waiting = false;
+        assert_eq!(r.line(), "ps 41/51 → java 124 ← unknown [cmdline]");
+    }
+}
