@@ -19,6 +19,7 @@ const NEEDS_HOST_LOCK: &str = "No data: needs the mmap_lock_host probes (see Pro
 const NEEDS_LOCK_VMA: &str = "No data: needs the access_remote_vm and lock_vma_under_rcu probes (see Probe health)";
 const NEEDS_WALKS: &str = "No data: needs folio_walk_start and its BTF fields (see Probe health)";
 const NEEDS_DAEMON: &str = "No data: no remote-vm daemon is scraped";
+const NEEDS_WAITS: &str = "No data: needs the access_remote_vm and mmap_lock_remote probes, the task iterator and the host PID namespace (see /healthz)";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Kind {
@@ -167,6 +168,17 @@ pub fn host_panels() -> Vec<Panel> {
             (format!("sum(rate({}{}[$__rate_interval]))", catalog::FALLBACK_LOCKLESS_BYTES.name, h("")), "lockless part of fallbacks"),
             (format!("sum(rate({}{}[$__rate_interval]))", catalog::WRITTEN_BYTES.name, h("")), "written"),
         ]),
+        row("Stalls: remote readers stuck on another process's mmap_lock"),
+        panel(Timeseries, "Remote readers waiting now", "none", NEEDS_WAITS, "Remote accesses waiting for a target's mmap_lock at each scrape (who: /stalls in_progress or `remote-vm-daemon top`).", vec![
+            (format!("max({}{})", catalog::MMAP_LOCK_WAITERS.name, h("")), "waiting"),
+        ]),
+        panel(Timeseries, "Oldest wait in progress", "s", NEEDS_WAITS, "Age of the longest remote wait for a target's mmap_lock at each scrape; 0 when none. The RemoteVmReaderStuck alert fires above 5 s for 1 m.", vec![
+            (format!("max({}{})", catalog::MMAP_LOCK_OLDEST_WAIT.name, h("")), "oldest wait"),
+        ]),
+        wide(panel(Timeseries, "Stalls", "ops", NEEDS_REMOTE_LOCK, "Remote accesses whose wait for the target's mmap_lock reached stalls.threshold_seconds, by lock mode; events the ring buffer dropped (the stalls are still counted). Each stall is a line in the daemon's log and in /stalls.", vec![
+            (format!("sum by (lock_mode) (rate({}{}[$__rate_interval]))", catalog::STALLS.name, h("")), "stalls {{lock_mode}}"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::STALL_EVENTS_DROPPED.name, h("")), "events dropped"),
+        ])),
         row("Probe health"),
         panel(Table, "Probes", "none", NEEDS_DAEMON, "Each probe: the mode it attached in (1), or mode=none (0). See /healthz or `remote-vm-daemon check` for why.", vec![
             (format!("{}{}", catalog::PROBE_ATTACHED.name, h("")), ""),
@@ -224,6 +236,16 @@ pub fn fleet_panels() -> Vec<Panel> {
         panel(Timeseries, "mmap_lock wait of remote reads by group", "s", NEEDS_REMOTE_LOCK, "p99 of a remote access's own waits for the target's mmap_lock, per patched state.", vec![
             (group_quantile("0.99", &catalog::MMAP_LOCK_WAIT, &format!(r#",context="{CONTEXT_REMOTE}""#)), "p99 patched={{patched}}"),
         ]),
+        row("Stalls"),
+        panel(Stat, "Hosts with a reader stuck now", "none", NEEDS_WAITS, "Hosts where a remote access has waited more than 5 s for a target's mmap_lock (as RemoteVmReaderStuck; 0 when none of the hosts that can see waits has one).", vec![
+            (format!("count({stuck} > 5) or 0 * count({stuck})", stuck = fleet(&format!(r#"max by (job, instance) ({}{{job=~"$job"}})"#, catalog::MMAP_LOCK_OLDEST_WAIT.name))), "hosts"),
+        ]),
+        panel(Table, "Hosts by oldest wait in progress", "s", NEEDS_WAITS, "Top 10 hosts by the age of their longest remote wait for a target's mmap_lock now (0: nobody waiting).", vec![
+            (format!("topk(10, {})", fleet(&format!(r#"max by (job, instance) ({}{{job=~"$job"}})"#, catalog::MMAP_LOCK_OLDEST_WAIT.name))), ""),
+        ]),
+        wide(panel(Timeseries, "Stalls by group", "ops", NEEDS_REMOTE_LOCK, "Remote accesses that waited at least stalls.threshold_seconds for the target's mmap_lock, per patched state: what the series removes for resident pages.", vec![
+            (format!("sum by (patched) ({})", fleet(&format!(r#"sum by (job, instance) (rate({}{{job=~"$job"}}[$__rate_interval]))"#, catalog::STALLS.name))), "patched={{patched}}"),
+        ])),
         row("Hosts"),
         wide(panel(Timeseries, "Fast-path ratio per host", "percentunit", NEEDS_READS, "fast / all reads on each host.", vec![
             (per_host_ratio, "{{instance}} ({{release}}, patched={{patched}})"),
