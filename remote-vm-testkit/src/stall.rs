@@ -202,7 +202,7 @@ fn phys_bytes() -> usize {
 }
 
 /// One kind of hold, done by one thread.
-trait Holder {
+pub(crate) trait Holder {
     /// Gets ready for the next hold; not timed, runs before `go`.
     fn prepare(&mut self) -> Result<()>;
     /// The timed syscall.
@@ -352,7 +352,7 @@ impl Holder for Munlock {
 /// out short and the layout grows over a few holds). A hold that came out short
 /// scales the layout up for the next one. Splitting again after a hold is
 /// `vmas / 2` `mprotect()` calls (~1.5 µs each natively), before `go`.
-struct Merge {
+pub(crate) struct Merge {
     want: Duration,
     vmas: usize,
     pages: usize,
@@ -363,7 +363,7 @@ struct Merge {
 impl Merge {
     const TRIAL_VMAS: usize = 8192;
 
-    fn new(want: Duration) -> Result<Merge> {
+    pub(crate) fn new(want: Duration) -> Result<Merge> {
         let mut m = Merge { want, vmas: Self::TRIAL_VMAS, pages: 1, region: None, split: false };
         m.prepare().context("merge trial")?;
         let start = Instant::now();

@@ -41,6 +41,15 @@ pub struct StressArgs {
     /// Back the read region with transparent huge pages (else MADV_NOHUGEPAGE).
     #[arg(long, default_value_t = false)]
     pub thp: bool,
+    /// A thread of the target (`holder`) holds its mmap_lock for write this
+    /// long, again and again (one `mprotect()` merging many VMAs; 0: no holder).
+    #[arg(long, default_value_t = 0)]
+    #[serde(default)]
+    pub hold_ms: u64,
+    /// Pause between the holder's holds, ms (its preparation comes on top).
+    #[arg(long, default_value_t = 1000)]
+    #[serde(default)]
+    pub hold_gap_ms: u64,
 }
 
 impl StressArgs {
@@ -63,6 +72,7 @@ impl StressArgs {
         if self.thp {
             v.push("--thp".into());
         }
+        v.extend(["--hold-ms".into(), self.hold_ms.to_string(), "--hold-gap-ms".into(), self.hold_gap_ms.to_string()]);
         v
     }
 }
@@ -88,6 +98,34 @@ pub struct StressResult {
     pub seconds: f64,
     /// Churn iterations of the target (each: mmap, touch, mprotect, madvise, munmap).
     pub churn_ops: u64,
+    /// Every read: when it started (`CLOCK_MONOTONIC` ns), how long it took (ns),
+    /// its kind (`m`em, `c`mdline, `e`nviron, `p`eek) and whether it worked.
+    #[serde(default)]
+    pub reads: Vec<ReadRecord>,
+    /// The holder's write holds, `[start, end)` in `CLOCK_MONOTONIC` ns (its clock).
+    #[serde(default)]
+    pub holds: Vec<(u64, u64)>,
+    /// The target's threads by role: the holder (0: none), the churn threads.
+    #[serde(default)]
+    pub holder_tid: i32,
+    #[serde(default)]
+    pub churn_tids: Vec<i32>,
+}
+
+/// One read of the workload.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ReadRecord {
+    pub start_ns: u64,
+    pub took_ns: u64,
+    pub kind: char,
+    pub ok: bool,
+}
+
+/// What the target says when it stops.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct TargetEnd {
+    churn_ops: u64,
+    holds: Vec<(u64, u64)>,
 }
 
 impl StressResult {
@@ -109,6 +147,8 @@ struct TargetInfo {
     region: u64,
     len: u64,
     idle_tid: i32,
+    holder_tid: i32,
+    churn_tids: Vec<i32>,
 }
 
 /// The environment the target gets: small and known, so one `environ` read is one call.
@@ -143,10 +183,35 @@ pub fn target_main(args: &StressArgs) -> Result<()> {
     let stop = std::sync::Arc::new(AtomicBool::new(false));
     let ops = std::sync::Arc::new(AtomicU64::new(0));
     let mut handles = Vec::new();
+    let (churn_tx, churn_rx) = std::sync::mpsc::channel();
     for _ in 0..args.churn_threads {
-        let (stop, ops, pause) = (stop.clone(), ops.clone(), args.churn_pause_us);
-        handles.push(std::thread::spawn(move || churn(&stop, &ops, pause)));
+        let (stop, ops, pause, tx) = (stop.clone(), ops.clone(), args.churn_pause_us, churn_tx.clone());
+        handles.push(std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            let _ = tx.send(unsafe { libc::gettid() });
+            churn(&stop, &ops, pause)
+        }));
     }
+    let churn_tids: Vec<i32> = (0..args.churn_threads).map(|_| churn_rx.recv()).collect::<Result<_, _>>()?;
+    let holds = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder_tid = if args.hold_ms > 0 {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, holds, want, gap) = (stop.clone(), holds.clone(), args.hold_ms, args.hold_gap_ms);
+        handles.push(
+            std::thread::Builder::new()
+                .name(crate::stall::HOLDER_COMM.into())
+                .spawn(move || {
+                    // SAFETY: gettid has no preconditions.
+                    let _ = tx.send(unsafe { libc::gettid() });
+                    if let Err(e) = hold_loop(&stop, &holds, want, gap) {
+                        eprintln!("stress-target: holder: {e:#}");
+                    }
+                })?,
+        );
+        rx.recv()?
+    } else {
+        0
+    };
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let idle_stop = stop.clone();
     handles.push(std::thread::spawn(move || {
@@ -161,6 +226,8 @@ pub fn target_main(args: &StressArgs) -> Result<()> {
         region: region as u64,
         len: len as u64,
         idle_tid,
+        holder_tid,
+        churn_tids,
     };
     println!("{}", serde_json::to_string(&info)?);
     std::io::stdout().flush()?;
@@ -170,7 +237,34 @@ pub fn target_main(args: &StressArgs) -> Result<()> {
     for h in handles {
         let _ = h.join();
     }
-    println!("{}", ops.load(Ordering::Relaxed));
+    let end = TargetEnd {
+        churn_ops: ops.load(Ordering::Relaxed),
+        holds: holds.lock().map(|h| h.clone()).unwrap_or_default(),
+    };
+    println!("{}", serde_json::to_string(&end)?);
+    Ok(())
+}
+
+/// The holder: one merge `mprotect()` of about `want_ms` after another, each
+/// timed by this thread, `gap_ms` apart (plus the preparation).
+fn hold_loop(stop: &AtomicBool, holds: &std::sync::Mutex<Vec<(u64, u64)>>, want_ms: u64, gap_ms: u64) -> Result<()> {
+    use crate::stall::{Holder, Merge, monotonic_ns};
+    let mut merge = Merge::new(Duration::from_millis(want_ms))?;
+    while !stop.load(Ordering::Relaxed) {
+        merge.prepare()?;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let start = monotonic_ns();
+        merge.hold()?;
+        let end = monotonic_ns();
+        holds.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.push((start, end));
+        merge.held(Duration::from_nanos(end - start));
+        let until = Instant::now() + Duration::from_millis(gap_ms);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     Ok(())
 }
 
@@ -241,16 +335,20 @@ pub fn run(args: &StressArgs, progress: bool) -> Result<StressResult> {
     drop(child.stdin.take());
     line.clear();
     out.read_line(&mut line)?;
-    let churn_ops: u64 = line.trim().parse().with_context(|| format!("target said {line:?}"))?;
+    let end: TargetEnd = serde_json::from_str(line.trim()).with_context(|| format!("target said {line:?}"))?;
     child.wait()?;
     let mut total = StressResult {
         args: Some(args.clone()),
         seconds,
-        churn_ops,
+        churn_ops: end.churn_ops,
+        holds: end.holds,
+        holder_tid: info.holder_tid,
+        churn_tids: info.churn_tids.clone(),
         ..Default::default()
     };
     for r in results {
         let (part, lat) = r?;
+        total.reads.extend(part.reads);
         for (t, p) in [
             (&mut total.mem, part.mem),
             (&mut total.cmdline, part.cmdline),
@@ -264,6 +362,7 @@ pub fn run(args: &StressArgs, progress: bool) -> Result<StressResult> {
         total.latencies_ns.extend(lat);
     }
     total.latencies_ns.sort_unstable();
+    total.reads.sort_by_key(|r| r.start_ns);
     Ok(total)
 }
 
@@ -289,6 +388,7 @@ fn reader(
     let mut last_report = Instant::now();
     while Instant::now() < deadline {
         let kind = kinds[i % kinds.len()];
+        let start_ns = crate::stall::monotonic_ns();
         let t0 = Instant::now();
         let (slot, ok, calls) = match kind {
             b'm' => {
@@ -312,13 +412,15 @@ fn reader(
                 (&mut r.peek, ok, 1)
             }
         };
-        lat.push(t0.elapsed().as_nanos() as u64);
+        let took_ns = t0.elapsed().as_nanos() as u64;
+        lat.push(took_ns);
         slot.reads += 1;
         if ok {
             slot.calls += calls;
         } else {
             slot.errors += 1;
         }
+        r.reads.push(ReadRecord { start_ns, took_ns, kind: kind as char, ok });
         i += 1;
         if progress && last_report.elapsed() > Duration::from_secs(5) {
             println!("stress: reader 0: {} reads so far", lat.len());

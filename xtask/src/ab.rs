@@ -18,9 +18,84 @@ use serde_json::Value;
 use crate::{vm, util::say};
 
 /// The workload, as `key=value,…` for `rvm.ab=` (see `rvm-testkit stress --help`).
-pub const DEFAULT_WORKLOAD: &str = "churn_threads=2,readers=2,rate=200,duration=20,memory_mb=64";
+pub const DEFAULT_WORKLOAD: &str = "churn_threads=2,readers=2,rate=200,duration=20,memory_mb=64,hold_ms=800,hold_gap_ms=1500";
 /// The reduced run inside `cargo xtask test`.
-pub const TEST_WORKLOAD: &str = "churn_threads=2,readers=2,rate=100,duration=6,memory_mb=32";
+pub const TEST_WORKLOAD: &str = "churn_threads=2,readers=2,rate=100,duration=8,memory_mb=32,hold_ms=500,hold_gap_ms=500";
+
+/// Reads within this of a decision's edge (the stall threshold, a hold's end)
+/// are left undecided: the workload's clocks and the kernel's differ by the
+/// syscall's own entry and exit.
+const EDGE_S: f64 = 0.005;
+/// How far apart the holder's end stamp and a blocked reader's return may be.
+const END_SLACK_S: f64 = 0.05;
+
+/// What the holder's write holds did to the readers, from the workload's own
+/// clocks only.
+#[derive(Debug, Default)]
+struct HoldTruth {
+    /// Hold lengths (s), by the holder's clock.
+    holds: Vec<f64>,
+    /// Per hold: the longest latency of a read that started in it (s).
+    blocked: Vec<f64>,
+    /// Reads started during a hold.
+    reads_in_holds: u64,
+    /// Reads that certainly stalled: started in a hold more than the
+    /// threshold before its end, at least the threshold long, and returned as
+    /// it ended (one stall each: a cmdline read's second call finds the lock
+    /// free).
+    certain: u64,
+    /// Reads that may have stalled: at least the threshold long, but not
+    /// certainly waiting that long for the lock (churn, scheduling, a hold
+    /// that began between a cmdline read's two calls, the edges).
+    undecided: u64,
+    /// The longest certain stall's read (s).
+    longest: f64,
+    /// The longest read of all (s): no wait seen in progress can be longer.
+    longest_read: f64,
+}
+
+impl HoldTruth {
+    fn of(workload: &Value, threshold: f64) -> HoldTruth {
+        let holds: Vec<(f64, f64)> = workload["holds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|h| Some((h[0].as_f64()? / 1e9, h[1].as_f64()? / 1e9)))
+            .collect();
+        let mut t = HoldTruth {
+            holds: holds.iter().map(|(s, e)| e - s).collect(),
+            blocked: vec![0.0; holds.len()],
+            ..HoldTruth::default()
+        };
+        for r in workload["reads"].as_array().into_iter().flatten() {
+            let (Some(start), Some(took)) = (r["start_ns"].as_f64(), r["took_ns"].as_f64()) else { continue };
+            let (start, took) = (start / 1e9, took / 1e9);
+            t.longest_read = t.longest_read.max(took);
+            let hold = holds.iter().position(|(s, e)| *s <= start && start < *e);
+            if let Some(i) = hold {
+                t.reads_in_holds += 1;
+                t.blocked[i] = t.blocked[i].max(took);
+            }
+            if took < threshold - EDGE_S {
+                continue;
+            }
+            let certain = hold.is_some_and(|i| {
+                let end = holds[i].1;
+                // Blocked by this hold: it returned as the hold ended. The
+                // holder stamps its end after mprotect() has returned, which
+                // under emulation came up to 10 ms after the woken reader's.
+                end - start >= threshold + END_SLACK_S && took >= threshold + EDGE_S && (start + took - end).abs() <= END_SLACK_S
+            });
+            if certain {
+                t.certain += 1;
+                t.longest = t.longest.max(took);
+            } else {
+                t.undecided += 1;
+            }
+        }
+        t
+    }
+}
 
 /// The sample key of the daemon's `__access_remote_vm()` entries.
 fn entries_key() -> String {
@@ -53,6 +128,38 @@ impl Run {
 
     fn workload(&self) -> &Value {
         &self.result["workload"]
+    }
+
+    fn threshold(&self) -> f64 {
+        self.result["stall_threshold_seconds"].as_f64().unwrap_or(f64::NAN)
+    }
+
+    fn truth(&self) -> HoldTruth {
+        HoldTruth::of(self.workload(), self.threshold())
+    }
+
+    fn stalls(&self) -> f64 {
+        self.delta(&format!("{}{{lock_mode=\"{LOCK_READ}\"}}", catalog::STALLS.name))
+    }
+
+    /// Stalls in `/stalls` by who held the lock when the wait began: the
+    /// target's holder thread or a churn thread (writers), readers (e.g.
+    /// another remote access, with a writer queued: `writer_waiting`), other.
+    fn stalls_by_role(&self) -> [u64; 4] {
+        let holder = self.workload()["holder_tid"].as_u64().unwrap_or(0);
+        let churn: Vec<u64> = self.workload()["churn_tids"].as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+        let mut by = [0; 4];
+        for s in self.result["stalls"].as_array().into_iter().flatten() {
+            let (kind, tid) = (s["holder"]["kind"].as_str().unwrap_or(""), s["holder"]["tid"].as_u64().unwrap_or(0));
+            let role = match kind {
+                "writer" if holder != 0 && tid == holder => 0,
+                "writer" if churn.contains(&tid) => 1,
+                "readers" => 2,
+                _ => 3,
+            };
+            by[role] += 1;
+        }
+        by
     }
 
     fn calls(&self) -> u64 {
@@ -154,6 +261,26 @@ pub fn run(root: &Path, kernels: Vec<vm::Kernel>, workload: &str) -> Result<Path
         if reads != r.calls() as f64 {
             problems.push(format!("{}: {reads} reads classified, {} calls made", r.kernel.name, r.calls()));
         }
+        // Stalls: the daemon's count lies in the workload's bounds; each
+        // certain stall names the holder thread; the longest wait seen in
+        // progress is no longer than the longest stalled read.
+        if !r.workload()["holds"].as_array().is_none_or(|h| h.is_empty()) {
+            let (t, stalls) = (r.truth(), r.stalls());
+            if stalls < t.certain as f64 || stalls > (t.certain + t.undecided) as f64 {
+                problems.push(format!("{}: {stalls} stalls, the workload says {} certain + {} undecided", r.kernel.name, t.certain, t.undecided));
+            }
+            if r.kernel.expect() == "unpatched" && t.certain == 0 {
+                problems.push(format!("{}: no read stalled on the holds", r.kernel.name));
+            }
+            let by_holder = r.stalls_by_role()[0];
+            if by_holder < t.certain {
+                problems.push(format!("{}: {by_holder} stalls name the holder thread, {} certainly waited for it", r.kernel.name, t.certain));
+            }
+            let seen = r.result["in_progress_max"]["oldest_wait_seconds"].as_f64().unwrap_or(f64::NAN);
+            if !(seen <= t.longest_read + EDGE_S) {
+                problems.push(format!("{}: a wait of {seen} s seen in progress, the longest read took {} s", r.kernel.name, t.longest_read));
+            }
+        }
         let fast = r.delta(&reads_key(classify::Path::Fast));
         match r.kernel.expect() {
             "patched" if !(fast > 0.0) => problems.push(format!("{}: no fast-path read", r.kernel.name)),
@@ -236,12 +363,42 @@ fn report(runs: &[Run], workload: &str, stamp: &str) -> String {
         let write = r.delta(&host(LOCK_WRITE));
         format!("{read} read, {write} write")
     });
+    let range = |v: &[f64]| -> String {
+        let (lo, hi) = (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
+        if v.is_empty() { "–".into() } else { format!("{}–{}", fmt_s(Some(lo)), fmt_s(Some(hi))) }
+    };
+    row(&mut o, "write holds by the target's holder thread (its clock)", &|r| {
+        let t = r.truth();
+        format!("{} of {}", t.holds.len(), range(&t.holds))
+    });
+    row(&mut o, "reads started during a hold", &|r| r.truth().reads_in_holds.to_string());
+    row(&mut o, "… the longest of them per hold (blocked)", &|r| range(&r.truth().blocked));
+    row(&mut o, "stalls (daemon, `remote_vm_stalls_total`)", &|r| format!("{}", r.stalls()));
+    row(&mut o, "stalls (workload: certain + undecided)", &|r| {
+        let t = r.truth();
+        format!("{} + {} (threshold {})", t.certain, t.undecided, fmt_s(Some(r.threshold())))
+    });
+    row(&mut o, "longest wait seen in progress (daemon, sampled 4/s)", &|r| {
+        fmt_s(r.result["in_progress_max"]["oldest_wait_seconds"].as_f64())
+    });
+    row(&mut o, "… longest stalled read (workload)", &|r| fmt_s(Some(r.truth().longest)));
+    row(&mut o, "most readers waiting at once (daemon, sampled)", &|r| {
+        format!("{}", r.result["in_progress_max"]["waiters"].as_f64().unwrap_or(f64::NAN))
+    });
+    row(&mut o, "stalls by who held the lock: holder thread / churn thread / readers / other", &|r| {
+        let [h, c, readers, other] = r.stalls_by_role();
+        format!("{h} / {c} / {readers} / {other}")
+    });
     row(&mut o, "target churn throughput", &|r| {
         let ops = r.workload()["churn_ops"].as_f64().unwrap_or(0.0);
         let secs = r.workload()["seconds"].as_f64().unwrap_or(1.0);
         format!("{:.0} ops/s", ops / secs)
     });
-    let _ = writeln!(o, "\nPlots: `latency-cdf.svg` (remote-read latency seen by the readers, per kernel), `wait-cdf.svg` (remote reads' mmap_lock read waits, from the daemon's log2 histogram, per kernel).");
+    let _ = writeln!(o, "\nPlots: `latency-cdf.svg` (remote-read latency seen by the readers, per kernel), `wait-cdf.svg` (remote reads' mmap_lock read waits, from the daemon's log2 histogram, per kernel), `holds.svg` (the latency of each read started within 0.5 s of a hold against when it started, the holder's write holds shaded, per kernel).");
+    let _ = writeln!(
+        o,
+        "\nStalls are checked, not just shown: the daemon's count must lie between the reads that certainly stalled (started in a hold more than the threshold before its end, at least the threshold long, returned within 50 ms of its end) and those plus the undecided ones (at least the threshold long otherwise); every certain stall must name the holder thread in `/stalls`; the longest wait the daemon saw in progress must not exceed the longest stalled read."
+    );
     o
 }
 
@@ -318,5 +475,46 @@ fn plots(dir: &Path, runs: &[Run]) -> Result<()> {
         })
         .collect();
     draw("wait-cdf.svg", "Remote reads' mmap_lock read waits (daemon, log2 buckets, TCG)", "seconds", waits)?;
+    holds_plot(dir, runs)
+}
+
+/// Each read's latency against when it started, the holds shaded; one panel per kernel.
+fn holds_plot(dir: &Path, runs: &[Run]) -> Result<()> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
+    let path = dir.join("holds.svg");
+    let root = SVGBackend::new(&path, (900, 300 * runs.len().max(1) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    for (area, r) in root.split_evenly((runs.len().max(1), 1)).iter().zip(runs) {
+        let w = r.workload();
+        let holds: Vec<(f64, f64)> = w["holds"].as_array().into_iter().flatten().filter_map(|h| Some((h[0].as_f64()?, h[1].as_f64()?))).collect();
+        let all: Vec<(f64, f64)> = w["reads"].as_array().into_iter().flatten().filter_map(|x| Some((x["start_ns"].as_f64()?, x["took_ns"].as_f64()?))).collect();
+        let t0 = all.first().map_or(0.0, |x| x.0);
+        // The reads around the holds (half a second either side), at most ~1500.
+        let near: Vec<(f64, f64)> = all
+            .iter()
+            .copied()
+            .filter(|(start, _)| holds.iter().any(|(s, e)| *start >= s - 5e8 && *start < e + 5e8))
+            .collect();
+        let step = (near.len() / 1500).max(1);
+        let reads: Vec<(f64, f64)> = near.iter().copied().enumerate().filter(|(i, (_, took))| i % step == 0 || *took > 1e8).map(|(_, r)| r).collect();
+        let span = all.last().map_or(1.0, |x| (x.0 - t0) / 1e9).max(1.0);
+        let top = reads.iter().map(|x| x.1 / 1e9).fold(0.01, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .caption(format!("{}: read latency vs start, write holds shaded (TCG)", r.kernel.name), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(32)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0f64..span, 0f64..top)
+            .map_err(|e| err(&e))?;
+        chart.configure_mesh().x_desc("seconds into the run").y_desc("read latency, s").draw().map_err(|e| err(&e))?;
+        chart
+            .draw_series(holds.iter().map(|(s, e)| Rectangle::new([((s - t0) / 1e9, 0.0), ((e - t0) / 1e9, top)], RGBColor(255, 200, 120).mix(0.5).filled())))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(reads.iter().map(|(s, took)| Circle::new(((s - t0) / 1e9, took / 1e9), 1, BLUE.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
     Ok(())
 }

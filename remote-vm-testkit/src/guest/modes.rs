@@ -153,10 +153,32 @@ pub(super) fn ab() -> Result<bool> {
     }
     let args = Wrap::try_parse_from(&argv).map_err(|e| anyhow::anyhow!("rvm.ab={spec}: {e}"))?.args;
     println!("vmtest: ab workload {args:?}");
-    let mut daemon = Daemon::start("", &[])?;
+    // Every stall of the run kept for the report (who held the lock).
+    let mut daemon = Daemon::start("[stalls]\nkeep = 65536\n", &[])?;
     let before = Scrape::fetch(LISTEN)?;
+    // Waits in progress, sampled while the workload runs: the longest seen and
+    // the most readers waiting at once.
+    let running = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let running = running.clone();
+        std::thread::spawn(move || {
+            let (mut oldest, mut waiters, mut samples) = (0.0f64, 0.0f64, 0u64);
+            while running.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(s) = Scrape::fetch(LISTEN) {
+                    samples += 1;
+                    oldest = oldest.max(s.value(cat::MMAP_LOCK_OLDEST_WAIT.name, &[]).unwrap_or(0.0));
+                    waiters = waiters.max(s.value(cat::MMAP_LOCK_WAITERS.name, &[]).unwrap_or(0.0));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            serde_json::json!({"oldest_wait_seconds": oldest, "waiters": waiters, "samples": samples})
+        })
+    };
     let result = crate::stress::run(&args, true)?;
+    running.store(false, std::sync::atomic::Ordering::Relaxed);
+    let in_progress = sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
     let after = Scrape::fetch(LISTEN)?;
+    let stalls: serde_json::Value = serde_json::from_str(&prom::get(LISTEN, "/stalls")?.1)?;
     let keep = |s: &Scrape| -> BTreeMap<String, f64> {
         s.samples.iter().filter(|(k, _)| k.starts_with(cat::PREFIX)).map(|(k, v)| (k.clone(), *v)).collect()
     };
@@ -166,6 +188,9 @@ pub(super) fn ab() -> Result<bool> {
         "workload": result,
         "before": keep(&before),
         "after": keep(&after),
+        "in_progress_max": in_progress,
+        "stalls": stalls["recent"],
+        "stall_threshold_seconds": stalls["threshold_seconds"],
     });
     println!("ab-result {}", serde_json::to_string(&out)?);
     // SAFETY: signalling our own child.
