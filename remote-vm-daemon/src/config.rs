@@ -27,6 +27,12 @@ pub struct Config {
     pub stalls_keep: usize,
     /// Whether `/stalls` is served (it shows which process reads which).
     pub stalls_http: bool,
+    /// Connections served at once; at the cap, the oldest idle one is closed
+    /// for a new one.
+    pub max_connections: usize,
+    /// A client must send a whole request head within this (also the idle
+    /// keep-alive timeout).
+    pub header_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -57,6 +63,14 @@ struct RawConfig {
     probes: Option<BTreeMap<String, toml::Value>>,
     histograms: Option<RawHistograms>,
     stalls: Option<RawStalls>,
+    web: Option<RawWeb>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    max_connections: Option<toml::Value>,
+    header_timeout_seconds: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -108,6 +122,8 @@ impl Config {
             stall_threshold_ns: 100_000_000,
             stalls_keep: 256,
             stalls_http: true,
+            max_connections: 64,
+            header_timeout: std::time::Duration::from_secs(10),
         };
         for (name, text) in layers {
             let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(name, text, &e))?;
@@ -167,6 +183,17 @@ impl Config {
             if let Some(v) = stalls.threshold_seconds {
                 let s = seconds("stalls.threshold_seconds", v, 1e-3..=3600.0, "a number of seconds between 0.001 and 3600")?;
                 config.stall_threshold_ns = (s * 1e9).round() as u64;
+            }
+            let web = raw.web.unwrap_or_default();
+            if let Some(v) = web.max_connections {
+                config.max_connections = match v.as_integer() {
+                    Some(n) if (1..=65_536).contains(&n) => n as usize,
+                    _ => return Err(bad("web.max_connections", v.to_string(), "a whole number from 1 to 65536".into())),
+                };
+            }
+            if let Some(v) = web.header_timeout_seconds {
+                let s = seconds("web.header_timeout_seconds", v, 0.1..=3600.0, "a number of seconds between 0.1 and 3600")?;
+                config.header_timeout = std::time::Duration::from_secs_f64(s);
             }
             if let Some(h) = raw.histograms {
                 const HIST_ALLOWED: &str = "a number of seconds between 1e-9 and 1e6";
@@ -292,7 +319,7 @@ mod tests {
         let e = parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "config t.toml line 2: unknown field `listen_port`, expected one of `listen`, `log_level`, `probes`, `histograms`, `stalls`"
+            "config t.toml line 2: unknown field `listen_port`, expected one of `listen`, `log_level`, `probes`, `histograms`, `stalls`, `web`"
         );
         assert_eq!(
             parse("[probes]\nfentry = \"auto\"\n").unwrap_err().to_string(),
@@ -339,6 +366,12 @@ mod tests {
         assert!(parse("[stalls]\nkept = 3\n").unwrap_err().to_string().contains("unknown field `kept`"));
         let c = parse("[stalls]\nkeep = 3\nhttp = false\n").unwrap();
         assert_eq!((c.stalls_keep, c.stalls_http), (3, false));
+        let c = parse("[web]\nmax_connections = 5\nheader_timeout_seconds = 2.5\n").unwrap();
+        assert_eq!((c.max_connections, c.header_timeout), (5, std::time::Duration::from_millis(2500)));
+        assert_eq!(
+            parse("[web]\nmax_connections = 0\n").unwrap_err().to_string(),
+            "config t.toml: key `web.max_connections`: invalid value 0: expected a whole number from 1 to 65536"
+        );
         assert_eq!(
             parse("[stalls]\nkeep = 0\n").unwrap_err().to_string(),
             "config t.toml: key `stalls.keep`: invalid value 0: expected a whole number from 1 to 65536"

@@ -1,11 +1,23 @@
-//! The HTTP endpoint: `/metrics`, `/healthz` and a landing page at `/`.
-use std::{convert::Infallible, sync::Arc};
+//! The HTTP endpoint: `/metrics`, `/healthz`, `/stalls` and a landing page at
+//! `/`, with limits any local user cannot push past: a cap on connections (the
+//! oldest idle one makes room), a deadline for each request head (which also
+//! ends idle keep-alive connections), a head size limit, and an accept loop that
+//! backs off instead of spinning when descriptors run out.
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Notify};
 
 use crate::{
     bpf::{Attached, Session},
@@ -57,29 +69,141 @@ const LANDING: &str = "<!doctype html>\n<html><head><title>remote-vm</title></he
 <li><a href=\"/stalls\">/stalls</a> (recent stalls)</li></ul>\n\
 </body></html>\n";
 
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: impl std::future::Future<Output = ()>) {
+/// The listener's limits (`[web]` in the config).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_timeout: Duration,
+}
+
+/// The largest request head read (hyper's buffer; its minimum is 8 KiB).
+const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// After a failed accept (e.g. EMFILE: out of descriptors) the loop waits this
+/// long, doubling up to `ACCEPT_BACKOFF_MAX`, instead of spinning.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this for accept failures and refusals.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// One open connection: whether it completed a request, and how to close it.
+struct Conn {
+    served: Arc<AtomicU64>,
+    close: Arc<Notify>,
+}
+
+/// Open connections by age (ids grow).
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    open: BTreeMap<u64, Conn>,
+}
+
+impl Conns {
+    /// The connection to close for a new one: the oldest that never completed
+    /// a request (a slow or idle client), else the oldest idle keep-alive one.
+    fn victim(&self) -> Option<u64> {
+        let never = self.open.iter().find(|(_, c)| c.served.load(Ordering::Relaxed) == 0).map(|(id, _)| *id);
+        never.or_else(|| self.open.keys().next().copied())
+    }
+}
+
+/// A log line at most every `LOG_EVERY`, saying how many were held back.
+struct Throttled {
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl Throttled {
+    fn log(&mut self, msg: impl FnOnce() -> String) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
+            self.held += 1;
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        let more = if held > 0 { format!(" ({held} more since the last line)") } else { String::new() };
+        log::warn!("{}{more}", msg());
+        self.last = Some(now);
+    }
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<State>, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let conns = Arc::new(Mutex::new(Conns::default()));
+    let mut accept_log = Throttled { last: None, held: 0 };
+    let mut cap_log = Throttled { last: None, held: 0 };
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
+                Ok(conn) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    conn
+                }
                 Err(e) => {
-                    log::warn!("accept: {e}");
+                    // Out of descriptors (EMFILE/ENFILE) or a transient error:
+                    // wait instead of spinning on the same error.
+                    accept_log.log(|| format!("accept: {e}; retrying in up to {} s", ACCEPT_BACKOFF_MAX.as_secs()));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {},
+                        () = &mut shutdown => return,
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
             () = &mut shutdown => return,
         };
-        let state = state.clone();
+        let (id, served, close) = {
+            let Ok(mut c) = conns.lock() else { return };
+            if c.open.len() >= limits.max_connections {
+                match c.victim() {
+                    Some(victim) => {
+                        if let Some(v) = c.open.remove(&victim) {
+                            v.close.notify_one();
+                        }
+                        cap_log.log(|| format!("{} connections open (web.max_connections): closed the oldest idle one", limits.max_connections));
+                    }
+                    None => continue,
+                }
+            }
+            let id = c.next;
+            c.next += 1;
+            let conn = Conn {
+                served: Arc::new(AtomicU64::new(0)),
+                close: Arc::new(Notify::new()),
+            };
+            let handles = (conn.served.clone(), conn.close.clone());
+            c.open.insert(id, conn);
+            (id, handles.0, handles.1)
+        };
+        let (state, conns) = (state.clone(), conns.clone());
         tokio::spawn(async move {
+            let counted = served.clone();
             let service = service_fn(move |req| {
                 let state = state.clone();
+                counted.fetch_add(1, Ordering::Relaxed);
                 async move { Ok::<_, Infallible>(route(&req, &state)) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
                 .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(MAX_HEAD_BYTES);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {},
+                () = close.notified() => {
+                    conn.as_mut().graceful_shutdown();
+                    // An idle connection ends at once; anything else gets the head timeout.
+                    let _ = tokio::time::timeout(limits.header_timeout, conn).await;
+                }
+            }
+            if let Ok(mut c) = conns.lock() {
+                c.open.remove(&id);
+            }
         });
     }
 }

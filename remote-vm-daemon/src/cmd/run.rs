@@ -93,7 +93,11 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
             "READY=1\nSTATUS=serving http://{}/metrics; {n} of {points} probes attached",
             config.listen
         ));
-        server::serve(listener, state.clone(), shutdown_signal()).await;
+        let limits = server::Limits {
+            max_connections: config.max_connections,
+            header_timeout: config.header_timeout,
+        };
+        server::serve(listener, state.clone(), limits, shutdown_signal()).await;
         Ok::<(), std::io::Error>(())
     });
     notify.send("STOPPING=1\nSTATUS=detaching probes");

@@ -1,0 +1,209 @@
+//! The listener's limits against clients any local user could be: idle and
+//! slowloris connections, more connections than the cap, and running out of
+//! file descriptors. Host tests: they run the daemon (root and BPF), under
+//! `cargo xtask test` (`cargo test -- --include-ignored`).
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use remote_vm_testkit::prom;
+
+const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Running {
+    child: Child,
+    addr: String,
+    log: std::path::PathBuf,
+}
+
+impl Running {
+    /// `run` with `web` as the config's `[web]` table, under `wrapper` (e.g.
+    /// `prlimit --nofile=64 --`), its log in a file.
+    fn start(name: &str, web: &str, wrapper: &[&str]) -> Running {
+        let dir = std::env::temp_dir().join(format!("rvm-http-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("config.toml");
+        std::fs::write(&config, format!("[web]\n{web}\n")).unwrap();
+        let log = dir.join("daemon.log");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let (program, args) = match wrapper.split_first() {
+            Some((p, rest)) => (*p, rest.iter().copied().chain([DAEMON]).collect::<Vec<_>>()),
+            None => (DAEMON, Vec::new()),
+        };
+        let child = Command::new(program)
+            .args(args)
+            .args(["run", "--listen", &addr, "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn daemon");
+        let mut r = Running { child, addr, log };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(prom::get(&r.addr, "/healthz"), Ok((200, _))) {
+            if let Some(status) = r.child.try_wait().unwrap() {
+                panic!("daemon exited early: {status}: {}", std::fs::read_to_string(&r.log).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "daemon did not serve within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// The daemon's process (the wrapper execs it: same pid).
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / tick
+    }
+
+    fn log_lines(&self) -> usize {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().count()
+    }
+
+    fn metrics_ok(&self) -> bool {
+        matches!(prom::get(&self.addr, "/metrics"), Ok((200, body)) if body.contains("remote_vm_build_info"))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether the server closed `s` (EOF or reset) within `within`.
+fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 or any answer before the close is fine; keep reading.
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn idle_and_slowloris_connections_are_closed_and_cost_little() {
+    const TIMEOUT: Duration = Duration::from_secs(2);
+    let d = Running::start("slowloris", "max_connections = 1000\nheader_timeout_seconds = 2", &[]);
+    let rss_before = d.rss_kib();
+    let idle: Vec<TcpStream> = (0..500).map(|_| TcpStream::connect(&d.addr).unwrap()).collect();
+    let mut slow: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = TcpStream::connect(&d.addr).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+            s
+        })
+        .collect();
+    // One header byte each half second: never a whole head. /metrics answers throughout.
+    let start = Instant::now();
+    while start.elapsed() < TIMEOUT + Duration::from_secs(1) {
+        for s in &mut slow {
+            let _ = s.write_all(b"X");
+        }
+        assert!(d.metrics_ok(), "/metrics did not answer with 600 connections open");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // All 600 were closed by the server by now (the head timeout, plus slack).
+    let mut all: Vec<TcpStream> = idle.into_iter().chain(slow).collect();
+    let open = all.iter_mut().map(|s| closed_by_server(s, Duration::from_secs(2))).filter(|c| !c).count();
+    assert_eq!(open, 0, "connections the server left open past its head timeout");
+    let grew = d.rss_kib().saturating_sub(rss_before);
+    assert!(grew < 10 * 1024, "RSS grew by {grew} KiB with 600 idle and slow connections");
+    assert!(d.metrics_ok());
+}
+
+/// One `GET /metrics` on a connection kept open afterwards: its status.
+fn get_keeping_alive(addr: &str) -> (TcpStream, u16) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    // The head, then Content-Length bytes of body.
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before answering");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else { continue };
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+            .unwrap();
+        if body.len() >= len {
+            let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+            return (s, status);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn at_the_cap_the_oldest_idle_connection_makes_room_for_a_scrape() {
+    let d = Running::start("cap", "max_connections = 10\nheader_timeout_seconds = 60", &[]);
+    let mut idle: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(&d.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // Three scrapes that keep their connections: each gets in by closing the
+    // oldest connection that never sent a request (not an earlier scrape's).
+    let scrapes: Vec<(TcpStream, u16)> = (0..3).map(|_| get_keeping_alive(&d.addr)).collect();
+    assert_eq!(scrapes.iter().map(|(_, status)| *status).collect::<Vec<_>>(), [200, 200, 200]);
+    let closed: Vec<bool> = idle.iter_mut().map(|s| closed_by_server(s, Duration::from_millis(500))).collect();
+    assert_eq!(closed, [[true; 3].as_slice(), [false; 7].as_slice()].concat(), "not the oldest three closed");
+    let mut scrapes: Vec<TcpStream> = scrapes.into_iter().map(|(s, _)| s).collect();
+    assert!(scrapes.iter_mut().all(|s| !closed_by_server(s, Duration::from_millis(200))), "a scrape's connection was closed");
+    assert!(std::fs::read_to_string(&d.log).unwrap().contains("connections open (web.max_connections)"));
+}
+
+#[test]
+#[ignore = "needs root, BPF and prlimit; run by cargo xtask test"]
+fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
+    let d = Running::start("emfile", "max_connections = 1000\nheader_timeout_seconds = 60", &["prlimit", "--nofile=64", "--"]);
+    let lines_before = d.log_lines();
+    // More connections than descriptors: the kernel queues the rest and
+    // accept() fails with EMFILE until some close.
+    let conns: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(&d.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu0 = d.cpu_seconds();
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu = d.cpu_seconds() - cpu0;
+    assert!(cpu < 0.25, "{cpu:.2} s of CPU in 5 s out of descriptors (spinning?)");
+    let lines = d.log_lines() - lines_before;
+    assert!((1..=3).contains(&lines), "{lines} log lines in 5.5 s out of descriptors: {}", std::fs::read_to_string(&d.log).unwrap());
+    drop(conns);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.metrics_ok() {
+        assert!(Instant::now() < deadline, "the daemon did not recover after the connections closed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
