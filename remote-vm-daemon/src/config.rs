@@ -112,6 +112,23 @@ impl Config {
         }
     }
 
+    /// The settings that differ in `new` and take effect only on a restart
+    /// (everything but the log level), by their config keys.
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut differ = |key, changed: bool| {
+            if changed {
+                out.push(key);
+            }
+        };
+        differ("listen", self.listen != new.listen);
+        differ("probes", self.probes != new.probes);
+        differ("histograms", (self.hist_min_log2, self.hist_max_log2) != (new.hist_min_log2, new.hist_max_log2));
+        differ("stalls", (self.stall_threshold_ns, self.stalls_keep, self.stalls_http) != (new.stall_threshold_ns, new.stalls_keep, new.stalls_http));
+        differ("web", (self.max_connections, self.header_timeout) != (new.max_connections, new.header_timeout));
+        out
+    }
+
     fn from_layers(layers: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut config = Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 19361)),
@@ -312,6 +329,14 @@ mod tests {
         // Opt-in modes can be forced.
         let c = parse("[probes]\nmmap_lock_host = \"mmap_lock_tp\"\n").unwrap();
         assert_eq!(c.probes[&Family::MmapLockHost], mode(Family::MmapLockHost, "mmap_lock_tp"));
+    }
+
+    #[test]
+    fn what_sighup_cannot_change_is_named() {
+        let old = parse("").unwrap();
+        let new = parse("log_level = \"debug\"\nlisten = \"127.0.0.1:1\"\n[stalls]\nkeep = 3\n[web]\nmax_connections = 2\n").unwrap();
+        assert_eq!(old.restart_only_changes(&new), ["listen", "stalls", "web"]);
+        assert!(old.restart_only_changes(&parse("log_level = \"debug\"").unwrap()).is_empty());
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::os::fd::AsRawFd;
 /// the config; `RUST_LOG`-style module filters in `REMOTE_VM_LOG` are honoured.
 pub fn init(level: log::LevelFilter) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(level);
+    // Everything passes the logger's own filter; the level is the global
+    // maximum, so SIGHUP can change it (`set_level`).
+    builder.filter_level(log::LevelFilter::Trace);
     // Under systemd the journal stamps each line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
         builder.format_timestamp(None);
@@ -14,6 +16,12 @@ pub fn init(level: log::LevelFilter) {
         builder.format_timestamp_millis();
     }
     let _ = builder.try_init();
+    log::set_max_level(level);
+}
+
+/// Changes the level of the running daemon's log.
+pub fn set_level(level: log::LevelFilter) {
+    log::set_max_level(level);
 }
 
 /// Reads aya-log records from the eBPF ring buffer on a thread of their own for

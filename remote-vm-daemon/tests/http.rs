@@ -4,97 +4,13 @@
 //! `cargo xtask test` (`cargo test -- --include-ignored`).
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
-    process::{Child, Command, Stdio},
+    net::TcpStream,
     time::{Duration, Instant},
 };
 
-use remote_vm_testkit::prom;
+mod common;
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Running {
-    child: Child,
-    addr: String,
-    log: std::path::PathBuf,
-}
-
-impl Running {
-    /// `run` with `web` as the config's `[web]` table, under `wrapper` (e.g.
-    /// `prlimit --nofile=64 --`), its log in a file.
-    fn start(name: &str, web: &str, wrapper: &[&str]) -> Running {
-        let dir = std::env::temp_dir().join(format!("rvm-http-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("config.toml");
-        std::fs::write(&config, format!("[web]\n{web}\n")).unwrap();
-        let log = dir.join("daemon.log");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let (program, args) = match wrapper.split_first() {
-            Some((p, rest)) => (*p, rest.iter().copied().chain([DAEMON]).collect::<Vec<_>>()),
-            None => (DAEMON, Vec::new()),
-        };
-        let child = Command::new(program)
-            .args(args)
-            .args(["run", "--listen", &addr, "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn daemon");
-        let mut r = Running { child, addr, log };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(prom::get(&r.addr, "/healthz"), Ok((200, _))) {
-            if let Some(status) = r.child.try_wait().unwrap() {
-                panic!("daemon exited early: {status}: {}", std::fs::read_to_string(&r.log).unwrap_or_default());
-            }
-            assert!(Instant::now() < deadline, "daemon did not serve within 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
-    }
-
-    /// The daemon's process (the wrapper execs it: same pid).
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    /// User + system CPU seconds so far.
-    fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        // SAFETY: sysconf has no preconditions.
-        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / tick
-    }
-
-    fn log_lines(&self) -> usize {
-        std::fs::read_to_string(&self.log).unwrap_or_default().lines().count()
-    }
-
-    fn metrics_ok(&self) -> bool {
-        matches!(prom::get(&self.addr, "/metrics"), Ok((200, body)) if body.contains("remote_vm_build_info"))
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::Running;
 
 /// Whether the server closed `s` (EOF or reset) within `within`.
 fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
@@ -115,7 +31,7 @@ fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
 #[ignore = "needs root and BPF; run by cargo xtask test"]
 fn idle_and_slowloris_connections_are_closed_and_cost_little() {
     const TIMEOUT: Duration = Duration::from_secs(2);
-    let d = Running::start("slowloris", "max_connections = 1000\nheader_timeout_seconds = 2", &[]);
+    let d = Running::start("slowloris", "[web]\nmax_connections = 1000\nheader_timeout_seconds = 2\n", &[]);
     let rss_before = d.rss_kib();
     let idle: Vec<TcpStream> = (0..500).map(|_| TcpStream::connect(&d.addr).unwrap()).collect();
     let mut slow: Vec<TcpStream> = (0..100)
@@ -171,7 +87,7 @@ fn get_keeping_alive(addr: &str) -> (TcpStream, u16) {
 #[test]
 #[ignore = "needs root and BPF; run by cargo xtask test"]
 fn at_the_cap_the_oldest_idle_connection_makes_room_for_a_scrape() {
-    let d = Running::start("cap", "max_connections = 10\nheader_timeout_seconds = 60", &[]);
+    let d = Running::start("cap", "[web]\nmax_connections = 10\nheader_timeout_seconds = 60\n", &[]);
     let mut idle: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(&d.addr).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
     // Three scrapes that keep their connections: each gets in by closing the
@@ -182,13 +98,13 @@ fn at_the_cap_the_oldest_idle_connection_makes_room_for_a_scrape() {
     assert_eq!(closed, [[true; 3].as_slice(), [false; 7].as_slice()].concat(), "not the oldest three closed");
     let mut scrapes: Vec<TcpStream> = scrapes.into_iter().map(|(s, _)| s).collect();
     assert!(scrapes.iter_mut().all(|s| !closed_by_server(s, Duration::from_millis(200))), "a scrape's connection was closed");
-    assert!(std::fs::read_to_string(&d.log).unwrap().contains("connections open (web.max_connections)"));
+    assert!(d.log_text().contains("connections open (web.max_connections)"));
 }
 
 #[test]
 #[ignore = "needs root, BPF and prlimit; run by cargo xtask test"]
 fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
-    let d = Running::start("emfile", "max_connections = 1000\nheader_timeout_seconds = 60", &["prlimit", "--nofile=64", "--"]);
+    let d = Running::start("emfile", "[web]\nmax_connections = 1000\nheader_timeout_seconds = 60\n", &["prlimit", "--nofile=64", "--"]);
     let lines_before = d.log_lines();
     // More connections than descriptors: the kernel queues the rest and
     // accept() fails with EMFILE until some close.
@@ -199,7 +115,7 @@ fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
     let cpu = d.cpu_seconds() - cpu0;
     assert!(cpu < 0.25, "{cpu:.2} s of CPU in 5 s out of descriptors (spinning?)");
     let lines = d.log_lines() - lines_before;
-    assert!((1..=3).contains(&lines), "{lines} log lines in 5.5 s out of descriptors: {}", std::fs::read_to_string(&d.log).unwrap());
+    assert!((1..=3).contains(&lines), "{lines} log lines in 5.5 s out of descriptors: {}", d.log_text());
     drop(conns);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !d.metrics_ok() {

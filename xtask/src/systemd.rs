@@ -35,6 +35,23 @@ exec 3<>/dev/tcp/127.0.0.1/19361
 printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
 say "metrics-lines=$(grep -c '^remote_vm_' <&3)"
 exec 3<&-
+# SIGHUP (systemctl reload): the config is re-read, the process stays.
+systemctl reload remote-vm.service
+sleep 3
+say "after-reload active=$(systemctl is-active remote-vm.service) same-pid=$([ "$(systemctl show -p MainPID --value remote-vm.service)" = "$pid" ] && echo yes || echo no)"
+# A stopped daemon sends no WATCHDOG=1: systemd kills and restarts it.
+kill -STOP "$pid"
+new=$pid
+for i in $(seq 1 120); do
+    new=$(systemctl show -p MainPID --value remote-vm.service)
+    [ "$new" != "$pid" ] && [ "$new" != 0 ] && systemctl is-active --quiet remote-vm.service && break
+    sleep 1
+done
+say "watchdog new-pid=$([ "$new" != "$pid" ] && echo yes || echo no) restarts=$(systemctl show -p NRestarts --value remote-vm.service) active=$(systemctl is-active remote-vm.service)"
+# Capabilities that cannot be dropped (capset denied by seccomp): exit 1, not serve.
+out=$(systemd-run --unit=rvm-capset --wait -p SystemCallFilter=~capset -p RuntimeMaxSec=120 /usr/bin/remote-vm-daemon run --listen 127.0.0.1:19399 2>&1)
+say "capset-denied| $(echo "$out" | grep -o 'status=[0-9]*' | head -1)"
+journalctl -u rvm-capset --no-pager -o cat | grep -q 'could not drop capabilities' && say "capset-denied-logged=yes"
 journalctl -u remote-vm.service --no-pager -o cat | while IFS= read -r line; do say "journal| $line"; done
 systemctl stop remote-vm.service
 say "stopped result=$(systemctl show -p Result --value remote-vm.service) status=$(systemctl show -p ExecMainStatus --value remote-vm.service)"
@@ -174,6 +191,11 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
         "it serves metrics",
         lines.iter().any(|l| l.strip_prefix("metrics-lines=").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n > 100)),
     );
+    expect("systemctl reload (SIGHUP): still active, same process", has("after-reload active=active same-pid=yes"));
+    expect("the reload is logged", lines.iter().any(|l| l.starts_with("journal| SIGHUP: config re-read")));
+    expect("a SIGSTOPped daemon is restarted by the watchdog", has("watchdog new-pid=yes restarts=1 active=active"));
+    expect("capabilities that cannot be dropped: exit 1", has("capset-denied| status=1"));
+    expect("… and one line says why", has("capset-denied-logged=yes"));
     expect("systemctl stop: clean exit", has("stopped result=success status=0"));
     expect("the check ran to the end", has("done"));
     if !failures.is_empty() {
@@ -182,6 +204,6 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
         }
         bail!("the unit under systemd: {} checks failed; console in {}", failures.len(), console.display());
     }
-    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, clean stop)");
+    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, reload, watchdog restart, capset denied → exit 1, clean stop)");
     Ok(())
 }

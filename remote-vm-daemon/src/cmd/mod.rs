@@ -19,7 +19,7 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_DEGRADED: u8 = 2;
 
 /// The flags `run` and `check` share.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Common {
     /// TOML config file over the embedded defaults (see `remote-vm-daemon defaults`).
     #[arg(long, env = "REMOTE_VM_CONFIG", value_name = "FILE")]

@@ -55,9 +55,11 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
     }
     // Everything is attached and every fd we need is open: give up all privilege
     // before any other thread exists, so none keeps it.
+    // Serving with privileges kept is not an option: exit 1 (systemd restarts
+    // a failed unit; the next start tries again).
     match caps::drop_all() {
         Ok(()) => log::info!("dropped all capabilities (CapEff {:#x})", caps::effective().unwrap_or(0)),
-        Err(e) => log::error!("could not drop capabilities: {e}"),
+        Err(e) => return fail(format!("could not drop capabilities, not serving with them: {e}")),
     }
     session.forward_logs();
     let stall_log = Arc::new(StallLog::new(config.stalls_keep, config.stall_threshold_ns));
@@ -93,6 +95,18 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
             "READY=1\nSTATUS=serving http://{}/metrics; {n} of {points} probes attached",
             config.listen
         ));
+        tokio::spawn(reload_on_hangup(common.clone(), listen, config.clone()));
+        if let Some(every) = watchdog_interval() {
+            log::info!("systemd watchdog: WATCHDOG=1 every {:.1} s", every.as_secs_f64());
+            tokio::spawn(async move {
+                let notify = notify::Notifier::from_env();
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    notify.send("WATCHDOG=1");
+                }
+            });
+        }
         let limits = server::Limits {
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
@@ -107,6 +121,52 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
     match served {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => fail(format!("cannot serve on {}: {e}", config.listen)),
+    }
+}
+
+/// Half of `WATCHDOG_USEC` when systemd asks this process for watchdog pings
+/// (`WatchdogSec=`): sent from the serving runtime, so a stuck or stopped
+/// daemon stops pinging and is restarted.
+fn watchdog_interval() -> Option<std::time::Duration> {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
+}
+
+/// SIGHUP re-reads the config: the log level takes effect; what needs the
+/// probes re-attached or privileges (gone by now) is named and left as it is.
+async fn reload_on_hangup(common: Common, listen: Option<SocketAddr>, mut running: crate::config::Config) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        log::warn!("cannot install the SIGHUP handler: SIGHUP will be ignored");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match common.settle() {
+            Ok(mut new) => {
+                // Flags still override the file.
+                if let Some(listen) = listen {
+                    new.listen = listen;
+                }
+                if new.log_level != running.log_level {
+                    logging::set_level(new.log_level);
+                    running.log_level = new.log_level;
+                }
+                log::info!("SIGHUP: config re-read; log level {}", new.log_level);
+                let ignored = running.restart_only_changes(&new);
+                if !ignored.is_empty() {
+                    log::warn!(
+                        "SIGHUP: {} changed but take effect only on a restart (the probes stay attached as they are; capabilities are gone)",
+                        ignored.join(", ")
+                    );
+                }
+            }
+            Err(e) => log::error!("SIGHUP: config not reloaded, the running one stays: {e}"),
+        }
     }
 }
 

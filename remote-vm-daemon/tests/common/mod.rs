@@ -1,0 +1,105 @@
+//! A daemon `run` for the host tests: its config, an optional wrapper command,
+//! its log in a file, and what /proc says about it.
+#![allow(dead_code)]
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use remote_vm_testkit::prom;
+
+pub const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Running {
+    pub child: Child,
+    pub addr: String,
+    pub log: std::path::PathBuf,
+    pub config: std::path::PathBuf,
+}
+
+impl Running {
+    /// `run` with `config` as its config file, under `wrapper` (e.g.
+    /// `prlimit --nofile=64 --`), its log in a file.
+    pub fn start(name: &str, config: &str, wrapper: &[&str]) -> Running {
+        let dir = std::env::temp_dir().join(format!("rvm-host-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let log = dir.join("daemon.log");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let (program, args) = match wrapper.split_first() {
+            Some((p, rest)) => (*p, rest.iter().copied().chain([DAEMON]).collect::<Vec<_>>()),
+            None => (DAEMON, Vec::new()),
+        };
+        let child = Command::new(program)
+            .args(args)
+            .args(["run", "--listen", &addr, "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn daemon");
+        let mut r = Running { child, addr, log, config: config_path };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(prom::get(&r.addr, "/healthz"), Ok((200, _))) {
+            if let Some(status) = r.child.try_wait().unwrap() {
+                panic!("daemon exited early: {status}: {}", std::fs::read_to_string(&r.log).unwrap_or_default());
+            }
+            assert!(Instant::now() < deadline, "daemon did not serve within 30 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    /// The daemon's process (a wrapper execs it: same pid).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    /// User + system CPU seconds so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / tick
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn log_lines(&self) -> usize {
+        self.log_text().lines().count()
+    }
+
+    pub fn metrics_ok(&self) -> bool {
+        matches!(prom::get(&self.addr, "/metrics"), Ok((200, body)) if body.contains("remote_vm_build_info"))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
