@@ -56,7 +56,7 @@ fn unknown_key_and_bad_value() {
     assert_eq!(
         one_line_failure(&daemon(&["check", "--config", &f])),
         format!(
-            "remote-vm-daemon: config {f} line 1: unknown field `port`, expected one of `listen`, `log_level`, `probes`, `histograms`, `stalls`"
+            "remote-vm-daemon: config {f} line 1: unknown field `port`, expected one of `listen`, `log_level`, `probes`, `histograms`, `stalls`, `web`"
         )
     );
     let f = temp_file("mode.toml", b"[probes]\nlock_vma_under_rcu = \"fentry\"\n");

@@ -88,7 +88,7 @@ impl Running {
     }
 
     pub fn metrics_ok(&self) -> bool {
-        matches!(prom::get(&self.addr, "/metrics"), Ok((200, body)) if body.contains("remote_vm_build_info"))
+        matches!(prom::get(&self.addr, "/metrics"), Ok((200, body)) if body.contains(remote_vm_common::catalog::BUILD_INFO.name))
     }
 
     pub fn signal(&self, sig: i32) {
