@@ -20,9 +20,13 @@ pub use registry::Family;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Control {
-    /// Thread id of the daemon's start-up probe read, kept out of the counters.
+    /// Thread id of the daemon's start-up probe read, kept out of the counters,
+    /// as the daemon's own PID namespace numbers it (0: no probe read now)...
     pub selftest_tid: u32,
     pub _pad: u32,
+    /// ... that namespace: `st_dev` and `st_ino` of `/proc/self/ns/pid`.
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
 }
 
 /// What the daemon's start-up probe read saw (the `SELFTEST` array, one entry).
@@ -37,6 +41,10 @@ pub struct SelfTest {
     pub walks: u32,
     /// `Path` of the last one (+1; 0: none).
     pub path: u32,
+    /// The probe-read thread's id as the kernel's initial PID namespace numbers
+    /// it: another number than the daemon's own `gettid()` means the daemon
+    /// runs in a PID namespace of its own.
+    pub host_tid: u32,
 }
 
 /// A host-wide mmap_lock wait in progress on one thread (the `WAITS` task storage).

@@ -171,13 +171,6 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
         let verdict = attach::attach(&mut ebpf, kernel.btf.as_ref(), &kernel.layout, family, &choice, &verdicts);
         verdicts.push(verdict);
     }
-    let attached = |f: Family| verdicts.iter().any(|v| v.family == f && v.attached());
-    let waits = if attached(Family::AccessRemoteVm) && attached(Family::MmapLockRemote) {
-        waits::WaitsIter::attach(&mut ebpf, kernel.btf.as_ref())
-    } else {
-        Err(format!("needs {} and {}", Family::AccessRemoteVm.name(), Family::MmapLockRemote.name()))
-    };
-    let waits_why = waits.as_ref().map(|_| ()).map_err(Clone::clone);
     let miss_sources = miss_sources(&ebpf, &verdicts);
     let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Map(name));
     let hits = PerCpuArray::try_from(take(&mut ebpf, HITS)?).map_err(|_| LoadError::Map(HITS))?;
@@ -197,9 +190,22 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
         stats,
         miss_sources,
         stall_events,
-        waits: waits.ok(),
+        waits: None,
     };
-    let (patched, patched_why) = selftest::decide_patched(&mut session.ebpf, &kernel.layout, &verdicts);
+    let decision = selftest::decide_patched(&mut session.ebpf, &kernel.layout, &verdicts);
+    // After the probe read: it tells whether this process is in the initial
+    // PID namespace (its thread id there against its own gettid()).
+    let attached = |f: Family| verdicts.iter().any(|v| v.family == f && v.attached());
+    // SAFETY: no preconditions.
+    let own_tid = unsafe { libc::gettid() } as u32;
+    let waits = if attached(Family::AccessRemoteVm) && attached(Family::MmapLockRemote) {
+        waits::WaitsIter::attach(&mut session.ebpf, kernel.btf.as_ref(), decision.host_tid.map(|h| h != own_tid))
+    } else {
+        Err(format!("needs {} and {}", Family::AccessRemoteVm.name(), Family::MmapLockRemote.name()))
+    };
+    let waits_why = waits.as_ref().map(|_| ()).map_err(Clone::clone);
+    session.waits = waits.ok();
+    let (patched, patched_why) = (decision.patched, decision.why);
     Ok((
         session,
         Attached {

@@ -23,11 +23,29 @@ impl Patched {
     }
 }
 
+/// What the start-up probe read decided, and the probe thread's id in the
+/// kernel's initial PID namespace when the access probes saw it.
+pub struct Decision {
+    pub patched: Patched,
+    pub why: String,
+    pub host_tid: Option<u32>,
+}
+
 /// "no" when the kernel lacks the lockless path's functions; otherwise the
 /// kernel decides: read one resident page of our own memory through
 /// `/proc/self/mem` and see whether the lockless loop ran. That read is kept
 /// out of every counter (`CONTROL.selftest_tid`).
-pub fn decide_patched(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> (Patched, String) {
+pub fn decide_patched(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> Decision {
+    let (patched, why, host_tid) = decide(ebpf, layout, verdicts);
+    Decision { patched, why, host_tid }
+}
+
+fn decide(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> (Patched, String, Option<u32>) {
+    let attached = |family: Family| verdicts.iter().any(|v| v.family == family && v.attached());
+    // The probe read runs whenever the access probes are attached: it also
+    // tells the probe thread's id in the initial PID namespace.
+    let t = if attached(Family::AccessRemoteVm) { Some(probe_read(ebpf)) } else { None };
+    let host_tid = t.as_ref().and_then(|t| t.as_ref().ok()).filter(|t| t.calls > 0 && t.host_tid != 0).map(|t| t.host_tid);
     if !layout.has_lockless_path() {
         return (
             Patched::No,
@@ -35,37 +53,52 @@ pub fn decide_patched(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) ->
                 "the kernel has no lockless read path (lock_vma_under_rcu={}, folio_walk_start={})",
                 layout.has_lock_vma_under_rcu, layout.has_folio_walk_start
             ),
+            host_tid,
         );
     }
-    for family in [Family::AccessRemoteVm, Family::LockVmaUnderRcu] {
-        if !verdicts.iter().any(|v| v.family == family && v.attached()) {
-            return (Patched::Unknown, format!("probe family {} is not attached", family.name()));
-        }
+    let Some(t) = t else {
+        return (Patched::Unknown, format!("probe family {} is not attached", Family::AccessRemoteVm.name()), None);
+    };
+    if !attached(Family::LockVmaUnderRcu) {
+        return (Patched::Unknown, format!("probe family {} is not attached", Family::LockVmaUnderRcu.name()), host_tid);
     }
-    match probe_read(ebpf) {
-        Ok(t) if t.calls == 0 => (
-            Patched::Unknown,
-            "the probe read of /proc/self/mem was not seen by the access probes".into(),
-        ),
-        Ok(t) if t.lockless > 0 => (
+    let t = match t {
+        Ok(t) => t,
+        Err(e) => return (Patched::Unknown, format!("probe read failed: {e}"), None),
+    };
+    let (patched, why) = if t.calls == 0 {
+        (Patched::Unknown, "the probe read of /proc/self/mem was not seen by the access probes".to_string())
+    } else if t.lockless > 0 {
+        (
             Patched::Yes,
             format!("a read of a resident page of /proc/self/mem ran the lockless loop ({} lockless walk)", t.walks),
-        ),
-        Ok(_) => (
-            Patched::No,
-            "a read of a resident page of /proc/self/mem did not run the lockless loop".into(),
-        ),
-        Err(e) => (Patched::Unknown, format!("probe read failed: {e}")),
-    }
+        )
+    } else {
+        (Patched::No, "a read of a resident page of /proc/self/mem did not run the lockless loop".to_string())
+    };
+    (patched, why, host_tid)
 }
 
 fn probe_read(ebpf: &mut Ebpf) -> Result<SelfTest, String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
+    // Without /proc/self/ns/pid the kernel has no PID namespaces: the initial
+    // one is ours, and the probes compare its numbering (dev, ino = 0).
+    let (pidns_dev, pidns_ino) = match std::fs::metadata("/proc/self/ns/pid") {
+        Ok(ns) => (ns.dev(), ns.ino()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, 0),
+        Err(e) => return Err(format!("/proc/self/ns/pid: {e}")),
+    };
     let mut control: Array<_, Control> =
         Array::try_from(ebpf.map_mut("CONTROL").ok_or("no CONTROL map")?).map_err(|e| e.to_string())?;
-    control
-        .set(0, Control { selftest_tid: tid, _pad: 0 }, 0)
-        .map_err(|e| e.to_string())?;
+    let mark = Control {
+        selftest_tid: tid,
+        _pad: 0,
+        pidns_dev,
+        pidns_ino,
+    };
+    control.set(0, mark, 0).map_err(|e| e.to_string())?;
     // One resident page of our own: written, so present.
     let page = vec![0x5au8; 4096];
     let addr = page.as_ptr() as u64;

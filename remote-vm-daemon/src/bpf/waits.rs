@@ -65,12 +65,17 @@ struct IterCreateAttr {
 
 impl WaitsIter {
     /// Loads and attaches the iterator; `Err`: why waits in progress are not
-    /// reported.
-    pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<WaitsIter, String> {
+    /// reported. `nested`: whether the start-up probe read found the daemon's
+    /// thread numbered differently in the kernel's initial PID namespace
+    /// (`None`: no probe read; `/proc/self/status` decides, which a PID
+    /// namespace with its own /proc mount can hide).
+    pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, nested: Option<bool>) -> Result<WaitsIter, String> {
+        const ONLY_OWN: &str = "the task iterator would see only its own namespace's tasks";
+        if nested == Some(true) {
+            return Err(format!("the daemon is not in the host PID namespace (its thread ids differ from the kernel's); {ONLY_OWN}"));
+        }
         if let Some(ns) = nested_pid_namespace() {
-            return Err(format!(
-                "the daemon is not in the host PID namespace (NSpid {ns}); the task iterator would see only its own namespace's tasks"
-            ));
+            return Err(format!("the daemon is not in the host PID namespace (NSpid {ns}); {ONLY_OWN}"));
         }
         let btf = btf.ok_or("no kernel BTF")?;
         let program: &mut Iter = ebpf

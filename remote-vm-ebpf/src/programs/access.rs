@@ -43,7 +43,7 @@ fn on_entry<C: EbpfContext>(ctx: &C, mm: u64, addr: u64, len: i32, gup_flags: u3
         foll_write: FOLL_WRITE.load(),
         foll_anon: FOLL_ANON.load(),
     };
-    if state.begin(mm, addr, len, gup_flags, flags, is_selftest(t), now()) {
+    if state.begin(mm, addr, len, gup_flags, flags, is_selftest(), now()) {
         if let Some(s) = stats() {
             s.add(Counter::MissedExits, 1);
         }
@@ -73,6 +73,7 @@ fn on_exit(ret: i64) {
                     (*t).lockless += lockless;
                     (*t).walks += walks;
                     (*t).path = outcome.path.map_or(0, |p: Path| p as u32 + 1);
+                    (*t).host_tid = tid();
                 }
             }
         }

@@ -143,8 +143,33 @@ pub fn tid() -> u32 {
     aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32
 }
 
-/// Whether `tid` is the daemon's start-up probe reader.
+/// Whether the current thread is the daemon's start-up probe reader: its
+/// thread id in the daemon's PID namespace (which may not be the initial one)
+/// is the one in `CONTROL` (the initial numbering where the kernel has no PID
+/// namespaces). Only while a probe read is under way is more than the map
+/// lookup done.
 #[inline(always)]
-pub fn is_selftest(tid: u32) -> bool {
-    CONTROL.get(0).is_some_and(|c| c.selftest_tid != 0 && c.selftest_tid == tid)
+pub fn is_selftest() -> bool {
+    let Some(c) = CONTROL.get(0) else {
+        return false;
+    };
+    if c.selftest_tid == 0 {
+        return false;
+    }
+    if c.pidns_ino == 0 {
+        // No PID namespaces in this kernel: the initial numbering is the daemon's.
+        return tid() == c.selftest_tid;
+    }
+    let mut ns = aya_ebpf::bindings::bpf_pidns_info { pid: 0, tgid: 0 };
+    // SAFETY: the helper fills `ns` (its size given) or fails when the current
+    // task is not in that namespace.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_get_ns_current_pid_tgid(
+            c.pidns_dev,
+            c.pidns_ino,
+            &raw mut ns,
+            core::mem::size_of::<aya_ebpf::bindings::bpf_pidns_info>() as u32,
+        )
+    };
+    r == 0 && ns.pid == c.selftest_tid
 }
