@@ -4,9 +4,7 @@
 //! (`cargo test -- --include-ignored`).
 use std::{
     io::Write,
-    net::TcpListener,
-    process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    process::{Command, Output, Stdio},
 };
 
 use remote_vm_common::catalog::*;
@@ -15,7 +13,9 @@ use remote_vm_testkit::{
     prom::{self, Scrape},
 };
 
-const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
+mod common;
+
+use common::{DAEMON, Running};
 
 /// What this host allows, probe by probe: (probe, mode or "none", why not).
 const HOST_MODES: &[(&str, &str, &str)] = &[
@@ -61,51 +61,6 @@ fn absent() -> Vec<String> {
 
 fn daemon(args: &[&str]) -> Output {
     Command::new(DAEMON).args(args).output().expect("run daemon")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Running {
-    child: Child,
-    addr: String,
-}
-
-impl Running {
-    fn start(extra: &[&str]) -> Running {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(DAEMON)
-            .args(["run", "--listen", &addr])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn daemon");
-        let mut r = Running { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(prom::get(&r.addr, "/healthz"), Ok((200, _))) {
-            if let Some(status) = r.child.try_wait().unwrap() {
-                panic!("daemon exited early: {status}");
-            }
-            assert!(Instant::now() < deadline, "daemon did not serve within 30 s");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        r
-    }
-
-    fn stop(mut self) -> i32 {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().unwrap().code().unwrap_or(-1)
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[test]
@@ -157,7 +112,7 @@ fn check_reports_every_probe_and_exits_degraded() {
 #[test]
 #[ignore = "needs root and BPF on the 6.18 host; run by cargo xtask test"]
 fn metrics_tell_what_attached_and_pass_promtool() {
-    let running = Running::start(&[]);
+    let running = Running::start("metrics", "", &[]);
     let (status, body) = prom::get(&running.addr, "/metrics").unwrap();
     assert_eq!(status, 200);
     let scrape = Scrape::parse(&body).unwrap();

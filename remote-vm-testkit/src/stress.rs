@@ -445,8 +445,9 @@ fn read_once(path: &str, buf: &mut [u8]) -> bool {
     File::open(path).and_then(|mut f| f.read(buf)).is_ok_and(|n| n > 0)
 }
 
-/// PTRACE_SEIZE + PTRACE_INTERRUPT one thread and wait for it to stop.
-fn seize(tid: i32) -> Result<i32> {
+/// PTRACE_SEIZE + PTRACE_INTERRUPT one thread and wait for it to stop (then
+/// PTRACE_PEEKDATA works on it; the process's other threads run on).
+pub(crate) fn seize(tid: i32) -> Result<i32> {
     // SAFETY: ptrace and waitpid on a thread of our child.
     unsafe {
         if libc::ptrace(libc::PTRACE_SEIZE, tid, 0, 0) != 0 {

@@ -91,6 +91,12 @@ impl Running {
         matches!(prom::get(&self.addr, "/metrics"), Ok((200, body)) if body.contains(remote_vm_common::catalog::BUILD_INFO.name))
     }
 
+    /// SIGTERM, then the exit code.
+    pub fn stop(mut self) -> i32 {
+        self.signal(libc::SIGTERM);
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.pid() as i32, sig) };

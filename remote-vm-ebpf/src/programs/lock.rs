@@ -108,11 +108,8 @@ fn holder_of<const DIRECT: bool>(sem: u64) -> HolderSnap {
     h.kind = kind as u32;
     h.exact = u32::from(exact);
     h.writer_waiting = u32::from(first_waiter_writes(sem));
-    let (pid_off, tgid_off, comm_off) = (TASK_PID_OFF.load(), TASK_TGID_OFF.load(), TASK_COMM_OFF.load());
-    if task != 0 && known(pid_off) && known(tgid_off) && known(comm_off) {
-        h.tid = read_u32(task, pid_off);
-        h.tgid = read_u32(task, tgid_off);
-        h.comm = read_comm(task, comm_off);
+    if task != 0 {
+        (h.tgid, h.tid, h.comm) = task_identity(task);
     }
     h
 }
@@ -248,7 +245,7 @@ fn emit_stall(state: &CallState, a: &Acquisition) {
     }
 }
 
-/// A task's identity for a wait in progress (the task iterator): tgid, tid, comm.
+/// A task's identity: tgid, tid, comm (zeros when the offsets are unknown).
 #[inline(always)]
 pub(super) fn task_identity(task: u64) -> (u32, u32, [u8; 16]) {
     let (pid_off, tgid_off, comm_off) = (TASK_PID_OFF.load(), TASK_TGID_OFF.load(), TASK_COMM_OFF.load());

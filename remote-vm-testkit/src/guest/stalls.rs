@@ -15,20 +15,32 @@ use crate::{
     stall::{HOLDER_COMM, StallTarget},
 };
 
+/// `GET /stalls`, parsed.
+pub(super) fn stalls_page() -> Result<serde_json::Value> {
+    let (status, body) = prom::get(LISTEN, "/stalls")?;
+    anyhow::ensure!(status == 200, "GET /stalls: {status}");
+    Ok(serde_json::from_str(&body)?)
+}
+
 /// `GET /stalls`' `recent`, once it holds `want` entries (the daemon reads its
 /// ring buffer on a thread of its own) or after 5 s.
-fn stall_log(want: usize) -> Result<Vec<serde_json::Value>> {
+pub(super) fn stall_log(want: usize) -> Result<Vec<serde_json::Value>> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, body) = prom::get(LISTEN, "/stalls")?;
-        anyhow::ensure!(status == 200, "GET /stalls: {status}");
-        let page: serde_json::Value = serde_json::from_str(&body)?;
-        let recent = page["recent"].as_array().cloned().unwrap_or_default();
+        let recent = stalls_page()?["recent"].as_array().cloned().unwrap_or_default();
         if recent.len() >= want || std::time::Instant::now() > deadline {
             return Ok(recent);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Whether `check` found FOLL_ANON's value in BTF (not on 6.1, where it is a
+/// `#define`): without it a stall's interface can only be `other`.
+pub(super) fn foll_anon_known(report: &Report) -> bool {
+    report.check["btf"]
+        .as_array()
+        .is_some_and(|lines| lines.iter().any(|l| l["line"].as_str().is_some_and(|l| l.starts_with("btf: FOLL_ANON = "))))
 }
 
 /// Large enough that munlock() holds the lock for tens of ms even natively.
@@ -105,12 +117,8 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
             report.check(format!("{name}.stall.reader.comm"), &comm, s["reader"]["comm"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.target.pid"), target.pid() as u64, got(&s["target"]["pid"]));
             report.check(format!("{name}.stall.target.comm"), &comm, s["target"]["comm"].as_str().unwrap_or(""));
-            // cmdline needs FOLL_ANON's value, which BTF carries only where it is an
-            // enumerator (not on 6.1, where it is a #define): there `other`.
-            let foll_anon_known = report.check["btf"]
-                .as_array()
-                .is_some_and(|lines| lines.iter().any(|l| l["line"].as_str().is_some_and(|l| l.starts_with("btf: FOLL_ANON = "))));
-            let interface = if foll_anon_known { Interface::Cmdline } else { Interface::Other }.label();
+            // cmdline needs FOLL_ANON's value from BTF: without it, `other`.
+            let interface = if foll_anon_known(report) { Interface::Cmdline } else { Interface::Other }.label();
             report.check(format!("{name}.stall.interface"), interface, s["interface"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.lock_mode"), cat::LOCK_READ, s["lock_mode"].as_str().unwrap_or(""));
             // The holder: the target's thread in munlock() (not its main

@@ -25,11 +25,15 @@ use anyhow::{Context, Result, bail};
 use remote_vm_common::{Interface, catalog as cat, classify::HolderKind};
 use serde_json::Value;
 
-use super::harness::{DAEMON, Daemon, LISTEN, Report, delta};
+use super::{
+    harness::{DAEMON, Daemon, LISTEN, Report, delta},
+    stalls::{stall_log, stalls_page},
+};
 use crate::{
     classes::Kernel,
-    prom::{self, Scrape},
+    prom::Scrape,
     stall::{self, HOLDER_COMM, READ_HOLDER_COMM, StallTarget},
+    stress,
 };
 
 /// The hold asked for (the target's calibration aims above it, but a first
@@ -87,25 +91,6 @@ fn reader(
     Ok(Reader { go: go_tx, ready: ready_rx, handle })
 }
 
-/// `PTRACE_SEIZE` + `PTRACE_INTERRUPT` of `pid`'s main thread and the wait
-/// for its stop: then `PTRACE_PEEKDATA` works (the holder thread runs on).
-fn seize(pid: i32) -> Result<()> {
-    // SAFETY: ptrace and waitpid on our own child; errors checked.
-    unsafe {
-        if libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) != 0 {
-            bail!("PTRACE_SEIZE: {}", std::io::Error::last_os_error());
-        }
-        if libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0) != 0 {
-            bail!("PTRACE_INTERRUPT: {}", std::io::Error::last_os_error());
-        }
-        let mut status = 0;
-        if libc::waitpid(pid, &mut status, libc::__WALL) != pid {
-            bail!("waitpid: {}", std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 fn peek(pid: i32, addr: u64) -> Result<()> {
     // SAFETY: PEEKDATA returns the word or -1 with errno set; errno cleared first.
     unsafe {
@@ -127,39 +112,12 @@ fn read_mem(pid: u32, addr: u64) -> Result<()> {
     file.read_exact_at(&mut buf, addr).with_context(|| format!("/proc/{pid}/mem at {addr:#x}"))
 }
 
-fn stalls_page() -> Result<Value> {
-    let (status, body) = prom::get(LISTEN, "/stalls")?;
-    anyhow::ensure!(status == 200, "GET /stalls: {status}");
-    Ok(serde_json::from_str(&body)?)
-}
-
-/// `/stalls`' `recent` once it holds `want` entries, or after 5 s.
-fn recent(want: usize) -> Result<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let page = stalls_page()?;
-        let recent = page["recent"].as_array().cloned().unwrap_or_default();
-        if recent.len() >= want || Instant::now() > deadline {
-            return Ok(recent);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
 fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("")
-}
-
-/// Whether `check` found FOLL_ANON's value (not on 6.1): without it nothing
-/// but `other` can be told.
-fn foll_anon_known(report: &Report) -> bool {
-    report.check["btf"]
-        .as_array()
-        .is_some_and(|lines| lines.iter().any(|l| s(&l["line"]).starts_with("btf: FOLL_ANON = ")))
 }
 
 /// The entry of `list` whose reader is `tid`.
@@ -173,7 +131,7 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
     let result = (|| -> Result<()> {
         let mut target = StallTarget::spawn_merge(HOLD_MS)?;
         let pid = target.pid();
-        let known = foll_anon_known(report);
+        let known = super::stalls::foll_anon_known(report);
         let me = std::process::id() as u64;
         // The readers: (thread name, interface), started together mid-hold;
         // the address inside the hold's VMAs is known once it starts.
@@ -182,7 +140,7 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
         let at = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::SeqCst);
         let cmdline = reader("rd-cmdline", || Ok(()), move || stall::read_cmdline(pid).map(drop))?;
         let mem = reader("rd-mem", || Ok(()), move || read_mem(pid, at(&a1)))?;
-        let ptrace = reader("rd-ptrace", move || seize(pid as i32), move || peek(pid as i32, at(&a2)))?;
+        let ptrace = reader("rd-ptrace", move || stress::seize(pid as i32).map(drop), move || peek(pid as i32, at(&a2)))?;
         let readers = [("rd-cmdline", Interface::Cmdline, cmdline), ("rd-mem", Interface::Mem, mem), ("rd-ptrace", Interface::Ptrace, ptrace)];
         for (n, _, r) in &readers {
             r.ready.recv().with_context(|| format!("{n} ended"))?.with_context(|| n.to_string())?;
@@ -253,7 +211,7 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
             waiting.len(),
             delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
         );
-        let log = recent(waiting.len())?;
+        let log = stall_log(waiting.len())?;
         report.check(format!("{name}.stalls_logged"), waiting.len(), log.len());
         for (n, i, r) in &waiting {
             let Some(st) = by_reader(&log, r.tid) else {
@@ -309,7 +267,7 @@ fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
         report.check(format!("{name}.waiters"), n, mid.value(cat::MMAP_LOCK_WAITERS.name, &[]).unwrap_or(-1.0));
         let in_progress = page["in_progress"].as_array().cloned().unwrap_or_default();
         report.check(format!("{name}.in_progress.len"), n, in_progress.len());
-        let log = recent(n)?;
+        let log = stall_log(n)?;
         report.check(
             format!("{name}.stalls_total{{lock_mode=read}}"),
             n,
