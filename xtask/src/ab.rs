@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use remote_vm_common::{
     Point,
     catalog::{self, CONTEXT_HOST, CONTEXT_REMOTE, LOCK_READ, LOCK_WRITE, Metric},
-    classify::{self, Reason},
+    classify::{self, HolderKind, Reason},
 };
 use serde_json::Value;
 
@@ -151,10 +151,11 @@ impl Run {
         let mut by = [0; 4];
         for s in self.result["stalls"].as_array().into_iter().flatten() {
             let (kind, tid) = (s["holder"]["kind"].as_str().unwrap_or(""), s["holder"]["tid"].as_u64().unwrap_or(0));
+            let (writer, readers) = (HolderKind::Writer.label(), HolderKind::Readers.label());
             let role = match kind {
-                "writer" if holder != 0 && tid == holder => 0,
-                "writer" if churn.contains(&tid) => 1,
-                "readers" => 2,
+                k if k == writer && holder != 0 && tid == holder => 0,
+                k if k == writer && churn.contains(&tid) => 1,
+                k if k == readers => 2,
                 _ => 3,
             };
             by[role] += 1;

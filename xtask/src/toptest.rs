@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use remote_vm_common::{Interface, classify::HolderKind};
 
 use crate::{util::say, vm};
 
@@ -54,7 +55,8 @@ fn expected_line(console: &str) -> Result<String> {
     let (reader, reader_comm) = field("reader=")?.split_once(':').context("reader")?;
     let (target, target_comm) = field("target=")?.split_once(':').context("target")?;
     let (holder, holder_comm) = field("holder=")?.split_once(':').context("holder")?;
-    Ok(format!("{reader_comm} {reader} → {target_comm} {target} ← writer {holder_comm} {holder} [cmdline]"))
+    let (writer, cmdline) = (HolderKind::Writer.label(), Interface::Cmdline.label());
+    Ok(format!("{reader_comm} {reader} → {target_comm} {target} ← {writer} {holder_comm} {holder} [{cmdline}]"))
 }
 
 pub fn run(root: &Path) -> Result<()> {
