@@ -293,7 +293,7 @@ pub const PROBE_MISSES: Metric = metric(
     Unit::Count,
     &[PROBE],
     &[C::Always],
-    "Runs of the probe the kernel reports missed (program recursion, kprobe misses and kretprobe maxactive overflows), plus remote accesses seen without their entry or exit.",
+    "Runs of the probe the kernel reports it skipped (program recursion, which on fully preemptible kernels includes a run of the same program preempted on that CPU; kprobe misses; kretprobe maxactive overflows); where the kernel keeps no count (kprobes before Linux 6.7), remote accesses seen without their entry or exit.",
 );
 pub const READS: Metric = metric(
     "remote_vm_reads_total",

@@ -4,6 +4,9 @@
 //! Everything here is `no_std`, `#[repr(C)]` and free of pointers so the same
 //! bytes mean the same thing on both sides of a BPF map.
 #![no_std]
+// The BPF target has no atomic read-modify-write in `core` (no compare-and-swap):
+// `stats::bump` writes its one instruction in assembly there.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 #[cfg(feature = "user")]
 extern crate std;
 

@@ -1,6 +1,40 @@
 //! The in-kernel aggregates: counters and log2 histograms in per-CPU arrays,
 //! indexed by the enums below. User space sums the CPUs on scrape.
+//!
+//! Every increment is one atomic add ([`bump`]): a per-CPU slot is not private
+//! to one program run where programs can be preempted (trampoline programs run
+//! with migration, not preemption, disabled; `PREEMPT_LAZY`/`PREEMPT_DYNAMIC`
+//! kernels preempt them), and a plain `+=` would lose an increment when two runs
+//! interleave on one CPU.
+use core::sync::atomic::AtomicU64;
+#[cfg(not(target_arch = "bpf"))]
+use core::sync::atomic::Ordering;
+
 use crate::classify::{Acquisition, Outcome, Path};
+
+// `AtomicU64::from_ptr` needs the `u64`'s address aligned for the atomic.
+const _: () = assert!(core::mem::align_of::<u64>() == core::mem::align_of::<AtomicU64>());
+
+/// Adds `n` to a shared counter slot with one atomic instruction. On BPF that is
+/// `lock *(u64 *)(slot) += n` (`BPF_ATOMIC | BPF_ADD`, no fetch: every BPF CPU
+/// version has it); `core` offers no atomic add there, hence the assembly.
+#[inline(always)]
+pub fn bump(slot: &mut u64, n: u64) {
+    #[cfg(target_arch = "bpf")]
+    // SAFETY: `slot` is a valid, aligned `u64`; the instruction adds `n` to it
+    // atomically and touches nothing else.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({p} + 0) += {n}",
+            p = in(reg) core::ptr::from_mut(slot),
+            n = in(reg) n,
+            options(nostack),
+        );
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: a `&mut u64` is valid and, by the assertion above, aligned for `AtomicU64`.
+    unsafe { AtomicU64::from_ptr(slot) }.fetch_add(n, Ordering::Relaxed);
+}
 
 /// Slots of the `COUNTERS` per-CPU array (one `Counters` value per CPU).
 #[repr(u32)]
@@ -133,8 +167,9 @@ impl Histogram {
         let b = bucket(v);
         let b = if b < BUCKETS { b } else { BUCKETS - 1 };
         // The mask (a no-op here) gives older verifiers (6.1) a bound they can see.
-        self.buckets[b & (BUCKETS - 1)] += 1;
-        self.sum = self.sum.wrapping_add(v);
+        bump(&mut self.buckets[b & (BUCKETS - 1)], 1);
+        // Wraps like `wrapping_add`.
+        bump(&mut self.sum, v);
     }
 }
 
@@ -159,12 +194,12 @@ impl Stats {
 
     #[inline(always)]
     pub fn add(&mut self, c: Counter, n: u64) {
-        self.counters[(c as usize) & (Counter::CAPACITY - 1)] += n;
+        bump(&mut self.counters[(c as usize) & (Counter::CAPACITY - 1)], n);
     }
 
     #[inline(always)]
     fn add_at(&mut self, base: Counter, offset: u32, n: u64) {
-        self.counters[(base as usize + offset as usize) & (Counter::CAPACITY - 1)] += n;
+        bump(&mut self.counters[(base as usize + offset as usize) & (Counter::CAPACITY - 1)], n);
     }
 
     #[inline(always)]

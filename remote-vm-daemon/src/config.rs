@@ -33,6 +33,8 @@ pub struct Config {
     /// A client must send a whole request head within this (also the idle
     /// keep-alive timeout).
     pub header_timeout: std::time::Duration,
+    /// `/metrics` renders start at most this often; requests share them.
+    pub min_render_interval: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -71,6 +73,7 @@ struct RawConfig {
 struct RawWeb {
     max_connections: Option<toml::Value>,
     header_timeout_seconds: Option<toml::Value>,
+    min_render_interval_seconds: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -113,7 +116,8 @@ impl Config {
     }
 
     /// The settings that differ in `new` and take effect only on a restart
-    /// (everything but the log level), by their config keys.
+    /// (everything but the log level; `[web]` is fixed when the listener
+    /// starts), by their config keys.
     pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
         let mut differ = |key, changed: bool| {
@@ -125,7 +129,11 @@ impl Config {
         differ("probes", self.probes != new.probes);
         differ("histograms", (self.hist_min_log2, self.hist_max_log2) != (new.hist_min_log2, new.hist_max_log2));
         differ("stalls", (self.stall_threshold_ns, self.stalls_keep, self.stalls_http) != (new.stall_threshold_ns, new.stalls_keep, new.stalls_http));
-        differ("web", (self.max_connections, self.header_timeout) != (new.max_connections, new.header_timeout));
+        differ(
+            "web",
+            (self.max_connections, self.header_timeout, self.min_render_interval)
+                != (new.max_connections, new.header_timeout, new.min_render_interval),
+        );
         out
     }
 
@@ -141,6 +149,7 @@ impl Config {
             stalls_http: true,
             max_connections: 64,
             header_timeout: std::time::Duration::from_secs(10),
+            min_render_interval: std::time::Duration::from_millis(100),
         };
         for (name, text) in layers {
             let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(name, text, &e))?;
@@ -211,6 +220,10 @@ impl Config {
             if let Some(v) = web.header_timeout_seconds {
                 let s = seconds("web.header_timeout_seconds", v, 0.1..=3600.0, "a number of seconds between 0.1 and 3600")?;
                 config.header_timeout = std::time::Duration::from_secs_f64(s);
+            }
+            if let Some(v) = web.min_render_interval_seconds {
+                let s = seconds("web.min_render_interval_seconds", v, 0.0..=10.0, "a number of seconds between 0 and 10")?;
+                config.min_render_interval = std::time::Duration::from_secs_f64(s);
             }
             if let Some(h) = raw.histograms {
                 const HIST_ALLOWED: &str = "a number of seconds between 1e-9 and 1e6";
@@ -290,6 +303,10 @@ mod tests {
         assert_eq!((c.hist_min_log2, c.hist_max_log2), (9, 34));
         assert_eq!(c.stall_threshold_ns, 100_000_000);
         assert_eq!((c.stalls_keep, c.stalls_http), (256, true));
+        assert_eq!(
+            (c.max_connections, c.header_timeout, c.min_render_interval),
+            (64, std::time::Duration::from_secs(10), std::time::Duration::from_millis(100))
+        );
         assert_eq!(c.probes.keys().copied().collect::<Vec<_>>(), Family::ALL.to_vec());
         assert!(c.probes.values().all(|c| *c == Choice::Auto));
     }
@@ -337,6 +354,8 @@ mod tests {
         let new = parse("log_level = \"debug\"\nlisten = \"127.0.0.1:1\"\n[stalls]\nkeep = 3\n[web]\nmax_connections = 2\n").unwrap();
         assert_eq!(old.restart_only_changes(&new), ["listen", "stalls", "web"]);
         assert!(old.restart_only_changes(&parse("log_level = \"debug\"").unwrap()).is_empty());
+        let new = parse("[web]\nmin_render_interval_seconds = 1\n").unwrap();
+        assert_eq!(old.restart_only_changes(&new), ["web"]);
     }
 
     #[test]
@@ -397,6 +416,16 @@ mod tests {
             parse("[web]\nmax_connections = 0\n").unwrap_err().to_string(),
             "config t.toml: key `web.max_connections`: invalid value 0: expected a whole number from 1 to 65536"
         );
+        let render = |text: &str| parse(&format!("[web]\nmin_render_interval_seconds = {text}\n"));
+        assert_eq!(render("0").unwrap().min_render_interval, std::time::Duration::ZERO);
+        assert_eq!(render("0.25").unwrap().min_render_interval, std::time::Duration::from_millis(250));
+        assert_eq!(render("10").unwrap().min_render_interval, std::time::Duration::from_secs(10));
+        for bad in ["-0.1", "10.5", "\"fast\""] {
+            assert_eq!(
+                render(bad).unwrap_err().to_string(),
+                format!("config t.toml: key `web.min_render_interval_seconds`: invalid value {bad}: expected a number of seconds between 0 and 10")
+            );
+        }
         assert_eq!(
             parse("[stalls]\nkeep = 0\n").unwrap_err().to_string(),
             "config t.toml: key `stalls.keep`: invalid value 0: expected a whole number from 1 to 65536"

@@ -1,13 +1,15 @@
 //! The HTTP endpoint: `/metrics`, `/healthz`, `/stalls` and a landing page at
 //! `/`, with limits any local user cannot push past: a cap on connections (the
 //! oldest idle one makes room), a deadline for each request head (which also
-//! ends idle keep-alive connections), a head size limit, and an accept loop that
-//! backs off instead of spinning when descriptors run out.
+//! ends idle keep-alive connections), a head size limit, an accept loop that
+//! backs off instead of spinning when descriptors run out, and `/metrics`
+//! renders shared by the requests waiting for them (`Coalescer`), off the
+//! accept loop's thread.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -17,10 +19,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::{net::TcpListener, sync::Notify};
+use tokio::{
+    net::TcpListener,
+    sync::{Notify, watch},
+};
 
 use crate::{
-    bpf::{Attached, Session},
+    bpf::{Attached, ReadError, Session},
     kernel::KernelFacts,
     metrics::{self, View, coverage::Sight},
     stalls::{StallLog, StallsPage},
@@ -37,10 +42,48 @@ pub struct State {
     pub session: Session,
     pub hist_min_log2: u32,
     pub hist_max_log2: u32,
+    pub scrape: ScrapeHealth,
+}
+
+/// Why the last `/metrics` render failed, while it does (for `/healthz`).
+#[derive(Default)]
+pub struct ScrapeHealth {
+    failure: Mutex<Option<String>>,
+    log: Mutex<Throttled>,
+}
+
+impl ScrapeHealth {
+    fn failed(&self, why: &str) {
+        *self.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.to_string());
+        self.warn(|| format!("/metrics answers 503: {why}"));
+    }
+
+    fn succeeded(&self) {
+        if self.failure.lock().unwrap_or_else(PoisonError::into_inner).take().is_some() {
+            log::info!("/metrics answers 200 again: every counter read");
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn warn(&self, msg: impl FnOnce() -> String) {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).log(msg);
+    }
+}
+
+/// One `/metrics` answer, shared by every request that waited for its render.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub status: StatusCode,
+    pub body: Bytes,
 }
 
 impl State {
-    fn metrics(&self) -> String {
+    /// A failed read of anything that feeds a counter answers 503 with one
+    /// line naming it: never zeros, which would look like a counter reset.
+    fn metrics(&self) -> Page {
         let view = View {
             facts: &self.facts,
             attached: &self.attached,
@@ -48,18 +91,114 @@ impl State {
             hist_min_log2: self.hist_min_log2,
             hist_max_log2: self.hist_max_log2,
         };
-        metrics::render(&view, &self.session.snapshot())
+        match self.session.snapshot() {
+            Ok(snap) => {
+                self.scrape.succeeded();
+                Page {
+                    status: StatusCode::OK,
+                    body: Bytes::from(metrics::render(&view, &snap)),
+                }
+            }
+            Err(e) => {
+                let why = e.to_string();
+                self.scrape.failed(&why);
+                Page {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    body: Bytes::from(why + "\n"),
+                }
+            }
+        }
     }
 
-    fn stalls(&self, log: &StallLog) -> String {
-        let dropped = self.session.counter(remote_vm_common::stats::Counter::StallEventsDropped);
+    /// `dropped` is a counter: when it cannot be read, `/stalls` answers 503
+    /// with the reason, as `/metrics` does, rather than a wrong number (the
+    /// waits in progress are a gauge: `null` when the iterator failed).
+    fn stalls(&self, log: &StallLog) -> Result<String, ReadError> {
+        let dropped = self.session.counter(remote_vm_common::stats::Counter::StallEventsDropped)?;
         let page = StallsPage {
             threshold_seconds: log.threshold_seconds,
             in_progress: self.session.waits_now().map(|w| log.in_progress(&w.listed)),
             recent: log.recent(),
             dropped,
         };
-        serde_json::to_string_pretty(&page).unwrap_or_default() + "\n"
+        Ok(serde_json::to_string_pretty(&page).unwrap_or_default() + "\n")
+    }
+}
+
+/// Renders shared by the requests waiting for them: at most one runs at a
+/// time (on a blocking thread), each request is answered by the first render
+/// that started after it arrived (never older numbers than the request), and
+/// renders start at least `spacing` apart.
+pub struct Coalescer<T> {
+    shared: Arc<Shared<T>>,
+}
+
+struct Shared<T> {
+    renders: Mutex<Generations>,
+    wake: Notify,
+    /// The last render done: its generation and result (`None`: it panicked).
+    done: watch::Sender<(u64, Option<T>)>,
+}
+
+#[derive(Default)]
+struct Generations {
+    /// Renders started so far (the generation of the latest).
+    started: u64,
+    /// A request waits for a render not started yet.
+    wanted: bool,
+}
+
+impl<T: Clone + Send + Sync + 'static> Coalescer<T> {
+    /// Spawns the task that runs `render` when requests want it.
+    pub fn start(spacing: Duration, render: impl Fn() -> T + Send + Sync + 'static) -> Coalescer<T> {
+        let shared = Arc::new(Shared {
+            renders: Mutex::new(Generations::default()),
+            wake: Notify::new(),
+            done: watch::Sender::new((0, None)),
+        });
+        tokio::spawn(drive(shared.clone(), spacing, Arc::new(render)));
+        Coalescer { shared }
+    }
+
+    /// The result of the first render that starts after this call (`None`:
+    /// it panicked).
+    pub async fn get(&self) -> Option<T> {
+        let mut done = self.shared.done.subscribe();
+        let want = {
+            let mut g = self.shared.renders.lock().unwrap_or_else(PoisonError::into_inner);
+            g.wanted = true;
+            g.started + 1
+        };
+        self.shared.wake.notify_one();
+        // The sender lives in `shared`, which we hold: never closed.
+        let got = done.wait_for(|(generation, _)| *generation >= want).await.ok()?;
+        got.1.clone()
+    }
+}
+
+/// Runs a render when requests want one: one at a time, `spacing` apart.
+async fn drive<T: Send + Sync + 'static>(shared: Arc<Shared<T>>, spacing: Duration, render: Arc<dyn Fn() -> T + Send + Sync>) {
+    let mut last: Option<tokio::time::Instant> = None;
+    loop {
+        shared.wake.notified().await;
+        if let Some(last) = last {
+            tokio::time::sleep_until(last + spacing).await;
+        }
+        // Requests that arrived up to here are served by this render.
+        let generation = {
+            let mut g = shared.renders.lock().unwrap_or_else(PoisonError::into_inner);
+            if !g.wanted {
+                // A wake-up from a request the last render already took.
+                continue;
+            }
+            g.wanted = false;
+            g.started += 1;
+            g.started
+        };
+        last = Some(tokio::time::Instant::now());
+        let render = render.clone();
+        let result = tokio::task::spawn_blocking(move || render()).await.ok();
+        shared.done.send_replace((generation, result));
     }
 }
 
@@ -74,6 +213,8 @@ const LANDING: &str = "<!doctype html>\n<html><head><title>remote-vm</title></he
 pub struct Limits {
     pub max_connections: usize,
     pub header_timeout: Duration,
+    /// `/metrics` renders start at least this far apart.
+    pub min_render_interval: Duration,
 }
 
 /// The largest request head read (hyper's buffer; its minimum is 8 KiB).
@@ -108,6 +249,7 @@ impl Conns {
 }
 
 /// A log line at most every `LOG_EVERY`, saying how many were held back.
+#[derive(Default)]
 struct Throttled {
     last: Option<Instant>,
     held: u64,
@@ -130,9 +272,13 @@ impl Throttled {
 pub async fn serve(listener: TcpListener, state: Arc<State>, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let conns = Arc::new(Mutex::new(Conns::default()));
-    let mut accept_log = Throttled { last: None, held: 0 };
-    let mut cap_log = Throttled { last: None, held: 0 };
+    let mut accept_log = Throttled::default();
+    let mut cap_log = Throttled::default();
     let mut backoff = ACCEPT_BACKOFF_MIN;
+    let metrics = Arc::new(Coalescer::start(limits.min_render_interval, {
+        let state = state.clone();
+        move || state.metrics()
+    }));
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -177,13 +323,13 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, limits: Limits, shu
             c.open.insert(id, conn);
             (id, handles.0, handles.1)
         };
-        let (state, conns) = (state.clone(), conns.clone());
+        let (state, conns, metrics) = (state.clone(), conns.clone(), metrics.clone());
         tokio::spawn(async move {
             let counted = served.clone();
             let service = service_fn(move |req| {
-                let state = state.clone();
+                let (state, metrics) = (state.clone(), metrics.clone());
                 counted.fetch_add(1, Ordering::Relaxed);
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(route(&req, &state, &metrics).await) }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
@@ -208,23 +354,29 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, limits: Limits, shu
     }
 }
 
-fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+async fn route(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET\n".into());
     }
     match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            "text/plain; version=0.0.4; charset=utf-8",
-            state.metrics(),
-        ),
+        "/metrics" => match metrics.get().await {
+            Some(Page { status: StatusCode::OK, body }) => bytes(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
+            Some(Page { status, body }) => bytes(status, "text/plain; charset=utf-8", body),
+            None => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "render failed (see the log)\n".into()),
+        },
         "/healthz" => text(
             StatusCode::OK,
             "text/plain; charset=utf-8",
-            status::healthz(&state.facts, &state.attached, &state.sight),
+            status::healthz(&state.facts, &state.attached, &state.sight, state.scrape.failure().as_deref()),
         ),
         "/stalls" => match &state.stalls {
-            Some(log) => text(StatusCode::OK, "application/json", state.stalls(log)),
+            Some(log) => match state.stalls(log) {
+                Ok(page) => text(StatusCode::OK, "application/json", page),
+                Err(e) => {
+                    state.scrape.warn(|| format!("/stalls answers 503: {e}"));
+                    text(StatusCode::SERVICE_UNAVAILABLE, "text/plain; charset=utf-8", format!("{e}\n"))
+                }
+            },
             None => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found (stalls.http = false)\n".into()),
         },
         "/" => text(StatusCode::OK, "text/html; charset=utf-8", LANDING.to_string()),
@@ -233,9 +385,122 @@ fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    bytes(status, content_type, Bytes::from(body))
+}
+
+fn bytes(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use tokio::time::Instant;
+
+    use super::*;
+
+    const SPACING: Duration = Duration::from_millis(100);
+
+    /// A render that returns how many renders ran, each at the instant recorded.
+    fn counting(starts: Arc<Mutex<Vec<Instant>>>) -> impl Fn() -> usize + Send + Sync + 'static {
+        move || {
+            let mut s = starts.lock().unwrap();
+            s.push(Instant::now());
+            s.len()
+        }
+    }
+
+    fn spawn_get<T: Clone + Send + Sync + 'static>(c: &Arc<Coalescer<T>>) -> tokio::task::JoinHandle<Option<T>> {
+        let c = c.clone();
+        tokio::spawn(async move { c.get().await })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_requests_share_one_render() {
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let c = Arc::new(Coalescer::start(SPACING, counting(starts.clone())));
+        let waiting: Vec<_> = (0..64).map(|_| spawn_get(&c)).collect();
+        for w in waiting {
+            assert!(matches!(w.await.unwrap(), Some(1 | 2)));
+        }
+        assert!((1..=2).contains(&starts.lock().unwrap().len()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_after_a_render_started_waits_for_the_next() {
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let (gate_tx, gate) = mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let runs = AtomicU64::new(0);
+        let c = Arc::new(Coalescer::start(SPACING, move || {
+            let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+            started_tx.send((n, Instant::now())).unwrap();
+            gate.lock().unwrap().recv().unwrap();
+            n
+        }));
+        let first = spawn_get(&c);
+        let (n, t1) = started.recv().await.unwrap();
+        assert_eq!(n, 1);
+        // Arrives while render 1 runs: its numbers may predate the request.
+        let second = spawn_get(&c);
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        gate_tx.send(()).unwrap();
+        assert_eq!(first.await.unwrap(), Some(1));
+        let (n, t2) = started.recv().await.unwrap();
+        assert_eq!(n, 2);
+        assert!(t2 - t1 >= SPACING, "{:?}", t2 - t1);
+        gate_tx.send(()).unwrap();
+        assert_eq!(second.await.unwrap(), Some(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn renders_start_no_more_often_than_the_spacing() {
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let c = Arc::new(Coalescer::start(SPACING, counting(starts.clone())));
+        let mut last = 0;
+        for _ in 0..5 {
+            // Each request is answered by a render that started after it.
+            let n = c.get().await.unwrap();
+            assert_eq!(n, last + 1);
+            last = n;
+        }
+        let starts = starts.lock().unwrap();
+        assert_eq!(starts.len(), 5);
+        for pair in starts.windows(2) {
+            assert!(pair[1] - pair[0] >= SPACING, "{:?}", pair[1] - pair[0]);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_spacing_still_coalesces() {
+        let starts = Arc::new(Mutex::new(Vec::new()));
+        let c = Arc::new(Coalescer::start(Duration::ZERO, counting(starts.clone())));
+        for want in 1..=3 {
+            assert_eq!(c.get().await, Some(want));
+        }
+        let waiting: Vec<_> = (0..16).map(|_| spawn_get(&c)).collect();
+        for w in waiting {
+            assert!(matches!(w.await.unwrap(), Some(4 | 5)));
+        }
+        assert!((4..=5).contains(&starts.lock().unwrap().len()));
+    }
+
+    #[tokio::test]
+    async fn a_render_that_panics_answers_none_and_the_next_one_runs() {
+        let runs = AtomicU64::new(0);
+        let c = Coalescer::start(Duration::ZERO, move || {
+            let n = runs.fetch_add(1, Ordering::SeqCst);
+            assert!(n > 0, "first render fails (expected in this test)");
+            n
+        });
+        assert_eq!(c.get().await, None);
+        assert_eq!(c.get().await, Some(1));
+    }
 }

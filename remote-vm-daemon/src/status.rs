@@ -26,6 +26,19 @@ pub fn kernel_line(f: &KernelFacts) -> String {
     )
 }
 
+/// The preemption model and what it means for the probes.
+pub fn preempt_line(f: &KernelFacts) -> String {
+    let mut line = format!("preemption: {}", f.preempt);
+    if f.preempt.model.skips_trampolines() {
+        line.push_str(&format!(
+            ": the kernel skips a trampoline program (fentry/fexit) on a CPU while a run of it there is preempted; \
+             skipped runs are counted in {}, and a read whose lock or VMA probe run was skipped may be counted on the wrong path",
+            remote_vm_common::catalog::PROBE_MISSES.name
+        ));
+    }
+    line
+}
+
 fn config_source(f: &KernelFacts) -> String {
     f.config_source.as_ref().map_or("unknown".to_string(), |p| p.display().to_string())
 }
@@ -55,19 +68,26 @@ pub fn summary_line(attached: &Attached) -> String {
     }
 }
 
-/// `/healthz`: "ok", then the same lines as `check` after its BTF lines.
-pub fn healthz(facts: &KernelFacts, attached: &Attached, sight: &Sight) -> String {
+/// `/healthz`: "ok", then the same lines as `check` after its BTF lines, then
+/// why the last scrape failed while it does (`scrape_failure`).
+pub fn healthz(facts: &KernelFacts, attached: &Attached, sight: &Sight, scrape_failure: Option<&str>) -> String {
     let mut body = String::from("ok\n");
-    let lines = [kernel_line(facts)]
+    let lines = [kernel_line(facts), preempt_line(facts)]
         .into_iter()
         .chain(verdict_lines(attached))
         .chain([patched_line(attached)])
-        .chain(coverage_lines(sight, attached));
+        .chain(coverage_lines(sight, attached))
+        .chain(scrape_failure.map(scrape_failed_line));
     for line in lines {
         body.push_str(&line);
         body.push('\n');
     }
     body
+}
+
+/// The `/healthz` line while scrapes fail (503).
+fn scrape_failed_line(why: &str) -> String {
+    format!("scrape: failed, /metrics answers 503: {why}")
 }
 
 /// One probe's verdict.
@@ -209,6 +229,17 @@ pub struct KernelStatus {
     pub per_vma_lock: &'static str,
     pub rcu_table_free: &'static str,
     pub config: String,
+    pub preempt: PreemptStatus,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PreemptStatus {
+    /// `none`, `voluntary`, `full`, `lazy`, `rt` or `unknown`.
+    pub model: &'static str,
+    /// Where it was read.
+    pub source: String,
+    /// Trampoline programs can be skipped while a run of theirs is preempted.
+    pub skips_trampolines: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -243,6 +274,11 @@ pub fn check_report(config: String, facts: &KernelFacts, layout: &Layout, attach
             per_vma_lock: facts.per_vma_lock.as_str(),
             rcu_table_free: facts.rcu_table_free.as_str(),
             config: config_source(facts),
+            preempt: PreemptStatus {
+                model: facts.preempt.model.as_str(),
+                source: facts.preempt.source.clone(),
+                skips_trampolines: facts.preempt.model.skips_trampolines(),
+            },
         },
         btf: layout.lines().into_iter().map(|line| BtfItem { line }).collect(),
         probes: probes(attached),

@@ -66,6 +66,13 @@ fn unknown_key_and_bad_value() {
             "remote-vm-daemon: config {f}: key `probes.lock_vma_under_rcu`: invalid value \"fentry\": expected auto, off, or one of fexit, kprobe"
         )
     );
+    let f = temp_file("render.toml", b"[web]\nmin_render_interval_seconds = 11\n");
+    assert_eq!(
+        one_line_failure(&daemon(&["check", "--config", &f])),
+        format!(
+            "remote-vm-daemon: config {f}: key `web.min_render_interval_seconds`: invalid value 11: expected a number of seconds between 0 and 10"
+        )
+    );
 }
 
 #[test]
@@ -140,6 +147,26 @@ fn btf_path_that_is_garbage_or_missing() {
     assert_eq!(
         one_line_failure(&daemon(&["check", "--btf", "/nonexistent.btf"])),
         "remote-vm-daemon: cannot read BTF from /nonexistent.btf: No such file or directory (os error 2)"
+    );
+}
+
+/// Where the kernel has its own BTF, a `--btf` from another build is refused
+/// (its type ids and offsets would be wrong here); a copy of the kernel's own
+/// is taken. The other file is the kernel's with one byte of a name changed.
+#[test]
+#[ignore = "needs root and BPF on a host with /sys/kernel/btf/vmlinux; run by cargo xtask test"]
+fn btf_from_another_kernel_is_refused() {
+    let own = std::fs::read("/sys/kernel/btf/vmlinux").expect("the kernel's BTF");
+    let copy = temp_file("own.btf", &own);
+    let r = daemon(&["check", "--btf", &copy]);
+    assert!(matches!(r.code, Some(0 | 2)), "stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    let mut other = own.clone();
+    let at = other.windows(9).position(|w| w == b"mm_struct").expect("mm_struct in the string section");
+    other[at] = b'M';
+    let f = temp_file("other.btf", &other);
+    assert_eq!(
+        one_line_failure(&daemon(&["check", "--btf", &f])),
+        format!("remote-vm-daemon: --btf {f} differs from the running kernel's /sys/kernel/btf/vmlinux: --btf is for kernels without BTF")
     );
 }
 

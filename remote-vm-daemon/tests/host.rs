@@ -103,6 +103,11 @@ fn check_reports_every_probe_and_exits_degraded() {
     );
     // The BTF lines carry this kernel's offsets: every item is found.
     let (btf, rest): (Vec<&str>, Vec<&str>) = stdout.lines().partition(|l| l.starts_with("btf: "));
+    // The preemption line follows the kernel line; its model is this host's
+    // (the detection is unit-tested in kernel/preempt.rs).
+    let (preempt, rest): (Vec<&str>, Vec<&str>) = rest.into_iter().partition(|l| l.starts_with("preemption: "));
+    assert_eq!(preempt.len(), 1, "{stdout}");
+    assert!(stdout.contains(&format!("{}\n{}\n", expected[1], preempt[0])), "{stdout}");
     assert_eq!(rest, expected);
     assert_eq!(btf.len(), 11, "{btf:?}");
     assert!(btf.iter().all(|l| !l.contains("unknown")), "{btf:?}");

@@ -1,10 +1,11 @@
 //! The listener's limits against clients any local user could be: idle and
-//! slowloris connections, more connections than the cap, and running out of
-//! file descriptors. Host tests: they run the daemon (root and BPF), under
-//! `cargo xtask test` (`cargo test -- --include-ignored`).
+//! slowloris connections, more connections than the cap, running out of file
+//! descriptors, and a flood of scrapes. Host tests: they run the daemon (root
+//! and BPF), under `cargo xtask test` (`cargo test -- --include-ignored`).
 use std::{
     io::{Read, Write},
     net::TcpStream,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -122,4 +123,38 @@ fn out_of_descriptors_the_daemon_backs_off_and_recovers() {
         assert!(Instant::now() < deadline, "the daemon did not recover after the connections closed");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+#[ignore = "needs root, BPF and wrk; run by cargo xtask test"]
+fn a_scrape_flood_costs_little_and_other_scrapes_still_answer() {
+    // Room for wrk's 64 connections and ours: none is closed for another.
+    let d = Running::start("flood", "[web]\nmax_connections = 1000\n", &[]);
+    let url = format!("http://{}/metrics", d.addr);
+    let (cpu0, start) = (d.cpu_seconds(), Instant::now());
+    let wrk = Command::new("wrk")
+        .args(["-t2", "-c64", "-d10s", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("wrk is needed for this test (install the Debian package wrk, or run cargo xtask setup): {e}"));
+    std::thread::sleep(Duration::from_secs(1));
+    let mut slowest = Duration::ZERO;
+    while start.elapsed() < Duration::from_secs(8) {
+        let asked = Instant::now();
+        let (status, body) = remote_vm_testkit::prom::get(&d.addr, "/metrics").unwrap();
+        let took = asked.elapsed();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(remote_vm_common::catalog::BUILD_INFO.name));
+        assert!(took < Duration::from_secs(2), "/metrics took {took:?} during the flood");
+        slowest = slowest.max(took);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = wrk.wait_with_output().unwrap();
+    let (cpu, wall) = (d.cpu_seconds() - cpu0, start.elapsed().as_secs_f64());
+    let report = String::from_utf8_lossy(&out.stdout);
+    let requests = common::wrk_requests(&out);
+    let share = cpu / wall;
+    println!("scrape flood: {requests} requests in {wall:.1} s, daemon CPU {:.1} % of a core, slowest other scrape {slowest:?}", share * 100.0);
+    assert!(share < 0.25, "the daemon used {:.0} % of a core under wrk -c64: {report}", share * 100.0);
 }

@@ -248,8 +248,12 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
+    // What a scraper sees: requests spaced wider than the daemon's default
+    // render spacing (`[web] min_render_interval_seconds`, 0.1 s), so each
+    // measures a render, not the wait for the next one.
     let mut lat = Vec::new();
-    for _ in 0..200 {
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(120));
         let t = Instant::now();
         let (_, body) = prom::get(LISTEN, "/metrics")?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);

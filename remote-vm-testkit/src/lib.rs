@@ -8,5 +8,6 @@ pub mod classes;
 pub mod caps;
 pub mod stall;
 pub mod stress;
+pub mod soak;
 pub mod bench;
 pub mod icount;

@@ -1,5 +1,5 @@
 //! rvm-testkit: workloads with known answers and the in-VM test runner.
-use remote_vm_testkit::{bench, guest, stall, stress, workload};
+use remote_vm_testkit::{bench, guest, soak, stall, stress, workload};
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +33,11 @@ enum Cmd {
     Bench {
         #[command(flatten)]
         args: bench::BenchArgs,
+    },
+    /// A reader of the soak (started by the guest suite `soak`): reads until killed.
+    SoakReader {
+        #[command(flatten)]
+        args: soak::ReaderArgs,
     },
     /// The target of `stress` (started by it).
     StressTarget {
@@ -79,6 +84,7 @@ fn main() -> std::process::ExitCode {
             println!("bench-result {}", serde_json::to_string(&r)?);
             Ok(true)
         }),
+        Cmd::SoakReader { args } => soak::reader_main(&args).map(|()| true),
         Cmd::StressTarget { args } => stress::target_main(&args).map(|()| true),
         Cmd::StallTarget { kind, region_mb, hold_ms } => {
             stall::Kind::from_args(&kind, region_mb, hold_ms).and_then(stall::target_main).map(|()| true)

@@ -246,6 +246,10 @@ impl Target {
         self.mem.write_at(data, addr)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn mem(&self) -> &File {
         &self.mem
     }

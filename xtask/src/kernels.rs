@@ -84,6 +84,7 @@ pub fn debian_kernels(root: &Path) -> Result<Vec<Kernel>> {
             image,
             expect: expect.to_string(),
             origin: format!("Debian {package} {version}"),
+            params: String::new(),
         });
     }
     Ok(out)

@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::util::{say, sh};
@@ -101,6 +101,14 @@ enum Cmd {
         /// `cargo xtask test` always runs them all.
         #[arg(long)]
         only: Option<String>,
+        /// Instead: the counting load (`load` suite) on the kernels whose BPF
+        /// programs can be preempted (the 7.3 pair, Debian's 6.12 with
+        /// `preempt=full`), as `cargo xtask test` runs it.
+        #[arg(long, conflicts_with_all = ["kernels", "only"])]
+        preemptible: bool,
+        /// With --preemptible: the soak's length (the full soak: 600).
+        #[arg(long, requires = "preemptible", default_value_t = SOAK_SECONDS)]
+        soak_seconds: u64,
     },
 }
 
@@ -178,9 +186,12 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             build(&root)?;
             promtest::dashboard_test(&root)
         }
-        Cmd::VmTest { kernels, only } => {
+        Cmd::VmTest { kernels, only, preemptible, soak_seconds } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
+            if preemptible {
+                return preemptible_test(&root, soak_seconds);
+            }
             vm_test(&root, kernels, only.as_deref())
         }
     }
@@ -209,6 +220,7 @@ fn test(root: &Path) -> Result<()> {
     say!("running unit and host integration tests (cargo test --release, ignored host tests included)");
     sh(cargo(root).args(["test", "--release", "--", "--include-ignored"]))?;
     vm_test(root, Vec::new(), None)?;
+    preemptible_test(root, SOAK_SECONDS)?;
     say!("top: the live view in tmux against a stalled reader in the unpatched VM");
     toptest::run(root)?;
     promtest::dashboard_test(root)?;
@@ -222,12 +234,43 @@ fn test(root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The soak's length in `cargo xtask test` (`vm-test --preemptible --soak-seconds 600`: the full one).
+const SOAK_SECONDS: u64 = 40;
+
+/// The counting load and the soak where BPF programs can be preempted.
+fn preemptible_test(root: &Path, soak_seconds: u64) -> Result<()> {
+    say!("vm-test: where BPF programs can be preempted: 100 k reads from 8 threads, and a {soak_seconds} s soak of 1000 readers, counted exactly");
+    let params = format!("rvm.only=load,soak rvm.soak_seconds={soak_seconds}");
+    vm_test_in(root, preemptible_kernels(root)?, &params, Duration::from_secs(600 + soak_seconds), "vm-test-preemptible")
+}
+
+/// Kernels whose BPF programs can be preempted, where a plain `+=` on a per-CPU
+/// counter could lose an increment: the 7.3 pair (`PREEMPT_LAZY`) and Debian's
+/// 6.12 (`PREEMPT_DYNAMIC`) booted with `preempt=full`.
+fn preemptible_kernels(root: &Path) -> Result<Vec<vm::Kernel>> {
+    let mut kernels = vm::shared_kernels_7_3(root);
+    let mut debian = kernels::debian_kernels(root)?
+        .into_iter()
+        .find(|k| k.name == "debian-6.12")
+        .context("no debian-6.12 kernel")?;
+    debian.name = "debian-6.12-preempt-full".into();
+    debian.params = "preempt=full".into();
+    kernels.push(debian);
+    Ok(kernels)
+}
+
 fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>) -> Result<()> {
     if kernels.is_empty() {
         kernels = vm::shared_kernels(root);
         kernels.extend(kernels::debian_kernels(root)?);
     }
-    let out = root.join("target/vm-test");
+    let params = only.map_or(String::new(), |suite| format!("rvm.only={suite}"));
+    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test")
+}
+
+/// Boots each kernel with the test initramfs; consoles and the matrix go to `target/DIR`.
+fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Duration, dir: &str) -> Result<()> {
+    let out = root.join("target").join(dir);
     std::fs::create_dir_all(&out)?;
     let initramfs = out.join("initramfs.cpio");
     say!("vm-test: writing {}", initramfs.display());
@@ -235,8 +278,7 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>) -> Res
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for kernel in &kernels {
-        let extra = only.map_or(String::new(), |suite| format!("rvm.only={suite}"));
-        let boot = vm::boot_with(kernel, &initramfs, &out.join(&kernel.name), &extra, Duration::from_secs(600), "vmtest-report ")?;
+        let boot = vm::boot_with(kernel, &initramfs, &out.join(&kernel.name), params, timeout, "vmtest-report ")?;
         let checks = boot
             .report
             .as_ref()

@@ -23,6 +23,8 @@ pub struct Kernel {
     pub expect: String,
     /// The exact origin (package and version), for the matrix.
     pub origin: String,
+    /// Kernel parameters of every boot of it (e.g. `preempt=full`).
+    pub params: String,
 }
 
 impl Kernel {
@@ -58,6 +60,7 @@ impl Kernel {
             name,
             image: path,
             expect,
+            params: String::new(),
         })
     }
 }
@@ -78,6 +81,23 @@ pub fn shared_kernels(root: &Path) -> Vec<Kernel> {
             image: dir.join(format!("bzImage-{n}")),
             expect: n.to_string(),
             origin: format!("../shared/kernels/bzImage-{n} (6.12.117{})", if *n == "patched" { " + v1 series" } else { "" }),
+            params: String::new(),
+        })
+        .collect()
+}
+
+/// The 7.3.4 A/B pair beside the repository (the v1 series exactly as posted;
+/// `PREEMPT_LAZY`: its BPF programs can be preempted).
+pub fn shared_kernels_7_3(root: &Path) -> Vec<Kernel> {
+    let dir = root.join("../shared/kernels/7.3");
+    ["patched", "unpatched"]
+        .iter()
+        .map(|n| Kernel {
+            name: format!("{n}-7.3"),
+            image: dir.join(format!("bzImage-{n}")),
+            expect: n.to_string(),
+            origin: format!("../shared/kernels/7.3/bzImage-{n} (7.3.4{})", if *n == "patched" { " + v1 series" } else { "" }),
+            params: String::new(),
         })
         .collect()
 }
@@ -90,6 +110,7 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 ip link set lo up
 echo "init: starting tests"
 if /usr/bin/rvm-testkit guest; then echo "init: success"; else echo "init: failure"; fi
@@ -205,7 +226,8 @@ fn qemu(kernel: &Kernel, initramfs: &Path, extra: &str, forward: Option<u16>, cl
         .arg(initramfs)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet rvm.kernel={} rvm.expect={} {extra}",
+            "console=ttyS0 panic=-1 quiet {} rvm.kernel={} rvm.expect={} {extra}",
+            kernel.params,
             kernel.name,
             kernel.expect()
         ))

@@ -117,8 +117,7 @@ fn kprobe_missed(info: &bpf_link_info) -> Option<u64> {
 }
 
 /// `missed` of a kprobe link held since attach.
-pub fn link_missed(fd: &OwnedFd) -> Option<u64> {
-    info_by_fd::<bpf_link_info>(fd.as_raw_fd())
-        .ok()
-        .and_then(|info| kprobe_missed(&info))
+pub fn link_missed(fd: &OwnedFd) -> io::Result<u64> {
+    let info = info_by_fd::<bpf_link_info>(fd.as_raw_fd())?;
+    kprobe_missed(&info).ok_or_else(|| io::Error::other("not a kprobe link"))
 }

@@ -3,6 +3,8 @@
 //! start-up probe read that decides `patched`, and reads the maps on scrape.
 pub mod attach;
 mod misses;
+#[cfg(test)]
+mod object_check;
 mod selftest;
 mod session;
 pub mod waits;
@@ -21,7 +23,7 @@ use remote_vm_common::{Family, Point, UNKNOWN_OFFSET};
 pub use self::{
     attach::{AttachError, Choice, Verdict},
     selftest::Patched,
-    session::{Session, Snapshot},
+    session::{ReadError, Session, Snapshot},
 };
 use crate::kernel::{Kernel, Layout};
 

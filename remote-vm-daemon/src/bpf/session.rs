@@ -6,12 +6,13 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{MapData, MapError, PerCpuArray, RingBuf},
+    sys::SyscallError,
 };
 use remote_vm_common::{Point, stats::Stats};
 
 use super::{
-    misses,
+    HITS, STATS, misses,
     waits::{WaitsIter, WaitsNow},
 };
 
@@ -70,17 +71,18 @@ impl Session {
         }
     }
 
-    /// Reads every counter once.
-    pub fn snapshot(&self) -> Snapshot {
+    /// Reads every counter once; any failed read fails the whole snapshot (a
+    /// zero would look like a counter reset). The waits gauges only go absent.
+    pub fn snapshot(&self) -> Result<Snapshot, ReadError> {
         let mut snap = Snapshot::ZERO;
+        snap.stats = self.stats()?;
         for point in Point::ALL {
             let i = point.index() as usize;
-            snap.hits[i] = self.hits(point);
-            snap.kernel_misses[i] = self.kernel_misses(point);
+            snap.hits[i] = self.hits(point)?;
+            snap.kernel_misses[i] = self.kernel_misses(point)?;
         }
-        snap.stats = self.stats();
         snap.waits = self.waits_now();
-        snap
+        Ok(snap)
     }
 
     /// Runs the task iterator (`None`: not attached, or it failed: logged).
@@ -96,46 +98,75 @@ impl Session {
     }
 
     /// One counter summed over CPUs (no other map read).
-    pub fn counter(&self, c: remote_vm_common::stats::Counter) -> u64 {
-        self.stats().counters[c as usize]
+    pub fn counter(&self, c: remote_vm_common::stats::Counter) -> Result<u64, ReadError> {
+        Ok(self.stats()?.counters[c as usize])
     }
 
-    fn hits(&self, point: Point) -> u64 {
-        self.hits
-            .get(&point.index(), 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+    fn hits(&self, point: Point) -> Result<u64, ReadError> {
+        let per_cpu = self.hits.get(&point.index(), 0).map_err(|e| ReadError::map(HITS, e))?;
+        Ok(per_cpu.iter().sum())
     }
 
-    fn kernel_misses(&self, point: Point) -> u64 {
+    fn kernel_misses(&self, point: Point) -> Result<u64, ReadError> {
         let Some((progs, links)) = self.miss_sources.get(&point) else {
-            return 0;
+            return Ok(0);
         };
-        let recursion: u64 = progs
-            .iter()
-            .filter_map(|fd| misses::prog_id_and_misses(fd.as_raw_fd()).ok())
-            .map(|(_, m)| m)
-            .sum();
-        let kprobe: u64 = links.iter().filter_map(misses::link_missed).sum();
-        recursion + kprobe
+        let mut total = 0;
+        for fd in progs {
+            let (_, m) = misses::prog_id_and_misses(fd.as_raw_fd()).map_err(|e| ReadError::ProgramInfo {
+                point: point.name(),
+                reason: e.to_string(),
+            })?;
+            total += m;
+        }
+        for fd in links {
+            total += misses::link_missed(fd).map_err(|e| ReadError::LinkInfo {
+                point: point.name(),
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(total)
     }
 
-    fn stats(&self) -> Stats {
+    fn stats(&self) -> Result<Stats, ReadError> {
+        let per_cpu = self.stats.get(&0, 0).map_err(|e| ReadError::map(STATS, e))?;
         let mut total = Stats::ZERO;
-        if let Ok(per_cpu) = self.stats.get(&0, 0) {
-            for s in per_cpu.iter() {
-                for (t, v) in total.counters.iter_mut().zip(s.counters.iter()) {
-                    *t += v;
+        for s in per_cpu.iter() {
+            for (t, v) in total.counters.iter_mut().zip(s.counters.iter()) {
+                *t += v;
+            }
+            for (th, h) in total.hists.iter_mut().zip(s.hists.iter()) {
+                for (tb, b) in th.buckets.iter_mut().zip(h.buckets.iter()) {
+                    *tb += b;
                 }
-                for (th, h) in total.hists.iter_mut().zip(s.hists.iter()) {
-                    for (tb, b) in th.buckets.iter_mut().zip(h.buckets.iter()) {
-                        *tb += b;
-                    }
-                    th.sum = th.sum.wrapping_add(h.sum);
-                }
+                th.sum = th.sum.wrapping_add(h.sum);
             }
         }
-        total
+        Ok(total)
     }
 }
 
+/// A read that feeds a counter failed: the scrape is refused, never answered
+/// with zeros or a partial set.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("map {map}: read failed: {reason}")]
+    Map { map: &'static str, reason: String },
+    /// `BPF_OBJ_GET_INFO_BY_FD` on a program (its recursion misses).
+    #[error("program info of {point}: read failed: {reason}")]
+    ProgramInfo { point: &'static str, reason: String },
+    /// `BPF_OBJ_GET_INFO_BY_FD` on a kprobe link (its `missed`).
+    #[error("kprobe link info of {point}: read failed: {reason}")]
+    LinkInfo { point: &'static str, reason: String },
+}
+
+impl ReadError {
+    fn map(map: &'static str, e: MapError) -> ReadError {
+        let reason = match e {
+            // aya's text names the call only: add the OS error.
+            MapError::SyscallError(SyscallError { call, io_error }) => format!("{call}: {io_error}"),
+            e => e.to_string(),
+        };
+        ReadError::Map { map, reason }
+    }
+}

@@ -32,6 +32,7 @@ pub fn check(common: &Common, format: Format) -> ExitCode {
     };
     if text {
         println!("{}", status::kernel_line(&kernel.facts));
+        println!("{}", status::preempt_line(&kernel.facts));
     }
     let (_session, attached) = match super::load(&kernel, &config) {
         Ok(l) => l,

@@ -18,6 +18,14 @@ pub enum CompareError {
     Url { url: String, reason: String },
     #[error("--range {0}: expected a duration such as 30m, 1h, 7d")]
     Range(String),
+    #[error("--range {0}: longer than 3650d (10 years), the longest taken")]
+    RangeTooLong(String),
+    /// Prometheus answered more than [`MAX_BODY`] bytes.
+    #[error("{0} (shorten --range or narrow --selector)")]
+    TooLarge(remote_vm_prom::Error),
+    /// More series or samples than [`Limits`] allow.
+    #[error("{what}: more than {limit} {unit} (shorten --range or narrow --selector)")]
+    TooMany { what: String, limit: usize, unit: &'static str },
     /// Unreachable, timed out, an HTTP error, a failed query: each names the URL.
     #[error(transparent)]
     Prometheus(remote_vm_prom::Error),
@@ -50,8 +58,9 @@ impl Prometheus {
             // A little over Prometheus' own default query timeout (2 min), so
             // that a slow query fails with Prometheus' word for it.
             timeout: Duration::from_secs(150),
-            // Raw samples of every series over the range: can be large.
-            max_body: 1 << 30,
+            // Raw samples of every series over the range: can be large, and
+            // the parsed answer takes several times its size.
+            max_body: MAX_BODY,
             auth: None,
         };
         // Its errors show the URL without a password.
@@ -66,24 +75,58 @@ impl Prometheus {
 
     /// An instant query at `time` (Unix seconds).
     pub fn query(&self, expr: &str, time: f64) -> Result<Vec<Value>, CompareError> {
-        self.api.query(expr, Some(time)).map_err(CompareError::Prometheus)
+        self.api.query(expr, Some(time)).map_err(|e| match e {
+            e @ remote_vm_prom::Error::TooLarge { .. } => CompareError::TooLarge(e),
+            e => CompareError::Prometheus(e),
+        })
     }
 }
 
-/// `30s`, `15m`, `1h`, `7d` in seconds.
+/// The largest answer taken from Prometheus: 256 MiB of JSON, about 10 million
+/// raw samples (one counter over 7 days, some 60 hosts scraped every 15 s). The
+/// parsed answer takes several times that in memory.
+pub const MAX_BODY: u64 = 256 << 20;
+
+/// The longest `--range`: 10 years (Prometheus keeps 15 days by default).
+pub const MAX_RANGE_S: u64 = 3650 * 86400;
+
+/// `30s`, `15m`, `1h`, `7d` in seconds: at least 1 s, at most [`MAX_RANGE_S`].
 pub fn parse_range(s: &str) -> Result<u64, CompareError> {
     let bad = || CompareError::Range(s.into());
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let mult = match unit {
+    let mult: u64 = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86400,
         _ => return Err(bad()),
     };
-    if n == 0 { Err(bad()) } else { Ok(n * mult) }
+    if num.is_empty() {
+        return Err(bad());
+    }
+    // Only digits: a number too large for u64 is a range too long.
+    let n: u64 = num.parse().unwrap_or(u64::MAX);
+    match n.checked_mul(mult) {
+        Some(0) => Err(bad()),
+        Some(secs) if secs <= MAX_RANGE_S => Ok(secs),
+        _ => Err(CompareError::RangeTooLong(s.into())),
+    }
 }
+
+/// How much of Prometheus' answers `compare` takes, besides [`MAX_BODY`].
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Series in one answer: a fleet of 100,000 hosts has 300,000 `reads` series.
+    pub series: usize,
+    /// Raw samples in all answers together: Prometheus' own default limit for
+    /// one query (`--query.max-samples`).
+    pub samples: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    series: 1_000_000,
+    samples: 50_000_000,
+};
 
 /// The exact increase of a counter from its raw samples: positive steps summed,
 /// and after a reset (a drop) the new value counted from zero.
@@ -129,13 +172,35 @@ const COUNTERS: &[(&str, &str, Option<&str>)] = &[
 ];
 
 pub fn compare(prom: &Prometheus, range_s: u64, selector: &str, now: f64) -> Result<Vec<Group>, CompareError> {
+    compare_within(prom, range_s, selector, now, LIMITS)
+}
+
+fn compare_within(
+    prom: &Prometheus,
+    range_s: u64,
+    selector: &str,
+    now: f64,
+    limits: Limits,
+) -> Result<Vec<Group>, CompareError> {
     let sel = selector.trim().trim_start_matches('{').trim_end_matches('}');
     let with = |extra: &str| {
         let parts: Vec<&str> = [sel, extra].into_iter().filter(|s| !s.is_empty()).collect();
         format!("{{{}}}", parts.join(","))
     };
+    let series_within = |expr: &str, answer: Vec<Value>| {
+        if answer.len() > limits.series {
+            return Err(CompareError::TooMany {
+                what: expr.to_string(),
+                limit: limits.series,
+                unit: "series",
+            });
+        }
+        Ok(answer)
+    };
+    let mut samples = 0usize;
     // Which group each host is in (at the end of the range).
-    let info = prom.query(&format!("{}{}", cat::KERNEL_INFO.name, with("")), now)?;
+    let expr = format!("{}{}", cat::KERNEL_INFO.name, with(""));
+    let info = series_within(&expr, prom.query(&expr, now)?)?;
     let mut host_group: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     for s in &info {
@@ -152,7 +217,15 @@ pub fn compare(prom: &Prometheus, range_s: u64, selector: &str, now: f64) -> Res
     }
     for (key, metric, split) in COUNTERS {
         let expr = format!("{metric}{}[{range_s}s]", with(""));
-        for series in prom.query(&expr, now)? {
+        for series in series_within(&expr, prom.query(&expr, now)?)? {
+            samples += series["values"].as_array().map_or(0, Vec::len);
+            if samples > limits.samples {
+                return Err(CompareError::TooMany {
+                    what: "the answers".to_string(),
+                    limit: limits.samples,
+                    unit: "samples",
+                });
+            }
             let m = &series["metric"];
             let host = (m["job"].as_str().unwrap_or("").to_string(), m["instance"].as_str().unwrap_or("").to_string());
             let Some(gk) = host_group.get(&host) else { continue };
@@ -251,5 +324,88 @@ mod tests {
         assert!(parse_range("1y").is_err());
         assert!(parse_range("h").is_err());
         assert!(parse_range("0m").is_err());
+    }
+
+    #[test]
+    fn ranges_are_bounded() {
+        let err = |s: &str| parse_range(s).unwrap_err().to_string();
+        let malformed = |s: &str| format!("--range {s}: expected a duration such as 30m, 1h, 7d");
+        for s in ["0s", "-1h", "1.5h", "", "h", "1", "1H", " 1h", "1h ", "+1h"] {
+            assert_eq!(err(s), malformed(s), "{s:?}");
+        }
+        // Used to wrap (release) or panic (debug): 999999999999999999 × 86400.
+        assert_eq!(
+            err("999999999999999999d"),
+            "--range 999999999999999999d: longer than 3650d (10 years), the longest taken"
+        );
+        assert_eq!(
+            err("99999999999999999999999s"),
+            "--range 99999999999999999999999s: longer than 3650d (10 years), the longest taken"
+        );
+        assert_eq!(err("3651d"), "--range 3651d: longer than 3650d (10 years), the longest taken");
+        assert_eq!(parse_range("3650d").unwrap(), MAX_RANGE_S);
+        assert_eq!(parse_range("87600h").unwrap(), MAX_RANGE_S);
+        assert_eq!(parse_range("1s").unwrap(), 1);
+    }
+
+    /// A Prometheus answering every query with `hosts` hosts, each with
+    /// `samples` samples per counter series.
+    fn fake_prometheus(hosts: usize, samples: usize) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, BufReader, Write};
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request = String::new();
+                reader.read_line(&mut request).unwrap();
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let info = request.contains(cat::KERNEL_INFO.name);
+                let result: Vec<Value> = (0..hosts)
+                    .map(|h| {
+                        let metric = serde_json::json!({"job": "remote-vm", "instance": format!("h{h}"),
+                            "patched": "yes", "release": "7.3.4", "path": "fast"});
+                        if info {
+                            serde_json::json!({"metric": metric, "value": [1.0, "1"]})
+                        } else {
+                            let values: Vec<Value> =
+                                (0..samples).map(|i| serde_json::json!([i, i.to_string()])).collect();
+                            serde_json::json!({"metric": metric, "values": values})
+                        }
+                    })
+                    .collect();
+                let data = serde_json::json!({"resultType": "matrix", "result": result});
+                let body = serde_json::json!({"status": "success", "data": data}).to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[test]
+    fn answers_are_bounded() {
+        let prom = Prometheus::parse(&fake_prometheus(3, 5)).unwrap();
+        // 7 counters × 3 series × 5 samples: 105, all taken.
+        let groups = compare_within(&prom, 3600, "", 0.0, Limits { series: 3, samples: 105 }).unwrap();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].hosts, 3);
+        assert_eq!(groups[0].count("reads{path=\"fast\"}"), 12.0);
+        assert_eq!(
+            compare_within(&prom, 3600, "", 0.0, Limits { series: 2, samples: 100 }).unwrap_err().to_string(),
+            format!("{}{{}}: more than 2 series (shorten --range or narrow --selector)", cat::KERNEL_INFO.name)
+        );
+        // The fifth counter's answer passes 60.
+        assert_eq!(
+            compare_within(&prom, 3600, "", 0.0, Limits { series: 3, samples: 60 }).unwrap_err().to_string(),
+            "the answers: more than 60 samples (shorten --range or narrow --selector)"
+        );
     }
 }

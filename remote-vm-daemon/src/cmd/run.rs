@@ -41,6 +41,7 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
         Err(e) => return fail(e),
     };
     log::info!("{}", status::kernel_line(&kernel.facts));
+    log::info!("{}", status::preempt_line(&kernel.facts));
     let (mut session, attached) = match super::load(&kernel, &config) {
         Ok(l) => l,
         Err(e) => return fail(e),
@@ -85,6 +86,7 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
         session,
         hist_min_log2: config.hist_min_log2,
         hist_max_log2: config.hist_max_log2,
+        scrape: Default::default(),
     });
     let served = runtime.block_on(async {
         let listener = listener
@@ -110,6 +112,7 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
         let limits = server::Limits {
             max_connections: config.max_connections,
             header_timeout: config.header_timeout,
+            min_render_interval: config.min_render_interval,
         };
         server::serve(listener, state.clone(), limits, shutdown_signal()).await;
         Ok::<(), std::io::Error>(())

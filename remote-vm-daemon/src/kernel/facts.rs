@@ -60,6 +60,8 @@ pub struct KernelFacts {
     pub config_source: Option<PathBuf>,
     pub per_vma_lock: Tristate,
     pub rcu_table_free: Tristate,
+    /// The preemption model: whether trampoline programs can be skipped.
+    pub preempt: super::preempt::Preempt,
 }
 
 /// Facts of a kernel that has everything, for tests.
@@ -71,6 +73,7 @@ pub fn for_tests() -> KernelFacts {
         config_source: Some(PathBuf::from("/proc/config.gz")),
         per_vma_lock: Tristate::Yes,
         rcu_table_free: Tristate::Yes,
+        preempt: super::preempt::Preempt { model: super::preempt::Model::None, source: "/proc/config.gz".into() },
     }
 }
 
@@ -106,6 +109,7 @@ impl KernelFacts {
         let config = candidates
             .iter()
             .find_map(|p| read_config(p).map(|text| (p.clone(), text)));
+        let preempt = super::preempt::read(config.as_ref().map(|(p, text)| (text.as_str(), p.to_str().unwrap_or("the kernel config"))));
         let (config_source, per_vma_lock, rcu_table_free) = match config {
             Some((path, text)) => (
                 Some(path),
@@ -120,6 +124,7 @@ impl KernelFacts {
             config_source,
             per_vma_lock,
             rcu_table_free,
+            preempt,
         }
     }
 }

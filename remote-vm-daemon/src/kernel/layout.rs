@@ -283,7 +283,7 @@ mod tests {
     use super::*;
     use crate::kernel::btf::{KIND_STRUCT, tests::Builder};
 
-    fn tracepoints(with_memcg_path: bool) -> Btf {
+    fn tracepoints(with_memcg_path: bool) -> Btf<'static> {
         let mut b = Builder::new();
         let boolean = b.int("_Bool", 1);
         let bool_t = b.typedef("bool", boolean);
@@ -306,7 +306,7 @@ mod tests {
         let p = b.proto(0, &acquired);
         let fp = b.ptr(p);
         b.typedef("btf_trace_mmap_lock_acquire_returned", fp);
-        Btf::parse(&b.build()).unwrap()
+        Btf::parse(b.build().leak()).unwrap()
     }
 
     #[test]

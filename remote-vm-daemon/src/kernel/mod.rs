@@ -5,6 +5,7 @@
 pub mod btf;
 mod facts;
 pub mod layout;
+pub mod preempt;
 
 use std::path::Path;
 
@@ -21,6 +22,8 @@ pub enum KernelError {
         #[source]
         source: BtfReadError,
     },
+    #[error("--btf {path} differs from the running kernel's {}: --btf is for kernels without BTF", SYS_BTF)]
+    BtfDiffers { path: String },
 }
 
 /// Why a BTF file could not be used.
@@ -59,9 +62,28 @@ impl Kernel {
             log::warn!("no kernel BTF at {}; only kprobes can attach (see --btf)", path.display());
             (Layout::without_btf(), None)
         } else {
-            let bytes = std::fs::read(path).map_err(|e| bad(e.into()))?;
+            // Regular files of at most 64 MiB only, never read past that.
+            let bytes = btf::read_file(path).map_err(bad)?;
             let ours = btf::Btf::parse(&bytes).map_err(|e| bad(e.into()))?;
-            let theirs = aya::Btf::parse(&bytes, aya::Endianness::default()).map_err(|e| bad(BtfReadError::Aya(e)))?;
+            // Where the kernel has its own BTF, that is the one: another file's
+            // offsets would be wrong for it.
+            if btf_path.is_some() && Path::new(SYS_BTF).exists() {
+                let own = btf::read_file(Path::new(SYS_BTF)).map_err(|source| KernelError::Btf {
+                    path: SYS_BTF.to_string(),
+                    source,
+                })?;
+                if own != bytes {
+                    return Err(KernelError::BtfDiffers {
+                        path: path.display().to_string(),
+                    });
+                }
+            }
+            if let Some(why) = &ours.partial {
+                log::warn!("BTF {} read in part: {why}", path.display());
+            }
+            // aya stops at a kind it does not know: it gets the types ours read.
+            let theirs =
+                aya::Btf::parse(&ours.for_aya(), aya::Endianness::default()).map_err(|e| bad(BtfReadError::Aya(e)))?;
             (Layout::from_btf(&ours), Some(theirs))
         };
         facts.fill_from_layout(&layout);

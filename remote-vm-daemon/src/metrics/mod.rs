@@ -121,10 +121,19 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
         n if n == cat::PROBE_HITS.name || n == cat::PROBE_MISSES.name => {
             let misses = n == cat::PROBE_MISSES.name;
             for v in view.attached.verdicts.iter().filter(|v| v.attached()) {
+                // The kernel counts the runs it skips for trampoline and tracepoint
+                // programs, and on kprobe links (6.7+). Only where it does not is
+                // what the programs notice themselves counted — an exit without
+                // its entry, an entry finding the last call open — else a skipped
+                // run would be counted twice, by the kernel and by its partner.
+                let kernel_counts = |point: &Point| {
+                    v.mode.is_some_and(|m| m.exact) || view.attached.kprobe_links.get(point).is_some_and(|n| *n > 0)
+                };
                 for point in v.family.spec().points {
                     let i = point.index() as usize;
                     let value = if misses {
                         let seen = match point {
+                            _ if kernel_counts(point) => 0,
                             Point::AccessRemoteVmEntry => c(stats, Counter::MissedEntries),
                             Point::AccessRemoteVmExit => c(stats, Counter::MissedExits),
                             _ => 0,

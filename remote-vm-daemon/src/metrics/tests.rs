@@ -113,6 +113,36 @@ fn collect_snap(attached: &Attached, snap: &Snapshot) -> Vec<Family> {
     collect(&view, snap)
 }
 
+/// A run the kernel skips is counted once: by the kernel where it keeps a count
+/// (trampolines, kprobe links), else by its partner program (an exit without
+/// its entry, an entry finding the last call open).
+#[test]
+fn a_skipped_run_is_counted_once() {
+    use remote_vm_common::stats::Counter;
+    let mut snap = Snapshot::ZERO;
+    snap.stats.counters[Counter::MissedEntries as usize] = 5;
+    snap.stats.counters[Counter::MissedExits as usize] = 2;
+    snap.kernel_misses[Point::AccessRemoteVmEntry.index() as usize] = 5;
+    snap.kernel_misses[Point::AccessRemoteVmExit.index() as usize] = 2;
+    let entry = format!("{}{{probe=\"{}\"}}", catalog::PROBE_MISSES.name, Point::AccessRemoteVmEntry.name());
+    let exit = format!("{}{{probe=\"{}\"}}", catalog::PROBE_MISSES.name, Point::AccessRemoteVmExit.name());
+    let value = |attached: &Attached, snap: &Snapshot, series: &str| {
+        let text = encode_all(&collect_snap(attached, snap));
+        text.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().to_string())).unwrap_or_default()
+    };
+    // Trampolines: the kernel's count alone.
+    let fentry = attached_in(&[]);
+    assert_eq!((value(&fentry, &snap, &entry).as_str(), value(&fentry, &snap, &exit).as_str()), ("5", "2"));
+    // Kprobes with link counters (6.7+): the kernel's count alone.
+    let mut kprobe = attached_in(&[(Probe::AccessRemoteVm, "kprobe")]);
+    kprobe.kprobe_links = [(Point::AccessRemoteVmEntry, 1), (Point::AccessRemoteVmExit, 1)].into_iter().collect();
+    assert_eq!((value(&kprobe, &snap, &entry).as_str(), value(&kprobe, &snap, &exit).as_str()), ("5", "2"));
+    // Kprobes without (before 6.7): the kernel reports nothing; what the programs saw counts.
+    snap.kernel_misses = [0; Point::ALL.len()];
+    kprobe.kprobe_links.clear();
+    assert_eq!((value(&kprobe, &snap, &entry).as_str(), value(&kprobe, &snap, &exit).as_str()), ("5", "2"));
+}
+
 #[test]
 fn waits_in_progress_are_gauges_read_at_the_scrape() {
     let now = WaitsNow {

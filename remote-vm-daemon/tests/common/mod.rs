@@ -109,3 +109,20 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// A finished `wrk` run's request count, after asserting it ran cleanly: exit 0,
+/// no non-2xx answer, no socket error.
+#[allow(dead_code)] // not every test file runs wrk
+pub fn wrk_requests(out: &std::process::Output) -> u64 {
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!report.contains("Non-2xx or 3xx responses"), "{report}");
+    assert!(!report.contains("Socket errors"), "{report}");
+    let requests: u64 = report
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no request count from wrk: {report}"));
+    assert!(requests > 0, "{report}");
+    requests
+}

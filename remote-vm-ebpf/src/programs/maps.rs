@@ -95,8 +95,9 @@ pub static WAITS: TaskStorage<HostWait> = TaskStorage::new();
 #[inline(always)]
 pub fn hit(point: Point) {
     if let Some(slot) = HITS.get_ptr_mut(point.index()) {
-        // SAFETY: this CPU's slot; a program does not nest with itself on a CPU.
-        unsafe { *slot += 1 };
+        // SAFETY: this CPU's slot, valid for the program's run; increments are
+        // atomic (another run may interleave on this CPU, see `bump`).
+        remote_vm_common::stats::bump(unsafe { &mut *slot }, 1);
     }
 }
 

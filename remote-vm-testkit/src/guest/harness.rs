@@ -66,6 +66,9 @@ pub(super) fn cmdline_arg(key: &str) -> Option<String> {
 
 pub(super) struct Daemon {
     pub(super) child: Child,
+    /// Started under a wrapper that forks it (`unshare -f`): signals go to the
+    /// wrapper's child, the daemon.
+    wrapped: bool,
 }
 
 impl Daemon {
@@ -74,9 +77,23 @@ impl Daemon {
     }
 
     pub(super) fn start_with(config: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Daemon> {
+        Daemon::start_in(&[], config, extra, env)
+    }
+
+    /// The daemon run by `wrapper` (e.g. `unshare -p -f --mount-proc`), which
+    /// must fork it and wait for it.
+    pub(super) fn start_in(wrapper: &[&str], config: &str, extra: &[&str], env: &[(&str, &str)]) -> Result<Daemon> {
         std::fs::write("/tmp/remote-vm.toml", config)?;
         let log = std::fs::File::create(DAEMON_LOG)?;
-        let child = Command::new(DAEMON)
+        let mut cmd = match wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(DAEMON);
+                c
+            }
+            None => Command::new(DAEMON),
+        };
+        let child = cmd
             .args(["run", "--listen", LISTEN, "--config", "/tmp/remote-vm.toml"])
             .args(extra)
             .envs(env.iter().copied())
@@ -84,7 +101,7 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .context("spawn daemon")?;
-        let mut d = Daemon { child };
+        let mut d = Daemon { child, wrapped: !wrapper.is_empty() };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok((200, _)) = prom::get(LISTEN, "/healthz") {
@@ -100,9 +117,24 @@ impl Daemon {
         }
     }
 
+    /// The daemon's process id (in our namespace).
+    pub(super) fn pid(&self) -> Result<i32> {
+        let pid = self.child.id();
+        if !self.wrapped {
+            return Ok(pid as i32);
+        }
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))?;
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok())
+            .with_context(|| format!("the wrapper (pid {pid}) has no child"))
+    }
+
     pub(super) fn stop(&mut self, report: &mut Report, name: &str) -> Result<()> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let pid = self.pid()?;
+        // SAFETY: signalling our own child (or the wrapper's, the daemon).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
         let status = self.child.wait()?;
         report.check(format!("{name}.sigterm_exit_code"), 0, status.code().unwrap_or(-1));
         Ok(())
@@ -111,6 +143,12 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.wrapped
+            && let Ok(pid) = self.pid()
+        {
+            // SAFETY: as in `stop`.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -128,4 +166,14 @@ pub(super) fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str
         (Some(b), Some(a)) => format!("{}", a - b),
         _ => "absent".to_string(),
     }
+}
+
+/// Whether the kernel may skip program runs: fully preemptible (dynamic model
+/// `full`, or `PREEMPT_RT`), a thread preempted inside a trampoline program
+/// holds that program's per-CPU recursion guard until it runs again, and the
+/// kernel skips (and counts as missed) every run of it on that CPU meanwhile.
+pub(super) fn skips_possible() -> bool {
+    let preempt = std::fs::read_to_string("/sys/kernel/debug/sched/preempt").unwrap_or_default();
+    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+    preempt.contains("(full)") || version.contains("PREEMPT_RT")
 }

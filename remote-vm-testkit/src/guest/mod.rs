@@ -9,6 +9,7 @@
 //! - `check`: the `check` subcommand, also with the least capabilities;
 //! - `scenario`: one daemon configuration and its workloads;
 //! - `lifecycle`: start, stop, kill and restart;
+//! - `soak`: 1000 readers killed and replaced, counts and memory (only when named);
 //! - `modes`: `rvm.mode=serve|ab|bench`, which run no tests.
 mod check;
 mod expect;
@@ -16,6 +17,7 @@ mod harness;
 mod lifecycle;
 mod modes;
 mod scenario;
+mod soak;
 mod stalls;
 mod waits;
 
@@ -28,7 +30,7 @@ use expect::SCENARIOS;
 use harness::cmdline_arg;
 use lifecycle::lifecycle;
 use modes::{ab, bench, serve};
-use scenario::run_scenario;
+use scenario::{load_suite, run_scenario};
 use stalls::stalls;
 use waits::waits;
 
@@ -65,7 +67,8 @@ pub fn main() -> Result<bool> {
     }
     // `rvm.only=SUITE` (`cargo xtask vm-test --only`): that suite alone after `check`.
     let only = cmdline_arg("rvm.only");
-    let run = |suite: &str| only.as_deref().is_none_or(|o| o == suite);
+    // `rvm.only=A,B`: those suites; `soak` runs only when named.
+    let run = |suite: &str| only.as_deref().map_or(suite != "soak", |o| o.split(',').any(|o| o == suite));
     if run("check_btf_file") {
         // --btf PATH with the kernel's own BTF copied to a file.
         let btf_copy = "/tmp/vmlinux.btf";
@@ -90,6 +93,16 @@ pub fn main() -> Result<bool> {
         if let Err(e) = run_scenario(&mut report, scenario, kernel, i == 0) {
             report.error(scenario.name, e);
         }
+    }
+    if run("load")
+        && let Err(e) = load_suite(&mut report, kernel)
+    {
+        report.error("load", e);
+    }
+    if run("soak")
+        && let Err(e) = soak::soak(&mut report)
+    {
+        report.error("soak", e);
     }
     if run("stalls")
         && let Err(e) = stalls(&mut report, kernel)

@@ -1,0 +1,156 @@
+//! Never a wrong counter: while reading the maps fails, `/metrics` answers 503
+//! naming the map and the error (no zeros, which would look like a counter
+//! reset), `/healthz` stays 200 and says why; once reads work again every
+//! counter is back, none lower. The fault is injected at the syscall boundary:
+//! an LD_PRELOAD shim over glibc's `syscall()` (aya's way into `bpf(2)`) fails
+//! `BPF_MAP_LOOKUP_ELEM` with EIO while a trigger file exists. Host test: root,
+//! BPF and a C compiler (`cc`), under `cargo xtask test`.
+use std::{collections::BTreeMap, path::Path, process::Command};
+
+use remote_vm_common::catalog::PROBE_HITS;
+use remote_vm_testkit::prom::{self, Scrape};
+
+mod common;
+
+use common::Running;
+
+const TRIGGER_ENV: &str = "RVM_FAULT_LOOKUP_WHILE";
+
+const SHIM: &str = r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define BPF_MAP_LOOKUP_ELEM 1
+
+typedef long (*syscall_fn)(long, ...);
+
+static syscall_fn real_syscall(void) {
+    static syscall_fn real;
+    syscall_fn f = __atomic_load_n(&real, __ATOMIC_ACQUIRE);
+    if (!f) {
+        f = (syscall_fn)dlsym(RTLD_NEXT, "syscall");
+        __atomic_store_n(&real, f, __ATOMIC_RELEASE);
+    }
+    return f;
+}
+
+long syscall(long nr, ...) {
+    va_list ap;
+    long a[6];
+    va_start(ap, nr);
+    for (int i = 0; i < 6; i++)
+        a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (nr == SYS_bpf && a[0] == BPF_MAP_LOOKUP_ELEM) {
+        const char *trigger = getenv("TRIGGER_ENV");
+        if (trigger && access(trigger, F_OK) == 0) {
+            errno = EIO;
+            return -1;
+        }
+    }
+    return real_syscall()(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+"#;
+
+/// The shim built into `dir`, or `None` when there is no `cc`.
+fn build_shim(dir: &Path) -> Option<std::path::PathBuf> {
+    match Command::new("cc").arg("--version").output() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        other => assert!(other.unwrap().status.success(), "cc --version failed"),
+    }
+    let source = dir.join("fault.c");
+    let shim = dir.join("fault.so");
+    std::fs::write(&source, SHIM.replace("TRIGGER_ENV", TRIGGER_ENV)).unwrap();
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    Some(shim)
+}
+
+/// Every monotonic sample: counters, histogram buckets and counts.
+fn counters(scrape: &Scrape) -> BTreeMap<String, f64> {
+    scrape
+        .samples
+        .iter()
+        .filter(|(k, _)| {
+            let name = k.split('{').next().unwrap();
+            ["_total", "_bucket", "_count"].iter().any(|s| name.ends_with(s))
+        })
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+fn scrape_line(health: &str) -> Option<&str> {
+    health.lines().find(|l| l.starts_with("scrape: "))
+}
+
+#[test]
+#[ignore = "needs root, BPF and cc; run by cargo xtask test"]
+fn a_failed_map_read_answers_503_never_zeros() {
+    let dir = std::env::temp_dir().join(format!("rvm-map-faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let Some(shim) = build_shim(&dir) else {
+        eprintln!("SKIPPED a_failed_map_read_answers_503_never_zeros: no C compiler (cc) to build the fault-injection shim");
+        return;
+    };
+    let trigger = dir.join("fail-lookups");
+    let _ = std::fs::remove_file(&trigger);
+    let preload = format!("LD_PRELOAD={}", shim.display());
+    let when = format!("{TRIGGER_ENV}={}", trigger.display());
+    // Start-up reads a map (the probe read): the trigger comes once it serves.
+    let d = Running::start("map-faults", "", &["env", &preload, &when]);
+
+    let (status, body) = prom::get(&d.addr, "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let before = counters(&Scrape::parse(&body).unwrap());
+    assert!(before.keys().any(|k| k.starts_with(PROBE_HITS.name)), "no probe hits on this host: {body}");
+    let (_, health) = prom::get(&d.addr, "/healthz").unwrap();
+    assert_eq!(scrape_line(&health), None, "{health}");
+
+    std::fs::write(&trigger, b"").unwrap();
+    let failed = "map STATS: read failed: bpf_map_lookup_elem: Input/output error (os error 5)";
+    for _ in 0..3 {
+        let (status, body) = prom::get(&d.addr, "/metrics").unwrap();
+        let head: String = body.chars().take(200).collect();
+        assert_eq!(status, 503, "counters served while the map reads fail: {head}…");
+        assert_eq!(body, format!("{failed}\n"));
+    }
+    let (status, health) = prom::get(&d.addr, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    assert!(health.starts_with("ok\n"), "{health}");
+    assert_eq!(
+        scrape_line(&health),
+        Some(format!("scrape: failed, /metrics answers 503: {failed}").as_str()),
+        "{health}"
+    );
+    // `dropped` on /stalls is a counter too.
+    assert_eq!(prom::get(&d.addr, "/stalls").unwrap(), (503, format!("{failed}\n")));
+    // One warning for the three failed scrapes (rate-limited).
+    let log = d.log_text();
+    assert_eq!(log.matches(&format!("/metrics answers 503: {failed}")).count(), 1, "{log}");
+
+    std::fs::remove_file(&trigger).unwrap();
+    let (status, body) = prom::get(&d.addr, "/metrics").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let after = counters(&Scrape::parse(&body).unwrap());
+    for (series, was) in &before {
+        let now = after.get(series).unwrap_or_else(|| panic!("{series} is gone after the fault"));
+        assert!(now >= was, "{series}: {was} before the fault, {now} after");
+    }
+    let (status, health) = prom::get(&d.addr, "/healthz").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(scrape_line(&health), None, "{health}");
+    assert!(d.log_text().contains("/metrics answers 200 again"), "{}", d.log_text());
+    assert_eq!(prom::get(&d.addr, "/stalls").unwrap().0, 200);
+    assert_eq!(d.stop(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
