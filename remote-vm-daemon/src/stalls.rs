@@ -20,6 +20,8 @@ const LOG_BURST: u32 = 10;
 const LOG_WINDOW: Duration = Duration::from_secs(60);
 /// Cgroup directories walked at most to resolve one id.
 const CGROUP_WALK_LIMIT: usize = 20_000;
+/// Cgroup names kept (see `CgroupNames::remember`).
+const CGROUP_NAMES_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Reader {
@@ -306,8 +308,17 @@ impl CgroupNames {
         let root = PathBuf::from("/sys/fs/cgroup");
         let found = find_inode(&root, id)?;
         let path = format!("/{}", found.strip_prefix(&root).ok()?.display());
-        self.known.insert(id, path.clone());
+        self.remember(id, path.clone());
         Some(path)
+    }
+
+    /// Keeps at most `CGROUP_NAMES_MAX` names: on a host whose containers come
+    /// and go, ids are never reused, so the cache starts over when full.
+    fn remember(&mut self, id: u64, path: String) {
+        if self.known.len() >= CGROUP_NAMES_MAX {
+            self.known.clear();
+        }
+        self.known.insert(id, path);
     }
 }
 
@@ -480,5 +491,15 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         let Ok(m) = std::fs::metadata("/sys/fs/cgroup") else { return };
         assert_eq!(CgroupNames::default().path(m.ino()).as_deref(), Some("/"));
+    }
+
+    #[test]
+    fn the_cgroup_name_cache_is_bounded() {
+        let mut names = CgroupNames::default();
+        for id in 0..(CGROUP_NAMES_MAX as u64 * 3 + 7) {
+            names.remember(id, format!("/c{id}"));
+            assert!(names.known.len() <= CGROUP_NAMES_MAX);
+        }
+        assert_eq!(names.known.get(&(CGROUP_NAMES_MAX as u64 * 3 + 6)).map(String::as_str), Some("/c12294"));
     }
 }
