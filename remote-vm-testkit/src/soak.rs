@@ -108,10 +108,10 @@ impl Drop for Counts {
 }
 
 /// A small deterministic generator (xorshift), seeded per thread.
-struct Rng(u64);
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -144,11 +144,11 @@ pub fn reader_main(args: &ReaderArgs) -> Result<()> {
         let (mems, counts, done, slot) = (mems.clone(), counts.clone(), done.clone(), args.slot);
         std::thread::Builder::new().stack_size(64 * 1024).spawn(move || {
             let mut rng = Rng(seed);
-            let reads = 50 + rng.next() % 450;
+            let reads = 50 + rng.next_u64() % 450;
             let mut buf = [0u8; 64];
             for _ in 0..reads {
-                let m = &mems[(rng.next() % mems.len() as u64) as usize];
-                let page = (rng.next() % m.pages as u64) as usize;
+                let m = &mems[(rng.next_u64() % mems.len() as u64) as usize];
+                let page = (rng.next_u64() % m.pages as u64) as usize;
                 counts.word(slot, STARTED).fetch_add(1, Ordering::SeqCst);
                 let ok = matches!(m.file.read_at(&mut buf, m.resident + (page * PAGE) as u64), Ok(64))
                     && buf.iter().all(|b| *b == workload::pattern(page));

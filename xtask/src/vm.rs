@@ -73,30 +73,26 @@ impl Kernel {
 
 /// The shared A/B pair beside the repository.
 pub fn shared_kernels(root: &Path) -> Vec<Kernel> {
-    let dir = root.join("../shared/kernels");
-    ["patched", "unpatched"]
-        .iter()
-        .map(|n| Kernel {
-            name: n.to_string(),
-            image: dir.join(format!("bzImage-{n}")),
-            expect: n.to_string(),
-            origin: format!("../shared/kernels/bzImage-{n} (6.12.117{})", if *n == "patched" { " + v1 series" } else { "" }),
-            params: String::new(),
-        })
-        .collect()
+    shared_pair(root, "", "6.12.117")
 }
 
 /// The 7.3.4 A/B pair beside the repository (the v1 series exactly as posted;
 /// `PREEMPT_LAZY`: its BPF programs can be preempted).
 pub fn shared_kernels_7_3(root: &Path) -> Vec<Kernel> {
-    let dir = root.join("../shared/kernels/7.3");
+    shared_pair(root, "7.3", "7.3.4")
+}
+
+/// `bzImage-{patched,unpatched}` in `../shared/kernels/SUBDIR`, named with
+/// `-SUBDIR` appended (nothing for the top folder).
+fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
+    let rel = if subdir.is_empty() { "../shared/kernels".to_string() } else { format!("../shared/kernels/{subdir}") };
     ["patched", "unpatched"]
         .iter()
         .map(|n| Kernel {
-            name: format!("{n}-7.3"),
-            image: dir.join(format!("bzImage-{n}")),
+            name: if subdir.is_empty() { n.to_string() } else { format!("{n}-{subdir}") },
+            image: root.join(&rel).join(format!("bzImage-{n}")),
             expect: n.to_string(),
-            origin: format!("../shared/kernels/7.3/bzImage-{n} (7.3.4{})", if *n == "patched" { " + v1 series" } else { "" }),
+            origin: format!("{rel}/bzImage-{n} ({release}{})", if *n == "patched" { " + v1 series" } else { "" }),
             params: String::new(),
         })
         .collect()

@@ -38,7 +38,6 @@ struct State {
 }
 
 impl State {
-    /// Either path's pointers: a register is one if it is one on any path.
     /// Whether this state already has every pointer `other` has.
     fn covers(&self, other: &State) -> bool {
         self.ptr.iter().zip(other.ptr).all(|(a, b)| *a || !b)
@@ -46,6 +45,7 @@ impl State {
             && other.spilled.iter().all(|(off, p)| !p || self.spilled.get(off).copied().unwrap_or(false))
     }
 
+    /// Either path's pointers: a register is one if it is one on any path.
     fn merge(&self, other: &State) -> State {
         let mut m = self.clone();
         for (a, b) in m.ptr.iter_mut().zip(other.ptr) {
@@ -80,6 +80,9 @@ struct Scan {
     plain_stores: Vec<(String, usize)>,
 }
 
+/// One instruction: opcode, dst and src registers, offset, immediate.
+type Insn = (u8, u8, u8, i16, i32);
+
 fn class(code: u8) -> u8 {
     code & 0x07
 }
@@ -105,7 +108,7 @@ fn scan() -> Scan {
                 _ => None,
             })
             .collect();
-        let insns: Vec<(u8, u8, u8, i16, i32)> = data
+        let insns: Vec<Insn> = data
             .chunks_exact(8)
             .map(|b| (b[0], b[1] & 0x0f, b[1] >> 4, i16::from_le_bytes([b[2], b[3]]), i32::from_le_bytes([b[4], b[5], b[6], b[7]])))
             .collect();
@@ -130,8 +133,6 @@ fn scan() -> Scan {
     out
 }
 
-type Insn = (u8, u8, u8, i16, i32);
-
 /// One scan of a section with the given states at loop heads; returns what it
 /// found and the states its back edges carry to their heads.
 fn pass(name: &str, insns: &[Insn], counter_maps: &BTreeSet<usize>, heads: &BTreeMap<usize, State>) -> (Scan, BTreeMap<usize, State>) {
@@ -143,6 +144,11 @@ fn pass(name: &str, insns: &[Insn], counter_maps: &BTreeSet<usize>, heads: &BTre
     let mut live = true;
     let mut i = 0;
     while i < insns.len() {
+        // A loop head also has what its back edges carried in the last pass.
+        if let Some(h) = heads.get(&i) {
+            st = if live { st.merge(h) } else { h.clone() };
+            live = true;
+        }
         if let Some(p) = pending.remove(&i) {
             st = if live { st.merge(&p) } else { p };
             live = true;
@@ -200,20 +206,16 @@ fn pass(name: &str, insns: &[Insn], counter_maps: &BTreeSet<usize>, heads: &BTre
                 // Conditional jumps: the target inherits this state.
                 0x05 | 0x06 => add_pending(&mut pending, &mut back, jump_target(i, code, off, imm), &st, i),
                 // Any other ALU result is not a pointer we track.
-                _ => {
-                    st.ptr[dst] = false;
-                    if dst == 1 {
-                        st.r1_is_counter_map = false;
-                    }
-                }
+                _ => st.ptr[dst] = false,
             },
         }
-        if dst == 1 && matches!(class(code), 0x01 | 0x04 | 0x07) && code != LD_IMM64 {
+        // r1 written by anything but the map load: no longer the map.
+        if dst == 1 && matches!(class(code), 0x00 | 0x01 | 0x04 | 0x07) && code != LD_IMM64 {
             st.r1_is_counter_map = false;
         }
         i = next;
     }
-        (out, back)
+    (out, back)
 }
 
 #[test]

@@ -79,7 +79,7 @@ pub struct Sources<'a> {
 }
 
 fn option_set(config: &str, name: &str) -> bool {
-    config.lines().any(|l| l.strip_prefix(name).is_some_and(|r| r == "=y"))
+    super::facts::config_option(config, name) == super::facts::Tristate::Yes
 }
 
 /// The model from the first source that tells: debugfs; the config's `RT`;

@@ -39,11 +39,8 @@ pub(super) fn check_command(report: &mut Report, kernel: Option<Kernel>, extra: 
         );
     }
     report.check(format!("{name}.probe_count"), first.len(), modes.len());
-    // The preemption model as the kernel shows it (init mounts debugfs): the
-    // current one in parentheses in sched/preempt, where the kernel is dynamic.
-    if let Ok(d) = std::fs::read_to_string("/sys/kernel/debug/sched/preempt")
-        && let Some(current) = d.split_whitespace().find_map(|w| w.strip_prefix('(')?.strip_suffix(')'))
-    {
+    // The preemption model as the kernel shows it, where it is dynamic.
+    if let Some(current) = super::harness::preempt_model() {
         report.check(format!("{name}.preempt_model"), current, json["kernel"]["preempt"]["model"].as_str().unwrap_or("missing"));
     }
     if report.expect != "unknown" {

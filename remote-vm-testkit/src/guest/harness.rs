@@ -161,6 +161,17 @@ pub(super) fn hits(s: &Scrape, probe: &str) -> f64 {
     s.value(cat::PROBE_HITS.name, &[("probe", probe)]).unwrap_or(f64::NAN)
 }
 
+/// The increase of one series as a number (NaN where it is absent).
+pub(super) fn delta_value(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    delta(before, after, name, labels).parse().unwrap_or(f64::NAN)
+}
+
+/// The increase of every series of `name` together.
+pub(super) fn delta_all(before: &Scrape, after: &Scrape, name: &str) -> f64 {
+    let sum = |s: &Scrape| s.series(name).map(|(_, v)| v).sum::<f64>();
+    sum(after) - sum(before)
+}
+
 pub(super) fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> String {
     match (before.value(name, labels), after.value(name, labels)) {
         (Some(b), Some(a)) => format!("{}", a - b),
@@ -168,12 +179,18 @@ pub(super) fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str
     }
 }
 
+/// The kernel's current preemption model as debugfs shows it (init mounts it):
+/// the one in parentheses in `sched/preempt`, on dynamic kernels only.
+pub(super) fn preempt_model() -> Option<String> {
+    let d = std::fs::read_to_string("/sys/kernel/debug/sched/preempt").ok()?;
+    d.split_whitespace().find_map(|w| Some(w.strip_prefix('(')?.strip_suffix(')')?.to_string()))
+}
+
 /// Whether the kernel may skip program runs: fully preemptible (dynamic model
 /// `full`, or `PREEMPT_RT`), a thread preempted inside a trampoline program
 /// holds that program's per-CPU recursion guard until it runs again, and the
 /// kernel skips (and counts as missed) every run of it on that CPU meanwhile.
 pub(super) fn skips_possible() -> bool {
-    let preempt = std::fs::read_to_string("/sys/kernel/debug/sched/preempt").unwrap_or_default();
     let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
-    preempt.contains("(full)") || version.contains("PREEMPT_RT")
+    preempt_model().as_deref() == Some("full") || version.contains("PREEMPT_RT")
 }

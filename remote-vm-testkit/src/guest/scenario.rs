@@ -1,5 +1,6 @@
 //! One daemon configuration (scenario): what attached, the exported series, the
-//! classification workload, host-wide contention and (first scenario) load.
+//! classification workload and host-wide contention; and the counting load
+//! (suite `load`).
 use std::{os::unix::fs::FileExt, process::Command, time::Instant};
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +19,7 @@ use crate::{
 
 use super::{
     expect::{Scenario, expected_mode, lockless_probe},
-    harness::{ACCESS_PROBES, DAEMON_LOG, Daemon, LISTEN, Report, delta, hits},
+    harness::{ACCESS_PROBES, DAEMON_LOG, Daemon, LISTEN, Report, delta, delta_all, delta_value, hits},
 };
 
 pub(super) fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Kernel>, first: bool) -> Result<()> {
@@ -206,18 +207,17 @@ fn host_contention(report: &mut Report, name: &str) -> Result<()> {
     Ok(())
 }
 
-/// At least 100 000 reads of resident pages from several threads: still exact.
 /// The counting load (suite `load`): 100 k reads of resident pages from 8
 /// threads, in the first scenario's configuration. Where BPF programs can be
 /// preempted (the kernel's build string says which model), runs interleave on
 /// a CPU: every read must still be counted once, entry and exit, none missed.
 pub(super) fn load_suite(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
     let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
-    let preempt = std::fs::read_to_string("/sys/kernel/debug/sched/preempt").unwrap_or_default();
-    println!("vmtest: load: kernel {} {}", version.trim(), preempt.trim());
+    let model = super::harness::preempt_model();
+    println!("vmtest: load: kernel {}, preemption {}", version.trim(), model.as_deref().unwrap_or("not dynamic"));
     if super::harness::cmdline_arg("preempt").as_deref() == Some("full") {
-        // The boot parameter took: the dynamic model is `full` (shown in parentheses).
-        report.check("load.preempt_model_full", true, preempt.contains("(full)"));
+        // The boot parameter took: the dynamic model is `full`.
+        report.check("load.preempt_model_full", true, model.as_deref() == Some("full"));
     }
     let skips_possible = super::harness::skips_possible();
     let mut patched = None;
@@ -305,7 +305,7 @@ fn load(report: &mut Report, name: &str, kernel: Option<Kernel>, skips_possible:
     drop(target);
     let n = (THREADS * PER_THREAD) as u64;
     report.check(format!("{name}.read_errors"), 0, errors);
-    let num = |name: &str, labels: &[(&str, &str)]| delta(&before, &after, name, labels).parse::<f64>().unwrap_or(f64::NAN);
+    let num = |name: &str, labels: &[(&str, &str)]| delta_value(&before, &after, name, labels);
     let mut skipped = 0.0;
     for probe in ACCESS_PROBES.map(Point::name) {
         let hits = num(cat::PROBE_HITS.name, &[("probe", probe)]);
@@ -313,8 +313,7 @@ fn load(report: &mut Report, name: &str, kernel: Option<Kernel>, skips_possible:
         report.check(format!("{name}.hits_plus_misses.{probe}"), n, hits + misses);
         skipped += misses;
     }
-    let all_misses: f64 = after.series(cat::PROBE_MISSES.name).map(|(_, v)| v).sum::<f64>()
-        - before.series(cat::PROBE_MISSES.name).map(|(_, v)| v).sum::<f64>();
+    let all_misses = delta_all(&before, &after, cat::PROBE_MISSES.name);
     let reads: f64 = Path::ALL.iter().map(|p| num(cat::READS.name, &[("path", p.label())])).sum();
     if skips_possible {
         println!("vmtest: {name}: the kernel skipped {all_misses} program runs ({skipped} of the access entry and exit)");
