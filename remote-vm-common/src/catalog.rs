@@ -370,6 +370,14 @@ pub const UNTRACKED_CALLS: Metric = metric(
     &[C::Reads],
     "Remote accesses not classified because no per-thread state could be allocated.",
 );
+pub const UNOBSERVED_READS: Metric = metric(
+    "remote_vm_unobserved_reads_total",
+    Counter,
+    Unit::Count,
+    &[],
+    &[C::Reads],
+    "Remote reads not classified because a probe their path depends on did not run (the kernel skipped it: see remote_vm_probe_misses_total); never counted as fast.",
+);
 pub const FALLBACKS: Metric = metric(
     "remote_vm_fallbacks_total",
     Counter,
@@ -523,6 +531,7 @@ pub const ALL: &[&Metric] = &[
     &WRITTEN_BYTES,
     &WRITE_DURATION,
     &UNTRACKED_CALLS,
+    &UNOBSERVED_READS,
     &FALLBACKS,
     &FALLBACK_LOCKLESS_BYTES,
     &LOCKLESS_BYTES_DISCARDED,

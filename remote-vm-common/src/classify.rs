@@ -255,8 +255,13 @@ pub struct Acquisition {
 /// Everything one finished call contributes to the metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Outcome {
-    /// `None` for writes.
+    /// `None` for writes, and for reads whose path no probe saw (`unobserved`).
     pub path: Option<Path>,
+    /// A read that neither took the target's mmap_lock nor ran
+    /// `lock_vma_under_rcu()` as far as the probes saw: a program the kernel
+    /// skipped (a preempted trampoline, a kretprobe out of instances), not a
+    /// fast read. Counted apart, never as `fast`.
+    pub unobserved: bool,
     pub reason: Option<Reason>,
     /// Bytes the call returned (negative returns count 0).
     pub bytes: u64,
@@ -464,7 +469,11 @@ impl CallState {
         let flags = self.flags;
         self.flags &= !F_ACTIVE;
         let bytes = if ret > 0 { ret as u64 } else { 0 };
-        let path = if flags & F_WRITE != 0 {
+        // Fast takes evidence: the lockless loop ran (a zero-length read has
+        // nothing to loop over). No lock and no lockless step is a probe that
+        // did not run.
+        let unobserved = flags & (F_WRITE | F_LOCK_TRIED | F_LOCKLESS) == 0 && self.len > 0;
+        let path = if flags & F_WRITE != 0 || unobserved {
             None
         } else if flags & F_LOCK_TRIED == 0 {
             Some(Path::Fast)
@@ -487,6 +496,7 @@ impl CallState {
         let lockless_bytes = if fallback { self.lockless_bytes } else { 0 };
         Some(Outcome {
             path,
+            unobserved,
             reason,
             bytes,
             duration_ns: now.saturating_sub(self.start_ns),
@@ -618,6 +628,7 @@ mod tests {
             o,
             Outcome {
                 path: Some(Path::Fast),
+                unobserved: false,
                 reason: None,
                 bytes: 4096,
                 duration_ns: 30,
@@ -896,6 +907,24 @@ mod tests {
         let mut s = CallState::default();
         assert_eq!(s.finish(1, 5), None);
         assert_eq!(s.lock_wait_end(true, 5), None);
+    }
+
+    #[test]
+    fn a_read_no_probe_saw_is_unobserved_never_fast() {
+        // The mmap_lock probe (or lock_vma_under_rcu's) was skipped: nothing
+        // says which path the read took.
+        let o = outcome(&[Begin { addr: 0x1000, len: 4096, gup: READ }, Finish { ret: 4096 }]);
+        assert_eq!((o.path, o.unobserved, o.bytes), (None, true, 4096));
+        let mut stats = Stats::ZERO;
+        stats.record_call(&o);
+        let c = |k: Counter| stats.counters[k as usize];
+        assert_eq!(c(Counter::ReadsUnobserved), 1);
+        for k in [Counter::ReadsFast, Counter::ReadsFallback, Counter::ReadsSlow, Counter::Writes, Counter::ReadBytesFast] {
+            assert_eq!(c(k), 0, "{k:?}");
+        }
+        // A write is a write, seen or not.
+        let o = outcome(&[Begin { addr: 0x1000, len: 8, gup: READ | F.foll_write }, Finish { ret: 8 }]);
+        assert_eq!((o.path, o.unobserved), (None, false));
     }
 
     #[test]

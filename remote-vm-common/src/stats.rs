@@ -83,10 +83,12 @@ pub enum Counter {
     StallsWrite = 35,
     /// Stall events the ring buffer had no room for.
     StallEventsDropped = 36,
+    /// Reads whose path no probe saw (`Outcome::unobserved`).
+    ReadsUnobserved = 37,
 }
 
 impl Counter {
-    pub const COUNT: usize = 37;
+    pub const COUNT: usize = 38;
     pub const CAPACITY: usize = 64;
 }
 
@@ -216,6 +218,7 @@ impl Stats {
     #[inline(always)]
     pub fn record_call(&mut self, o: &Outcome) {
         match o.path {
+            None if o.unobserved => self.add(Counter::ReadsUnobserved, 1),
             None => {
                 self.add(Counter::Writes, 1);
                 self.add(Counter::WrittenBytes, o.bytes);

@@ -110,9 +110,14 @@ impl Config {
                     source_name: name.clone(),
                     reason: e.to_string(),
                 })?;
-                Config::from_layers(&[("embedded defaults", DEFAULTS), (&name, &text)])
+                Config::from_text(&name, &text)
             }
         }
+    }
+
+    /// Defaults, then `text` (a config file's contents, named `name` in errors).
+    pub fn from_text(name: &str, text: &str) -> Result<Config, ConfigError> {
+        Config::from_layers(&[("embedded defaults", DEFAULTS), (name, text)])
     }
 
     /// The settings that differ in `new` and take effect only on a restart

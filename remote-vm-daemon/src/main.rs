@@ -1,23 +1,14 @@
 //! remote-vm-daemon: loads the probes, classifies remote-memory accesses and
 //! serves Prometheus metrics.
-mod bpf;
-mod caps;
-mod cmd;
-mod config;
-mod kernel;
-mod logging;
-mod metrics;
-mod notify;
-mod server;
-mod stalls;
-mod status;
-mod top;
 
 use std::{net::SocketAddr, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::cmd::{Common, EXIT_FAILED, EXIT_OK, check, compare, fail};
+use remote_vm_daemon::{
+    cmd::{self, Common, EXIT_FAILED, EXIT_OK, check, compare, fail},
+    config, top,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "remote-vm-daemon", version, about = "Classifies remote-memory reads (__access_remote_vm) as fast path, fallback or slow path and exports Prometheus metrics.")]

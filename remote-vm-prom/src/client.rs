@@ -148,7 +148,9 @@ impl Client {
             .limit(self.options.max_body)
             .read_to_vec()
             .map_err(|e| self.error(&url, e))?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        // Valid UTF-8 (as JSON must be) is taken as it is, without a copy.
+        let body = String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok((status, body))
     }
 
     fn error(&self, url: &str, e: ureq::Error) -> Error {

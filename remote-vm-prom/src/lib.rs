@@ -13,7 +13,7 @@ mod api;
 mod client;
 mod scrape;
 
-pub use api::Prometheus;
+pub use api::{Prometheus, decode, query_result};
 pub use client::{Auth, Client, Options, get};
 pub use scrape::{Scrape, key};
 
@@ -63,7 +63,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The start of an answer's body for an error message, on one line.
 pub(crate) fn snippet(body: &str) -> String {
-    let line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    // Only the start is shown: never copy a whole large answer.
+    let head = body.char_indices().nth(4096).map_or(body, |(i, _)| &body[..i]);
+    let line = head.split_whitespace().collect::<Vec<_>>().join(" ");
     match line.char_indices().nth(300) {
         Some((i, _)) => format!("{}…", &line[..i]),
         None => line,

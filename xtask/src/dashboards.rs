@@ -138,8 +138,9 @@ pub fn host_panels() -> Vec<Panel> {
         panel(Stat, "Fast-path ratio", "percentunit", NEEDS_READS, "Remote reads that never took the target's mmap_lock: fast / all reads.", vec![(ratio.clone(), "fast path")]),
         panel(Table, "Kernel", "none", NEEDS_DAEMON, "Release, the config options the lockless path needs, and whether the kernel runs it (patched, decided by a probe read at start-up).", vec![(format!("{}{}", catalog::KERNEL_INFO.name, h("")), "")]),
         wide(panel(Timeseries, "Fast-path ratio over time", "percentunit", NEEDS_READS, "fast / all reads.", vec![(ratio, "fast path")])),
-        panel(Timeseries, "Reads by path", "ops", NEEDS_READS, "Remote reads per second: fast (no mmap_lock), fallback (lockless loop, then mmap_lock), slow (mmap_lock only).", vec![
+        panel(Timeseries, "Reads by path", "ops", NEEDS_READS, "Remote reads per second: fast (no mmap_lock), fallback (lockless loop, then mmap_lock), slow (mmap_lock only); unobserved: a probe the path depends on was skipped by the kernel (see Probe misses), counted on no path.", vec![
             (format!("sum by (path) (rate({reads}{}[$__rate_interval]))", h("")), "{{path}}"),
+            (format!("sum(rate({}{}[$__rate_interval]))", catalog::UNOBSERVED_READS.name, h("")), "unobserved"),
             (format!("sum(rate({}{}[$__rate_interval]))", catalog::WRITES.name, h("")), "writes"),
         ]),
         panel(Timeseries, "Fallbacks by reason", "ops", NEEDS_FALLBACKS, "Why the lockless loop stopped.", vec![
@@ -183,7 +184,7 @@ pub fn host_panels() -> Vec<Panel> {
         panel(Table, "Probes", "none", NEEDS_DAEMON, "Each probe: the mode it attached in (1), or mode=none (0). See /healthz or `remote-vm-daemon check` for why.", vec![
             (format!("{}{}", catalog::PROBE_ATTACHED.name, h("")), ""),
         ]),
-        panel(Timeseries, "Probe misses", "ops", NEEDS_DAEMON, "Runs the kernel reports missed, plus calls seen without entry or exit. Only non-zero in kprobe modes or under recursion.", vec![
+        panel(Timeseries, "Probe misses", "ops", NEEDS_DAEMON, "Runs the kernel reports missed, plus calls seen without entry or exit. Non-zero in kprobe modes, under recursion, and on preemptible kernels (trampolines skipped while preempted).", vec![
             (format!("sum by (probe) (rate({}{}[$__rate_interval]))", catalog::PROBE_MISSES.name, h("")), "{{probe}}"),
         ]),
         row("What the data says about the review"),

@@ -1,93 +1,231 @@
 //! Kernels a fleet really runs, from Debian's package registry: the signed
-//! `linux-image-*-cloud-amd64` images of Debian 12's 6.1 and of its 6.12,
-//! downloaded with `apt-get download`, `vmlinuz` extracted and cached under
-//! `target/kernels/`, the exact package version recorded.
+//! `linux-image-*` packages listed in `xtask/kernels.toml` (bookworm's from the
+//! machine's sources, newer suites' through a private sources list), downloaded
+//! with `apt-get download`, `vmlinuz` extracted and cached under
+//! `target/kernels/`. The version tested is recorded in that file.
 use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{vm::Kernel, util::{say, sh}};
+use crate::{
+    apt::{self, Apt},
+    util::{say, sh},
+    vm::Kernel,
+};
 
-/// (name, meta package, what the guest must find).
-const DEBIAN: &[(&str, &str, &str)] = &[
-    ("debian-6.1", "linux-image-cloud-amd64", "legacy"),
-    ("debian-6.12", "linux-image-6.12-cloud-amd64", "unpatched"),
-];
-
-fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// Which kernels of `xtask/kernels.toml` to boot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Set {
+    /// `set = "default"`: what `cargo xtask test` boots.
+    Default,
+    /// Every kernel listed (`--all-kernels`).
+    All,
 }
 
-/// The image package a meta package depends on, e.g. `linux-image-6.1.0-56-cloud-amd64`.
-fn image_package(meta: &str) -> Result<String> {
-    let deps = output(Command::new("apt-cache").args(["depends", meta]))?;
-    deps.lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|d| d.starts_with("linux-image-") && !d.ends_with("-dbg"))
-        .map(str::to_string)
-        .with_context(|| format!("{meta} depends on no linux-image package (apt-get update?)"))
+/// One entry of `xtask/kernels.toml`.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub name: String,
+    pub suite: String,
+    pub series: String,
+    pub flavour: String,
+    pub package: String,
+    pub version: String,
+    pub expect: String,
+    pub default: bool,
+}
+
+const RECORD: &str = "xtask/kernels.toml";
+
+pub fn entries(root: &Path) -> Result<Vec<Entry>> {
+    let path = root.join(RECORD);
+    let value: toml::Value = toml::from_str(&std::fs::read_to_string(&path)?).with_context(|| path.display().to_string())?;
+    let list = value.get("kernel").and_then(|k| k.as_array()).with_context(|| format!("{RECORD}: no [[kernel]]"))?;
+    list.iter()
+        .map(|k| {
+            let field = |key: &str| {
+                k.get(key)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+                    .with_context(|| format!("{RECORD}: a [[kernel]] without {key}"))
+            };
+            let set = field("set")?;
+            if !matches!(set.as_str(), "default" | "all") {
+                bail!("{RECORD}: set = {set:?}: expected \"default\" or \"all\"");
+            }
+            Ok(Entry {
+                name: field("name")?,
+                suite: field("suite")?,
+                series: field("series")?,
+                flavour: field("flavour")?,
+                package: field("package")?,
+                version: field("version")?,
+                expect: field("expect")?,
+                default: set == "default",
+            })
+        })
+        .collect()
+}
+
+/// The package and version of `entry` the archive still has: the recorded
+/// one, else the newest of its series and flavour (recorded in its place).
+fn resolve(root: &Path, apt: &Apt, entry: &Entry) -> Result<(String, String)> {
+    let versions = |package: &str| -> Vec<String> {
+        apt.cache(&["madison", package])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split('|').nth(1).map(|v| v.trim().to_string()))
+            .collect()
+    };
+    if versions(&entry.package).contains(&entry.version) {
+        return Ok((entry.package.clone(), entry.version.clone()));
+    }
+    let pattern = format!("^linux-image-{}[.][0-9].*-{}$", entry.series.replace('.', "[.]"), entry.flavour);
+    let mut newest: Option<(String, String)> = None;
+    for line in apt.cache(&["search", "--names-only", &pattern])?.lines() {
+        let Some(package) = line.split_whitespace().next() else { continue };
+        for version in versions(package) {
+            let newer = newest.as_ref().is_none_or(|(_, v)| {
+                Command::new("dpkg")
+                    .args(["--compare-versions", &version, "gt", v])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
+            if newer {
+                newest = Some((package.to_string(), version));
+            }
+        }
+    }
+    let (package, version) = newest.with_context(|| {
+        format!("{}: {} {} has left the archive and no {} {} package is there", entry.name, entry.package, entry.version, entry.series, entry.flavour)
+    })?;
+    say!(
+        "kernels: {}: {} {} has left the archive; taking the newest of {}: {package} {version} (recorded in {RECORD})",
+        entry.name,
+        entry.package,
+        entry.version,
+        entry.series
+    );
+    record(root, &entry.name, &package, &version)?;
+    Ok((package, version))
+}
+
+/// Writes `package` and `version` into the entry `name` of the record.
+fn record(root: &Path, name: &str, package: &str, version: &str) -> Result<()> {
+    let path = root.join(RECORD);
+    let text = std::fs::read_to_string(&path)?;
+    let mut out = String::new();
+    let mut inside = false;
+    for line in text.lines() {
+        if line.starts_with("[[kernel]]") {
+            inside = false;
+        }
+        if line.trim() == format!("name = {name:?}") {
+            inside = true;
+        }
+        if inside && line.starts_with("package = ") {
+            out.push_str(&format!("package = {package:?}\n"));
+        } else if inside && line.starts_with("version = ") {
+            out.push_str(&format!("version = {version:?}\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    std::fs::write(&path, out)?;
+    Ok(())
 }
 
 pub fn debian_kernels(root: &Path) -> Result<Vec<Kernel>> {
+    debian_kernels_of(root, Set::Default)
+}
+
+pub fn debian_kernels_of(root: &Path, set: Set) -> Result<Vec<Kernel>> {
     let dir = root.join("target/kernels");
     std::fs::create_dir_all(&dir)?;
+    let mut system: Option<Apt> = None;
+    let mut private: Option<Apt> = None;
     let mut out = Vec::new();
-    for (name, meta, expect) in DEBIAN {
-        let package = match image_package(meta) {
-            Ok(p) => p,
-            Err(_) => {
-                say!("kernels: updating the package lists to find {meta}");
-                sh(Command::new("apt-get").args(["update", "-q"]))?;
-                image_package(meta)?
-            }
-        };
-        let version = output(Command::new("apt-cache").args(["show", "--no-all-versions", &package]))?
-            .lines()
-            .find_map(|l| l.strip_prefix("Version: "))
-            .map(str::to_string)
-            .with_context(|| format!("no version for {package}"))?;
-        let image = dir.join(format!("{package}_{version}.vmlinuz"));
-        if !image.is_file() {
-            say!("kernels: downloading {package} {version} (apt-get download)");
-            sh(Command::new("apt-get").args(["download", "-q", &package]).current_dir(&dir))?;
-            let deb = std::fs::read_dir(&dir)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| {
-                    p.extension().is_some_and(|e| e == "deb")
-                        && p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{package}_")))
-                })
-                .with_context(|| format!("apt-get download left no {package} .deb"))?;
-            let extracted = dir.join(format!("{package}.extract"));
-            let _ = std::fs::remove_dir_all(&extracted);
-            sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&extracted))?;
-            // Keep virtio_blk of each image (decompressed): the systemd test
-            // boots a disk image with it.
-            if let Some(ko) = find_file(&extracted.join("lib/modules"), "virtio_blk.ko.xz") {
-                sh(Command::new("xz").args(["-d", "-k", "-f"]).arg(&ko))?;
-                std::fs::copy(ko.with_extension(""), dir.join(format!("{package}_{version}.virtio_blk.ko")))?;
-            }
-            let boot = extracted.join("boot");
-            let vmlinuz = std::fs::read_dir(&boot)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
-                .with_context(|| format!("no vmlinuz in {}", deb.display()))?;
-            std::fs::copy(&vmlinuz, &image)?;
-            let _ = std::fs::remove_dir_all(&extracted);
-            let _ = std::fs::remove_file(&deb);
+    for entry in entries(root)? {
+        if set == Set::Default && !entry.default {
+            continue;
         }
+        let cached = |package: &str, version: &str| dir.join(format!("{package}_{version}.vmlinuz"));
+        let (package, version) = if cached(&entry.package, &entry.version).is_file() {
+            (entry.package.clone(), entry.version.clone())
+        } else {
+            let apt = if entry.suite == "bookworm" {
+                if system.is_none() {
+                    let apt = Apt::system(root)?;
+                    if apt.cache(&["show", "--no-all-versions", "linux-image-cloud-amd64"]).is_err() {
+                        say!("kernels: updating the package lists (apt-get update)");
+                        apt.get(&["update"], None)?;
+                    }
+                    system = Some(apt);
+                }
+                system.as_ref()
+            } else {
+                if private.is_none() {
+                    private = Some(Apt::private(root, apt::NEWER_SUITES)?);
+                }
+                private.as_ref()
+            }
+            .context("apt")?;
+            let (package, version) = resolve(root, apt, &entry)?;
+            let image = cached(&package, &version);
+            if !image.is_file() {
+                // From 7.0 on the image package is a shell: `vmlinuz` is in the
+                // `linux-binary-*` package it depends on.
+                let show = apt.cache(&["show", &format!("{package}={version}")])?;
+                let binary = show
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Depends: "))
+                    .and_then(|d| d.split(',').map(str::trim).find(|d| d.starts_with("linux-binary-")))
+                    .and_then(|d| d.split_whitespace().next())
+                    .map(str::to_string);
+                let holder = binary.as_deref().unwrap_or(&package);
+                say!("kernels: downloading {holder} {version} (apt-get download)");
+                let deb = apt.download(holder, Some(&version), &dir)?;
+                extract(&dir, &deb, holder, &version, &image)?;
+            }
+            (package, version)
+        };
         out.push(Kernel {
-            name: name.to_string(),
-            image,
-            expect: expect.to_string(),
+            name: entry.name.clone(),
+            image: cached(&package, &version),
+            expect: entry.expect.clone(),
             origin: format!("Debian {package} {version}"),
             params: String::new(),
+            isolate: Vec::new(),
         });
     }
     Ok(out)
+}
+
+/// `vmlinuz` (and `virtio_blk`, for the systemd test) out of a kernel .deb.
+fn extract(dir: &Path, deb: &Path, package: &str, version: &str, image: &Path) -> Result<()> {
+    let extracted = dir.join(format!("{package}.extract"));
+    let _ = std::fs::remove_dir_all(&extracted);
+    sh(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&extracted))?;
+    // Keep virtio_blk of each image (decompressed): the systemd test
+    // boots a disk image with it.
+    let modules = ["lib/modules", "usr/lib/modules"].map(|d| extracted.join(d));
+    if let Some(ko) = modules.iter().find_map(|d| find_file(d, "virtio_blk.ko.xz")) {
+        sh(Command::new("xz").args(["-d", "-k", "-f"]).arg(&ko))?;
+        std::fs::copy(ko.with_extension(""), dir.join(format!("{package}_{version}.virtio_blk.ko")))?;
+    }
+    // /boot/vmlinuz-VERSION, or (merged /usr, 7.3 on) /usr/lib/modules/VERSION/vmlinuz.
+    let vmlinuz = std::fs::read_dir(extracted.join("boot"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+        .or_else(|| find_file(&extracted.join("usr/lib/modules"), "vmlinuz"))
+        .with_context(|| format!("no vmlinuz in {}", deb.display()))?;
+    std::fs::copy(&vmlinuz, image)?;
+    let _ = std::fs::remove_dir_all(&extracted);
+    let _ = std::fs::remove_file(deb);
+    Ok(())
 }
 
 fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {

@@ -191,3 +191,25 @@ mod tests {
         assert!(table.contains("| probe `b_exit` | none: needs access_remote_vm |"), "{table}");
     }
 }
+
+/// The markers around the matrix in README.md.
+const README_BEGIN: &str = "<!-- kernel-matrix: written by `cargo xtask vm-test --all-kernels` -->";
+const README_END: &str = "<!-- kernel-matrix end -->";
+
+/// Puts `table` (with the date of the run) between README's markers.
+pub fn write_readme(root: &std::path::Path, table: &str) -> anyhow::Result<()> {
+    let path = root.join("README.md");
+    let text = std::fs::read_to_string(&path)?;
+    let (Some(b), Some(e)) = (text.find(README_BEGIN), text.find(README_END)) else {
+        anyhow::bail!("README.md has no kernel-matrix markers");
+    };
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let body = format!("{README_BEGIN}\n\nFrom the run of {date} (`target/vm-test/matrix.md`):\n\n{}\n", table.trim_end());
+    let out = format!("{}{body}{}", &text[..b], &text[e..]);
+    std::fs::write(&path, out)?;
+    Ok(())
+}

@@ -166,7 +166,12 @@ pub fn dashboard_test(root: &Path) -> Result<()> {
     // The workload starts 20 s after the daemons serve (Prometheus scrapes its
     // counters at zero first) and runs 40 s, so `compare` can be held to the
     // daemons' own final numbers afterwards.
-    let mut lab = Lab::start(root, "dashboard-test", &vm::shared_kernels(root), "rvm.serve_delay=20 rvm.serve_seconds=40")?;
+    let pair = vm::shared_kernels(root);
+    if pair.len() != 2 {
+        say!("dashboard-test: the queries against live daemons skipped (they need the shared 6.12 pair)");
+        return Ok(());
+    }
+    let mut lab = Lab::start(root, "dashboard-test", &pair, "rvm.serve_delay=20 rvm.serve_seconds=40")?;
     lab.wait_scraped(30)?;
     let mut failures = Vec::new();
     let mut checked = 0;

@@ -54,14 +54,11 @@ pub fn setup(purpose: Purpose) -> Result<()> {
                 missing.join(" ")
             );
         }
+        let apt = crate::apt::Apt::system(&crate::workspace_root())?;
         say!("setup: updating the package lists (apt-get update)");
-        sh(Command::new("apt-get").args(["update", "-q"]))?;
+        apt.get(&["update"], None)?;
         say!("setup: installing {}", missing.join(" "));
-        sh(Command::new("apt-get")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))
-        .with_context(|| format!("apt-get install {}", missing.join(" ")))?;
+        apt.install(&missing)?;
         if !debian_rustc_new_enough() {
             bail!(
                 "Debian's rustc (/usr/bin/rustc) is older than {}.{} after installing rustc-web; the eBPF build needs it",
@@ -96,6 +93,10 @@ pub fn setup(purpose: Purpose) -> Result<()> {
         .context("cargo install bpf-linker")?;
     }
 
+    if purpose == Purpose::Test {
+        install_cargo_fuzz()?;
+    }
+
     if which("rustup").is_some() {
         let list = Command::new("rustup").args(["toolchain", "list"]).output()?;
         if String::from_utf8_lossy(&list.stdout)
@@ -109,6 +110,22 @@ pub fn setup(purpose: Purpose) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// cargo-fuzz for the fuzz targets (libFuzzer; runs on stable with RUSTC_BOOTSTRAP=1).
+fn install_cargo_fuzz() -> Result<()> {
+    let version = crate::fuzz::CARGO_FUZZ_VERSION;
+    let have = Command::new(cargo())
+        .args(["fuzz", "--version"])
+        .output()
+        .ok()
+        .is_some_and(|o| String::from_utf8_lossy(&o.stdout).contains(version));
+    if have {
+        say!("setup: cargo-fuzz {version} present");
+        return Ok(());
+    }
+    say!("setup: installing cargo-fuzz {version} (cargo install, about a minute)");
+    sh(Command::new(cargo()).args(["install", &format!("cargo-fuzz@{version}"), "--locked"])).context("cargo install cargo-fuzz")
 }
 
 fn installed(package: &str) -> bool {

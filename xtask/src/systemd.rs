@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use remote_vm_common::Point;
 
-use crate::{cpio::Cpio, kernels, util::{say, sh}};
+use crate::{cpio::Cpio, kernels, util::{say, sh}, vm};
 
 const CHECK_SCRIPT: &str = r#"#!/bin/bash
 # Runs after remote-vm.service under systemd; reports on the serial console.
@@ -143,10 +143,11 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     cpio.finish()?;
 
     let console = dir.join("console.log");
-    say!("systemd: booting Debian 12 with systemd as PID 1 on {} (QEMU TCG)", kernel.origin);
+    say!("systemd: booting Debian 12 with systemd as PID 1 on {} (QEMU {})", kernel.origin, vm::accel_name(&kernel, vm::Clock::Wall));
     let started = Instant::now();
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-cpu", "max", "-m", "1536", "-smp", "2"])
+        .args(vm::accel_args(&kernel))
+        .args(["-m", "1536", "-smp", "2"])
         .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
         .arg("-kernel")
         .arg(&kernel.image)

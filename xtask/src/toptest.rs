@@ -60,10 +60,10 @@ fn expected_line(console: &str) -> Result<String> {
 }
 
 pub fn run(root: &Path) -> Result<()> {
-    let kernel = vm::shared_kernels(root)
-        .into_iter()
-        .find(|k| k.expect == "unpatched")
-        .context("the shared unpatched kernel")?;
+    let Some(kernel) = vm::shared_kernels(root).into_iter().find(|k| k.expect == "unpatched") else {
+        say!("top-test: skipped (it needs the shared unpatched 6.12 kernel)");
+        return Ok(());
+    };
     let dir = root.join("target/top-test");
     std::fs::create_dir_all(&dir)?;
     let initramfs = dir.join("initramfs.cpio");

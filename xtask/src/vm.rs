@@ -25,6 +25,10 @@ pub struct Kernel {
     pub origin: String,
     /// Kernel parameters of every boot of it (e.g. `preempt=full`).
     pub params: String,
+    /// Groups of guest suites `vm-test` runs in a boot of their own each
+    /// (`rvm.only=`), the main boot skipping them (`rvm.skip=`): a known kernel
+    /// defect that one suite's probes would set off for the next (see shared_pair).
+    pub isolate: Vec<&'static [&'static str]>,
 }
 
 impl Kernel {
@@ -61,6 +65,7 @@ impl Kernel {
             image: path,
             expect,
             params: String::new(),
+            isolate: Vec::new(),
         })
     }
 }
@@ -83,7 +88,8 @@ pub fn shared_kernels_7_3(root: &Path) -> Vec<Kernel> {
 }
 
 /// `bzImage-{patched,unpatched}` in `../shared/kernels/SUBDIR`, named with
-/// `-SUBDIR` appended (nothing for the top folder).
+/// `-SUBDIR` appended (nothing for the top folder). An image that is not there
+/// (a clone without `../shared`) is left out, with one line the first time.
 fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
     let rel = if subdir.is_empty() { "../shared/kernels".to_string() } else { format!("../shared/kernels/{subdir}") };
     ["patched", "unpatched"]
@@ -94,8 +100,38 @@ fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
             expect: n.to_string(),
             origin: format!("{rel}/bzImage-{n} ({release}{})", if *n == "patched" { " + v1 series" } else { "" }),
             params: String::new(),
+            // The 7.3.4 images (tinyconfig-based: no CALL_PADDING, no ORC)
+            // oops (a jump to NULL or into the stack from the ftrace call site)
+            // when a function gets a kprobe, then a BPF trampoline, then a
+            // kprobe again in one boot (README, "Supported kernels"): the
+            // kprobe scenario and the caller scenarios get boots of their own.
+            isolate: if subdir == "7.3" { vec![&["fallback"], &["callers", "kprobe_callers"]] } else { Vec::new() },
+        })
+        .filter(|k| {
+            let there = k.image.is_file();
+            if !there && MISSING.lock().is_ok_and(|mut m| m.insert(k.image.clone())) {
+                say!(
+                    "kernels: no {} ({}): skipped{}",
+                    k.image.display(),
+                    k.origin,
+                    if k.expect == "patched" {
+                        " — the lockless path is NOT tested; pass a patched image of your own with --kernel NAME:patched=PATH"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            there
         })
         .collect()
+}
+
+/// Shared images found missing (each said once).
+static MISSING: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
+
+/// Whether a shared image was missing: the run did not test what it tests.
+pub fn shared_missing() -> Vec<PathBuf> {
+    MISSING.lock().map(|m| m.iter().cloned().collect()).unwrap_or_default()
 }
 
 const INIT: &str = r#"#!/bin/busybox sh
@@ -203,13 +239,105 @@ pub enum Clock {
     Instructions,
 }
 
-/// The QEMU command for `kernel`: TCG (KVM fails here), serial console on stdout,
+/// `--accel`: how QEMU runs guests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Accel {
+    /// KVM when a short KVM boot works, else TCG (the reason printed).
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// The accelerator chosen (`--accel`), set once by main before any boot.
+static ACCEL: std::sync::OnceLock<Accel> = std::sync::OnceLock::new();
+/// What `auto` found, decided at the first boot.
+static RESOLVED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+
+pub fn set_accel(accel: Accel) {
+    let _ = ACCEL.set(accel);
+}
+
+/// Whether guests run under KVM: `--accel kvm`, or `auto` and a 64 MiB KVM
+/// boot of `kernel` (no initramfs: it panics at once, QEMU exits) printed its
+/// banner within 30 s. `-icount` boots are always TCG.
+fn use_kvm(kernel: &Kernel) -> bool {
+    let accel = *ACCEL.get().unwrap_or(&Accel::Auto);
+    if accel == Accel::Tcg {
+        return false;
+    }
+    let verdict = RESOLVED.get_or_init(|| {
+        let probe = kvm_probe(kernel);
+        match (&probe, accel) {
+            (Ok(()), _) => say!("vm: KVM works here: guests run under KVM (--accel tcg for TCG)"),
+            (Err(why), Accel::Auto) => say!("vm: KVM does not work here ({why}): guests run under TCG"),
+            (Err(why), _) => say!("vm: --accel kvm, but KVM does not work here ({why}): boots will fail"),
+        }
+        probe
+    });
+    verdict.is_ok() || accel == Accel::Kvm
+}
+
+fn kvm_probe(kernel: &Kernel) -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map_err(|e| format!("/dev/kvm: {e}"))?;
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "kvm", "-cpu", "host", "-m", "64", "-smp", "1"])
+        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel"])
+        .arg(&kernel.image)
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("qemu-system-x86_64: {e}"))?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("Linux version") {
+                let _ = tx.send(());
+                return;
+            }
+        }
+    });
+    // A kernel prints its banner within a second under KVM.
+    let banner = rx.recv_timeout(Duration::from_secs(15));
+    let _ = child.kill();
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if banner.is_ok() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    Err(err
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.contains("terminating on signal"))
+        .map_or("a KVM boot printed no kernel banner within 15 s".to_string(), |l| l.trim().to_string()))
+}
+
+/// QEMU's `-accel` and `-cpu` for a wall-clock boot of `kernel`.
+pub fn accel_args(kernel: &Kernel) -> [&'static str; 4] {
+    if use_kvm(kernel) { ["-accel", "kvm", "-cpu", "host"] } else { ["-accel", "tcg", "-cpu", "max"] }
+}
+
+/// The accelerator's name for messages.
+pub fn accel_name(kernel: &Kernel, clock: Clock) -> &'static str {
+    if clock == Clock::Wall && use_kvm(kernel) { "KVM" } else { "TCG" }
+}
+
+/// The QEMU command for `kernel`: KVM or TCG (`--accel`), serial console on stdout,
 /// `extra` appended to the kernel command line, and with `forward` the guest's
 /// port 19361 reachable on the host's 127.0.0.1:`forward` (user networking with
 /// `restrict=on`: the guest cannot send anything out).
 fn qemu(kernel: &Kernel, initramfs: &Path, extra: &str, forward: Option<u16>, clock: Clock) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-accel", "tcg", "-cpu", "max", "-m", "1024"]);
+    match clock {
+        Clock::Wall => cmd.args(accel_args(kernel)),
+        Clock::Instructions => cmd.args(["-accel", "tcg", "-cpu", "max"]),
+    };
+    cmd.args(["-m", "1024"]);
     match clock {
         Clock::Wall => cmd.args(["-smp", "2"]),
         Clock::Instructions => cmd.args(["-smp", "1", "-icount", "shift=0,sleep=off"]),
@@ -255,9 +383,10 @@ impl ServingVm {
         let console_path = out_dir.join("console.log");
         let console = std::fs::File::create(&console_path)?;
         say!(
-            "booting kernel {} ({}) under QEMU TCG, daemon forwarded to 127.0.0.1:{port}",
+            "booting kernel {} ({}) under QEMU {}, daemon forwarded to 127.0.0.1:{port}",
             kernel.name,
-            kernel.image.display()
+            kernel.image.display(),
+            accel_name(kernel, Clock::Wall)
         );
         let child = qemu(kernel, initramfs, &format!("rvm.mode=serve {extra}"), Some(port), Clock::Wall)
             .stdout(console.try_clone()?)
@@ -333,7 +462,7 @@ pub fn boot_clocked(
     std::fs::create_dir_all(out_dir)?;
     let console_path = out_dir.join("console.log");
     let mut console = std::fs::File::create(&console_path)?;
-    say!("vm-test: booting kernel {} ({}) under QEMU TCG", kernel.name, kernel.image.display());
+    say!("vm-test: booting kernel {} ({}) under QEMU {}", kernel.name, kernel.image.display(), accel_name(kernel, clock));
     let started = Instant::now();
     let mut child = qemu(kernel, initramfs, extra, None, clock)
         .stdout(Stdio::piped())

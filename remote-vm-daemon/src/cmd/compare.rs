@@ -26,6 +26,9 @@ pub enum CompareError {
     /// More series or samples than [`Limits`] allow.
     #[error("{what}: more than {limit} {unit} (shorten --range or narrow --selector)")]
     TooMany { what: String, limit: usize, unit: &'static str },
+    /// An answer that is not what Prometheus sends for a counter.
+    #[error("the answer to {what}: {reason}")]
+    BadAnswer { what: String, reason: String },
     /// Unreachable, timed out, an HTTP error, a failed query: each names the URL.
     #[error(transparent)]
     Prometheus(remote_vm_prom::Error),
@@ -75,10 +78,14 @@ impl Prometheus {
 
     /// An instant query at `time` (Unix seconds).
     pub fn query(&self, expr: &str, time: f64) -> Result<Vec<Value>, CompareError> {
-        self.api.query(expr, Some(time)).map_err(|e| match e {
-            e @ remote_vm_prom::Error::TooLarge { .. } => CompareError::TooLarge(e),
-            e => CompareError::Prometheus(e),
-        })
+        self.api.query(expr, Some(time)).map_err(prometheus_error)
+    }
+}
+
+fn prometheus_error(e: remote_vm_prom::Error) -> CompareError {
+    match e {
+        e @ remote_vm_prom::Error::TooLarge { .. } => CompareError::TooLarge(e),
+        e => CompareError::Prometheus(e),
     }
 }
 
@@ -172,11 +179,49 @@ const COUNTERS: &[(&str, &str, Option<&str>)] = &[
 ];
 
 pub fn compare(prom: &Prometheus, range_s: u64, selector: &str, now: f64) -> Result<Vec<Group>, CompareError> {
-    compare_within(prom, range_s, selector, now, LIMITS)
+    compare_answers(|expr, time| prom.query(expr, time), range_s, selector, now, LIMITS)
 }
 
-fn compare_within(
-    prom: &Prometheus,
+/// A query's answer as [`Prometheus::query`] returns it, from the status and
+/// body of the HTTP answer (what `fuzz/` drives [`compare_answers`] with).
+pub fn query_answer(expr: &str, status: u16, body: &str) -> Result<Vec<Value>, CompareError> {
+    remote_vm_prom::query_result("http://prometheus/api/v1/query", expr, status, body).map_err(prometheus_error)
+}
+
+/// At most this much of an answer is quoted in an error.
+const QUOTED: usize = 200;
+
+fn quoted(v: &Value) -> String {
+    let s = v.to_string();
+    match s.char_indices().nth(QUOTED) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s,
+    }
+}
+
+/// The values of one series of a range query: each sample `[time, "value"]`
+/// with a value a counter can have (finite, not negative). Anything else is an
+/// error: a sample left out would silently change the count.
+fn counter_values(expr: &str, series: &Value) -> Result<Vec<f64>, CompareError> {
+    let bad = |reason: String| CompareError::BadAnswer {
+        what: expr.to_string(),
+        reason,
+    };
+    let samples = series["values"]
+        .as_array()
+        .ok_or_else(|| bad(format!("a series without \"values\": {}", quoted(series))))?;
+    samples
+        .iter()
+        .map(|s| match s[1].as_str().and_then(|x| x.parse::<f64>().ok()) {
+            Some(v) if s[0].is_number() && v.is_finite() && v >= 0.0 => Ok(v),
+            _ => Err(bad(format!("sample {} of {} is not [time, \"counter value\"]", quoted(s), quoted(&series["metric"])))),
+        })
+        .collect()
+}
+
+/// The table from the answers `query(expr, time)` gives, within `limits`.
+pub fn compare_answers(
+    mut query: impl FnMut(&str, f64) -> Result<Vec<Value>, CompareError>,
     range_s: u64,
     selector: &str,
     now: f64,
@@ -200,7 +245,7 @@ fn compare_within(
     let mut samples = 0usize;
     // Which group each host is in (at the end of the range).
     let expr = format!("{}{}", cat::KERNEL_INFO.name, with(""));
-    let info = series_within(&expr, prom.query(&expr, now)?)?;
+    let info = series_within(&expr, query(&expr, now)?)?;
     let mut host_group: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
     let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
     for s in &info {
@@ -217,7 +262,7 @@ fn compare_within(
     }
     for (key, metric, split) in COUNTERS {
         let expr = format!("{metric}{}[{range_s}s]", with(""));
-        for series in series_within(&expr, prom.query(&expr, now)?)? {
+        for series in series_within(&expr, query(&expr, now)?)? {
             samples += series["values"].as_array().map_or(0, Vec::len);
             if samples > limits.samples {
                 return Err(CompareError::TooMany {
@@ -228,13 +273,8 @@ fn compare_within(
             }
             let m = &series["metric"];
             let host = (m["job"].as_str().unwrap_or("").to_string(), m["instance"].as_str().unwrap_or("").to_string());
+            let values = counter_values(&expr, &series)?;
             let Some(gk) = host_group.get(&host) else { continue };
-            let values: Vec<f64> = series["values"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v[1].as_str().and_then(|x| x.parse().ok()))
-                .collect();
             let resets = values.windows(2).filter(|w| w[1] < w[0]).count() as u64;
             let name = match split {
                 Some(label) => format!("{key}{{{label}=\"{}\"}}", m[*label].as_str().unwrap_or("")),
@@ -394,6 +434,9 @@ mod tests {
     fn answers_are_bounded() {
         let prom = Prometheus::parse(&fake_prometheus(3, 5)).unwrap();
         // 7 counters × 3 series × 5 samples: 105, all taken.
+        let compare_within = |prom: &Prometheus, range_s, selector, now, limits| {
+            compare_answers(|expr, time| prom.query(expr, time), range_s, selector, now, limits)
+        };
         let groups = compare_within(&prom, 3600, "", 0.0, Limits { series: 3, samples: 105 }).unwrap();
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].hosts, 3);
@@ -407,5 +450,56 @@ mod tests {
             compare_within(&prom, 3600, "", 0.0, Limits { series: 3, samples: 60 }).unwrap_err().to_string(),
             "the answers: more than 60 samples (shorten --range or narrow --selector)"
         );
+    }
+
+    /// Answers given as bodies: the kernel_info query first, then every counter.
+    fn from_bodies(info: &str, counter: &str) -> Result<Vec<Group>, CompareError> {
+        compare_answers(
+            |expr, _| query_answer(expr, 200, if expr.starts_with(cat::KERNEL_INFO.name) { info } else { counter }),
+            3600,
+            "",
+            0.0,
+            LIMITS,
+        )
+    }
+
+    #[test]
+    fn samples_that_are_not_counter_values_are_refused() {
+        let info = r#"{"status":"success","data":{"resultType":"vector","result":[
+            {"metric":{"job":"j","instance":"h","patched":"yes","release":"7.3.4"},"value":[1,"1"]}]}}"#;
+        let counter = |values: &str| {
+            format!(
+                r#"{{"status":"success","data":{{"resultType":"matrix","result":[
+                {{"metric":{{"job":"j","instance":"h","path":"fast"}},"values":{values}}}]}}}}"#
+            )
+        };
+        let groups = from_bodies(info, &counter(r#"[[1,"2"],[2,"5"],[3,"1"]]"#)).unwrap();
+        assert_eq!(groups[0].count("reads{path=\"fast\"}"), 3.0 + 1.0);
+        assert_eq!(groups[0].resets, 7, "one per counter: every counter got the same answer");
+        let refused = |values: &str| from_bodies(info, &counter(values)).unwrap_err().to_string();
+        let reads = format!("{}{{}}[3600s]", cat::READS.name);
+        for (values, sample) in [
+            (r#"[[1,"2"],[2,"NaN"]]"#, r#"[2,"NaN"]"#),
+            (r#"[[1,"-1"]]"#, r#"[1,"-1"]"#),
+            (r#"[[1,"+Inf"]]"#, r#"[1,"+Inf"]"#),
+            (r#"[[1,2]]"#, "[1,2]"),
+            (r#"[["1","2"]]"#, r#"["1","2"]"#),
+            (r#"[[1]]"#, "[1]"),
+        ] {
+            assert_eq!(
+                refused(values),
+                format!(
+                    r#"the answer to {reads}: sample {sample} of {{"instance":"h","job":"j","path":"fast"}} is not [time, "counter value"]"#
+                ),
+                "{values}"
+            );
+        }
+        assert_eq!(
+            from_bodies(info, r#"{"status":"success","data":{"result":[{"metric":{}}]}}"#).unwrap_err().to_string(),
+            format!(r#"the answer to {reads}: a series without "values": {{"metric":{{}}}}"#)
+        );
+        // Quoted in part only.
+        let long = refused(&format!(r#"[[1,"{}"]]"#, "9".repeat(10_000)));
+        assert!(long.len() < 600, "{}", long.len());
     }
 }

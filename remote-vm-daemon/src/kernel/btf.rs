@@ -946,6 +946,58 @@ pub mod tests {
         b.build()
     }
 
+    /// The BTF target's seeds (`fuzz/corpus/btf/seed-*`): small files of the
+    /// shapes the daemon reads, with and without a layout section, and the
+    /// self-referencing one. Each parses and yields the offsets it was built
+    /// with; written when REMOTE_VM_FUZZ_SEEDS names a folder.
+    #[test]
+    fn fuzz_seeds_are_btf_the_reader_takes() {
+        let kernel_like = |layout: bool| {
+            let mut b = Builder::new();
+            if layout {
+                b.with_layout(&[(4, 8)]);
+            }
+            let int = b.int("int", 4);
+            let long = b.int("long", 8);
+            let rwsem = b.structure(KIND_STRUCT, "rw_semaphore", 40, &[("count", long, 0), ("owner", long, 64)]);
+            let anon = b.structure(KIND_UNION, "", 200, &[("mm_users", int, 0), ("mmap_lock", rwsem, 1024)]);
+            let mm = b.structure(KIND_STRUCT, "mm_struct", 300, &[("", anon, 64), ("mm_lock_seq", long, 2048)]);
+            let mm_ptr = b.ptr(mm);
+            b.structure(KIND_STRUCT, "task_struct", 4096, &[("pid", int, 0), ("tgid", int, 32), ("mm", mm_ptr, 64)]);
+            b.enumeration("", &[("FOLL_WRITE", 1), ("FOLL_FORCE", 16), ("FOLL_ANON", 128)]);
+            let boolean = b.int("_Bool", 1);
+            let bool_t = b.typedef("bool", boolean);
+            let void_ptr = b.ptr(0);
+            let proto = b.proto(int, &[void_ptr, mm_ptr, long, bool_t]);
+            let fptr = b.ptr(proto);
+            b.typedef("btf_trace_mmap_lock_start_locking", fptr);
+            b.typedef("btf_trace_mmap_lock_acquire_returned", fptr);
+            b.func("lock_vma_under_rcu", proto);
+            b.func("__access_remote_vm", proto);
+            b.build()
+        };
+        let seeds = [
+            ("seed-kernel-like", kernel_like(false)),
+            ("seed-kernel-like-layout", kernel_like(true)),
+            ("seed-self-referencing", self_referencing()),
+        ];
+        for (name, data) in &seeds[..2] {
+            let btf = Btf::parse(data).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(btf.field_offset("mm_struct", "mmap_lock"), Ok(136), "{name}");
+            assert_eq!(btf.field_offset("task_struct", "mm"), Ok(8), "{name}");
+            assert_eq!(btf.enum_value("FOLL_ANON"), Ok(128), "{name}");
+            assert!(btf.has_function("lock_vma_under_rcu"), "{name}");
+            assert_eq!(btf.tracepoint_args("mmap_lock_start_locking").map(|a| a.len()), Ok(3), "{name}");
+        }
+        if let Some(dir) = std::env::var_os("REMOTE_VM_FUZZ_SEEDS") {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            for (name, data) in seeds {
+                std::fs::write(dir.join(name), data).unwrap();
+            }
+        }
+    }
+
     #[test]
     fn member_walks_end_on_cycles() {
         let data = self_referencing();

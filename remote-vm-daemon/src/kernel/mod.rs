@@ -64,7 +64,7 @@ impl Kernel {
         } else {
             // Regular files of at most 64 MiB only, never read past that.
             let bytes = btf::read_file(path).map_err(bad)?;
-            let ours = btf::Btf::parse(&bytes).map_err(|e| bad(e.into()))?;
+            let read = from_btf_bytes(&bytes).map_err(bad)?;
             // Where the kernel has its own BTF, that is the one: another file's
             // offsets would be wrong for it.
             if btf_path.is_some() && Path::new(SYS_BTF).exists() {
@@ -78,15 +78,34 @@ impl Kernel {
                     });
                 }
             }
-            if let Some(why) = &ours.partial {
+            if let Some(why) = &read.partial {
                 log::warn!("BTF {} read in part: {why}", path.display());
             }
-            // aya stops at a kind it does not know: it gets the types ours read.
-            let theirs =
-                aya::Btf::parse(&ours.for_aya(), aya::Endianness::default()).map_err(|e| bad(BtfReadError::Aya(e)))?;
-            (Layout::from_btf(&ours), Some(theirs))
+            (read.layout, Some(read.aya))
         };
         facts.fill_from_layout(&layout);
         Ok(Kernel { facts, layout, btf })
     }
+}
+
+/// What the daemon takes from one BTF file's bytes.
+pub struct BtfRead {
+    pub layout: Layout,
+    /// aya's view, for loading BTF-typed programs.
+    pub aya: aya::Btf,
+    /// Why only part of the file was read (a kind this reader does not know).
+    pub partial: Option<String>,
+}
+
+/// Our reader, then aya's on what ours read, then the layout: every step the
+/// daemon takes on untrusted BTF bytes, in one place (`fuzz/` drives it).
+pub fn from_btf_bytes(bytes: &[u8]) -> Result<BtfRead, BtfReadError> {
+    let ours = btf::Btf::parse(bytes)?;
+    // aya stops at a kind it does not know: it gets the types ours read.
+    let aya = aya::Btf::parse(&ours.for_aya(), aya::Endianness::default()).map_err(BtfReadError::Aya)?;
+    Ok(BtfRead {
+        layout: Layout::from_btf(&ours),
+        aya,
+        partial: ours.partial.clone(),
+    })
 }

@@ -43,9 +43,11 @@ impl Model {
         })
     }
 
-    /// Trampoline programs are skipped while a run of theirs is preempted.
+    /// Trampoline programs can be skipped while a run of theirs is preempted
+    /// (lazy: seen on Debian's 7.3.4, about 4 in 5 runs under 8 readers; not on
+    /// its 7.0 nor on the tinyconfig 7.3.4 pair).
     pub fn skips_trampolines(self) -> bool {
-        matches!(self, Model::Full | Model::Rt)
+        matches!(self, Model::Full | Model::Lazy | Model::Rt)
     }
 }
 
@@ -182,11 +184,11 @@ mod tests {
     }
 
     #[test]
-    fn only_full_and_rt_skip_trampolines() {
+    fn full_lazy_and_rt_skip_trampolines() {
         let skip: Vec<_> = [Model::None, Model::Voluntary, Model::Full, Model::Lazy, Model::Rt, Model::Unknown]
             .into_iter()
             .filter(|m| m.skips_trampolines())
             .collect();
-        assert_eq!(skip, [Model::Full, Model::Rt]);
+        assert_eq!(skip, [Model::Full, Model::Lazy, Model::Rt]);
     }
 }

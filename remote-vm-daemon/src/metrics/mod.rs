@@ -157,6 +157,7 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
             f.push_log2(&[], &stats.hists[Hist::WriteDuration as usize], lo, hi, divisor);
         }
         n if n == cat::UNTRACKED_CALLS.name => single(f, c(stats, Counter::StateUnavailable)),
+        n if n == cat::UNOBSERVED_READS.name => single(f, c(stats, Counter::ReadsUnobserved)),
         n if n == cat::FALLBACKS.name => {
             for reason in Reason::ALL {
                 f.push(&[("reason", reason.label())], c_at(stats, Counter::FallbackVmaLockFailed, reason as u32));

@@ -107,3 +107,8 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         forced: &[(AccessRemoteVm, "kprobe_callers"), (MmapLockRemote, "fentry_rw")],
     },
 ];
+
+/// A scenario by name.
+pub(super) fn scenario(name: &str) -> &'static Scenario {
+    SCENARIOS.iter().find(|s| s.name == name).expect("a scenario of SCENARIOS")
+}

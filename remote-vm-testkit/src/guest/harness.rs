@@ -192,5 +192,5 @@ pub(super) fn preempt_model() -> Option<String> {
 /// kernel skips (and counts as missed) every run of it on that CPU meanwhile.
 pub(super) fn skips_possible() -> bool {
     let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
-    preempt_model().as_deref() == Some("full") || version.contains("PREEMPT_RT")
+    matches!(preempt_model().as_deref(), Some("full" | "lazy")) || version.contains("PREEMPT_RT")
 }

@@ -68,7 +68,12 @@ pub fn main() -> Result<bool> {
     // `rvm.only=SUITE` (`cargo xtask vm-test --only`): that suite alone after `check`.
     let only = cmdline_arg("rvm.only");
     // `rvm.only=A,B`: those suites; `soak` runs only when named.
-    let run = |suite: &str| only.as_deref().map_or(suite != "soak", |o| o.split(',').any(|o| o == suite));
+    // `rvm.skip=A,B`: not those (run in a boot of their own, see xtask's `Kernel::isolate`).
+    let skip = cmdline_arg("rvm.skip");
+    let skipped = |suite: &str| skip.as_deref().is_some_and(|s| s.split(',').any(|s| s == suite));
+    let run = |suite: &str| {
+        !skipped(suite) && only.as_deref().map_or(suite != "soak", |o| o.split(',').any(|o| o == suite))
+    };
     if run("check_btf_file") {
         // --btf PATH with the kernel's own BTF copied to a file.
         let btf_copy = "/tmp/vmlinux.btf";

@@ -110,6 +110,8 @@ fn golden_series(report: &mut Report, name: &str, scrape: &Scrape, sc: &Scenario
     }
 }
 
+const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
+
 /// The classification workload: every class of access a known number of times.
 pub(super) fn classification(report: &mut Report, name: &str, kernel: Option<Kernel>, remote_writes: bool) -> Result<()> {
     let target = Target::spawn(4, 16)?;
@@ -118,8 +120,14 @@ pub(super) fn classification(report: &mut Report, name: &str, kernel: Option<Ker
         println!("vmtest: {name}: no hugetlb page reserved; skipping the hugetlb class");
         counts.hugetlb = 0;
     }
-    // The shared kernels give both; a kernel that does not fails the check below.
-    report.check(format!("{name}.classes.thp_available"), true, target.layout.thp.is_some());
+    // A kernel with transparent huge pages (it has their sysfs knob) must give
+    // the target one (MADV_HUGEPAGE); a kernel without (Debian's PREEMPT_RT
+    // builds) skips the class.
+    let thp_kernel = std::path::Path::new(THP_ENABLED).exists();
+    if !thp_kernel {
+        println!("vmtest: {name}: no transparent huge pages in this kernel ({THP_ENABLED} absent); skipping the THP class");
+    }
+    report.check(format!("{name}.classes.thp_available"), thp_kernel, target.layout.thp.is_some());
     report.check(format!("{name}.classes.argv_moved_into_a_file"), workload::CMDLINE.len(), target.layout.cmdline_len);
     if target.layout.thp.is_none() {
         counts.thp = 0;
@@ -166,11 +174,12 @@ fn host_contention(report: &mut Report, name: &str) -> Result<()> {
             .unwrap_or(f64::NAN)
     };
     let before = Scrape::fetch(LISTEN)?;
-    // Whether a waiter sleeps (and so is traced) depends on scheduling: up to
-    // three rounds until some contended wait is seen.
+    // Whether a waiter sleeps (and so is traced) depends on scheduling — a
+    // writer that wins by optimistic spinning is not: up to ten rounds until
+    // some contended wait is seen (PREEMPT_LAZY guests needed more than three).
     let mut requests = 0u64;
     let mut after = before.clone();
-    for _ in 0..3 {
+    for _ in 0..10 {
         let out = Command::new(std::env::current_exe()?)
             .args(["contend", "--iterations", "200", "--region-mb", "64"])
             .output()?;
@@ -221,14 +230,14 @@ pub(super) fn load_suite(report: &mut Report, kernel: Option<Kernel>) -> Result<
     }
     let skips_possible = super::harness::skips_possible();
     let mut patched = None;
-    // `auto` (trampolines, skipped while preempted on fully preemptible
-    // kernels), then every access family a kprobe (handlers run with preemption
-    // disabled: none skipped, and 8 readers stay within a kretprobe's
-    // `maxactive`).
-    let configs: Vec<(String, String, bool)> = super::expect::SCENARIOS[..2]
+    // `auto` (trampolines, skipped while preempted on preemptible kernels),
+    // then every access family a kprobe (handlers run with preemption
+    // disabled, but a kretprobe keeps `maxactive` calls in flight: 8 readers
+    // stay within it unless preempted inside — Debian's 7.3.4 missed ~5 %).
+    let configs: Vec<(String, String, bool)> = ["first", "fallback"]
         .iter()
-        .enumerate()
-        .map(|(i, sc)| (sc.name.to_string(), sc.config(), skips_possible && i == 0))
+        .map(|name| super::expect::scenario(name))
+        .map(|sc| (sc.name.to_string(), sc.config(), skips_possible))
         .collect();
     for (scenario, config, skips) in configs {
         let name = format!("{LOAD}.{scenario}");
@@ -314,19 +323,35 @@ fn load(report: &mut Report, name: &str, kernel: Option<Kernel>, skips_possible:
         skipped += misses;
     }
     let all_misses = delta_all(&before, &after, cat::PROBE_MISSES.name);
-    let reads: f64 = Path::ALL.iter().map(|p| num(cat::READS.name, &[("path", p.label())])).sum();
-    if skips_possible {
-        println!("vmtest: {name}: the kernel skipped {all_misses} program runs ({skipped} of the access entry and exit)");
-        report.check(format!("{name}.reads_counted_at_most_once"), true, reads <= n as f64);
-        return Ok(());
-    }
-    report.check(format!("{name}.misses_all_probes"), 0, all_misses);
+    let unobserved = num(cat::UNOBSERVED_READS.name, &[]);
     report.check(format!("{name}.untracked"), 0, delta(&before, &after, cat::UNTRACKED_CALLS.name, &[]));
+    // Where the kernel skipped nothing, every count is exact; where it skipped
+    // programs (it says how many), a read it skipped a refining probe of is
+    // unobserved — never on a path it did not take.
+    if all_misses > 0.0 {
+        println!("vmtest: {name}: the kernel skipped {all_misses} program runs ({skipped} of the access entry and exit), {unobserved} reads unobserved");
+    }
+    if !skips_possible {
+        report.check(format!("{name}.misses_all_probes"), 0, all_misses);
+    }
+    let reads: f64 = Path::ALL.iter().map(|p| num(cat::READS.name, &[("path", p.label())])).sum();
+    report.check(format!("{name}.reads_counted_at_most_once"), true, reads + unobserved <= n as f64);
+    if all_misses == 0.0 {
+        report.check(format!("{name}.unobserved"), 0, delta(&before, &after, cat::UNOBSERVED_READS.name, &[]));
+    }
     if let Some(k) = kernel {
         let path = if k == Kernel::Patched { Path::Fast } else { Path::Slow };
         for p in Path::ALL {
-            let want = if p == path { n } else { 0 };
-            report.check(format!("{name}.reads.{}", p.label()), want, delta(&before, &after, cat::READS.name, &[("path", p.label())]));
+            let got = delta(&before, &after, cat::READS.name, &[("path", p.label())]);
+            if p != path {
+                // Never a path the kernel cannot take: exact, skips or not.
+                report.check(format!("{name}.reads.{}", p.label()), 0, got);
+            } else if all_misses == 0.0 {
+                report.check(format!("{name}.reads.{}", p.label()), n, got);
+            } else {
+                let on_path = num(cat::READS.name, &[("path", p.label())]);
+                report.check(format!("{name}.reads.{}_plus_unobserved", p.label()), true, on_path + unobserved <= n as f64);
+            }
         }
     }
     Ok(())

@@ -1,0 +1,15 @@
+//! The daemon's modules as a library: `main.rs` is the command line over them,
+//! and the fuzz targets (`fuzz/`) drive the parsers of outside input (BTF,
+//! config, Prometheus answers) through the same code.
+mod bpf;
+mod caps;
+pub mod cmd;
+pub mod config;
+pub mod kernel;
+mod logging;
+mod metrics;
+mod notify;
+mod server;
+mod stalls;
+mod status;
+pub mod top;
