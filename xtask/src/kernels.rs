@@ -114,6 +114,12 @@ fn resolve(root: &Path, apt: &Apt, entry: &Entry) -> Result<(String, String)> {
 fn record(root: &Path, name: &str, package: &str, version: &str) -> Result<()> {
     let path = root.join(RECORD);
     let text = std::fs::read_to_string(&path)?;
+    std::fs::write(&path, rewrite(&text, name, package, version))?;
+    Ok(())
+}
+
+/// `text` (the record) with the entry `name`'s package and version replaced.
+fn rewrite(text: &str, name: &str, package: &str, version: &str) -> String {
     let mut out = String::new();
     let mut inside = false;
     for line in text.lines() {
@@ -132,8 +138,7 @@ fn record(root: &Path, name: &str, package: &str, version: &str) -> Result<()> {
             out.push('\n');
         }
     }
-    std::fs::write(&path, out)?;
-    Ok(())
+    out
 }
 
 pub fn debian_kernels(root: &Path) -> Result<Vec<Kernel>> {
@@ -260,4 +265,30 @@ pub fn debian_612_with_virtio_blk(root: &Path) -> Result<(Kernel, std::path::Pat
         return Ok((k2, module));
     }
     Ok((k, module))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_version_is_written_into_its_own_entry_only() {
+        let text = "# head\n[[kernel]]\nname = \"debian-7.0\"\npackage = \"linux-image-7.0.13+deb13-cloud-amd64\"\nversion = \"7.0.13-1~bpo13+1\"\n\n\
+                    [[kernel]]\nname = \"debian-7.3\"\npackage = \"linux-image-7.3.4+deb13-cloud-amd64\"\nversion = \"7.3.4-1~bpo13+1\"\n";
+        let out = rewrite(text, "debian-7.0", "linux-image-7.0.14+deb13-cloud-amd64", "7.0.14-1~bpo13+1");
+        assert_eq!(
+            out,
+            text.replace("7.0.13+deb13", "7.0.14+deb13").replace("7.0.13-1~bpo13+1", "7.0.14-1~bpo13+1")
+        );
+        assert!(out.contains("package = \"linux-image-7.3.4+deb13-cloud-amd64\""));
+    }
+
+    #[test]
+    fn the_committed_record_parses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let entries = entries(root).unwrap();
+        let defaults: Vec<&str> = entries.iter().filter(|e| e.default).map(|e| e.name.as_str()).collect();
+        assert_eq!(defaults, ["debian-6.1", "debian-6.12"]);
+        assert!(entries.iter().all(|e| !e.version.is_empty() && e.package.starts_with("linux-image-")));
+    }
 }

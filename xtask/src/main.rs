@@ -64,7 +64,8 @@ enum Cmd {
     /// Patched vs unpatched under mmap_lock contention: report and plots in target/ab/RUN/.
     Ab {
         /// `[NAME[:EXPECT]=]PATH` of a kernel image, or a name of the matrix
-        /// (`patched-7.3`); repeatable. Default: the shared 6.12 pair.
+        /// (`patched-7.3`); repeatable. Default: both shared pairs (6.12.117 with
+        /// our backport, 7.3.4 with the v1 series as posted).
         #[arg(long = "kernel", value_parser = vm::Kernel::parse)]
         kernels: Vec<vm::Kernel>,
         /// The workload, `key=value,…` (keys of `rvm-testkit stress --help`, `_` for `-`).
@@ -114,8 +115,9 @@ enum Cmd {
     VmTest {
         /// `[NAME[:EXPECT]=]PATH` of a kernel image (EXPECT: patched, unpatched, legacy,
         /// unknown), or a name of the matrix (`patched-7.3`, `debian-7.0`); repeatable.
-        /// Default: ../shared/kernels/bzImage-{patched,unpatched} and the default
-        /// Debian kernels of xtask/kernels.toml (downloaded, cached under target/kernels).
+        /// Default: ../shared/kernels/bzImage-{patched,unpatched}, ../shared/kernels/7.3/
+        /// bzImage-{patched,unpatched} and the default Debian kernels of
+        /// xtask/kernels.toml (downloaded, cached under target/kernels).
         #[arg(long = "kernel", value_parser = vm::Kernel::parse)]
         kernels: Vec<vm::Kernel>,
         /// Run only this suite after `check` (e.g. `stalls`), for working on one;
@@ -174,7 +176,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             build(&root)?;
             if kernels.is_empty() {
                 kernels = vm::shared_kernels(&root);
+                kernels.extend(vm::shared_kernels_7_3(&root));
             }
+            resolve_names(&root, &mut kernels)?;
             if kernels.is_empty() {
                 bail!("no kernels: ../shared/kernels is not there; pass an A/B pair with --kernel NAME:patched=PATH --kernel NAME:unpatched=PATH");
             }
@@ -312,28 +316,17 @@ fn preemptible_kernels(root: &Path) -> Result<Vec<vm::Kernel>> {
     Ok(kernels)
 }
 
-/// The kernels given, else the shared 6.12 A/B pair and the Debian kernels of `set`.
+/// The kernels given, else both shared A/B pairs (6.12 with our backport, 7.3.4
+/// with the series as posted) and the Debian kernels of `set`.
 fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: kernels::Set) -> Result<()> {
     // The whole matrix, every suite: README's "Supported kernels" is its table.
     let whole = kernels.is_empty() && only.is_none() && set == kernels::Set::All;
     if kernels.is_empty() {
         kernels = vm::shared_kernels(root);
+        kernels.extend(vm::shared_kernels_7_3(root));
         kernels.extend(kernels::debian_kernels_of(root, set)?);
     } else {
-        // A bare name (`--kernel patched-7.3`, `--kernel debian-7.0`) is a kernel of the matrix.
-        for k in kernels.iter_mut() {
-            if k.image.as_os_str() == k.name.as_str() && !k.image.exists() {
-                let mut known = vm::shared_kernels(root);
-                known.extend(vm::shared_kernels_7_3(root));
-                if !known.iter().any(|m| m.name == k.name) {
-                    known.extend(kernels::debian_kernels_of(root, kernels::Set::All)?);
-                }
-                *k = known
-                    .into_iter()
-                    .find(|m| m.name == k.name)
-                    .with_context(|| format!("--kernel {}: no such file, and no kernel of the matrix has that name", k.name))?;
-            }
-        }
+        resolve_names(root, &mut kernels)?;
     }
     let params = only.map_or(String::new(), |suite| format!("rvm.only={suite}"));
     vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test")?;
@@ -341,6 +334,24 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
         let table = std::fs::read_to_string(root.join("target/vm-test/matrix.md"))?;
         matrix::write_readme(root, &table)?;
         say!("vm-test: README.md \"Supported kernels\" rewritten from this run (commit it)");
+    }
+    Ok(())
+}
+
+/// A bare name (`--kernel patched-7.3`, `--kernel debian-7.0`) is a kernel of the matrix.
+fn resolve_names(root: &Path, kernels: &mut [vm::Kernel]) -> Result<()> {
+    for k in kernels.iter_mut() {
+        if k.image.as_os_str() == k.name.as_str() && !k.image.exists() {
+            let mut known = vm::shared_kernels(root);
+            known.extend(vm::shared_kernels_7_3(root));
+            if !known.iter().any(|m| m.name == k.name) {
+                known.extend(kernels::debian_kernels_of(root, kernels::Set::All)?);
+            }
+            *k = known
+                .into_iter()
+                .find(|m| m.name == k.name)
+                .with_context(|| format!("--kernel {}: no such file, and no kernel of the matrix has that name", k.name))?;
+        }
     }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use remote_vm_common::{Point, catalog as cat};
+use remote_vm_common::{Point, catalog as cat, classify::HolderKind};
 
 use crate::prom::{self, Scrape};
 
@@ -193,4 +193,27 @@ pub(super) fn preempt_model() -> Option<String> {
 pub(super) fn skips_possible() -> bool {
     let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
     matches!(preempt_model().as_deref(), Some("full" | "lazy")) || version.contains("PREEMPT_RT")
+}
+
+/// What a stall or a wait in progress names as the lock's holder.
+pub(super) struct Holder {
+    pub kind: &'static str,
+    pub exact: bool,
+    pub tid: u64,
+    pub pid: u64,
+    pub comm: &'static str,
+    pub writer_waiting: bool,
+}
+
+/// The holder the workload made (`kind`, thread `tid` of `pid` named `comm`)
+/// as the daemon must name it: exactly, except on PREEMPT_RT, whose
+/// rw_semaphore is an rtmutex-based rwbase without the count and owner words
+/// the daemon decodes (its `check` says "stall event identities: unknown …"):
+/// there `unknown`, nobody named, never a wrong one.
+pub(super) fn expected_holder(kind: HolderKind, exact: bool, tid: u64, pid: u64, comm: &'static str, writer_waiting: bool) -> Holder {
+    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
+    if version.contains("PREEMPT_RT") {
+        return Holder { kind: HolderKind::Unknown.label(), exact: false, tid: 0, pid: 0, comm: "", writer_waiting: false };
+    }
+    Holder { kind: kind.label(), exact, tid, pid, comm, writer_waiting }
 }

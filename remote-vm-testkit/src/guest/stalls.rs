@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use remote_vm_common::{Interface, catalog as cat, classify::HolderKind};
 
-use super::harness::{DAEMON_LOG, Daemon, LISTEN, Report, delta};
+use super::harness::{DAEMON_LOG, Daemon, LISTEN, Report, delta, expected_holder};
 use crate::{
     classes::Kernel,
     prom::{self, Scrape},
@@ -124,11 +124,12 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
             // The holder: the target's thread in munlock() (not its main
             // thread), a writer, exactly.
             let h = &s["holder"];
-            report.check(format!("{name}.stall.holder.kind"), HolderKind::Writer.label(), h["kind"].as_str().unwrap_or(""));
-            report.check(format!("{name}.stall.holder.exact"), true, h["exact"].as_bool().unwrap_or(false));
-            report.check(format!("{name}.stall.holder.tid"), target.tid as u64, got(&h["tid"]));
-            report.check(format!("{name}.stall.holder.pid"), target.pid() as u64, got(&h["pid"]));
-            report.check(format!("{name}.stall.holder.comm"), HOLDER_COMM, h["comm"].as_str().unwrap_or(""));
+            let want = expected_holder(HolderKind::Writer, true, target.tid as u64, target.pid() as u64, HOLDER_COMM, false);
+            report.check(format!("{name}.stall.holder.kind"), want.kind, h["kind"].as_str().unwrap_or(""));
+            report.check(format!("{name}.stall.holder.exact"), want.exact, h["exact"].as_bool().unwrap_or(false));
+            report.check(format!("{name}.stall.holder.tid"), want.tid, got(&h["tid"]));
+            report.check(format!("{name}.stall.holder.pid"), want.pid, got(&h["pid"]));
+            report.check(format!("{name}.stall.holder.comm"), want.comm, h["comm"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.access"), cat::LOCK_READ, s["access"].as_str().unwrap_or(""));
             // The wait lies between the threshold and the read's own duration.
             let waited = (s["waited_seconds"].as_f64().unwrap_or(0.0) * 1e9) as u64;

@@ -22,11 +22,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use remote_vm_common::{Interface, catalog as cat, classify::HolderKind};
+use remote_vm_common::{Interface, Point, catalog as cat, classify::HolderKind};
 use serde_json::Value;
 
 use super::{
-    harness::{DAEMON, Daemon, LISTEN, Report, delta},
+    harness::{DAEMON, Daemon, LISTEN, Report, delta, delta_value, expected_holder, skips_possible},
     stalls::{stall_log, stalls_page},
 };
 use crate::{
@@ -196,30 +196,47 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
             report.check(format!("{name}.in_progress.{n}.pid"), me, u(&w["reader"]["pid"]));
             report.check(format!("{name}.in_progress.{n}.comm"), n, s(&w["reader"]["comm"]));
             report.check(format!("{name}.in_progress.{n}.target"), pid as u64, u(&w["target"]["pid"]));
-            report.check(format!("{name}.in_progress.{n}.holder.kind"), HolderKind::Writer.label(), s(&w["holder"]["kind"]));
-            report.check(format!("{name}.in_progress.{n}.holder.tid"), target.tid as u64, u(&w["holder"]["tid"]));
-            report.check(format!("{name}.in_progress.{n}.holder.comm"), HOLDER_COMM, s(&w["holder"]["comm"]));
-            report.check(format!("{name}.in_progress.{n}.holder.exact"), true, w["holder"]["exact"] == true);
-            report.check(format!("{name}.in_progress.{n}.writer_waiting"), false, w["writer_waiting"] == true);
+            let want = expected_holder(HolderKind::Writer, true, target.tid as u64, 0, HOLDER_COMM, false);
+            report.check(format!("{name}.in_progress.{n}.holder.kind"), want.kind, s(&w["holder"]["kind"]));
+            report.check(format!("{name}.in_progress.{n}.holder.tid"), want.tid, u(&w["holder"]["tid"]));
+            report.check(format!("{name}.in_progress.{n}.holder.comm"), want.comm, s(&w["holder"]["comm"]));
+            report.check(format!("{name}.in_progress.{n}.holder.exact"), want.exact, w["holder"]["exact"] == true);
+            report.check(format!("{name}.in_progress.{n}.writer_waiting"), want.writer_waiting, w["writer_waiting"] == true);
             report.check(format!("{name}.in_progress.{n}.interface"), iface(*i), s(&w["interface"]));
             let age = w["waiting_seconds"].as_f64().unwrap_or(-1.0);
             report.check(format!("{name}.in_progress.{n}.waiting_seconds_in_range"), true, age >= 1.0 && age <= mid_age.as_secs_f64());
         }
-        // Afterwards: each waiting reader is one stall.
-        report.check(
-            format!("{name}.stalls_total{{lock_mode=read}}"),
-            waiting.len(),
-            delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
-        );
-        let log = stall_log(waiting.len())?;
-        report.check(format!("{name}.stalls_logged"), waiting.len(), log.len());
+        // Afterwards: each waiting reader is one stall — unless the kernel
+        // skipped the program that ends its wait (preemptible kernels: the
+        // readers wake together when the writer lets go), which it reports.
+        let skipped: f64 = [Point::MmapLockRemoteEnd, Point::AccessRemoteVmExit]
+            .iter()
+            .map(|p| delta_value(&before, &after, cat::PROBE_MISSES.name, &[("probe", p.name())]))
+            .sum();
+        let stalls = delta_value(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]);
+        if skipped > 0.0 {
+            println!("vmtest: {name}: the kernel skipped {skipped} runs of the wait-end and exit programs; {stalls} of {} stalls counted", waiting.len());
+            report.check(format!("{name}.skips_possible"), true, skips_possible());
+            report.check(format!("{name}.stalls_counted_or_skipped"), true, stalls <= waiting.len() as f64 && stalls + skipped >= waiting.len() as f64);
+        } else {
+            report.check(
+                format!("{name}.stalls_total{{lock_mode=read}}"),
+                waiting.len(),
+                delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
+            );
+        }
+        let log = stall_log(stalls as usize)?;
+        report.check(format!("{name}.stalls_logged"), stalls as usize, log.len());
         for (n, i, r) in &waiting {
             let Some(st) = by_reader(&log, r.tid) else {
-                report.check(format!("{name}.stall.{n}"), "logged", "missing");
+                if skipped == 0.0 {
+                    report.check(format!("{name}.stall.{n}"), "logged", "missing");
+                }
                 continue;
             };
             report.check(format!("{name}.stall.{n}.interface"), iface(*i), s(&st["interface"]));
-            report.check(format!("{name}.stall.{n}.holder.tid"), target.tid as u64, u(&st["holder"]["tid"]));
+            let want = expected_holder(HolderKind::Writer, true, target.tid as u64, 0, HOLDER_COMM, false);
+            report.check(format!("{name}.stall.{n}.holder.tid"), want.tid, u(&st["holder"]["tid"]));
             let waited = st["waited_seconds"].as_f64().unwrap_or(0.0);
             report.check(format!("{name}.stall.{n}.waited_within_the_read"), true, waited >= 1.0 && waited <= r.took.as_secs_f64());
         }
@@ -285,11 +302,12 @@ fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
                 continue;
             };
             let h = &w["holder"];
-            report.check(format!("{name}.{what}.holder.kind"), HolderKind::Readers.label(), s(&h["kind"]));
-            report.check(format!("{name}.{what}.holder.exact"), false, h["exact"] == true);
-            report.check(format!("{name}.{what}.holder.tid"), target.tid as u64, u(&h["tid"]));
-            report.check(format!("{name}.{what}.holder.comm"), READ_HOLDER_COMM, s(&h["comm"]));
-            report.check(format!("{name}.{what}.writer_waiting"), true, w["writer_waiting"] == true);
+            let want = expected_holder(HolderKind::Readers, false, target.tid as u64, 0, READ_HOLDER_COMM, true);
+            report.check(format!("{name}.{what}.holder.kind"), want.kind, s(&h["kind"]));
+            report.check(format!("{name}.{what}.holder.exact"), want.exact, h["exact"] == true);
+            report.check(format!("{name}.{what}.holder.tid"), want.tid, u(&h["tid"]));
+            report.check(format!("{name}.{what}.holder.comm"), want.comm, s(&h["comm"]));
+            report.check(format!("{name}.{what}.writer_waiting"), want.writer_waiting, w["writer_waiting"] == true);
         }
         if let Some(w) = by_reader(&in_progress, read.tid) {
             let age = w["waiting_seconds"].as_f64().unwrap_or(-1.0);
