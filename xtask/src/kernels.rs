@@ -146,13 +146,23 @@ pub fn debian_kernels(root: &Path) -> Result<Vec<Kernel>> {
 }
 
 pub fn debian_kernels_of(root: &Path, set: Set) -> Result<Vec<Kernel>> {
+    fetch(root, |e| set == Set::All || e.default)
+}
+
+/// The kernel of the record named `name`, fetched alone; `None` if none is.
+pub fn debian_kernel_named(root: &Path, name: &str) -> Result<Option<Kernel>> {
+    Ok(fetch(root, |e| e.name == name)?.pop())
+}
+
+/// The record's kernels that `keep` takes, downloaded and extracted unless cached.
+fn fetch(root: &Path, keep: impl Fn(&Entry) -> bool) -> Result<Vec<Kernel>> {
     let dir = root.join("target/kernels");
     std::fs::create_dir_all(&dir)?;
     let mut system: Option<Apt> = None;
     let mut private: Option<Apt> = None;
     let mut out = Vec::new();
     for entry in entries(root)? {
-        if set == Set::Default && !entry.default {
+        if !keep(&entry) {
             continue;
         }
         let cached = |package: &str, version: &str| dir.join(format!("{package}_{version}.vmlinuz"));

@@ -342,26 +342,16 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
 fn resolve_names(root: &Path, kernels: &mut [vm::Kernel]) -> Result<()> {
     for k in kernels.iter_mut() {
         if k.image.as_os_str() == k.name.as_str() && !k.image.exists() {
-            let mut known = vm::shared_kernels(root);
-            known.extend(vm::shared_kernels_7_3(root));
-            if !known.iter().any(|m| m.name == k.name) {
-                known.extend(kernels::debian_kernels_of(root, kernels::Set::All)?);
-            }
-            *k = known
-                .into_iter()
-                .find(|m| m.name == k.name)
-                .with_context(|| format!("--kernel {}: no such file, and no kernel of the matrix has that name", k.name))?;
+            let mut shared = vm::shared_kernels(root);
+            shared.extend(vm::shared_kernels_7_3(root));
+            let found = match shared.into_iter().find(|m| m.name == k.name) {
+                Some(m) => Some(m),
+                None => kernels::debian_kernel_named(root, &k.name)?,
+            };
+            *k = found.with_context(|| format!("--kernel {}: no such file, and no kernel of the matrix has that name", k.name))?;
         }
     }
     Ok(())
-}
-
-/// `params` with `rvm.skip=` for the suites `kernel` runs in a boot of their own.
-fn with_skips(params: &str, kernel: &vm::Kernel) -> String {
-    if kernel.isolate.is_empty() || params.contains("rvm.only=") {
-        return params.to_string();
-    }
-    format!("{params} rvm.skip={}", kernel.isolate.concat().join(",")).trim().to_string()
 }
 
 /// Boots each kernel with the test initramfs; consoles and the matrix go to `target/DIR`.
@@ -374,13 +364,20 @@ fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Dura
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for kernel in &kernels {
-        let mut boot = vm::boot_with(kernel, &initramfs, &out.join(&kernel.name), &with_skips(params, kernel), timeout, "vmtest-report ")?;
+        // Suites in boots of their own, unless the run names its suites.
+        let isolated: &[&[&str]] = if params.contains("rvm.only=") { &[] } else { &kernel.isolate };
+        let main_params = if isolated.is_empty() {
+            params.to_string()
+        } else {
+            format!("{params} rvm.skip={}", isolated.concat().join(",")).trim().to_string()
+        };
+        let mut boot = vm::boot_with(kernel, &initramfs, &out.join(&kernel.name), &main_params, timeout, "vmtest-report ")?;
         let mut checks = boot
             .report
             .as_ref()
             .and_then(|r| r["checks"].as_array().cloned())
             .unwrap_or_default();
-        for group in kernel.isolate.iter().filter(|_| !params.contains("rvm.only=")) {
+        for group in isolated {
             let only = group.join(",");
             say!("vm-test: {}: {only} in a boot of its own (a defect of this kernel, see README)", kernel.name);
             let dir = out.join(format!("{}-{}", kernel.name, group.join("-")));

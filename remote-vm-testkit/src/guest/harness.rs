@@ -186,13 +186,17 @@ pub(super) fn preempt_model() -> Option<String> {
     d.split_whitespace().find_map(|w| Some(w.strip_prefix('(')?.strip_suffix(')')?.to_string()))
 }
 
-/// Whether the kernel may skip program runs: fully preemptible (dynamic model
-/// `full`, or `PREEMPT_RT`), a thread preempted inside a trampoline program
+/// Whether the kernel may skip program runs: preemptible (dynamic model `full`
+/// or `lazy`, or `PREEMPT_RT`), a thread preempted inside a trampoline program
 /// holds that program's per-CPU recursion guard until it runs again, and the
 /// kernel skips (and counts as missed) every run of it on that CPU meanwhile.
 pub(super) fn skips_possible() -> bool {
-    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
-    matches!(preempt_model().as_deref(), Some("full" | "lazy")) || version.contains("PREEMPT_RT")
+    matches!(preempt_model().as_deref(), Some("full" | "lazy")) || preempt_rt()
+}
+
+/// A PREEMPT_RT build (the kernel's build string says so).
+fn preempt_rt() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default().contains("PREEMPT_RT")
 }
 
 /// What a stall or a wait in progress names as the lock's holder.
@@ -211,8 +215,7 @@ pub(super) struct Holder {
 /// the daemon decodes (its `check` says "stall event identities: unknown …"):
 /// there `unknown`, nobody named, never a wrong one.
 pub(super) fn expected_holder(kind: HolderKind, exact: bool, tid: u64, pid: u64, comm: &'static str, writer_waiting: bool) -> Holder {
-    let version = std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default();
-    if version.contains("PREEMPT_RT") {
+    if preempt_rt() {
         return Holder { kind: HolderKind::Unknown.label(), exact: false, tid: 0, pid: 0, comm: "", writer_waiting: false };
     }
     Holder { kind: kind.label(), exact, tid, pid, comm, writer_waiting }

@@ -234,15 +234,10 @@ pub(super) fn load_suite(report: &mut Report, kernel: Option<Kernel>) -> Result<
     // then every access family a kprobe (handlers run with preemption
     // disabled, but a kretprobe keeps `maxactive` calls in flight: 8 readers
     // stay within it unless preempted inside — Debian's 7.3.4 missed ~5 %).
-    let configs: Vec<(String, String, bool)> = ["first", "fallback"]
-        .iter()
-        .map(|name| super::expect::scenario(name))
-        .map(|sc| (sc.name.to_string(), sc.config(), skips_possible))
-        .collect();
-    for (scenario, config, skips) in configs {
-        let name = format!("{LOAD}.{scenario}");
-        let mut daemon = Daemon::start(&config, &[])?;
-        let result = load(report, &name, kernel, skips);
+    for sc in ["first", "fallback"].map(super::expect::scenario) {
+        let name = format!("{LOAD}.{}", sc.name);
+        let mut daemon = Daemon::start(&sc.config(), &[])?;
+        let result = load(report, &name, kernel, skips_possible);
         if patched.is_none() {
             patched = Some(Scrape::fetch(LISTEN).map(|s| patched_label(&s)));
         }
@@ -256,7 +251,7 @@ pub(super) fn load_suite(report: &mut Report, kernel: Option<Kernel>) -> Result<
     // The first modes inside a PID namespace with a /proc of its own: the same
     // verdict and exact counts as outside.
     let name = "load.pid_namespace";
-    let sc = &super::expect::SCENARIOS[0];
+    let sc = super::expect::scenario("first");
     let mut daemon = Daemon::start_in(&["unshare", "-p", "-f", "--mount-proc"], &sc.config(), &[], &[])?;
     let result = (|| -> Result<()> {
         let outside = patched.context("no load ran outside")??;
