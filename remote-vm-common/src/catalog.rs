@@ -368,7 +368,7 @@ pub const UNTRACKED_CALLS: Metric = metric(
     Unit::Count,
     &[],
     &[C::Reads],
-    "Remote accesses not classified because no per-thread state could be allocated.",
+    "Remote accesses not classified because no per-thread state could be allocated (on preemptible kernels: another BPF program was preempted inside task storage on that CPU).",
 );
 pub const UNOBSERVED_READS: Metric = metric(
     "remote_vm_unobserved_reads_total",

@@ -319,18 +319,26 @@ fn load(report: &mut Report, name: &str, kernel: Option<Kernel>, skips_possible:
     }
     let all_misses = delta_all(&before, &after, cat::PROBE_MISSES.name);
     let unobserved = num(cat::UNOBSERVED_READS.name, &[]);
-    report.check(format!("{name}.untracked"), 0, delta(&before, &after, cat::UNTRACKED_CALLS.name, &[]));
+    let untracked = num(cat::UNTRACKED_CALLS.name, &[]);
     // Where the kernel skipped nothing, every count is exact; where it skipped
     // programs (it says how many), a read it skipped a refining probe of is
     // unobserved — never on a path it did not take.
-    if all_misses > 0.0 {
-        println!("vmtest: {name}: the kernel skipped {all_misses} program runs ({skipped} of the access entry and exit), {unobserved} reads unobserved");
+    if all_misses > 0.0 || untracked > 0.0 {
+        println!(
+            "vmtest: {name}: the kernel skipped {all_misses} program runs ({skipped} of the access entry and exit), {unobserved} reads unobserved, {untracked} untracked"
+        );
     }
     if !skips_possible {
         report.check(format!("{name}.misses_all_probes"), 0, all_misses);
+        // Where programs can be preempted, one preempted inside a task-storage
+        // call holds that CPU's storage busy count (kernels whose task storage
+        // has one, 6.12 among them): an entry there cannot create a new thread's state and
+        // counts the call untracked (Debian's 6.12 with preempt=full: 343 of
+        // 100 k calls from 8 new threads in one run).
+        report.check(format!("{name}.untracked"), 0, untracked);
     }
     let reads: f64 = Path::ALL.iter().map(|p| num(cat::READS.name, &[("path", p.label())])).sum();
-    report.check(format!("{name}.reads_counted_at_most_once"), true, reads + unobserved <= n as f64);
+    report.check(format!("{name}.reads_counted_at_most_once"), true, reads + unobserved + untracked <= n as f64);
     if all_misses == 0.0 {
         report.check(format!("{name}.unobserved"), 0, delta(&before, &after, cat::UNOBSERVED_READS.name, &[]));
     }

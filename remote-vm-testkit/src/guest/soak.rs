@@ -145,13 +145,16 @@ pub(super) fn soak(report: &mut Report) -> Result<()> {
         let reads: f64 = Path::ALL.iter().map(|p| d(&[("path", p.label())], cat::READS.name)).sum();
         let writes = d(&[], cat::WRITES.name);
         let unobserved = d(&[], cat::UNOBSERVED_READS.name);
+        let untracked = d(&[], cat::UNTRACKED_CALLS.name);
         let missed = delta_all(&before, &after, cat::PROBE_MISSES.name);
-        if missed > 0.0 && skips_possible() {
+        if (missed > 0.0 || untracked > 0.0) && skips_possible() {
             // Preemptible: runs of trampolines preempted on a CPU make the
-            // kernel skip them (reported above); none counted twice, a read a
-            // refining probe of was skipped counted unobserved.
-            println!("vmtest: {name}: the kernel skipped {missed} program runs; {unobserved} reads unobserved");
-            report.check(format!("{name}.counted_at_most_once"), true, reads + writes + unobserved <= entries);
+            // kernel skip them (reported above), and one preempted inside a
+            // task-storage call keeps new threads on that CPU from getting
+            // state (untracked); none counted twice, a read a refining probe
+            // of was skipped counted unobserved.
+            println!("vmtest: {name}: the kernel skipped {missed} program runs; {unobserved} reads unobserved, {untracked} calls untracked");
+            report.check(format!("{name}.counted_at_most_once"), true, reads + writes + unobserved + untracked <= entries);
         } else {
             for probe in [entry, exit] {
                 report.check(format!("{name}.misses.{probe}"), 0, delta(&before, &after, cat::PROBE_MISSES.name, &[("probe", probe)]));
