@@ -6,6 +6,7 @@
 mod ab;
 mod apt;
 mod bench;
+mod btf_testdata;
 mod cpio;
 mod dashboards;
 mod deb;
@@ -110,6 +111,15 @@ enum Cmd {
         /// Add the new inputs that reach new code to fuzz/corpus/.
         #[arg(long)]
         merge: bool,
+    },
+    /// Write the unit tests' BTF files (remote-vm-daemon/testdata/btf/) from
+    /// the shared 6.12 and 7.3 images and Debian's 6.1: each kernel's BTF cut
+    /// down to the types the daemon reads.
+    BtfTestdata {
+        /// Make them in target/ and fail if a committed one differs (as
+        /// `cargo xtask test` does).
+        #[arg(long)]
+        check: bool,
     },
     /// Boot kernels under QEMU and run the in-VM tests.
     VmTest {
@@ -223,6 +233,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             setup::setup(setup::Purpose::Test)?;
             fuzz::run(&root, &fuzz::Args { seconds, only: targets, merge })
         }
+        Cmd::BtfTestdata { check } => {
+            setup::setup(setup::Purpose::Test)?;
+            btf_testdata::run(&root, check)
+        }
         Cmd::VmTest { kernels, only, preemptible, all_kernels, soak_seconds } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
@@ -257,6 +271,8 @@ fn test(root: &Path) -> Result<()> {
     build(root)?;
     say!("running unit and host integration tests (cargo test --release, ignored host tests included)");
     sh(cargo(root).args(["test", "--release", "--", "--include-ignored"]))?;
+    say!("btf-testdata --check: the unit tests' BTF files are what the kernels give");
+    btf_testdata::run(root, true)?;
     say!("fuzz: the committed corpus, then {FUZZ_SECONDS} s per target");
     fuzz::run(root, &fuzz::Args { seconds: FUZZ_SECONDS, only: Vec::new(), merge: false })?;
     vm_test(root, Vec::new(), None, kernels::Set::Default)?;

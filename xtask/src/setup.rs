@@ -17,8 +17,9 @@ const MIN_DEBIAN_RUSTC: (u32, u32) = (1, 96);
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// Extra packages for the tests: QEMU for the VM tests, a static busybox for the
 /// initramfs, Prometheus (and promtool), wrk for the scrape load test, a font for
-/// the A/B plots, debootstrap for the package test.
-const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus", "wrk", "fonts-dejavu-core", "debootstrap", "tmux"];
+/// the A/B plots, debootstrap for the package test, xz and lz4 to unpack kernel
+/// images (btf-testdata).
+const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus", "wrk", "fonts-dejavu-core", "debootstrap", "tmux", "xz-utils", "lz4"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {

@@ -38,6 +38,8 @@ use std::{
 
 use super::BtfReadError;
 
+mod minimize;
+
 /// The largest BTF file taken. A kernel's is 5–6 MiB (this project's 6.18 host:
 /// 5.3 MiB; the 7.3 test image: 2.8 MiB): ten times that and more.
 pub const MAX_FILE: u64 = 64 << 20;
@@ -185,6 +187,8 @@ pub struct Type<'a> {
     pub members: Vec<Member<'a>>,
     /// ENUM/ENUM64 enumerators.
     pub enumerators: Vec<(&'a str, i64)>,
+    /// Its bytes in the type section (header and data), for [`Btf::minimized`].
+    pub(super) bytes: (u32, u32),
 }
 
 /// Parsed BTF: types by id (id 0 is `void`), borrowing the file's bytes.
@@ -204,6 +208,8 @@ pub struct Btf<'a> {
     parsed_end: usize,
     type_section: (usize, usize),
     string_section: (usize, usize),
+    /// The ids lookups found: what the daemon reads ([`Btf::minimized`] keeps them).
+    pub(super) read: std::cell::RefCell<BTreeSet<u32>>,
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -309,6 +315,7 @@ impl<'a> Btf<'a> {
                 size_or_type: 0,
                 members: Vec::new(),
                 enumerators: Vec::new(),
+                bytes: (0, 0),
             }],
             by_name: HashMap::new(),
             partial: None,
@@ -317,6 +324,7 @@ impl<'a> Btf<'a> {
             parsed_end: 0,
             type_section,
             string_section,
+            read: Default::default(),
         };
         let mut pos = 0usize;
         while pos < types_bytes.len() {
@@ -375,6 +383,7 @@ impl<'a> Btf<'a> {
                     size_or_type,
                     members: Vec::new(),
                     enumerators: Vec::new(),
+                    bytes: ((body - 12) as u32, end as u32),
                 });
                 continue;
             }
@@ -393,6 +402,7 @@ impl<'a> Btf<'a> {
                 size_or_type,
                 members: Vec::new(),
                 enumerators: Vec::new(),
+                bytes: ((body - 12) as u32, end as u32),
             };
             let vlen = vlen as usize;
             match kind {
@@ -511,7 +521,11 @@ impl<'a> Btf<'a> {
     }
 
     pub fn find(&self, kind: u32, name: &str) -> Option<u32> {
-        self.by_name.get(&(kind, name)).copied()
+        let id = self.by_name.get(&(kind, name)).copied();
+        if let Some(id) = id {
+            self.read.borrow_mut().insert(id);
+        }
+        id
     }
 
     pub fn has_function(&self, name: &str) -> bool {
@@ -589,10 +603,13 @@ impl<'a> Btf<'a> {
     pub fn enum_value(&self, name: &str) -> Result<i64, String> {
         self.types
             .iter()
-            .filter(|t| t.kind == KIND_ENUM || t.kind == KIND_ENUM64)
-            .flat_map(|t| t.enumerators.iter())
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| *v)
+            .enumerate()
+            .filter(|(_, t)| t.kind == KIND_ENUM || t.kind == KIND_ENUM64)
+            .find_map(|(id, t)| t.enumerators.iter().find(|(n, _)| *n == name).map(|(_, v)| (id, *v)))
+            .map(|(id, v)| {
+                self.read.borrow_mut().insert(id as u32);
+                v
+            })
             .ok_or_else(|| self.missing(format!("enumerator {name} not in BTF")))
     }
 
@@ -1186,14 +1203,33 @@ pub mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A kernel's BTF cut down to what the daemon reads
+    /// (`cargo xtask btf-testdata`): shared-6.12, shared-7.3, debian-6.1.
+    pub fn testdata(name: &str) -> Btf<'static> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/btf").join(format!("{name}.btf"));
+        Btf::from_file(&path).unwrap()
+    }
+
     #[test]
-    fn reads_the_running_kernels_btf() {
-        // The host's own BTF: the offsets the daemon hands to its programs.
-        let btf = Btf::from_file(std::path::Path::new("/sys/kernel/btf/vmlinux")).unwrap();
-        assert!(btf.partial.is_none());
-        assert!(btf.field_offset("mm_struct", "mmap_lock").is_ok());
-        assert!(btf.field_offset("task_struct", "mm").is_ok());
-        assert_eq!(btf.enum_value("FOLL_WRITE"), Ok(1));
-        assert!(matches!(btf.for_aya(), Cow::Borrowed(_)));
+    fn reads_kernels_btf_and_foll_flags_that_are_defines() {
+        for name in ["shared-6.12", "shared-7.3", "debian-6.1"] {
+            let btf = testdata(name);
+            assert!(btf.partial.is_none(), "{name}");
+            assert!(matches!(btf.for_aya(), Cow::Borrowed(_)), "{name}");
+            assert!(btf.field_offset("mm_struct", "mmap_lock").is_ok(), "{name}");
+            assert!(btf.field_offset("task_struct", "mm").is_ok(), "{name}");
+            // FOLL_* became an enum in 6.2; 6.1 has #defines, not in BTF.
+            let foll_write = if name == "debian-6.1" { Err("enumerator FOLL_WRITE not in BTF".to_string()) } else { Ok(1) };
+            assert_eq!(btf.enum_value("FOLL_WRITE"), foll_write, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_minimized_btf_minimizes_to_itself() {
+        for name in ["shared-6.12", "shared-7.3", "debian-6.1"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/btf").join(format!("{name}.btf"));
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(crate::kernel::minimize_btf(&bytes).as_deref(), Ok(bytes.as_slice()), "{name}");
+        }
     }
 }

@@ -329,13 +329,48 @@ mod tests {
         assert!(!l.has_lockless_path());
     }
 
+    /// What each kernel's source says the layout is (kernels' BTF cut down
+    /// by `cargo xtask btf-testdata`).
     #[test]
-    fn host_kernel_layout_is_complete_for_6_18() {
-        let btf = Btf::from_file(std::path::Path::new("/sys/kernel/btf/vmlinux")).unwrap();
-        let l = Layout::from_btf(&btf);
-        assert_eq!(l.mmap_lock_tp_args, Ok((1, 2)));
-        assert_eq!(l.fw_levels, Ok((1, 2)));
-        assert!(l.has_lockless_path());
-        assert!(l.foll_write_note.is_none());
+    fn layouts_of_real_kernels_follow_their_source() {
+        use crate::kernel::btf::tests::testdata;
+        for name in ["shared-6.12", "shared-7.3", "debian-6.1"] {
+            let l = Layout::from_btf(&testdata(name));
+            let (v6_1, v7_3) = (name == "debian-6.1", name == "shared-7.3");
+            // memcg_path left the mmap_lock tracepoints' arguments in 6.14.
+            assert_eq!(l.mmap_lock_tp_args, Ok(if v7_3 { (1, 2) } else { (2, 3) }), "{name}");
+            // lock_vma_under_rcu came in 6.4, folio_walk_start in 6.12.
+            assert_eq!((l.has_lock_vma_under_rcu, l.has_folio_walk_start), (!v6_1, !v6_1), "{name}");
+            assert_eq!(l.has_lockless_path(), !v6_1, "{name}");
+            // FOLL_* became an enum in 6.2 (FOLL_WRITE: 0x1 in every kernel).
+            assert_eq!(l.foll_write, 1, "{name}");
+            assert_eq!(l.foll_write_note.is_some(), v6_1, "{name}");
+            assert_eq!(l.foll_anon.is_ok(), !v6_1, "{name}");
+            // enum { FW_LEVEL_PTE, FW_LEVEL_PMD, FW_LEVEL_PUD }.
+            assert_eq!(l.fw_levels, if v6_1 { Err("enumerator FW_LEVEL_PMD not in BTF".into()) } else { Ok((1, 2)) }, "{name}");
+            assert_eq!(l.fw_page.is_ok(), !v6_1, "{name}");
+            for item in [&l.mm_mmap_lock, &l.task_mm, &l.vma_vm_ops] {
+                assert!(item.is_ok(), "{name}: {item:?}");
+            }
+            let ids = &l.stall_ids;
+            // unsigned long arg_start, arg_end, env_start, env_end;
+            let arg = ids.mm_arg_start.clone().unwrap();
+            assert_eq!([&ids.mm_arg_end, &ids.mm_env_start, &ids.mm_env_end].map(|i| i.clone().unwrap()), [arg + 8, arg + 16, arg + 24], "{name}");
+            // pid_t pid; pid_t tgid;
+            assert_eq!(ids.task_tgid.clone().unwrap(), ids.task_pid.clone().unwrap() + 4, "{name}");
+            // struct rw_semaphore { atomic_long_t count; atomic_long_t owner; …
+            assert_eq!((ids.rwsem_count.clone(), ids.rwsem_owner.clone()), (Ok(0), Ok(8)), "{name}");
+            // The waiter queue: a list_head up to 7.2, a first_waiter pointer in 7.3.
+            assert_eq!((ids.rwsem_wait_list.is_ok(), ids.rwsem_first_waiter.is_ok()), (!v7_3, v7_3), "{name}");
+            // struct rwsem_waiter { struct list_head list; struct task_struct *task;
+            // enum rwsem_waiter_type type; … }, RWSEM_WAITING_FOR_WRITE first.
+            assert_eq!((ids.waiter_list.clone(), ids.waiter_type.clone()), (Ok(0), Ok(24)), "{name}");
+            assert_eq!(ids.waiting_for_write, Ok(0), "{name}");
+            // x86-64 pt_regs: r15 … di, then orig_ax (the 16th word).
+            if cfg!(target_arch = "x86_64") {
+                assert_eq!(ids.pt_regs_syscall, Ok(15 * 8), "{name}");
+            }
+            assert!(ids.task_comm.is_ok(), "{name}");
+        }
     }
 }

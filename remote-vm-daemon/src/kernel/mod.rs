@@ -97,6 +97,21 @@ pub struct BtfRead {
     pub partial: Option<String>,
 }
 
+/// A kernel's BTF cut down to what the daemon reads (`cargo xtask
+/// btf-testdata` writes the unit tests' test data with it): refused unless our
+/// reader and aya's take it and it gives the same layout as the whole file.
+pub fn minimize_btf(bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let whole = btf::Btf::parse(bytes).map_err(|e| e.to_string())?;
+    let layout = format!("{:?}", Layout::from_btf(&whole));
+    let small = whole.minimized()?;
+    let read = from_btf_bytes(&small).map_err(|e| format!("the minimized BTF is refused: {e}"))?;
+    let again = format!("{:?}", read.layout);
+    if again != layout {
+        return Err(format!("the minimized BTF gives another layout:\n{again}\nthan the whole file:\n{layout}"));
+    }
+    Ok(small)
+}
+
 /// Our reader, then aya's on what ours read, then the layout: every step the
 /// daemon takes on untrusted BTF bytes, in one place (`fuzz/` drives it).
 pub fn from_btf_bytes(bytes: &[u8]) -> Result<BtfRead, BtfReadError> {
