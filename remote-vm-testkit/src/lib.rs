@@ -6,6 +6,7 @@ pub mod prom;
 pub mod workload;
 pub mod classes;
 pub mod caps;
+pub mod allows;
 pub mod stall;
 pub mod stress;
 pub mod soak;

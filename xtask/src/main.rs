@@ -11,6 +11,7 @@ mod cpio;
 mod dashboards;
 mod deb;
 mod fuzz;
+mod kbuild;
 mod kernels;
 mod matrix;
 mod promtest;
@@ -27,10 +28,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 
-use crate::util::{say, sh};
+use crate::util::{say, sh, sh_output};
 
 
 #[derive(Parser)]
@@ -112,6 +113,23 @@ enum Cmd {
         #[arg(long)]
         merge: bool,
     },
+    /// The kernels `vm-test` and `ab` know by name; with `--build`, build an
+    /// A/B pair of one's own from Debian's linux-source of a version and a
+    /// patch (the series' next version), named after the patch file.
+    Kernels {
+        /// Build `NAME-unpatched` and `NAME-patched` (about 2 × 10–15 min on 2 cores).
+        #[arg(long, requires_all = ["source", "patch"])]
+        build: bool,
+        /// The kernel version of Debian's `linux-source-X.Y` (e.g. 7.3.4).
+        #[arg(long)]
+        source: Option<String>,
+        /// The patch (the series as `git format-patch` or the list posts it, `-p1`).
+        #[arg(long)]
+        patch: Option<PathBuf>,
+        /// The pair's name (default: the patch file's name without extension).
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Write the unit tests' BTF files (remote-vm-daemon/testdata/btf/) from
     /// the shared 6.12 and 7.3 images and Debian's 6.1: each kernel's BTF cut
     /// down to the types the daemon reads.
@@ -143,6 +161,11 @@ enum Cmd {
         /// (6.16, 6.18, 7.0, 7.3 and 7.3 PREEMPT_RT; not run by `cargo xtask test`).
         #[arg(long, conflicts_with_all = ["kernels", "preemptible"])]
         all_kernels: bool,
+        /// Instead: the host integration tests inside Debian's 6.12 and 7.3 as
+        /// if they were the host (fentry and kprobes work there), as `cargo
+        /// xtask test` runs them.
+        #[arg(long, conflicts_with_all = ["kernels", "only", "preemptible", "all_kernels"])]
+        host_suite: bool,
         /// With --preemptible: the soak's length (the full soak: 600).
         #[arg(long, requires = "preemptible", default_value_t = SOAK_SECONDS)]
         soak_seconds: u64,
@@ -233,13 +256,25 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             setup::setup(setup::Purpose::Test)?;
             fuzz::run(&root, &fuzz::Args { seconds, only: targets, merge })
         }
+        Cmd::Kernels { build, source, patch, name } => {
+            if build {
+                setup::setup(setup::Purpose::Test)?;
+                let (Some(source), Some(patch)) = (source, patch) else { bail!("--build needs --source and --patch") };
+                kbuild::build(&root, &kbuild::Args { source, patch, name }).map(drop)
+            } else {
+                list_kernels(&root)
+            }
+        }
         Cmd::BtfTestdata { check } => {
             setup::setup(setup::Purpose::Test)?;
             btf_testdata::run(&root, check)
         }
-        Cmd::VmTest { kernels, only, preemptible, all_kernels, soak_seconds } => {
+        Cmd::VmTest { kernels, only, preemptible, all_kernels, host_suite, soak_seconds } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
+            if host_suite {
+                return host_suite_test(&root);
+            }
             if preemptible {
                 return preemptible_test(&root, soak_seconds);
             }
@@ -277,6 +312,7 @@ fn test(root: &Path) -> Result<()> {
     fuzz::run(root, &fuzz::Args { seconds: FUZZ_SECONDS, only: Vec::new(), merge: false })?;
     vm_test(root, Vec::new(), None, kernels::Set::Default)?;
     preemptible_test(root, SOAK_SECONDS)?;
+    host_suite_test(root)?;
     say!("top: the live view in tmux against a stalled reader in the unpatched VM");
     toptest::run(root)?;
     promtest::dashboard_test(root)?;
@@ -314,7 +350,7 @@ const SOAK_SECONDS: u64 = 40;
 fn preemptible_test(root: &Path, soak_seconds: u64) -> Result<()> {
     say!("vm-test: where BPF programs can be preempted: 100 k reads from 8 threads, and a {soak_seconds} s soak of 1000 readers, counted exactly");
     let params = format!("rvm.only=load,soak rvm.soak_seconds={soak_seconds}");
-    vm_test_in(root, preemptible_kernels(root)?, &params, Duration::from_secs(600 + soak_seconds), "vm-test-preemptible")
+    vm_test_in(root, preemptible_kernels(root)?, &params, Duration::from_secs(600 + soak_seconds), "vm-test-preemptible", &[])
 }
 
 /// Kernels whose BPF programs can be preempted, where a plain `+=` on a per-CPU
@@ -332,6 +368,42 @@ fn preemptible_kernels(root: &Path) -> Result<Vec<vm::Kernel>> {
     Ok(kernels)
 }
 
+/// The Debian kernels the host integration tests also run in, as if they were
+/// the host: fentry and kprobes work there (not on this project's host).
+const HOST_SUITE_KERNELS: [&str; 2] = ["debian-6.12", "debian-7.3"];
+
+/// The host integration tests (`tests/host.rs`, `tests/bad_input.rs`) inside
+/// Debian's 6.12 and 7.3: each boot runs `check`, then the suite `host_tests`.
+fn host_suite_test(root: &Path) -> Result<()> {
+    say!("vm-test: the host integration tests inside {} as if they were the host", HOST_SUITE_KERNELS.join(" and "));
+    let out = sh_output(cargo(root).args([
+        "test", "--release", "--no-run", "--message-format=json", "-p", "remote-vm-daemon", "--test", "host", "--test", "bad_input",
+    ]))?;
+    let mut files = Vec::new();
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let is_test = msg["target"]["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test"));
+        if let (Some(exe), Some(name), true) = (msg["executable"].as_str(), msg["target"]["name"].as_str(), is_test) {
+            files.push((format!("{HOST_TESTS_DIR}/{name}"), PathBuf::from(exe)));
+        }
+    }
+    ensure!(files.len() == 2, "cargo test --no-run gave {} test executables, not 2", files.len());
+    // The tests run the daemon at the path they were built with, and promtool.
+    let daemon = root.join("target/release/remote-vm-daemon");
+    files.push((daemon.to_string_lossy().into_owned(), daemon));
+    files.push(("/usr/bin/promtool".into(), PathBuf::from("/usr/bin/promtool")));
+    let mut kernels = Vec::new();
+    for name in HOST_SUITE_KERNELS {
+        kernels.push(kernels::debian_kernel_named(root, name)?.with_context(|| format!("no {name} in xtask/kernels.toml"))?);
+    }
+    let params = format!("rvm.only=host_tests rvm.host_tests={HOST_TESTS_DIR}");
+    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test-host-suite", &files)
+}
+
+/// Where the guest finds the host test binaries (`rvm.host_tests=` tells
+/// rvm-testkit's suite `host_tests`).
+const HOST_TESTS_DIR: &str = "/usr/lib/rvm/host-tests";
+
 /// The kernels given, else both shared A/B pairs (6.12 with our backport, 7.3.4
 /// with the series as posted) and the Debian kernels of `set`.
 fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: kernels::Set) -> Result<()> {
@@ -345,7 +417,7 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
         resolve_names(root, &mut kernels)?;
     }
     let params = only.map_or(String::new(), |suite| format!("rvm.only={suite}"));
-    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test")?;
+    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test", &[])?;
     if whole {
         let table = std::fs::read_to_string(root.join("target/vm-test/matrix.md"))?;
         matrix::write_readme(root, &table)?;
@@ -354,7 +426,29 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
     Ok(())
 }
 
-/// A bare name (`--kernel patched-7.3`, `--kernel debian-7.0`) is a kernel of the matrix.
+/// The kernels known by name: the shared pairs, the Debian record, built pairs.
+fn list_kernels(root: &Path) -> Result<()> {
+    let mut shared = vm::shared_kernels(root);
+    shared.extend(vm::shared_kernels_7_3(root));
+    for k in shared {
+        say!("kernels: {} ({}; expect {})", k.name, k.origin, k.expect);
+    }
+    for e in kernels::entries(root)? {
+        say!("kernels: {} (Debian {} {}, {}; expect {})", e.name, e.package, e.version, if e.default { "default" } else { "--all-kernels" }, e.expect);
+    }
+    let built = root.join("target/kernels/built");
+    for dir in std::fs::read_dir(&built).into_iter().flatten().flatten() {
+        for which in ["patched", "unpatched"] {
+            if let Some(k) = kbuild::built_kernel(root, &format!("{}-{which}", dir.file_name().to_string_lossy())) {
+                say!("kernels: {} ({}; built)", k.name, k.origin);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A bare name (`--kernel patched-7.3`, `--kernel debian-7.0`, a built
+/// `--kernel NAME-patched`) is a kernel of the matrix.
 fn resolve_names(root: &Path, kernels: &mut [vm::Kernel]) -> Result<()> {
     for k in kernels.iter_mut() {
         if k.image.as_os_str() == k.name.as_str() && !k.image.exists() {
@@ -362,7 +456,10 @@ fn resolve_names(root: &Path, kernels: &mut [vm::Kernel]) -> Result<()> {
             shared.extend(vm::shared_kernels_7_3(root));
             let found = match shared.into_iter().find(|m| m.name == k.name) {
                 Some(m) => Some(m),
-                None => kernels::debian_kernel_named(root, &k.name)?,
+                None => match kbuild::built_kernel(root, &k.name) {
+                    Some(b) => Some(b),
+                    None => kernels::debian_kernel_named(root, &k.name)?,
+                },
             };
             *k = found.with_context(|| format!("--kernel {}: no such file, and no kernel of the matrix has that name", k.name))?;
         }
@@ -371,12 +468,13 @@ fn resolve_names(root: &Path, kernels: &mut [vm::Kernel]) -> Result<()> {
 }
 
 /// Boots each kernel with the test initramfs; consoles and the matrix go to `target/DIR`.
-fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Duration, dir: &str) -> Result<()> {
+/// `extra`: more executables for the guest (path there, file).
+fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Duration, dir: &str, extra: &[(String, PathBuf)]) -> Result<()> {
     let out = root.join("target").join(dir);
     std::fs::create_dir_all(&out)?;
     let initramfs = out.join("initramfs.cpio");
     say!("vm-test: writing {}", initramfs.display());
-    vm::write_test_initramfs(root, &initramfs)?;
+    vm::write_test_initramfs_with(root, &initramfs, extra)?;
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for kernel in &kernels {
@@ -440,7 +538,7 @@ fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Dura
     rows.push(matrix::Row {
         kernel: "host".into(),
         origin: format!("this machine, Linux {} (native)", release.trim()),
-        expect: "tracepoints only".into(),
+        expect: "(what attaches here)".into(),
         check: serde_json::from_slice(&host_check.stdout).unwrap_or(serde_json::Value::Null),
         checks: Vec::new(),
         passed: None,

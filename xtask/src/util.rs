@@ -19,3 +19,12 @@ pub fn sh(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs a command; its stdout (stderr passes through); fails on a non-zero exit.
+pub fn sh_output(cmd: &mut Command) -> Result<String> {
+    let out = cmd.stderr(std::process::Stdio::inherit()).output().with_context(|| format!("spawn {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

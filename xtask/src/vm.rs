@@ -105,7 +105,7 @@ fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
             // when a function gets a kprobe, then a BPF trampoline, then a
             // kprobe again in one boot (README, "Supported kernels"): the
             // kprobe scenario and the caller scenarios get boots of their own.
-            isolate: if subdir == "7.3" { vec![&["fallback"], &["callers", "kprobe_callers"]] } else { Vec::new() },
+            isolate: if subdir == "7.3" { FTRACE_DEFECT_ISOLATE.to_vec() } else { Vec::new() },
         })
         .filter(|k| {
             let there = k.image.is_file();
@@ -125,6 +125,10 @@ fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
         })
         .collect()
 }
+
+/// The suites a kernel with the ftrace defect of the 7.3.4 test images runs
+/// in boots of their own (see `shared_pair`).
+pub const FTRACE_DEFECT_ISOLATE: [&[&str]; 2] = [&["fallback"], &["callers", "kprobe_callers"]];
 
 /// Shared images found missing (each said once).
 static MISSING: std::sync::Mutex<BTreeSet<PathBuf>> = std::sync::Mutex::new(BTreeSet::new());
@@ -151,15 +155,22 @@ reboot -f
 
 /// The initramfs every VM run uses: busybox, the daemon and rvm-testkit.
 pub fn write_test_initramfs(root: &Path, out: &Path) -> Result<()> {
-    write_initramfs(
-        out,
-        &[root.join("target/release/remote-vm-daemon"), root.join("target/release/rvm-testkit")],
-    )
+    write_test_initramfs_with(root, out, &[])
 }
 
-/// Writes the initramfs with `binaries` (and the shared libraries they need) at
-/// `/usr/bin/<name>`.
-pub fn write_initramfs(out: &Path, binaries: &[PathBuf]) -> Result<()> {
+/// The test initramfs and `extra` executables, each (path in the guest, file).
+pub fn write_test_initramfs_with(root: &Path, out: &Path, extra: &[(String, PathBuf)]) -> Result<()> {
+    let mut files: Vec<(String, PathBuf)> = ["remote-vm-daemon", "rvm-testkit"]
+        .iter()
+        .map(|b| (format!("/usr/bin/{b}"), root.join("target/release").join(b)))
+        .collect();
+    files.extend(extra.iter().cloned());
+    write_initramfs_at(out, &files)
+}
+
+/// Writes the initramfs with each executable (path in the guest, file) and
+/// the shared libraries they need.
+fn write_initramfs_at(out: &Path, binaries: &[(String, PathBuf)]) -> Result<()> {
     let busybox = Path::new("/bin/busybox");
     let ldd = Command::new("ldd").arg(busybox).output();
     if !busybox.is_file() || ldd.is_ok_and(|o| o.status.success()) {
@@ -167,9 +178,8 @@ pub fn write_initramfs(out: &Path, binaries: &[PathBuf]) -> Result<()> {
     }
     let mut dirs = BTreeSet::new();
     let mut files: Vec<(String, u32, PathBuf)> = vec![("/bin/busybox".into(), 0o755, busybox.into())];
-    for bin in binaries {
-        let name = bin.file_name().context("binary name")?.to_string_lossy();
-        files.push((format!("/usr/bin/{name}"), 0o755, bin.clone()));
+    for (dest, bin) in binaries {
+        files.push((dest.clone(), 0o755, bin.clone()));
         for lib in shared_libraries(bin)? {
             let dest = lib.to_string_lossy().to_string();
             if !files.iter().any(|(d, _, _)| *d == dest) {

@@ -10,10 +10,12 @@
 //! - `scenario`: one daemon configuration and its workloads;
 //! - `lifecycle`: start, stop, kill and restart;
 //! - `soak`: 1000 readers killed and replaced, counts and memory (only when named);
+//! - `host_tests`: the host integration tests inside the VM (only when named);
 //! - `modes`: `rvm.mode=serve|ab|bench`, which run no tests.
 mod check;
 mod expect;
 mod harness;
+mod host_tests;
 mod lifecycle;
 mod modes;
 mod scenario;
@@ -35,6 +37,9 @@ use stalls::stalls;
 use waits::waits;
 
 pub use harness::{Check, DAEMON, Report};
+
+/// Suites `rvm.only` must name to run.
+const ONLY_WHEN_NAMED: [&str; 2] = ["soak", "host_tests"];
 
 pub fn main() -> Result<bool> {
     if cmdline_arg("rvm.mode").as_deref() == Some("serve") {
@@ -67,12 +72,12 @@ pub fn main() -> Result<bool> {
     }
     // `rvm.only=SUITE` (`cargo xtask vm-test --only`): that suite alone after `check`.
     let only = cmdline_arg("rvm.only");
-    // `rvm.only=A,B`: those suites; `soak` runs only when named.
+    // `rvm.only=A,B`: those suites; `soak` and `host_tests` run only when named.
     // `rvm.skip=A,B`: not those (run in a boot of their own, see xtask's `Kernel::isolate`).
     let skip = cmdline_arg("rvm.skip");
     let skipped = |suite: &str| skip.as_deref().is_some_and(|s| s.split(',').any(|s| s == suite));
     let run = |suite: &str| {
-        !skipped(suite) && only.as_deref().map_or(suite != "soak", |o| o.split(',').any(|o| o == suite))
+        !skipped(suite) && only.as_deref().map_or(!ONLY_WHEN_NAMED.contains(&suite), |o| o.split(',').any(|o| o == suite))
     };
     if run("check_btf_file") {
         // --btf PATH with the kernel's own BTF copied to a file.
@@ -108,6 +113,11 @@ pub fn main() -> Result<bool> {
         && let Err(e) = soak::soak(&mut report)
     {
         report.error("soak", e);
+    }
+    if run("host_tests")
+        && let Err(e) = host_tests::host_tests(&mut report, kernel)
+    {
+        report.error("host_tests", e);
     }
     if run("stalls")
         && let Err(e) = stalls(&mut report, kernel)

@@ -1,0 +1,208 @@
+//! `cargo xtask kernels --build --source VERSION --patch FILE`: an A/B pair of
+//! one's own, for kernel engineers iterating on the series (v2, v3, …). From
+//! Debian's `linux-source-X.Y` of that version: the unpatched image from the
+//! tree as shipped, the patched one from a copy of the same tree with FILE
+//! applied, both with the test config (`xtask/kernel-test.config`, the
+//! fragment the shared images were built with, over `tinyconfig`), so only
+//! the patch differs. Cached under `target/kernels/built/NAME/`; `vm-test` and
+//! `ab` take them as `--kernel NAME-patched --kernel NAME-unpatched`.
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::{apt::Apt, say, sh, vm};
+
+/// Where built pairs are kept.
+const BUILT: &str = "target/kernels/built";
+/// The config fragment (a copy of ../shared/kernels/vm.config).
+const CONFIG: &str = "xtask/kernel-test.config";
+/// What building a kernel needs beyond the compiler.
+const BUILD_PACKAGES: &[&str] = &["make", "gcc", "libc6-dev", "dwarves", "bc", "flex", "bison", "libelf-dev", "libssl-dev", "cpio", "xz-utils", "patch"];
+
+pub struct Args {
+    pub source: String,
+    pub patch: PathBuf,
+    pub name: Option<String>,
+}
+
+/// The pair's name: `--name`, else the patch file's name without extension.
+fn pair_name(args: &Args) -> Result<String> {
+    match &args.name {
+        Some(n) => Ok(n.clone()),
+        None => Ok(args.patch.file_stem().context("--patch has no file name")?.to_string_lossy().into_owned()),
+    }
+}
+
+pub fn build(root: &Path, args: &Args) -> Result<Vec<vm::Kernel>> {
+    let patch = std::fs::canonicalize(&args.patch).with_context(|| format!("--patch {}", args.patch.display()))?;
+    let name = pair_name(args)?;
+    ensure!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+        "pair name {name:?}: letters, digits, '.', '_' and '-' only (--name)"
+    );
+    let series: String = {
+        let mut parts = args.source.split('.');
+        match (parts.next(), parts.next()) {
+            (Some(a), Some(b)) if a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok() => format!("{a}.{b}"),
+            _ => bail!("--source {}: a kernel version such as 7.3.4", args.source),
+        }
+    };
+    say!("kernels: build tools ({})", BUILD_PACKAGES.join(", "));
+    Apt::system(root)?.install(BUILD_PACKAGES)?;
+    let work = root.join("target/kernel-build").join(&args.source);
+    std::fs::create_dir_all(&work)?;
+    let tree = work.join(format!("linux-source-{series}"));
+    let version = source_tree(root, &work, &series, &args.source, &tree)?;
+    // The patched tree: hard links of the pristine one (patch replaces the
+    // files it changes instead of writing through the links).
+    let patched_tree = work.join("patched");
+    let _ = std::fs::remove_dir_all(&patched_tree);
+    sh(Command::new("cp").arg("-al").arg(&tree).arg(&patched_tree))?;
+    let dry = Command::new("patch").args(["-p1", "-s", "--dry-run", "-i"]).arg(&patch).current_dir(&patched_tree).output()?;
+    if !dry.status.success() {
+        bail!(
+            "{} does not apply to linux-source-{series} {version}: {}",
+            patch.display(),
+            String::from_utf8_lossy(&dry.stdout).lines().chain(String::from_utf8_lossy(&dry.stderr).lines()).next().unwrap_or("patch failed")
+        );
+    }
+    sh(Command::new("patch").args(["-p1", "-s", "-i"]).arg(&patch).current_dir(&patched_tree))?;
+    let out = root.join(BUILT).join(&name);
+    std::fs::create_dir_all(&out)?;
+    for (which, src) in [("unpatched", &tree), ("patched", &patched_tree)] {
+        let image = make_image(root, src, &work.join(format!("build-{which}")), which)?;
+        std::fs::copy(&image, out.join(format!("bzImage-{which}")))?;
+        std::fs::copy(work.join(format!("build-{which}/.config")), out.join(format!("config-{which}")))?;
+    }
+    std::fs::copy(&patch, out.join("series.patch"))?;
+    std::fs::write(
+        out.join("ORIGIN"),
+        format!("Debian linux-source-{series} {version}, config {CONFIG} over tinyconfig; patched: + {}\n", patch.display()),
+    )?;
+    say!("kernels: {name}-patched and {name}-unpatched in {} (vm-test and ab: --kernel {name}-patched --kernel {name}-unpatched)", out.display());
+    Ok(["patched", "unpatched"].iter().filter_map(|w| built_kernel(root, &format!("{name}-{w}"))).collect())
+}
+
+/// Debian's `linux-source-SERIES` whose version starts with VERSION,
+/// unpacked at `tree` (once); its package version.
+fn source_tree(root: &Path, work: &Path, series: &str, wanted: &str, tree: &Path) -> Result<String> {
+    let stamp = work.join("source-version");
+    if tree.is_dir()
+        && let Ok(v) = std::fs::read_to_string(&stamp)
+    {
+        return Ok(v.trim().to_string());
+    }
+    let package = format!("linux-source-{series}");
+    let mut found = None;
+    for apt in [Apt::system(root)?, Apt::private(root, crate::apt::NEWER_SUITES)?] {
+        let text = apt.cache(&["madison", &package]).unwrap_or_default();
+        let version = text
+            .lines()
+            .filter_map(|l| l.split('|').nth(1).map(str::trim))
+            .find(|v| v.starts_with(&format!("{wanted}-")) || *v == wanted)
+            .map(str::to_string);
+        if let Some(v) = version {
+            found = Some((apt, v));
+            break;
+        }
+    }
+    let (apt, version) = found.with_context(|| format!("no {package} of version {wanted} in bookworm, trixie, trixie-backports or sid"))?;
+    say!("kernels: downloading {package} {version} (apt-get download)");
+    let deb = apt.download(&package, Some(&version), work)?;
+    let unpacked = work.join("deb");
+    let _ = std::fs::remove_dir_all(&unpacked);
+    sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    let tarball = unpacked.join(format!("usr/src/{package}.tar.xz"));
+    ensure!(tarball.is_file(), "no usr/src/{package}.tar.xz in {}", deb.display());
+    let _ = std::fs::remove_dir_all(tree);
+    say!("kernels: unpacking {}", tarball.display());
+    sh(Command::new("tar").arg("-xJf").arg(&tarball).current_dir(work))?;
+    ensure!(tree.is_dir(), "{} has no {}", tarball.display(), tree.display());
+    let _ = std::fs::remove_dir_all(&unpacked);
+    let _ = std::fs::remove_file(&deb);
+    std::fs::write(&stamp, &version)?;
+    Ok(version)
+}
+
+/// `tinyconfig`, the test config merged over it, `olddefconfig`, `bzImage`
+/// in `out`; the make output goes to `out/make.log`.
+fn make_image(root: &Path, tree: &Path, out: &Path, which: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(out)?;
+    let log = out.join("make.log");
+    let make = |args: &[&str]| -> Result<()> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log)?;
+        let status = Command::new("make")
+            .arg("-C")
+            .arg(tree)
+            .arg(format!("O={}", out.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .status()?;
+        ensure!(status.success(), "make {} failed for the {which} image (log: {})", args.join(" "), log.display());
+        Ok(())
+    };
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    say!("kernels: building the {which} image (make -j{jobs}; log {})", log.display());
+    let started = std::time::Instant::now();
+    make(&["tinyconfig"])?;
+    let fragment = root.join(CONFIG);
+    sh(Command::new(tree.join("scripts/kconfig/merge_config.sh"))
+        .arg("-m")
+        .arg("-O")
+        .arg(out)
+        .arg(out.join(".config"))
+        .arg(&fragment)
+        .stdout(Stdio::null()))?;
+    make(&["olddefconfig"])?;
+    // Every `=y` of the fragment must survive olddefconfig (a dependency the
+    // version lacks would silently drop one): BTF, kprobes, …
+    let config = std::fs::read_to_string(out.join(".config"))?;
+    let wanted = std::fs::read_to_string(&fragment)?;
+    let lost: Vec<&str> = wanted
+        .lines()
+        .filter(|l| l.ends_with("=y"))
+        .filter(|l| !config.lines().any(|c| c == *l))
+        .map(|l| l.trim_end_matches("=y"))
+        .collect();
+    if !lost.is_empty() {
+        say!("kernels: the {which} config lacks {} (not in this version or a dependency missing)", lost.join(", "));
+    }
+    ensure!(config.lines().any(|l| l == "CONFIG_DEBUG_INFO_BTF=y"), "the {which} config has no CONFIG_DEBUG_INFO_BTF (log: {})", log.display());
+    make(&[&format!("-j{jobs}"), "bzImage"])?;
+    say!("kernels: the {which} image built in {:.0} min", started.elapsed().as_secs_f64() / 60.0);
+    Ok(out.join("arch/x86/boot/bzImage"))
+}
+
+/// A built kernel by name: `NAME-patched` or `NAME-unpatched` of a pair in
+/// `target/kernels/built/NAME/`.
+pub fn built_kernel(root: &Path, name: &str) -> Option<vm::Kernel> {
+    let (pair, which) = name.rsplit_once('-')?;
+    if which != "patched" && which != "unpatched" {
+        return None;
+    }
+    let dir = root.join(BUILT).join(pair);
+    let image = dir.join(format!("bzImage-{which}"));
+    if !image.is_file() {
+        return None;
+    }
+    let origin = std::fs::read_to_string(dir.join("ORIGIN")).unwrap_or_default();
+    let origin = origin.trim();
+    let origin = if which == "patched" { origin.to_string() } else { origin.split("; patched:").next().unwrap_or(origin).to_string() };
+    // tinyconfig-based builds have no CALL_PADDING: the ftrace defect the
+    // shared 7.3 pair has (see `vm::FTRACE_DEFECT_ISOLATE`).
+    let config = std::fs::read_to_string(dir.join(format!("config-{which}"))).unwrap_or_default();
+    let isolate = if config.lines().any(|l| l == "CONFIG_CALL_PADDING=y") { Vec::new() } else { vm::FTRACE_DEFECT_ISOLATE.to_vec() };
+    Some(vm::Kernel {
+        name: name.to_string(),
+        image,
+        expect: which.to_string(),
+        origin,
+        params: String::new(),
+        isolate,
+    })
+}
