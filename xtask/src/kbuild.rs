@@ -206,3 +206,29 @@ pub fn built_kernel(root: &Path, name: &str) -> Option<vm::Kernel> {
         isolate,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_kernels_are_found_by_name() {
+        let root = std::env::temp_dir().join(format!("rvm-kbuild-{}", std::process::id()));
+        let dir = root.join(BUILT).join("v2-rc1");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bzImage-patched"), b"").unwrap();
+        std::fs::write(dir.join("config-patched"), "CONFIG_CALL_PADDING=y\n").unwrap();
+        std::fs::write(dir.join("bzImage-unpatched"), b"").unwrap();
+        std::fs::write(dir.join("ORIGIN"), "Debian linux-source-7.3 7.3.4-1, config X over tinyconfig; patched: + /p/v2.patch\n").unwrap();
+        let p = built_kernel(&root, "v2-rc1-patched").unwrap();
+        assert_eq!((p.expect.as_str(), p.isolate.len()), ("patched", 0));
+        assert!(p.origin.ends_with("patched: + /p/v2.patch"), "{}", p.origin);
+        let u = built_kernel(&root, "v2-rc1-unpatched").unwrap();
+        assert_eq!((u.expect.as_str(), u.isolate.len()), ("unpatched", 2));
+        assert_eq!(u.origin, "Debian linux-source-7.3 7.3.4-1, config X over tinyconfig");
+        assert!(built_kernel(&root, "v2-rc1-other").is_none());
+        assert!(built_kernel(&root, "v3-patched").is_none());
+        assert!(built_kernel(&root, "patched").is_none());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
