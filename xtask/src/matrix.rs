@@ -134,7 +134,7 @@ pub fn render(rows: &[Row]) -> String {
                         c["got"].as_str().unwrap_or("?"),
                         c["expected"].as_str().unwrap_or("?")
                     ),
-                    None if r.checks.is_empty() => "n/a (tracepoints only)".into(),
+                    None if r.checks.is_empty() => "n/a (no workload run)".into(),
                     None => "-".into(),
                 })
                 .collect(),
