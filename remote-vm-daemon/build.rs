@@ -7,6 +7,7 @@ fn main() -> anyhow::Result<()> {
     // (`rustup toolchain link debian-rustc-web /usr`). Without rustup on PATH,
     // aya-build uses the `cargo` on PATH instead.
     println!("cargo:rerun-if-env-changed=REMOTE_VM_EBPF_TOOLCHAIN");
+    build_info();
     let toolchain =
         env::var("REMOTE_VM_EBPF_TOOLCHAIN").unwrap_or_else(|_| "debian-rustc-web".to_string());
     // aya-ebpf and remote-vm-common (its atomic add, `stats::bump`) need
@@ -27,4 +28,30 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Custom(&toolchain),
     )
+}
+
+/// `remote_vm_build_info`'s `revision` (the checkout's commit, `unknown`
+/// outside one) and `rustc` (the compiler's version).
+fn build_info() {
+    let run = |cmd: &str, args: &[&str]| -> Option<String> {
+        let out = std::process::Command::new(cmd).args(args).output().ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
+    };
+    let here = env!("CARGO_MANIFEST_DIR");
+    let revision = run("git", &["-C", here, "rev-parse", "--short=12", "HEAD"])
+        .map(|r| if run("git", &["-C", here, "status", "--porcelain", "--untracked-files=no"]).is_some() { format!("{r}-dirty") } else { r })
+        .unwrap_or_else(|| "unknown".into());
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = run(&rustc, &["--version"])
+        .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=REMOTE_VM_REVISION={revision}");
+    println!("cargo:rustc-env=REMOTE_VM_RUSTC={version}");
+    // A new commit or checkout changes the revision.
+    if let Some(git) = run("git", &["-C", here, "rev-parse", "--git-dir"]) {
+        let git = std::path::Path::new(here).join(git);
+        println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+        println!("cargo:rerun-if-changed={}", git.join("index").display());
+    }
 }

@@ -254,9 +254,9 @@ pub const BUILD_INFO: Metric = metric(
     "remote_vm_build_info",
     Gauge,
     Unit::Info,
-    &[label("version", Values::Free)],
+    &[label("version", Values::Free), label("revision", Values::Free), label("rustc", Values::Free)],
     &[C::Always],
-    "remote-vm daemon build; always 1.",
+    "remote-vm daemon build: its version, the git revision it was built from (unknown outside a checkout) and the rustc that built it; always 1.",
 );
 pub const KERNEL_INFO: Metric = metric(
     "remote_vm_kernel_info",

@@ -14,8 +14,14 @@ pub const DEFAULTS: &str = include_str!("../config/remote-vm.toml");
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// Where to serve (`web.listen_address`, alias `listen`): one or more.
+    pub listen: Vec<SocketAddr>,
+    /// The metrics path (`web.telemetry_path`).
+    pub telemetry_path: String,
+    /// `log.level`, alias `log_level`.
     pub log_level: log::LevelFilter,
+    /// `log.format`.
+    pub log_format: crate::logging::Format,
     /// Per probe family.
     pub probes: BTreeMap<Family, Choice>,
     /// Exported histogram range, as log2 bucket indexes of nanoseconds.
@@ -60,8 +66,11 @@ pub enum ConfigError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    listen: Option<String>,
+    /// Alias of `web.listen_address`.
+    listen: Option<toml::Value>,
+    /// Alias of `log.level`.
     log_level: Option<String>,
+    log: Option<RawLog>,
     probes: Option<BTreeMap<String, toml::Value>>,
     histograms: Option<RawHistograms>,
     stalls: Option<RawStalls>,
@@ -71,9 +80,18 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawWeb {
+    listen_address: Option<toml::Value>,
+    telemetry_path: Option<toml::Value>,
     max_connections: Option<toml::Value>,
     header_timeout_seconds: Option<toml::Value>,
     min_render_interval_seconds: Option<toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,8 +109,11 @@ struct RawHistograms {
     max_seconds: Option<toml::Value>,
 }
 
-pub const LISTEN_ALLOWED: &str = "ADDRESS:PORT, e.g. 127.0.0.1:19361 or [::1]:19361";
+pub const LISTEN_ALLOWED: &str =
+    "ADDRESS:PORT or :PORT (every address), e.g. 127.0.0.1:19361, [::1]:19361 or :19361; in the config a string or a list of them, each once";
+pub const TELEMETRY_PATH_ALLOWED: &str = "a path such as /metrics: /, then up to 255 characters without spaces, ? or #, and not /healthz or /stalls";
 pub const LOG_LEVEL_ALLOWED: &str = "one of error, warn, info, debug, trace";
+pub const LOG_FORMAT_ALLOWED: &str = "logfmt or json";
 
 impl Config {
     /// The embedded defaults alone.
@@ -130,22 +151,24 @@ impl Config {
                 out.push(key);
             }
         };
-        differ("listen", self.listen != new.listen);
+        differ("web.listen_address", self.listen != new.listen);
         differ("probes", self.probes != new.probes);
         differ("histograms", (self.hist_min_log2, self.hist_max_log2) != (new.hist_min_log2, new.hist_max_log2));
         differ("stalls", (self.stall_threshold_ns, self.stalls_keep, self.stalls_http) != (new.stall_threshold_ns, new.stalls_keep, new.stalls_http));
         differ(
             "web",
-            (self.max_connections, self.header_timeout, self.min_render_interval)
-                != (new.max_connections, new.header_timeout, new.min_render_interval),
+            (&self.telemetry_path, self.max_connections, self.header_timeout, self.min_render_interval)
+                != (&new.telemetry_path, new.max_connections, new.header_timeout, new.min_render_interval),
         );
         out
     }
 
     fn from_layers(layers: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let mut config = Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 19361)),
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 19361))],
+            telemetry_path: "/metrics".into(),
             log_level: log::LevelFilter::Info,
+            log_format: Default::default(),
             probes: BTreeMap::new(),
             hist_min_log2: 10,
             hist_max_log2: 34,
@@ -164,12 +187,36 @@ impl Config {
                 value,
                 allowed,
             };
-            if let Some(v) = raw.listen {
-                config.listen = parse_listen(&v).ok_or_else(|| bad("listen", format!("{v:?}"), LISTEN_ALLOWED.into()))?;
+            let web = raw.web.unwrap_or_default();
+            // The exporter names and the old ones: one of each pair per file.
+            let one_of = |old: Option<(&'static str, toml::Value)>, new: Option<(&'static str, toml::Value)>| match (old, new) {
+                (Some((o, _)), Some((n, _))) => {
+                    Err(bad(n, format!("(and {o})"), format!("one of {n} or its old name {o}: they are the same setting")))
+                }
+                (a, b) => Ok(a.or(b)),
+            };
+            if let Some((key, v)) = one_of(raw.listen.map(|v| ("listen", v)), web.listen_address.map(|v| ("web.listen_address", v)))? {
+                config.listen = parse_listen_list(&v).ok_or_else(|| bad(key, v.to_string(), LISTEN_ALLOWED.into()))?;
             }
-            if let Some(v) = raw.log_level {
+            let level = |v: String| toml::Value::String(v);
+            let log = raw.log.unwrap_or_default();
+            if let Some(v) = log.format {
+                config.log_format = v
+                    .as_str()
+                    .and_then(crate::logging::Format::parse)
+                    .ok_or_else(|| bad("log.format", v.to_string(), LOG_FORMAT_ALLOWED.into()))?;
+            }
+            let new_level = log.level.map(|v| ("log.level", level(v)));
+            if let Some((key, v)) = one_of(raw.log_level.map(|v| ("log_level", level(v))), new_level)? {
+                let text = v.as_str().unwrap_or_default();
                 config.log_level =
-                    parse_log_level(&v).ok_or_else(|| bad("log_level", format!("{v:?}"), LOG_LEVEL_ALLOWED.into()))?;
+                    parse_log_level(text).ok_or_else(|| bad(key, format!("{text:?}"), LOG_LEVEL_ALLOWED.into()))?;
+            }
+            if let Some(v) = web.telemetry_path {
+                config.telemetry_path = v
+                    .as_str()
+                    .and_then(parse_telemetry_path)
+                    .ok_or_else(|| bad("web.telemetry_path", v.to_string(), TELEMETRY_PATH_ALLOWED.into()))?;
             }
             for (name, value) in raw.probes.unwrap_or_default() {
                 let key = format!("probes.{name}");
@@ -215,7 +262,6 @@ impl Config {
                 let s = seconds("stalls.threshold_seconds", v, 1e-3..=3600.0, "a number of seconds between 0.001 and 3600")?;
                 config.stall_threshold_ns = (s * 1e9).round() as u64;
             }
-            let web = raw.web.unwrap_or_default();
             if let Some(v) = web.max_connections {
                 config.max_connections = match v.as_integer() {
                     Some(n) if (1..=65_536).contains(&n) => n as usize,
@@ -265,8 +311,36 @@ fn log2_ceil_ns(s: f64) -> u32 {
     (remote_vm_common::stats::bucket(whole_ns(s)) as u32).min(62)
 }
 
+/// `ADDRESS:PORT`, or `:PORT` for every address (`[::]:PORT`, which also
+/// takes IPv4 where the kernel has IPv6; the daemon falls back to
+/// `0.0.0.0:PORT` where it has not).
 pub fn parse_listen(v: &str) -> Option<SocketAddr> {
-    v.parse().ok()
+    match v.strip_prefix(':') {
+        Some(port) => port.parse::<u16>().ok().map(|p| SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, p))),
+        None => v.parse().ok(),
+    }
+}
+
+/// A string or a non-empty list of strings, each an address once.
+fn parse_listen_list(v: &toml::Value) -> Option<Vec<SocketAddr>> {
+    let list: Vec<SocketAddr> = match v {
+        toml::Value::String(s) => vec![parse_listen(s)?],
+        toml::Value::Array(items) if !items.is_empty() && items.len() <= 64 => {
+            items.iter().map(|i| i.as_str().and_then(parse_listen)).collect::<Option<_>>()?
+        }
+        _ => return None,
+    };
+    let unique: std::collections::BTreeSet<_> = list.iter().collect();
+    (unique.len() == list.len()).then_some(list)
+}
+
+/// The metrics path: `/` and more, within bounds, not another endpoint's.
+pub fn parse_telemetry_path(v: &str) -> Option<String> {
+    let ok = v.starts_with('/')
+        && (2..=256).contains(&v.len())
+        && !v.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+        && !["/healthz", "/stalls"].contains(&v);
+    ok.then(|| v.to_string())
 }
 
 pub fn parse_log_level(v: &str) -> Option<log::LevelFilter> {
@@ -303,8 +377,10 @@ mod tests {
     #[test]
     fn embedded_defaults_are_valid_and_name_every_family() {
         let c = Config::defaults();
-        assert_eq!(c.listen, "127.0.0.1:19361".parse().unwrap());
+        assert_eq!(c.listen, ["127.0.0.1:19361".parse().unwrap()]);
+        assert_eq!(c.telemetry_path, "/metrics");
         assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.log_format, crate::logging::Format::Logfmt);
         assert_eq!((c.hist_min_log2, c.hist_max_log2), (9, 34));
         assert_eq!(c.stall_threshold_ns, 100_000_000);
         assert_eq!((c.stalls_keep, c.stalls_http), (256, true));
@@ -342,7 +418,7 @@ mod tests {
             "listen = \"[::1]:9999\"\nlog_level = \"debug\"\n[probes]\naccess_remote_vm = \"kprobe\"\nmmap_lock_host = \"off\"\n",
         )
         .unwrap();
-        assert_eq!(c.listen, "[::1]:9999".parse().unwrap());
+        assert_eq!(c.listen, ["[::1]:9999".parse().unwrap()]);
         assert_eq!(c.log_level, log::LevelFilter::Debug);
         let mode = |f: Family, m: &str| Choice::Force(f.mode(m).unwrap());
         assert_eq!(c.probes[&Family::AccessRemoteVm], mode(Family::AccessRemoteVm, "kprobe"));
@@ -354,10 +430,51 @@ mod tests {
     }
 
     #[test]
+    fn exporter_names_and_their_old_aliases() {
+        // The exporter-toolkit names: [web] listen_address (one or a list,
+        // `:PORT` for every address), telemetry_path; [log] level.
+        let c = parse("[web]\nlisten_address = [\":9100\", \"127.0.0.1:9101\", \"[::1]:9102\"]\ntelemetry_path = \"/m\"\n[log]\nlevel = \"warn\"\n").unwrap();
+        let want: Vec<SocketAddr> = ["[::]:9100", "127.0.0.1:9101", "[::1]:9102"].map(|a| a.parse().unwrap()).to_vec();
+        assert_eq!((c.listen, c.telemetry_path.as_str(), c.log_level), (want, "/m", log::LevelFilter::Warn));
+        assert_eq!(parse("[log]\nformat = \"json\"\n").unwrap().log_format, crate::logging::Format::Json);
+        assert_eq!(
+            parse("[log]\nformat = \"text\"\n").unwrap_err().to_string(),
+            "config t.toml: key `log.format`: invalid value \"text\": expected logfmt or json"
+        );
+        // The old names are the same settings.
+        let c = parse("listen = [\":1\"]\nlog_level = \"error\"\n").unwrap();
+        assert_eq!((c.listen, c.log_level), (vec!["[::]:1".parse().unwrap()], log::LevelFilter::Error));
+        // Both names of one setting in one file: which to take is not guessed.
+        assert_eq!(
+            parse("listen = \":1\"\n[web]\nlisten_address = \":2\"\n").unwrap_err().to_string(),
+            "config t.toml: key `web.listen_address`: invalid value (and listen): expected one of web.listen_address or its old name listen: they are the same setting"
+        );
+        assert_eq!(
+            parse("log_level = \"info\"\n[log]\nlevel = \"info\"\n").unwrap_err().to_string(),
+            "config t.toml: key `log.level`: invalid value (and log_level): expected one of log.level or its old name log_level: they are the same setting"
+        );
+        for bad in ["[]", "[\":1\", \":1\"]", "[1]", "\"host:1\"", "\":\"", "\":65536\""] {
+            assert_eq!(
+                parse(&format!("[web]\nlisten_address = {bad}\n")).unwrap_err().to_string(),
+                format!("config t.toml: key `web.listen_address`: invalid value {bad}: expected {LISTEN_ALLOWED}"),
+            );
+        }
+        for bad in ["\"metrics\"", "\"/\"", "\"/healthz\"", "\"/stalls\"", "\"/a b\"", "\"/a?b\"", "3"] {
+            assert_eq!(
+                parse(&format!("[web]\ntelemetry_path = {bad}\n")).unwrap_err().to_string(),
+                format!("config t.toml: key `web.telemetry_path`: invalid value {bad}: expected {TELEMETRY_PATH_ALLOWED}"),
+            );
+        }
+        assert_eq!(parse_listen(":19361"), Some("[::]:19361".parse().unwrap()));
+        assert_eq!(parse_listen("0.0.0.0:1"), Some("0.0.0.0:1".parse().unwrap()));
+        assert_eq!(parse_listen("localhost:1"), None);
+    }
+
+    #[test]
     fn what_sighup_cannot_change_is_named() {
         let old = parse("").unwrap();
         let new = parse("log_level = \"debug\"\nlisten = \"127.0.0.1:1\"\n[stalls]\nkeep = 3\n[web]\nmax_connections = 2\n").unwrap();
-        assert_eq!(old.restart_only_changes(&new), ["listen", "stalls", "web"]);
+        assert_eq!(old.restart_only_changes(&new), ["web.listen_address", "stalls", "web"]);
         assert!(old.restart_only_changes(&parse("log_level = \"debug\"").unwrap()).is_empty());
         let new = parse("[web]\nmin_render_interval_seconds = 1\n").unwrap();
         assert_eq!(old.restart_only_changes(&new), ["web"]);
@@ -368,7 +485,7 @@ mod tests {
         let e = parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "config t.toml line 2: unknown field `listen_port`, expected one of `listen`, `log_level`, `probes`, `histograms`, `stalls`, `web`"
+            "config t.toml line 2: unknown field `listen_port`, expected one of `listen`, `log_level`, `log`, `probes`, `histograms`, `stalls`, `web`"
         );
         assert_eq!(
             parse("[probes]\nfentry = \"auto\"\n").unwrap_err().to_string(),
@@ -380,7 +497,7 @@ mod tests {
     fn bad_values_name_key_value_and_allowed() {
         assert_eq!(
             parse("listen = \"localhost\"").unwrap_err().to_string(),
-            "config t.toml: key `listen`: invalid value \"localhost\": expected ADDRESS:PORT, e.g. 127.0.0.1:19361 or [::1]:19361"
+            format!("config t.toml: key `listen`: invalid value \"localhost\": expected {LISTEN_ALLOWED}")
         );
         assert_eq!(
             parse("log_level = \"loud\"").unwrap_err().to_string(),

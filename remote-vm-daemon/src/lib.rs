@@ -3,10 +3,11 @@
 //! config, Prometheus answers) through the same code.
 mod bpf;
 mod caps;
+pub mod cli;
 pub mod cmd;
 pub mod config;
 pub mod kernel;
-mod logging;
+pub mod logging;
 mod metrics;
 mod notify;
 mod server;

@@ -2,21 +2,95 @@
 //! forwarded into it.
 use std::os::fd::AsRawFd;
 
-/// Starts the logger. `level` comes from `--log-level`, else `REMOTE_VM_LOG`, else
-/// the config; `RUST_LOG`-style module filters in `REMOTE_VM_LOG` are honoured.
-pub fn init(level: log::LevelFilter) {
-    let mut builder = env_logger::Builder::new();
-    // Everything passes the logger's own filter; the level is the global
-    // maximum, so SIGHUP can change it (`set_level`).
-    builder.filter_level(log::LevelFilter::Trace);
-    // Under systemd the journal stamps each line itself.
-    if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.format_timestamp(None);
-    } else {
-        builder.format_timestamp_millis();
+/// How log lines are written (`--log.format`, `[log] format`), as the
+/// Prometheus exporters write theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// `ts=… level=warn source=… msg="…"`.
+    #[default]
+    Logfmt,
+    /// One JSON object per line: `ts`, `level`, `source`, `msg`.
+    Json,
+}
+
+impl Format {
+    pub fn parse(v: &str) -> Option<Format> {
+        match v {
+            "logfmt" => Some(Format::Logfmt),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
     }
+}
+
+/// Starts the logger on stderr with `level` (the global maximum, so SIGHUP can
+/// change it: `set_level`) and `format`.
+pub fn init(level: log::LevelFilter, format: Format) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(log::LevelFilter::Trace);
+    // Under systemd the journal stamps each line itself, and takes each
+    // line's priority from a syslog prefix (`<4>` for a warning), so
+    // `journalctl -p warning` shows warnings and errors only.
+    let journal = stderr_is_journal();
+    builder.format(move |buf, record| {
+        use std::io::Write;
+        let ts = (!journal).then(|| buf.timestamp_millis().to_string());
+        let prefix = if journal { format!("<{}>", syslog_priority(record.level())) } else { String::new() };
+        writeln!(buf, "{prefix}{}", line(format, ts.as_deref(), record.level(), record.target(), &record.args().to_string()))
+    });
     let _ = builder.try_init();
     log::set_max_level(level);
+}
+
+/// One log line without its end: logfmt or JSON, with `ts` unless the
+/// journal stamps it.
+pub fn line(format: Format, ts: Option<&str>, level: log::Level, source: &str, msg: &str) -> String {
+    let level = level.as_str().to_ascii_lowercase();
+    match format {
+        Format::Logfmt => {
+            let quoted = format!("\"{}\"", msg.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"));
+            let ts = ts.map(|t| format!("ts={t} ")).unwrap_or_default();
+            format!("{ts}level={level} source={source} msg={quoted}")
+        }
+        Format::Json => {
+            let mut o = serde_json::Map::new();
+            if let Some(t) = ts {
+                o.insert("ts".into(), t.into());
+            }
+            o.insert("level".into(), level.into());
+            o.insert("source".into(), source.into());
+            o.insert("msg".into(), msg.into());
+            serde_json::Value::Object(o).to_string()
+        }
+    }
+}
+
+/// The syslog priority of a log level (sd-daemon(3): 3 error, 4 warning, 6
+/// info, 7 debug).
+pub fn syslog_priority(level: log::Level) -> u8 {
+    match level {
+        log::Level::Error => 3,
+        log::Level::Warn => 4,
+        log::Level::Info => 6,
+        log::Level::Debug | log::Level::Trace => 7,
+    }
+}
+
+/// Whether stderr is the journal: systemd sets `JOURNAL_STREAM=DEV:INODE` to
+/// the stream it connected, which a child that redirected stderr no longer has.
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    // SAFETY: fstat fills the struct we pass for descriptor 2.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
 }
 
 /// Changes the level of the running daemon's log.
@@ -48,5 +122,30 @@ pub fn forward_ebpf_logs<T: log::Log + Send + 'static>(mut logger: aya_log::Ebpf
         });
     if let Err(e) = spawned {
         log::warn!("eBPF log messages will not be shown: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_logfmt_or_json() {
+        let msg = "degraded: 7 of 9 probes attached; the rest are reported as mode=\"none\"\nnext";
+        assert_eq!(
+            line(Format::Logfmt, Some("2026-11-26T08:00:00.000Z"), log::Level::Warn, "remote_vm_daemon::cmd::run", msg),
+            "ts=2026-11-26T08:00:00.000Z level=warn source=remote_vm_daemon::cmd::run msg=\"degraded: 7 of 9 probes attached; the rest are reported as mode=\\\"none\\\"\\nnext\""
+        );
+        assert_eq!(line(Format::Logfmt, None, log::Level::Info, "a", "b"), "level=info source=a msg=\"b\"");
+        let json: serde_json::Value = serde_json::from_str(&line(Format::Json, Some("t"), log::Level::Error, "a", msg)).unwrap();
+        assert_eq!(json, serde_json::json!({"ts": "t", "level": "error", "source": "a", "msg": msg}));
+        let json: serde_json::Value = serde_json::from_str(&line(Format::Json, None, log::Level::Debug, "a", "b")).unwrap();
+        assert_eq!(json, serde_json::json!({"level": "debug", "source": "a", "msg": "b"}));
+    }
+
+    #[test]
+    fn journal_priorities_follow_sd_daemon() {
+        use log::Level::*;
+        assert_eq!([Error, Warn, Info, Debug, Trace].map(syslog_priority), [3, 4, 6, 7, 7]);
     }
 }

@@ -43,6 +43,8 @@ pub struct State {
     pub hist_min_log2: u32,
     pub hist_max_log2: u32,
     pub scrape: ScrapeHealth,
+    /// Where `/metrics` is served (`web.telemetry_path`).
+    pub telemetry_path: String,
 }
 
 /// Why the last `/metrics` render failed, while it does (for `/healthz`).
@@ -202,11 +204,19 @@ async fn drive<T: Send + Sync + 'static>(shared: Arc<Shared<T>>, spacing: Durati
     }
 }
 
-const LANDING: &str = "<!doctype html>\n<html><head><title>remote-vm</title></head><body>\n\
-<h1>remote-vm</h1>\n<p>Remote-memory reads (<code>__access_remote_vm</code>) by path: fast, fallback, slow.</p>\n\
-<ul><li><a href=\"/metrics\">/metrics</a></li><li><a href=\"/healthz\">/healthz</a> (probe verdicts)</li>\
+/// The landing page: the version and the endpoints (`path`: the metrics path,
+/// validated by the config: no characters HTML would need escaped but `&`).
+fn landing(path: &str) -> String {
+    let path = path.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;");
+    format!(
+        "<!doctype html>\n<html><head><title>remote-vm</title></head><body>\n\
+<h1>remote-vm {}</h1>\n<p>Remote-memory reads (<code>__access_remote_vm</code>) by path: fast, fallback, slow.</p>\n\
+<ul><li><a href=\"{path}\">{path}</a></li><li><a href=\"/healthz\">/healthz</a> (probe verdicts)</li>\
 <li><a href=\"/stalls\">/stalls</a> (recent stalls)</li></ul>\n\
-</body></html>\n";
+</body></html>\n",
+        env!("CARGO_PKG_VERSION")
+    )
+}
 
 /// The listener's limits (`[web]` in the config).
 #[derive(Debug, Clone, Copy)]
@@ -269,36 +279,30 @@ impl Throttled {
     }
 }
 
-pub async fn serve(listener: TcpListener, state: Arc<State>, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
+/// Serves on every listener until `shutdown`: one accept loop each, one set
+/// of limits (`max_connections` counts the connections of all of them).
+pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::net::TcpStream>(1);
+    let accept_log = Arc::new(Mutex::new(Throttled::default()));
+    let acceptors: Vec<_> = listeners
+        .into_iter()
+        .map(|listener| tokio::spawn(accept_loop(listener, tx.clone(), accept_log.clone())))
+        .collect();
+    drop(tx);
     let conns = Arc::new(Mutex::new(Conns::default()));
-    let mut accept_log = Throttled::default();
     let mut cap_log = Throttled::default();
-    let mut backoff = ACCEPT_BACKOFF_MIN;
     let metrics = Arc::new(Coalescer::start(limits.min_render_interval, {
         let state = state.clone();
         move || state.metrics()
     }));
     loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    conn
-                }
-                Err(e) => {
-                    // Out of descriptors (EMFILE/ENFILE) or a transient error:
-                    // wait instead of spinning on the same error.
-                    accept_log.log(|| format!("accept: {e}; retrying in up to {} s", ACCEPT_BACKOFF_MAX.as_secs()));
-                    tokio::select! {
-                        () = tokio::time::sleep(backoff) => {},
-                        () = &mut shutdown => return,
-                    }
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
+        let stream = tokio::select! {
+            accepted = rx.recv() => match accepted {
+                Some(stream) => stream,
+                None => break,
             },
-            () = &mut shutdown => return,
+            () = &mut shutdown => break,
         };
         let (id, served, close) = {
             let Ok(mut c) = conns.lock() else { return };
@@ -352,6 +356,33 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, limits: Limits, shu
             }
         });
     }
+    for a in acceptors {
+        a.abort();
+    }
+}
+
+/// Accepts on one listener and hands each connection to `serve`.
+async fn accept_loop(listener: TcpListener, tx: tokio::sync::mpsc::Sender<tokio::net::TcpStream>, log: Arc<Mutex<Throttled>>) {
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                if tx.send(stream).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Out of descriptors (EMFILE/ENFILE) or a transient error:
+                // wait instead of spinning on the same error.
+                if let Ok(mut l) = log.lock() {
+                    l.log(|| format!("accept: {e}; retrying in up to {} s", ACCEPT_BACKOFF_MAX.as_secs()));
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
+            }
+        }
+    }
 }
 
 async fn route(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>) -> Response<Full<Bytes>> {
@@ -359,7 +390,7 @@ async fn route(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET\n".into());
     }
     match req.uri().path() {
-        "/metrics" => match metrics.get().await {
+        p if p == state.telemetry_path => match metrics.get().await {
             Some(Page { status: StatusCode::OK, body }) => bytes(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", body),
             Some(Page { status, body }) => bytes(status, "text/plain; charset=utf-8", body),
             None => text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain; charset=utf-8", "render failed (see the log)\n".into()),
@@ -379,7 +410,7 @@ async fn route(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>
             },
             None => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found (stalls.http = false)\n".into()),
         },
-        "/" => text(StatusCode::OK, "text/html; charset=utf-8", LANDING.to_string()),
+        "/" => text(StatusCode::OK, "text/html; charset=utf-8", landing(&state.telemetry_path)),
         _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
     }
 }

@@ -66,7 +66,7 @@ fn unknown_key_and_bad_value() {
     assert_eq!(
         one_line_failure(&daemon(&["check", "--config", &f])),
         format!(
-            "remote-vm-daemon: config {f} line 1: unknown field `port`, expected one of `listen`, `log_level`, `probes`, `histograms`, `stalls`, `web`"
+            "remote-vm-daemon: config {f} line 1: unknown field `port`, expected one of `listen`, `log_level`, `log`, `probes`, `histograms`, `stalls`, `web`"
         )
     );
     let f = temp_file("mode.toml", b"[probes]\nlock_vma_under_rcu = \"fentry\"\n");
@@ -97,7 +97,11 @@ fn missing_config_file() {
 fn invalid_listen_address() {
     assert_eq!(
         one_line_failure(&daemon(&["run", "--listen", "nope"])),
-        "remote-vm-daemon: invalid value 'nope' for '--listen <ADDR:PORT>': expected ADDRESS:PORT, e.g. 127.0.0.1:19361 or [::1]:19361"
+        "remote-vm-daemon: invalid value 'nope' for '--web.listen-address <ADDRESS:PORT>': expected ADDRESS:PORT or :PORT (every address), e.g. 127.0.0.1:19361, [::1]:19361 or :19361; in the config a string or a list of them, each once"
+    );
+    assert_eq!(
+        one_line_failure(&daemon(&["run", "--web.telemetry-path", "/healthz"])),
+        "remote-vm-daemon: invalid value '/healthz' for '--web.telemetry-path <PATH>': expected a path such as /metrics: /, then up to 255 characters without spaces, ? or #, and not /healthz or /stalls"
     );
     assert_eq!(
         one_line_failure(&daemon(&["run", "--frobnicate"])),
@@ -113,7 +117,7 @@ fn port_in_use() {
     assert_eq!(
         one_line_failure(&daemon(&["run", "--listen", &addr])),
         format!(
-            "remote-vm-daemon: cannot listen on {addr}: Address already in use (os error 98) (another remote-vm-daemon? choose another with --listen)"
+            "remote-vm-daemon: cannot listen on {addr}: Address already in use (os error 98) (another remote-vm-daemon? choose another with --web.listen-address)"
         )
     );
 }
@@ -148,7 +152,7 @@ fn missing_privileges_name_the_capabilities() {
     );
     // The config is still checked without privileges.
     assert!(r.stdout.starts_with("config: ok (embedded defaults)\n"), "{}", r.stdout);
-    let f = temp_file("nobody.toml", b"listen = 1\n");
+    let f = temp_file("nobody.toml", b"log_level = 1\n");
     std::fs::set_permissions(&f, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     assert_eq!(
         one_line_failure(&as_nobody(&["check", "--config", &f])),

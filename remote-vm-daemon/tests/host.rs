@@ -240,10 +240,19 @@ fn metrics_tell_what_attached_and_pass_promtool() {
         Some(p) => assert!(info[0].contains(&format!("patched=\"{p}\"")), "{info:?}"),
         None => assert!(info[0].contains("patched=\"yes\"") || info[0].contains("patched=\"no\""), "{info:?}"),
     }
-    assert_eq!(
-        scrape.value(BUILD_INFO.name, &[("version", env!("CARGO_PKG_VERSION"))]),
-        Some(1.0)
-    );
+    let build = [("version", env!("CARGO_PKG_VERSION")), ("revision", env!("REMOTE_VM_REVISION")), ("rustc", env!("REMOTE_VM_RUSTC"))];
+    assert_eq!(scrape.value(BUILD_INFO.name, &build), Some(1.0), "{:?}", scrape.series(BUILD_INFO.name).collect::<Vec<_>>());
+    // Where the checkout and the compiler are at hand (not in the VMs), the
+    // labels are theirs.
+    let run = |cmd: &str, args: &[&str]| {
+        Command::new(cmd).args(args).output().ok().filter(|o| o.status.success()).map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    if let Some(head) = run("git", &["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short=12", "HEAD"]) {
+        assert!(env!("REMOTE_VM_REVISION").starts_with(&head), "{} vs {head}", env!("REMOTE_VM_REVISION"));
+    }
+    if let Some(v) = run("rustc", &["--version"]) {
+        assert_eq!(v.split_whitespace().nth(1), Some(env!("REMOTE_VM_RUSTC")));
+    }
     assert!(scrape.value("process_resident_memory_bytes", &[]).is_some_and(|v| v > 0.0));
 
     // promtool finds nothing to complain about.

@@ -12,6 +12,7 @@ use std::{
 mod common;
 
 use common::Running;
+use remote_vm_testkit::prom;
 
 /// Whether the server closed `s` (EOF or reset) within `within`.
 fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
@@ -157,4 +158,30 @@ fn a_scrape_flood_costs_little_and_other_scrapes_still_answer() {
     let share = cpu / wall;
     println!("scrape flood: {requests} requests in {wall:.1} s, daemon CPU {:.1} % of a core, slowest other scrape {slowest:?}", share * 100.0);
     assert!(share < 0.25, "the daemon used {:.0} % of a core under wrk -c64: {report}", share * 100.0);
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn every_listen_address_serves_the_configured_metrics_path() {
+    // The usual --listen, a second address by its exporter name, and `:PORT`
+    // (every address: IPv4 too).
+    let second = format!("127.0.0.2:{}", common::free_port());
+    let port = common::free_port();
+    let d = Running::start_with(
+        "listen",
+        "[web]\ntelemetry_path = \"/custom/metrics\"\n",
+        &[],
+        &["--web.listen-address", &second, "--web.listen-address", &format!(":{port}")],
+    );
+    let every = format!("127.0.0.1:{port}");
+    for addr in [d.addr.as_str(), &second, &every] {
+        assert_eq!(prom::get(addr, "/custom/metrics").unwrap().0, 200, "{addr}");
+        assert_eq!(prom::get(addr, "/metrics").unwrap().0, 404, "{addr}");
+        let (status, landing) = prom::get(addr, "/").unwrap();
+        assert_eq!(status, 200);
+        assert!(landing.contains("href=\"/custom/metrics\""), "{landing}");
+        assert!(landing.contains(&format!("<h1>remote-vm {}</h1>", env!("CARGO_PKG_VERSION"))), "{landing}");
+    }
+    let log = d.log_text();
+    assert!(log.contains(&format!("serving http://{}/custom/metrics, http://{second}/custom/metrics, http://", d.addr)), "{log}");
 }

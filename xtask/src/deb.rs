@@ -26,6 +26,7 @@ pub fn build(root: &Path, version: Option<&str>, out_dir: &Path) -> Result<PathB
         sh(Command::new(setup::cargo()).args(["install", "cargo-deb", "--locked"]))?;
     }
     std::fs::create_dir_all(out_dir)?;
+    man_pages(root)?;
     let mut cmd = Command::new(setup::cargo());
     cmd.current_dir(root)
         .env("REMOTE_VM_EBPF_TOOLCHAIN", setup::EBPF_TOOLCHAIN)
@@ -38,12 +39,27 @@ pub fn build(root: &Path, version: Option<&str>, out_dir: &Path) -> Result<PathB
     if !ok {
         bail!("cargo deb failed: {text}");
     }
-    let path = PathBuf::from(text.lines().last().unwrap_or("").trim());
+    // Its last line that names a .deb (a warning may follow it).
+    let path = PathBuf::from(text.lines().rev().map(str::trim).find(|l| l.ends_with(".deb")).unwrap_or(""));
     if !path.is_file() {
         bail!("cargo deb did not say where the package is: {text}");
     }
     say!("deb: built {}", path.display());
     Ok(path)
+}
+
+/// `target/man/*.1.gz`: the daemon's and each subcommand's man page, rendered
+/// from the clap definitions (`examples/man.rs`), compressed as Debian wants.
+fn man_pages(root: &Path) -> Result<()> {
+    let dir = root.join("target/man");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    say!("deb: man pages from the command line's definitions");
+    sh(crate::cargo(root).args(["run", "-q", "--release", "-p", "remote-vm-daemon", "--example", "man", "--"]).arg(&dir))?;
+    for page in std::fs::read_dir(&dir)? {
+        sh(Command::new("gzip").args(["-9", "-n", "-f"]).arg(page?.path()))?;
+    }
+    Ok(())
 }
 
 /// `systemd-analyze security --offline=true`: the exposure figure.
@@ -120,6 +136,12 @@ pub fn test(root: &Path) -> Result<()> {
         }
     };
 
+    // lintian: no error and no warning.
+    let (_, text) = output(Command::new("lintian").args(["--tag-display-limit", "0"]).arg(&v1))?;
+    let tags: Vec<&str> = text.lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).collect();
+    say!("deb: lintian {}: {}", v1.display(), if tags.is_empty() { "no error or warning".to_string() } else { format!("{} tags", tags.len()) });
+    expect("lintian reports no error or warning", tags.is_empty(), &tags.join("\n"));
+
     let (ok, text) = chroot(&tree, &["dpkg", "-i", &name(&v1)])?;
     expect("dpkg -i into a fresh debootstrap tree", ok, &text);
     let files = [
@@ -132,13 +154,19 @@ pub fn test(root: &Path) -> Result<()> {
         "usr/share/remote-vm/grafana-provisioning/datasource.yml",
         "usr/share/doc/remote-vm/README.md",
         "usr/share/doc/remote-vm/copyright",
+        "usr/share/doc/remote-vm/changelog.Debian.gz",
+        "usr/share/doc/remote-vm/examples/prometheus.yml",
+        "usr/share/man/man1/remote-vm-daemon.1.gz",
+        "usr/share/man/man1/remote-vm-daemon-run.1.gz",
+        "usr/share/man/man1/remote-vm-daemon-check.1.gz",
+        "usr/share/man/man1/remote-vm-daemon-compare.1.gz",
     ];
     let missing: Vec<&str> = files.iter().copied().filter(|f| !tree.join(f).exists()).collect();
     expect("installs the binary, unit, conffile, dashboards, rules, docs", missing.is_empty(), &format!("missing {missing:?}"));
     let (ok, text) = chroot(&tree, &["dpkg-query", "-W", "-f=${Conffiles}", "remote-vm"])?;
     expect("/etc/remote-vm/remote-vm.toml is a conffile", ok && text.contains("/etc/remote-vm/remote-vm.toml"), &text);
     let (ok, text) = chroot(&tree, &["/usr/bin/remote-vm-daemon", "defaults"])?;
-    expect("the installed binary runs on a fresh Debian 12", ok && text.contains("listen = "), &text);
+    expect("the installed binary runs on a fresh Debian 12", ok && text.contains("listen_address = "), &text);
     let wants = tree.join("etc/systemd/system/multi-user.target.wants/remote-vm.service");
     expect("nothing enabled by surprise", !wants.exists(), "multi-user.target.wants has remote-vm.service");
     let (ok, text) = output(

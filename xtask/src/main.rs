@@ -388,15 +388,15 @@ fn host_suite_test(root: &Path) -> Result<()> {
         }
     }
     ensure!(files.len() == 2, "cargo test --no-run gave {} test executables, not 2", files.len());
-    // The tests run the daemon at the path they were built with, and promtool.
+    // The tests run the daemon at the path they were built with (the guest
+    // links it there: the path may be under /tmp, a tmpfs in the guest), and promtool.
     let daemon = root.join("target/release/remote-vm-daemon");
-    files.push((daemon.to_string_lossy().into_owned(), daemon));
     files.push(("/usr/bin/promtool".into(), PathBuf::from("/usr/bin/promtool")));
     let mut kernels = Vec::new();
     for name in HOST_SUITE_KERNELS {
         kernels.push(kernels::debian_kernel_named(root, name)?.with_context(|| format!("no {name} in xtask/kernels.toml"))?);
     }
-    let params = format!("rvm.only=host_tests rvm.host_tests={HOST_TESTS_DIR}");
+    let params = format!("rvm.only=host_tests rvm.host_tests={HOST_TESTS_DIR} rvm.host_tests_daemon={}", daemon.display());
     vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test-host-suite", &files)
 }
 

@@ -25,7 +25,7 @@ pub fn check(common: &Common, format: Format) -> ExitCode {
     if text {
         println!("config: ok ({source})");
     }
-    logging::init(config.log_level.min(log::LevelFilter::Warn));
+    logging::init(config.log_level.min(log::LevelFilter::Warn), config.log_format);
     let kernel = match Kernel::read(common.btf.as_deref()) {
         Ok(k) => k,
         Err(e) => return fail(e),

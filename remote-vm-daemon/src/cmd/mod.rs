@@ -27,9 +27,12 @@ pub struct Common {
     /// Kernel BTF to use instead of /sys/kernel/btf/vmlinux.
     #[arg(long, value_name = "PATH")]
     pub btf: Option<PathBuf>,
-    /// Log level: error, warn, info, debug, trace (overrides the config).
-    #[arg(long, env = "REMOTE_VM_LOG", value_name = "LEVEL", value_parser = parse_level)]
+    /// Log level: error, warn, info, debug, trace (overrides the config's log.level).
+    #[arg(long = "log.level", visible_alias = "log-level", env = "REMOTE_VM_LOG", value_name = "LEVEL", value_parser = parse_level)]
     pub log_level: Option<log::LevelFilter>,
+    /// Log line format: logfmt or json (overrides the config's log.format).
+    #[arg(long = "log.format", value_name = "FORMAT", value_enum)]
+    pub log_format: Option<crate::logging::Format>,
 }
 
 fn parse_level(v: &str) -> Result<log::LevelFilter, String> {
@@ -42,6 +45,9 @@ impl Common {
         let mut config = Config::load(self.config.as_deref())?;
         if let Some(level) = self.log_level {
             config.log_level = level;
+        }
+        if let Some(format) = self.log_format {
+            config.log_format = format;
         }
         Ok(config)
     }

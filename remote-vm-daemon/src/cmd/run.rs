@@ -13,28 +13,68 @@ use crate::{
     status,
 };
 
-pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
+/// `run`'s own flags, over the config's `[web]`.
+#[derive(Debug, Clone, Default)]
+pub struct WebFlags {
+    /// `--web.listen-address` (alias `--listen`), repeatable.
+    pub listen: Vec<SocketAddr>,
+    /// `--web.telemetry-path`.
+    pub telemetry_path: Option<String>,
+}
+
+impl WebFlags {
+    fn apply(&self, config: &mut crate::config::Config) {
+        if !self.listen.is_empty() {
+            config.listen = self.listen.clone();
+        }
+        if let Some(p) = &self.telemetry_path {
+            config.telemetry_path = p.clone();
+        }
+    }
+}
+
+/// Binds `addr`; `[::]:PORT` (from `:PORT`) falls back to `0.0.0.0:PORT` on a
+/// kernel without IPv6.
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    match std::net::TcpListener::bind(addr) {
+        Err(e)
+            if addr.ip() == std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
+                && matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) =>
+        {
+            std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port()))
+        }
+        r => r,
+    }
+}
+
+pub fn run(common: &Common, web: &WebFlags) -> ExitCode {
     let mut config = match common.settle() {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    if let Some(listen) = listen {
-        config.listen = listen;
-    }
-    logging::init(config.log_level);
+    web.apply(&mut config);
+    logging::init(config.log_level, config.log_format);
     let notify = notify::Notifier::from_env();
     // Bind first: a taken port fails before anything is attached.
-    notify.status(&format!("binding {}", config.listen));
-    let listener = match std::net::TcpListener::bind(config.listen) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            return fail(format!(
-                "cannot listen on {}: {e} (another remote-vm-daemon? choose another with --listen)",
-                config.listen
-            ));
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        notify.status(&format!("binding {addr}"));
+        match bind(*addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                return fail(format!(
+                    "cannot listen on {addr}: {e} (another remote-vm-daemon? choose another with --web.listen-address)"
+                ));
+            }
+            Err(e) => return fail(format!("cannot listen on {addr}: {e}")),
         }
-        Err(e) => return fail(format!("cannot listen on {}: {e}", config.listen)),
-    };
+    }
+    let urls: Vec<String> = listeners
+        .iter()
+        .zip(&config.listen)
+        .map(|(l, addr)| format!("http://{}{}", l.local_addr().unwrap_or(*addr), config.telemetry_path))
+        .collect();
+    let urls = urls.join(", ");
     notify.status("attaching probes");
     let kernel = match Kernel::read(common.btf.as_deref()) {
         Ok(k) => k,
@@ -87,17 +127,16 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
         hist_min_log2: config.hist_min_log2,
         hist_max_log2: config.hist_max_log2,
         scrape: Default::default(),
+        telemetry_path: config.telemetry_path.clone(),
     });
     let served = runtime.block_on(async {
-        let listener = listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))?;
-        log::info!("serving http://{}/metrics", config.listen);
-        notify.send(&format!(
-            "READY=1\nSTATUS=serving http://{}/metrics; {n} of {points} probes attached",
-            config.listen
-        ));
-        tokio::spawn(reload_on_hangup(common.clone(), listen, config.clone()));
+        let listeners = listeners
+            .into_iter()
+            .map(|l| l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        log::info!("serving {urls}");
+        notify.send(&format!("READY=1\nSTATUS=serving {urls}; {n} of {points} probes attached"));
+        tokio::spawn(reload_on_hangup(common.clone(), web.clone(), config.clone()));
         if let Some(every) = watchdog_interval() {
             log::info!("systemd watchdog: WATCHDOG=1 every {:.1} s", every.as_secs_f64());
             tokio::spawn(async move {
@@ -114,7 +153,7 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
             header_timeout: config.header_timeout,
             min_render_interval: config.min_render_interval,
         };
-        server::serve(listener, state.clone(), limits, shutdown_signal()).await;
+        server::serve(listeners, state.clone(), limits, shutdown_signal()).await;
         Ok::<(), std::io::Error>(())
     });
     notify.send("STOPPING=1\nSTATUS=detaching probes");
@@ -123,7 +162,7 @@ pub fn run(common: &Common, listen: Option<SocketAddr>) -> ExitCode {
     drop(state);
     match served {
         Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => fail(format!("cannot serve on {}: {e}", config.listen)),
+        Err(e) => fail(format!("cannot serve on {urls}: {e}")),
     }
 }
 
@@ -142,7 +181,7 @@ fn watchdog_interval() -> Option<std::time::Duration> {
 
 /// SIGHUP re-reads the config: the log level takes effect; what needs the
 /// probes re-attached or privileges (gone by now) is named and left as it is.
-async fn reload_on_hangup(common: Common, listen: Option<SocketAddr>, mut running: crate::config::Config) {
+async fn reload_on_hangup(common: Common, web: WebFlags, mut running: crate::config::Config) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         log::warn!("cannot install the SIGHUP handler: SIGHUP will be ignored");
@@ -152,9 +191,7 @@ async fn reload_on_hangup(common: Common, listen: Option<SocketAddr>, mut runnin
         match common.settle() {
             Ok(mut new) => {
                 // Flags still override the file.
-                if let Some(listen) = listen {
-                    new.listen = listen;
-                }
+                web.apply(&mut new);
                 if new.log_level != running.log_level {
                     logging::set_level(new.log_level);
                     running.log_level = new.log_level;

@@ -97,7 +97,7 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
     };
     match m.name {
         n if n == cat::BUILD_INFO.name => {
-            f.push(&[("version", VERSION)], 1u64);
+            f.push(&[("version", VERSION), ("revision", env!("REMOTE_VM_REVISION")), ("rustc", env!("REMOTE_VM_RUSTC"))], 1u64);
         }
         n if n == cat::KERNEL_INFO.name => {
             let k = view.facts;

@@ -26,6 +26,11 @@ impl Running {
     /// `run` with `config` as its config file, under `wrapper` (e.g.
     /// `prlimit --nofile=64 --`), its log in a file.
     pub fn start(name: &str, config: &str, wrapper: &[&str]) -> Running {
+        Running::start_with(name, config, wrapper, &[])
+    }
+
+    /// `start` with more `run` flags after the usual ones.
+    pub fn start_with(name: &str, config: &str, wrapper: &[&str], flags: &[&str]) -> Running {
         let dir = std::env::temp_dir().join(format!("rvm-host-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("config.toml");
@@ -40,6 +45,7 @@ impl Running {
             .args(args)
             .args(["run", "--listen", &addr, "--config"])
             .arg(&config_path)
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::classes::Kernel;
 
-use super::harness::{Report, cmdline_arg};
+use super::harness::{DAEMON, Report, cmdline_arg};
 
 pub(super) fn host_tests(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
     let dir = cmdline_arg("rvm.host_tests").context("no rvm.host_tests= (the folder of the host test binaries)")?;
@@ -20,6 +20,12 @@ pub(super) fn host_tests(report: &mut Report, kernel: Option<Kernel>) -> Result<
     bins.sort();
     if bins.is_empty() {
         bail!("no host test binaries in {dir}");
+    }
+    // They run the daemon at the path they were built with (`rvm.host_tests_daemon=`).
+    let path = PathBuf::from(cmdline_arg("rvm.host_tests_daemon").context("no rvm.host_tests_daemon= (the daemon's path in the host tests)")?);
+    if !path.exists() {
+        std::fs::create_dir_all(path.parent().context("the daemon's path has no folder")?)?;
+        std::os::unix::fs::symlink(DAEMON, &path).with_context(|| format!("link {} to {DAEMON}", path.display()))?;
     }
     for bin in bins {
         let name = bin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

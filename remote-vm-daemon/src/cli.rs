@@ -1,0 +1,92 @@
+//! The command line: the daemon and its subcommands, declared once with clap
+//! (`main.rs` runs them; `examples/man.rs` renders the man pages from them).
+use std::net::SocketAddr;
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    cmd::{Common, check, compare},
+    config,
+};
+
+#[derive(Parser, Debug)]
+#[command(name = "remote-vm-daemon", version, about = "Classifies remote-memory reads (__access_remote_vm) as fast path, fallback or slow path and exports Prometheus metrics.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach the probes and serve /metrics until SIGTERM or SIGINT.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Where to serve: ADDRESS:PORT or :PORT (every address); repeatable
+        /// (overrides the config's web.listen_address; default 127.0.0.1:19361).
+        #[arg(long = "web.listen-address", visible_alias = "listen", value_name = "ADDRESS:PORT", value_parser = parse_listen)]
+        listen: Vec<SocketAddr>,
+        /// The metrics path (overrides the config's web.telemetry_path; default /metrics).
+        #[arg(long = "web.telemetry-path", value_name = "PATH", value_parser = parse_telemetry_path)]
+        telemetry_path: Option<String>,
+    },
+    /// Validate the config (no privileges needed), then load and attach every probe,
+    /// print one line per probe and the kernel facts, and detach. Exit 0: all
+    /// attached; 2: degraded (some not attached, all reported); 1: could not run.
+    Check {
+        #[command(flatten)]
+        common: Common,
+        /// `text` for people, `json` for programs (a stable, documented shape).
+        #[arg(long, value_enum, default_value = "text")]
+        format: check::Format,
+    },
+    /// Print the embedded default config.
+    Defaults,
+    /// The fleet's A/B table from an existing Prometheus: remote reads by path and
+    /// fallback reason, grouped by kernel (patched, release), with hosts per group.
+    /// Counts are exact counter increases from the raw samples (resets included).
+    Compare {
+        /// Base URL of the Prometheus, e.g. http://localhost:9090
+        #[arg(long, value_name = "URL")]
+        prometheus: String,
+        /// How far back from now: 30m, 1h, 7d, …
+        #[arg(long, default_value = "1h")]
+        range: String,
+        /// Label matchers for every series, e.g. 'job="remote-vm"'.
+        #[arg(long, default_value = "")]
+        selector: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: compare::Format,
+    },
+    /// A live terminal view of a running daemon (no privileges needed): reads/s
+    /// by path, fallbacks, the remote wait p99, waits in progress as
+    /// reader → target ← holder, recent stalls. q quits.
+    Top {
+        /// The daemon's base URL (or HOST:PORT).
+        #[arg(long, default_value = "http://127.0.0.1:19361")]
+        url: String,
+        /// Seconds between polls.
+        #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
+        interval: f64,
+        /// Print one frame (two polls an interval apart) and exit: 0, or 1 when
+        /// the daemon did not answer.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+fn parse_interval(v: &str) -> Result<f64, String> {
+    match v.parse::<f64>() {
+        Ok(s) if (0.1..=3600.0).contains(&s) => Ok(s),
+        _ => Err("expected seconds between 0.1 and 3600".into()),
+    }
+}
+
+fn parse_telemetry_path(v: &str) -> Result<String, String> {
+    config::parse_telemetry_path(v).ok_or_else(|| format!("expected {}", config::TELEMETRY_PATH_ALLOWED))
+}
+
+fn parse_listen(v: &str) -> Result<SocketAddr, String> {
+    config::parse_listen(v).ok_or_else(|| format!("expected {}", config::LISTEN_ALLOWED))
+}
+
