@@ -111,7 +111,7 @@ struct RawHistograms {
 
 pub const LISTEN_ALLOWED: &str =
     "ADDRESS:PORT or :PORT (every address), e.g. 127.0.0.1:19361, [::1]:19361 or :19361; in the config a string or a list of them, each once";
-pub const TELEMETRY_PATH_ALLOWED: &str = "a path such as /metrics: /, then up to 255 characters without spaces, ? or #, and not /healthz or /stalls";
+pub const TELEMETRY_PATH_ALLOWED: &str = "a path such as /metrics: /, then up to 255 visible ASCII characters but ? and #, and not /healthz or /stalls";
 pub const LOG_LEVEL_ALLOWED: &str = "one of error, warn, info, debug, trace";
 pub const LOG_FORMAT_ALLOWED: &str = "logfmt or json";
 
@@ -152,6 +152,7 @@ impl Config {
             }
         };
         differ("web.listen_address", self.listen != new.listen);
+        differ("log.format", self.log_format != new.log_format);
         differ("probes", self.probes != new.probes);
         differ("histograms", (self.hist_min_log2, self.hist_max_log2) != (new.hist_min_log2, new.hist_max_log2));
         differ("stalls", (self.stall_threshold_ns, self.stalls_keep, self.stalls_http) != (new.stall_threshold_ns, new.stalls_keep, new.stalls_http));
@@ -338,7 +339,7 @@ fn parse_listen_list(v: &toml::Value) -> Option<Vec<SocketAddr>> {
 pub fn parse_telemetry_path(v: &str) -> Option<String> {
     let ok = v.starts_with('/')
         && (2..=256).contains(&v.len())
-        && !v.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+        && v.chars().all(|c| c.is_ascii_graphic() && c != '?' && c != '#')
         && !["/healthz", "/stalls"].contains(&v);
     ok.then(|| v.to_string())
 }
@@ -459,7 +460,7 @@ mod tests {
                 format!("config t.toml: key `web.listen_address`: invalid value {bad}: expected {LISTEN_ALLOWED}"),
             );
         }
-        for bad in ["\"metrics\"", "\"/\"", "\"/healthz\"", "\"/stalls\"", "\"/a b\"", "\"/a?b\"", "3"] {
+        for bad in ["\"metrics\"", "\"/\"", "\"/healthz\"", "\"/stalls\"", "\"/a b\"", "\"/a?b\"", "\"/métriques\"", "3"] {
             assert_eq!(
                 parse(&format!("[web]\ntelemetry_path = {bad}\n")).unwrap_err().to_string(),
                 format!("config t.toml: key `web.telemetry_path`: invalid value {bad}: expected {TELEMETRY_PATH_ALLOWED}"),
@@ -476,6 +477,7 @@ mod tests {
         let new = parse("log_level = \"debug\"\nlisten = \"127.0.0.1:1\"\n[stalls]\nkeep = 3\n[web]\nmax_connections = 2\n").unwrap();
         assert_eq!(old.restart_only_changes(&new), ["web.listen_address", "stalls", "web"]);
         assert!(old.restart_only_changes(&parse("log_level = \"debug\"").unwrap()).is_empty());
+        assert_eq!(old.restart_only_changes(&parse("[log]\nformat = \"json\"\n").unwrap()), ["log.format"]);
         let new = parse("[web]\nmin_render_interval_seconds = 1\n").unwrap();
         assert_eq!(old.restart_only_changes(&new), ["web"]);
     }

@@ -305,7 +305,7 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limit
             () = &mut shutdown => break,
         };
         let (id, served, close) = {
-            let Ok(mut c) = conns.lock() else { return };
+            let Ok(mut c) = conns.lock() else { break };
             if c.open.len() >= limits.max_connections {
                 match c.victim() {
                     Some(victim) => {

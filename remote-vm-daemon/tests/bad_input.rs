@@ -101,7 +101,11 @@ fn invalid_listen_address() {
     );
     assert_eq!(
         one_line_failure(&daemon(&["run", "--web.telemetry-path", "/healthz"])),
-        "remote-vm-daemon: invalid value '/healthz' for '--web.telemetry-path <PATH>': expected a path such as /metrics: /, then up to 255 characters without spaces, ? or #, and not /healthz or /stalls"
+        "remote-vm-daemon: invalid value '/healthz' for '--web.telemetry-path <PATH>': expected a path such as /metrics: /, then up to 255 visible ASCII characters but ? and #, and not /healthz or /stalls"
+    );
+    assert_eq!(
+        one_line_failure(&daemon(&["run", "--listen", "127.0.0.1:1", "--web.listen-address", "127.0.0.1:1"])),
+        "remote-vm-daemon: --web.listen-address 127.0.0.1:1 given twice"
     );
     assert_eq!(
         one_line_failure(&daemon(&["run", "--frobnicate"])),

@@ -160,7 +160,7 @@ fn kallsyms() -> HashSet<String> {
 }
 
 /// `r0 = 0; exit`.
-const TRIVIAL: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+static TRIVIAL: [u8; 16] = [0xb7, 0, 0, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
 const BPF_PROG_LOAD: i64 = 5;
 const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
@@ -213,6 +213,8 @@ fn trial_fentry(id: u32) -> Result<(), Refusal> {
 /// A kprobe on the trial function through the kprobe PMU
 /// (`perf_event_open`), with a trivial kprobe program set on it, then closed.
 fn trial_kprobe() -> Result<(), Refusal> {
+    // In aya's order: the program is loaded first, the PMU read when it attaches.
+    let prog = load(BPF_PROG_TYPE_KPROBE, 0, 0).map_err(Refusal::Load)?;
     let pmu: u32 = std::fs::read_to_string(KPROBE_PMU_TYPE)
         .map_err(Refusal::Pmu)?
         .trim()
@@ -231,7 +233,6 @@ fn trial_kprobe() -> Result<(), Refusal> {
     }
     // SAFETY: a new descriptor this owns.
     let event = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    let prog = load(BPF_PROG_TYPE_KPROBE, 0, 0).map_err(Refusal::Load)?;
     // SAFETY: PERF_EVENT_IOC_SET_BPF with a program descriptor.
     let r = unsafe {
         libc::ioctl(

@@ -110,8 +110,10 @@ fn unpack_bzimage(data: &[u8]) -> Result<Vec<u8>> {
     let body = body.to_vec();
     let writer = std::thread::spawn(move || stdin.write_all(&body));
     let out = child.wait_with_output()?;
-    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    let written = writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))?;
+    // The decompressor's own complaint first (a write then fails with EPIPE).
     ensure!(out.status.success(), "{} -dc: {}", tool[0], String::from_utf8_lossy(&out.stderr).trim());
+    written?;
     Ok(out.stdout)
 }
 

@@ -79,13 +79,14 @@ pub fn exposure(root: &Path) -> Result<(f64, String)> {
 fn fresh_tree(root: &Path) -> Result<PathBuf> {
     let dir = root.join("target/deb-test");
     let base = dir.join("base");
-    // systemd in the tree: its units let `systemd-analyze verify --root` resolve ours.
-    if !base.join("usr/bin/dpkg").is_file() || !base.join("lib/systemd/systemd").is_file() {
+    // systemd in the tree: its units let `systemd-analyze verify --root` resolve ours;
+    // iproute2: the systemd test scrapes from another network namespace.
+    if !base.join("usr/bin/dpkg").is_file() || !base.join("lib/systemd/systemd").is_file() || !base.join("usr/bin/ip").exists() && !base.join("bin/ip").exists() {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&dir)?;
-        say!("deb: debootstrap --variant=minbase --include=systemd bookworm (once, cached in {})", base.display());
+        say!("deb: debootstrap --variant=minbase --include=systemd,iproute2 bookworm (once, cached in {})", base.display());
         sh(Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=systemd", "bookworm"])
+            .args(["--variant=minbase", "--include=systemd,iproute2", "bookworm"])
             .arg(&base)
             .arg("http://deb.debian.org/debian"))?;
     }
@@ -156,6 +157,7 @@ pub fn test(root: &Path) -> Result<()> {
         "usr/share/doc/remote-vm/copyright",
         "usr/share/doc/remote-vm/changelog.Debian.gz",
         "usr/share/doc/remote-vm/examples/prometheus.yml",
+        "usr/share/doc/remote-vm/examples/fleet.conf",
         "usr/share/man/man1/remote-vm-daemon.1.gz",
         "usr/share/man/man1/remote-vm-daemon-run.1.gz",
         "usr/share/man/man1/remote-vm-daemon-check.1.gz",

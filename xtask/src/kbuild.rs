@@ -46,7 +46,7 @@ pub fn build(root: &Path, args: &Args) -> Result<Vec<vm::Kernel>> {
     let series: String = {
         let mut parts = args.source.split('.');
         match (parts.next(), parts.next()) {
-            (Some(a), Some(b)) if a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok() => format!("{a}.{b}"),
+            (Some(a), Some(b)) if a.parse::<u32>().is_ok() && b.parse::<u32>().is_ok() && parts.next().is_some_and(|c| c.parse::<u32>().is_ok()) => format!("{a}.{b}"),
             _ => bail!("--source {}: a kernel version such as 7.3.4", args.source),
         }
     };
@@ -130,6 +130,10 @@ fn source_tree(root: &Path, work: &Path, series: &str, wanted: &str, tree: &Path
 /// `tinyconfig`, the test config merged over it, `olddefconfig`, `bzImage`
 /// in `out`; the make output goes to `out/make.log`.
 fn make_image(root: &Path, tree: &Path, out: &Path, which: &str) -> Result<PathBuf> {
+    // Never reuse objects of an earlier build: the hard-linked tree keeps the
+    // tarball's mtimes, so a file an earlier patch changed and this one does
+    // not would not be rebuilt.
+    let _ = std::fs::remove_dir_all(out);
     std::fs::create_dir_all(out)?;
     let log = out.join("make.log");
     let make = |args: &[&str]| -> Result<()> {

@@ -217,17 +217,22 @@ fn fetch(root: &Path, keep: impl Fn(&Entry) -> bool) -> Result<Vec<Kernel>> {
     Ok(out)
 }
 
-/// `vmlinuz` (and `virtio_blk`, for the systemd test) out of a kernel .deb.
+/// The modules kept of each image, for the systemd test: its disk and the
+/// veth pair it scrapes through from another network namespace.
+pub const SYSTEMD_TEST_MODULES: [&str; 2] = ["virtio_blk", "veth"];
+
+/// `vmlinuz` (and `SYSTEMD_TEST_MODULES`) out of a kernel .deb.
 fn extract(dir: &Path, deb: &Path, package: &str, version: &str, image: &Path) -> Result<()> {
     let extracted = dir.join(format!("{package}.extract"));
     let _ = std::fs::remove_dir_all(&extracted);
     sh(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&extracted))?;
-    // Keep virtio_blk of each image (decompressed): the systemd test
-    // boots a disk image with it.
+    // Keep the systemd test's modules of each image (decompressed).
     let modules = ["lib/modules", "usr/lib/modules"].map(|d| extracted.join(d));
-    if let Some(ko) = modules.iter().find_map(|d| find_file(d, "virtio_blk.ko.xz")) {
-        sh(Command::new("xz").args(["-d", "-k", "-f"]).arg(&ko))?;
-        std::fs::copy(ko.with_extension(""), dir.join(format!("{package}_{version}.virtio_blk.ko")))?;
+    for name in SYSTEMD_TEST_MODULES {
+        if let Some(ko) = modules.iter().find_map(|d| find_file(d, &format!("{name}.ko.xz"))) {
+            sh(Command::new("xz").args(["-d", "-k", "-f"]).arg(&ko))?;
+            std::fs::copy(ko.with_extension(""), dir.join(format!("{package}_{version}.{name}.ko")))?;
+        }
     }
     // /boot/vmlinuz-VERSION, or (merged /usr, 7.3 on) /usr/lib/modules/VERSION/vmlinuz.
     let vmlinuz = std::fs::read_dir(extracted.join("boot"))
@@ -257,24 +262,25 @@ fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
     None
 }
 
-/// Debian's 6.12 cloud kernel and its `virtio_blk` module (it has no 9p; the
+/// Debian's 6.12 cloud kernel and its `SYSTEMD_TEST_MODULES` (it has no 9p; the
 /// namespaces, seccomp and cgroup-BPF that systemd's sandboxing needs are there).
-pub fn debian_612_with_virtio_blk(root: &Path) -> Result<(Kernel, std::path::PathBuf)> {
-    let k = debian_kernels(root)?
-        .into_iter()
-        .find(|k| k.name == "debian-6.12")
-        .context("no debian-6.12 kernel")?;
-    let module = k.image.with_extension("virtio_blk.ko");
-    if !module.is_file() {
-        // Cached before modules were kept: fetch again.
-        let _ = std::fs::remove_file(&k.image);
-        let k2 = debian_kernels(root)?.into_iter().find(|k| k.name == "debian-6.12").context("no debian-6.12 kernel")?;
-        if !module.is_file() {
-            bail!("no virtio_blk module for {}", k2.origin);
-        }
-        return Ok((k2, module));
+pub fn debian_612_with_modules(root: &Path) -> Result<(Kernel, Vec<std::path::PathBuf>)> {
+    let find = || -> Result<(Kernel, Vec<std::path::PathBuf>)> {
+        let k = debian_kernels(root)?.into_iter().find(|k| k.name == "debian-6.12").context("no debian-6.12 kernel")?;
+        let modules = SYSTEMD_TEST_MODULES.map(|m| k.image.with_extension(format!("{m}.ko"))).to_vec();
+        Ok((k, modules))
+    };
+    let (k, modules) = find()?;
+    if modules.iter().all(|m| m.is_file()) {
+        return Ok((k, modules));
     }
-    Ok((k, module))
+    // Cached before these modules were kept: fetch again.
+    let _ = std::fs::remove_file(&k.image);
+    let (k, modules) = find()?;
+    if let Some(m) = modules.iter().find(|m| !m.is_file()) {
+        bail!("no {} for {}", m.display(), k.origin);
+    }
+    Ok((k, modules))
 }
 
 #[cfg(test)]

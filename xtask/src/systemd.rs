@@ -80,6 +80,35 @@ journalctl -p warning -u rvm-degraded.service --no-pager -o cat | grep -q 'degra
 journalctl -p warning -u remote-vm.service --no-pager -o cat | grep -q 'SIGHUP: config re-read' && say "journal-info-shown-as-warning=yes"
 journalctl -p info -u remote-vm.service --no-pager -o cat | grep -q 'SIGHUP: config re-read' && say "journal-info=yes"
 systemctl stop rvm-degraded.service
+# Opening it to the fleet (the shipped drop-in example): a Prometheus in another
+# network namespace scrapes with the drop-in, not without it, and not when
+# IPAddressAllow= names another address.
+ip netns add prom
+ip link add rvm0 type veth peer name rvm1
+ip link set rvm1 netns prom
+ip addr add 10.77.0.1/24 dev rvm0
+ip link set rvm0 up
+ip netns exec prom ip addr add 10.77.0.2/24 dev rvm1
+ip netns exec prom ip link set rvm1 up
+ip netns exec prom ip link set lo up
+scrape() {
+    ip netns exec prom timeout 10 bash -c 'exec 3<>/dev/tcp/10.77.0.1/19361 && printf "GET /metrics HTTP/1.0\r\n\r\n" >&3 && grep -c "^remote_vm_" <&3' 2>/dev/null || echo 0
+}
+restart_with() {
+    systemctl daemon-reload
+    systemctl restart remote-vm.service
+    for i in $(seq 1 120); do systemctl is-active --quiet remote-vm.service && break; sleep 1; done
+}
+say "fleet without-dropin=$(scrape)"
+mkdir -p /etc/systemd/system/remote-vm.service.d
+sed 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.2/' /usr/share/doc/remote-vm/examples/fleet.conf > /etc/systemd/system/remote-vm.service.d/fleet.conf
+restart_with
+say "fleet with-dropin=$(scrape)"
+sed -i 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.9/' /etc/systemd/system/remote-vm.service.d/fleet.conf
+restart_with
+say "fleet other-allowed=$(scrape)"
+rm -r /etc/systemd/system/remote-vm.service.d
+restart_with
 journalctl -u remote-vm.service --no-pager -o cat | while IFS= read -r line; do say "journal| $line"; done
 systemctl stop remote-vm.service
 say "stopped result=$(systemctl show -p Result --value remote-vm.service) status=$(systemctl show -p ExecMainStatus --value remote-vm.service)"
@@ -132,6 +161,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 insmod /virtio_blk.ko
+insmod /veth.ko
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 1; done
 mkdir -p /newroot
 mount -t ext4 -o rw /dev/vda /newroot || { echo "init: cannot mount /dev/vda"; reboot -f; }
@@ -146,7 +176,7 @@ fn chroot(tree: &Path, args: &[&str]) -> Result<()> {
 
 /// Boots the installed package under systemd and checks the service.
 pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
-    let (kernel, module) = kernels::debian_612_with_virtio_blk(root)?;
+    let (kernel, modules) = kernels::debian_612_with_modules(root)?;
     let dir = root.join("target/systemd-test");
     let tree = dir.join("rootfs");
     let _ = std::fs::remove_dir_all(&dir);
@@ -181,7 +211,9 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     }
     cpio.file("/init", 0o755, INIT.as_bytes())?;
     cpio.file("/bin/busybox", 0o755, &std::fs::read("/bin/busybox")?)?;
-    cpio.file("/virtio_blk.ko", 0o644, &std::fs::read(&module)?)?;
+    for (name, module) in kernels::SYSTEMD_TEST_MODULES.iter().zip(&modules) {
+        cpio.file(&format!("/{name}.ko"), 0o644, &std::fs::read(module)?)?;
+    }
     cpio.finish()?;
 
     let console = dir.join("console.log");
@@ -259,6 +291,10 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     expect("an upgrade with policy-rc.d exit 101 restarts nothing", has("upgrade policy-rc.d=101 restarted=no active=active"));
     expect("an upgrade restarts the running service", has("upgrade policy-rc.d=none restarted=yes active=active"));
     expect("an upgrade starts nothing the operator stopped", has("upgrade-while-stopped active=inactive"));
+    let scraped = |prefix: &str| lines.iter().find_map(|l| l.strip_prefix(prefix)).and_then(|n| n.trim().parse::<u32>().ok());
+    expect("without the drop-in another network namespace cannot scrape", scraped("fleet without-dropin=") == Some(0));
+    expect("with the fleet drop-in it can", scraped("fleet with-dropin=").is_some_and(|n| n > 100));
+    expect("… only from the addresses IPAddressAllow= names", scraped("fleet other-allowed=") == Some(0));
     expect("journalctl -p warning shows the degraded warning", has("journal-warning-degraded=yes"));
     expect("… and not the info lines", !has("journal-info-shown-as-warning=yes") && has("journal-info=yes"));
     expect("systemctl stop: clean exit", has("stopped result=success status=0"));
@@ -269,6 +305,6 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
         }
         bail!("the unit under systemd: {} checks failed; console in {}", failures.len(), console.display());
     }
-    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, reload, watchdog restart, capset denied → exit 1, journal priorities, upgrades under policy-rc.d, clean stop)");
+    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, reload, watchdog restart, capset denied → exit 1, journal priorities, upgrades under policy-rc.d, the fleet drop-in, clean stop)");
     Ok(())
 }

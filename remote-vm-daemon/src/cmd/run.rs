@@ -33,17 +33,50 @@ impl WebFlags {
     }
 }
 
-/// Binds `addr`; `[::]:PORT` (from `:PORT`) falls back to `0.0.0.0:PORT` on a
-/// kernel without IPv6.
+/// Binds `addr`. `[::]:PORT` (from `:PORT`) takes IPv4 too, whatever
+/// `net.ipv6.bindv6only` says (as Go's `:PORT` does), and falls back to
+/// `0.0.0.0:PORT` on a kernel without IPv6.
 fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    match std::net::TcpListener::bind(addr) {
-        Err(e)
-            if addr.ip() == std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED)
-                && matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) =>
-        {
+    if addr.ip() != std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) {
+        return std::net::TcpListener::bind(addr);
+    }
+    match bind_dual_stack(addr.port()) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => {
             std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port()))
         }
         r => r,
+    }
+}
+
+/// `[::]:port` with `IPV6_V6ONLY` off (and `SO_REUSEADDR`, as std's bind).
+fn bind_dual_stack(port: u16) -> std::io::Result<std::net::TcpListener> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let err = std::io::Error::last_os_error;
+    // SAFETY: plain socket calls on a descriptor this function owns, with
+    // option values and a sockaddr_in6 of the sizes passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(err());
+        }
+        let sock = OwnedFd::from_raw_fd(fd);
+        let set = |level, name, value: libc::c_int| {
+            let v = &value as *const libc::c_int as *const libc::c_void;
+            libc::setsockopt(sock.as_raw_fd(), level, name, v, std::mem::size_of::<libc::c_int>() as libc::socklen_t)
+        };
+        if set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0) != 0 || set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1) != 0 {
+            return Err(err());
+        }
+        let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
+        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+        sa.sin6_port = port.to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+        if libc::bind(sock.as_raw_fd(), &sa as *const libc::sockaddr_in6 as *const libc::sockaddr, len) != 0
+            || libc::listen(sock.as_raw_fd(), 128) != 0
+        {
+            return Err(err());
+        }
+        Ok(std::net::TcpListener::from(sock))
     }
 }
 
@@ -53,6 +86,9 @@ pub fn run(common: &Common, web: &WebFlags) -> ExitCode {
         Err(e) => return fail(e),
     };
     web.apply(&mut config);
+    if let Some(twice) = config.listen.iter().enumerate().find_map(|(i, a)| config.listen[..i].contains(a).then_some(a)) {
+        return fail(format!("--web.listen-address {twice} given twice"));
+    }
     logging::init(config.log_level, config.log_format);
     let notify = notify::Notifier::from_env();
     // Bind first: a taken port fails before anything is attached.
