@@ -184,12 +184,19 @@ mod tests {
     }
 
     #[test]
-    fn shared_kernel_configs_have_both_options() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/kernels");
-        for name in ["config-patched", "config-unpatched"] {
-            let text = std::fs::read_to_string(format!("{dir}/{name}")).expect("shared kernel config");
-            assert_eq!(config_option(&text, "CONFIG_PER_VMA_LOCK"), Tristate::Yes, "{name}");
-            assert_eq!(config_option(&text, "CONFIG_MMU_GATHER_RCU_TABLE_FREE"), Tristate::Yes, "{name}");
+    fn without_a_config_the_options_follow_the_functions_in_btf() {
+        // The kernels' BTF (testdata): the shared images are built with
+        // PER_VMA_LOCK and MMU_GATHER_RCU_TABLE_FREE (their configs say so);
+        // 6.1 has no per-VMA locks.
+        for (name, per_vma_lock) in [("shared-6.12", Tristate::Yes), ("shared-7.3", Tristate::Yes), ("debian-6.1", Tristate::No)] {
+            let layout = super::super::Layout::from_btf(&super::super::btf::tests::testdata(name));
+            let mut facts = KernelFacts { config_source: None, per_vma_lock: Tristate::Unknown, rcu_table_free: Tristate::Unknown, ..for_tests() };
+            facts.fill_from_layout(&layout);
+            assert_eq!(facts.per_vma_lock, per_vma_lock, "{name}");
+            assert_eq!(facts.config_source.as_deref(), Some(Path::new("functions in BTF")), "{name}");
+            if name != "debian-6.1" {
+                assert_eq!(facts.rcu_table_free, Tristate::Yes, "{name}");
+            }
         }
     }
 }
