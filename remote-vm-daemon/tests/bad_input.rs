@@ -13,8 +13,7 @@ const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
 /// What this kernel allows, found by the test's own programs (see
 /// `remote_vm_testkit::allows`).
 fn allows() -> &'static Allows {
-    static ALLOWS: std::sync::OnceLock<Allows> = std::sync::OnceLock::new();
-    ALLOWS.get_or_init(Allows::probe)
+    Allows::of_this_kernel()
 }
 
 struct Run {

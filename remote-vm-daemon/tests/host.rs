@@ -10,7 +10,6 @@
 use std::{
     io::{Read, Write},
     process::{Command, Output, Stdio},
-    sync::OnceLock,
 };
 
 use remote_vm_common::{
@@ -27,14 +26,8 @@ mod common;
 
 use common::{DAEMON, Running};
 
-/// What this kernel allows (tried once per test binary).
 fn allows() -> &'static Allows {
-    static ALLOWS: OnceLock<Allows> = OnceLock::new();
-    ALLOWS.get_or_init(|| {
-        let a = Allows::probe();
-        eprintln!("this kernel allows: fentry {:?}, kprobe {:?}", a.fentry, a.kprobe);
-        a
-    })
+    Allows::of_this_kernel()
 }
 
 fn expected() -> Vec<Expected> {

@@ -62,6 +62,16 @@ pub struct Expected {
 }
 
 impl Allows {
+    /// What the running kernel allows, tried once per process (and said on stderr).
+    pub fn of_this_kernel() -> &'static Allows {
+        static ALLOWS: std::sync::OnceLock<Allows> = std::sync::OnceLock::new();
+        ALLOWS.get_or_init(|| {
+            let a = Allows::probe();
+            eprintln!("this kernel allows: fentry {:?}, kprobe {:?}", a.fentry, a.kprobe);
+            a
+        })
+    }
+
     /// Tries the trial programs (needs root) and reads the kernel's symbols.
     pub fn probe() -> Allows {
         let btf = aya_obj::btf::Btf::from_sys_fs().map_err(|e| e.to_string());

@@ -208,8 +208,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
             if kernels.is_empty() {
-                kernels = vm::shared_kernels(&root);
-                kernels.extend(vm::shared_kernels_7_3(&root));
+                kernels = vm::shared_pairs(&root);
             }
             resolve_names(&root, &mut kernels)?;
             if kernels.is_empty() {
@@ -410,8 +409,7 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
     // The whole matrix, every suite: README's "Supported kernels" is its table.
     let whole = kernels.is_empty() && only.is_none() && set == kernels::Set::All;
     if kernels.is_empty() {
-        kernels = vm::shared_kernels(root);
-        kernels.extend(vm::shared_kernels_7_3(root));
+        kernels = vm::shared_pairs(root);
         kernels.extend(kernels::debian_kernels_of(root, set)?);
     } else {
         resolve_names(root, &mut kernels)?;
@@ -428,9 +426,7 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
 
 /// The kernels known by name: the shared pairs, the Debian record, built pairs.
 fn list_kernels(root: &Path) -> Result<()> {
-    let mut shared = vm::shared_kernels(root);
-    shared.extend(vm::shared_kernels_7_3(root));
-    for k in shared {
+    for k in vm::shared_pairs(root) {
         say!("kernels: {} ({}; expect {})", k.name, k.origin, k.expect);
     }
     for e in kernels::entries(root)? {
@@ -452,9 +448,7 @@ fn list_kernels(root: &Path) -> Result<()> {
 fn resolve_names(root: &Path, kernels: &mut [vm::Kernel]) -> Result<()> {
     for k in kernels.iter_mut() {
         if k.image.as_os_str() == k.name.as_str() && !k.image.exists() {
-            let mut shared = vm::shared_kernels(root);
-            shared.extend(vm::shared_kernels_7_3(root));
-            let found = match shared.into_iter().find(|m| m.name == k.name) {
+            let found = match vm::shared_pairs(root).into_iter().find(|m| m.name == k.name) {
                 Some(m) => Some(m),
                 None => match kbuild::built_kernel(root, &k.name) {
                     Some(b) => Some(b),

@@ -87,6 +87,13 @@ pub fn shared_kernels_7_3(root: &Path) -> Vec<Kernel> {
     shared_pair(root, "7.3", "7.3.4")
 }
 
+/// Both shared A/B pairs: 6.12 with our backport, then 7.3.4 with the series as posted.
+pub fn shared_pairs(root: &Path) -> Vec<Kernel> {
+    let mut kernels = shared_kernels(root);
+    kernels.extend(shared_kernels_7_3(root));
+    kernels
+}
+
 /// `bzImage-{patched,unpatched}` in `../shared/kernels/SUBDIR`, named with
 /// `-SUBDIR` appended (nothing for the top folder). An image that is not there
 /// (a clone without `../shared`) is left out, with one line the first time.
