@@ -18,6 +18,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// The metrics path (`web.telemetry_path`).
     pub telemetry_path: String,
+    /// TLS and basic auth (`web.config_file`, `--web.config.file`): exporter-toolkit's web config.
+    pub web_config_file: Option<std::path::PathBuf>,
     /// `log.level`, alias `log_level`.
     pub log_level: log::LevelFilter,
     /// `log.format`.
@@ -82,6 +84,7 @@ struct RawConfig {
 struct RawWeb {
     listen_address: Option<toml::Value>,
     telemetry_path: Option<toml::Value>,
+    config_file: Option<toml::Value>,
     max_connections: Option<toml::Value>,
     header_timeout_seconds: Option<toml::Value>,
     min_render_interval_seconds: Option<toml::Value>,
@@ -112,6 +115,7 @@ struct RawHistograms {
 pub const LISTEN_ALLOWED: &str =
     "ADDRESS:PORT or :PORT (every address), e.g. 127.0.0.1:19361, [::1]:19361 or :19361; in the config a string or a list of them, each once";
 pub const TELEMETRY_PATH_ALLOWED: &str = "a path such as /metrics: /, then up to 255 visible ASCII characters but ? and #, and not /healthz or /stalls";
+pub const WEB_CONFIG_FILE_ALLOWED: &str = "an absolute path to a web config file (exporter-toolkit's format: TLS and basic auth), or \"\" for none";
 pub const LOG_LEVEL_ALLOWED: &str = "one of error, warn, info, debug, trace";
 pub const LOG_FORMAT_ALLOWED: &str = "logfmt or json";
 
@@ -168,6 +172,7 @@ impl Config {
         let mut config = Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 19361))],
             telemetry_path: "/metrics".into(),
+            web_config_file: None,
             log_level: log::LevelFilter::Info,
             log_format: Default::default(),
             probes: BTreeMap::new(),
@@ -218,6 +223,13 @@ impl Config {
                     .as_str()
                     .and_then(parse_telemetry_path)
                     .ok_or_else(|| bad("web.telemetry_path", v.to_string(), TELEMETRY_PATH_ALLOWED.into()))?;
+            }
+            if let Some(v) = web.config_file {
+                config.web_config_file = match v.as_str() {
+                    Some("") => None,
+                    Some(p) if std::path::Path::new(p).is_absolute() && !p.contains('\0') => Some(p.into()),
+                    _ => return Err(bad("web.config_file", v.to_string(), WEB_CONFIG_FILE_ALLOWED.into())),
+                };
             }
             for (name, value) in raw.probes.unwrap_or_default() {
                 let key = format!("probes.{name}");

@@ -13,4 +13,5 @@ mod notify;
 mod server;
 mod stalls;
 mod status;
+pub mod webconfig;
 pub mod top;

@@ -4,7 +4,9 @@
 //! ends idle keep-alive connections), a head size limit, an accept loop that
 //! backs off instead of spinning when descriptors run out, and `/metrics`
 //! renders shared by the requests waiting for them (`Coalescer`), off the
-//! accept loop's thread.
+//! accept loop's thread. With a web config (`webconfig`): TLS (the handshake
+//! under the same deadline and connection cap as a request head; plain HTTP
+//! on a TLS port answered 400) and basic auth on every path.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
@@ -30,6 +32,7 @@ use crate::{
     metrics::{self, View, coverage::Sight},
     stalls::{StallLog, StallsPage},
     status,
+    webconfig::{Security, Switch},
 };
 
 /// What the endpoint serves from: the attached session and the facts fixed at start-up.
@@ -45,6 +48,8 @@ pub struct State {
     pub scrape: ScrapeHealth,
     /// Where `/metrics` is served (`web.telemetry_path`).
     pub telemetry_path: String,
+    /// TLS and basic auth (`--web.config.file`), replaced on SIGHUP.
+    pub web: Arc<Switch>,
 }
 
 /// Why the last `/metrics` render failed, while it does (for `/healthz`).
@@ -283,7 +288,7 @@ impl Throttled {
 /// of limits (`max_connections` counts the connections of all of them).
 pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<tokio::net::TcpStream>(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::net::TcpStream, std::net::SocketAddr)>(1);
     let accept_log = Arc::new(Mutex::new(Throttled::default()));
     let acceptors: Vec<_> = listeners
         .into_iter()
@@ -292,14 +297,15 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limit
     drop(tx);
     let conns = Arc::new(Mutex::new(Conns::default()));
     let mut cap_log = Throttled::default();
+    let tls_log = Arc::new(Mutex::new(Throttled::default()));
     let metrics = Arc::new(Coalescer::start(limits.min_render_interval, {
         let state = state.clone();
         move || state.metrics()
     }));
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = rx.recv() => match accepted {
-                Some(stream) => stream,
+                Some(accepted) => accepted,
                 None => break,
             },
             () = &mut shutdown => break,
@@ -327,28 +333,32 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limit
             c.open.insert(id, conn);
             (id, handles.0, handles.1)
         };
-        let (state, conns, metrics) = (state.clone(), conns.clone(), metrics.clone());
+        let (state, conns, metrics, tls_log) = (state.clone(), conns.clone(), metrics.clone(), tls_log.clone());
         tokio::spawn(async move {
-            let counted = served.clone();
-            let service = service_fn(move |req| {
-                let (state, metrics) = (state.clone(), metrics.clone());
-                counted.fetch_add(1, Ordering::Relaxed);
-                async move { Ok::<_, Infallible>(route(&req, &state, &metrics).await) }
-            });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .keep_alive(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(MAX_HEAD_BYTES);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {},
-                () = close.notified() => {
-                    conn.as_mut().graceful_shutdown();
-                    // An idle connection ends at once; anything else gets the head timeout.
-                    let _ = tokio::time::timeout(limits.header_timeout, conn).await;
+            // The TLS config when the connection came (SIGHUP: the next ones take the new one).
+            let tls = state.web.current().tls.clone();
+            let http = Http { state, metrics, served, close: close.clone(), limits };
+            match tls {
+                None => http.serve(stream).await,
+                Some(config) => {
+                    let handshake = tokio::select! {
+                        r = tokio::time::timeout(limits.header_timeout, handshake(stream, config)) => r,
+                        () = close.notified() => Ok(Err(None)),
+                    };
+                    match handshake {
+                        Ok(Ok(tls)) => http.serve(tls).await,
+                        Ok(Err(None)) => {}
+                        Ok(Err(Some(why))) => {
+                            if let Ok(mut l) = tls_log.lock() {
+                                l.log(|| format!("TLS handshake with {peer} failed: {why}"));
+                            }
+                        }
+                        Err(_) => {
+                            if let Ok(mut l) = tls_log.lock() {
+                                l.log(|| format!("TLS handshake with {peer}: no handshake within {:?} (web.header_timeout_seconds): closed", limits.header_timeout));
+                            }
+                        }
+                    }
                 }
             }
             if let Ok(mut c) = conns.lock() {
@@ -362,13 +372,13 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limit
 }
 
 /// Accepts on one listener and hands each connection to `serve`.
-async fn accept_loop(listener: TcpListener, tx: tokio::sync::mpsc::Sender<tokio::net::TcpStream>, log: Arc<Mutex<Throttled>>) {
+async fn accept_loop(listener: TcpListener, tx: tokio::sync::mpsc::Sender<(tokio::net::TcpStream, std::net::SocketAddr)>, log: Arc<Mutex<Throttled>>) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok(accepted) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                if tx.send(stream).await.is_err() {
+                if tx.send(accepted).await.is_err() {
                     return;
                 }
             }
@@ -383,6 +393,94 @@ async fn accept_loop(listener: TcpListener, tx: tokio::sync::mpsc::Sender<tokio:
             }
         }
     }
+}
+
+/// What a TLS record starts with (a handshake); an HTTP request starts with a
+/// method's letters.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// The TLS handshake: the stream, or why not (`None`: the client left).
+/// Plain HTTP to a TLS port is answered 400 saying so, as Go's servers do.
+async fn handshake(
+    stream: tokio::net::TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Option<String>> {
+    use tokio::io::AsyncWriteExt;
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(0) | Err(_) => return Err(None),
+        Ok(_) => {}
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        let mut stream = stream;
+        let body = "Client sent an HTTP request to an HTTPS server.\n";
+        let answer = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+        return Err(Some("plain HTTP to the TLS port (answered 400)".into()));
+    }
+    tokio_rustls::TlsAcceptor::from(config).accept(stream).await.map_err(|e| Some(e.to_string()))
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it ends, is closed
+/// for a newer one, or idles past the head deadline.
+struct Http {
+    state: Arc<State>,
+    metrics: Arc<Coalescer<Page>>,
+    served: Arc<AtomicU64>,
+    close: Arc<Notify>,
+    limits: Limits,
+}
+
+impl Http {
+    async fn serve<S>(self, io: S)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let Http { state, metrics, served, close, limits } = self;
+        let service = service_fn(move |req| {
+            let (state, metrics) = (state.clone(), metrics.clone());
+            served.fetch_add(1, Ordering::Relaxed);
+            async move { Ok::<_, Infallible>(answer(&req, &state, &metrics).await) }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .keep_alive(true)
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .max_buf_size(MAX_HEAD_BYTES);
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {},
+            () = close.notified() => {
+                conn.as_mut().graceful_shutdown();
+                // An idle connection ends at once; anything else gets the head timeout.
+                let _ = tokio::time::timeout(limits.header_timeout, conn).await;
+            }
+        }
+    }
+}
+
+/// Basic auth (when configured) on every path, then the route; the
+/// configured headers on every answer.
+async fn answer(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>) -> Response<Full<Bytes>> {
+    let security: Arc<Security> = state.web.current();
+    let mut resp = match &security.auth {
+        Some(auth) if !auth.allows(req.headers().get(header::AUTHORIZATION)).await => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "Unauthorized\n".into());
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic"));
+            r
+        }
+        _ => route(req, state, metrics).await,
+    };
+    for (name, value) in &security.headers {
+        resp.headers_mut().insert(name.clone(), value.clone());
+    }
+    resp
 }
 
 async fn route(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>) -> Response<Full<Bytes>> {

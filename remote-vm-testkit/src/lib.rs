@@ -12,3 +12,4 @@ pub mod stress;
 pub mod soak;
 pub mod bench;
 pub mod icount;
+pub mod pki;

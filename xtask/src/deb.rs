@@ -80,13 +80,18 @@ fn fresh_tree(root: &Path) -> Result<PathBuf> {
     let dir = root.join("target/deb-test");
     let base = dir.join("base");
     // systemd in the tree: its units let `systemd-analyze verify --root` resolve ours;
-    // iproute2: the systemd test scrapes from another network namespace.
-    if !base.join("usr/bin/dpkg").is_file() || !base.join("lib/systemd/systemd").is_file() || !base.join("usr/bin/ip").exists() && !base.join("bin/ip").exists() {
+    // iproute2: the systemd test scrapes from another network namespace;
+    // curl: over TLS with a client certificate.
+    if !base.join("usr/bin/dpkg").is_file()
+        || !base.join("lib/systemd/systemd").is_file()
+        || !base.join("usr/bin/ip").exists() && !base.join("bin/ip").exists()
+        || !base.join("usr/bin/curl").exists()
+    {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&dir)?;
-        say!("deb: debootstrap --variant=minbase --include=systemd,iproute2 bookworm (once, cached in {})", base.display());
+        say!("deb: debootstrap --variant=minbase --include=systemd,iproute2,curl bookworm (once, cached in {})", base.display());
         sh(Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=systemd,iproute2", "bookworm"])
+            .args(["--variant=minbase", "--include=systemd,iproute2,curl", "bookworm"])
             .arg(&base)
             .arg("http://deb.debian.org/debian"))?;
     }
@@ -158,6 +163,8 @@ pub fn test(root: &Path) -> Result<()> {
         "usr/share/doc/remote-vm/changelog.Debian.gz",
         "usr/share/doc/remote-vm/examples/prometheus.yml",
         "usr/share/doc/remote-vm/examples/fleet.conf",
+        "usr/share/doc/remote-vm/examples/tls.conf",
+        "usr/share/doc/remote-vm/examples/web-config.yml",
         "usr/share/man/man1/remote-vm-daemon.1.gz",
         "usr/share/man/man1/remote-vm-daemon-run.1.gz",
         "usr/share/man/man1/remote-vm-daemon-check.1.gz",

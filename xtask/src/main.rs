@@ -20,6 +20,7 @@ mod systemd;
 mod toptest;
 mod util;
 mod vm;
+mod webtest;
 
 use std::{
     os::unix::process::CommandExt,
@@ -98,6 +99,9 @@ enum Cmd {
     /// The dashboard and rules tests: promtool, Grafana's schema, and every query
     /// against Prometheus scraping both shared kernels and the host.
     DashboardTest,
+    /// The endpoint over TLS with client certificates and basic auth (openssl,
+    /// htpasswd): curl and Debian's Prometheus against the host daemon.
+    WebTest,
     /// `remote-vm-daemon top` in tmux against a daemon in the unpatched VM during a known stall.
     TopTest,
     /// The fuzz targets of fuzz/ (BTF, config, Prometheus answers): replay the
@@ -246,6 +250,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             build(&root)?;
             toptest::run(&root)
         }
+        Cmd::WebTest => {
+            setup::setup(setup::Purpose::Test)?;
+            build(&root)?;
+            webtest::test(&root)
+        }
         Cmd::DashboardTest => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
@@ -315,6 +324,8 @@ fn test(root: &Path) -> Result<()> {
     say!("top: the live view in tmux against a stalled reader in the unpatched VM");
     toptest::run(root)?;
     promtest::dashboard_test(root)?;
+    say!("web: TLS and basic auth (--web.config.file) against curl and Prometheus");
+    webtest::test(root)?;
     say!("package: unit and .deb");
     deb::test(root)?;
     let pair = vm::shared_kernels(root);

@@ -19,7 +19,7 @@ const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev
 /// initramfs, Prometheus (and promtool), wrk for the scrape load test, a font for
 /// the A/B plots, debootstrap for the package test, xz and lz4 to unpack kernel
 /// images (btf-testdata), lintian for the package.
-const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus", "wrk", "fonts-dejavu-core", "debootstrap", "tmux", "xz-utils", "lz4", "lintian"];
+const TEST_PACKAGES: &[&str] = &["qemu-system-x86", "busybox-static", "prometheus", "wrk", "fonts-dejavu-core", "debootstrap", "tmux", "xz-utils", "lz4", "lintian", "openssl", "apache2-utils", "curl"];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use remote_vm_common::Point;
 
-use crate::{cpio::Cpio, kernels, util::{say, sh}, vm};
+use crate::{cpio::Cpio, kernels, util::{say, sh}, vm, webtest};
 
 const CHECK_SCRIPT: &str = r#"#!/bin/bash
 # Runs after remote-vm.service under systemd; reports on the serial console.
@@ -107,6 +107,25 @@ say "fleet with-dropin=$(scrape)"
 sed -i 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.9/' /etc/systemd/system/remote-vm.service.d/fleet.conf
 restart_with
 say "fleet other-allowed=$(scrape)"
+# TLS and basic auth under DynamicUser=: the shipped tls.conf loads the web
+# config and the files it names (root-only, 0600) as credentials.
+sed -i 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.2/' /etc/systemd/system/remote-vm.service.d/fleet.conf
+install -m 0600 /root/pki/web-config.yml /root/pki/tls.crt /root/pki/tls.key /root/pki/client-ca.crt /etc/remote-vm/
+cp /usr/share/doc/remote-vm/examples/tls.conf /etc/systemd/system/remote-vm.service.d/
+restart_with
+say "tls active=$(systemctl is-active remote-vm.service)"
+tlsget() {
+    ip netns exec prom curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --resolve localhost:19361:10.77.0.1 "$@" 2>/dev/null
+}
+pass="prometheus:$(cat /root/pki/password)"
+cert="--cacert /root/pki/ca.crt --cert /root/pki/client.crt --key /root/pki/client.key"
+say "tls certificate-and-password=$(tlsget $cert -u "$pass" https://localhost:19361/metrics)"
+say "tls wrong-password=$(tlsget $cert -u prometheus:guess https://localhost:19361/metrics)"
+say "tls no-client-certificate=$(tlsget --cacert /root/pki/ca.crt -u "$pass" https://localhost:19361/metrics)"
+say "tls plain-http=$(tlsget -u "$pass" http://localhost:19361/metrics)"
+systemctl reload remote-vm.service
+sleep 2
+say "tls after-reload=$(tlsget $cert -u "$pass" https://localhost:19361/healthz)"
 rm -r /etc/systemd/system/remote-vm.service.d
 restart_with
 journalctl -u remote-vm.service --no-pager -o cat | while IFS= read -r line; do say "journal| $line"; done
@@ -195,6 +214,10 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     std::fs::write(tree.join("etc/systemd/system/rvm-capset.service"), CAPSET_UNIT)?;
     std::fs::write(tree.join("etc/systemd/system/rvm-degraded.service"), DEGRADED_UNIT)?;
     std::fs::write(tree.join("etc/rvm-degraded.toml"), DEGRADED_CONFIG)?;
+    // The TLS files and the scraper's password for the tls.conf check.
+    let pki = tree.join("root/pki");
+    webtest::write_pki(&pki)?;
+    std::fs::write(pki.join("password"), webtest::PASSWORD)?;
     chroot(&tree, &["systemctl", "enable", "remote-vm.service", "rvm-systemd-check.service"])?;
     std::fs::write(tree.join("etc/hostname"), "remote-vm-test\n")?;
     std::fs::write(tree.join("etc/fstab"), "/dev/vda / ext4 rw 0 1\n")?;
@@ -295,6 +318,17 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     expect("without the drop-in another network namespace cannot scrape", scraped("fleet without-dropin=") == Some(0));
     expect("with the fleet drop-in it can", scraped("fleet with-dropin=").is_some_and(|n| n > 100));
     expect("… only from the addresses IPAddressAllow= names", scraped("fleet other-allowed=") == Some(0));
+    expect("TLS under DynamicUser= with LoadCredential= (tls.conf): the service starts", has("tls active=active"));
+    expect("… a scrape with the client certificate and the password gets in", has("tls certificate-and-password=200"));
+    expect("… a wrong password answers 401", has("tls wrong-password=401"));
+    expect("… no client certificate: no handshake", has("tls no-client-certificate=000"));
+    expect("… plain HTTP answers 400", has("tls plain-http=400"));
+    expect("… systemctl reload re-reads the web config and keeps serving", has("tls after-reload=200"));
+    expect(
+        "… the journal says it serves https with client certificates and basic auth",
+        lines.iter().any(|l| l.starts_with("journal|") && l.contains("serving https://") && l.contains("client certificates RequireAndVerifyClientCert (1 CA), basic auth (1 users)")),
+    );
+    expect("… and that SIGHUP re-read the web config", lines.iter().any(|l| l.starts_with("journal|") && l.contains("SIGHUP: web config re-read: TLS")));
     expect("journalctl -p warning shows the degraded warning", has("journal-warning-degraded=yes"));
     expect("… and not the info lines", !has("journal-info-shown-as-warning=yes") && has("journal-info=yes"));
     expect("systemctl stop: clean exit", has("stopped result=success status=0"));
@@ -305,6 +339,6 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
         }
         bail!("the unit under systemd: {} checks failed; console in {}", failures.len(), console.display());
     }
-    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, reload, watchdog restart, capset denied → exit 1, journal priorities, upgrades under policy-rc.d, the fleet drop-in, clean stop)");
+    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, reload, watchdog restart, capset denied → exit 1, journal priorities, upgrades under policy-rc.d, the fleet drop-in, TLS and basic auth through LoadCredential=, clean stop)");
     Ok(())
 }

@@ -22,8 +22,15 @@ pub fn check(common: &Common, format: Format) -> ExitCode {
         .as_ref()
         .map_or("embedded defaults".to_string(), |p| p.display().to_string());
     let text = format == Format::Text;
+    let web = match crate::webconfig::Security::load(config.web_config_file.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
     if text {
         println!("config: ok ({source})");
+        if let Some(f) = &config.web_config_file {
+            println!("web config: ok ({}: {})", f.display(), web.summary);
+        }
     }
     logging::init(config.log_level.min(log::LevelFilter::Warn), config.log_format);
     let kernel = match Kernel::read(common.btf.as_deref()) {

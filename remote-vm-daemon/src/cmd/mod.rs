@@ -30,6 +30,10 @@ pub struct Common {
     /// Log level: error, warn, info, debug, trace (overrides the config's log.level).
     #[arg(long = "log.level", visible_alias = "log-level", env = "REMOTE_VM_LOG", value_name = "LEVEL", value_parser = parse_level)]
     pub log_level: Option<log::LevelFilter>,
+    /// TLS and basic auth: a web config file in Prometheus exporter-toolkit's
+    /// format (overrides the config's web.config_file; "" for none). Re-read on SIGHUP.
+    #[arg(long = "web.config.file", env = "REMOTE_VM_WEB_CONFIG_FILE", value_name = "FILE")]
+    pub web_config_file: Option<PathBuf>,
     /// Log line format: logfmt or json (overrides the config's log.format).
     #[arg(long = "log.format", value_name = "FORMAT", value_enum)]
     pub log_format: Option<crate::logging::Format>,
@@ -48,6 +52,9 @@ impl Common {
         }
         if let Some(format) = self.log_format {
             config.log_format = format;
+        }
+        if let Some(file) = &self.web_config_file {
+            config.web_config_file = (!file.as_os_str().is_empty()).then(|| file.clone());
         }
         Ok(config)
     }

@@ -80,15 +80,20 @@ fn bind_dual_stack(port: u16) -> std::io::Result<std::net::TcpListener> {
     }
 }
 
-pub fn run(common: &Common, web: &WebFlags) -> ExitCode {
+pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
     let mut config = match common.settle() {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    web.apply(&mut config);
+    flags.apply(&mut config);
     if let Some(twice) = config.listen.iter().enumerate().find_map(|(i, a)| config.listen[..i].contains(a).then_some(a)) {
         return fail(format!("--web.listen-address {twice} given twice"));
     }
+    // A bad web config fails before anything is bound or attached.
+    let web = match crate::webconfig::Security::load(config.web_config_file.as_deref()) {
+        Ok(w) => w,
+        Err(e) => return fail(e),
+    };
     logging::init(config.log_level, config.log_format);
     let notify = notify::Notifier::from_env();
     // Bind first: a taken port fails before anything is attached.
@@ -108,9 +113,11 @@ pub fn run(common: &Common, web: &WebFlags) -> ExitCode {
     let urls: Vec<String> = listeners
         .iter()
         .zip(&config.listen)
-        .map(|(l, addr)| format!("http://{}{}", l.local_addr().unwrap_or(*addr), config.telemetry_path))
+        .map(|(l, addr)| format!("{}://{}{}", web.scheme(), l.local_addr().unwrap_or(*addr), config.telemetry_path))
         .collect();
     let urls = urls.join(", ");
+    let web_summary = web.summary.clone();
+    let web = Arc::new(crate::webconfig::Switch::new(web));
     notify.status("attaching probes");
     let kernel = match Kernel::read(common.btf.as_deref()) {
         Ok(k) => k,
@@ -164,15 +171,16 @@ pub fn run(common: &Common, web: &WebFlags) -> ExitCode {
         hist_max_log2: config.hist_max_log2,
         scrape: Default::default(),
         telemetry_path: config.telemetry_path.clone(),
+        web: web.clone(),
     });
     let served = runtime.block_on(async {
         let listeners = listeners
             .into_iter()
             .map(|l| l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l)))
             .collect::<std::io::Result<Vec<_>>>()?;
-        log::info!("serving {urls}");
+        log::info!("serving {urls} ({web_summary})");
         notify.send(&format!("READY=1\nSTATUS=serving {urls}; {n} of {points} probes attached"));
-        tokio::spawn(reload_on_hangup(common.clone(), web.clone(), config.clone()));
+        tokio::spawn(reload_on_hangup(common.clone(), flags.clone(), config.clone(), web.clone()));
         if let Some(every) = watchdog_interval() {
             log::info!("systemd watchdog: WATCHDOG=1 every {:.1} s", every.as_secs_f64());
             tokio::spawn(async move {
@@ -215,9 +223,11 @@ fn watchdog_interval() -> Option<std::time::Duration> {
     (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
 }
 
-/// SIGHUP re-reads the config: the log level takes effect; what needs the
-/// probes re-attached or privileges (gone by now) is named and left as it is.
-async fn reload_on_hangup(common: Common, web: WebFlags, mut running: crate::config::Config) {
+/// SIGHUP re-reads the config: the log level and the web config (TLS
+/// certificates, users: for connections and requests from then on, the
+/// listeners kept) take effect; what needs the probes re-attached or
+/// privileges (gone by now) is named and left as it is.
+async fn reload_on_hangup(common: Common, flags: WebFlags, mut running: crate::config::Config, web: Arc<crate::webconfig::Switch>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         log::warn!("cannot install the SIGHUP handler: SIGHUP will be ignored");
@@ -227,12 +237,19 @@ async fn reload_on_hangup(common: Common, web: WebFlags, mut running: crate::con
         match common.settle() {
             Ok(mut new) => {
                 // Flags still override the file.
-                web.apply(&mut new);
+                flags.apply(&mut new);
                 if new.log_level != running.log_level {
                     logging::set_level(new.log_level);
                     running.log_level = new.log_level;
                 }
                 log::info!("SIGHUP: config re-read; log level {}", new.log_level);
+                match crate::webconfig::Security::load(new.web_config_file.as_deref()) {
+                    Ok(s) => {
+                        log::info!("SIGHUP: web config re-read: {} from the next connection", s.summary);
+                        web.replace(s);
+                    }
+                    Err(e) => log::error!("SIGHUP: web config not reloaded, the running one stays: {e}"),
+                }
                 let ignored = running.restart_only_changes(&new);
                 if !ignored.is_empty() {
                     log::warn!(

@@ -31,6 +31,13 @@ impl Running {
 
     /// `start` with more `run` flags after the usual ones.
     pub fn start_with(name: &str, config: &str, wrapper: &[&str], flags: &[&str]) -> Running {
+        let mut r = Running::spawn(name, config, wrapper, flags);
+        r.wait_ready(|addr| matches!(prom::get(addr, "/healthz"), Ok((200, _))));
+        r
+    }
+
+    /// The daemon started, not waited for.
+    pub fn spawn(name: &str, config: &str, wrapper: &[&str], flags: &[&str]) -> Running {
         let dir = std::env::temp_dir().join(format!("rvm-host-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let config_path = dir.join("config.toml");
@@ -50,16 +57,37 @@ impl Running {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn daemon");
-        let mut r = Running { child, addr, log, config: config_path };
+        Running { child, addr, log, config: config_path }
+    }
+
+    /// Waits until `ready(addr)` (30 s at most; panics with the log if the
+    /// daemon exits first).
+    pub fn wait_ready(&mut self, ready: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !matches!(prom::get(&r.addr, "/healthz"), Ok((200, _))) {
-            if let Some(status) = r.child.try_wait().unwrap() {
-                panic!("daemon exited early: {status}: {}", std::fs::read_to_string(&r.log).unwrap_or_default());
+        while !ready(&self.addr) {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("daemon exited early: {status}: {}", std::fs::read_to_string(&self.log).unwrap_or_default());
             }
             assert!(Instant::now() < deadline, "daemon did not serve within 30 s");
             std::thread::sleep(Duration::from_millis(20));
         }
-        r
+    }
+
+    /// The directory of its config (and whatever a test puts beside it).
+    pub fn dir(&self) -> std::path::PathBuf {
+        self.config.parent().unwrap().to_path_buf()
+    }
+
+    /// Waits up to `within` for `want` in the log.
+    pub fn wait_log(&self, within: Duration, want: &str) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log_text().contains(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// The daemon's process (a wrapper execs it: same pid).

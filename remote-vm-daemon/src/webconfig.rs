@@ -1,0 +1,508 @@
+//! `--web.config.file`: TLS and basic auth for the endpoint, in Prometheus
+//! exporter-toolkit's format (the file node_exporter takes), so a fleet's
+//! existing web config and Prometheus `scrape_config` work unchanged.
+//!
+//! What it supports, and what it refuses (one line naming the key) rather than
+//! ignore: see `README.md`, "TLS and basic auth". Relative paths are relative
+//! to the file's directory, as in exporter-toolkit (so with systemd's
+//! `LoadCredential=` the file and everything it names can sit in the
+//! credentials directory).
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError, RwLock},
+};
+
+use rustls::{
+    RootCertStore, ServerConfig, SupportedProtocolVersion,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use serde::Deserialize;
+
+/// The largest web config, certificate or key file read.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Verified (user, password) results kept, so a scrape every few seconds costs
+/// one bcrypt, not one per scrape.
+const AUTH_CACHE_ENTRIES: usize = 256;
+/// Checked for an unknown user, so that timing does not tell which users exist
+/// (bcrypt of "remote-vm: no such user" at cost 10, as users' hashes usually are).
+const UNKNOWN_USER_HASH: &str = "$2b$10$BIeV7kwbBsFcTqrJh5L7JeGW9GFUM8c/Z0vDTIP2k7HcY/3kKdozS";
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("web config {file}: {message}")]
+pub struct WebConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// What the web config says, ready to serve with.
+pub struct Security {
+    /// `None`: plain HTTP.
+    pub tls: Option<Arc<ServerConfig>>,
+    /// `None`: no authentication.
+    pub auth: Option<Arc<BasicAuth>>,
+    /// `http_server_config.headers`, added to every answer.
+    pub headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    /// One line for the log: what is on.
+    pub summary: String,
+}
+
+impl Security {
+    /// No web config: plain HTTP, no authentication.
+    pub fn plain() -> Security {
+        Security {
+            tls: None,
+            auth: None,
+            headers: Vec::new(),
+            summary: "plain HTTP, no authentication".into(),
+        }
+    }
+
+    /// `path`, or plain HTTP for `None`.
+    pub fn load(path: Option<&Path>) -> Result<Security, WebConfigError> {
+        match path {
+            None => Ok(Security::plain()),
+            Some(path) => {
+                let err = |message: String| WebConfigError {
+                    file: path.display().to_string(),
+                    message,
+                };
+                let text = read_bounded(path).map_err(|e| err(format!("cannot read: {e}")))?;
+                let text = String::from_utf8(text).map_err(|_| err("not UTF-8".into()))?;
+                let dir = path.parent().unwrap_or(Path::new("."));
+                Security::from_text(&text, dir).map_err(err)
+            }
+        }
+    }
+
+    /// The file's contents, its relative paths taken from `dir`.
+    fn from_text(text: &str, dir: &Path) -> Result<Security, String> {
+        let raw: RawFile = if text.trim().is_empty() {
+            RawFile::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| one_line(&e.to_string()))?
+        };
+        if raw.rate_limit.is_some() {
+            return Err(unsupported(
+                "rate_limit",
+                "/metrics renders are shared by concurrent scrapes and spaced by [web] min_render_interval_seconds instead",
+            ));
+        }
+        let mut on = Vec::new();
+        let tls = match raw.tls_server_config {
+            Some(t) if t.enabled() => {
+                let (config, said) = t.build(dir)?;
+                on.push(said);
+                Some(Arc::new(config))
+            }
+            _ => None,
+        };
+        if tls.is_none() {
+            on.push("plain HTTP".into());
+        }
+        let http = raw.http_server_config.unwrap_or_default();
+        let headers = http.headers()?;
+        let auth = match raw.basic_auth_users {
+            Some(users) if !users.is_empty() => {
+                on.push(format!("basic auth ({} users)", users.len()));
+                Some(Arc::new(BasicAuth::new(users)?))
+            }
+            _ => {
+                on.push("no authentication".into());
+                None
+            }
+        };
+        Ok(Security {
+            tls,
+            auth,
+            headers,
+            summary: on.join(", "),
+        })
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+/// The serving security, replaced on SIGHUP: new connections take the new
+/// TLS config, every request the new users and headers.
+pub struct Switch(RwLock<Arc<Security>>);
+
+impl Switch {
+    pub fn new(s: Security) -> Switch {
+        Switch(RwLock::new(Arc::new(s)))
+    }
+
+    pub fn current(&self) -> Arc<Security> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn replace(&self, s: Security) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(s);
+    }
+}
+
+/// Reads at most `MAX_FILE_BYTES` (a larger file is an error, not a truncation).
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!("larger than {MAX_FILE_BYTES} bytes")));
+    }
+    Ok(buf)
+}
+
+fn one_line(s: &str) -> String {
+    let first = s.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid YAML");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+fn unsupported(key: &str, why: &str) -> String {
+    format!("{key}: not supported by remote-vm ({why}); remove it")
+}
+
+/// The file as written (exporter-toolkit's keys; unknown keys are errors, as
+/// its strict parse makes them).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    tls_server_config: Option<RawTls>,
+    http_server_config: Option<RawHttp>,
+    basic_auth_users: Option<BTreeMap<String, String>>,
+    rate_limit: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Option<String>,
+    key: Option<String>,
+    client_ca: Option<String>,
+    cert_file: Option<String>,
+    key_file: Option<String>,
+    client_ca_file: Option<String>,
+    client_auth_type: Option<String>,
+    cipher_suites: Option<Vec<String>>,
+    curve_preferences: Option<Vec<String>>,
+    min_version: Option<String>,
+    max_version: Option<String>,
+    prefer_server_cipher_suites: Option<bool>,
+    client_allowed_sans: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    /// Accepted for compatibility: the endpoint speaks HTTP/1.1 only (no ALPN
+    /// h2), as exporter-toolkit with `http2: false`.
+    #[allow(dead_code)]
+    http2: Option<bool>,
+    headers: Option<BTreeMap<String, String>>,
+}
+
+/// exporter-toolkit's client auth types, and what each needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ClientAuth {
+    NoClientCert,
+    VerifyClientCertIfGiven,
+    RequireAndVerifyClientCert,
+}
+
+pub const CLIENT_AUTH_ALLOWED: &str = "NoClientCert, VerifyClientCertIfGiven or RequireAndVerifyClientCert";
+
+impl ClientAuth {
+    fn parse(v: &str) -> Result<ClientAuth, String> {
+        match v {
+            "" | "NoClientCert" => Ok(ClientAuth::NoClientCert),
+            "VerifyClientCertIfGiven" => Ok(ClientAuth::VerifyClientCertIfGiven),
+            "RequireAndVerifyClientCert" => Ok(ClientAuth::RequireAndVerifyClientCert),
+            "RequestClientCert" | "RequireAnyClientCert" | "RequireClientCert" => Err(unsupported(
+                &format!("tls_server_config.client_auth_type {v}"),
+                "a client certificate nobody verifies proves nothing; use VerifyClientCertIfGiven or RequireAndVerifyClientCert with client_ca_file",
+            )),
+            _ => Err(format!("tls_server_config.client_auth_type: invalid value {v:?}: expected {CLIENT_AUTH_ALLOWED}")),
+        }
+    }
+}
+
+impl RawTls {
+    /// exporter-toolkit's rule: any of these set turns TLS on.
+    fn enabled(&self) -> bool {
+        self.cert.is_some()
+            || self.cert_file.is_some()
+            || self.key.is_some()
+            || self.key_file.is_some()
+            || self.client_ca.is_some()
+            || self.client_ca_file.is_some()
+            || self.client_auth_type.as_deref().is_some_and(|t| !t.is_empty())
+    }
+
+    /// An inline value or the contents of a file (relative to `dir`).
+    fn pem(inline: &Option<String>, file: &Option<String>, name: &str, dir: &Path) -> Result<Option<(Vec<u8>, String)>, String> {
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(format!("tls_server_config: both {name} and {name}_file: give one")),
+            (Some(text), None) => Ok(Some((text.clone().into_bytes(), format!("tls_server_config.{name}")))),
+            (None, Some(f)) => {
+                let path = join(dir, f);
+                let bytes = read_bounded(&path)
+                    .map_err(|e| format!("tls_server_config.{name}_file {}: cannot read: {e}", path.display()))?;
+                Ok(Some((bytes, format!("tls_server_config.{name}_file {}", path.display()))))
+            }
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn build(&self, dir: &Path) -> Result<(ServerConfig, String), String> {
+        if self.client_allowed_sans.as_ref().is_some_and(|s| !s.is_empty()) {
+            return Err(unsupported(
+                "tls_server_config.client_allowed_sans",
+                "issue client certificates from a CA only for the scrapers, and name it in client_ca_file",
+            ));
+        }
+        let (cert, cert_from) = Self::pem(&self.cert, &self.cert_file, "cert", dir)?
+            .ok_or("tls_server_config: missing one of cert or cert_file")?;
+        let (key, key_from) =
+            Self::pem(&self.key, &self.key_file, "key", dir)?.ok_or("tls_server_config: missing one of key or key_file")?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert)
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("{cert_from}: not a PEM certificate: {e}"))?;
+        if chain.is_empty() {
+            return Err(format!("{cert_from}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"));
+        }
+        let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("{key_from}: no PEM private key in it: {e}"))?;
+
+        let mut provider = rustls::crypto::ring::default_provider();
+        if let Some(names) = &self.cipher_suites {
+            provider.cipher_suites = cipher_suites(&provider, names)?;
+        }
+        if let Some(names) = &self.curve_preferences {
+            provider.kx_groups = curves(&provider, names)?;
+        }
+        let provider = Arc::new(provider);
+        let versions = versions(self.min_version.as_deref(), self.max_version.as_deref())?;
+        let auth = ClientAuth::parse(self.client_auth_type.as_deref().unwrap_or(""))?;
+        let ca = Self::pem(&self.client_ca, &self.client_ca_file, "client_ca", dir)?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&versions)
+            .map_err(|e| format!("tls_server_config: {e}"))?;
+        let (builder, said) = match (auth, ca) {
+            (ClientAuth::NoClientCert, None) => (builder.with_no_client_auth(), "TLS".to_string()),
+            (ClientAuth::NoClientCert, Some(_)) => {
+                return Err("tls_server_config: client_ca set without a client_auth_type that verifies (VerifyClientCertIfGiven or RequireAndVerifyClientCert)".into());
+            }
+            (_, None) => return Err(format!("tls_server_config.client_auth_type {auth:?} needs client_ca_file (or client_ca)")),
+            (auth, Some((ca, ca_from))) => {
+                let mut roots = RootCertStore::empty();
+                let mut n = 0;
+                for c in CertificateDer::pem_slice_iter(&ca) {
+                    let c = c.map_err(|e| format!("{ca_from}: not a PEM certificate: {e}"))?;
+                    roots.add(c).map_err(|e| format!("{ca_from}: not a usable CA certificate: {e}"))?;
+                    n += 1;
+                }
+                if n == 0 {
+                    return Err(format!("{ca_from}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it"));
+                }
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+                let verifier = if auth == ClientAuth::VerifyClientCertIfGiven { verifier.allow_unauthenticated() } else { verifier };
+                let verifier = verifier.build().map_err(|e| format!("{ca_from}: {e}"))?;
+                (builder.with_client_cert_verifier(verifier), format!("TLS, client certificates {auth:?} ({n} CA)"))
+            }
+        };
+        let mut config = builder.with_single_cert(chain, key).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => format!("{key_from} is not the key of {cert_from}"),
+            e => format!("{cert_from} with {key_from}: {e}"),
+        })?;
+        config.ignore_client_order = self.prefer_server_cipher_suites.unwrap_or(true);
+        // HTTP/1.1 only.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok((config, said))
+    }
+}
+
+/// `TLS12`/`TLS13` bounds, as exporter-toolkit names them (default both).
+fn versions(min: Option<&str>, max: Option<&str>) -> Result<Vec<&'static SupportedProtocolVersion>, String> {
+    let rank = |key: &str, v: Option<&str>, default: u8| match v {
+        None => Ok(default),
+        Some("TLS12") => Ok(12),
+        Some("TLS13") => Ok(13),
+        Some(v @ ("TLS10" | "TLS11")) => Err(unsupported(&format!("tls_server_config.{key} {v}"), "TLS 1.2 is the oldest version served")),
+        Some(v) => Err(format!("tls_server_config.{key}: invalid value {v:?}: expected TLS12 or TLS13")),
+    };
+    let (lo, hi) = (rank("min_version", min, 12)?, rank("max_version", max, 13)?);
+    if lo > hi {
+        return Err("tls_server_config: min_version above max_version".into());
+    }
+    let mut out = Vec::new();
+    if (lo..=hi).contains(&13) {
+        out.push(&rustls::version::TLS13);
+    }
+    if (lo..=hi).contains(&12) {
+        out.push(&rustls::version::TLS12);
+    }
+    Ok(out)
+}
+
+/// TLS 1.2 suites by their IANA names (Go's, which are the same; as in Go
+/// they do not restrict TLS 1.3), in the order given.
+fn cipher_suites(provider: &CryptoProvider, names: &[String]) -> Result<Vec<rustls::SupportedCipherSuite>, String> {
+    let tls12: Vec<_> = provider.cipher_suites.iter().filter(|s| s.tls13().is_none()).collect();
+    let name = |s: &rustls::SupportedCipherSuite| s.suite().as_str().unwrap_or("?").to_string();
+    let mut out: Vec<_> = provider.cipher_suites.iter().filter(|s| s.tls13().is_some()).copied().collect();
+    for n in names {
+        // Go also calls the ChaCha20 suites without their hash.
+        let full = if n.ends_with("CHACHA20_POLY1305") { format!("{n}_SHA256") } else { n.clone() };
+        match tls12.iter().find(|s| name(s) == full) {
+            Some(s) => out.push(**s),
+            None => {
+                let known: Vec<String> = tls12.iter().map(|s| name(s)).collect();
+                return Err(format!(
+                    "tls_server_config.cipher_suites: {n:?} is not one of the TLS 1.2 suites served: {}",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Key exchange groups by Go's names, in the order given.
+fn curves(provider: &CryptoProvider, names: &[String]) -> Result<Vec<&'static dyn rustls::crypto::SupportedKxGroup>, String> {
+    use rustls::NamedGroup;
+    let mut out = Vec::new();
+    for n in names {
+        let group = match n.as_str() {
+            "X25519" => NamedGroup::X25519,
+            "CurveP256" => NamedGroup::secp256r1,
+            "CurveP384" => NamedGroup::secp384r1,
+            _ => {
+                return Err(format!(
+                    "tls_server_config.curve_preferences: {n:?} is not one of the groups served: X25519, CurveP256, CurveP384"
+                ));
+            }
+        };
+        if let Some(g) = provider.kx_groups.iter().find(|g| g.name() == group) {
+            out.push(*g);
+        }
+    }
+    if out.is_empty() {
+        return Err("tls_server_config.curve_preferences: empty".into());
+    }
+    Ok(out)
+}
+
+/// exporter-toolkit's settable headers and their allowed values (none listed:
+/// any value).
+const SETTABLE_HEADERS: &[(&str, &[&str])] = &[
+    ("Strict-Transport-Security", &[]),
+    ("X-Content-Type-Options", &["nosniff"]),
+    ("X-Frame-Options", &["deny", "sameorigin"]),
+    ("X-XSS-Protection", &[]),
+    ("Content-Security-Policy", &[]),
+];
+
+impl RawHttp {
+    fn headers(&self) -> Result<Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>, String> {
+        let mut out = Vec::new();
+        for (name, value) in self.headers.iter().flatten() {
+            let Some((_, allowed)) = SETTABLE_HEADERS.iter().find(|(n, _)| n == name) else {
+                let names: Vec<_> = SETTABLE_HEADERS.iter().map(|(n, _)| *n).collect();
+                return Err(format!("http_server_config.headers: {name:?} cannot be set (only {})", names.join(", ")));
+            };
+            if !allowed.is_empty() && !allowed.contains(&value.as_str()) {
+                return Err(format!("http_server_config.headers.{name}: invalid value {value:?}: expected one of {}", allowed.join(", ")));
+            }
+            let n = hyper::header::HeaderName::from_bytes(name.as_bytes()).map_err(|e| format!("http_server_config.headers: {name:?}: {e}"))?;
+            let v = hyper::header::HeaderValue::from_str(value)
+                .map_err(|_| format!("http_server_config.headers.{name}: {value:?} is not a header value"))?;
+            out.push((n, v));
+        }
+        Ok(out)
+    }
+}
+
+/// `dir`/`f` unless `f` is absolute.
+fn join(dir: &Path, f: &str) -> PathBuf {
+    let p = Path::new(f);
+    if p.is_absolute() { p.to_path_buf() } else { dir.join(p) }
+}
+
+/// `basic_auth_users`: bcrypt hashes, checked one at a time off the serving
+/// thread, results cached by a digest of (user, hash, password).
+pub struct BasicAuth {
+    users: BTreeMap<String, String>,
+    cache: Mutex<HashMap<[u8; 32], bool>>,
+    /// bcrypt is slow on purpose: one check at a time, whatever the number of
+    /// clients (which `[web] max_connections` bounds).
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+impl BasicAuth {
+    fn new(users: BTreeMap<String, String>) -> Result<BasicAuth, String> {
+        for (user, hash) in &users {
+            hash.parse::<bcrypt::HashParts>()
+                .map_err(|e| format!("basic_auth_users.{user}: not a bcrypt hash ({e}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"))?;
+        }
+        Ok(BasicAuth {
+            users,
+            cache: Mutex::new(HashMap::new()),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether an `Authorization` header lets the request in.
+    pub async fn allows(&self, header: Option<&hyper::header::HeaderValue>) -> bool {
+        let Some((user, password)) = header.and_then(|h| parse_basic(h.as_bytes())) else {
+            return false;
+        };
+        let known = self.users.get(&user);
+        let hash = known.map(String::as_str).unwrap_or(UNKNOWN_USER_HASH);
+        let key = digest(&[user.as_bytes(), hash.as_bytes(), &password]);
+        if let Some(ok) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return *ok && known.is_some();
+        }
+        let ok = {
+            let _one = self.one_at_a_time.lock().await;
+            let hash = hash.to_string();
+            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await.unwrap_or(false)
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= AUTH_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, ok);
+        ok && known.is_some()
+    }
+}
+
+/// SHA-256 over the parts, each length-prefixed.
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for p in parts {
+        ctx.update(&(p.len() as u64).to_le_bytes());
+        ctx.update(p);
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// `Basic base64(user:password)`: the user (UTF-8, no colon) and password bytes.
+fn parse_basic(h: &[u8]) -> Option<(String, Vec<u8>)> {
+    use base64::Engine;
+    let h = std::str::from_utf8(h).ok()?;
+    let (scheme, creds) = h.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(creds.trim()).ok()?;
+    let colon = raw.iter().position(|b| *b == b':')?;
+    let user = String::from_utf8(raw[..colon].to_vec()).ok()?;
+    Some((user, raw[colon + 1..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests;

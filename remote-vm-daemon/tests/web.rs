@@ -1,0 +1,224 @@
+//! `--web.config.file` on the running daemon: TLS with client certificates
+//! and basic auth on every path, plain HTTP refused, certificate rotation on
+//! SIGHUP with the listener kept, the head deadline and the connection cap
+//! applied to handshakes, and bad files refused with one line. Certificates
+//! and hashes are made by the tests (`remote_vm_testkit::pki`). The served
+//! ones need root and BPF (`cargo xtask test`); the refusals do not.
+use std::{
+    io::Read,
+    net::TcpStream,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+mod common;
+
+use common::{DAEMON, Running};
+use remote_vm_testkit::{
+    pki::{self, Ask, Outcome, Pki},
+    prom,
+};
+
+const PASSWORD: &str = "correct horse";
+
+/// The test PKI and a web config beside it: TLS, client certificates
+/// required from the client CA, user `alice`.
+fn setup(name: &str, extra: &str) -> (Pki, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("rvm-web-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let p = Pki::write(&dir).unwrap();
+    let hash = bcrypt::hash(PASSWORD, 4).unwrap();
+    let yml = p.path("web.yml");
+    std::fs::write(
+        &yml,
+        format!(
+            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client-ca.crt\n{extra}basic_auth_users:\n  alice: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+    (p, yml)
+}
+
+fn ask<'a>(paths: &'a [std::path::PathBuf; 3], user: Option<(&'a str, &'a str)>) -> Ask<'a> {
+    Ask {
+        ca: Some(&paths[0]),
+        client: Some((&paths[1], &paths[2])),
+        user,
+    }
+}
+
+fn files(p: &Pki) -> [std::path::PathBuf; 3] {
+    [p.path("server-ca.crt"), p.path("client.crt"), p.path("client.key")]
+}
+
+fn start(name: &str, config: &str, yml: &Path, p: &Pki) -> Running {
+    let mut d = Running::spawn(name, config, &[], &["--web.config.file", yml.to_str().unwrap()]);
+    let f = files(p);
+    let a = ask(&f, Some(("alice", PASSWORD)));
+    d.wait_ready(|addr| matches!(pki::get(addr, "/healthz", &a), Ok((Outcome::Answer(200, _), _))));
+    d
+}
+
+fn status(addr: &str, path: &str, a: &Ask) -> Outcome {
+    pki::get(addr, path, a).unwrap().0
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn tls_client_certificates_and_basic_auth_guard_every_path() {
+    let (p, yml) = setup("guard", "");
+    let d = start("guard", "", &yml, &p);
+    let f = files(&p);
+    for path in ["/metrics", "/healthz", "/stalls", "/"] {
+        match status(&d.addr, path, &ask(&f, Some(("alice", PASSWORD)))) {
+            Outcome::Answer(200, body) => {
+                if path == "/metrics" {
+                    assert!(body.contains(remote_vm_common::catalog::BUILD_INFO.name), "{body}");
+                }
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+        for user in [Some(("alice", "wrong")), Some(("mallory", PASSWORD)), None] {
+            match status(&d.addr, path, &ask(&f, user)) {
+                Outcome::Answer(401, _) => {}
+                other => panic!("{path} as {user:?}: {other:?}"),
+            }
+        }
+    }
+    // Without a client certificate, and with one from another CA: no handshake.
+    let no_cert = Ask { client: None, ..ask(&f, Some(("alice", PASSWORD))) };
+    assert!(matches!(status(&d.addr, "/metrics", &no_cert), Outcome::Refused(_)));
+    let (sc, sk) = (p.path("stranger.crt"), p.path("stranger.key"));
+    let stranger = Ask { client: Some((&sc, &sk)), ..ask(&f, Some(("alice", PASSWORD))) };
+    assert!(matches!(status(&d.addr, "/metrics", &stranger), Outcome::Refused(_)));
+    // Plain HTTP to the TLS port: 400 saying why.
+    let (code, body) = prom::get(&d.addr, "/metrics").unwrap();
+    assert_eq!((code, body.as_str()), (400, "Client sent an HTTP request to an HTTPS server.\n"));
+    // The served certificate is the configured one.
+    let (_, cert) = pki::get(&d.addr, "/healthz", &ask(&f, Some(("alice", PASSWORD)))).unwrap();
+    assert_eq!(cert.unwrap(), pki::cert_der(&p.path("server.crt")).unwrap());
+    let log = d.log_text();
+    assert!(
+        log.contains(&format!("serving https://{}/metrics (TLS, client certificates RequireAndVerifyClientCert (1 CA), basic auth (1 users))", d.addr)),
+        "{log}"
+    );
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn sighup_rotates_the_certificate_and_keeps_the_listener() {
+    let (p, yml) = setup("rotate", "");
+    let d = start("rotate", "", &yml, &p);
+    let f = files(&p);
+    let a = ask(&f, Some(("alice", PASSWORD)));
+    let served = || pki::get(&d.addr, "/healthz", &a).map(|(o, c)| (o, c.unwrap_or_default()));
+    assert_eq!(served().unwrap().1, pki::cert_der(&p.path("server.crt")).unwrap());
+    // A client connected before the rotation and idle through it.
+    let idle = TcpStream::connect(&d.addr).unwrap();
+    // Rotation as certbot does it: new files at the same paths, then SIGHUP.
+    std::fs::copy(p.path("rotated.crt"), p.path("server.crt")).unwrap();
+    std::fs::copy(p.path("rotated.key"), p.path("server.key")).unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.wait_log(Duration::from_secs(5), "SIGHUP: web config re-read: TLS"), "{}", d.log_text());
+    // The rotated certificate is served (a client trusting only its CA
+    // connects), by the same process on the same listener.
+    let rotated_ca = p.path("rotated-ca.crt");
+    let trusting_rotated = Ask { ca: Some(&rotated_ca), ..a.clone() };
+    let (o, cert) = pki::get(&d.addr, "/healthz", &trusting_rotated).unwrap();
+    assert!(matches!(o, Outcome::Answer(200, _)), "{o:?}");
+    assert_eq!(cert.unwrap(), pki::cert_der(&p.path("rotated.crt")).unwrap());
+    assert!(matches!(served().unwrap().0, Outcome::Refused(_)), "the old CA no longer verifies");
+    drop(idle);
+    // A broken file on the next SIGHUP: logged, the rotated one stays.
+    std::fs::write(p.path("server.key"), "-----BEGIN PRIVATE KEY-----\nbroken\n-----END PRIVATE KEY-----\n").unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.wait_log(Duration::from_secs(5), "SIGHUP: web config not reloaded, the running one stays: web config"), "{}", d.log_text());
+    let (o, cert) = pki::get(&d.addr, "/healthz", &trusting_rotated).unwrap();
+    assert!(matches!(o, Outcome::Answer(200, _)), "{o:?}");
+    assert_eq!(cert.unwrap(), pki::cert_der(&p.path("rotated.crt")).unwrap());
+    // Users change on SIGHUP too, for connections already open as well.
+    std::fs::copy(p.path("rotated.key"), p.path("server.key")).unwrap();
+    let yml_text = std::fs::read_to_string(&yml).unwrap();
+    let bob = format!("  bob: '{}'\n", bcrypt::hash("bobs", 4).unwrap());
+    std::fs::write(&yml, format!("{yml_text}{bob}")).unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.wait_log(Duration::from_secs(5), "basic auth (2 users) from the next connection"), "{}", d.log_text());
+    let as_bob = Ask { user: Some(("bob", "bobs")), ..trusting_rotated.clone() };
+    assert!(matches!(status(&d.addr, "/metrics", &as_bob), Outcome::Answer(200, _)));
+    assert_eq!(d.stop(), 0, "the same process served throughout");
+}
+
+/// Whether the server closed `s` within `within`.
+fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn the_head_deadline_and_the_connection_cap_apply_to_handshakes() {
+    let (p, yml) = setup("limits", "");
+    let d = start("limits", "[web]\nmax_connections = 2\nheader_timeout_seconds = 1\n", &yml, &p);
+    let f = files(&p);
+    // A client that connects and never starts its handshake is closed at the deadline.
+    let mut silent = TcpStream::connect(&d.addr).unwrap();
+    let t = Instant::now();
+    assert!(closed_by_server(&mut silent, Duration::from_secs(5)));
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    // Two silent clients fill the cap; a real scrape still gets in (the
+    // oldest without a request makes room), twice.
+    let mut held: Vec<TcpStream> = (0..2).map(|_| TcpStream::connect(&d.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    for _ in 0..2 {
+        assert!(matches!(status(&d.addr, "/metrics", &ask(&f, Some(("alice", PASSWORD)))), Outcome::Answer(200, _)));
+    }
+    assert!(closed_by_server(&mut held[0], Duration::from_millis(500)), "the oldest silent client was not closed");
+    assert!(d.wait_log(Duration::from_secs(2), "connections open (web.max_connections): closed the oldest idle one"));
+    assert_eq!(d.stop(), 0);
+}
+
+/// `run` and `check` with `yml`: exit 1, and the one stderr line.
+fn refused(args: &[&str], yml: &Path) -> String {
+    let out = Command::new(DAEMON)
+        .args(args)
+        .args(["--web.config.file", yml.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err.trim_end().to_string()
+}
+
+#[test]
+fn a_bad_web_config_is_one_line_and_exit_1_before_anything_runs() {
+    let (p, yml) = setup("bad", "");
+    let name = yml.display();
+    let cases: Vec<(String, String)> = vec![
+        ("tls_server_config:\n  cert_file: none.crt\n  key_file: server.key\n".into(), format!("tls_server_config.cert_file {}: cannot read: ", p.path("none.crt").display())),
+        ("tls_server_config:\n  cert_file: server.crt\n  key_file: rotated.key\n".into(), format!("tls_server_config.key_file {} is not the key of", p.path("rotated.key").display())),
+        ("basic_auth_users:\n  alice: hunter2\n".into(), "basic_auth_users.alice: not a bcrypt hash".into()),
+        ("tls_server_config:\n  cert_file: server.key\n  key_file: server.key\n".into(), format!("tls_server_config.cert_file {}: no PEM certificate", p.path("server.key").display())),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&yml, &text).unwrap();
+        for cmd in [&["run", "--listen", "127.0.0.1:1"][..], &["check"]] {
+            let line = refused(cmd, &yml);
+            assert!(line.starts_with(&format!("remote-vm-daemon: web config {name}: {want}")), "{cmd:?} {text}: {line}");
+        }
+    }
+    let missing = p.path("absent.yml");
+    let line = refused(&["check"], &missing);
+    assert!(line.starts_with(&format!("remote-vm-daemon: web config {}: cannot read: ", missing.display())), "{line}");
+}
