@@ -392,6 +392,7 @@ mod tests {
         let c = Config::defaults();
         assert_eq!(c.listen, ["127.0.0.1:19361".parse().unwrap()]);
         assert_eq!(c.telemetry_path, "/metrics");
+        assert_eq!(c.web_config_file, None);
         assert_eq!(c.log_level, log::LevelFilter::Info);
         assert_eq!(c.log_format, crate::logging::Format::Logfmt);
         assert_eq!((c.hist_min_log2, c.hist_max_log2), (9, 34));
@@ -403,6 +404,26 @@ mod tests {
         );
         assert_eq!(c.probes.keys().copied().collect::<Vec<_>>(), Family::ALL.to_vec());
         assert!(c.probes.values().all(|c| *c == Choice::Auto));
+    }
+
+    #[test]
+    fn the_web_config_file_is_an_absolute_path_or_none() {
+        let c = parse("[web]\nconfig_file = \"/etc/remote-vm/web-config.yml\"\n").unwrap();
+        assert_eq!(c.web_config_file, Some("/etc/remote-vm/web-config.yml".into()));
+        assert_eq!(parse("[web]\nconfig_file = \"\"\n").unwrap().web_config_file, None);
+        for bad in ["\"web.yml\"", "1", "[\"/a\"]"] {
+            assert_eq!(
+                parse(&format!("[web]\nconfig_file = {bad}\n")),
+                Err(ConfigError::Value {
+                    source_name: "t.toml".into(),
+                    key: "web.config_file".into(),
+                    value: bad.into(),
+                    allowed: WEB_CONFIG_FILE_ALLOWED.into(),
+                })
+            );
+        }
+        // Applied on SIGHUP: not a restart-only change.
+        assert!(Config::defaults().restart_only_changes(&c).is_empty());
     }
 
     #[test]

@@ -353,11 +353,8 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limit
                                 l.log(|| format!("TLS handshake with {peer} failed: {why}"));
                             }
                         }
-                        Err(_) => {
-                            if let Ok(mut l) = tls_log.lock() {
-                                l.log(|| format!("TLS handshake with {peer}: no handshake within {:?} (web.header_timeout_seconds): closed", limits.header_timeout));
-                            }
-                        }
+                        // As an idle plain connection: closed, not worth a warning.
+                        Err(_) => log::debug!("{peer}: no TLS handshake within {:?} (web.header_timeout_seconds): closed", limits.header_timeout),
                     }
                 }
             }

@@ -66,7 +66,7 @@ impl Security {
             None => Ok(Security::plain()),
             Some(path) => {
                 let err = |message: String| WebConfigError {
-                    file: path.display().to_string(),
+                    file: printable(&path.display().to_string()),
                     message,
                 };
                 let text = read_bounded(path).map_err(|e| err(format!("cannot read: {e}")))?;
@@ -77,8 +77,13 @@ impl Security {
         }
     }
 
-    /// The file's contents, its relative paths taken from `dir`.
-    fn from_text(text: &str, dir: &Path) -> Result<Security, String> {
+    /// The file's contents, its relative paths taken from `dir` (the error:
+    /// one printable line, without the file's name).
+    pub fn from_text(text: &str, dir: &Path) -> Result<Security, String> {
+        Security::parse(text, dir).map_err(|e| printable(&e))
+    }
+
+    fn parse(text: &str, dir: &Path) -> Result<Security, String> {
         let raw: RawFile = if text.trim().is_empty() {
             RawFile::default()
         } else {
@@ -154,6 +159,12 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
         return Err(std::io::Error::other(format!("larger than {MAX_FILE_BYTES} bytes")));
     }
     Ok(buf)
+}
+
+/// `s` with control characters escaped: names and paths from the file (or
+/// the command line) cannot break the one line an error is.
+fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 fn one_line(s: &str) -> String {
@@ -444,7 +455,7 @@ impl BasicAuth {
     fn new(users: BTreeMap<String, String>) -> Result<BasicAuth, String> {
         for (user, hash) in &users {
             hash.parse::<bcrypt::HashParts>()
-                .map_err(|e| format!("basic_auth_users.{user}: not a bcrypt hash ({e}); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"))?;
+                .map_err(|_| format!("basic_auth_users.{user}: not a bcrypt hash ($2y$10$ and 53 characters); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"))?;
         }
         Ok(BasicAuth {
             users,
