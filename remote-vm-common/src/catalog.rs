@@ -729,3 +729,9 @@ mod tests {
         assert!(Values::Free.contains("6.18.0"));
     }
 }
+
+/// `remote-vm-daemon compare --mode auto` fetches every raw sample of the range
+/// up to this many expected samples (some 250 MB of JSON, below Prometheus'
+/// default `query.max-samples` of 50 million), and asks the engine for chunk
+/// summaries past it. Here, where the tests that hold it to that find it.
+pub const COMPARE_AUTO_RAW_MAX_SAMPLES: f64 = 5_000_000.0;

@@ -42,16 +42,42 @@ pub enum Command {
     },
     /// Print the embedded default config.
     Defaults,
-    /// The fleet's A/B table from an existing Prometheus: remote reads by path and
-    /// fallback reason, grouped by kernel (patched, release), with hosts per group.
-    /// Counts are exact counter increases from the raw samples (resets included).
+    /// The fleet's A/B table from an existing Prometheus (or a compatible engine:
+    /// VictoriaMetrics, …): remote reads by path and fallback reason, grouped by
+    /// the kernel (patched, release) each host ran at each sample, with hosts per
+    /// group. Counts are exact counter increases (resets included).
     Compare {
-        /// Base URL of the Prometheus, e.g. http://localhost:9090
+        /// Base URL of the engine, e.g. http://localhost:9090 or https://[::1]:9090/prefix
         #[arg(long, value_name = "URL")]
         prometheus: String,
-        /// How far back from now: 30m, 1h, 7d, …
+        /// How far back from --end: 30m, 1h, 7d, …
         #[arg(long, default_value = "1h")]
         range: String,
+        /// The range's end: Unix seconds, or now.
+        #[arg(long, default_value = "now", value_name = "TIME")]
+        end: String,
+        /// raw: every raw sample (one query per counter; small fleets and ranges);
+        /// chunked: the engine summarises time chunks, raw samples only for chunks
+        /// with a reset or a kernel change (large fleets); auto: by the expected
+        /// sample count. Both give the same counts.
+        #[arg(long, value_enum, default_value = "auto")]
+        mode: compare::Mode,
+        /// chunked mode's chunk, e.g. 1h (default: sized from the expected sample count).
+        #[arg(long, value_name = "DURATION")]
+        chunk: Option<String>,
+        /// PEM CA certificates for an https engine, instead of the system's roots.
+        #[arg(long, value_name = "FILE")]
+        ca_file: Option<std::path::PathBuf>,
+        /// Basic auth user (the password from --basic-auth-password-file).
+        #[arg(long, value_name = "USER")]
+        basic_auth_user: Option<String>,
+        /// A file holding the basic auth password (not on the command line, where
+        /// any local user sees it).
+        #[arg(long, value_name = "FILE")]
+        basic_auth_password_file: Option<std::path::PathBuf>,
+        /// A file holding a bearer token.
+        #[arg(long, value_name = "FILE")]
+        bearer_token_file: Option<std::path::PathBuf>,
         /// Label matchers for every series, e.g. 'job="remote-vm"'.
         #[arg(long, default_value = "")]
         selector: String,

@@ -40,20 +40,44 @@ fn main() -> ExitCode {
         Command::Compare {
             prometheus,
             range,
+            end,
+            mode,
+            chunk,
+            ca_file,
+            basic_auth_user,
+            basic_auth_password_file,
+            bearer_token_file,
             selector,
             format,
         } => {
-            let result = compare::Prometheus::parse(&prometheus).and_then(|p| {
-                let range_s = compare::parse_range(&range)?;
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
-                compare::compare(&p, range_s, &selector, now)
+            let connection = compare::Connection {
+                url: prometheus,
+                ca_file,
+                basic_auth_user,
+                basic_auth_password_file,
+                bearer_token_file,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            let end = match compare::parse_end(&end, now) {
+                Ok(e) => e,
+                Err(e) => return fail(e),
+            };
+            let result = connection.open().and_then(|p| {
+                let req = compare::Request {
+                    range_s: compare::parse_range(&range)?,
+                    selector: &selector,
+                    end,
+                    mode,
+                    chunk_s: chunk.as_deref().map(compare::parse_chunk).transpose()?,
+                };
+                compare::compare(&p, &req)
             });
             match result {
-                Ok(groups) => {
-                    print!("{}", compare::render(&groups, format, &range));
+                Ok(c) => {
+                    print!("{}", compare::render(&c, format, &range));
                     ExitCode::from(EXIT_OK)
                 }
                 Err(e) => fail(e),

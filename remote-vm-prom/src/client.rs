@@ -39,6 +39,9 @@ pub struct Options {
     /// Credentials for every request. `http://USER:PASSWORD@HOST/` in the base
     /// URL gives basic auth too; this wins over that.
     pub auth: Option<Auth>,
+    /// PEM CA certificates to check https servers against instead of the
+    /// system's roots (`--ca-file`).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for Options {
@@ -49,6 +52,7 @@ impl Default for Options {
             timeout: Duration::from_secs(60),
             max_body: 64 << 20,
             auth: None,
+            ca_pem: None,
         }
     }
 }
@@ -89,7 +93,24 @@ impl Client {
         });
         // The system's roots are read when the first https request is made,
         // not here: plain http works where there are none.
-        let tls = TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build();
+        let roots = match &options.ca_pem {
+            None => RootCerts::PlatformVerifier,
+            Some(pem) => {
+                let certs = ureq::tls::parse_pem(pem)
+                    .filter_map(|item| match item {
+                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(Ok(c)),
+                        Ok(_) => None,
+                        Err(e) => Some(Err(e)),
+                    })
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| Error::Url { url: base.to_string(), reason: format!("the CA file: {e}") })?;
+                if certs.is_empty() {
+                    return Err(Error::Url { url: base.to_string(), reason: "the CA file has no PEM certificate".into() });
+                }
+                RootCerts::new_with_certs(&certs)
+            }
+        };
+        let tls = TlsConfig::builder().root_certs(roots).build();
         let agent = Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)

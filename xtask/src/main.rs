@@ -10,6 +10,7 @@ mod btf_testdata;
 mod cpio;
 mod dashboards;
 mod deb;
+mod fleettest;
 mod fuzz;
 mod kbuild;
 mod kernels;
@@ -102,6 +103,18 @@ enum Cmd {
     /// The endpoint over TLS with client certificates and basic auth (openssl,
     /// htpasswd): curl and Debian's Prometheus against the host daemon.
     WebTest,
+    /// `compare` at fleet scale on Debian's Prometheus 2.42, a Prometheus 3.x and
+    /// VictoriaMetrics: a synthetic fleet backfilled into each, known totals in
+    /// both modes, the raw mode refused under a lowered sample limit, every
+    /// dashboard and rule expression evaluated.
+    FleetTest {
+        /// Hosts in the synthetic fleet (`cargo xtask test` runs 1000).
+        #[arg(long, default_value_t = 1000)]
+        hosts: usize,
+        /// Days of 5-minute samples.
+        #[arg(long, default_value_t = 7)]
+        days: u64,
+    },
     /// `remote-vm-daemon top` in tmux against a daemon in the unpatched VM during a known stall.
     TopTest,
     /// The fuzz targets of fuzz/ (BTF, config, Prometheus answers): replay the
@@ -250,6 +263,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             build(&root)?;
             toptest::run(&root)
         }
+        Cmd::FleetTest { hosts, days } => {
+            setup::setup(setup::Purpose::Test)?;
+            build(&root)?;
+            fleettest::run(&root, &fleettest::Args { hosts, days })
+        }
         Cmd::WebTest => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
@@ -326,6 +344,8 @@ fn test(root: &Path) -> Result<()> {
     promtest::dashboard_test(root)?;
     say!("web: TLS and basic auth (--web.config.file) against curl and Prometheus");
     webtest::test(root)?;
+    say!("fleet: compare on Prometheus 2 and 3 and VictoriaMetrics, 1000 synthetic hosts over 7 days");
+    fleettest::run(root, &fleettest::Args { hosts: 1000, days: 7 })?;
     say!("package: unit and .deb");
     deb::test(root)?;
     let pair = vm::shared_kernels(root);

@@ -1,16 +1,38 @@
 //! `remote-vm-daemon compare`: the fleet's A/B table, asked of an existing
 //! Prometheus (the fleet's aggregation engine; nothing is collected here).
 //!
-//! Counts are exact: for every series the raw samples of the range are fetched
-//! and the counter's increase is summed from them, counter resets (daemon
-//! restarts) included — not `increase()`, which extrapolates to the range's ends.
-//! So the table equals what the daemons exported between the first and last
-//! sample Prometheus has in the range.
+//! Counts are exact: the counter's steps between consecutive samples of the
+//! range are summed, a reset (daemon restart) counting the new value — not
+//! `increase()`, which extrapolates to the range's ends. Each step goes to the
+//! kernel group its host ran when the step's sample was scraped (`tally`), so a
+//! host rebooted into another kernel counts in both groups for its own times,
+//! and a host that left counts for the time it was there.
+//!
+//! Two ways to ask, with the same answer (`--mode`):
+//! - `raw`: every raw sample of the range, in one query per counter. The
+//!   engine loads them all at once: past some fleet size and range it refuses
+//!   (Prometheus' `query.max-samples`).
+//! - `chunked`: the range in chunks; per chunk and series the engine answers
+//!   the last and the lowest value and the resets (`last_over_time`,
+//!   `min_over_time`, `resets`), which give the exact increase where the chunk
+//!   has no reset (the lowest value is then the first); raw samples are
+//!   fetched only for the chunks of a series with a reset or whose host ran
+//!   two kernels in it.
+//!
+//! `auto` takes `raw` when the expected sample count is small.
 use remote_vm_common::catalog as cat;
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::PathBuf,
+    time::Duration,
+};
 
-use remote_vm_prom::{Client, Options};
+use remote_vm_prom::{Auth, Client, Options};
 use serde_json::Value;
+
+mod tally;
+
+use tally::{Host, Kernel, Kernels, Tally};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
@@ -29,6 +51,11 @@ pub enum CompareError {
     /// An answer that is not what Prometheus sends for a counter.
     #[error("the answer to {what}: {reason}")]
     BadAnswer { what: String, reason: String },
+    /// A credentials or CA file that cannot be read.
+    #[error("{flag} {path}: {reason}")]
+    File { flag: &'static str, path: String, reason: String },
+    #[error("--chunk {0}: expected a duration such as 1h or 1d, at least 1m")]
+    Chunk(String),
     /// Unreachable, timed out, an HTTP error, a failed query: each names the URL.
     #[error(transparent)]
     Prometheus(remote_vm_prom::Error),
@@ -41,6 +68,93 @@ pub enum Format {
     Markdown,
 }
 
+/// How `compare` asks the engine (see the module's documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `raw` when at most [`AUTO_RAW_MAX_SAMPLES`] samples are expected, else `chunked`.
+    Auto,
+    /// Every raw sample of the range.
+    Raw,
+    /// The engine summarises time chunks; raw samples only where needed.
+    Chunked,
+}
+
+/// `auto` takes `raw` up to this many expected raw samples.
+pub const AUTO_RAW_MAX_SAMPLES: f64 = cat::COMPARE_AUTO_RAW_MAX_SAMPLES;
+/// `chunked` sizes its chunks for about this many samples per query.
+pub const CHUNK_SAMPLES: f64 = 500_000.0;
+/// Hosts per query for the raw samples of chunks that need them (the query
+/// names them in a regular expression: keeps URLs short).
+const RAW_BATCH: usize = 50;
+
+/// How to reach the engine (`--prometheus`, `--ca-file`, credentials from files).
+#[derive(Debug, Default, Clone)]
+pub struct Connection {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub basic_auth_user: Option<String>,
+    pub basic_auth_password_file: Option<PathBuf>,
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+/// A secret from a file: its contents without the trailing newline (bounded).
+fn secret(flag: &'static str, path: &PathBuf) -> Result<String, CompareError> {
+    use std::io::Read;
+    let err = |reason: String| CompareError::File { flag, path: path.display().to_string(), reason };
+    let mut buf = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(65_537).read_to_end(&mut buf))
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    if buf.len() > 65_536 {
+        return Err(err("larger than 64 KiB".into()));
+    }
+    let text = String::from_utf8(buf).map_err(|_| err("not UTF-8".into()))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text);
+    if text.is_empty() || text.contains(['\n', '\r']) {
+        return Err(err("expected one line".into()));
+    }
+    Ok(text.to_string())
+}
+
+impl Connection {
+    /// The client, credentials and CA read from their files.
+    pub fn open(&self) -> Result<Prometheus, CompareError> {
+        let auth = match (&self.basic_auth_user, &self.basic_auth_password_file, &self.bearer_token_file) {
+            (_, _, Some(_)) if self.basic_auth_user.is_some() || self.basic_auth_password_file.is_some() => {
+                return Err(CompareError::File {
+                    flag: "--bearer-token-file",
+                    path: self.bearer_token_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    reason: "give either basic auth or a bearer token".into(),
+                });
+            }
+            (_, _, Some(token)) => Some(Auth::Bearer(secret("--bearer-token-file", token)?)),
+            (Some(user), Some(pw), None) => Some(Auth::Basic {
+                user: user.clone(),
+                password: secret("--basic-auth-password-file", pw)?,
+            }),
+            (Some(_), None, None) | (None, Some(_), None) => {
+                return Err(CompareError::File {
+                    flag: "--basic-auth-password-file",
+                    path: self.basic_auth_password_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                    reason: "basic auth needs both --basic-auth-user and --basic-auth-password-file".into(),
+                });
+            }
+            (None, None, None) => None,
+        };
+        let ca_pem = match &self.ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|e| CompareError::File {
+                flag: "--ca-file",
+                path: p.display().to_string(),
+                reason: format!("cannot read: {e}"),
+            })?),
+            None => None,
+        };
+        Prometheus::with(&self.url, auth, ca_pem)
+    }
+}
+
 pub struct Prometheus {
     api: remote_vm_prom::Prometheus,
 }
@@ -49,6 +163,10 @@ impl Prometheus {
     /// `http[s]://[USER:PASSWORD@]HOST[:PORT][/PATH]`; https checks the server
     /// against the system's CA certificates.
     pub fn parse(url: &str) -> Result<Prometheus, CompareError> {
+        Prometheus::with(url, None, None)
+    }
+
+    fn with(url: &str, auth: Option<Auth>, ca_pem: Option<Vec<u8>>) -> Result<Prometheus, CompareError> {
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("http" | "https")) {
             return Err(CompareError::Url {
@@ -64,7 +182,8 @@ impl Prometheus {
             // Raw samples of every series over the range: can be large, and
             // the parsed answer takes several times its size.
             max_body: MAX_BODY,
-            auth: None,
+            auth,
+            ca_pem,
         };
         // Its errors show the URL without a password.
         let client = Client::with_options(url, options).map_err(|e| match e {
@@ -93,6 +212,25 @@ fn prometheus_error(e: remote_vm_prom::Error) -> CompareError {
 /// raw samples (one counter over 7 days, some 60 hosts scraped every 15 s). The
 /// parsed answer takes several times that in memory.
 pub const MAX_BODY: u64 = 256 << 20;
+
+/// `--end`: Unix seconds (or `now`).
+pub fn parse_end(s: &str, now: f64) -> Result<f64, String> {
+    if s == "now" {
+        return Ok(now);
+    }
+    match s.parse::<f64>() {
+        Ok(t) if t.is_finite() && t > 0.0 && t < 1e11 => Ok(t),
+        _ => Err(format!("--end {s}: expected Unix seconds (e.g. 1795000000) or now")),
+    }
+}
+
+/// `--chunk`: as `--range`, at least a minute.
+pub fn parse_chunk(s: &str) -> Result<u64, CompareError> {
+    match parse_range(s) {
+        Ok(c) if c >= 60 => Ok(c),
+        _ => Err(CompareError::Chunk(s.into())),
+    }
+}
 
 /// The longest `--range`: 10 years (Prometheus keeps 15 days by default).
 pub const MAX_RANGE_S: u64 = 3650 * 86400;
@@ -178,8 +316,36 @@ const COUNTERS: &[(&str, &str, Option<&str>)] = &[
     ("multi_vma_reads", cat::MULTI_VMA_READS.name, Some("path")),
 ];
 
-pub fn compare(prom: &Prometheus, range_s: u64, selector: &str, now: f64) -> Result<Vec<Group>, CompareError> {
-    compare_answers(|expr, time| prom.query(expr, time), range_s, selector, now, LIMITS)
+/// What to compare: the range ending at `end` (Unix seconds), the series
+/// `selector` picks, how to ask.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub range_s: u64,
+    pub selector: &'a str,
+    pub end: f64,
+    pub mode: Mode,
+    /// `chunked`'s chunk (default: sized from the expected sample count).
+    pub chunk_s: Option<u64>,
+}
+
+/// The table and how it was made.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Comparison {
+    pub groups: Vec<Group>,
+    /// The range's end, Unix seconds.
+    pub end: f64,
+    /// `raw` or `chunked` (what `auto` chose).
+    pub mode: Mode,
+    /// The chunk, in `chunked` mode.
+    pub chunk_seconds: Option<u64>,
+    /// Queries made.
+    pub queries: usize,
+    /// `chunked`: (series, chunk) pairs fetched as raw samples.
+    pub raw_chunks: usize,
+}
+
+pub fn compare(prom: &Prometheus, req: &Request) -> Result<Comparison, CompareError> {
+    compare_answers(|expr, time| prom.query(expr, time), req, LIMITS)
 }
 
 /// A query's answer as [`Prometheus::query`] returns it, from the status and
@@ -199,97 +365,359 @@ fn quoted(v: &Value) -> String {
     }
 }
 
-/// The values of one series of a range query: each sample `[time, "value"]`
-/// with a value a counter can have (finite, not negative). Anything else is an
-/// error: a sample left out would silently change the count.
-fn counter_values(expr: &str, series: &Value) -> Result<Vec<f64>, CompareError> {
-    let bad = |reason: String| CompareError::BadAnswer {
-        what: expr.to_string(),
-        reason,
-    };
+fn bad(expr: &str, reason: String) -> CompareError {
+    CompareError::BadAnswer { what: expr.to_string(), reason }
+}
+
+/// A counter value: finite, not negative.
+fn counter_value(v: &Value) -> Option<f64> {
+    v.as_str().and_then(|x| x.parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0)
+}
+
+/// A sample's time in milliseconds.
+fn time_ms(v: &Value) -> Option<i64> {
+    v.as_f64().filter(|t| t.is_finite() && t.abs() < 1e13).map(|t| (t * 1000.0).round() as i64)
+}
+
+/// The samples of one series of a range query: each `[time, "value"]` with a
+/// value a counter can have. Anything else is an error: a sample left out
+/// would silently change the count.
+fn counter_samples(expr: &str, series: &Value) -> Result<Vec<(i64, f64)>, CompareError> {
     let samples = series["values"]
         .as_array()
-        .ok_or_else(|| bad(format!("a series without \"values\": {}", quoted(series))))?;
+        .ok_or_else(|| bad(expr, format!("a series without \"values\": {}", quoted(series))))?;
     samples
         .iter()
-        .map(|s| match s[1].as_str().and_then(|x| x.parse::<f64>().ok()) {
-            Some(v) if s[0].is_number() && v.is_finite() && v >= 0.0 => Ok(v),
-            _ => Err(bad(format!("sample {} of {} is not [time, \"counter value\"]", quoted(s), quoted(&series["metric"])))),
+        .map(|s| match (time_ms(&s[0]), counter_value(&s[1])) {
+            (Some(t), Some(v)) if s.as_array().is_some_and(|a| a.len() == 2) => Ok((t, v)),
+            _ => Err(bad(expr, format!("sample {} of {} is not [time, \"counter value\"]", quoted(s), quoted(&series["metric"])))),
         })
         .collect()
+}
+
+/// The value of one series of an instant query (`value: [time, "v"]`).
+fn instant_value(expr: &str, series: &Value) -> Result<f64, CompareError> {
+    let v = &series["value"];
+    match (time_ms(&v[0]), counter_value(&v[1])) {
+        (Some(_), Some(x)) => Ok(x),
+        _ => Err(bad(expr, format!("value {} of {} is not [time, \"counter value\"]", quoted(v), quoted(&series["metric"])))),
+    }
+}
+
+fn host_of(m: &Value) -> Host {
+    (m["job"].as_str().unwrap_or("").to_string(), m["instance"].as_str().unwrap_or("").to_string())
+}
+
+fn kernel_of(m: &Value) -> Kernel {
+    (m["patched"].as_str().unwrap_or("unknown").to_string(), m["release"].as_str().unwrap_or("unknown").to_string())
+}
+
+/// A series' identity across queries: its labels but the name (which
+/// `*_over_time` drops), in a fixed order.
+fn series_id(metric: &str, m: &Value) -> String {
+    let mut labels: BTreeMap<&str, &Value> = BTreeMap::new();
+    if let Some(o) = m.as_object() {
+        for (k, v) in o {
+            if k != "__name__" {
+                labels.insert(k, v);
+            }
+        }
+    }
+    format!("{metric}{}", serde_json::to_string(&labels).unwrap_or_default())
+}
+
+/// The table's key of a series: e.g. `reads{path="fast"}`.
+fn count_name(key: &str, split: Option<&str>, m: &Value) -> String {
+    match split {
+        Some(label) => format!("{key}{{{label}=\"{}\"}}", m[label].as_str().unwrap_or("")),
+        None => key.to_string(),
+    }
+}
+
+/// A PromQL string literal matching exactly one of `values` as a regular
+/// expression (RE2: metacharacters escaped).
+fn regex_of(values: &BTreeSet<&str>) -> String {
+    let alternatives: Vec<String> = values
+        .iter()
+        .map(|v| {
+            v.chars()
+                .map(|c| if "\\.+*?()|[]{}^$".contains(c) { format!("\\{c}") } else { c.to_string() })
+                .collect::<String>()
+        })
+        .collect();
+    let re = alternatives.join("|");
+    format!("\"{}\"", re.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 /// The table from the answers `query(expr, time)` gives, within `limits`.
 pub fn compare_answers(
     mut query: impl FnMut(&str, f64) -> Result<Vec<Value>, CompareError>,
-    range_s: u64,
-    selector: &str,
-    now: f64,
+    req: &Request,
     limits: Limits,
-) -> Result<Vec<Group>, CompareError> {
-    let sel = selector.trim().trim_start_matches('{').trim_end_matches('}');
-    let with = |extra: &str| {
-        let parts: Vec<&str> = [sel, extra].into_iter().filter(|s| !s.is_empty()).collect();
-        format!("{{{}}}", parts.join(","))
+) -> Result<Comparison, CompareError> {
+    let sel = req.selector.trim().trim_start_matches('{').trim_end_matches('}');
+    let mut asker = Asker {
+        query: &mut query,
+        limits,
+        queries: 0,
+        samples: 0,
+        sel: sel.to_string(),
     };
-    let series_within = |expr: &str, answer: Vec<Value>| {
-        if answer.len() > limits.series {
+    let (mode, chunk_s) = match (req.mode, req.chunk_s) {
+        (Mode::Raw, _) => (Mode::Raw, None),
+        (Mode::Chunked, Some(c)) => (Mode::Chunked, Some(c.clamp(60, req.range_s.max(60)))),
+        (m, given) => {
+            let estimate = asker.estimate(req)?;
+            match (m, given) {
+                (Mode::Auto, None) if estimate <= AUTO_RAW_MAX_SAMPLES => (Mode::Raw, None),
+                (_, Some(c)) => (Mode::Chunked, Some(c.clamp(60, req.range_s.max(60)))),
+                _ => {
+                    let chunk = (req.range_s as f64 * (CHUNK_SAMPLES / estimate.max(1.0)).min(1.0)) as u64;
+                    (Mode::Chunked, Some((chunk / 60 * 60).clamp(60, req.range_s.max(60))))
+                }
+            }
+        }
+    };
+    let mut raw_chunks = 0;
+    let tally = match chunk_s {
+        None => asker.raw(req)?,
+        Some(c) => asker.chunked(req, c, &mut raw_chunks)?,
+    };
+    Ok(Comparison {
+        groups: tally.finish(),
+        end: req.end,
+        mode,
+        chunk_seconds: chunk_s,
+        queries: asker.queries,
+        raw_chunks,
+    })
+}
+
+/// The queries of one comparison, counted and bounded.
+struct Asker<'q, Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> {
+    query: &'q mut Q,
+    limits: Limits,
+    queries: usize,
+    samples: usize,
+    /// The selector's matchers, without braces.
+    sel: String,
+}
+
+impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
+    /// `{selector,extra}`.
+    fn with(&self, extra: &str) -> String {
+        let parts: Vec<&str> = [self.sel.as_str(), extra].into_iter().filter(|s| !s.is_empty()).collect();
+        format!("{{{}}}", parts.join(","))
+    }
+
+    fn ask(&mut self, expr: &str, time: f64) -> Result<Vec<Value>, CompareError> {
+        self.queries += 1;
+        let answer = (self.query)(expr, time)?;
+        if answer.len() > self.limits.series {
             return Err(CompareError::TooMany {
                 what: expr.to_string(),
-                limit: limits.series,
+                limit: self.limits.series,
                 unit: "series",
             });
         }
         Ok(answer)
-    };
-    let mut samples = 0usize;
-    // Which group each host is in (at the end of the range).
-    let expr = format!("{}{}", cat::KERNEL_INFO.name, with(""));
-    let info = series_within(&expr, query(&expr, now)?)?;
-    let mut host_group: BTreeMap<(String, String), (String, String)> = BTreeMap::new();
-    let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
-    for s in &info {
-        let m = &s["metric"];
-        let key = (m["patched"].as_str().unwrap_or("unknown").to_string(), m["release"].as_str().unwrap_or("unknown").to_string());
-        let host = (m["job"].as_str().unwrap_or("").to_string(), m["instance"].as_str().unwrap_or("").to_string());
-        host_group.insert(host, key.clone());
-        let g = groups.entry(key.clone()).or_insert_with(|| Group {
-            patched: key.0.clone(),
-            release: key.1.clone(),
-            ..Default::default()
-        });
-        g.hosts += 1;
     }
-    for (key, metric, split) in COUNTERS {
-        let expr = format!("{metric}{}[{range_s}s]", with(""));
-        for series in series_within(&expr, query(&expr, now)?)? {
-            samples += series["values"].as_array().map_or(0, Vec::len);
-            if samples > limits.samples {
-                return Err(CompareError::TooMany {
-                    what: "the answers".to_string(),
-                    limit: limits.samples,
-                    unit: "samples",
-                });
+
+    /// Counts raw samples against the limit.
+    fn took(&mut self, n: usize) -> Result<(), CompareError> {
+        self.samples += n;
+        if self.samples > self.limits.samples {
+            return Err(CompareError::TooMany {
+                what: "the answers".to_string(),
+                limit: self.limits.samples,
+                unit: "samples",
+            });
+        }
+        Ok(())
+    }
+
+    /// The sample times of one `kernel_info` series of a range query (counted
+    /// against the limit).
+    fn sample_times(&mut self, expr: &str, s: &Value) -> Result<Vec<i64>, CompareError> {
+        let samples = s["values"].as_array().ok_or_else(|| bad(expr, format!("a series without \"values\": {}", quoted(s))))?;
+        self.took(samples.len())?;
+        samples
+            .iter()
+            .map(|v| time_ms(&v[0]).ok_or_else(|| bad(expr, format!("sample {} is not [time, value]", quoted(v)))))
+            .collect()
+    }
+
+    /// Raw samples the range holds, expected: counter series now × the
+    /// busiest host's samples per hour × the range.
+    fn estimate(&mut self, req: &Request) -> Result<f64, CompareError> {
+        let probe = req.range_s.min(3600);
+        let expr = format!("max(count_over_time({}{}[{probe}s]))", cat::KERNEL_INFO.name, self.with(""));
+        let per_probe = self.ask(&expr, req.end)?.first().map(|s| instant_value(&expr, s)).transpose()?.unwrap_or(0.0);
+        let names: Vec<&str> = COUNTERS.iter().map(|(_, m, _)| *m).collect();
+        let expr = format!("count({})", self.with(&format!("__name__=~\"{}\"", names.join("|"))));
+        let series = self.ask(&expr, req.end)?.first().map(|s| instant_value(&expr, s)).transpose()?.unwrap_or(0.0);
+        Ok(series * per_probe * req.range_s as f64 / probe as f64)
+    }
+
+    /// Every raw sample of the range.
+    fn raw(&mut self, req: &Request) -> Result<Tally, CompareError> {
+        let mut tally = Tally::default();
+        let expr = format!("{}{}[{}s]", cat::KERNEL_INFO.name, self.with(""), req.range_s);
+        let mut kernels = Kernels::default();
+        for s in self.ask(&expr, req.end)? {
+            let times = self.sample_times(&expr, &s)?;
+            let (host, kernel) = (host_of(&s["metric"]), kernel_of(&s["metric"]));
+            if !times.is_empty() {
+                tally.host_in(&kernel, &host);
             }
-            let m = &series["metric"];
-            let host = (m["job"].as_str().unwrap_or("").to_string(), m["instance"].as_str().unwrap_or("").to_string());
-            let values = counter_values(&expr, &series)?;
-            let Some(gk) = host_group.get(&host) else { continue };
-            let resets = values.windows(2).filter(|w| w[1] < w[0]).count() as u64;
-            let name = match split {
-                Some(label) => format!("{key}{{{label}=\"{}\"}}", m[*label].as_str().unwrap_or("")),
-                None => key.to_string(),
-            };
-            if let Some(g) = groups.get_mut(gk) {
-                *g.counts.entry(name).or_default() += exact_increase(&values);
-                g.resets += resets;
+            kernels.add(&host, &kernel, times);
+        }
+        kernels.sort();
+        for (key, metric, split) in COUNTERS {
+            let expr = format!("{metric}{}[{}s]", self.with(""), req.range_s);
+            for series in self.ask(&expr, req.end)? {
+                self.took(series["values"].as_array().map_or(0, Vec::len))?;
+                let samples = counter_samples(&expr, &series)?;
+                let m = &series["metric"];
+                tally.samples(&kernels, &host_of(m), &count_name(key, *split, m), None, None, &samples);
             }
         }
+        Ok(tally)
     }
-    Ok(groups.into_values().collect())
+
+    /// The range in chunks of `chunk_s`, the last one ending at `end`.
+    fn chunked(&mut self, req: &Request, chunk_s: u64, raw_chunks: &mut usize) -> Result<Tally, CompareError> {
+        let mut tally = Tally::default();
+        let end_ms = (req.end * 1000.0).round() as i64;
+        let start_ms = end_ms - req.range_s as i64 * 1000;
+        let chunk_ms = chunk_s as i64 * 1000;
+        // Per series: its last value so far. Per host: its last kernel.
+        let mut last: HashMap<String, f64> = HashMap::new();
+        let mut host_kernel: HashMap<Host, Kernel> = HashMap::new();
+        let mut lo = start_ms;
+        while lo < end_ms {
+            let hi = (lo + chunk_ms).min(end_ms);
+            let t = hi as f64 / 1000.0;
+            let w = format!("{}ms", hi - lo);
+            // The kernels each host ran in the chunk.
+            let expr = format!("last_over_time({}{}[{w}])", cat::KERNEL_INFO.name, self.with(""));
+            let mut kernels_in: BTreeMap<Host, BTreeSet<Kernel>> = BTreeMap::new();
+            for s in self.ask(&expr, t)? {
+                let (host, kernel) = (host_of(&s["metric"]), kernel_of(&s["metric"]));
+                tally.host_in(&kernel, &host);
+                kernels_in.entry(host).or_default().insert(kernel);
+            }
+            // Series that need their raw samples, by counter.
+            let mut need: BTreeMap<usize, BTreeSet<String>> = BTreeMap::new();
+            let mut need_hosts: BTreeSet<Host> = BTreeSet::new();
+            for (i, (key, metric, split)) in COUNTERS.iter().enumerate() {
+                let sel = self.with("");
+                let mut by_id: BTreeMap<String, (Value, [Option<f64>; 3])> = BTreeMap::new();
+                for (j, f) in ["last_over_time", "min_over_time", "resets"].iter().enumerate() {
+                    let expr = format!("{f}({metric}{sel}[{w}])");
+                    for s in self.ask(&expr, t)? {
+                        let v = instant_value(&expr, &s)?;
+                        let e = by_id.entry(series_id(metric, &s["metric"])).or_insert_with(|| (s["metric"].clone(), [None; 3]));
+                        e.1[j] = Some(v);
+                    }
+                }
+                for (id, (m, [l, lowest, resets])) in by_id {
+                    let host = host_of(&m);
+                    let kernels = kernels_in.get(&host);
+                    let (Some(l), Some(f), Some(resets)) = (l, lowest, resets) else {
+                        // Answers that disagree on which series exist: ask for the samples.
+                        need.entry(i).or_default().insert(id);
+                        need_hosts.insert(host);
+                        continue;
+                    };
+                    if resets > 0.0 || kernels.is_some_and(|k| k.len() > 1) {
+                        need.entry(i).or_default().insert(id);
+                        need_hosts.insert(host);
+                        continue;
+                    }
+                    let kernel = match kernels.and_then(|k| k.first()) {
+                        Some(k) => k.clone(),
+                        None => host_kernel.get(&host).cloned().unwrap_or_else(tally::unknown),
+                    };
+                    let name = count_name(key, *split, &m);
+                    // No reset in the chunk: its lowest value is its first.
+                    match last.get(&id) {
+                        Some(&p) if f < p => tally.step(&kernel, &name, f, true),
+                        Some(&p) => tally.step(&kernel, &name, f - p, false),
+                        None => tally.step(&kernel, &name, 0.0, false),
+                    }
+                    tally.step(&kernel, &name, l - f, false);
+                    last.insert(id, l);
+                }
+            }
+            // The raw samples of the chunks that need them, a batch of hosts at a time.
+            let hosts: Vec<Host> = need_hosts.into_iter().collect();
+            let mut chunk_kernels = Kernels::default();
+            for batch in hosts.chunks(RAW_BATCH) {
+                let wanted: BTreeSet<&Host> = batch.iter().collect();
+                let instances: BTreeSet<&str> = batch.iter().map(|h| h.1.as_str()).collect();
+                let matcher = format!("instance=~{}", regex_of(&instances));
+                let expr = format!("{}{}[{w}]", cat::KERNEL_INFO.name, self.with(&matcher));
+                for s in self.ask(&expr, t)? {
+                    let host = host_of(&s["metric"]);
+                    if !wanted.contains(&host) {
+                        continue;
+                    }
+                    let times = self.sample_times(&expr, &s)?;
+                    chunk_kernels.add(&host, &kernel_of(&s["metric"]), times);
+                }
+            }
+            chunk_kernels.sort();
+            for (i, ids) in &need {
+                let (key, metric, split) = COUNTERS[*i];
+                for batch in hosts.chunks(RAW_BATCH) {
+                    let wanted: BTreeSet<&Host> = batch.iter().collect();
+                    let instances: BTreeSet<&str> = batch.iter().map(|h| h.1.as_str()).collect();
+                    let matcher = format!("instance=~{}", regex_of(&instances));
+                    let expr = format!("{metric}{}[{w}]", self.with(&matcher));
+                    for series in self.ask(&expr, t)? {
+                        let m = &series["metric"];
+                        let id = series_id(metric, m);
+                        if !wanted.contains(&host_of(m)) || !ids.contains(&id) {
+                            continue;
+                        }
+                        self.took(series["values"].as_array().map_or(0, Vec::len))?;
+                        let samples = counter_samples(&expr, &series)?;
+                        let host = host_of(m);
+                        let before = host_kernel.get(&host).cloned();
+                        *raw_chunks += 1;
+                        if let Some(l) = tally.samples(&chunk_kernels, &host, &count_name(key, split, m), last.get(&id).copied(), before.as_ref(), &samples) {
+                            last.insert(id, l);
+                        }
+                    }
+                }
+            }
+            // Each host's kernel at the chunk's end, for the next.
+            for (host, kernels) in kernels_in {
+                let k = if kernels.len() == 1 {
+                    kernels.into_iter().next()
+                } else {
+                    Some(chunk_kernels.at(&host, hi, None)).filter(|k| *k != tally::unknown())
+                };
+                if let Some(k) = k {
+                    host_kernel.insert(host, k);
+                }
+            }
+            lo = hi;
+        }
+        Ok(tally)
+    }
 }
 
-pub fn render(groups: &[Group], format: Format, range: &str) -> String {
+fn mode_word(c: &Comparison) -> String {
+    match c.chunk_seconds {
+        Some(s) => format!("chunked mode: {s} s chunks, {} series-chunks as raw samples", c.raw_chunks),
+        None => "raw mode".into(),
+    }
+}
+
+pub fn render(c: &Comparison, format: Format, range: &str) -> String {
+    let groups = &c.groups;
     let cell = |g: &Group, k: &str| format!("{}", g.count(k));
     let columns: Vec<(&str, Box<dyn Fn(&Group) -> String>)> = vec![
         ("patched", Box::new(|g: &Group| g.patched.clone())),
@@ -307,9 +735,21 @@ pub fn render(groups: &[Group], format: Format, range: &str) -> String {
         ("counter resets", Box::new(|g: &Group| g.resets.to_string())),
     ];
     match format {
-        Format::Json => serde_json::to_string_pretty(&serde_json::json!({ "range": range, "groups": groups })).unwrap_or_default() + "\n",
+        // An interface: fields are added, never renamed or removed.
+        Format::Json => {
+            let doc = serde_json::json!({
+                "range": range,
+                "groups": groups,
+                "end": c.end,
+                "mode": c.mode,
+                "chunk_seconds": c.chunk_seconds,
+                "queries": c.queries,
+                "raw_chunks": c.raw_chunks,
+            });
+            serde_json::to_string_pretty(&doc).unwrap_or_default() + "\n"
+        }
         Format::Markdown => {
-            let mut out = format!("Remote reads by kernel group over the last {range} (exact counter increases)\n\n");
+            let mut out = format!("Remote reads by kernel group over {range} ending at Unix time {:.0} (exact counter increases; {})\n\n", c.end, mode_word(c));
             out.push_str(&format!("| {} |\n", columns.iter().map(|(h, _)| *h).collect::<Vec<_>>().join(" | ")));
             out.push_str(&format!("|{}\n", "---|".repeat(columns.len())));
             for g in groups {
@@ -367,6 +807,42 @@ mod tests {
     }
 
     #[test]
+    fn credentials_and_the_ca_come_from_files() {
+        let dir = std::env::temp_dir().join(format!("rvm-compare-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let conn = |c: Connection| c.open().map(|p| p.api.client().options().auth.clone());
+        let base = || Connection { url: "http://[::1]:9090".into(), ..Default::default() };
+        let pw = file("pw", "s3cret\n");
+        let got = conn(Connection { basic_auth_user: Some("u".into()), basic_auth_password_file: Some(pw.clone()), ..base() }).unwrap();
+        assert_eq!(got, Some(Auth::Basic { user: "u".into(), password: "s3cret".into() }));
+        let token = file("token", "t0k3n\r\n");
+        assert_eq!(conn(Connection { bearer_token_file: Some(token.clone()), ..base() }).unwrap(), Some(Auth::Bearer("t0k3n".into())));
+        let err = |c: Connection| conn(c).unwrap_err().to_string();
+        let two = file("two", "a\nb\n");
+        assert_eq!(
+            err(Connection { bearer_token_file: Some(two.clone()), ..base() }),
+            format!("--bearer-token-file {}: expected one line", two.display())
+        );
+        assert!(err(Connection { basic_auth_user: Some("u".into()), ..base() }).contains("needs both --basic-auth-user and --basic-auth-password-file"));
+        assert!(err(Connection { basic_auth_user: Some("u".into()), basic_auth_password_file: Some(pw), bearer_token_file: Some(token), ..base() })
+            .contains("either basic auth or a bearer token"));
+        let missing = dir.join("missing");
+        assert!(err(Connection { ca_file: Some(missing.clone()), ..base() }).starts_with(&format!("--ca-file {}: cannot read: ", missing.display())));
+        let junk = file("junk.pem", "no certificate here\n");
+        assert!(err(Connection { ca_file: Some(junk), ..base() }).contains("the CA file has no PEM certificate"));
+        assert_eq!(parse_end("now", 5.0), Ok(5.0));
+        assert_eq!(parse_end("1795000000.5", 5.0), Ok(1795000000.5));
+        assert!(parse_end("yesterday", 5.0).is_err());
+        assert_eq!(parse_chunk("1h").unwrap(), 3600);
+        assert_eq!(parse_chunk("30s").unwrap_err().to_string(), "--chunk 30s: expected a duration such as 1h or 1d, at least 1m");
+    }
+
+    #[test]
     fn ranges_are_bounded() {
         let err = |s: &str| parse_range(s).unwrap_err().to_string();
         let malformed = |s: &str| format!("--range {s}: expected a duration such as 30m, 1h, 7d");
@@ -404,20 +880,16 @@ mod tests {
                 while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
                     line.clear();
                 }
-                let info = request.contains(cat::KERNEL_INFO.name);
+                // Every series: `samples` samples, one a second, counting up.
                 let result: Vec<Value> = (0..hosts)
                     .map(|h| {
                         let metric = serde_json::json!({"job": "remote-vm", "instance": format!("h{h}"),
                             "patched": "yes", "release": "7.3.4", "path": "fast"});
-                        if info {
-                            serde_json::json!({"metric": metric, "value": [1.0, "1"]})
-                        } else {
-                            let values: Vec<Value> =
-                                (0..samples).map(|i| serde_json::json!([i, i.to_string()])).collect();
-                            serde_json::json!({"metric": metric, "values": values})
-                        }
+                        let values: Vec<Value> = (0..samples).map(|i| serde_json::json!([i, i.to_string()])).collect();
+                        serde_json::json!({"metric": metric, "values": values})
                     })
                     .collect();
+                let _ = request;
                 let data = serde_json::json!({"resultType": "matrix", "result": result});
                 let body = serde_json::json!({"status": "success", "data": data}).to_string();
                 let _ = write!(
@@ -434,39 +906,49 @@ mod tests {
     fn answers_are_bounded() {
         let prom = Prometheus::parse(&fake_prometheus(3, 5)).unwrap();
         // 7 counters × 3 series × 5 samples: 105, all taken.
-        let compare_within = |prom: &Prometheus, range_s, selector, now, limits| {
-            compare_answers(|expr, time| prom.query(expr, time), range_s, selector, now, limits)
+        let compare_within = |prom: &Prometheus, limits| {
+            compare_answers(|expr, time| prom.query(expr, time), &raw_request(""), limits).map(|c| c.groups)
         };
-        let groups = compare_within(&prom, 3600, "", 0.0, Limits { series: 3, samples: 105 }).unwrap();
+        // kernel_info's 3 × 5 samples, then 7 counters × 3 series × 5 samples: 120, all taken.
+        let groups = compare_within(&prom, Limits { series: 3, samples: 120 }).unwrap();
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].hosts, 3);
         assert_eq!(groups[0].count("reads{path=\"fast\"}"), 12.0);
         assert_eq!(
-            compare_within(&prom, 3600, "", 0.0, Limits { series: 2, samples: 100 }).unwrap_err().to_string(),
-            format!("{}{{}}: more than 2 series (shorten --range or narrow --selector)", cat::KERNEL_INFO.name)
+            compare_within(&prom, Limits { series: 2, samples: 100 }).unwrap_err().to_string(),
+            format!("{}{{}}[3600s]: more than 2 series (shorten --range or narrow --selector)", cat::KERNEL_INFO.name)
         );
-        // The fifth counter's answer passes 60.
+        // The fourth counter's answer passes 60.
         assert_eq!(
-            compare_within(&prom, 3600, "", 0.0, Limits { series: 3, samples: 60 }).unwrap_err().to_string(),
+            compare_within(&prom, Limits { series: 3, samples: 60 }).unwrap_err().to_string(),
             "the answers: more than 60 samples (shorten --range or narrow --selector)"
         );
+    }
+
+    fn raw_request(selector: &str) -> Request<'_> {
+        Request {
+            range_s: 3600,
+            selector,
+            end: 10.0,
+            mode: Mode::Raw,
+            chunk_s: None,
+        }
     }
 
     /// Answers given as bodies: the kernel_info query first, then every counter.
     fn from_bodies(info: &str, counter: &str) -> Result<Vec<Group>, CompareError> {
         compare_answers(
             |expr, _| query_answer(expr, 200, if expr.starts_with(cat::KERNEL_INFO.name) { info } else { counter }),
-            3600,
-            "",
-            0.0,
+            &raw_request(""),
             LIMITS,
         )
+        .map(|c| c.groups)
     }
 
     #[test]
     fn samples_that_are_not_counter_values_are_refused() {
-        let info = r#"{"status":"success","data":{"resultType":"vector","result":[
-            {"metric":{"job":"j","instance":"h","patched":"yes","release":"7.3.4"},"value":[1,"1"]}]}}"#;
+        let info = r#"{"status":"success","data":{"resultType":"matrix","result":[
+            {"metric":{"job":"j","instance":"h","patched":"yes","release":"7.3.4"},"values":[[1,"1"],[2,"1"],[3,"1"]]}]}}"#;
         let counter = |values: &str| {
             format!(
                 r#"{{"status":"success","data":{{"resultType":"matrix","result":[

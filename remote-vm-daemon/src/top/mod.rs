@@ -62,6 +62,7 @@ fn client(url: &str, interval: Duration) -> Result<Client, String> {
         timeout: wait,
         max_body: 16 << 20,
         auth: None,
+        ca_pem: None,
     };
     Client::with_options(url, options).map_err(|e| e.to_string())
 }
