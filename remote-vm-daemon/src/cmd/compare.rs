@@ -83,7 +83,7 @@ pub enum Mode {
 /// `auto` takes `raw` up to this many expected raw samples.
 pub const AUTO_RAW_MAX_SAMPLES: f64 = cat::COMPARE_AUTO_RAW_MAX_SAMPLES;
 /// `chunked` sizes its chunks for about this many samples per query.
-pub const CHUNK_SAMPLES: f64 = 500_000.0;
+pub const CHUNK_SAMPLES: f64 = 4_000_000.0;
 /// Hosts per query for the raw samples of chunks that need them (the query
 /// names them in a regular expression: keeps URLs short).
 const RAW_BATCH: usize = 50;
