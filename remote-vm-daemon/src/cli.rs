@@ -53,7 +53,8 @@ pub enum Command {
         /// How far back from --end: 30m, 1h, 7d, …
         #[arg(long, default_value = "1h")]
         range: String,
-        /// The range's end: Unix seconds, or now.
+        /// The range's end: Unix seconds, or now (a minute ago: the last
+        /// scrapes may still be written).
         #[arg(long, default_value = "now", value_name = "TIME")]
         end: String,
         /// raw: every raw sample (one query per counter; small fleets and ranges);

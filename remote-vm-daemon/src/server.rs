@@ -417,6 +417,20 @@ async fn handshake(
         );
         let _ = stream.write_all(answer.as_bytes()).await;
         let _ = stream.shutdown().await;
+        // Read what the client sent (a little, briefly): closing with it
+        // unread would reset the connection before the client reads the 400.
+        use tokio::io::AsyncReadExt;
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            let mut left: usize = 16 * 1024;
+            while left > 0 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(200), drain).await;
         return Err(Some("plain HTTP to the TLS port (answered 400)".into()));
     }
     tokio_rustls::TlsAcceptor::from(config).accept(stream).await.map_err(|e| Some(e.to_string()))
@@ -439,9 +453,16 @@ impl Http {
     {
         let Http { state, metrics, served, close, limits } = self;
         let service = service_fn(move |req| {
-            let (state, metrics) = (state.clone(), metrics.clone());
-            served.fetch_add(1, Ordering::Relaxed);
-            async move { Ok::<_, Infallible>(answer(&req, &state, &metrics).await) }
+            let (state, metrics, served) = (state.clone(), metrics.clone(), served.clone());
+            async move {
+                let (resp, admitted) = answer(&req, &state, &metrics).await;
+                // Only a request let in makes a connection "served": a client
+                // answered 401 stays first in line to be closed for a new one.
+                if admitted {
+                    served.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok::<_, Infallible>(resp)
+            }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -463,21 +484,21 @@ impl Http {
 }
 
 /// Basic auth (when configured) on every path, then the route; the
-/// configured headers on every answer.
-async fn answer(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>) -> Response<Full<Bytes>> {
+/// configured headers on every answer. Also whether the request was let in.
+async fn answer(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>) -> (Response<Full<Bytes>>, bool) {
     let security: Arc<Security> = state.web.current();
-    let mut resp = match &security.auth {
+    let (mut resp, admitted) = match &security.auth {
         Some(auth) if !auth.allows(req.headers().get(header::AUTHORIZATION)).await => {
             let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "Unauthorized\n".into());
             r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic"));
-            r
+            (r, false)
         }
-        _ => route(req, state, metrics).await,
+        _ => (route(req, state, metrics).await, true),
     };
     for (name, value) in &security.headers {
         resp.headers_mut().insert(name.clone(), value.clone());
     }
-    resp
+    (resp, admitted)
 }
 
 async fn route(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>) -> Response<Full<Bytes>> {

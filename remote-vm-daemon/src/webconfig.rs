@@ -8,7 +8,7 @@
 //! `LoadCredential=` the file and everything it names can sit in the
 //! credentials directory).
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashSet},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock},
 };
@@ -287,7 +287,8 @@ impl RawTls {
         let key = PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("{key_from}: no PEM private key in it: {e}"))?;
 
         let mut provider = rustls::crypto::ring::default_provider();
-        if let Some(names) = &self.cipher_suites {
+        // An empty list is the default, as in Go.
+        if let Some(names) = self.cipher_suites.as_ref().filter(|n| !n.is_empty()) {
             provider.cipher_suites = cipher_suites(&provider, names)?;
         }
         if let Some(names) = &self.curve_preferences {
@@ -358,12 +359,17 @@ fn versions(min: Option<&str>, max: Option<&str>) -> Result<Vec<&'static Support
 }
 
 /// TLS 1.2 suites by their IANA names (Go's, which are the same; as in Go
-/// they do not restrict TLS 1.3), in the order given.
+/// they do not restrict TLS 1.3, whose names are taken and ignored), in the
+/// order given.
 fn cipher_suites(provider: &CryptoProvider, names: &[String]) -> Result<Vec<rustls::SupportedCipherSuite>, String> {
     let tls12: Vec<_> = provider.cipher_suites.iter().filter(|s| s.tls13().is_none()).collect();
     let name = |s: &rustls::SupportedCipherSuite| s.suite().as_str().unwrap_or("?").to_string();
     let mut out: Vec<_> = provider.cipher_suites.iter().filter(|s| s.tls13().is_some()).copied().collect();
     for n in names {
+        // TLS 1.3 suites are not configurable (Go ignores them too).
+        if GO_TLS13_SUITES.contains(&n.as_str()) {
+            continue;
+        }
         // Go also calls the ChaCha20 suites without their hash.
         let full = if n.ends_with("CHACHA20_POLY1305") { format!("{n}_SHA256") } else { n.clone() };
         match tls12.iter().find(|s| name(s) == full) {
@@ -379,6 +385,9 @@ fn cipher_suites(provider: &CryptoProvider, names: &[String]) -> Result<Vec<rust
     }
     Ok(out)
 }
+
+/// Go's names of the TLS 1.3 suites (`tls.CipherSuites()` lists them).
+const GO_TLS13_SUITES: &[&str] = &["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"];
 
 /// Key exchange groups by Go's names, in the order given.
 fn curves(provider: &CryptoProvider, names: &[String]) -> Result<Vec<&'static dyn rustls::crypto::SupportedKxGroup>, String> {
@@ -442,25 +451,46 @@ fn join(dir: &Path, f: &str) -> PathBuf {
 }
 
 /// `basic_auth_users`: bcrypt hashes, checked one at a time off the serving
-/// thread, results cached by a digest of (user, hash, password).
+/// thread; successes cached by a digest of (user, hash, password).
 pub struct BasicAuth {
     users: BTreeMap<String, String>,
-    cache: Mutex<HashMap<[u8; 32], bool>>,
+    /// Checked for a user not in `users`: as costly as the costliest real
+    /// hash, so that timing does not tell which users exist.
+    unknown_user_hash: String,
+    /// Only successes: failures an attacker can make at will would evict them.
+    cache: Mutex<HashSet<[u8; 32]>>,
     /// bcrypt is slow on purpose: one check at a time, whatever the number of
-    /// clients (which `[web] max_connections` bounds).
-    one_at_a_time: tokio::sync::Mutex<()>,
+    /// clients (which `[web] max_connections` bounds). The permit goes with
+    /// the check itself, so a client that leaves does not free it early.
+    one_at_a_time: Arc<tokio::sync::Semaphore>,
 }
+
+/// The highest bcrypt cost taken (2^16 rounds: about 4 s a check).
+const MAX_COST: u32 = 16;
 
 impl BasicAuth {
     fn new(users: BTreeMap<String, String>) -> Result<BasicAuth, String> {
+        let mut costliest = 10;
         for (user, hash) in &users {
-            hash.parse::<bcrypt::HashParts>()
-                .map_err(|_| format!("basic_auth_users.{user}: not a bcrypt hash ($2y$10$ and 53 characters); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`"))?;
+            let bad = || format!("basic_auth_users.{user}: not a bcrypt hash ($2y$10$ and 53 characters); make one with `htpasswd -nBC 10 \"\" | tr -d ':\\n'`");
+            let cost = hash.parse::<bcrypt::HashParts>().map_err(|_| bad())?.get_cost();
+            if !(4..=MAX_COST).contains(&cost) {
+                return Err(format!("basic_auth_users.{user}: bcrypt cost {cost}: expected 4 to {MAX_COST}"));
+            }
+            // A salt or digest that does not decode fails here, not at every request.
+            bcrypt::verify("", hash).map_err(|_| bad())?;
+            costliest = costliest.max(cost);
         }
+        let unknown_user_hash = if costliest == 10 {
+            UNKNOWN_USER_HASH.to_string()
+        } else {
+            bcrypt::hash("remote-vm: no such user", costliest).map_err(|e| format!("basic_auth_users: {e}"))?
+        };
         Ok(BasicAuth {
             users,
-            cache: Mutex::new(HashMap::new()),
-            one_at_a_time: tokio::sync::Mutex::new(()),
+            unknown_user_hash,
+            cache: Mutex::new(HashSet::new()),
+            one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
         })
     }
 
@@ -470,21 +500,29 @@ impl BasicAuth {
             return false;
         };
         let known = self.users.get(&user);
-        let hash = known.map(String::as_str).unwrap_or(UNKNOWN_USER_HASH);
+        let hash = known.unwrap_or(&self.unknown_user_hash).clone();
         let key = digest(&[user.as_bytes(), hash.as_bytes(), &password]);
-        if let Some(ok) = self.cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
-            return *ok && known.is_some();
+        if known.is_some() && self.cache.lock().unwrap_or_else(PoisonError::into_inner).contains(&key) {
+            return true;
         }
-        let ok = {
-            let _one = self.one_at_a_time.lock().await;
-            let hash = hash.to_string();
-            tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false)).await.unwrap_or(false)
+        let Ok(permit) = self.one_at_a_time.clone().acquire_owned().await else {
+            return false;
         };
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= AUTH_CACHE_ENTRIES {
-            cache.clear();
+        let ok = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            bcrypt::verify(password, &hash).unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
+        if ok && known.is_some() {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if cache.len() >= AUTH_CACHE_ENTRIES {
+                // Successes only: the scrapers' few passwords (a full cache
+                // means many rotations; start again).
+                cache.clear();
+            }
+            cache.insert(key);
         }
-        cache.insert(key, ok);
         ok && known.is_some()
     }
 }

@@ -147,6 +147,12 @@ fn sighup_rotates_the_certificate_and_keeps_the_listener() {
     assert!(d.wait_log(Duration::from_secs(5), "basic auth (2 users) from the next connection"), "{}", d.log_text());
     let as_bob = Ask { user: Some(("bob", "bobs")), ..trusting_rotated.clone() };
     assert!(matches!(status(&d.addr, "/metrics", &as_bob), Outcome::Answer(200, _)));
+    // A reload that drops TLS and users is not quiet about it.
+    std::fs::write(&yml, "").unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.wait_log(Duration::from_secs(5), "SIGHUP: the web config has no TLS now: plain HTTP from the next connection"), "{}", d.log_text());
+    assert!(d.log_text().contains("SIGHUP: the web config has no basic_auth_users now"), "{}", d.log_text());
+    assert!(matches!(prom::get(&d.addr, "/healthz"), Ok((200, _))));
     assert_eq!(d.stop(), 0, "the same process served throughout");
 }
 

@@ -310,10 +310,7 @@ fn victoria(binary: &Path, dir: &Path, port: u16) -> Result<Engine> {
     let mut cmd = Command::new(binary);
     cmd.arg(format!("-storageDataPath={}", data.display()))
         .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-        .arg("-retentionPeriod=100y")
-        .arg("-search.disableCache")
-        // The backfilled samples are hours old: nothing is too recent to show.
-        .arg("-search.latencyOffset=0s");
+        .arg("-retentionPeriod=100y");
     Engine::start("VictoriaMetrics", cmd, port, "/health", &log, false)
 }
 

@@ -260,8 +260,11 @@ fn compare_test(root: &Path, lab: &mut Lab) -> Result<()> {
         v.wait_for("vmtest: workload done", Duration::from_secs(180))?;
     }
     std::thread::sleep(Duration::from_secs(4));
+    // The workload has stopped: the range may end now (the default end is a
+    // minute back, for scrapes still being written).
+    let now = format!("{:.3}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64());
     let out = Command::new(root.join("target/release/remote-vm-daemon"))
-        .args(["compare", "--prometheus", &format!("http://127.0.0.1:{PROMETHEUS_PORT}"), "--range", "30m"])
+        .args(["compare", "--prometheus", &format!("http://127.0.0.1:{PROMETHEUS_PORT}"), "--range", "30m", "--end", &now])
         .args(["--selector", "job=\"remote-vm\"", "--format", "json"])
         .output()?;
     if !out.status.success() {

@@ -213,10 +213,15 @@ fn prometheus_error(e: remote_vm_prom::Error) -> CompareError {
 /// parsed answer takes several times that in memory.
 pub const MAX_BODY: u64 = 256 << 20;
 
-/// `--end`: Unix seconds (or `now`).
+/// `--end now` is this long ago: samples of the last scrapes may still be
+/// written, and VictoriaMetrics moves queries within 30 s of now back 30 s
+/// (`-search.latencyOffset`), which would make chunks overlap.
+pub const NOW_LAG_S: f64 = 60.0;
+
+/// `--end`: Unix seconds (or `now`, less [`NOW_LAG_S`]).
 pub fn parse_end(s: &str, now: f64) -> Result<f64, String> {
     if s == "now" {
-        return Ok(now);
+        return Ok(now - NOW_LAG_S);
     }
     match s.parse::<f64>() {
         Ok(t) if t.is_finite() && t > 0.0 && t < 1e11 => Ok(t),
@@ -388,6 +393,7 @@ fn counter_samples(expr: &str, series: &Value) -> Result<Vec<(i64, f64)>, Compar
         .ok_or_else(|| bad(expr, format!("a series without \"values\": {}", quoted(series))))?;
     samples
         .iter()
+        .filter(|s| !is_stale(s))
         .map(|s| match (time_ms(&s[0]), counter_value(&s[1])) {
             (Some(t), Some(v)) if s.as_array().is_some_and(|a| a.len() == 2) => Ok((t, v)),
             _ => Err(bad(expr, format!("sample {} of {} is not [time, \"counter value\"]", quoted(s), quoted(&series["metric"])))),
@@ -395,11 +401,21 @@ fn counter_samples(expr: &str, series: &Value) -> Result<Vec<(i64, f64)>, Compar
         .collect()
 }
 
-/// The value of one series of an instant query (`value: [time, "v"]`).
-fn instant_value(expr: &str, series: &Value) -> Result<f64, CompareError> {
+/// A staleness marker (`"NaN"`): no sample. Prometheus filters them out of
+/// range selectors; VictoriaMetrics returns them.
+fn is_stale(s: &Value) -> bool {
+    s[1].as_str() == Some("NaN")
+}
+
+/// The value of one series of an instant query (`value: [time, "v"]`);
+/// `None` for NaN (a summary of staleness markers: the samples are asked for).
+fn instant_value(expr: &str, series: &Value) -> Result<Option<f64>, CompareError> {
     let v = &series["value"];
+    if is_stale(v) {
+        return Ok(None);
+    }
     match (time_ms(&v[0]), counter_value(&v[1])) {
-        (Some(_), Some(x)) => Ok(x),
+        (Some(_), Some(x)) => Ok(Some(x)),
         _ => Err(bad(expr, format!("value {} of {} is not [time, \"counter value\"]", quoted(v), quoted(&series["metric"])))),
     }
 }
@@ -479,9 +495,19 @@ pub fn compare_answers(
         }
     };
     let mut raw_chunks = 0;
-    let tally = match chunk_s {
-        None => asker.raw(req)?,
-        Some(c) => asker.chunked(req, c, &mut raw_chunks)?,
+    let (tally, mode, chunk_s) = match chunk_s {
+        None => match asker.raw(req) {
+            Ok(t) => (t, mode, None),
+            // auto's estimate looks at the range's last hour: a fleet larger
+            // before it can pass a limit (ours or the engine's). Chunks then.
+            Err(e) if req.mode == Mode::Auto && too_much(&e) => {
+                let chunk = (req.range_s / 8 / 60 * 60).clamp(60, req.range_s.max(60));
+                asker.samples = 0;
+                (asker.chunked(req, chunk, &mut raw_chunks)?, Mode::Chunked, Some(chunk))
+            }
+            Err(e) => return Err(e),
+        },
+        Some(c) => (asker.chunked(req, c, &mut raw_chunks)?, mode, Some(c)),
     };
     Ok(Comparison {
         groups: tally.finish(),
@@ -491,6 +517,20 @@ pub fn compare_answers(
         queries: asker.queries,
         raw_chunks,
     })
+}
+
+/// An error that fewer samples a query would avoid: our limits, or the
+/// engine's (Prometheus: 422 "…too many samples…"; VictoriaMetrics: 422
+/// "…-search.maxSamplesPerQuery…").
+fn too_much(e: &CompareError) -> bool {
+    match e {
+        CompareError::TooMany { .. } | CompareError::TooLarge(_) => true,
+        CompareError::Prometheus(p) => {
+            let s = p.to_string();
+            s.contains("too many samples") || s.contains("maxSamplesPerQuery") || s.contains("maxPointsPerTimeseries")
+        }
+        _ => false,
+    }
 }
 
 /// The queries of one comparison, counted and bounded.
@@ -543,6 +583,7 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
         self.took(samples.len())?;
         samples
             .iter()
+            .filter(|v| !is_stale(v))
             .map(|v| time_ms(&v[0]).ok_or_else(|| bad(expr, format!("sample {} is not [time, value]", quoted(v)))))
             .collect()
     }
@@ -552,10 +593,10 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
     fn estimate(&mut self, req: &Request) -> Result<f64, CompareError> {
         let probe = req.range_s.min(3600);
         let expr = format!("max(count_over_time({}{}[{probe}s]))", cat::KERNEL_INFO.name, self.with(""));
-        let per_probe = self.ask(&expr, req.end)?.first().map(|s| instant_value(&expr, s)).transpose()?.unwrap_or(0.0);
+        let per_probe = self.ask(&expr, req.end)?.first().map(|s| instant_value(&expr, s)).transpose()?.flatten().unwrap_or(0.0);
         let names: Vec<&str> = COUNTERS.iter().map(|(_, m, _)| *m).collect();
         let expr = format!("count({})", self.with(&format!("__name__=~\"{}\"", names.join("|"))));
-        let series = self.ask(&expr, req.end)?.first().map(|s| instant_value(&expr, s)).transpose()?.unwrap_or(0.0);
+        let series = self.ask(&expr, req.end)?.first().map(|s| instant_value(&expr, s)).transpose()?.flatten().unwrap_or(0.0);
         Ok(series * per_probe * req.range_s as f64 / probe as f64)
     }
 
@@ -618,7 +659,7 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
                     for s in self.ask(&expr, t)? {
                         let v = instant_value(&expr, &s)?;
                         let e = by_id.entry(series_id(metric, &s["metric"])).or_insert_with(|| (s["metric"].clone(), [None; 3]));
-                        e.1[j] = Some(v);
+                        e.1[j] = v;
                     }
                 }
                 for (id, (m, [l, lowest, resets])) in by_id {
@@ -835,7 +876,7 @@ mod tests {
         assert!(err(Connection { ca_file: Some(missing.clone()), ..base() }).starts_with(&format!("--ca-file {}: cannot read: ", missing.display())));
         let junk = file("junk.pem", "no certificate here\n");
         assert!(err(Connection { ca_file: Some(junk), ..base() }).contains("the CA file has no PEM certificate"));
-        assert_eq!(parse_end("now", 5.0), Ok(5.0));
+        assert_eq!(parse_end("now", 65.0), Ok(5.0));
         assert_eq!(parse_end("1795000000.5", 5.0), Ok(1795000000.5));
         assert!(parse_end("yesterday", 5.0).is_err());
         assert_eq!(parse_chunk("1h").unwrap(), 3600);
@@ -958,10 +999,12 @@ mod tests {
         let groups = from_bodies(info, &counter(r#"[[1,"2"],[2,"5"],[3,"1"]]"#)).unwrap();
         assert_eq!(groups[0].count("reads{path=\"fast\"}"), 3.0 + 1.0);
         assert_eq!(groups[0].resets, 7, "one per counter: every counter got the same answer");
+        // Staleness markers (VictoriaMetrics returns them) are no samples.
+        let groups = from_bodies(info, &counter(r#"[[1,"2"],[2,"NaN"],[3,"5"]]"#)).unwrap();
+        assert_eq!((groups[0].count("reads{path=\"fast\"}"), groups[0].resets), (3.0, 0));
         let refused = |values: &str| from_bodies(info, &counter(values)).unwrap_err().to_string();
         let reads = format!("{}{{}}[3600s]", cat::READS.name);
         for (values, sample) in [
-            (r#"[[1,"2"],[2,"NaN"]]"#, r#"[2,"NaN"]"#),
             (r#"[[1,"-1"]]"#, r#"[1,"-1"]"#),
             (r#"[[1,"+Inf"]]"#, r#"[1,"+Inf"]"#),
             (r#"[[1,2]]"#, "[1,2]"),

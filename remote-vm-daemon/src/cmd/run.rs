@@ -245,6 +245,13 @@ async fn reload_on_hangup(common: Common, flags: WebFlags, mut running: crate::c
                 log::info!("SIGHUP: config re-read; log level {}", new.log_level);
                 match crate::webconfig::Security::load(new.web_config_file.as_deref()) {
                     Ok(s) => {
+                        let was = web.current();
+                        if was.tls.is_some() && s.tls.is_none() {
+                            log::warn!("SIGHUP: the web config has no TLS now: plain HTTP from the next connection");
+                        }
+                        if was.auth.is_some() && s.auth.is_none() {
+                            log::warn!("SIGHUP: the web config has no basic_auth_users now: no authentication from the next request");
+                        }
                         log::info!("SIGHUP: web config re-read: {} from the next connection", s.summary);
                         web.replace(s);
                     }

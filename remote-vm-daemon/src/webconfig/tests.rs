@@ -121,6 +121,11 @@ fn versions_suites_and_curves_follow_exporter_toolkit_names() {
     assert_eq!(error(&p, &format!("{TLS}  min_version: SSL3\n")), "tls_server_config.min_version: invalid value \"SSL3\": expected TLS12 or TLS13");
     assert_eq!(error(&p, &format!("{TLS}  min_version: TLS13\n  max_version: TLS12\n")), "tls_server_config: min_version above max_version");
     assert!(error(&p, &format!("{TLS}  cipher_suites: [TLS_RSA_WITH_RC4_128_SHA]\n")).starts_with("tls_server_config.cipher_suites: \"TLS_RSA_WITH_RC4_128_SHA\" is not one of"));
+    // As in Go: an empty list is the default, TLS 1.3 names are taken and ignored.
+    let all = versions(&load(&p, TLS).unwrap());
+    assert_eq!(versions(&load(&p, &format!("{TLS}  cipher_suites: []\n")).unwrap()), all);
+    let s = load(&p, &format!("{TLS}  cipher_suites: [TLS_AES_128_GCM_SHA256, TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]\n")).unwrap();
+    assert_eq!(versions(&s).0, 1);
     assert!(error(&p, &format!("{TLS}  curve_preferences: [CurveP521]\n")).starts_with("tls_server_config.curve_preferences: \"CurveP521\""));
     assert!(error(&p, &format!("{TLS}  client_allowed_sans: [a.example]\n")).contains("not supported by remote-vm"));
 }
@@ -190,6 +195,35 @@ fn a_bad_hash_is_one_line_naming_the_user() {
     let p = pki("hash");
     let e = error(&p, "basic_auth_users:\n  alice: plaintext\n");
     assert!(e.starts_with("basic_auth_users.alice: not a bcrypt hash"), "{e}");
+    // Well-formed but a cost bcrypt refuses, or one that would take hours.
+    let good = bcrypt::hash("x", 4).unwrap();
+    for (cost, want) in [("03", "basic_auth_users.alice: bcrypt cost 3: expected 4 to 16"), ("31", "basic_auth_users.alice: bcrypt cost 31: expected 4 to 16")] {
+        let hash = format!("$2b${cost}${}", &good[7..]);
+        assert_eq!(error(&p, &format!("basic_auth_users:\n  alice: '{hash}'\n")), want);
+    }
+    // A salt that is not bcrypt's base64.
+    let hash = format!("{}!!{}", &good[..7], &good[9..]);
+    let e = error(&p, &format!("basic_auth_users:\n  alice: '{hash}'\n"));
+    assert!(e.starts_with("basic_auth_users.alice: not a bcrypt hash"), "{e}");
+}
+
+#[tokio::test]
+async fn only_successes_are_cached_and_unknown_users_cost_what_known_ones_do() {
+    let p = pki("cache");
+    let s = load(&p, &format!("basic_auth_users:\n  alice: '{}'\n", bcrypt::hash("pw", 5).unwrap())).unwrap();
+    let auth = s.auth.unwrap();
+    for i in 0..5 {
+        assert!(!auth.allows(Some(&basic("alice", &format!("guess {i}")))).await);
+    }
+    assert!(auth.cache.lock().unwrap().is_empty(), "a failure was cached");
+    assert!(auth.allows(Some(&basic("alice", "pw"))).await);
+    assert_eq!(auth.cache.lock().unwrap().len(), 1);
+    // The stand-in hash has the costliest user's cost (5 here is below the
+    // default stand-in's 10, which stays).
+    assert_eq!(auth.unknown_user_hash, UNKNOWN_USER_HASH);
+    let s = load(&p, &format!("basic_auth_users:\n  bob: '{}'\n", bcrypt::hash("pw", 11).unwrap())).unwrap();
+    let parts: bcrypt::HashParts = s.auth.unwrap().unknown_user_hash.parse().unwrap();
+    assert_eq!(parts.get_cost(), 11);
 }
 
 #[test]
