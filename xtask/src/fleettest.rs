@@ -36,14 +36,14 @@ pub struct Args {
 
 const INTERVAL_S: i64 = 300;
 
-/// The counters the fleet exports: (family without `_total`, the series'
-/// label, its values, compare's key).
+/// The counters the fleet exports: (metric, the series' label, its value,
+/// compare's key).
 const SERIES: &[(&str, &str, &str, &str)] = &[
-    ("remote_vm_reads", "path", "fast", "reads"),
-    ("remote_vm_reads", "path", "fallback", "reads"),
-    ("remote_vm_reads", "path", "slow", "reads"),
-    ("remote_vm_fallbacks", "reason", "vma_lock_failed", "fallbacks"),
-    ("remote_vm_fallbacks", "reason", "page_not_present", "fallbacks"),
+    (cat::READS.name, "path", "fast", "reads"),
+    (cat::READS.name, "path", "fallback", "reads"),
+    (cat::READS.name, "path", "slow", "reads"),
+    (cat::FALLBACKS.name, "reason", "vma_lock_failed", "fallbacks"),
+    (cat::FALLBACKS.name, "reason", "page_not_present", "fallbacks"),
 ];
 
 /// SplitMix64: the same fleet on every run.
@@ -184,8 +184,10 @@ impl Fleet {
             }
         }
         let mut family = "";
-        for (s, (fam, label, value, key)) in SERIES.iter().enumerate() {
-            if *fam != family {
+        for (s, (metric, label, value, key)) in SERIES.iter().enumerate() {
+            // OpenMetrics names a counter family without `_total`.
+            let fam = metric.strip_suffix("_total").unwrap_or(metric);
+            if fam != family {
                 writeln!(om, "# TYPE {fam} counter")?;
                 family = fam;
             }
@@ -202,8 +204,8 @@ impl Fleet {
                     v = if reset { d } else { v + d };
                     let t = self.time(i);
                     let labels = format!("job=\"remote-vm\",instance=\"{}\",{label}=\"{value}\"", p.instance);
-                    writeln!(om, "{fam}_total{{{labels}}} {v} {t}")?;
-                    writeln!(vm, "{fam}_total{{{labels}}} {v} {}", t * 1000)?;
+                    writeln!(om, "{metric}{{{labels}}} {v} {t}")?;
+                    writeln!(vm, "{metric}{{{labels}}} {v} {}", t * 1000)?;
                     if !in_range(t) {
                         continue;
                     }
