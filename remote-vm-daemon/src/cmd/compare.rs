@@ -671,7 +671,10 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
                         need_hosts.insert(host);
                         continue;
                     };
-                    if resets > 0.0 || kernels.is_some_and(|k| k.len() > 1) {
+                    // A reset, two kernels in the chunk, or a kernel other than
+                    // the host's before it (where exactly it changed is in the samples).
+                    let changed = kernels.is_some_and(|k| k.len() > 1 || host_kernel.get(&host).is_some_and(|was| !k.contains(was)));
+                    if resets > 0.0 || changed {
                         need.entry(i).or_default().insert(id);
                         need_hosts.insert(host);
                         continue;
@@ -691,7 +694,14 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
                     last.insert(id, l);
                 }
             }
-            // The raw samples of the chunks that need them, a batch of hosts at a time.
+            // The raw samples of the chunks that need them, a batch of hosts at
+            // a time; and the kernel samples of every host that changed kernel
+            // (its kernel at the chunk's end is in them).
+            for (host, kernels) in &kernels_in {
+                if kernels.len() > 1 {
+                    need_hosts.insert(host.clone());
+                }
+            }
             let hosts: Vec<Host> = need_hosts.into_iter().collect();
             let mut chunk_kernels = Kernels::default();
             for batch in hosts.chunks(RAW_BATCH) {
