@@ -11,23 +11,8 @@ use std::{
 
 mod common;
 
-use common::Running;
+use common::{Running, closed_by_server};
 use remote_vm_testkit::prom;
-
-/// Whether the server closed `s` (EOF or reset) within `within`.
-fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 512];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            // A 408 or any answer before the close is fine; keep reading.
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
-            Err(_) => return true,
-        }
-    }
-}
 
 #[test]
 #[ignore = "needs root and BPF; run by cargo xtask test"]

@@ -5,7 +5,6 @@
 //! and hashes are made by the tests (`remote_vm_testkit::pki`). The served
 //! ones need root and BPF (`cargo xtask test`); the refusals do not.
 use std::{
-    io::Read,
     net::TcpStream,
     path::Path,
     process::Command,
@@ -14,7 +13,7 @@ use std::{
 
 mod common;
 
-use common::{DAEMON, Running};
+use common::{DAEMON, Running, closed_by_server};
 use remote_vm_testkit::{
     pki::{self, Ask, Outcome, Pki},
     prom,
@@ -154,20 +153,6 @@ fn sighup_rotates_the_certificate_and_keeps_the_listener() {
     assert!(d.log_text().contains("SIGHUP: the web config has no basic_auth_users now"), "{}", d.log_text());
     assert!(matches!(prom::get(&d.addr, "/healthz"), Ok((200, _))));
     assert_eq!(d.stop(), 0, "the same process served throughout");
-}
-
-/// Whether the server closed `s` within `within`.
-fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
-    s.set_read_timeout(Some(within)).unwrap();
-    let mut buf = [0u8; 256];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
-            Err(_) => return true,
-        }
-    }
 }
 
 #[test]

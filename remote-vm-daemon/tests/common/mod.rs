@@ -160,3 +160,19 @@ pub fn wrk_requests(out: &std::process::Output) -> u64 {
     assert!(requests > 0, "{report}");
     requests
 }
+
+/// Whether the server closed `s` (EOF or reset) within `within`; any answer
+/// before the close (a 408, say) is read past.
+pub fn closed_by_server(s: &mut std::net::TcpStream, within: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return false,
+            Err(_) => return true,
+        }
+    }
+}
