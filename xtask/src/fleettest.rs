@@ -25,7 +25,7 @@ use remote_vm_common::catalog as cat;
 use crate::{
     apt::{self, Apt},
     dashboards,
-    promtest::Guard,
+    promtest::{self, Guard},
     util::{say, sh},
 };
 
@@ -394,17 +394,15 @@ fn differences(doc: &Value, truth: &BTreeMap<Kernel, Truth>) -> Vec<String> {
 fn expressions(root: &Path, engine: &Engine, end: f64) -> Result<(usize, Vec<String>)> {
     let api = remote_vm_prom::Prometheus::new(remote_vm_prom::Client::new(&engine.url)?);
     let mut exprs = Vec::new();
-    for (_, file) in dashboards::files()? {
-        if let Ok(d) = serde_json::from_str::<Value>(&file) {
-            for (title, expr) in dashboards::queries(&d) {
-                let q = dashboards::substitute(&expr, "5m");
-                // label_values() is Grafana's, not PromQL: its selector is.
-                let q = match q.strip_prefix("label_values(").and_then(|r| r.strip_suffix(')')).and_then(|r| r.rsplit_once(',')) {
-                    Some((sel, _)) => sel.trim().to_string(),
-                    None => q,
-                };
-                exprs.push((title, q));
-            }
+    for d in [dashboards::host(), dashboards::fleet_dashboard()] {
+        for (title, expr) in dashboards::queries(&d) {
+            let q = dashboards::substitute(&expr, "5m");
+            // label_values() is Grafana's, not PromQL: its selector is.
+            let q = match promtest::label_values(&q) {
+                Some((sel, _)) => sel.to_string(),
+                None => q,
+            };
+            exprs.push((title, q));
         }
     }
     let rules: Value = serde_saphyr::from_str(&std::fs::read_to_string(root.join("dashboards/remote-vm.rules.yml"))?)

@@ -38,7 +38,7 @@ pub fn query(port: u16, expr: &str) -> Result<Vec<Value>> {
 }
 
 /// Grafana's `label_values(SELECTOR, LABEL)` variable query, split.
-fn label_values(q: &str) -> Option<(&str, &str)> {
+pub fn label_values(q: &str) -> Option<(&str, &str)> {
     let inner = q.strip_prefix("label_values(")?.strip_suffix(')')?;
     let (selector, label) = inner.rsplit_once(',')?;
     Some((selector.trim(), label.trim()))
@@ -47,6 +47,21 @@ fn label_values(q: &str) -> Option<(&str, &str)> {
 /// What Grafana asks for `label_values`: `/api/v1/label/LABEL/values?match[]=SELECTOR`.
 fn values(port: u16, selector: &str, label: &str) -> Result<Vec<Value>> {
     Ok(prometheus(port)?.label_values(label, &[selector])?)
+}
+
+/// Debian's Prometheus on 127.0.0.1:`port` with `dir`/prometheus.yml, its
+/// data in `dir`/data and its log in `dir`/prometheus.log.
+pub fn start_prometheus(dir: &Path, port: u16) -> Result<Guard> {
+    Ok(Guard(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
+            .spawn()
+            .context("start prometheus (Debian package prometheus)")?,
+    ))
 }
 
 /// A child process killed on drop.
@@ -106,16 +121,7 @@ impl Lab {
         );
         std::fs::write(dir.join("prometheus.yml"), config)?;
         say!("starting Prometheus on 127.0.0.1:{PROMETHEUS_PORT} scraping {}", targets.join(", "));
-        let prometheus = Guard(
-            Command::new("prometheus")
-                .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-                .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-                .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
-                .spawn()
-                .context("start prometheus (Debian package prometheus)")?,
-        );
+        let prometheus = start_prometheus(&dir, PROMETHEUS_PORT)?;
         Ok(Lab {
             vms,
             _host_daemon: host_daemon,

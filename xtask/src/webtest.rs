@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::{
-    promtest::{Guard, http_get},
+    promtest::{Guard, http_get, query, start_prometheus},
     util::{say, sh, sh_output},
 };
 
@@ -131,16 +131,7 @@ pub fn test(root: &Path) -> Result<()> {
     std::fs::write(dir.join("prometheus.yml"), &config)?;
     sh(Command::new("promtool").args(["check", "config", "--syntax-only"]).arg(dir.join("prometheus.yml")).stdout(Stdio::null()))?;
     say!("web: Prometheus on 127.0.0.1:{PROMETHEUS_PORT}: jobs tls, wrong-password, no-client-cert, plain-http");
-    let _prometheus = Guard(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("prometheus.log"))?)
-            .spawn()
-            .context("start prometheus")?,
-    );
+    let _prometheus = start_prometheus(&dir, PROMETHEUS_PORT)?;
     // Every target scraped at least twice (health known, the second scrape
     // the same), then the verdicts.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -182,8 +173,7 @@ pub fn test(root: &Path) -> Result<()> {
     verdict("wrong-password", "down", "401 Unauthorized");
     verdict("no-client-cert", "down", "certificate required");
     verdict("plain-http", "down", "400 Bad Request");
-    let series = remote_vm_prom::Prometheus::new(remote_vm_prom::Client::new(&format!("127.0.0.1:{PROMETHEUS_PORT}"))?)
-        .query(&format!("{}{{job=\"tls\"}}", remote_vm_common::catalog::BUILD_INFO.name), None)?;
+    let series = query(PROMETHEUS_PORT, &format!("{}{{job=\"tls\"}}", remote_vm_common::catalog::BUILD_INFO.name))?;
     say!("web: Prometheus has {} {} series from the TLS job", series.len(), remote_vm_common::catalog::BUILD_INFO.name);
     if series.len() != 1 {
         failures.push(format!("{} series of {} from job tls, want 1", series.len(), remote_vm_common::catalog::BUILD_INFO.name));
