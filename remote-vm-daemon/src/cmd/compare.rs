@@ -278,15 +278,6 @@ pub const LIMITS: Limits = Limits {
     samples: 50_000_000,
 };
 
-/// The exact increase of a counter from its raw samples: positive steps summed,
-/// and after a reset (a drop) the new value counted from zero.
-pub fn exact_increase(values: &[f64]) -> f64 {
-    values
-        .windows(2)
-        .map(|w| if w[1] >= w[0] { w[1] - w[0] } else { w[1] })
-        .sum()
-}
-
 /// One (patched, release) group.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Group {
@@ -703,12 +694,17 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
                 }
             }
             let hosts: Vec<Host> = need_hosts.into_iter().collect();
+            // Per batch: its hosts and the matcher that names them.
+            let batches: Vec<(BTreeSet<&Host>, String)> = hosts
+                .chunks(RAW_BATCH)
+                .map(|batch| {
+                    let instances: BTreeSet<&str> = batch.iter().map(|h| h.1.as_str()).collect();
+                    (batch.iter().collect(), format!("instance=~{}", regex_of(&instances)))
+                })
+                .collect();
             let mut chunk_kernels = Kernels::default();
-            for batch in hosts.chunks(RAW_BATCH) {
-                let wanted: BTreeSet<&Host> = batch.iter().collect();
-                let instances: BTreeSet<&str> = batch.iter().map(|h| h.1.as_str()).collect();
-                let matcher = format!("instance=~{}", regex_of(&instances));
-                let expr = format!("{}{}[{w}]", cat::KERNEL_INFO.name, self.with(&matcher));
+            for (wanted, matcher) in &batches {
+                let expr = format!("{}{}[{w}]", cat::KERNEL_INFO.name, self.with(matcher));
                 for s in self.ask(&expr, t)? {
                     let host = host_of(&s["metric"]);
                     if !wanted.contains(&host) {
@@ -721,11 +717,8 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
             chunk_kernels.sort();
             for (i, ids) in &need {
                 let (key, metric, split) = COUNTERS[*i];
-                for batch in hosts.chunks(RAW_BATCH) {
-                    let wanted: BTreeSet<&Host> = batch.iter().collect();
-                    let instances: BTreeSet<&str> = batch.iter().map(|h| h.1.as_str()).collect();
-                    let matcher = format!("instance=~{}", regex_of(&instances));
-                    let expr = format!("{metric}{}[{w}]", self.with(&matcher));
+                for (wanted, matcher) in &batches {
+                    let expr = format!("{metric}{}[{w}]", self.with(matcher));
                     for series in self.ask(&expr, t)? {
                         let m = &series["metric"];
                         let id = series_id(metric, m);
@@ -829,6 +822,14 @@ pub fn render(c: &Comparison, format: Format, range: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The increase `Tally` counts from one series' values (one a second, one kernel).
+    fn exact_increase(values: &[f64]) -> f64 {
+        let samples: Vec<(i64, f64)> = values.iter().enumerate().map(|(i, v)| (i as i64 * 1000, *v)).collect();
+        let mut t = Tally::default();
+        t.samples(&Kernels::default(), &("j".into(), "h".into()), "c", None, None, &samples);
+        t.finish().first().map_or(0.0, |g| g.count("c"))
+    }
 
     #[test]
     fn increases_are_exact_across_resets() {
