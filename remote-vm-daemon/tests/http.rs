@@ -170,3 +170,53 @@ fn every_listen_address_serves_the_configured_metrics_path() {
     let log = d.log_text();
     assert!(log.contains(&format!("serving http://{}/custom/metrics, http://{second}/custom/metrics, http://", d.addr)), "{log}");
 }
+
+/// The status line of the answer to `request`, sent whole on a new connection
+/// (None when the server closed without answering).
+fn status_of(addr: &str, request: &[u8]) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(request);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(2).any(|w| w == b"\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = String::from_utf8_lossy(&got);
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok())
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn requests_that_are_not_a_scrape_get_one_status_and_the_daemon_serves_on() {
+    let d = Running::start("bad-requests", "", &[]);
+    let cases: [(&str, Vec<u8>, Option<u16>); 5] = [
+        ("POST /metrics", b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n".to_vec(), Some(405)),
+        ("an unknown path", b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), Some(404)),
+        ("a request line that is not HTTP", b"\x16\x03\x01 hello\r\n\r\n".to_vec(), Some(400)),
+        (
+            "a head over 16 KiB",
+            [b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: ".as_slice(), &[b'a'; 20 * 1024], b"\r\n\r\n"].concat(),
+            Some(431),
+        ),
+        ("a head that ends the connection half-way", b"GET /metrics HTTP/1.1\r\nHo".to_vec(), None),
+    ];
+    for (what, request, want) in cases {
+        let mut s = TcpStream::connect(&d.addr).unwrap();
+        let got = if want.is_none() {
+            s.write_all(&request).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            assert!(closed_by_server(&mut s, Duration::from_secs(5)), "{what}: left open");
+            None
+        } else {
+            drop(s);
+            status_of(&d.addr, &request)
+        };
+        assert_eq!(got, want, "{what}");
+        assert!(d.metrics_ok(), "/metrics after {what}");
+    }
+    assert_eq!(d.stop(), 0);
+}
