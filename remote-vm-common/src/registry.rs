@@ -101,6 +101,9 @@ pub struct FamilySpec {
     /// A family whose data this one only refines: without it attached, this one
     /// would cost without telling anything, so it is not attached either.
     pub requires: Option<Family>,
+    /// Its hook runs on every user page fault of the host, remote access or not:
+    /// what it costs there is paid by every process (see BENCHMARKS.md).
+    pub on_fault_path: bool,
 }
 
 /// Every probe family, in attach order.
@@ -167,6 +170,11 @@ impl Family {
 
     pub fn mode(self, name: &str) -> Option<&'static ModeSpec> {
         self.modes().find(|m| m.name == name)
+    }
+
+    /// The families whose hooks run on every page fault (`on_fault_path`).
+    pub fn on_fault_path() -> impl Iterator<Item = Family> {
+        Family::ALL.into_iter().filter(|f| f.spec().on_fault_path)
     }
 
     /// The first mode `auto` tries.
@@ -268,6 +276,7 @@ static ACCESS: FamilySpec = FamilySpec {
     ],
     opt_in: &[],
     requires: None,
+    on_fault_path: false,
 };
 
 /// `lock_vma_under_rcu(mm, addr)` exit: fexit sees the arguments and the result;
@@ -289,6 +298,7 @@ static LOCK_VMA: FamilySpec = FamilySpec {
     ],
     opt_in: &[],
     requires: Some(Family::AccessRemoteVm),
+    on_fault_path: true,
 };
 
 /// `folio_walk_start(fw, vma, addr, flags)` exit: the `folio_walk` it filled
@@ -310,6 +320,7 @@ static FOLIO_WALK: FamilySpec = FamilySpec {
     ],
     opt_in: &[],
     requires: Some(Family::AccessRemoteVm),
+    on_fault_path: false,
 };
 
 /// `get_user_pages_remote()` entry: pages the old path had GUP fetch.
@@ -322,6 +333,7 @@ static GUP: FamilySpec = FamilySpec {
     ],
     opt_in: &[],
     requires: Some(Family::AccessRemoteVm),
+    on_fault_path: false,
 };
 
 /// The remote read's own acquisitions: `mmap_read_lock_killable()` is inlined
@@ -392,6 +404,7 @@ static REMOTE: FamilySpec = FamilySpec {
         )),
     ],
     requires: Some(Family::AccessRemoteVm),
+    on_fault_path: false,
 };
 
 /// Host-wide waits on a thread's own mm's mmap_lock. `lock:contention_begin/end`
@@ -426,6 +439,7 @@ static HOST: FamilySpec = FamilySpec {
         ))
     }],
     requires: None,
+    on_fault_path: false,
 };
 
 /// The README's probe table, generated from the registry.

@@ -187,10 +187,11 @@ impl Config {
         };
         for (name, text) in layers {
             let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(name, text, &e))?;
+            // The key and value as written, on one line (line breaks escaped).
             let bad = |key: &str, value: String, allowed: String| ConfigError::Value {
                 source_name: name.to_string(),
-                key: key.to_string(),
-                value,
+                key: crate::printable(key),
+                value: crate::printable(&value),
                 allowed,
             };
             let web = raw.web.unwrap_or_default();
@@ -606,5 +607,18 @@ mod tests {
         let e = parse("listen = \n").unwrap_err().to_string();
         assert!(e.starts_with("config t.toml line 1: "), "{e}");
         assert!(!e.contains('\n'));
+    }
+
+    #[test]
+    fn values_and_keys_with_line_breaks_stay_on_one_line() {
+        // Found by the config fuzz target: a multi-line string echoed as written.
+        let e = parse("listen = \"\"\"\n# \n\"\"\"\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("config t.toml: key `listen`: invalid value \"\"\"\\n# \\n\"\"\": expected {LISTEN_ALLOWED}")
+        );
+        let e = parse("[probes]\n\"a\\nb\" = \"off\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("config t.toml: key `probes.a\\nb`: invalid value"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
     }
 }

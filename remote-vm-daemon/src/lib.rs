@@ -15,3 +15,9 @@ mod stalls;
 mod status;
 pub mod webconfig;
 pub mod top;
+
+/// `s` with control characters escaped: text from outside (a config value, a
+/// name or path in the web config) cannot break the one line an error is.
+pub(crate) fn printable(s: &str) -> String {
+    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}

@@ -7,6 +7,7 @@
 //! to the file's directory, as in exporter-toolkit (so with systemd's
 //! `LoadCredential=` the file and everything it names can sit in the
 //! credentials directory).
+use crate::printable;
 use std::{
     collections::{BTreeMap, HashSet},
     path::{Path, PathBuf},
@@ -159,12 +160,6 @@ fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
         return Err(std::io::Error::other(format!("larger than {MAX_FILE_BYTES} bytes")));
     }
     Ok(buf)
-}
-
-/// `s` with control characters escaped: names and paths from the file (or
-/// the command line) cannot break the one line an error is.
-fn printable(s: &str) -> String {
-    s.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 fn one_line(s: &str) -> String {

@@ -11,12 +11,14 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use remote_vm_common::registry::Family;
+
 use crate::{
     prom,
     workload::{PAGE, Target, map},
 };
 
-const LISTEN: &str = "127.0.0.1:19362";
+pub(crate) const LISTEN: &str = "127.0.0.1:19362";
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -58,18 +60,33 @@ pub struct BenchResult {
     pub attached: Vec<(String, String)>,
 }
 
-/// The daemon modes compared with "off": the daemon with nothing attached (a
-/// baseline: under emulation the daemon's mere presence moves the figures), the
-/// default, and each opt-in mode.
+/// The daemon configurations compared with "off", derived from the registry:
+/// the daemon with nothing attached (a baseline: under emulation the daemon's
+/// mere presence moves the figures), the default, the default without any family
+/// on the page-fault path, and each opt-in mode.
 pub const BASELINE: &str = "daemon running, nothing attached";
-const MODES: &[(&str, &str)] = &[
-    (BASELINE, "[probes]\naccess_remote_vm = \"off\"\nmmap_lock_host = \"off\"\n"),
-    ("default", ""),
-    ("opt-in: host mmap_lock_tp", "[probes]\nmmap_lock_host = \"mmap_lock_tp\"\n"),
-    ("opt-in: remote fentry_rw", "[probes]\nmmap_lock_remote = \"fentry_rw\"\n"),
-];
+/// The default less every family whose hook runs on every page fault.
+pub const NO_FAULT_PATH: &str = "default, no page-fault-path program";
 
-pub(crate) struct Daemon(Child);
+pub fn configurations() -> Vec<(String, String)> {
+    let off = |families: &mut dyn Iterator<Item = Family>| {
+        let lines: String = families.map(|f| format!("{} = \"off\"\n", f.name())).collect();
+        format!("[probes]\n{lines}")
+    };
+    let mut all = vec![
+        (BASELINE.to_string(), off(&mut Family::ALL.into_iter().filter(|f| f.spec().requires.is_none()))),
+        ("default".to_string(), String::new()),
+        (NO_FAULT_PATH.to_string(), off(&mut Family::on_fault_path())),
+    ];
+    for f in Family::ALL {
+        for m in f.spec().opt_in {
+            all.push((format!("opt-in: {} {}", f.name(), m.name), format!("[probes]\n{} = \"{}\"\n", f.name(), m.name)));
+        }
+    }
+    all
+}
+
+pub(crate) struct Daemon(pub(crate) Child);
 
 impl Daemon {
     pub(crate) fn start(bin: &str, config: &str) -> Result<Daemon> {
@@ -100,6 +117,43 @@ impl Drop for Daemon {
         unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
         let _ = self.0.wait();
     }
+}
+
+/// CPU seconds of all of `pid`'s threads: its process CPU clock
+/// (`clock_getcpuclockid`, the scheduler's nanoseconds, whatever the kernel's
+/// accounting config), else schedstat, else clock ticks.
+pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
+    let mut clock: libc::clockid_t = 0;
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: out-pointers to locals.
+    if unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) } == 0
+        && unsafe { libc::clock_gettime(clock, &mut ts) } == 0
+    {
+        return Ok(ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9);
+    }
+    let mut ns = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        match std::fs::read_to_string(task?.path().join("schedstat")) {
+            Ok(s) => ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
+            Err(_) => {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+                let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
+                let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+                // SAFETY: sysconf has no preconditions.
+                return Ok((field(11) + field(12)) / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64);
+            }
+        }
+    }
+    Ok(ns as f64 / 1e9)
+}
+
+/// `pid`'s resident set in KiB.
+pub(crate) fn rss_kb(pid: u32) -> Result<u64> {
+    Ok(std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -136,7 +190,7 @@ pub(crate) fn page_faults(rounds: usize) -> Result<f64> {
 }
 
 /// ns per mmap + fault + munmap of one page (each takes the mmap_lock).
-fn mmap_loop(n: usize) -> f64 {
+pub(crate) fn mmap_loop(n: usize) -> f64 {
     let t = Instant::now();
     for _ in 0..n {
         // SAFETY: as above.
@@ -171,7 +225,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     };
     for (name, work) in &workloads {
         work(); // warm up
-        for (mode, config) in MODES {
+        for (mode, config) in &configurations() {
             let (mut off, mut on) = (Vec::new(), Vec::new());
             // Each measurement runs the work twice and keeps the second: under
             // emulation (TCG) the first run after a daemon start also pays for
@@ -206,25 +260,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         .filter_map(|l| l.split_once(": "))
         .map(|(p, rest)| (p.to_string(), rest.split_whitespace().next().unwrap_or("").to_string()))
         .collect();
-    // CPU seconds of all the daemon's threads, from schedstat (nanoseconds; the
-    // clock ticks of /proc/PID/stat are too coarse for a mostly idle daemon).
-    // Kernels without CONFIG_SCHED_INFO have no schedstat: clock ticks then.
-    let cpu = || -> Result<f64> {
-        let mut ns = 0u64;
-        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-            match std::fs::read_to_string(task?.path().join("schedstat")) {
-                Ok(s) => ns += s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0),
-                Err(_) => {
-                    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-                    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
-                    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-                    // SAFETY: sysconf has no preconditions.
-                    return Ok(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64);
-                }
-            }
-        }
-        Ok(ns as f64 / 1e9)
-    };
+    let cpu = || cpu_seconds(pid);
     let cpu0 = cpu()?;
     let t0 = Instant::now();
     let mut buf = vec![0u8; PAGE];
@@ -243,11 +279,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         }
     }
     result.daemon_cpu_percent = 100.0 * (cpu()? - cpu0) / t0.elapsed().as_secs_f64();
-    result.daemon_rss_kb = std::fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0);
+    result.daemon_rss_kb = rss_kb(pid)?;
     // What a scraper sees: requests spaced wider than the daemon's default
     // render spacing (`[web] min_render_interval_seconds`, 0.1 s), so each
     // measures a render, not the wait for the next one.

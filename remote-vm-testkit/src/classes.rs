@@ -59,6 +59,24 @@ pub const COUNTS: Counts = Counts {
     cmdline: 2,
 };
 
+impl Counts {
+    /// `COUNTS` less what this target could not set up (no hugetlb page
+    /// reserved, no THP given, argv not moved).
+    pub fn for_layout(l: &crate::workload::Layout) -> Counts {
+        let mut c = COUNTS;
+        if l.hugetlb.is_none() {
+            c.hugetlb = 0;
+        }
+        if l.thp.is_none() {
+            c.thp = 0;
+        }
+        if l.cmdline_len == 0 {
+            c.cmdline = 0;
+        }
+        c
+    }
+}
+
 const B: u64 = PAGE as u64;
 const HALF: u64 = B / 2;
 const WRITE_LEN: usize = 16;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use remote_vm_common::catalog as cat;
 
 use crate::{
-    classes::{self, COUNTS},
+    classes,
     prom::{self, Scrape},
     workload::Target,
 };
@@ -67,17 +67,7 @@ pub(super) fn serve() -> Result<bool> {
             }
         }
         let target = Target::spawn(4, 16)?;
-        let mut counts = COUNTS;
-        if target.layout.hugetlb.is_none() {
-            counts.hugetlb = 0;
-        }
-        if target.layout.thp.is_none() {
-            counts.thp = 0;
-        }
-        if target.layout.cmdline_len == 0 {
-            counts.cmdline = 0;
-        }
-        classes::run(&target, &counts)?;
+        classes::run(&target, &classes::Counts::for_layout(&target.layout))?;
         drop(target);
         rounds += 1;
         if rounds.is_multiple_of(50) {
