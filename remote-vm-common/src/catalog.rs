@@ -150,6 +150,8 @@ pub enum Coverage {
     RemoteWrites,
     HostLock,
     LockVma,
+    /// VMAs locked per read: the lockless loop's VMA steps.
+    VmaSteps,
     Gup,
     WalkLevels,
     FollAnon,
@@ -159,13 +161,14 @@ pub enum Coverage {
 
 impl Coverage {
     /// The coverages `check` and `/healthz` report, in order.
-    pub const REPORTED: [Coverage; 10] = [
+    pub const REPORTED: [Coverage; 11] = [
         Coverage::Reads,
         Coverage::Fallbacks,
         Coverage::RemoteLock,
         Coverage::RemoteWrites,
         Coverage::HostLock,
         Coverage::LockVma,
+        Coverage::VmaSteps,
         Coverage::Gup,
         Coverage::WalkLevels,
         Coverage::FollAnon,
@@ -182,6 +185,7 @@ impl Coverage {
             Coverage::RemoteWrites => "remote mmap_lock write waits (expand_stack)",
             Coverage::HostLock => "host mmap_lock wait",
             Coverage::LockVma => "lock_vma_under_rcu calls",
+            Coverage::VmaSteps => "VMAs locked per read, multi-VMA reads",
             Coverage::Gup => "GUP calls",
             Coverage::WalkLevels => "folio walk levels, lockless PTE pages",
             Coverage::FollAnon => "FOLL_ANON file-backed lockless reads",
@@ -193,14 +197,19 @@ impl Coverage {
     pub const fn needs(self) -> &'static str {
         match self {
             Coverage::Always => "nothing",
-            Coverage::Reads => "needs access_remote_vm, mmap_lock_remote and lock_vma_under_rcu",
-            Coverage::Fallbacks => "needs the read probes and folio_walk_start",
+            Coverage::Reads => {
+                "needs access_remote_vm, mmap_lock_remote, and lock_vma_under_rcu or folio_walk_start with the start-up probe read's verdict"
+            }
+            Coverage::Fallbacks => {
+                "needs the read probes, folio_walk_start, and lock_vma_under_rcu or folio_walk.level in BTF"
+            }
             Coverage::RemoteLock => "needs access_remote_vm and mmap_lock_remote",
             Coverage::RemoteWrites => {
                 "needs mmap_lock_remote in an opt-in read+write mode (fentry_rw, kprobe_rw) or mmap_lock_tp"
             }
             Coverage::HostLock => "needs mmap_lock_host",
             Coverage::LockVma => "needs access_remote_vm and lock_vma_under_rcu",
+            Coverage::VmaSteps => "needs the read probes and lock_vma_under_rcu (opt-in)",
             Coverage::Gup => "needs the read probes and get_user_pages_remote",
             Coverage::WalkLevels => "needs folio_walk_start and folio_walk.level in BTF",
             Coverage::FollAnon => "needs folio_walk_start, vm_area_struct.vm_ops and FOLL_ANON in BTF",
@@ -326,7 +335,7 @@ pub const READ_VMAS: Metric = Metric {
         Histogram,
         Unit::Count,
         &[PATH],
-        &[C::Reads],
+        &[C::VmaSteps],
         "VMAs locked by lock_vma_under_rcu() per remote read, by path (0 for reads with no lockless attempt).",
     )
 };
@@ -335,7 +344,7 @@ pub const MULTI_VMA_READS: Metric = metric(
     Counter,
     Unit::Count,
     &[PATH],
-    &[C::Reads],
+    &[C::VmaSteps],
     "Remote reads that locked two or more VMAs in the lockless loop, by path.",
 );
 pub const WRITES: Metric = metric(
@@ -384,7 +393,7 @@ pub const FALLBACKS: Metric = metric(
     Unit::Count,
     &[REASON],
     &[C::Fallbacks],
-    "Fallback reads by the reason the lockless loop stopped.",
+    "Fallback reads by the reason the lockless loop stopped: vma_lock_failed and vma_unsuitable where the opt-in lock_vma_under_rcu probe is attached, vma_lock_failed_or_unsuitable where not.",
 );
 pub const FALLBACK_LOCKLESS_BYTES: Metric = metric(
     "remote_vm_fallback_lockless_bytes_total",

@@ -13,6 +13,21 @@
 //! `mmap_read_lock_killable()`, GUP, maybe `expand_stack()` which re-takes the lock
 //! for write. Writes and unpatched kernels take only the old path.
 
+/// The size of a page-table entry by `Level` index, as `1 << shift` (x86-64:
+/// 4 KiB, 2 MiB, 1 GiB; an unknown level counts as a PTE).
+pub const ENTRY_SHIFT: [u32; 3] = [12, 21, 30];
+
+/// The first address past the entry of `level` that maps `addr`.
+#[inline(always)]
+pub const fn entry_end(addr: u64, level: u32) -> u64 {
+    let shift = match level {
+        1 => ENTRY_SHIFT[1],
+        2 => ENTRY_SHIFT[2],
+        _ => ENTRY_SHIFT[0],
+    };
+    (addr | ((1u64 << shift) - 1)).wrapping_add(1)
+}
+
 /// How a read went.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,15 +66,31 @@ pub enum Reason {
     PageNotPresent = 2,
     /// Anything else (e.g. a walk that found no page).
     Other = 3,
+    /// One of the first two, where `lock_vma_under_rcu()` is not probed (the
+    /// default: it runs on every page fault): the loop stopped at a VMA, not at
+    /// a walk.
+    VmaLockFailedOrUnsuitable = 4,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 4] = [
+    pub const ALL: [Reason; 5] = [
         Reason::VmaLockFailed,
         Reason::VmaUnsuitable,
         Reason::PageNotPresent,
         Reason::Other,
+        Reason::VmaLockFailedOrUnsuitable,
     ];
+
+    /// Whether the reason is reported where `lock_vma_under_rcu()` is probed
+    /// (`vma_probed`) or where it is not: the VMA-level reasons are split in
+    /// the one and merged in the other.
+    pub const fn reported(self, vma_probed: bool) -> bool {
+        match self {
+            Reason::VmaLockFailed | Reason::VmaUnsuitable => vma_probed,
+            Reason::VmaLockFailedOrUnsuitable => !vma_probed,
+            Reason::PageNotPresent | Reason::Other => true,
+        }
+    }
 
     pub const fn label(self) -> &'static str {
         match self {
@@ -67,6 +98,44 @@ impl Reason {
             Reason::VmaUnsuitable => "vma_unsuitable",
             Reason::PageNotPresent => "page_not_present",
             Reason::Other => "other",
+            Reason::VmaLockFailedOrUnsuitable => "vma_lock_failed_or_unsuitable",
+        }
+    }
+
+    pub const fn from_u32(v: u32) -> Reason {
+        match v {
+            0 => Reason::VmaLockFailed,
+            1 => Reason::VmaUnsuitable,
+            2 => Reason::PageNotPresent,
+            4 => Reason::VmaLockFailedOrUnsuitable,
+            _ => Reason::Other,
+        }
+    }
+}
+
+/// How the programs learn that a read ran the lockless loop (`Control::read_path`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPath {
+    /// From `lock_vma_under_rcu()` returns (probed), or not at all (the kernel
+    /// has no lockless path): every step is seen.
+    Probed = 0,
+    /// `lock_vma_under_rcu()` is not probed and the start-up probe read showed
+    /// the kernel runs the lockless loop for every read: a read runs it, and a
+    /// stop without a failing walk was at a VMA.
+    Implied = 1,
+    /// `lock_vma_under_rcu()` is not probed and the start-up probe read has not
+    /// decided yet (or could not): a walk is evidence of the loop, a locked read
+    /// without one cannot be told from a slow one and is `unobserved`.
+    Pending = 2,
+}
+
+impl ReadPath {
+    pub const fn from_u32(v: u32) -> ReadPath {
+        match v {
+            1 => ReadPath::Implied,
+            2 => ReadPath::Pending,
+            _ => ReadPath::Probed,
         }
     }
 }
@@ -116,6 +185,11 @@ pub const F_ANON_FILE_WALK: u32 = 1 << 8;
 pub const F_WAITING: u32 = 1 << 9;
 /// The wait in progress is for the write lock.
 pub const F_WAIT_WRITE: u32 = 1 << 10;
+/// The loop's VMA steps are not probed (`ReadPath::Implied` or a walk seen
+/// under `ReadPath::Pending`): a stop without a failing walk was at a VMA.
+pub const F_VMA_UNSEEN: u32 = 1 << 11;
+/// Begun under `ReadPath::Pending`.
+pub const F_PATH_PENDING: u32 = 1 << 12;
 
 /// Per-thread state of one remote access, kept in task storage.
 #[repr(C)]
@@ -302,7 +376,17 @@ impl CallState {
     /// `true` if a previous call on this thread never saw its exit (a missed
     /// return probe).
     #[inline(always)]
-    pub fn begin(&mut self, mm: u64, addr: u64, len: i32, gup_flags: u32, f: Flags, selftest: bool, now: u64) -> bool {
+    pub fn begin(
+        &mut self,
+        mm: u64,
+        addr: u64,
+        len: i32,
+        gup_flags: u32,
+        f: Flags,
+        selftest: bool,
+        reads: ReadPath,
+        now: u64,
+    ) -> bool {
         let orphan = self.is_active();
         *self = CallState::default();
         let mut flags = F_ACTIVE;
@@ -315,9 +399,16 @@ impl CallState {
         if selftest {
             flags |= F_SELFTEST;
         }
+        match reads {
+            // Every read with something to copy enters the loop (a write never).
+            ReadPath::Implied if flags & F_WRITE == 0 && len > 0 => flags |= F_LOCKLESS | F_VMA_UNSEEN,
+            ReadPath::Pending => flags |= F_PATH_PENDING,
+            _ => {}
+        }
         self.flags = flags;
         self.mm = mm;
         self.start_addr = addr;
+        self.last_step_addr = addr;
         self.len = if len > 0 { len as u64 } else { 0 };
         self.start_ns = now;
         orphan
@@ -348,8 +439,15 @@ impl CallState {
     /// page; `level`: `fw->level`; `anonymous`: the VMA is anonymous.
     #[inline(always)]
     pub fn folio_walk(&mut self, addr: u64, found: bool, level: u32, anonymous: bool) {
-        if !self.in_lockless_phase() || self.flags & F_LOCKLESS == 0 {
+        if !self.in_lockless_phase() {
             return;
+        }
+        if self.flags & F_LOCKLESS == 0 {
+            // Not probed at its VMA step, a walk before any lock is the loop's.
+            if self.flags & F_PATH_PENDING == 0 {
+                return;
+            }
+            self.flags |= F_LOCKLESS | F_VMA_UNSEEN;
         }
         self.flags &= !F_VMA_PENDING;
         self.last_step_addr = addr;
@@ -362,6 +460,12 @@ impl CallState {
             1 => self.walks[1] += 1,
             2 => self.walks[2] += 1,
             _ => {}
+        }
+        if self.flags & F_VMA_UNSEEN != 0 {
+            // The next step is the next VMA's only when this walk copied its
+            // whole entry: where the loop stops at a VMA, it stopped at the end
+            // of the last entry it walked (the probed VMA step's address).
+            self.last_step_addr = entry_end(addr, level);
         }
         if self.flags & F_ANON != 0 && !anonymous {
             self.flags |= F_ANON_FILE_WALK;
@@ -410,7 +514,9 @@ impl CallState {
                     // Locked a VMA and walked nothing after it: the flags check
                     // refused the VMA. Anything else that ends the loop without a
                     // failing step is `other`.
-                    self.reason = if self.flags & F_VMA_PENDING != 0 {
+                    self.reason = if self.flags & F_VMA_UNSEEN != 0 {
+                        Reason::VmaLockFailedOrUnsuitable as u32
+                    } else if self.flags & F_VMA_PENDING != 0 {
                         Reason::VmaUnsuitable as u32
                     } else {
                         Reason::Other as u32
@@ -472,7 +578,11 @@ impl CallState {
         // Fast takes evidence: the lockless loop ran (a zero-length read has
         // nothing to loop over). No lock and no lockless step is a probe that
         // did not run.
-        let unobserved = flags & (F_WRITE | F_LOCK_TRIED | F_LOCKLESS) == 0 && self.len > 0;
+        let unobserved = self.len > 0
+            && flags & (F_WRITE | F_LOCKLESS) == 0
+            // A locked read without evidence of the loop is slow, unless the
+            // loop's first step is not probed and its verdict still pending.
+            && (flags & F_LOCK_TRIED == 0 || flags & F_PATH_PENDING != 0);
         let path = if flags & F_WRITE != 0 || unobserved {
             None
         } else if flags & F_LOCK_TRIED == 0 {
@@ -484,12 +594,7 @@ impl CallState {
         };
         let fallback = path == Some(Path::Fallback);
         let reason = if fallback {
-            Some(match self.reason {
-                0 => Reason::VmaLockFailed,
-                1 => Reason::VmaUnsuitable,
-                2 => Reason::PageNotPresent,
-                _ => Reason::Other,
-            })
+            Some(Reason::from_u32(self.reason))
         } else {
             None
         };
@@ -585,6 +690,10 @@ mod tests {
 
     /// Drives `events` through one `CallState`, 10 ns apart.
     fn drive(events: &[Ev]) -> Run {
+        drive_with(ReadPath::Probed, events)
+    }
+
+    fn drive_with(reads: ReadPath, events: &[Ev]) -> Run {
         let mut s = CallState::default();
         let mut run = Run {
             orphans: 0,
@@ -594,7 +703,7 @@ mod tests {
         for (i, ev) in events.iter().enumerate() {
             let now = 1000 + 10 * i as u64;
             match *ev {
-                Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, now)),
+                Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, reads, now)),
                 LockVma { addr, ok } => s.lock_vma(MM, addr, ok),
                 LockVmaOtherMm { addr } => s.lock_vma(MM + 4096, addr, true),
                 Walk { addr, found, level, anon } => s.folio_walk(addr, found, level, anon),
@@ -936,9 +1045,9 @@ mod tests {
     #[test]
     fn selftest_calls_are_marked() {
         let mut s = CallState::default();
-        s.begin(MM, 0x1000, 4096, READ, F, true, 0);
+        s.begin(MM, 0x1000, 4096, READ, F, true, ReadPath::Probed, 0);
         assert!(s.is_active() && !s.is_counted());
-        s.begin(MM, 0x1000, 4096, READ, F, false, 0);
+        s.begin(MM, 0x1000, 4096, READ, F, false, ReadPath::Probed, 0);
         assert!(s.is_counted());
     }
 
@@ -995,5 +1104,140 @@ mod tests {
         assert_eq!(st.hists[Hist::Hold as usize].sum, 20 + 10);
         assert_eq!(st.hists[Hist::WriteDuration as usize].sum, 30);
         let _ = PAGE;
+    }
+
+    /// The patched kernel's read classes as the probes see them with
+    /// `lock_vma_under_rcu()` probed: (name, events, reason when probed).
+    fn patched_classes() -> Vec<(&'static str, Vec<Ev>)> {
+        let a = 0x10_0000u64;
+        let read = |ev: &[Ev]| {
+            let mut v = std::vec![Begin { addr: a, len: 4096, gup: READ }];
+            v.extend_from_slice(ev);
+            v
+        };
+        let locked = [Wait { write: false }, Got { ok: true }];
+        let mut classes = std::vec![
+            ("resident", read(&[LockVma { addr: a, ok: true }, Walk { addr: a, found: true, level: 0, anon: true }, Finish { ret: 4096 }])),
+            (
+                "straddle",
+                read(&[
+                    LockVma { addr: a + PAGE / 2, ok: true },
+                    Walk { addr: a + PAGE / 2, found: true, level: 0, anon: true },
+                    LockVma { addr: a + PAGE, ok: true },
+                    Walk { addr: a + PAGE, found: true, level: 0, anon: true },
+                    Finish { ret: 4096 },
+                ]),
+            ),
+            ("zero page", read(&[LockVma { addr: a, ok: true }, Walk { addr: a, found: false, level: 0, anon: true }])),
+            ("hugetlb", read(&[LockVma { addr: a, ok: true }])),
+            ("unmapped", read(&[LockVma { addr: a, ok: false }])),
+            (
+                "hole straddle",
+                read(&[
+                    LockVma { addr: a + PAGE / 2, ok: true },
+                    Walk { addr: a + PAGE / 2, found: true, level: 0, anon: true },
+                    LockVma { addr: a + PAGE, ok: false },
+                ]),
+            ),
+        ];
+        for (name, ev) in classes.iter_mut() {
+            if *name != "resident" && *name != "straddle" {
+                ev.extend_from_slice(&locked);
+                if *name == "zero page" || *name == "hugetlb" {
+                    ev.push(Gup);
+                }
+                ev.push(Finish { ret: if *name == "hole straddle" || *name == "unmapped" { 0 } else { 4096 } });
+            }
+        }
+        classes
+    }
+
+    #[test]
+    fn without_the_vma_probe_a_patched_kernel_reads_the_same_but_vma_reasons_merge() {
+        for (name, events) in patched_classes() {
+            let probed = drive(&events).outcome.unwrap();
+            let unprobed: Vec<Ev> = events.iter().copied().filter(|e| !matches!(e, LockVma { .. })).collect();
+            let implied = drive_with(ReadPath::Implied, &unprobed).outcome.unwrap();
+            let merged = probed.reason.map(|r| match r {
+                Reason::VmaLockFailed | Reason::VmaUnsuitable => Reason::VmaLockFailedOrUnsuitable,
+                r => r,
+            });
+            // Times differ only because fewer events (10 ns apart) were driven.
+            let times = Outcome { duration_ns: implied.duration_ns, hold_ns: implied.hold_ns, ..probed };
+            assert_eq!(implied.hold_ns.is_some(), probed.hold_ns.is_some(), "{name}");
+            assert_eq!(implied, Outcome { reason: merged, vmas_locked: 0, ..times }, "{name}");
+            assert!(implied.reason.is_none_or(|r| r.reported(false)), "{name}");
+            assert!(probed.reason.is_none_or(|r| r.reported(true)), "{name}");
+            // While the verdict is pending, a walk is evidence; no walk is unobserved.
+            let pending = drive_with(ReadPath::Pending, &unprobed).outcome.unwrap();
+            if unprobed.iter().any(|e| matches!(e, Walk { .. })) {
+                assert_eq!(pending, implied, "{name}");
+            } else {
+                assert_eq!((pending.path, pending.unobserved, pending.reason), (None, true, None), "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn without_the_vma_probe_a_vma_stop_is_at_the_end_of_the_last_walked_entry() {
+        // Half a page, then a hole: the loop copied to the page's end.
+        let hole = [
+            Begin { addr: 0x1800, len: 4096, gup: READ },
+            Walk { addr: 0x1800, found: true, level: 0, anon: true },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: 0 },
+        ];
+        let o = drive_with(ReadPath::Implied, &hole).outcome.unwrap();
+        assert_eq!((o.path, o.reason), (Some(Path::Fallback), Some(Reason::VmaLockFailedOrUnsuitable)));
+        assert_eq!((o.lockless_bytes, o.discarded_bytes), (0x800, 0x800));
+        // From inside a PMD-mapped huge page into an unsuitable VMA after it:
+        // the rest of the 2 MiB entry, bounded by the read's length.
+        let thp = [
+            Begin { addr: 0x40_0000 - 0x100, len: 0x1000, gup: READ },
+            Walk { addr: 0x40_0000 - 0x100, found: true, level: 1, anon: true },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: 0x1000 },
+        ];
+        assert_eq!(drive_with(ReadPath::Implied, &thp).outcome.unwrap().lockless_bytes, 0x100);
+        assert_eq!(entry_end(0x40_0000, 1), 0x60_0000);
+        assert_eq!(entry_end(0x7fff_ffff_f000, 2), 0x8000_0000_0000);
+        // A failing walk stops at its own address.
+        let zero = [
+            Begin { addr: 0x1000, len: 0x2000, gup: READ },
+            Walk { addr: 0x1000, found: true, level: 0, anon: true },
+            Walk { addr: 0x2000, found: false, level: 0, anon: true },
+            Wait { write: false },
+            Got { ok: true },
+            Gup,
+            Finish { ret: 0x2000 },
+        ];
+        let o = drive_with(ReadPath::Implied, &zero).outcome.unwrap();
+        assert_eq!((o.reason, o.lockless_bytes), (Some(Reason::PageNotPresent), 0x1000));
+    }
+
+    #[test]
+    fn implied_reads_leave_writes_unpatched_reads_and_empty_reads_alone() {
+        // A write never runs the loop.
+        let w = drive_with(
+            ReadPath::Implied,
+            &[Begin { addr: 0x1000, len: 16, gup: READ | F.foll_write }, Wait { write: false }, Got { ok: true }, Finish { ret: 16 }],
+        );
+        assert_eq!(w.outcome.unwrap().path, None);
+        // A zero-length read has nothing to loop over: fast, not a fallback.
+        let z = drive_with(ReadPath::Implied, &[Begin { addr: 0x1000, len: 0, gup: READ }, Finish { ret: 0 }]);
+        assert_eq!((z.outcome.unwrap().path, z.outcome.unwrap().unobserved), (Some(Path::Fast), false));
+        // On an unpatched kernel the daemon keeps `Probed`: a locked read is slow.
+        let slow = [Begin { addr: 0x1000, len: 4096, gup: READ }, Wait { write: false }, Got { ok: true }, Gup, Finish { ret: 4096 }];
+        assert_eq!(drive_with(ReadPath::Probed, &slow).outcome.unwrap().path, Some(Path::Slow));
+        assert_eq!(drive_with(ReadPath::Implied, &slow).outcome.unwrap().path, Some(Path::Fallback));
+        assert!(drive_with(ReadPath::Pending, &slow).outcome.unwrap().unobserved);
+        for v in [0, 1, 2, 9] {
+            assert_eq!(ReadPath::from_u32(v) as u32, if v > 2 { 0 } else { v });
+        }
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_u32(r as u32), r);
+        }
     }
 }

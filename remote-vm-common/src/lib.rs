@@ -26,7 +26,8 @@ pub struct Control {
     /// Thread id of the daemon's start-up probe read, kept out of the counters,
     /// as the daemon's own PID namespace numbers it (0: no probe read now)...
     pub selftest_tid: u32,
-    pub _pad: u32,
+    /// `classify::ReadPath`: how a read's lockless loop is known.
+    pub read_path: u32,
     /// ... that namespace: `st_dev` and `st_ino` of `/proc/self/ns/pid`.
     pub pidns_dev: u64,
     pub pidns_ino: u64,

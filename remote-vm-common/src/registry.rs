@@ -177,9 +177,9 @@ impl Family {
         Family::ALL.into_iter().filter(|f| f.spec().on_fault_path)
     }
 
-    /// The first mode `auto` tries.
-    pub fn first_mode(self) -> &'static ModeSpec {
-        &self.spec().modes[0]
+    /// The first mode `auto` tries (none for a family that is opt-in only).
+    pub fn first_mode(self) -> Option<&'static ModeSpec> {
+        self.spec().modes.first()
     }
 }
 
@@ -281,10 +281,18 @@ static ACCESS: FamilySpec = FamilySpec {
 
 /// `lock_vma_under_rcu(mm, addr)` exit: fexit sees the arguments and the result;
 /// the kprobe pair stashes the arguments for the return probe.
+///
+/// Opt-in only: every user page fault of the host calls it, and a program there
+/// costs every fault about 390 guest instructions (4.8 %, BENCHMARKS.md).
+/// Without it reads are classified all the same on a kernel the start-up probe
+/// read showed runs the lockless loop; only the split of a VMA-level stop into
+/// `vma_lock_failed` / `vma_unsuitable`, the VMAs locked per read and the
+/// `lock_vma_under_rcu()` call counts need it.
 static LOCK_VMA: FamilySpec = FamilySpec {
     name: "lock_vma_under_rcu",
     points: &[LockVmaUnderRcuExit],
-    modes: &[
+    modes: &[],
+    opt_in: &[
         mode("fexit", true, &[p("lock_vma_fexit", Hook::FExit("lock_vma_under_rcu"), LockVmaUnderRcuExit)], &[]),
         mode(
             "kprobe",
@@ -296,7 +304,6 @@ static LOCK_VMA: FamilySpec = FamilySpec {
             &[],
         ),
     ],
-    opt_in: &[],
     requires: Some(Family::AccessRemoteVm),
     on_fault_path: true,
 };
@@ -469,7 +476,11 @@ pub fn readme_table() -> std::string::String {
             "| `{}` | {} | {} | {} | {} |\n",
             s.name,
             points.join(", "),
-            modes.join("<br>"),
+            if modes.is_empty() {
+                "none: opt-in only (on every page fault)".into()
+            } else {
+                modes.join("<br>")
+            },
             if opt_in.is_empty() { "—".into() } else { opt_in.join("<br>") },
             s.requires.map_or("—".into(), |r| format!("`{}`", r.name())),
         ));

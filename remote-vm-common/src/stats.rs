@@ -10,7 +10,7 @@ use core::sync::atomic::AtomicU64;
 #[cfg(not(target_arch = "bpf"))]
 use core::sync::atomic::Ordering;
 
-use crate::classify::{Acquisition, Outcome, Path};
+use crate::classify::{Acquisition, Outcome, Path, Reason};
 
 // `AtomicU64::from_ptr` needs the `u64`'s address aligned for the atomic.
 const _: () = assert!(core::mem::align_of::<u64>() == core::mem::align_of::<AtomicU64>());
@@ -85,10 +85,24 @@ pub enum Counter {
     StallEventsDropped = 36,
     /// Reads whose path no probe saw (`Outcome::unobserved`).
     ReadsUnobserved = 37,
+    /// Fallbacks with `Reason::VmaLockFailedOrUnsuitable` (after the four
+    /// consecutive ones from `FallbackVmaLockFailed`).
+    FallbackVmaLockFailedOrUnsuitable = 38,
 }
 
 impl Counter {
-    pub const COUNT: usize = 38;
+    pub const COUNT: usize = 39;
+
+    /// The fallbacks counter of `reason`.
+    pub const fn fallbacks(reason: Reason) -> Counter {
+        match reason {
+            Reason::VmaLockFailed => Counter::FallbackVmaLockFailed,
+            Reason::VmaUnsuitable => Counter::FallbackVmaUnsuitable,
+            Reason::PageNotPresent => Counter::FallbackPageNotPresent,
+            Reason::Other => Counter::FallbackOther,
+            Reason::VmaLockFailedOrUnsuitable => Counter::FallbackVmaLockFailedOrUnsuitable,
+        }
+    }
     pub const CAPACITY: usize = 64;
 }
 
@@ -242,7 +256,7 @@ impl Stats {
             }
         }
         if let Some(reason) = o.reason {
-            self.add_at(Counter::FallbackVmaLockFailed, reason as u32, 1);
+            self.add(Counter::fallbacks(reason), 1);
             self.add(Counter::FallbackLocklessBytes, o.lockless_bytes);
         }
         if let Some(hold) = o.hold_ns {

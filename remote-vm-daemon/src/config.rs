@@ -439,10 +439,11 @@ mod tests {
                 modes.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
             };
             let spec = family.spec();
-            let mut want = names(spec.modes);
-            if !spec.opt_in.is_empty() {
-                want = format!("{want}; opt-in: {}", names(spec.opt_in));
-            }
+            let want = match (spec.modes.is_empty(), spec.opt_in.is_empty()) {
+                (_, true) => names(spec.modes),
+                (true, false) => format!("opt-in: {}", names(spec.opt_in)),
+                (false, false) => format!("{}; opt-in: {}", names(spec.modes), names(spec.opt_in)),
+            };
             assert_eq!(comment, want, "{}", family.name());
         }
     }

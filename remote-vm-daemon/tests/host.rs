@@ -63,9 +63,10 @@ fn coverage() -> (Vec<Coverage>, Vec<Coverage>) {
             Coverage::REPORTED.iter().partition(|c| **c == Coverage::HostLock && host);
         return (on, off);
     }
-    if Family::ALL.into_iter().all(attached) {
-        let on = [Coverage::Reads, Coverage::Fallbacks, Coverage::RemoteLock, Coverage::HostLock, Coverage::LockVma, Coverage::Gup];
-        return (on.to_vec(), vec![Coverage::RemoteWrites]);
+    // Every family with a default mode (the opt-in-only VMA step is not).
+    if Family::ALL.into_iter().filter(|f| !f.spec().modes.is_empty()).all(attached) {
+        let on = [Coverage::Reads, Coverage::Fallbacks, Coverage::RemoteLock, Coverage::HostLock, Coverage::Gup];
+        return (on.to_vec(), vec![Coverage::RemoteWrites, Coverage::LockVma, Coverage::VmaSteps]);
     }
     (Vec::new(), Vec::new())
 }
@@ -127,8 +128,8 @@ fn check_reports_every_probe_as_the_kernel_allows() {
     let out = daemon(&["check"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let expected = expected();
-    let n = expected.iter().filter(|e| e.mode.is_some()).count();
-    let all = n == expected.len();
+    let (n, total) = remote_vm_testkit::allows::probe_counts(&expected);
+    let all = n == total;
     assert_eq!(out.status.code(), Some(if all { 0 } else { 2 }), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "config: ok (embedded defaults)");
@@ -161,7 +162,7 @@ fn check_reports_every_probe_as_the_kernel_allows() {
             assert!(line.starts_with(&format!("metrics: {}: absent (needs ", c.what())), "{line}");
         }
     }
-    let summary = if all { format!("summary: all {n} probes attached") } else { format!("summary: degraded: {n} of {} probes attached", expected.len()) };
+    let summary = if all { format!("summary: all {n} probes attached") } else { format!("summary: degraded: {n} of {total} probes attached") };
     assert_eq!(lines.last().copied(), Some(summary.as_str()), "{stdout}");
     // The BTF lines carry this kernel's offsets: every item is found.
     let btf: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("btf: ")).collect();

@@ -59,6 +59,13 @@ pub struct Expected {
     /// Where nothing attaches: the reasons, mode by mode, where the test can
     /// tell them exactly (`None`: only that there is one).
     pub reason: Option<String>,
+    /// Counted in `check`'s "N of M probes": not an opt-in-only family.
+    pub wanted: bool,
+}
+
+/// `check`'s "N of M probes attached": (attached, wanted).
+pub fn probe_counts(expected: &[Expected]) -> (usize, usize) {
+    (expected.iter().filter(|e| e.mode.is_some()).count(), expected.iter().filter(|e| e.wanted).count())
 }
 
 impl Allows {
@@ -129,6 +136,8 @@ impl Allows {
         for family in Family::ALL {
             let spec = family.spec();
             let (mode, reason) = match spec.requires.filter(|r| !attached.contains(r)) {
+                // Opt-in only: not tried, whatever else (the daemon's words for it are its own).
+                _ if spec.modes.is_empty() => (None, None),
                 Some(r) => (None, Some(format!("not tried: it only refines {}, which is not attached", r.name()))),
                 None => {
                     let mut reasons = Some(Vec::new());
@@ -152,7 +161,7 @@ impl Allows {
                 attached.push(family);
             }
             for point in spec.points {
-                out.push(Expected { probe: point.name(), mode, reason: reason.clone() });
+                out.push(Expected { probe: point.name(), mode, reason: reason.clone(), wanted: !spec.modes.is_empty() });
             }
         }
         out

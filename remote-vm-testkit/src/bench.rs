@@ -62,11 +62,9 @@ pub struct BenchResult {
 
 /// The daemon configurations compared with "off", derived from the registry:
 /// the daemon with nothing attached (a baseline: under emulation the daemon's
-/// mere presence moves the figures), the default, the default without any family
-/// on the page-fault path, and each opt-in mode.
+/// mere presence moves the figures), the default, and each opt-in mode (those
+/// on the page-fault path say so).
 pub const BASELINE: &str = "daemon running, nothing attached";
-/// The default less every family whose hook runs on every page fault.
-pub const NO_FAULT_PATH: &str = "default, no page-fault-path program";
 
 pub fn configurations() -> Vec<(String, String)> {
     let off = |families: &mut dyn Iterator<Item = Family>| {
@@ -76,11 +74,14 @@ pub fn configurations() -> Vec<(String, String)> {
     let mut all = vec![
         (BASELINE.to_string(), off(&mut Family::ALL.into_iter().filter(|f| f.spec().requires.is_none()))),
         ("default".to_string(), String::new()),
-        (NO_FAULT_PATH.to_string(), off(&mut Family::on_fault_path())),
     ];
     for f in Family::ALL {
+        let where_ = if f.spec().on_fault_path { " (on the page-fault path)" } else { "" };
         for m in f.spec().opt_in {
-            all.push((format!("opt-in: {} {}", f.name(), m.name), format!("[probes]\n{} = \"{}\"\n", f.name(), m.name)));
+            all.push((
+                format!("opt-in: {} {}{where_}", f.name(), m.name),
+                format!("[probes]\n{} = \"{}\"\n", f.name(), m.name),
+            ));
         }
     }
     all

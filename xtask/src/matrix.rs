@@ -22,9 +22,11 @@ pub struct Row {
     pub passed: Option<bool>,
 }
 
-/// The classes shown, as (row title, check name in the `first` scenario).
+/// The classes shown, as (row title, check name in the `first` scenario — the
+/// default — or in `callers`, which attaches the opt-in VMA-step probe).
 fn classes() -> Vec<(&'static str, String)> {
     let first = |name: &str, labels: String| format!("first.classes.{name}{{{labels}}}");
+    let vma_probed = |name: &str, labels: String| format!("callers.classes.{name}{{{labels}}}");
     let path = |p: Path| format!("path={}", p.label());
     let reason = |r: Reason| format!("reason={}", r.label());
     vec![
@@ -32,12 +34,16 @@ fn classes() -> Vec<(&'static str, String)> {
         ("reads fallback", first(catalog::READS.name, path(Path::Fallback))),
         ("reads slow", first(catalog::READS.name, path(Path::Slow))),
         ("writes", first(catalog::WRITES.name, String::new())),
-        ("fallback: vma_lock_failed", first(catalog::FALLBACKS.name, reason(Reason::VmaLockFailed))),
-        ("fallback: vma_unsuitable", first(catalog::FALLBACKS.name, reason(Reason::VmaUnsuitable))),
+        (
+            "fallback: vma_lock_failed_or_unsuitable (default)",
+            first(catalog::FALLBACKS.name, reason(Reason::VmaLockFailedOrUnsuitable)),
+        ),
+        ("fallback: vma_lock_failed (lock_vma_under_rcu probe)", vma_probed(catalog::FALLBACKS.name, reason(Reason::VmaLockFailed))),
+        ("fallback: vma_unsuitable (lock_vma_under_rcu probe)", vma_probed(catalog::FALLBACKS.name, reason(Reason::VmaUnsuitable))),
         ("fallback: page_not_present", first(catalog::FALLBACKS.name, reason(Reason::PageNotPresent))),
         ("lockless bytes", first(catalog::FALLBACK_LOCKLESS_BYTES.name, String::new())),
         ("discarded lockless bytes", first(catalog::LOCKLESS_BYTES_DISCARDED.name, String::new())),
-        ("multi-VMA fast reads", first(catalog::MULTI_VMA_READS.name, path(Path::Fast))),
+        ("multi-VMA fast reads (lock_vma_under_rcu probe)", vma_probed(catalog::MULTI_VMA_READS.name, path(Path::Fast))),
         ("FOLL_ANON file-backed lockless", first(catalog::FOLL_ANON_FILE_BACKED.name, String::new())),
         ("lockless walks at PMD", first(catalog::FOLIO_WALKS.name, format!("level={}", Level::Pmd.label()))),
         (

@@ -32,6 +32,9 @@ pub enum Choice {
 pub enum AttachError {
     #[error("disabled by config")]
     Disabled,
+    /// A family with no default mode, not asked for: not a degradation.
+    #[error("opt-in, not asked for (set {} = \"{}\" to attach)", .0.name(), .0.spec().opt_in.first().map_or("", |m| m.name))]
+    OptIn(Family),
     #[error("not tried: it only refines {}, which is not attached", .0.name())]
     Unrefined(Family),
     #[error("{0}")]
@@ -66,6 +69,11 @@ impl Verdict {
         self.mode.is_some()
     }
 
+    /// Attached or meant to be: not an opt-in-only family left as it is.
+    pub fn wanted(&self) -> bool {
+        !matches!(self.failures.as_slice(), [(None, AttachError::OptIn(_))])
+    }
+
     pub fn mode_name(&self) -> &'static str {
         self.mode.map_or("none", |m| m.name)
     }
@@ -90,6 +98,7 @@ pub fn attach(
 ) -> Verdict {
     let modes: Vec<&'static ModeSpec> = match choice {
         Choice::Disabled => return Verdict::not_tried(family, AttachError::Disabled),
+        Choice::Auto if family.spec().modes.is_empty() => return Verdict::not_tried(family, AttachError::OptIn(family)),
         Choice::Auto => family.spec().modes.iter().collect(),
         Choice::Force(mode) => vec![*mode],
     };

@@ -18,7 +18,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::PerCpuArray,
 };
-use remote_vm_common::{Family, Point, UNKNOWN_OFFSET};
+use remote_vm_common::{Family, Point, UNKNOWN_OFFSET, classify::ReadPath};
 
 pub use self::{
     attach::{AttachError, Choice, Verdict},
@@ -74,7 +74,7 @@ impl Attached {
         let points = |v: &&Verdict| v.family.spec().points.len();
         (
             self.verdicts.iter().filter(|v| v.attached()).map(|v| points(&v)).sum(),
-            self.verdicts.iter().map(|v| points(&v)).sum(),
+            self.verdicts.iter().filter(|v| v.wanted()).map(|v| points(&v)).sum(),
         )
     }
 }
@@ -167,6 +167,11 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
             None
         }
     };
+    // Until the start-up probe read decides, a read whose loop's first step is
+    // not probed is classified only on evidence (see `ReadPath`).
+    if kernel.layout.has_lockless_path() {
+        selftest::set_read_path(&mut ebpf, ReadPath::Pending);
+    }
     let mut verdicts: Vec<Verdict> = Vec::new();
     for family in Family::ALL {
         let choice = opts.choices.get(&family).cloned().unwrap_or_default();

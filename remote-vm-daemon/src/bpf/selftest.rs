@@ -1,7 +1,7 @@
 //! The start-up probe read: whether the kernel runs the lockless read path,
 //! decided by the kernel itself.
 use aya::{Ebpf, maps::Array};
-use remote_vm_common::{Control, Family, SelfTest};
+use remote_vm_common::{Control, Family, SelfTest, classify::ReadPath};
 
 use super::Verdict;
 use crate::kernel::Layout;
@@ -37,7 +37,29 @@ pub struct Decision {
 /// out of every counter (`CONTROL.selftest_tid`).
 pub fn decide_patched(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> Decision {
     let (patched, why, host_tid) = decide(ebpf, layout, verdicts);
+    // How the programs know a read ran the lockless loop from now on.
+    let vma_probed = verdicts.iter().any(|v| v.family == Family::LockVmaUnderRcu && v.attached());
+    let read_path = match patched {
+        _ if vma_probed || !layout.has_lockless_path() => ReadPath::Probed,
+        Patched::Yes => ReadPath::Implied,
+        Patched::No => ReadPath::Probed,
+        Patched::Unknown => ReadPath::Pending,
+    };
+    set_read_path(ebpf, read_path);
     Decision { patched, why, host_tid }
+}
+
+/// Writes `Control::read_path` (the rest of the control word stays as it is).
+pub fn set_read_path(ebpf: &mut Ebpf, read_path: ReadPath) {
+    let result = (|| {
+        let mut control: Array<_, Control> =
+            Array::try_from(ebpf.map_mut("CONTROL").ok_or("no CONTROL map")?).map_err(|e| e.to_string())?;
+        let c = control.get(&0, 0).map_err(|e| e.to_string())?;
+        control.set(0, Control { read_path: read_path as u32, ..c }, 0).map_err(|e| e.to_string())
+    })();
+    if let Err(e) = result {
+        log::warn!("cannot write the read path to the CONTROL map ({e}): reads are classified as if every step were probed");
+    }
 }
 
 fn decide(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> (Patched, String, Option<u32>) {
@@ -59,8 +81,13 @@ fn decide(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> (Patched, S
     let Some(t) = t else {
         return (Patched::Unknown, format!("probe family {} is not attached", Family::AccessRemoteVm.name()), None);
     };
-    if !attached(Family::LockVmaUnderRcu) {
-        return (Patched::Unknown, format!("probe family {} is not attached", Family::LockVmaUnderRcu.name()), host_tid);
+    // The loop's evidence: its VMA step where probed, else its walks.
+    if !attached(Family::LockVmaUnderRcu) && !attached(Family::FolioWalkStart) {
+        return (
+            Patched::Unknown,
+            format!("neither {} nor {} is attached", Family::LockVmaUnderRcu.name(), Family::FolioWalkStart.name()),
+            host_tid,
+        );
     }
     let t = match t {
         Ok(t) => t,
@@ -92,9 +119,10 @@ fn probe_read(ebpf: &mut Ebpf) -> Result<SelfTest, String> {
     };
     let mut control: Array<_, Control> =
         Array::try_from(ebpf.map_mut("CONTROL").ok_or("no CONTROL map")?).map_err(|e| e.to_string())?;
+    let read_path = control.get(&0, 0).map_err(|e| e.to_string())?.read_path;
     let mark = Control {
         selftest_tid: tid,
-        _pad: 0,
+        read_path,
         pidns_dev,
         pidns_ino,
     };
@@ -112,7 +140,7 @@ fn probe_read(ebpf: &mut Ebpf) -> Result<SelfTest, String> {
         }
         Ok(())
     })();
-    control.set(0, Control::default(), 0).map_err(|e| e.to_string())?;
+    control.set(0, Control { read_path, ..Control::default() }, 0).map_err(|e| e.to_string())?;
     drop(page);
     result?;
     let selftest: Array<_, SelfTest> =

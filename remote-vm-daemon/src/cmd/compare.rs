@@ -763,7 +763,7 @@ fn mode_word(c: &Comparison) -> String {
 pub fn render(c: &Comparison, format: Format, range: &str) -> String {
     let groups = &c.groups;
     let cell = |g: &Group, k: &str| format!("{}", g.count(k));
-    let columns: Vec<(&str, Box<dyn Fn(&Group) -> String>)> = vec![
+    let mut columns: Vec<(&str, Box<dyn Fn(&Group) -> String>)> = vec![
         ("patched", Box::new(|g: &Group| g.patched.clone())),
         ("release", Box::new(|g: &Group| g.release.clone())),
         ("hosts", Box::new(|g: &Group| g.hosts.to_string())),
@@ -771,13 +771,15 @@ pub fn render(c: &Comparison, format: Format, range: &str) -> String {
         ("fallback", Box::new(move |g: &Group| cell(g, "reads{path=\"fallback\"}"))),
         ("slow", Box::new(move |g: &Group| cell(g, "reads{path=\"slow\"}"))),
         ("fast-path ratio", Box::new(|g: &Group| g.fast_path_ratio().map_or("–".into(), |r| format!("{:.1}%", r * 100.0)))),
-        ("vma_lock_failed", Box::new(move |g: &Group| cell(g, "fallbacks{reason=\"vma_lock_failed\"}"))),
-        ("vma_unsuitable", Box::new(move |g: &Group| cell(g, "fallbacks{reason=\"vma_unsuitable\"}"))),
-        ("page_not_present", Box::new(move |g: &Group| cell(g, "fallbacks{reason=\"page_not_present\"}"))),
-        ("other", Box::new(move |g: &Group| cell(g, "fallbacks{reason=\"other\"}"))),
-        ("writes", Box::new(move |g: &Group| cell(g, "writes"))),
-        ("counter resets", Box::new(|g: &Group| g.resets.to_string())),
     ];
+    // One column per fallback reason: hosts with the opt-in VMA-step probe count
+    // the VMA-level ones apart, hosts without count them merged.
+    for reason in remote_vm_common::classify::Reason::ALL {
+        let key = format!("fallbacks{{reason=\"{}\"}}", reason.label());
+        columns.push((reason.label(), Box::new(move |g: &Group| cell(g, &key))));
+    }
+    columns.push(("writes", Box::new(move |g: &Group| cell(g, "writes"))));
+    columns.push(("counter resets", Box::new(|g: &Group| g.resets.to_string())));
     match format {
         // An interface: fields are added, never renamed or removed.
         Format::Json => {

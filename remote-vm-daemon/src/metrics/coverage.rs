@@ -24,11 +24,21 @@ impl Sight {
         let access = on(Family::AccessRemoteVm);
         let remote = on(Family::MmapLockRemote);
         let walk = on(Family::FolioWalkStart);
-        let reads = access && remote && (!lockless || on(Family::LockVmaUnderRcu));
+        let vma = on(Family::LockVmaUnderRcu);
+        // Where the kernel has the lockless path, a read's path needs evidence of
+        // the loop: its VMA step probed, or its walks probed and the start-up
+        // probe read's verdict (the loop runs for every read, or never).
+        let loop_seen = vma || (walk && attached.patched != crate::bpf::Patched::Unknown);
+        let reads = access && remote && (!lockless || loop_seen);
         let met = |c: Coverage| match c {
             Coverage::Always => true,
             Coverage::Reads => reads,
-            Coverage::Fallbacks => reads && (!lockless || walk),
+            // Without the VMA step, a VMA-level stop is at the end of the last
+            // walked entry: its level must be known.
+            Coverage::Fallbacks => {
+                reads && (!lockless || (walk && (vma || (layout.fw_level.is_ok() && layout.fw_levels.is_ok()))))
+            }
+            Coverage::VmaSteps => reads && (!lockless || vma),
             Coverage::RemoteLock => access && remote,
             Coverage::RemoteWrites => access && mode(Family::MmapLockRemote).is_some_and(|m| m.sees_write_waits),
             Coverage::HostLock => on(Family::MmapLockHost),

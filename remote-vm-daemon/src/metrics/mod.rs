@@ -159,8 +159,10 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
         n if n == cat::UNTRACKED_CALLS.name => single(f, c(stats, Counter::StateUnavailable)),
         n if n == cat::UNOBSERVED_READS.name => single(f, c(stats, Counter::ReadsUnobserved)),
         n if n == cat::FALLBACKS.name => {
-            for reason in Reason::ALL {
-                f.push(&[("reason", reason.label())], c_at(stats, Counter::FallbackVmaLockFailed, reason as u32));
+            // The VMA-level reasons split where lock_vma_under_rcu() is probed, merged where not.
+            let vma_probed = view.attached.attached(remote_vm_common::Family::LockVmaUnderRcu);
+            for reason in Reason::ALL.into_iter().filter(|r| r.reported(vma_probed)) {
+                f.push(&[("reason", reason.label())], c(stats, Counter::fallbacks(reason)));
             }
         }
         n if n == cat::FALLBACK_LOCKLESS_BYTES.name => single(f, c(stats, Counter::FallbackLocklessBytes)),

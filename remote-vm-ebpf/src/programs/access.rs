@@ -13,13 +13,13 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use remote_vm_common::{
     Point,
-    classify::{F_LOCKLESS, Flags, Path},
+    classify::{F_LOCKLESS, Flags, Path, ReadPath},
     stats::Counter,
 };
 
 use super::{
     layout::{FOLL_ANON, FOLL_WRITE, TASK_MM_OFF, known},
-    maps::{CALLS, SELFTEST, hit, is_selftest, now, read_u64, stats, tid},
+    maps::{CALLS, CONTROL, SELFTEST, hit, is_selftest, now, read_u64, stats, tid},
 };
 
 #[inline(always)]
@@ -43,7 +43,11 @@ fn on_entry<C: EbpfContext>(ctx: &C, mm: u64, addr: u64, len: i32, gup_flags: u3
         foll_write: FOLL_WRITE.load(),
         foll_anon: FOLL_ANON.load(),
     };
-    if state.begin(mm, addr, len, gup_flags, flags, is_selftest(), now()) {
+    let (selftest, reads) = match CONTROL.get(0) {
+        Some(c) => (is_selftest(c), ReadPath::from_u32(c.read_path)),
+        None => (false, ReadPath::Probed),
+    };
+    if state.begin(mm, addr, len, gup_flags, flags, selftest, reads, now()) {
         if let Some(s) = stats() {
             s.add(Counter::MissedExits, 1);
         }

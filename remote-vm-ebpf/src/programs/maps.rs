@@ -150,10 +150,7 @@ pub fn tid() -> u32 {
 /// namespaces). Only while a probe read is under way is more than the map
 /// lookup done.
 #[inline(always)]
-pub fn is_selftest() -> bool {
-    let Some(c) = CONTROL.get(0) else {
-        return false;
-    };
+pub fn is_selftest(c: &Control) -> bool {
     if c.selftest_tid == 0 {
         return false;
     }

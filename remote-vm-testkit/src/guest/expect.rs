@@ -17,7 +17,7 @@ fn probe_modes(modes: &[(Family, &'static str)]) -> Vec<ProbeMode> {
 
 /// Every probe in the mode `auto` tries first (the test kernels take it).
 pub(super) fn first_modes() -> Vec<ProbeMode> {
-    probe_modes(&Family::ALL.map(|f| (f, f.first_mode().name)))
+    probe_modes(&Family::ALL.map(|f| (f, f.first_mode().map_or(NO_MODE, |m| m.name))))
 }
 
 /// Probes of functions a legacy kernel (6.1) does not have.
@@ -32,7 +32,7 @@ pub(super) fn expected_mode(kernel: Option<Kernel>, probe: &str, mode: &'static 
     let gup = Point::GetUserPagesRemoteEntry.name();
     if kernel == Some(Kernel::Legacy) && lockless_probe(probe) {
         NO_MODE
-    } else if kernel == Some(Kernel::Legacy) && probe == gup && mode == Family::GetUserPagesRemote.first_mode().name {
+    } else if kernel == Some(Kernel::Legacy) && probe == gup && Family::GetUserPagesRemote.first_mode().is_some_and(|m| m.name == mode) {
         // 6.1's get_user_pages_remote has 7 arguments; its trampolines take 6:
         // the next mode, the kprobe.
         Family::GetUserPagesRemote.spec().modes[1].name
@@ -66,20 +66,27 @@ impl Scenario {
         if self.forced.is_empty() { first_modes() } else { probe_modes(self.forced) }
     }
 
-    /// The mode it attaches `family` in.
-    fn mode(&self, family: Family) -> &'static ModeSpec {
-        let name = self.forced.iter().find(|(f, _)| *f == family).map_or(family.first_mode().name, |(_, m)| *m);
-        family.mode(name).unwrap_or(family.first_mode())
+    /// The mode it attaches `family` in (none: an opt-in family not asked for).
+    fn mode(&self, family: Family) -> Option<&'static ModeSpec> {
+        match self.forced.iter().find(|(f, _)| *f == family) {
+            Some((_, m)) => family.mode(m),
+            None => family.first_mode(),
+        }
     }
 
     /// Its host-wide mode reports killed waiters (so the failures series exists).
     pub(super) fn host_failures(&self) -> bool {
-        self.mode(Family::MmapLockHost).reports_failures
+        self.mode(Family::MmapLockHost).is_some_and(|m| m.reports_failures)
     }
 
     /// Its remote-lock mode sees expand_stack's write-lock acquisitions.
     pub(super) fn remote_writes(&self) -> bool {
-        self.mode(Family::MmapLockRemote).sees_write_waits
+        self.mode(Family::MmapLockRemote).is_some_and(|m| m.sees_write_waits)
+    }
+
+    /// It probes the lockless loop's VMA step (the opt-in `lock_vma_under_rcu`).
+    pub(super) fn vma_probed(&self) -> bool {
+        self.mode(Family::LockVmaUnderRcu).is_some()
     }
 }
 
@@ -100,7 +107,7 @@ pub(super) const SCENARIOS: &[Scenario] = &[
     },
     Scenario {
         name: "callers",
-        forced: &[(AccessRemoteVm, "fentry_callers"), (MmapLockRemote, "mmap_lock_tp")],
+        forced: &[(AccessRemoteVm, "fentry_callers"), (LockVmaUnderRcu, "fexit"), (MmapLockRemote, "mmap_lock_tp")],
     },
     Scenario {
         name: "kprobe_callers",

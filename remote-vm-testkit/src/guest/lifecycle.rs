@@ -89,7 +89,7 @@ pub(super) fn lifecycle(report: &mut Report, kernel: Option<Kernel>) -> Result<(
     report.check(format!("{name}.cap_eff_every_thread"), "0000000000000000", caps.iter().find(|c| *c != "0000000000000000").unwrap_or(&"0000000000000000".to_string()));
     report.check(format!("{name}.objects_while_running.stats_maps"), 1, our_objects().0);
     // Numbers stay exact without privileges.
-    classification(report, name, kernel, false)?;
+    classification(report, name, kernel, false, super::expect::scenario("first").vma_probed())?;
 
     // SIGTERM: exit 0 within 2 s, STOPPING=1, nothing left attached.
     // SAFETY: signalling our own child.

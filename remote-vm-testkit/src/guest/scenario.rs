@@ -6,9 +6,9 @@ use std::{os::unix::fs::FileExt, process::Command, time::Instant};
 use anyhow::{Context, Result, bail};
 
 use remote_vm_common::{
-    Point,
+    Family, Point,
     catalog::{self as cat, NO_MODE},
-    classify::Path,
+    classify::{Path, Reason},
 };
 
 use crate::{
@@ -67,7 +67,7 @@ pub(super) fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Ke
                 report.check(format!("{name}.scrape_makes_no_remote_reads.{probe}"), 0, hits(&again, probe) - hits(&start, probe));
             }
         }
-        classification(report, name, kernel, sc.remote_writes())?;
+        classification(report, name, kernel, sc.remote_writes(), sc.vma_probed())?;
         host_contention(report, name)?;
         if first {
             // aya-log: the eBPF side's debug messages reach the daemon's log.
@@ -105,15 +105,40 @@ fn golden_series(report: &mut Report, name: &str, scrape: &Scrape, sc: &Scenario
                 sc.remote_writes() || !remote_write
             })
             .filter(|g| sc.host_failures() || **g != host_failures)
+            .filter(|g| sc.vma_probed() || !needs_vma_probe(g))
+            .filter(|g| !sc.vma_probed() || !g.contains(&reason(Reason::VmaLockFailedOrUnsuitable)))
             .collect();
         report.check(format!("{name}.golden.missing_series"), "[]", format!("{missing:?}"));
     }
 }
 
+/// `reason="…"` as a series shows it.
+fn reason(r: Reason) -> String {
+    format!("reason=\"{}\"", r.label())
+}
+
+/// A golden series only the opt-in `lock_vma_under_rcu` family provides: its
+/// probe's own series, the metrics only it sees, the split VMA-level reasons.
+fn needs_vma_probe(series: &str) -> bool {
+    let family = |m: &str| series.starts_with(m) && series[m.len()..].starts_with(['{', '_', ' ']);
+    let probe = |p: &Point| series.contains(&format!("probe=\"{}\"", p.name()));
+    [cat::LOCK_VMA_CALLS.name, cat::LOCK_VMA_FAILURES.name, cat::READ_VMAS.name, cat::MULTI_VMA_READS.name]
+        .into_iter()
+        .any(family)
+        || Family::LockVmaUnderRcu.spec().points.iter().any(probe)
+        || [Reason::VmaLockFailed, Reason::VmaUnsuitable].into_iter().any(|r| series.contains(&reason(r)))
+}
+
 const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
 
 /// The classification workload: every class of access a known number of times.
-pub(super) fn classification(report: &mut Report, name: &str, kernel: Option<Kernel>, remote_writes: bool) -> Result<()> {
+pub(super) fn classification(
+    report: &mut Report,
+    name: &str,
+    kernel: Option<Kernel>,
+    remote_writes: bool,
+    vma_probed: bool,
+) -> Result<()> {
     let target = Target::spawn(4, 16)?;
     let mut counts = COUNTS;
     if target.layout.hugetlb.is_none() {
@@ -148,7 +173,7 @@ pub(super) fn classification(report: &mut Report, name: &str, kernel: Option<Ker
         return Ok(());
     };
     report.check(format!("{name}.classes.ground_truth"), format!("{:?}", classes::expected_ground(k, &counts)), format!("{ground:?}"));
-    for (metric, labels, mut value) in classes::expected(k, &counts) {
+    for (metric, labels, mut value) in classes::expected(k, &counts, vma_probed) {
         // Without a write-lock probe its series is absent, never zero.
         let write_series = (metric == cat::MMAP_LOCK_WAIT.count() && labels.contains(&("mode", cat::LOCK_WRITE)))
             || (metric == cat::STALLS.name && labels.contains(&("lock_mode", cat::LOCK_WRITE)));
