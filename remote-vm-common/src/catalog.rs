@@ -304,6 +304,22 @@ pub const PROBE_MISSES: Metric = metric(
     &[C::Always],
     "Runs of the probe the kernel reports it skipped (program recursion, which on fully preemptible kernels includes a run of the same program preempted on that CPU; kprobe misses; kretprobe maxactive overflows); where the kernel keeps no count (kprobes before Linux 6.7), remote accesses seen without their entry or exit.",
 );
+pub const PROBE_RUNS: Metric = metric(
+    "remote_vm_probe_runs_total",
+    Counter,
+    Unit::Count,
+    &[PROBE],
+    &[C::Always],
+    "Runs of the probe's programs the kernel counted while it collects BPF run-time statistics (self_stats = true, or kernel.bpf_stats_enabled = 1); absent while it does not.",
+);
+pub const PROBE_RUN_SECONDS: Metric = metric(
+    "remote_vm_probe_run_seconds_total",
+    Counter,
+    Unit::Seconds,
+    &[PROBE],
+    &[C::Always],
+    "Time the probe's programs ran, as the kernel's BPF run-time statistics count it (divided by remote_vm_probe_runs_total: the cost per run on this host); absent while it does not collect.",
+);
 pub const READS: Metric = metric(
     "remote_vm_reads_total",
     Counter,
@@ -531,6 +547,8 @@ pub const ALL: &[&Metric] = &[
     &PROBE_ATTACHED,
     &PROBE_HITS,
     &PROBE_MISSES,
+    &PROBE_RUNS,
+    &PROBE_RUN_SECONDS,
     &READS,
     &READ_BYTES,
     &READ_DURATION,

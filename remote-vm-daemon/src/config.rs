@@ -43,6 +43,10 @@ pub struct Config {
     pub header_timeout: std::time::Duration,
     /// `/metrics` renders start at most this often; requests share them.
     pub min_render_interval: std::time::Duration,
+    /// Switch the kernel's BPF run-time statistics on while the daemon runs
+    /// (`remote_vm_probe_run*`; needs CAP_SYS_ADMIN; costs every BPF program on
+    /// the host two clock reads per run).
+    pub self_stats: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -77,6 +81,7 @@ struct RawConfig {
     histograms: Option<RawHistograms>,
     stalls: Option<RawStalls>,
     web: Option<RawWeb>,
+    self_stats: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,6 +164,7 @@ impl Config {
         differ("log.format", self.log_format != new.log_format);
         differ("probes", self.probes != new.probes);
         differ("histograms", (self.hist_min_log2, self.hist_max_log2) != (new.hist_min_log2, new.hist_max_log2));
+        differ("self_stats", self.self_stats != new.self_stats);
         differ("stalls", (self.stall_threshold_ns, self.stalls_keep, self.stalls_http) != (new.stall_threshold_ns, new.stalls_keep, new.stalls_http));
         differ(
             "web",
@@ -184,6 +190,7 @@ impl Config {
             max_connections: 64,
             header_timeout: std::time::Duration::from_secs(10),
             min_render_interval: std::time::Duration::from_millis(100),
+            self_stats: false,
         };
         for (name, text) in layers {
             let raw: RawConfig = toml::from_str(text).map_err(|e| syntax_error(name, text, &e))?;
@@ -268,6 +275,9 @@ impl Config {
                     Some(n) if (1..=65_536).contains(&n) => n as usize,
                     _ => return Err(bad("stalls.keep", v.to_string(), "a whole number from 1 to 65536".into())),
                 };
+            }
+            if let Some(v) = raw.self_stats {
+                config.self_stats = v.as_bool().ok_or_else(|| bad("self_stats", v.to_string(), "true or false".into()))?;
             }
             if let Some(v) = stalls.http {
                 config.stalls_http = v.as_bool().ok_or_else(|| bad("stalls.http", v.to_string(), "true or false".into()))?;
@@ -522,7 +532,7 @@ mod tests {
         let e = parse("listen = \"127.0.0.1:1\"\nlisten_port = 3\n").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "config t.toml line 2: unknown field `listen_port`, expected one of `listen`, `log_level`, `log`, `probes`, `histograms`, `stalls`, `web`"
+            "config t.toml line 2: unknown field `listen_port`, expected one of `listen`, `log_level`, `log`, `probes`, `histograms`, `stalls`, `web`, `self_stats`"
         );
         assert_eq!(
             parse("[probes]\nfentry = \"auto\"\n").unwrap_err().to_string(),

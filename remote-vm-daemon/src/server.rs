@@ -514,7 +514,13 @@ async fn route(req: &Request<Incoming>, state: &State, metrics: &Coalescer<Page>
         "/healthz" => text(
             StatusCode::OK,
             "text/plain; charset=utf-8",
-            status::healthz(&state.facts, &state.attached, &state.sight, state.scrape.failure().as_deref()),
+            status::healthz(
+                &state.facts,
+                &state.attached,
+                &state.sight,
+                &state.session.run_stats_line(),
+                state.scrape.failure().as_deref(),
+            ),
         ),
         "/stalls" => match &state.stalls {
             Some(log) => match state.stalls(log) {

@@ -70,13 +70,14 @@ pub fn summary_line(attached: &Attached) -> String {
 
 /// `/healthz`: "ok", then the same lines as `check` after its BTF lines, then
 /// why the last scrape failed while it does (`scrape_failure`).
-pub fn healthz(facts: &KernelFacts, attached: &Attached, sight: &Sight, scrape_failure: Option<&str>) -> String {
+pub fn healthz(facts: &KernelFacts, attached: &Attached, sight: &Sight, probe_costs: &str, scrape_failure: Option<&str>) -> String {
     let mut body = String::from("ok\n");
     let lines = [kernel_line(facts), preempt_line(facts)]
         .into_iter()
         .chain(verdict_lines(attached))
         .chain([patched_line(attached)])
         .chain(coverage_lines(sight, attached))
+        .chain([probe_costs.to_string()])
         .chain(scrape_failure.map(scrape_failed_line));
     for line in lines {
         body.push_str(&line);

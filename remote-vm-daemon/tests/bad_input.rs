@@ -65,7 +65,7 @@ fn unknown_key_and_bad_value() {
     assert_eq!(
         one_line_failure(&daemon(&["check", "--config", &f])),
         format!(
-            "remote-vm-daemon: config {f} line 1: unknown field `port`, expected one of `listen`, `log_level`, `log`, `probes`, `histograms`, `stalls`, `web`"
+            "remote-vm-daemon: config {f} line 1: unknown field `port`, expected one of `listen`, `log_level`, `log`, `probes`, `histograms`, `stalls`, `web`, `self_stats`"
         )
     );
     let f = temp_file("mode.toml", b"[probes]\nlock_vma_under_rcu = \"fentry\"\n");

@@ -12,11 +12,13 @@ use serde_json::{Value, json};
 const DS: &str = "${DS_PROMETHEUS}";
 
 /// What a panel shows when its query returns nothing.
-const NEEDS_READS: &str = "No data: needs the access_remote_vm, mmap_lock_remote and lock_vma_under_rcu probes (see Probe health), or no remote reads happened";
+const NEEDS_READS: &str = "No data: needs the access_remote_vm and mmap_lock_remote probes and the start-up probe read's verdict (see Probe health), or no remote reads happened";
+const NEEDS_VMA_STEPS: &str = "No data: needs the opt-in lock_vma_under_rcu probe (it runs on every page fault: see README), or no remote reads happened";
+const NEEDS_RUN_STATS: &str = "No data: the kernel does not collect BPF run-time statistics (self_stats = true with the CAP_SYS_ADMIN drop-in, or kernel.bpf_stats_enabled = 1: see /healthz)";
 const NEEDS_FALLBACKS: &str = "No data: needs the read probes and folio_walk_start (see Probe health), or no fallbacks happened";
 const NEEDS_REMOTE_LOCK: &str = "No data: needs the access_remote_vm and mmap_lock_remote probes (see Probe health)";
 const NEEDS_HOST_LOCK: &str = "No data: needs the mmap_lock_host probes (see Probe health)";
-const NEEDS_LOCK_VMA: &str = "No data: needs the access_remote_vm and lock_vma_under_rcu probes (see Probe health)";
+const NEEDS_LOCK_VMA: &str = "No data: needs the access_remote_vm probes and the opt-in lock_vma_under_rcu probe (it runs on every page fault: see README)";
 const NEEDS_WALKS: &str = "No data: needs folio_walk_start and its BTF fields (see Probe health)";
 const NEEDS_DAEMON: &str = "No data: no remote-vm daemon is scraped";
 const NEEDS_WAITS: &str = "No data: needs the access_remote_vm and mmap_lock_remote probes, the task iterator and the host PID namespace (see /healthz)";
@@ -187,8 +189,17 @@ pub fn host_panels() -> Vec<Panel> {
         panel(Timeseries, "Probe misses", "ops", NEEDS_DAEMON, "Runs the kernel reports missed, plus calls seen without entry or exit. Non-zero in kprobe modes, under recursion, and on preemptible kernels (trampolines skipped while preempted).", vec![
             (format!("sum by (probe) (rate({}{}[$__rate_interval]))", catalog::PROBE_MISSES.name, h("")), "{{probe}}"),
         ]),
+        panel(Timeseries, "ns per hit by probe", "ns", NEEDS_RUN_STATS, "What one run of each probe's programs costs on these hosts, from the kernel's BPF run-time statistics (collected only while switched on: self_stats = true; the clock reads they add are included). Trampoline entry and exit are not counted.", vec![
+            (
+                format!(
+                    "1e9 * sum by (probe) (rate({}{}[$__rate_interval])) / sum by (probe) (rate({}{}[$__rate_interval]))",
+                    catalog::PROBE_RUN_SECONDS.name, h(""), catalog::PROBE_RUNS.name, h("")
+                ),
+                "{{probe}}",
+            ),
+        ]),
         row("What the data says about the review"),
-        panel(Timeseries, "Reads locking several VMAs", "percentunit", NEEDS_READS, "Share of reads that locked two or more VMAs in the lockless loop (Suren, Lorenzo: multi-VMA reads).", vec![
+        panel(Timeseries, "Reads locking several VMAs", "percentunit", NEEDS_VMA_STEPS, "Share of reads that locked two or more VMAs in the lockless loop (Suren, Lorenzo: multi-VMA reads).", vec![
             (format!("sum(rate({}{}[$__rate_interval])) / sum(rate({reads}{}[$__rate_interval]))", catalog::MULTI_VMA_READS.name, h(""), h("")), "multi-VMA"),
         ]),
         panel(Timeseries, "FOLL_ANON reads walked lockless in file mappings", "ops", NEEDS_WALKS, "cmdline/environ reads that the lockless path served from a non-anonymous VMA (Usama: the missing FOLL_ANON check, CVE-2018-1120).", vec![

@@ -164,6 +164,7 @@ pub fn test(root: &Path) -> Result<()> {
         "usr/share/doc/remote-vm/examples/prometheus.yml",
         "usr/share/doc/remote-vm/examples/fleet.conf",
         "usr/share/doc/remote-vm/examples/tls.conf",
+        "usr/share/doc/remote-vm/examples/self-stats.conf",
         "usr/share/doc/remote-vm/examples/web-config.yml",
         "usr/share/man/man1/remote-vm-daemon.1.gz",
         "usr/share/man/man1/remote-vm-daemon-run.1.gz",

@@ -50,6 +50,13 @@ pub fn prog_id_and_misses(fd: RawFd) -> io::Result<(u32, u64)> {
     Ok((info.id, info.recursion_misses))
 }
 
+/// `(recursion misses, runs, run time in ns)` of the program behind `fd` (the
+/// kernel counts runs and their time only while it collects run statistics).
+pub fn prog_counts(fd: RawFd) -> io::Result<(u64, u64, u64)> {
+    let info: bpf_prog_info = info_by_fd(fd)?;
+    Ok((info.recursion_misses, info.run_cnt, info.run_time_ns))
+}
+
 /// The kprobe links of `prog_ids` among this process's own file descriptors
 /// (aya holds them), duplicated so they can be read later: no privilege needed.
 pub fn kprobe_links(prog_ids: &[u32]) -> Vec<(u32, OwnedFd)> {

@@ -5,6 +5,7 @@ pub mod attach;
 mod misses;
 #[cfg(test)]
 mod object_check;
+pub mod runstats;
 mod selftest;
 mod session;
 pub mod waits;
@@ -198,6 +199,7 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
         miss_sources,
         stall_events,
         waits: None,
+        run_stats: runstats::RunStats::enable(false),
     };
     let decision = selftest::decide_patched(&mut session.ebpf, &kernel.layout, &verdicts);
     // After the probe read: it tells whether this process is in the initial

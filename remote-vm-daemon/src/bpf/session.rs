@@ -13,6 +13,7 @@ use remote_vm_common::{Point, stats::Stats};
 
 use super::{
     HITS, STATS, misses,
+    runstats::{Collecting, RunStats},
     waits::{WaitsIter, WaitsNow},
 };
 
@@ -29,6 +30,9 @@ pub struct Snapshot {
     /// task iterator is not attached or failed this time (the gauges are then
     /// absent, never 0).
     pub waits: Option<WaitsNow>,
+    /// Per point: (runs, run time in ns) of its programs, while the kernel
+    /// collects run statistics (`None`: it does not; the families are absent).
+    pub runs: Option<[(u64, u64); Point::ALL.len()]>,
 }
 
 impl Snapshot {
@@ -37,6 +41,7 @@ impl Snapshot {
         hits: [0; Point::ALL.len()],
         kernel_misses: [0; Point::ALL.len()],
         waits: None,
+        runs: None,
     };
 }
 
@@ -55,9 +60,22 @@ pub struct Session {
     pub(super) stall_events: Option<RingBuf<MapData>>,
     /// The task iterator of waits in progress, when it attached.
     pub(super) waits: Option<WaitsIter>,
+    /// The kernel's run statistics of our programs (`self_stats`).
+    pub(super) run_stats: RunStats,
 }
 
 impl Session {
+    /// `self_stats`: switch the kernel's run statistics on while the session
+    /// lives (before the capabilities are dropped).
+    pub fn enable_run_stats(&mut self, asked: bool) {
+        self.run_stats = RunStats::enable(asked);
+    }
+
+    /// The `/healthz` line on probe costs.
+    pub fn run_stats_line(&self) -> String {
+        self.run_stats.line()
+    }
+
     /// The ring buffer of stall events (once).
     pub fn take_stall_events(&mut self) -> Option<RingBuf<MapData>> {
         self.stall_events.take()
@@ -76,11 +94,15 @@ impl Session {
     pub fn snapshot(&self) -> Result<Snapshot, ReadError> {
         let mut snap = Snapshot::ZERO;
         snap.stats = self.stats()?;
+        let mut runs = [(0, 0); Point::ALL.len()];
         for point in Point::ALL {
             let i = point.index() as usize;
             snap.hits[i] = self.hits(point)?;
-            snap.kernel_misses[i] = self.kernel_misses(point)?;
+            (snap.kernel_misses[i], runs[i]) = self.kernel_counts(point)?;
         }
+        let counts = (snap.hits.iter().sum(), runs.iter().map(|(r, _)| r).sum());
+        let collecting = !matches!(self.run_stats.collecting(Some(counts)), Collecting::No(_));
+        snap.runs = collecting.then_some(runs);
         snap.waits = self.waits_now();
         Ok(snap)
     }
@@ -107,17 +129,21 @@ impl Session {
         Ok(per_cpu.iter().sum())
     }
 
-    fn kernel_misses(&self, point: Point) -> Result<u64, ReadError> {
+    /// The runs the kernel reports missed at `point`, and its programs' (runs,
+    /// run time in ns).
+    fn kernel_counts(&self, point: Point) -> Result<(u64, (u64, u64)), ReadError> {
         let Some((progs, links)) = self.miss_sources.get(&point) else {
-            return Ok(0);
+            return Ok((0, (0, 0)));
         };
-        let mut total = 0;
+        let (mut total, mut runs, mut ns) = (0, 0, 0);
         for fd in progs {
-            let (_, m) = misses::prog_id_and_misses(fd.as_raw_fd()).map_err(|e| ReadError::ProgramInfo {
+            let (m, r, t) = misses::prog_counts(fd.as_raw_fd()).map_err(|e| ReadError::ProgramInfo {
                 point: point.name(),
                 reason: e.to_string(),
             })?;
             total += m;
+            runs += r;
+            ns += t;
         }
         for fd in links {
             total += misses::link_missed(fd).map_err(|e| ReadError::LinkInfo {
@@ -125,7 +151,7 @@ impl Session {
                 reason: e.to_string(),
             })?;
         }
-        Ok(total)
+        Ok((total, (runs, ns)))
     }
 
     fn stats(&self) -> Result<Stats, ReadError> {

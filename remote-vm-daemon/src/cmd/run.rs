@@ -137,6 +137,9 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
     if n < points {
         log::warn!("degraded: {n} of {points} probes attached; the rest are reported as mode=\"none\"");
     }
+    // Probe costs (`self_stats`): needs CAP_SYS_ADMIN, so before the drop.
+    session.enable_run_stats(config.self_stats);
+    log::info!("{}", session.run_stats_line());
     // Everything is attached and every fd we need is open: give up all privilege
     // before any other thread exists, so none keeps it.
     // Serving with privileges kept is not an option: exit 1 (systemd restarts

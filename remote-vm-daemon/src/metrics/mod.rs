@@ -118,6 +118,21 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
                 }
             }
         }
+        n if n == cat::PROBE_RUNS.name || n == cat::PROBE_RUN_SECONDS.name => {
+            // Absent while the kernel does not collect (a family with no samples is left out).
+            if let Some(runs) = &snap.runs {
+                for v in view.attached.verdicts.iter().filter(|v| v.attached()) {
+                    for point in v.family.spec().points {
+                        let (count, ns) = runs[point.index() as usize];
+                        if n == cat::PROBE_RUNS.name {
+                            f.push(&[("probe", point.name())], count);
+                        } else {
+                            f.push(&[("probe", point.name())], ns as f64 / 1e9);
+                        }
+                    }
+                }
+            }
+        }
         n if n == cat::PROBE_HITS.name || n == cat::PROBE_MISSES.name => {
             let misses = n == cat::PROBE_MISSES.name;
             for v in view.attached.verdicts.iter().filter(|v| v.attached()) {

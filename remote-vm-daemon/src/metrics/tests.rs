@@ -98,6 +98,7 @@ pub fn series(text: &str) -> Vec<String> {
 fn collect_with(attached: &Attached) -> Vec<Family> {
     let snap = Snapshot {
         waits: Some(WaitsNow::default()),
+        runs: Some([(0, 0); Point::ALL.len()]),
         ..Snapshot::ZERO
     };
     collect_snap(attached, &snap)

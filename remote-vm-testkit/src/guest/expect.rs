@@ -50,11 +50,13 @@ pub(super) fn expected_check_exit(kernel: Option<Kernel>) -> i32 {
 pub(super) struct Scenario {
     pub(super) name: &'static str,
     forced: &'static [(Family, &'static str)],
+    /// `self_stats = true`: the kernel's run statistics of the programs.
+    pub(super) self_stats: bool,
 }
 
 impl Scenario {
     pub(super) fn config(&self) -> String {
-        let mut config = String::from("[probes]\n");
+        let mut config = String::from(if self.self_stats { "self_stats = true\n[probes]\n" } else { "[probes]\n" });
         for (family, mode) in self.forced {
             config.push_str(&format!("{} = \"{mode}\"\n", family.name()));
         }
@@ -93,7 +95,7 @@ impl Scenario {
 use Family::*;
 
 pub(super) const SCENARIOS: &[Scenario] = &[
-    Scenario { name: "first", forced: &[] },
+    Scenario { name: "first", forced: &[], self_stats: false },
     Scenario {
         name: "fallback",
         forced: &[
@@ -104,14 +106,17 @@ pub(super) const SCENARIOS: &[Scenario] = &[
             (MmapLockRemote, "kprobe"),
             (MmapLockHost, "mmap_lock_tp"),
         ],
+        self_stats: false,
     },
     Scenario {
         name: "callers",
         forced: &[(AccessRemoteVm, "fentry_callers"), (LockVmaUnderRcu, "fexit"), (MmapLockRemote, "mmap_lock_tp")],
+        self_stats: true,
     },
     Scenario {
         name: "kprobe_callers",
         forced: &[(AccessRemoteVm, "kprobe_callers"), (MmapLockRemote, "fentry_rw")],
+        self_stats: false,
     },
 ];
 

@@ -31,7 +31,13 @@ pub(super) fn serve() -> Result<bool> {
         }
     }
     let _ = std::fs::write("/proc/sys/vm/nr_hugepages", "8");
-    let config = "listen = \"0.0.0.0:19361\"\n";
+    // With the opt-ins the dashboards show (every panel must have data in the
+    // dashboard test): probe costs and the VMA-step probe.
+    let config = format!(
+        "listen = \"0.0.0.0:19361\"\nself_stats = true\n[probes]\n{} = \"{}\"\n",
+        remote_vm_common::Family::LockVmaUnderRcu.name(),
+        remote_vm_common::Family::LockVmaUnderRcu.spec().opt_in[0].name
+    );
     std::fs::write("/tmp/remote-vm.toml", config)?;
     let mut daemon = Command::new(DAEMON)
         .args(["run", "--config", "/tmp/remote-vm.toml"])

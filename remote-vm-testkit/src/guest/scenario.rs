@@ -67,6 +67,7 @@ pub(super) fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Ke
                 report.check(format!("{name}.scrape_makes_no_remote_reads.{probe}"), 0, hits(&again, probe) - hits(&start, probe));
             }
         }
+        probe_costs(report, sc)?;
         classification(report, name, kernel, sc.remote_writes(), sc.vma_probed())?;
         host_contention(report, name)?;
         if first {
@@ -107,9 +108,37 @@ fn golden_series(report: &mut Report, name: &str, scrape: &Scrape, sc: &Scenario
             .filter(|g| sc.host_failures() || **g != host_failures)
             .filter(|g| sc.vma_probed() || !needs_vma_probe(g))
             .filter(|g| !sc.vma_probed() || !g.contains(&reason(Reason::VmaLockFailedOrUnsuitable)))
+            .filter(|g| sc.self_stats || ![cat::PROBE_RUNS.name, cat::PROBE_RUN_SECONDS.name].iter().any(|m| g.starts_with(*m)))
             .collect();
         report.check(format!("{name}.golden.missing_series"), "[]", format!("{missing:?}"));
     }
+}
+
+/// `self_stats`: the kernel counts every run of the programs while the daemon
+/// holds its statistics on, as many as the programs count themselves; without
+/// it (and nothing else switching them on) the families are absent. Either way
+/// `/healthz` says so.
+fn probe_costs(report: &mut Report, sc: &Scenario) -> Result<()> {
+    let name = sc.name;
+    let (_, health) = prom::get(LISTEN, "/healthz")?;
+    let line = health.lines().find(|l| l.starts_with("probe costs: ")).unwrap_or("none").to_string();
+    let want = if sc.self_stats { "probe costs: collected (self_stats = true" } else { "probe costs: absent (kernel.bpf_stats_enabled = 0" };
+    report.check(format!("{name}.probe_costs.healthz"), true, line.starts_with(want));
+    let target = Target::spawn(4, 1)?;
+    let before = Scrape::fetch(LISTEN)?;
+    for i in 0..100u64 {
+        let _ = target.pread(target.layout.resident + (i % 4) * workload::PAGE as u64, 64);
+    }
+    let after = Scrape::fetch(LISTEN)?;
+    drop(target);
+    for probe in ACCESS_PROBES.map(Point::name) {
+        let runs = delta(&before, &after, cat::PROBE_RUNS.name, &[("probe", probe)]);
+        let want = if sc.self_stats { delta(&before, &after, cat::PROBE_HITS.name, &[("probe", probe)]) } else { "absent".into() };
+        report.check(format!("{name}.probe_costs.runs.{probe}"), want, runs);
+        let seconds = after.value(cat::PROBE_RUN_SECONDS.name, &[("probe", probe)]).zip(before.value(cat::PROBE_RUN_SECONDS.name, &[("probe", probe)]));
+        report.check(format!("{name}.probe_costs.time_advances.{probe}"), sc.self_stats, seconds.is_some_and(|(a, b)| a > b));
+    }
+    Ok(())
 }
 
 /// `reason="…"` as a series shows it.
