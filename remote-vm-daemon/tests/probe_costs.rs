@@ -65,8 +65,12 @@ fn run_statistics_are_exported_exactly_while_the_kernel_collects_them() {
     assert!(on.hits > 0.0, "no contended wait in ten rounds");
     assert_eq!(on.runs, on.hits);
     assert!(on.seconds > 0.0);
-    // Off again: absent again (not frozen, not reset).
+    // Off again: absent again (not frozen, not reset) once a probe has run
+    // uncounted — runs in the moment before the switch would look like
+    // another holder's.
     std::fs::write(SYSCTL, "0").unwrap();
+    let off = contended(&d);
+    assert!(off.hits > 0.0 && off.runs.is_nan(), "runs still exported after the sysctl went off");
     assert_eq!(Scrape::fetch(&d.addr).unwrap().series(cat::PROBE_RUNS.name).count(), 0);
     assert_eq!(d.stop(), 0);
 

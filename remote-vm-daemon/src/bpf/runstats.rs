@@ -82,9 +82,10 @@ impl RunStats {
             return Collecting::Sysctl;
         }
         let advancing = match (*last, counts) {
-            // Runs counted since the last look: someone holds collection on.
+            // Every hit since the last look counted as a run (a kprobe pair
+            // runs twice per hit): someone held collection on throughout.
             (Some((h0, r0, _)), Some((h, r))) if h > h0 => {
-                let advancing = r > r0;
+                let advancing = r.saturating_sub(r0) >= h - h0;
                 *last = Some((h, r, advancing));
                 advancing
             }
@@ -132,12 +133,15 @@ mod tests {
         std::fs::write(&sysctl, "0\n").unwrap();
         assert!(r.line().starts_with("probe costs: absent (kernel.bpf_stats_enabled = 0 "), "{}", r.line());
         // Another holder: the runs advance with the hits; the verdict stands
-        // while nothing runs, and falls when hits come without runs.
+        // while nothing runs, and falls when hits come without runs — or with
+        // fewer (switched off part-way).
         assert!(matches!(r.collecting(Some((10, 0))), Collecting::No(_)));
         assert_eq!(r.collecting(Some((15, 5))), Collecting::Advancing);
         assert_eq!(r.collecting(Some((15, 5))), Collecting::Advancing);
         assert_eq!(r.collecting(None), Collecting::Advancing);
-        assert!(matches!(r.collecting(Some((20, 5))), Collecting::No(_)));
+        assert_eq!(r.collecting(Some((17, 9))), Collecting::Advancing);
+        assert!(matches!(r.collecting(Some((20, 11))), Collecting::No(_)));
+        assert!(matches!(r.collecting(Some((25, 11))), Collecting::No(_)));
         r.refused = Some("BPF_ENABLE_STATS: Operation not permitted (os error 1) (needs CAP_SYS_ADMIN: …)".into());
         assert_eq!(r.line(), "probe costs: absent (BPF_ENABLE_STATS: Operation not permitted (os error 1) (needs CAP_SYS_ADMIN: …))");
         std::fs::remove_file(&sysctl).unwrap();
