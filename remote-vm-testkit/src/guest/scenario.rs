@@ -136,7 +136,9 @@ fn probe_costs(report: &mut Report, sc: &Scenario) -> Result<()> {
         let want = if sc.self_stats { delta(&before, &after, cat::PROBE_HITS.name, &[("probe", probe)]) } else { "absent".into() };
         report.check(format!("{name}.probe_costs.runs.{probe}"), want, runs);
         let seconds = after.value(cat::PROBE_RUN_SECONDS.name, &[("probe", probe)]).zip(before.value(cat::PROBE_RUN_SECONDS.name, &[("probe", probe)]));
-        report.check(format!("{name}.probe_costs.time_advances.{probe}"), sc.self_stats, seconds.is_some_and(|(a, b)| a > b));
+        // Present and monotonic (the kernel's run clock may be too coarse to
+        // move over 100 short runs: PREEMPT_LAZY 7.3 under TCG showed 0).
+        report.check(format!("{name}.probe_costs.time_counted.{probe}"), sc.self_stats, seconds.is_some_and(|(a, b)| a >= b));
     }
     Ok(())
 }
