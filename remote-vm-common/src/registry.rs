@@ -172,11 +172,6 @@ impl Family {
         self.modes().find(|m| m.name == name)
     }
 
-    /// The families whose hooks run on every page fault (`on_fault_path`).
-    pub fn on_fault_path() -> impl Iterator<Item = Family> {
-        Family::ALL.into_iter().filter(|f| f.spec().on_fault_path)
-    }
-
     /// The first mode `auto` tries (none for a family that is opt-in only).
     pub fn first_mode(self) -> Option<&'static ModeSpec> {
         self.spec().modes.first()
@@ -283,7 +278,7 @@ static ACCESS: FamilySpec = FamilySpec {
 /// the kprobe pair stashes the arguments for the return probe.
 ///
 /// Opt-in only: every user page fault of the host calls it, and a program there
-/// costs every fault about 390 guest instructions (4.8 %, BENCHMARKS.md).
+/// costs every fault about 360 guest instructions (4.5 %, BENCHMARKS.md).
 /// Without it reads are classified all the same on a kernel the start-up probe
 /// read showed runs the lockless loop; only the split of a VMA-level stop into
 /// `vma_lock_failed` / `vma_unsuitable`, the VMAs locked per read and the
@@ -477,7 +472,7 @@ pub fn readme_table() -> std::string::String {
             s.name,
             points.join(", "),
             if modes.is_empty() {
-                "none: opt-in only (on every page fault)".into()
+                format!("none: opt-in only{}", if s.on_fault_path { " (on every page fault)" } else { "" })
             } else {
                 modes.join("<br>")
             },

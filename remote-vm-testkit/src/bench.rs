@@ -148,6 +148,28 @@ pub(crate) fn cpu_seconds(pid: u32) -> Result<f64> {
     Ok(ns as f64 / 1e9)
 }
 
+/// The daemon `pid`'s CPU, in % of one core, over `seconds` of scraping it once a
+/// second (`LISTEN`) while `target` gets 500 remote reads a second.
+pub(crate) fn cpu_at_one_scrape_a_second(pid: u32, target: &Target, seconds: u64) -> Result<f64> {
+    let cpu0 = cpu_seconds(pid)?;
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; PAGE];
+    let mut i = 0usize;
+    while t0.elapsed() < Duration::from_secs(seconds) {
+        let second = Instant::now();
+        prom::get(LISTEN, "/metrics")?;
+        for _ in 0..500 {
+            let addr = target.layout.resident + ((i % target.layout.resident_pages) * PAGE) as u64;
+            let _ = target.mem().read_at(&mut buf, addr);
+            i += 1;
+        }
+        if let Some(rest) = Duration::from_secs(1).checked_sub(second.elapsed()) {
+            std::thread::sleep(rest);
+        }
+    }
+    Ok(100.0 * (cpu_seconds(pid)? - cpu0) / t0.elapsed().as_secs_f64())
+}
+
 /// `pid`'s resident set in KiB.
 pub(crate) fn rss_kb(pid: u32) -> Result<u64> {
     Ok(std::fs::read_to_string(format!("/proc/{pid}/status"))?
@@ -261,25 +283,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         .filter_map(|l| l.split_once(": "))
         .map(|(p, rest)| (p.to_string(), rest.split_whitespace().next().unwrap_or("").to_string()))
         .collect();
-    let cpu = || cpu_seconds(pid);
-    let cpu0 = cpu()?;
-    let t0 = Instant::now();
-    let mut buf = vec![0u8; PAGE];
-    let mut i = 0usize;
-    while t0.elapsed() < Duration::from_secs(args.scrape_seconds) {
-        let second = Instant::now();
-        prom::get(LISTEN, "/metrics")?;
-        // 500 remote reads a second between scrapes.
-        for _ in 0..500 {
-            let addr = target.layout.resident + ((i % target.layout.resident_pages) * PAGE) as u64;
-            let _ = target.mem().read_at(&mut buf, addr);
-            i += 1;
-        }
-        if let Some(rest) = Duration::from_secs(1).checked_sub(second.elapsed()) {
-            std::thread::sleep(rest);
-        }
-    }
-    result.daemon_cpu_percent = 100.0 * (cpu()? - cpu0) / t0.elapsed().as_secs_f64();
+    result.daemon_cpu_percent = cpu_at_one_scrape_a_second(pid, &target, args.scrape_seconds)?;
     result.daemon_rss_kb = rss_kb(pid)?;
     // What a scraper sees: requests spaced wider than the daemon's default
     // render spacing (`[web] min_render_interval_seconds`, 0.1 s), so each

@@ -248,23 +248,7 @@ fn daemon_cost(daemon: &str, target: &Target, scale: f64) -> Result<DaemonCost> 
     let populated = Target::spawn(4, 16)?;
     classes::run(&populated, &Counts::for_layout(&populated.layout))?;
     let seconds = ((10.0 * scale) as u64).max(2);
-    let cpu0 = bench::cpu_seconds(pid)?;
-    let t0 = Instant::now();
-    let mut buf = vec![0u8; PAGE];
-    let mut i = 0usize;
-    while t0.elapsed() < Duration::from_secs(seconds) {
-        let second = Instant::now();
-        prom::get(bench::LISTEN, "/metrics")?;
-        for _ in 0..500 {
-            let addr = target.layout.resident + ((i % target.layout.resident_pages) * PAGE) as u64;
-            let _ = target.mem().read_at(&mut buf, addr);
-            i += 1;
-        }
-        if let Some(rest) = Duration::from_secs(1).checked_sub(second.elapsed()) {
-            std::thread::sleep(rest);
-        }
-    }
-    let cpu_percent = 100.0 * (bench::cpu_seconds(pid)? - cpu0) / t0.elapsed().as_secs_f64();
+    let cpu_percent = bench::cpu_at_one_scrape_a_second(pid, target, seconds)?;
     let rss_kb = bench::rss_kb(pid)?;
     let (mut scrape, mut metrics_bytes) = (f64::INFINITY, 0);
     for _ in 0..20 {

@@ -12,7 +12,7 @@ use remote_vm_common::{
 };
 
 use crate::{
-    classes::{self, COUNTS, Kernel},
+    classes::{self, Kernel},
     prom::{self, Scrape},
     workload::{self, Target},
 };
@@ -171,10 +171,9 @@ pub(super) fn classification(
     vma_probed: bool,
 ) -> Result<()> {
     let target = Target::spawn(4, 16)?;
-    let mut counts = COUNTS;
+    let counts = classes::Counts::for_layout(&target.layout);
     if target.layout.hugetlb.is_none() {
         println!("vmtest: {name}: no hugetlb page reserved; skipping the hugetlb class");
-        counts.hugetlb = 0;
     }
     // A kernel with transparent huge pages (it has their sysfs knob) must give
     // the target one (MADV_HUGEPAGE); a kernel without (Debian's PREEMPT_RT
@@ -185,12 +184,6 @@ pub(super) fn classification(
     }
     report.check(format!("{name}.classes.thp_available"), thp_kernel, target.layout.thp.is_some());
     report.check(format!("{name}.classes.argv_moved_into_a_file"), workload::CMDLINE.len(), target.layout.cmdline_len);
-    if target.layout.thp.is_none() {
-        counts.thp = 0;
-    }
-    if target.layout.cmdline_len == 0 {
-        counts.cmdline = 0;
-    }
     let before = Scrape::fetch(LISTEN)?;
     let ground = classes::run(&target, &counts)?;
     let after = Scrape::fetch(LISTEN)?;
