@@ -278,7 +278,7 @@ static ACCESS: FamilySpec = FamilySpec {
 /// the kprobe pair stashes the arguments for the return probe.
 ///
 /// Opt-in only: every user page fault of the host calls it, and a program there
-/// costs every fault about 360 guest instructions (4.5 %, BENCHMARKS.md).
+/// costs every fault about 350 guest instructions (4.4 %, BENCHMARKS.md).
 /// Without it reads are classified all the same on a kernel the start-up probe
 /// read showed runs the lockless loop; only the split of a VMA-level stop into
 /// `vma_lock_failed` / `vma_unsuitable`, the VMAs locked per read and the

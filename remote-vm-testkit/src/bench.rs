@@ -186,11 +186,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// ns per 4 KiB `pread` of a resident page of another process.
 pub(crate) fn remote_reads(target: &Target, n: usize) -> f64 {
+    remote_reads_at(target.mem(), target.layout.resident, target.layout.resident_pages, n)
+}
+
+/// The same through `mem` (`/proc/PID/mem`), round the `pages` at `resident`.
+pub(crate) fn remote_reads_at(mem: &std::fs::File, resident: u64, pages: usize, n: usize) -> f64 {
     let mut buf = vec![0u8; PAGE];
     let t = Instant::now();
     for i in 0..n {
-        let addr = target.layout.resident + ((i % target.layout.resident_pages) * PAGE) as u64;
-        let _ = target.mem().read_at(&mut buf, addr);
+        let addr = resident + ((i % pages.max(1)) * PAGE) as u64;
+        let _ = mem.read_at(&mut buf, addr);
     }
     t.elapsed().as_nanos() as f64 / n as f64
 }
@@ -213,24 +218,65 @@ pub(crate) fn page_faults(rounds: usize) -> Result<f64> {
 }
 
 /// ns per mmap + fault + munmap of one page (each takes the mmap_lock).
+///
+/// Always the same page in the same neighbourhood. Where an anonymous page
+/// lands decides what an iteration costs: a page alone in its 2 MiB range
+/// takes a page table to allocate, zero and free each time (about 1000 guest
+/// instructions more per iteration), one with a neighbour in the range reuses
+/// it. With `mmap(NULL, ..)` that depends on the process's layout (ASLR, a
+/// THP-aligned thread stack left above it), so two boots measured 22008 and
+/// 23093 instructions. Here: a 2 MiB-aligned range is made free, a read-only
+/// anchor page (faulted, so its page table exists; another protection, so the
+/// loop's page never merges with it) sits in its middle, and the loop maps the
+/// page just below it with `MAP_FIXED_NOREPLACE`: the common case, a page whose
+/// page table stays. NaN if the range is taken from under it.
 pub(crate) fn mmap_loop(n: usize) -> f64 {
-    let t = Instant::now();
-    for _ in 0..n {
-        // SAFETY: as above.
-        unsafe {
-            let p = libc::mmap(
-                std::ptr::null_mut(),
+    const RANGE: usize = 2 << 20;
+    let Ok(reserve) = map(3 * RANGE, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_NORESERVE) else {
+        return f64::NAN;
+    };
+    let aligned = (reserve as usize).next_multiple_of(RANGE);
+    let anchor = aligned + RANGE / 2;
+    let page = anchor - PAGE;
+    let fixed = |addr: usize, prot: i32| {
+        // SAFETY: a fixed address inside the range released just before, and
+        // MAP_FIXED_NOREPLACE never replaces a mapping that got there since.
+        let p = unsafe {
+            libc::mmap(
+                addr as *mut libc::c_void,
                 PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
                 -1,
                 0,
-            );
-            std::ptr::write_volatile(p as *mut u8, 1);
-            libc::munmap(p, PAGE);
+            )
+        };
+        p as usize == addr
+    };
+    // SAFETY: our own reservation, unused.
+    unsafe { libc::munmap(reserve.cast(), 3 * RANGE) };
+    if !fixed(anchor, libc::PROT_READ) {
+        return f64::NAN;
+    }
+    // SAFETY: the anchor just mapped.
+    unsafe { std::ptr::read_volatile(anchor as *const u8) };
+    let mut ok = true;
+    let t = Instant::now();
+    for _ in 0..n {
+        if !fixed(page, libc::PROT_READ | libc::PROT_WRITE) {
+            ok = false;
+            break;
+        }
+        // SAFETY: the page just mapped, released at once.
+        unsafe {
+            std::ptr::write_volatile(page as *mut u8, 1);
+            libc::munmap(page as *mut libc::c_void, PAGE);
         }
     }
-    t.elapsed().as_nanos() as f64 / n as f64
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    // SAFETY: the anchor, ours.
+    unsafe { libc::munmap(anchor as *mut libc::c_void, PAGE) };
+    if ok { ns } else { f64::NAN }
 }
 
 pub fn run(args: &BenchArgs) -> Result<BenchResult> {

@@ -6,8 +6,9 @@
 //! For every configuration of `bench::configurations()` (derived from the
 //! registry: the default, the default without a page-fault-path program, each
 //! opt-in mode) and with no daemon at all: instructions per operation of each
-//! workload (the least of three runs: instructions are exact, the least is the
-//! run no timer interrupt or daemon wake-up landed in). Then, with the kernel's
+//! workload, each run in a fresh process (the least of three runs:
+//! instructions are exact, the least is the run no timer interrupt or daemon
+//! wake-up landed in). Then, with the kernel's
 //! BPF run-time statistics switched on for one more pass (they add two clock
 //! reads to every run, so never during the measurement), how often each program
 //! ran per operation and what a run cost. Then the daemon itself in its default
@@ -88,15 +89,18 @@ fn program_stats() -> Vec<(u32, String, u64, Duration)> {
 }
 
 /// The smallest of three runs.
-fn least(work: &dyn Fn() -> f64) -> f64 {
-    (0..3).map(|_| work()).fold(f64::INFINITY, f64::min)
+fn least(work: impl Fn() -> Result<f64>) -> Result<f64> {
+    let mut least = f64::INFINITY;
+    for _ in 0..3 {
+        least = least.min(work()?);
+    }
+    Ok(least)
 }
 
 /// A process whose `/proc/PID/cmdline` is exactly `len` bytes (argv of
 /// busybox `sh -c 'read x'` padded by `$0`), waiting for its stdin to close.
 struct CmdlineTarget {
     child: Child,
-    file: File,
 }
 
 impl CmdlineTarget {
@@ -120,20 +124,9 @@ impl CmdlineTarget {
             anyhow::ensure!(Instant::now() < deadline, "{path} never held the padded argv");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let file = File::open(&path)?;
-        Ok(CmdlineTarget { child, file })
+        Ok(CmdlineTarget { child })
     }
 
-    /// Instructions per `pread` of the whole cmdline (two `access_remote_vm()`
-    /// calls: the kernel's 1-byte probe at `arg_end - 1`, then the copy).
-    fn reads(&self, n: usize) -> f64 {
-        let mut buf = vec![0u8; PAGE];
-        let t = Instant::now();
-        for _ in 0..n {
-            let _ = self.file.read_at(&mut buf, 0);
-        }
-        t.elapsed().as_nanos() as f64 / n as f64
-    }
 }
 
 impl Drop for CmdlineTarget {
@@ -146,76 +139,194 @@ impl Drop for CmdlineTarget {
     }
 }
 
-/// The workload names, as the report shows them.
-pub const REMOTE_READ: &str = "remote read: 4 KiB pread of /proc/PID/mem";
-pub const CMDLINE_READ: &str = "remote read: 64-byte /proc/PID/cmdline";
-pub const PAGE_FAULT: &str = "page fault (4 KiB pages, 4 MiB at a time)";
-pub const MMAP_LOOP: &str = "mmap + fault + munmap of one page";
+/// The workloads. Each measurement runs in a process of its own
+/// (`rvm-testkit icount-op`, a fresh exec): the cost of a fault or an mmap
+/// depends on the measuring process's address space (one more VMA can add a
+/// maple-tree level: two boots measured 7990 and 8056.5 instructions per page
+/// fault in the long-lived bench process, after a thread the daemon's start
+/// left behind or not), and a fresh exec has the same one every time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    RemoteRead,
+    CmdlineRead,
+    PageFault,
+    MmapLoop,
+}
 
-/// The mmap loop's iterations: it frees a page table and a page each time, and
-/// the deferred work that follows (RCU, the page allocator's batches) lands in
-/// whichever run is going; 5000 iterations keep that within 0.1 % of a run.
-const MMAP_LOOP_OPS: f64 = 5000.0;
+impl Workload {
+    pub const ALL: [Workload; 4] = [Workload::RemoteRead, Workload::CmdlineRead, Workload::PageFault, Workload::MmapLoop];
+
+    /// As the report shows it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::RemoteRead => "remote read: 4 KiB pread of /proc/PID/mem",
+            Workload::CmdlineRead => "remote read: 64-byte /proc/PID/cmdline",
+            Workload::PageFault => "page fault (4 KiB pages, 4 MiB at a time)",
+            Workload::MmapLoop => "mmap + fault + munmap of one page",
+        }
+    }
+
+    /// The loop's length at `scale` (`rounds` of the page-fault workload).
+    fn length(self, scale: f64) -> usize {
+        let base = match self {
+            Workload::RemoteRead => 2000.0,
+            // A cmdline read is a third of a 4 KiB one: three times the reads
+            // keep a timer tick more or less within 0.2 % of a run.
+            Workload::CmdlineRead => 6000.0,
+            Workload::PageFault => 4.0,
+            // The mmap loop frees a page each time, and the deferred work that
+            // follows (RCU, the page allocator's batches) lands in whichever
+            // run is going; 5000 iterations keep that within 0.1 % of a run.
+            Workload::MmapLoop => 5000.0,
+        };
+        ((base * scale) as usize).max(1)
+    }
+
+    /// Operations in a loop of `length`.
+    fn ops(self, length: usize) -> f64 {
+        match self {
+            Workload::PageFault => (length * (4 << 20) / PAGE) as f64,
+            _ => length as f64,
+        }
+    }
+}
+
+/// One measurement, in the process `rvm-testkit icount-op` starts.
+#[derive(Debug, clap::Args)]
+pub struct OpArgs {
+    #[arg(long, value_enum)]
+    pub workload: Workload,
+    /// The loop's length.
+    #[arg(long)]
+    pub length: usize,
+    /// The remote reads' target process.
+    #[arg(long, default_value_t = 0)]
+    pub pid: u32,
+    /// Its resident pages (`/proc/PID/mem` reads go round them).
+    #[arg(long, default_value_t = 0)]
+    pub addr: u64,
+    #[arg(long, default_value_t = 1)]
+    pub pages: usize,
+    /// Also what every loaded BPF program ran during the loop (the kernel's
+    /// run-time statistics, switched on by the caller): the process's own
+    /// start and exit are not in it.
+    #[arg(long)]
+    pub programs: bool,
+}
+
+/// What `rvm-testkit icount-op` prints: one JSON line.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct OpResult {
+    pub per_op: f64,
+    /// (kernel name, runs, run time in ns) of each program that ran in the loop.
+    pub programs: Vec<(String, u64, u64)>,
+}
+
+/// Runs one measurement: guest nanoseconds (= instructions) per operation.
+pub fn op_main(a: &OpArgs) -> Result<OpResult> {
+    // Opened before the programs are sampled: the loop alone is between.
+    let file = match a.workload {
+        Workload::RemoteRead => Some(File::open(format!("/proc/{}/mem", a.pid)).context("open /proc/PID/mem")?),
+        Workload::CmdlineRead => Some(File::open(format!("/proc/{}/cmdline", a.pid)).context("open /proc/PID/cmdline")?),
+        _ => None,
+    };
+    let mut buf = vec![0u8; PAGE];
+    buf.fill(1); // faulted in before the loop
+    let before = if a.programs { program_stats() } else { Vec::new() };
+    let per_op = match (a.workload, &file) {
+        (Workload::RemoteRead, Some(mem)) => bench::remote_reads_at(mem, a.addr, a.pages, a.length),
+        (Workload::CmdlineRead, Some(file)) => {
+            let t = Instant::now();
+            for _ in 0..a.length {
+                let _ = file.read_at(&mut buf, 0);
+            }
+            t.elapsed().as_nanos() as f64 / a.length as f64
+        }
+        (Workload::PageFault, _) => bench::page_faults(a.length)?,
+        (Workload::MmapLoop, _) => bench::mmap_loop(a.length),
+        _ => anyhow::bail!("no file for {:?}", a.workload),
+    };
+    let mut programs = Vec::new();
+    if a.programs {
+        for (id, name, runs, time) in program_stats() {
+            let Some((_, _, runs0, time0)) = before.iter().find(|(i, ..)| *i == id) else {
+                continue;
+            };
+            let runs = runs.saturating_sub(*runs0);
+            if runs > 0 {
+                programs.push((name, runs, time.saturating_sub(*time0).as_nanos() as u64));
+            }
+        }
+    }
+    Ok(OpResult { per_op, programs })
+}
+
+/// One measurement in a fresh process (see `Workload`).
+fn fresh(w: Workload, length: usize, programs: bool, target: &Target, cmdline: &CmdlineTarget) -> Result<OpResult> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("icount-op")
+        .args(["--workload", clap::ValueEnum::to_possible_value(&w).context("a workload name")?.get_name()])
+        .args(["--length", &length.to_string()]);
+    if programs {
+        cmd.arg("--programs");
+    }
+    match w {
+        Workload::RemoteRead => {
+            cmd.args(["--pid", &target.pid().to_string()])
+                .args(["--addr", &target.layout.resident.to_string()])
+                .args(["--pages", &target.layout.resident_pages.to_string()]);
+        }
+        Workload::CmdlineRead => {
+            cmd.args(["--pid", &cmdline.child.id().to_string()]);
+        }
+        Workload::PageFault | Workload::MmapLoop => {}
+    }
+    let out = cmd.stderr(Stdio::inherit()).output().context("run icount-op")?;
+    anyhow::ensure!(out.status.success(), "icount-op {w:?}: {}", out.status);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let r: OpResult = serde_json::from_str(text.trim()).with_context(|| format!("icount-op {w:?} printed {text:?}"))?;
+    anyhow::ensure!(r.per_op.is_finite(), "icount-op {w:?}: no figure (its mapping was taken)");
+    Ok(r)
+}
 
 pub fn run(daemon: &str, scale: f64) -> Result<IcountResult> {
-    let n = |base: f64| ((base * scale) as usize).max(1);
     let target = Target::spawn(64, 1)?;
     let cmdline = CmdlineTarget::spawn(64)?;
-    type Work<'a> = Box<dyn Fn() -> f64 + 'a>;
-    let workloads: Vec<(&str, Work)> = vec![
-        (REMOTE_READ, Box::new(|| bench::remote_reads(&target, n(2000.0)))),
-        (CMDLINE_READ, Box::new(|| cmdline.reads(n(2000.0)))),
-        (PAGE_FAULT, Box::new(|| bench::page_faults(n(4.0)).unwrap_or(f64::NAN))),
-        (MMAP_LOOP, Box::new(|| bench::mmap_loop(n(MMAP_LOOP_OPS)))),
-    ];
-    let ops = |name: &str| -> f64 {
-        match name {
-            PAGE_FAULT => (n(4.0) * (4 << 20) / PAGE) as f64,
-            MMAP_LOOP => n(MMAP_LOOP_OPS) as f64,
-            _ => n(2000.0) as f64,
-        }
-    };
+    let work = |w: Workload| fresh(w, w.length(scale), false, &target, &cmdline).map(|r| r.per_op);
     let mut result = IcountResult {
         release: std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string(),
         ..Default::default()
     };
-    let measure = |configuration: &str, result: &mut IcountResult| {
-        for (name, work) in &workloads {
-            work(); // warm: the first run after a start also translates new code
-            let per_op = least(work);
-            println!("icount: [{configuration}] {name}: {per_op:.1} instructions");
+    let measure = |configuration: &str, result: &mut IcountResult| -> Result<()> {
+        for w in Workload::ALL {
+            work(w)?; // warm: the first run after a start also translates new code
+            let per_op = least(|| work(w))?;
+            println!("icount: [{configuration}] {}: {per_op:.1} instructions", w.label());
             result.measured.push(Measured {
                 configuration: configuration.to_string(),
-                workload: name.to_string(),
+                workload: w.label().to_string(),
                 per_op,
             });
         }
+        Ok(())
     };
-    // The first daemon start leaves the kernel's state changed for good (every
-    // later figure, with the daemon or without, is a few dozen instructions
-    // higher): start and stop it once before "off" is measured, and measure
-    // "off" again at the end to show the state held.
+    // Whatever a first daemon start leaves behind in the kernel (BPF memory,
+    // caches) is there before "off" is measured too: start and stop it once
+    // first, and measure "off" again at the end to show the state held.
     drop(Daemon::start(daemon, "")?);
-    measure(OFF, &mut result);
+    measure(OFF, &mut result)?;
     result.configurations.push(OFF.to_string());
     for (label, config) in bench::configurations() {
         let d = Daemon::start(daemon, &config)?;
-        measure(&label, &mut result);
+        measure(&label, &mut result)?;
         // Per program: the kernel's run-time statistics during one more run each.
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
-        for (name, work) in &workloads {
-            let before = program_stats();
-            work();
-            for (id, program, runs, time) in program_stats() {
-                let Some((_, _, runs0, time0)) = before.iter().find(|(i, ..)| *i == id) else {
-                    continue;
-                };
-                let runs = runs.saturating_sub(*runs0);
-                if runs == 0 {
-                    continue;
-                }
-                let per_run = time.saturating_sub(*time0).as_nanos() as f64 / runs as f64;
-                let runs_per_op = runs as f64 / ops(name);
+        for w in Workload::ALL {
+            let name = w.label();
+            let r = fresh(w, w.length(scale), true, &target, &cmdline)?;
+            for (program, runs, ns) in r.programs {
+                let per_run = ns as f64 / runs as f64;
+                let runs_per_op = runs as f64 / w.ops(w.length(scale));
                 println!(
                     "icount: [{label}] {name}: {program}: {runs_per_op:.3} runs per op, {per_run:.1} instructions per run"
                 );
@@ -232,7 +343,7 @@ pub fn run(daemon: &str, scale: f64) -> Result<IcountResult> {
         drop(d);
         result.configurations.push(label);
     }
-    measure(OFF_AGAIN, &mut result);
+    measure(OFF_AGAIN, &mut result)?;
     result.configurations.push(OFF_AGAIN.to_string());
     result.daemon = daemon_cost(daemon, &target, scale)?;
     Ok(result)

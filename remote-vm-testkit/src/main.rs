@@ -1,5 +1,5 @@
 //! rvm-testkit: workloads with known answers and the in-VM test runner.
-use remote_vm_testkit::{bench, guest, soak, stall, stress, workload};
+use remote_vm_testkit::{bench, guest, icount, soak, stall, stress, workload};
 
 use clap::{Parser, Subcommand};
 
@@ -64,6 +64,12 @@ enum Cmd {
         #[arg(long, default_value_t = 64)]
         region_mb: usize,
     },
+    /// One measurement of `bench --icount` in a fresh process: prints guest
+    /// nanoseconds (= instructions) per operation.
+    IcountOp {
+        #[command(flatten)]
+        args: icount::OpArgs,
+    },
     Target {
         #[arg(long, default_value_t = 4)]
         pages: usize,
@@ -93,6 +99,10 @@ fn main() -> std::process::ExitCode {
         Cmd::Contend { iterations, region_mb } => workload::contend(iterations, region_mb).map(|n| {
             println!("{n}");
             true
+        }),
+        Cmd::IcountOp { args } => icount::op_main(&args).and_then(|r| {
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(true)
         }),
         Cmd::Target { pages, zero_pages } => workload::target_main(pages, zero_pages).map(|()| true),
     };

@@ -281,7 +281,9 @@ pub fn icount(root: &Path, scale: f64, runs: usize) -> Result<String> {
                 &kernel,
                 &initramfs,
                 &dir.join(format!("icount-{}-{run}", kernel.name)),
-                &format!("rvm.mode=icount rvm.scale={scale}"),
+                // norandmaps: every boot lays its processes out alike (where a
+                // mapping lands decides what faulting it costs).
+                &format!("rvm.mode=icount rvm.scale={scale} norandmaps"),
                 Duration::from_secs(3600),
                 "icount-result ",
                 vm::Clock::Instructions,

@@ -26,7 +26,7 @@ use super::{
         RWSEM_WAIT_LIST_OFF, RWSEM_WAITING_FOR_WRITE, STALL_THRESHOLD_NS, SYSCALL_PTRACE, SYSCALLS_MEM,
         TASK_COMM_OFF, TASK_PID_OFF, TASK_TGID_OFF, WAITER_LIST_OFF, WAITER_TYPE_OFF, known,
     },
-    maps::{CALLS, STALL_EVENTS, WAITS, current_mm, hit, now, read_u32, read_u64, stats},
+    maps::{CALLS, STALL_EVENTS, WAITS, current_mm, hit, load_u64, now, read_u32, read_u64, stats},
 };
 
 // --- remote -------------------------------------------------------------------
@@ -94,13 +94,7 @@ fn holder_of<const DIRECT: bool>(sem: u64) -> HolderSnap {
     }
     // The count word alone says whether the lock is taken: on a free lock,
     // that one read is all (the owner word is read only when it is taken).
-    let count = if DIRECT {
-        // SAFETY: a BTF pointer plus an offset the verifier knows (the global
-        // is in the frozen .rodata map); it checks the access against BTF.
-        unsafe { core::ptr::read_volatile(sem.wrapping_add(count_off) as *const u64) }
-    } else {
-        read_u64(sem, count_off)
-    };
+    let count = load_u64::<DIRECT>(sem, count_off);
     if !lock_taken(count) {
         return h;
     }

@@ -126,6 +126,32 @@ pub fn read_u32(base: u64, off: u64) -> u32 {
     unsafe { bpf_probe_read_kernel((base.wrapping_add(off)) as *const u32).unwrap_or(u32::MAX) }
 }
 
+/// A field of a kernel object: `DIRECT`, `base` is a BTF-typed pointer (an
+/// fentry/fexit or tp_btf argument) and `off` a global from the frozen
+/// `.rodata`, so the verifier knows the field and allows one load instruction
+/// (a fault reads 0); otherwise `bpf_probe_read_kernel` (kprobes), a helper
+/// call that costs the order of a hundred instructions more.
+#[inline(always)]
+pub fn load_u64<const DIRECT: bool>(base: u64, off: u64) -> u64 {
+    if DIRECT {
+        // SAFETY: see above; the verifier checks the access against BTF.
+        unsafe { ptr::read_volatile(base.wrapping_add(off) as *const u64) }
+    } else {
+        read_u64(base, off)
+    }
+}
+
+/// The same for a 32-bit field (`u32::MAX` where a checked read fails).
+#[inline(always)]
+pub fn load_u32<const DIRECT: bool>(base: u64, off: u64) -> u32 {
+    if DIRECT {
+        // SAFETY: as above.
+        unsafe { ptr::read_volatile(base.wrapping_add(off) as *const u32) }
+    } else {
+        read_u32(base, off)
+    }
+}
+
 /// The current task's `mm` (0 for kernel threads or when the offset is unknown).
 #[inline(always)]
 pub fn current_mm() -> u64 {

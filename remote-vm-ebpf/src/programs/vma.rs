@@ -12,7 +12,7 @@ use remote_vm_common::Point;
 
 use super::{
     layout::{FW_LEVEL_OFF, FW_LEVEL_PMD, FW_LEVEL_PUD, FW_PAGE_OFF, VMA_VM_OPS_OFF, known},
-    maps::{CALLS, hit, read_u32, read_u64, stats},
+    maps::{CALLS, hit, load_u32, load_u64, stats},
 };
 
 #[inline(always)]
@@ -66,12 +66,12 @@ pub fn lock_vma_kretprobe(ctx: RetProbeContext) -> u32 {
 
 /// `fw->level` as our `Level` index (0 pte, 1 pmd, 2 pud).
 #[inline(always)]
-fn level_of(fw: u64) -> u32 {
+fn level_of<const DIRECT: bool>(fw: u64) -> u32 {
     let off = FW_LEVEL_OFF.load();
     if !known(off) {
         return 3;
     }
-    let v = read_u32(fw, off);
+    let v = load_u32::<DIRECT>(fw, off);
     if v == FW_LEVEL_PMD.load() {
         1
     } else if v == FW_LEVEL_PUD.load() {
@@ -81,8 +81,9 @@ fn level_of(fw: u64) -> u32 {
     }
 }
 
+/// `DIRECT`: `fw` and `vma` are BTF-typed (fexit), see `load_u64`.
 #[inline(always)]
-fn on_folio_walk(fw: u64, vma: u64, addr: u64, folio: u64) {
+fn on_folio_walk<const DIRECT: bool>(fw: u64, vma: u64, addr: u64, folio: u64) {
     hit(Point::FolioWalkStartExit);
     let Some(state) = CALLS.current(false) else {
         return;
@@ -95,19 +96,19 @@ fn on_folio_walk(fw: u64, vma: u64, addr: u64, folio: u64) {
         return;
     }
     let page_off = FW_PAGE_OFF.load();
-    if known(page_off) && read_u64(fw, page_off) == 0 {
+    if known(page_off) && load_u64::<DIRECT>(fw, page_off) == 0 {
         state.walk_without_page(addr);
         return;
     }
     let ops_off = VMA_VM_OPS_OFF.load();
     // Unknown offset: treat as anonymous, so the FOLL_ANON metric never claims a gap.
-    let anonymous = !known(ops_off) || read_u64(vma, ops_off) == 0;
-    state.folio_walk(addr, true, level_of(fw), anonymous);
+    let anonymous = !known(ops_off) || load_u64::<DIRECT>(vma, ops_off) == 0;
+    state.folio_walk(addr, true, level_of::<DIRECT>(fw), anonymous);
 }
 
 entry_points! {
     fexit folio_walk_fexit(ctx) =>
-        on_folio_walk(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.ret::<u64>().unwrap_or(0));
+        on_folio_walk::<true>(ctx.arg(0), ctx.arg(1), ctx.arg(2), ctx.ret::<u64>().unwrap_or(0));
 }
 
 // The kprobe pair is hand-written, as for lock_vma_under_rcu above.
@@ -130,7 +131,7 @@ pub fn folio_walk_kretprobe(ctx: RetProbeContext) -> u32 {
         Some(state) if state.is_active() => (state.pending_ptr, state.pending_vma, state.pending_addr),
         _ => (0, 0, 0),
     };
-    on_folio_walk(fw, vma, addr, ctx.ret::<u64>());
+    on_folio_walk::<false>(fw, vma, addr, ctx.ret::<u64>());
     0
 }
 
