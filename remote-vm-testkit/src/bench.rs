@@ -223,9 +223,9 @@ pub(crate) fn page_faults(rounds: usize) -> Result<f64> {
 /// lands decides what an iteration costs: a page alone in its 2 MiB range
 /// takes a page table to allocate, zero and free each time (about 1000 guest
 /// instructions more per iteration), one with a neighbour in the range reuses
-/// it. With `mmap(NULL, ..)` that depends on the process's layout (ASLR, a
-/// THP-aligned thread stack left above it), so two boots measured 22008 and
-/// 23093 instructions. Here: a 2 MiB-aligned range is made free, a read-only
+/// it. With `mmap(NULL, ..)` that depends on the process's layout (ASLR, what
+/// sits just above the page), so two boots measured 22008 and 23093
+/// instructions. Here: a 2 MiB-aligned range is made free, a read-only
 /// anchor page (faulted, so its page table exists; another protection, so the
 /// loop's page never merges with it) sits in its middle, and the loop maps the
 /// page just below it with `MAP_FIXED_NOREPLACE`: the common case, a page whose

@@ -141,10 +141,10 @@ impl Drop for CmdlineTarget {
 
 /// The workloads. Each measurement runs in a process of its own
 /// (`rvm-testkit icount-op`, a fresh exec): the cost of a fault or an mmap
-/// depends on the measuring process's address space (one more VMA can add a
-/// maple-tree level: two boots measured 7990 and 8056.5 instructions per page
-/// fault in the long-lived bench process, after a thread the daemon's start
-/// left behind or not), and a fresh exec has the same one every time.
+/// depends on the measuring process's address space (in the long-lived bench
+/// process a page fault cost 7990 instructions in some boots and 8056.5 in
+/// others, as its mappings changed under it), and a fresh exec has the same
+/// one every time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
     RemoteRead,
