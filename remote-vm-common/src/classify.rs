@@ -374,8 +374,9 @@ impl CallState {
 
     /// All zero, as `CallState::default()`, one 8-byte store per word. A plain
     /// assignment of the default compiles to a `memset` call, which a BPF
-    /// object links as a byte-at-a-time loop: about 840 instructions for these
-    /// 168 bytes, on every remote access. Volatile stores are neither merged
+    /// object links as a byte-at-a-time loop: 840 BPF instructions for these
+    /// 168 bytes, on every remote access (about 1000 guest instructions,
+    /// BENCHMARKS.md). Volatile stores are neither merged
     /// back into that call nor dropped.
     #[inline(always)]
     pub fn clear(&mut self) {

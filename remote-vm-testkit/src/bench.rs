@@ -185,19 +185,26 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// ns per 4 KiB `pread` of a resident page of another process.
-pub(crate) fn remote_reads(target: &Target, n: usize) -> f64 {
+pub(crate) fn remote_reads(target: &Target, n: usize) -> Result<f64> {
     remote_reads_at(target.mem(), target.layout.resident, target.layout.resident_pages, n)
 }
 
 /// The same through `mem` (`/proc/PID/mem`), round the `pages` at `resident`.
-pub(crate) fn remote_reads_at(mem: &std::fs::File, resident: u64, pages: usize, n: usize) -> f64 {
+/// An error if any read did not return the whole page (a target gone or a
+/// wrong address would otherwise give a fast, plausible figure).
+pub(crate) fn remote_reads_at(mem: &std::fs::File, resident: u64, pages: usize, n: usize) -> Result<f64> {
     let mut buf = vec![0u8; PAGE];
+    let mut short = 0usize;
     let t = Instant::now();
     for i in 0..n {
         let addr = resident + ((i % pages.max(1)) * PAGE) as u64;
-        let _ = mem.read_at(&mut buf, addr);
+        if !matches!(mem.read_at(&mut buf, addr), Ok(PAGE)) {
+            short += 1;
+        }
     }
-    t.elapsed().as_nanos() as f64 / n as f64
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    anyhow::ensure!(short == 0, "{short} of {n} reads of /proc/PID/mem at {resident:#x} did not return a page");
+    Ok(ns)
 }
 
 /// ns per page fault: map 4 MiB of PTE pages, touch each, unmap.
@@ -229,12 +236,10 @@ pub(crate) fn page_faults(rounds: usize) -> Result<f64> {
 /// anchor page (faulted, so its page table exists; another protection, so the
 /// loop's page never merges with it) sits in its middle, and the loop maps the
 /// page just below it with `MAP_FIXED_NOREPLACE`: the common case, a page whose
-/// page table stays. NaN if the range is taken from under it.
-pub(crate) fn mmap_loop(n: usize) -> f64 {
+/// page table stays. An error if the range is taken from under it.
+pub(crate) fn mmap_loop(n: usize) -> Result<f64> {
     const RANGE: usize = 2 << 20;
-    let Ok(reserve) = map(3 * RANGE, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_NORESERVE) else {
-        return f64::NAN;
-    };
+    let reserve = map(3 * RANGE, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_NORESERVE)?;
     let aligned = (reserve as usize).next_multiple_of(RANGE);
     let anchor = aligned + RANGE / 2;
     let page = anchor - PAGE;
@@ -256,7 +261,7 @@ pub(crate) fn mmap_loop(n: usize) -> f64 {
     // SAFETY: our own reservation, unused.
     unsafe { libc::munmap(reserve.cast(), 3 * RANGE) };
     if !fixed(anchor, libc::PROT_READ) {
-        return f64::NAN;
+        bail!("mmap loop: the anchor page at {anchor:#x} was taken");
     }
     // SAFETY: the anchor just mapped.
     unsafe { std::ptr::read_volatile(anchor as *const u8) };
@@ -276,16 +281,17 @@ pub(crate) fn mmap_loop(n: usize) -> f64 {
     let ns = t.elapsed().as_nanos() as f64 / n as f64;
     // SAFETY: the anchor, ours.
     unsafe { libc::munmap(anchor as *mut libc::c_void, PAGE) };
-    if ok { ns } else { f64::NAN }
+    anyhow::ensure!(ok, "mmap loop: the page at {page:#x} was taken");
+    Ok(ns)
 }
 
 pub fn run(args: &BenchArgs) -> Result<BenchResult> {
     let scale = |n: f64| ((n * args.scale) as usize).max(1);
     let target = Target::spawn(64, 1)?;
-    type Work<'a> = Box<dyn Fn() -> f64 + 'a>;
+    type Work<'a> = Box<dyn Fn() -> Result<f64> + 'a>;
     let workloads: Vec<(&str, Work)> = vec![
         ("remote read (4 KiB pread of /proc/PID/mem)", Box::new(|| remote_reads(&target, scale(20_000.0)))),
-        ("page fault (4 MiB of PTE pages)", Box::new(|| page_faults(scale(40.0)).unwrap_or(f64::NAN))),
+        ("page fault (4 MiB of PTE pages)", Box::new(|| page_faults(scale(40.0)))),
         ("mmap + fault + munmap", Box::new(|| mmap_loop(scale(50_000.0)))),
     ];
     let mut result = BenchResult {
@@ -293,18 +299,18 @@ pub fn run(args: &BenchArgs) -> Result<BenchResult> {
         ..Default::default()
     };
     for (name, work) in &workloads {
-        work(); // warm up
+        work()?; // warm up
         for (mode, config) in &configurations() {
             let (mut off, mut on) = (Vec::new(), Vec::new());
             // Each measurement runs the work twice and keeps the second: under
             // emulation (TCG) the first run after a daemon start also pays for
             // translating the newly loaded programs.
             for _ in 0..args.reps {
-                work();
-                off.push(work());
+                work()?;
+                off.push(work()?);
                 let d = Daemon::start(&args.daemon, config)?;
-                work();
-                on.push(work());
+                work()?;
+                on.push(work()?);
                 drop(d);
             }
             let (off, on) = (median(off), median(on));

@@ -126,7 +126,6 @@ impl CmdlineTarget {
         }
         Ok(CmdlineTarget { child })
     }
-
 }
 
 impl Drop for CmdlineTarget {
@@ -224,7 +223,8 @@ pub struct OpResult {
 
 /// Runs one measurement: guest nanoseconds (= instructions) per operation.
 pub fn op_main(a: &OpArgs) -> Result<OpResult> {
-    // Opened before the programs are sampled: the loop alone is between.
+    // Opened before the programs are sampled, so what is sampled is the loop
+    // (and, for the page-fault and mmap loops, their few set-up mappings).
     let file = match a.workload {
         Workload::RemoteRead => Some(File::open(format!("/proc/{}/mem", a.pid)).context("open /proc/PID/mem")?),
         Workload::CmdlineRead => Some(File::open(format!("/proc/{}/cmdline", a.pid)).context("open /proc/PID/cmdline")?),
@@ -234,18 +234,24 @@ pub fn op_main(a: &OpArgs) -> Result<OpResult> {
     buf.fill(1); // faulted in before the loop
     let before = if a.programs { program_stats() } else { Vec::new() };
     let per_op = match (a.workload, &file) {
-        (Workload::RemoteRead, Some(mem)) => bench::remote_reads_at(mem, a.addr, a.pages, a.length),
+        (Workload::RemoteRead, Some(mem)) => bench::remote_reads_at(mem, a.addr, a.pages, a.length)?,
         (Workload::CmdlineRead, Some(file)) => {
+            let mut empty = 0usize;
             let t = Instant::now();
             for _ in 0..a.length {
-                let _ = file.read_at(&mut buf, 0);
+                if !matches!(file.read_at(&mut buf, 0), Ok(n) if n > 0) {
+                    empty += 1;
+                }
             }
-            t.elapsed().as_nanos() as f64 / a.length as f64
+            let ns = t.elapsed().as_nanos() as f64 / a.length as f64;
+            anyhow::ensure!(empty == 0, "{empty} of {} reads of /proc/{}/cmdline returned nothing", a.length, a.pid);
+            ns
         }
         (Workload::PageFault, _) => bench::page_faults(a.length)?,
-        (Workload::MmapLoop, _) => bench::mmap_loop(a.length),
+        (Workload::MmapLoop, _) => bench::mmap_loop(a.length)?,
         _ => anyhow::bail!("no file for {:?}", a.workload),
     };
+    anyhow::ensure!(per_op.is_finite() && per_op > 0.0, "{:?}: no figure ({per_op})", a.workload);
     let mut programs = Vec::new();
     if a.programs {
         for (id, name, runs, time) in program_stats() {
@@ -285,7 +291,6 @@ fn fresh(w: Workload, length: usize, programs: bool, target: &Target, cmdline: &
     anyhow::ensure!(out.status.success(), "icount-op {w:?}: {}", out.status);
     let text = String::from_utf8_lossy(&out.stdout);
     let r: OpResult = serde_json::from_str(text.trim()).with_context(|| format!("icount-op {w:?} printed {text:?}"))?;
-    anyhow::ensure!(r.per_op.is_finite(), "icount-op {w:?}: no figure (its mapping was taken)");
     Ok(r)
 }
 

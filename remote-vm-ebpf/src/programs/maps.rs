@@ -141,7 +141,8 @@ pub fn load_u64<const DIRECT: bool>(base: u64, off: u64) -> u64 {
     }
 }
 
-/// The same for a 32-bit field (`u32::MAX` where a checked read fails).
+/// The same for a 32-bit field (a faulting direct load reads 0; a failed
+/// checked read gives `u32::MAX`).
 #[inline(always)]
 pub fn load_u32<const DIRECT: bool>(base: u64, off: u64) -> u32 {
     if DIRECT {

@@ -315,6 +315,7 @@ fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
         }
         if let Some(w) = by_reader(&in_progress, read.tid) {
             let age = w["waiting_seconds"].as_f64().unwrap_or(-1.0);
+            println!("vmtest: {name}: waiting {age:.3} s at the scrape, {:.3} s after go", mid_age.as_secs_f64());
             report.check(format!("{name}.in_progress.waiting_seconds_in_range"), true, age >= 1.0 && age <= mid_age.as_secs_f64());
         }
         Ok(())
