@@ -176,6 +176,12 @@ impl Family {
     pub fn first_mode(self) -> Option<&'static ModeSpec> {
         self.spec().modes.first()
     }
+
+    /// No default mode: attached only when the config names one of its opt-in
+    /// modes (`auto` leaves it alone, and it does not count as missing).
+    pub fn opt_in_only(self) -> bool {
+        self.spec().modes.is_empty()
+    }
 }
 
 const fn p(program: &'static str, hook: Hook, point: Point) -> ProgramSpec {

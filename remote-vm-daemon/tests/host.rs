@@ -64,7 +64,7 @@ fn coverage() -> (Vec<Coverage>, Vec<Coverage>) {
         return (on, off);
     }
     // Every family with a default mode (the opt-in-only VMA step is not).
-    if Family::ALL.into_iter().filter(|f| !f.spec().modes.is_empty()).all(attached) {
+    if Family::ALL.into_iter().filter(|f| !f.opt_in_only()).all(attached) {
         let on = [Coverage::Reads, Coverage::Fallbacks, Coverage::RemoteLock, Coverage::HostLock, Coverage::Gup];
         return (on.to_vec(), vec![Coverage::RemoteWrites, Coverage::LockVma, Coverage::VmaSteps]);
     }

@@ -137,7 +137,7 @@ impl Allows {
             let spec = family.spec();
             let (mode, reason) = match spec.requires.filter(|r| !attached.contains(r)) {
                 // Opt-in only: not tried, whatever else (the daemon's words for it are its own).
-                _ if spec.modes.is_empty() => (None, None),
+                _ if family.opt_in_only() => (None, None),
                 Some(r) => (None, Some(format!("not tried: it only refines {}, which is not attached", r.name()))),
                 None => {
                     let mut reasons = Some(Vec::new());
@@ -161,7 +161,7 @@ impl Allows {
                 attached.push(family);
             }
             for point in spec.points {
-                out.push(Expected { probe: point.name(), mode, reason: reason.clone(), wanted: !spec.modes.is_empty() });
+                out.push(Expected { probe: point.name(), mode, reason: reason.clone(), wanted: !family.opt_in_only() });
             }
         }
         out

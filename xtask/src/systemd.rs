@@ -193,7 +193,7 @@ const DEGRADED_CONFIG: &str = "[probes]\nmmap_lock_host = \"off\"\n";
 /// counts (an opt-in family left alone does not), the host family's are off.
 fn degraded_line() -> String {
     let points = |f: &Family| f.spec().points.len();
-    let wanted: Vec<Family> = Family::ALL.into_iter().filter(|f| !f.spec().modes.is_empty()).collect();
+    let wanted: Vec<Family> = Family::ALL.into_iter().filter(|f| !f.opt_in_only()).collect();
     let total: usize = wanted.iter().map(points).sum();
     let off = points(&Family::MmapLockHost);
     format!("{} of {total} probes attached", total - off)

@@ -98,7 +98,7 @@ pub fn attach(
 ) -> Verdict {
     let modes: Vec<&'static ModeSpec> = match choice {
         Choice::Disabled => return Verdict::not_tried(family, AttachError::Disabled),
-        Choice::Auto if family.spec().modes.is_empty() => return Verdict::not_tried(family, AttachError::OptIn(family)),
+        Choice::Auto if family.opt_in_only() => return Verdict::not_tried(family, AttachError::OptIn(family)),
         Choice::Auto => family.spec().modes.iter().collect(),
         Choice::Force(mode) => vec![*mode],
     };

@@ -44,10 +44,10 @@ fn info_by_fd<I>(fd: RawFd) -> io::Result<I> {
     Ok(info)
 }
 
-/// `(prog id, recursion misses)` of the program behind `fd`.
-pub fn prog_id_and_misses(fd: RawFd) -> io::Result<(u32, u64)> {
+/// The id of the program behind `fd`.
+pub fn prog_id(fd: RawFd) -> io::Result<u32> {
     let info: bpf_prog_info = info_by_fd(fd)?;
-    Ok((info.id, info.recursion_misses))
+    Ok(info.id)
 }
 
 /// `(recursion misses, runs, run time in ns)` of the program behind `fd` (the

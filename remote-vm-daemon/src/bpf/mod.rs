@@ -242,7 +242,7 @@ fn miss_sources(ebpf: &Ebpf, verdicts: &[Verdict]) -> BTreeMap<Point, (Vec<Owned
             else {
                 continue;
             };
-            if let Ok((id, _)) = misses::prog_id_and_misses(fd.as_raw_fd())
+            if let Ok(id) = misses::prog_id(fd.as_raw_fd())
                 && spec.hook.is_kprobe() {
                     kprobe_ids.push((id, spec.point));
                 }

@@ -90,7 +90,7 @@ impl WaitsIter {
             .attach()
             .map_err(|e| format!("attaching the task iterator: {}", super::attach::describe(&e)))?;
         let fd = program.fd().map_err(|e| format!("{e}"))?;
-        let (prog_id, _) = misses::prog_id_and_misses(fd.as_fd().as_raw_fd()).map_err(|e| format!("program info: {e}"))?;
+        let prog_id = misses::prog_id(fd.as_fd().as_raw_fd()).map_err(|e| format!("program info: {e}"))?;
         let link = misses::own_links(&[prog_id])
             .into_iter()
             .find(|(_, _, info)| info.type_ == bpf_link_type::BPF_LINK_TYPE_ITER as u32)

@@ -176,7 +176,7 @@ const GOLDEN: &str = include_str!("../../golden/exposition.txt");
 /// `everything()` less the opt-in families with no default mode (the default).
 fn everything_by_default() -> Attached {
     let mut a = everything();
-    for v in a.verdicts.iter_mut().filter(|v| v.family.spec().modes.is_empty()) {
+    for v in a.verdicts.iter_mut().filter(|v| v.family.opt_in_only()) {
         v.mode = None;
     }
     a
