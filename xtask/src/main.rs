@@ -546,10 +546,11 @@ fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Dura
             );
         } else {
             say!(
-                "vm-test: {}: FAILED after {:.0} s; console kept at {}",
+                "vm-test: {}: FAILED after {:.0} s; console kept at {}; it ends:\n{}",
                 kernel.name,
                 boot.seconds,
-                boot.console.display()
+                boot.console.display(),
+                vm::tail(&boot.console, 15)
             );
             failed.push(kernel.name.clone());
         }

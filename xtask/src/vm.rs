@@ -241,6 +241,9 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
 pub struct Boot {
     pub console: PathBuf,
     pub success: bool,
+    /// The guest's init printed a line (`init: ...`): the tests began.
+    pub reached_init: bool,
+    pub timed_out: bool,
     /// The guest's JSON report, if it got that far.
     pub report: Option<serde_json::Value>,
     pub seconds: f64,
@@ -473,6 +476,41 @@ pub fn boot_clocked(
     report_prefix: &str,
     clock: Clock,
 ) -> Result<Boot> {
+    let boot = boot_once(kernel, initramfs, out_dir, extra, timeout, report_prefix, clock)?;
+    if boot.success || boot.reached_init || boot.timed_out {
+        return Ok(boot);
+    }
+    // QEMU ended before the guest's init said a word: no test ran, so
+    // this is not a result. Keep that console, say so, and boot once more.
+    let first = out_dir.join("console.before-init.log");
+    std::fs::rename(&boot.console, &first)?;
+    say!(
+        "vm-test: {}: the VM ended after {:.0} s before its init started; its console (kept at {}) ends:\n{}",
+        kernel.name,
+        boot.seconds,
+        first.display(),
+        tail(&first, 15)
+    );
+    say!("vm-test: {}: booting it once more", kernel.name);
+    boot_once(kernel, initramfs, out_dir, extra, timeout, report_prefix, clock)
+}
+
+/// The last `n` lines of a console file, indented.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+fn boot_once(
+    kernel: &Kernel,
+    initramfs: &Path,
+    out_dir: &Path,
+    extra: &str,
+    timeout: Duration,
+    report_prefix: &str,
+    clock: Clock,
+) -> Result<Boot> {
     if !kernel.image.is_file() {
         bail!("kernel image {} not found", kernel.image.display());
     }
@@ -500,17 +538,21 @@ pub fn boot_clocked(
     let mut success = false;
     let mut failure = false;
     let mut report = None;
+    let mut reached_init = false;
+    let mut timed_out = false;
     loop {
         let now = Instant::now();
         if now >= deadline {
             let _ = child.kill();
             writeln!(console, "xtask: timed out after {} s", timeout.as_secs())?;
+            timed_out = true;
             break;
         }
         match rx.recv_timeout(deadline - now) {
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
                 writeln!(console, "{line}")?;
+                reached_init |= line.starts_with("init: ");
                 if let Some(json) = line.strip_prefix(report_prefix) {
                     report = serde_json::from_str(json).ok();
                 } else if (line.starts_with("vmtest ") && line.contains(" FAIL")) || line.starts_with("stress: ") {
@@ -526,7 +568,7 @@ pub fn boot_clocked(
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    let _ = child.wait();
+    let status = child.wait().ok();
     let _ = reader.join();
     let stderr = child
         .stderr
@@ -538,10 +580,15 @@ pub fn boot_clocked(
         })
         .unwrap_or_default();
     if !stderr.trim().is_empty() {
-        writeln!(console, "qemu stderr: {stderr}")?;
+        writeln!(console, "qemu stderr: {}", stderr.trim_end())?;
+    }
+    if let Some(status) = status.filter(|s| !s.success()) {
+        writeln!(console, "xtask: qemu exited with {status}")?;
     }
     Ok(Boot {
         console: console_path,
+        reached_init,
+        timed_out,
         success: success && !failure,
         report,
         seconds: started.elapsed().as_secs_f64(),
