@@ -392,6 +392,10 @@ pub struct ServingVm {
     pub port: u16,
     pub console: PathBuf,
     child: std::process::Child,
+    initramfs: PathBuf,
+    extra: String,
+    /// Booted once more after a boot that ended before its init started.
+    retried: bool,
 }
 
 impl ServingVm {
@@ -400,25 +404,33 @@ impl ServingVm {
             bail!("kernel image {} not found", kernel.image.display());
         }
         std::fs::create_dir_all(out_dir)?;
-        let console_path = out_dir.join("console.log");
-        let console = std::fs::File::create(&console_path)?;
+        let console = out_dir.join("console.log");
+        let extra = format!("rvm.mode=serve {extra}");
+        let child = Self::spawn(kernel, initramfs, &console, port, &extra)?;
+        Ok(ServingVm {
+            kernel: kernel.clone(),
+            port,
+            console,
+            child,
+            initramfs: initramfs.to_path_buf(),
+            extra,
+            retried: false,
+        })
+    }
+
+    fn spawn(kernel: &Kernel, initramfs: &Path, console_path: &Path, port: u16, extra: &str) -> Result<std::process::Child> {
+        let console = std::fs::File::create(console_path)?;
         say!(
             "booting kernel {} ({}) under QEMU {}, daemon forwarded to 127.0.0.1:{port}",
             kernel.name,
             kernel.image.display(),
             accel_name(kernel, Clock::Wall)
         );
-        let child = qemu(kernel, initramfs, &format!("rvm.mode=serve {extra}"), Some(port), Clock::Wall)
+        qemu(kernel, initramfs, extra, Some(port), Clock::Wall)
             .stdout(console.try_clone()?)
             .stderr(console)
             .spawn()
-            .context("start qemu-system-x86_64 (install qemu-system-x86)")?;
-        Ok(ServingVm {
-            kernel: kernel.clone(),
-            port,
-            console: console_path,
-            child,
-        })
+            .context("start qemu-system-x86_64 (install qemu-system-x86)")
     }
 
     /// Waits until the guest says it is serving.
@@ -426,7 +438,8 @@ impl ServingVm {
         self.wait_for("vmtest: serving", timeout)
     }
 
-    /// Waits until the guest's console shows `marker`.
+    /// Waits until the guest's console shows `marker`. A VM that ends
+    /// before its init prints a line is booted once more (as `boot_with`).
     pub fn wait_for(&mut self, marker: &str, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -435,10 +448,35 @@ impl ServingVm {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!("VM {} exited ({status}); console: {}", self.kernel.name, self.console.display());
+                let started = text.lines().any(|l| l.starts_with("init: "));
+                if started || self.retried {
+                    bail!(
+                        "VM {} exited ({status}); console {} ends:\n{}",
+                        self.kernel.name,
+                        self.console.display(),
+                        tail(&self.console, 15)
+                    );
+                }
+                let first = self.console.with_file_name("console.before-init.log");
+                std::fs::rename(&self.console, &first)?;
+                say!(
+                    "VM {} ended ({status}) before its init started; its console (kept at {}) ends:\n{}\nbooting it once more",
+                    self.kernel.name,
+                    first.display(),
+                    tail(&first, 15)
+                );
+                self.retried = true;
+                self.child = Self::spawn(&self.kernel, &self.initramfs, &self.console, self.port, &self.extra)?;
+                continue;
             }
             if Instant::now() > deadline {
-                bail!("VM {} did not say {marker:?} within {} s; console: {}", self.kernel.name, timeout.as_secs(), self.console.display());
+                bail!(
+                    "VM {} did not say {marker:?} within {} s; console {} ends:\n{}",
+                    self.kernel.name,
+                    timeout.as_secs(),
+                    self.console.display(),
+                    tail(&self.console, 15)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -593,4 +631,51 @@ fn boot_once(
         report,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A "kernel" QEMU refuses at once: the VM ends before any init.
+    fn refused_kernel(dir: &Path) -> (Kernel, PathBuf) {
+        let _ = ACCEL.set(Accel::Tcg);
+        std::fs::create_dir_all(dir).unwrap();
+        let image = dir.join("not-a-kernel");
+        std::fs::write(&image, vec![0u8; 65536]).unwrap();
+        let initramfs = dir.join("initramfs.cpio");
+        std::fs::write(&initramfs, b"").unwrap();
+        let kernel = Kernel {
+            name: "not-a-kernel".into(),
+            image,
+            expect: "unknown".into(),
+            origin: "test".into(),
+            params: String::new(),
+            isolate: Vec::new(),
+        };
+        (kernel, initramfs)
+    }
+
+    #[test]
+    #[ignore = "needs qemu-system-x86_64 (cargo xtask test installs it)"]
+    fn a_boot_that_ends_before_init_is_booted_once_more_then_fails_with_its_console() {
+        let dir = std::env::temp_dir().join(format!("rvm-xtask-boot-{}", std::process::id()));
+        let (kernel, initramfs) = refused_kernel(&dir);
+        let out = dir.join("boot");
+        let boot = boot_clocked(&kernel, &initramfs, &out, "", Duration::from_secs(60), "x ", Clock::Wall).unwrap();
+        assert!(!boot.success && !boot.reached_init && !boot.timed_out);
+        for console in [out.join("console.before-init.log"), out.join("console.log")] {
+            let text = std::fs::read_to_string(&console).unwrap();
+            assert!(text.contains("qemu stderr: "), "{}: {text}", console.display());
+            assert!(text.contains("xtask: qemu exited with exit status: 1"), "{}: {text}", console.display());
+        }
+
+        let out = dir.join("serve");
+        let mut vm = ServingVm::start(&kernel, &initramfs, &out, 1, "").unwrap();
+        let err = vm.wait_serving(Duration::from_secs(60)).unwrap_err().to_string();
+        assert!(vm.retried, "{err}");
+        assert!(err.contains("exited") && err.contains("ends:"), "{err}");
+        assert!(out.join("console.before-init.log").is_file());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
