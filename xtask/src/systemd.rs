@@ -199,8 +199,9 @@ fn degraded_line() -> String {
     format!("{} of {total} probes attached", total - off)
 }
 
-const INIT: &str = r#"#!/bin/busybox sh
+pub(crate) const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
+echo "init: starting"
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
@@ -267,33 +268,48 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     let console = dir.join("console.log");
     say!("systemd: booting Debian 12 with systemd as PID 1 on {} (QEMU {})", kernel.origin, vm::accel_name(&kernel, vm::Clock::Wall));
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(vm::accel_args(&kernel))
-        .args(["-m", "1536", "-smp", "2"])
-        .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
-        .arg("-kernel")
-        .arg(&kernel.image)
-        .arg("-initrd")
-        .arg(&initramfs)
-        .arg("-drive")
-        .arg(format!("file={},format=raw,if=virtio", image.display()))
-        .args(["-append", "console=ttyS0 panic=-1 quiet systemd.show_status=false"])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&console)?)
-        .stderr(Stdio::null())
-        .spawn()
-        .context("start qemu")?;
     let deadline = started + Duration::from_secs(900);
-    loop {
-        if let Some(_status) = child.try_wait()? {
+    for attempt in 1.. {
+        let out = std::fs::File::create(&console)?;
+        let mut child = Command::new("qemu-system-x86_64")
+            .args(vm::accel_args(&kernel))
+            .args(["-m", "1536", "-smp", "2"])
+            .args(["-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+            .arg("-kernel")
+            .arg(&kernel.image)
+            .arg("-initrd")
+            .arg(&initramfs)
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", image.display()))
+            .args(["-append", "console=ttyS0 panic=-1 quiet systemd.show_status=false"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("start qemu")?;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("systemd test timed out; console {} ends:\n{}", console.display(), vm::tail(&console, 15));
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        let text = std::fs::read_to_string(&console).unwrap_or_default();
+        if attempt > 1 || text.contains(vm::INIT_STARTED) {
             break;
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("systemd test timed out; console in {}", console.display());
-        }
-        std::thread::sleep(Duration::from_secs(1));
+        // As vm::boot_with: QEMU ended before the initramfs ran, so no test ran.
+        let first = dir.join("console.before-init.log");
+        std::fs::rename(&console, &first)?;
+        say!(
+            "systemd: the VM ended ({status}) before its init started; its console (kept at {}) ends:\n{}\nbooting it once more",
+            first.display(),
+            vm::tail(&first, 15)
+        );
     }
     let text = std::fs::read_to_string(&console).unwrap_or_default();
     let lines: Vec<&str> = text
@@ -371,7 +387,12 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
         for f in &failures {
             say!("systemd: FAIL: {f}");
         }
-        bail!("the unit under systemd: {} checks failed; console in {}", failures.len(), console.display());
+        bail!(
+            "the unit under systemd: {} checks failed; console {} ends:\n{}",
+            failures.len(),
+            console.display(),
+            vm::tail(&console, 15)
+        );
     }
     say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, reload, watchdog restart, capset denied → exit 1, journal priorities, upgrades under policy-rc.d, the fleet drop-in, TLS and basic auth through LoadCredential=, clean stop)");
     Ok(())

@@ -241,7 +241,7 @@ fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
 pub struct Boot {
     pub console: PathBuf,
     pub success: bool,
-    /// The guest's init printed a line (`init: ...`): the tests began.
+    /// The guest's init said `INIT_STARTED`: the tests began.
     pub reached_init: bool,
     pub timed_out: bool,
     /// The guest's JSON report, if it got that far.
@@ -385,6 +385,11 @@ fn qemu(kernel: &Kernel, initramfs: &Path, extra: &str, forward: Option<u16>, cl
     cmd
 }
 
+/// What every test initramfs's init prints first (`init: starting tests`,
+/// `init: starting`): a VM that ends without it ran no test, and is booted
+/// once more. The BIOS's screen clearing can precede it on its line.
+pub const INIT_STARTED: &str = "init: starting";
+
 /// A VM running the daemon and the workload in a loop (`rvm.mode=serve`),
 /// scrapeable on 127.0.0.1:`port`. Dropping it stops the VM.
 pub struct ServingVm {
@@ -448,7 +453,7 @@ impl ServingVm {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
-                let started = text.lines().any(|l| l.starts_with("init: "));
+                let started = text.contains(INIT_STARTED);
                 if started || self.retried {
                     bail!(
                         "VM {} exited ({status}); console {} ends:\n{}",
@@ -590,7 +595,8 @@ fn boot_once(
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_string();
                 writeln!(console, "{line}")?;
-                reached_init |= line.starts_with("init: ");
+                // The first line also carries the BIOS's screen clearing.
+                reached_init |= line.contains(INIT_STARTED);
                 if let Some(json) = line.strip_prefix(report_prefix) {
                     report = serde_json::from_str(json).ok();
                 } else if (line.starts_with("vmtest ") && line.contains(" FAIL")) || line.starts_with("stress: ") {
@@ -654,6 +660,14 @@ mod tests {
             isolate: Vec::new(),
         };
         (kernel, initramfs)
+    }
+
+    #[test]
+    fn every_test_init_says_it_started_first() {
+        for init in [INIT, crate::systemd::INIT] {
+            let first_echo = init.lines().find(|l| l.starts_with("echo ")).unwrap();
+            assert!(first_echo.contains(INIT_STARTED), "{first_echo}");
+        }
     }
 
     #[test]
