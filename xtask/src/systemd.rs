@@ -269,7 +269,8 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     say!("systemd: booting Debian 12 with systemd as PID 1 on {} (QEMU {})", kernel.origin, vm::accel_name(&kernel, vm::Clock::Wall));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(900);
-    for attempt in 1.. {
+    let mut attempt = 1;
+    let text = loop {
         let out = std::fs::File::create(&console)?;
         let mut child = Command::new("qemu-system-x86_64")
             .args(vm::accel_args(&kernel))
@@ -299,19 +300,12 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
             std::thread::sleep(Duration::from_secs(1));
         };
         let text = std::fs::read_to_string(&console).unwrap_or_default();
-        if attempt > 1 || text.contains(vm::INIT_STARTED) {
-            break;
+        if attempt == 2 || text.contains(vm::INIT_STARTED) {
+            break text;
         }
-        // As vm::boot_with: QEMU ended before the initramfs ran, so no test ran.
-        let first = dir.join("console.before-init.log");
-        std::fs::rename(&console, &first)?;
-        say!(
-            "systemd: the VM ended ({status}) before its init started; its console (kept at {}) ends:\n{}\nbooting it once more",
-            first.display(),
-            vm::tail(&first, 15)
-        );
-    }
-    let text = std::fs::read_to_string(&console).unwrap_or_default();
+        vm::keep_before_init("systemd", &console, &status.to_string())?;
+        attempt += 1;
+    };
     let lines: Vec<&str> = text
         .lines()
         .filter_map(|l| l.trim_end_matches('\r').split("systemd-test: ").nth(1))

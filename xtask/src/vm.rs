@@ -462,14 +462,7 @@ impl ServingVm {
                         tail(&self.console, 15)
                     );
                 }
-                let first = self.console.with_file_name("console.before-init.log");
-                std::fs::rename(&self.console, &first)?;
-                say!(
-                    "VM {} ended ({status}) before its init started; its console (kept at {}) ends:\n{}\nbooting it once more",
-                    self.kernel.name,
-                    first.display(),
-                    tail(&first, 15)
-                );
+                keep_before_init(&format!("VM {}", self.kernel.name), &self.console, &status.to_string())?;
                 self.retried = true;
                 self.child = Self::spawn(&self.kernel, &self.initramfs, &self.console, self.port, &self.extra)?;
                 continue;
@@ -519,23 +512,29 @@ pub fn boot_clocked(
     report_prefix: &str,
     clock: Clock,
 ) -> Result<Boot> {
-    let boot = boot_once(kernel, initramfs, out_dir, extra, timeout, report_prefix, clock)?;
-    if boot.success || boot.reached_init || boot.timed_out {
-        return Ok(boot);
+    let mut attempt = 1;
+    loop {
+        let boot = boot_once(kernel, initramfs, out_dir, extra, timeout, report_prefix, clock)?;
+        if attempt == 2 || boot.reached_init || boot.timed_out {
+            return Ok(boot);
+        }
+        keep_before_init(&format!("vm-test: {}", kernel.name), &boot.console, &format!("after {:.0} s", boot.seconds))?;
+        attempt += 1;
     }
-    // QEMU ended before the guest's init said a word: no test ran, so
-    // this is not a result. Keep that console, say so, and boot once more.
-    let first = out_dir.join("console.before-init.log");
-    std::fs::rename(&boot.console, &first)?;
+}
+
+/// For a VM that ended before its init said `INIT_STARTED` (no test ran, so
+/// not a result; the caller boots it once more): its console is kept as
+/// `console.before-init.log` beside it, and its tail said with `who` and `how`.
+pub fn keep_before_init(who: &str, console: &Path, how: &str) -> Result<()> {
+    let first = console.with_file_name("console.before-init.log");
+    std::fs::rename(console, &first)?;
     say!(
-        "vm-test: {}: the VM ended after {:.0} s before its init started; its console (kept at {}) ends:\n{}",
-        kernel.name,
-        boot.seconds,
+        "{who}: the VM ended ({how}) before its init started; its console (kept at {}) ends:\n{}\nbooting it once more",
         first.display(),
         tail(&first, 15)
     );
-    say!("vm-test: {}: booting it once more", kernel.name);
-    boot_once(kernel, initramfs, out_dir, extra, timeout, report_prefix, clock)
+    Ok(())
 }
 
 /// The last `n` lines of a console file, indented.
