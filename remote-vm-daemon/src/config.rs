@@ -117,6 +117,10 @@ struct RawHistograms {
     max_seconds: Option<toml::Value>,
 }
 
+/// The most stalls `/stalls` keeps: one answer stays under about 1 MiB (a
+/// stall is some 600 bytes of JSON, and `in_progress` lists up to 256 more).
+pub const STALLS_KEEP_MAX: usize = 1024;
+
 pub const LISTEN_ALLOWED: &str =
     "ADDRESS:PORT or :PORT (every address), e.g. 127.0.0.1:19361, [::1]:19361 or :19361; in the config a string or a list of them, each once";
 pub const TELEMETRY_PATH_ALLOWED: &str = "a path such as /metrics: /, then up to 255 visible ASCII characters but ? and #, and not /healthz or /stalls";
@@ -272,8 +276,8 @@ impl Config {
             let stalls = raw.stalls.unwrap_or_default();
             if let Some(v) = stalls.keep {
                 config.stalls_keep = match v.as_integer() {
-                    Some(n) if (1..=65_536).contains(&n) => n as usize,
-                    _ => return Err(bad("stalls.keep", v.to_string(), "a whole number from 1 to 65536".into())),
+                    Some(n) if (1..=STALLS_KEEP_MAX as i64).contains(&n) => n as usize,
+                    _ => return Err(bad("stalls.keep", v.to_string(), format!("a whole number from 1 to {STALLS_KEEP_MAX}"))),
                 };
             }
             if let Some(v) = raw.self_stats {
@@ -595,10 +599,13 @@ mod tests {
                 format!("config t.toml: key `web.min_render_interval_seconds`: invalid value {bad}: expected a number of seconds between 0 and 10")
             );
         }
-        assert_eq!(
-            parse("[stalls]\nkeep = 0\n").unwrap_err().to_string(),
-            "config t.toml: key `stalls.keep`: invalid value 0: expected a whole number from 1 to 65536"
-        );
+        for bad in ["0", "1025", "65536"] {
+            assert_eq!(
+                parse(&format!("[stalls]\nkeep = {bad}\n")).unwrap_err().to_string(),
+                format!("config t.toml: key `stalls.keep`: invalid value {bad}: expected a whole number from 1 to 1024")
+            );
+        }
+        assert_eq!(parse("[stalls]\nkeep = 1024\n").unwrap().stalls_keep, 1024);
         assert_eq!(
             parse("[stalls]\nhttp = \"yes\"\n").unwrap_err().to_string(),
             "config t.toml: key `stalls.http`: invalid value \"yes\": expected true or false"

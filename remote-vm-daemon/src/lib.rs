@@ -6,6 +6,7 @@ mod caps;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod hangup;
 pub mod kernel;
 pub mod logging;
 mod metrics;

@@ -48,7 +48,20 @@ pub fn line(format: Format, ts: Option<&str>, level: log::Level, source: &str, m
     let level = level.as_str().to_ascii_lowercase();
     match format {
         Format::Logfmt => {
-            let quoted = format!("\"{}\"", msg.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n"));
+            let mut quoted = String::with_capacity(msg.len() + 2);
+            quoted.push('"');
+            for c in msg.chars() {
+                match c {
+                    '\\' => quoted.push_str("\\\\"),
+                    '"' => quoted.push_str("\\\""),
+                    '\n' => quoted.push_str("\\n"),
+                    '\r' => quoted.push_str("\\r"),
+                    '\t' => quoted.push_str("\\t"),
+                    c if c.is_control() => quoted.push_str(&c.escape_unicode().to_string()),
+                    c => quoted.push(c),
+                }
+            }
+            quoted.push('"');
             let ts = ts.map(|t| format!("ts={t} ")).unwrap_or_default();
             format!("{ts}level={level} source={source} msg={quoted}")
         }
@@ -59,6 +72,12 @@ pub fn line(format: Format, ts: Option<&str>, level: log::Level, source: &str, m
             }
             o.insert("level".into(), level.into());
             o.insert("source".into(), source.into());
+            // JSON escapes C0 controls itself; C1 ones (a terminal takes
+            // U+009B as CSI) and DEL are escaped here.
+            let msg: String = msg
+                .chars()
+                .map(|c| if c.is_control() && !c.is_ascii_control() || c == '\u{7f}' { c.escape_unicode().to_string() } else { c.to_string() })
+                .collect();
             o.insert("msg".into(), msg.into());
             serde_json::Value::Object(o).to_string()
         }
@@ -141,6 +160,21 @@ mod tests {
         assert_eq!(json, serde_json::json!({"ts": "t", "level": "error", "source": "a", "msg": msg}));
         let json: serde_json::Value = serde_json::from_str(&line(Format::Json, None, log::Level::Debug, "a", "b")).unwrap();
         assert_eq!(json, serde_json::json!({"level": "debug", "source": "a", "msg": "b"}));
+    }
+
+    #[test]
+    fn control_characters_in_a_message_are_escaped_in_both_formats() {
+        // What a process can name itself (prctl PR_SET_NAME) and then appear
+        // in a stall line with: a carriage return, a terminal escape, C1's CSI.
+        let msg = "stall: evil\r\u{1b}[2Jlevel=error\u{9b}1m\u{7f} waited";
+        let logfmt = line(Format::Logfmt, None, log::Level::Warn, "a", msg);
+        assert_eq!(logfmt, "level=warn source=a msg=\"stall: evil\\r\\u{1b}[2Jlevel=error\\u{9b}1m\\u{7f} waited\"");
+        let json = line(Format::Json, None, log::Level::Warn, "a", msg);
+        for l in [&logfmt, &json] {
+            assert!(!l.chars().any(char::is_control), "{l:?}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["msg"], "stall: evil\r\u{1b}[2Jlevel=error\\u{9b}1m\\u{7f} waited");
     }
 
     #[test]

@@ -8,11 +8,28 @@ use clap::Parser;
 use remote_vm_daemon::{
     cli::{Cli, Command},
     cmd::{self, EXIT_FAILED, EXIT_OK, check, compare, fail},
-    config, top,
+    config, hangup, top,
 };
 
+/// Blocks SIGHUP before `main`, as the loader runs the executable's
+/// initialisers: from here to the handler `run` installs, a reload signal
+/// (`systemctl reload` at start-up) waits instead of ending the daemon.
+extern "C" fn block_hangup_at_load() {
+    hangup::block();
+}
+
+#[used]
+#[unsafe(link_section = ".init_array")]
+static BLOCK_HANGUP_AT_LOAD: extern "C" fn() = block_hangup_at_load;
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = Cli::try_parse();
+    // Only `run` reloads on SIGHUP (and unblocks it once it can); every other
+    // subcommand keeps the default: a hang-up ends it.
+    if !matches!(cli, Ok(Cli { command: Command::Run { .. } })) {
+        let _ = hangup::unblock();
+    }
+    let cli = match cli {
         Ok(cli) => cli,
         Err(e) => {
             return match e.kind() {

@@ -76,7 +76,7 @@ impl ScrapeHealth {
     }
 
     fn warn(&self, msg: impl FnOnce() -> String) {
-        self.log.lock().unwrap_or_else(PoisonError::into_inner).log(msg);
+        throttled_warn(&self.log, msg);
     }
 }
 
@@ -271,16 +271,32 @@ struct Throttled {
 }
 
 impl Throttled {
-    fn log(&mut self, msg: impl FnOnce() -> String) {
+    /// The line to log now, if one is due (the caller logs it after letting
+    /// go of any lock: a stalled stderr must not hold up other threads).
+    fn line(&mut self, msg: impl FnOnce() -> String) -> Option<String> {
         let now = Instant::now();
         if self.last.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {
             self.held += 1;
-            return;
+            return None;
         }
         let held = std::mem::take(&mut self.held);
         let more = if held > 0 { format!(" ({held} more since the last line)") } else { String::new() };
-        log::warn!("{}{more}", msg());
         self.last = Some(now);
+        Some(format!("{}{more}", msg()))
+    }
+
+    fn log(&mut self, msg: impl FnOnce() -> String) {
+        if let Some(line) = self.line(msg) {
+            log::warn!("{line}");
+        }
+    }
+}
+
+/// A warning throttled by a shared `Throttled`, written after its lock is let go.
+fn throttled_warn(t: &Mutex<Throttled>, msg: impl FnOnce() -> String) {
+    let line = t.lock().unwrap_or_else(PoisonError::into_inner).line(msg);
+    if let Some(line) = line {
+        log::warn!("{line}");
     }
 }
 
@@ -348,11 +364,7 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limit
                     match handshake {
                         Ok(Ok(tls)) => http.serve(tls).await,
                         Ok(Err(None)) => {}
-                        Ok(Err(Some(why))) => {
-                            if let Ok(mut l) = tls_log.lock() {
-                                l.log(|| format!("TLS handshake with {peer} failed: {why}"));
-                            }
-                        }
+                        Ok(Err(Some(why))) => throttled_warn(&tls_log, || format!("TLS handshake with {peer} failed: {why}")),
                         // As an idle plain connection: closed, not worth a warning.
                         Err(_) => log::debug!("{peer}: no TLS handshake within {:?} (web.header_timeout_seconds): closed", limits.header_timeout),
                     }
@@ -382,9 +394,7 @@ async fn accept_loop(listener: TcpListener, tx: tokio::sync::mpsc::Sender<(tokio
             Err(e) => {
                 // Out of descriptors (EMFILE/ENFILE) or a transient error:
                 // wait instead of spinning on the same error.
-                if let Ok(mut l) = log.lock() {
-                    l.log(|| format!("accept: {e}; retrying in up to {} s", ACCEPT_BACKOFF_MAX.as_secs()));
-                }
+                throttled_warn(&log, || format!("accept: {e}; retrying in up to {} s", ACCEPT_BACKOFF_MAX.as_secs()));
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }

@@ -149,18 +149,37 @@ impl StallLog {
     }
 
     fn add(&self, stall: Stall, now: Instant) {
-        let Ok(mut inner) = self.inner.lock() else { return };
-        let window_over = inner.window_start.is_none_or(|start| now.duration_since(start) >= LOG_WINDOW);
-        if window_over {
-            inner.window_start = Some(now);
-            inner.logged_in_window = 0;
+        let line = {
+            let Ok(mut inner) = self.inner.lock() else { return };
+            let line = inner.line(&stall, now);
+            inner.recent.push_front(stall);
+            while inner.recent.len() > self.keep {
+                inner.recent.pop_back();
+            }
+            line
+        };
+        // Written after the lock is let go: a stalled stderr must not hold
+        // up `/stalls`.
+        if let Some(line) = line {
+            log::warn!("{line}");
         }
-        if inner.logged_in_window < LOG_BURST {
-            inner.logged_in_window += 1;
-            let more = std::mem::take(&mut inner.suppressed);
+    }
+}
+
+impl Inner {
+    /// The warn line for `stall`, if the rate limit lets one through now.
+    fn line(&mut self, stall: &Stall, now: Instant) -> Option<String> {
+        let window_over = self.window_start.is_none_or(|start| now.duration_since(start) >= LOG_WINDOW);
+        if window_over {
+            self.window_start = Some(now);
+            self.logged_in_window = 0;
+        }
+        if self.logged_in_window < LOG_BURST {
+            self.logged_in_window += 1;
+            let more = std::mem::take(&mut self.suppressed);
             let note = if more > 0 { format!(" ({more} earlier stalls not logged)") } else { String::new() };
             let w = &stall.wait;
-            log::warn!(
+            Some(format!(
                 "stall: {} (pid {} tid {}) waited {:.3} s for the mmap_lock ({}) of {} (pid {}) reading {}; held by {} {} (pid {} tid {}){}{}",
                 w.reader.comm,
                 w.reader.pid,
@@ -176,13 +195,10 @@ impl StallLog {
                 w.holder.tid,
                 if w.writer_waiting { ", a writer queued" } else { "" },
                 note
-            );
+            ))
         } else {
-            inner.suppressed += 1;
-        }
-        inner.recent.push_front(stall);
-        while inner.recent.len() > self.keep {
-            inner.recent.pop_back();
+            self.suppressed += 1;
+            None
         }
     }
 }

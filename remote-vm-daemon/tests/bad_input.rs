@@ -293,3 +293,13 @@ fn forced_modes_are_tried_alone() {
     let summary = format!("summary: degraded: {n} of {total} probes attached");
     assert!(r.stdout.lines().any(|l| l == summary), "{summary:?} not in:\n{}", r.stdout);
 }
+
+#[test]
+fn compare_never_prints_the_password_of_a_refused_url() {
+    // 1360921 printed `--prometheus ftp://alice:hunter2@…` as given.
+    let r = daemon(&["compare", "--prometheus", "ftp://alice:hunter2@prom.example:9090"]);
+    assert_eq!(
+        one_line_failure(&r),
+        "remote-vm-daemon: --prometheus ftp://…@prom.example:9090: only http:// and https:// URLs are taken (expected http[s]://[USER:PASSWORD@]HOST[:PORT][/PATH])"
+    );
+}

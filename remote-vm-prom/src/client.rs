@@ -318,8 +318,9 @@ fn parse_base(url: &str) -> Result<Parsed> {
     Ok(Parsed { base, auth })
 }
 
-/// `url` with any `USER:PASSWORD@` replaced by `…@`, for errors.
-fn without_credentials(url: &str) -> String {
+/// `url` with any `USER:PASSWORD@` replaced by `…@`, for errors: a URL from
+/// the command line is shown this way, never as given.
+pub fn without_credentials(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").map_or(("", url), |(s, r)| (s, r));
     let authority_end = rest.find('/').unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {

@@ -14,7 +14,7 @@ mod client;
 mod scrape;
 
 pub use api::{Prometheus, decode, query_result};
-pub use client::{Auth, Client, Options, get};
+pub use client::{Auth, Client, Options, get, without_credentials};
 pub use scrape::{Scrape, key};
 
 use std::time::Duration;

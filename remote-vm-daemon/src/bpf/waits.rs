@@ -18,37 +18,87 @@ use super::misses;
 
 /// The program's name in the object.
 pub const PROGRAM: &str = "waits_in_progress";
-/// At most this many waits are listed (`/stalls`' `in_progress`); all are counted.
+/// At most this many waits are listed (`/stalls`' `in_progress`, the oldest);
+/// all are counted.
 pub const LIST_MAX: usize = 256;
-/// At most this many bytes are read from one iterator run (64 Ki waits).
-const READ_MAX: u64 = 64 * 1024 * std::mem::size_of::<StallEvent>() as u64;
+/// The iterator's output is read this many records at a time: however many
+/// waits there are, reading them takes this much memory and the list.
+const READ_RECORDS: usize = 1024;
 
 /// The waits in progress at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct WaitsNow {
+    /// Every wait the iterator reported.
     pub count: u64,
     /// The longest wait's age (ns), 0 when none.
     pub oldest_ns: u64,
-    /// The first `LIST_MAX`, oldest first.
+    /// The `LIST_MAX` oldest, oldest first (ties: by reader tid).
     pub listed: Vec<StallEvent>,
 }
 
+/// A listed wait, ordered so that the heap's top is the one to drop first:
+/// the youngest, then the highest tid.
+struct ByAge(StallEvent);
+
+impl ByAge {
+    fn key(&self) -> (std::cmp::Reverse<u64>, u32) {
+        (std::cmp::Reverse(self.0.wait_ns), self.0.reader_tid)
+    }
+}
+
+impl PartialEq for ByAge {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for ByAge {}
+impl PartialOrd for ByAge {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByAge {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
 impl WaitsNow {
-    /// From the iterator's output: whole `StallEvent` records.
-    pub fn parse(bytes: &[u8]) -> WaitsNow {
+    /// From the iterator's output: whole `StallEvent` records, read in
+    /// chunks to the end (a torn tail, which the kernel never writes, is
+    /// ignored).
+    pub fn read_from(mut input: impl Read) -> io::Result<WaitsNow> {
         let size = std::mem::size_of::<StallEvent>();
         let mut now = WaitsNow::default();
-        for chunk in bytes.chunks_exact(size) {
-            // SAFETY: a whole record (chunks_exact); any bit pattern is a valid StallEvent.
-            let e: StallEvent = unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
-            now.count += 1;
-            now.oldest_ns = now.oldest_ns.max(e.wait_ns);
-            if now.listed.len() < LIST_MAX {
-                now.listed.push(e);
+        let mut oldest = std::collections::BinaryHeap::with_capacity(LIST_MAX + 1);
+        let mut buf = vec![0u8; READ_RECORDS * size];
+        let mut filled = 0;
+        loop {
+            let n = match input.read(&mut buf[filled..]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            filled += n;
+            let whole = filled / size * size;
+            for chunk in buf[..whole].chunks_exact(size) {
+                // SAFETY: a whole record (chunks_exact); any bit pattern is a valid StallEvent.
+                let e: StallEvent = unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast()) };
+                now.count += 1;
+                now.oldest_ns = now.oldest_ns.max(e.wait_ns);
+                oldest.push(ByAge(e));
+                if oldest.len() > LIST_MAX {
+                    oldest.pop();
+                }
+            }
+            buf.copy_within(whole..filled, 0);
+            filled -= whole;
+            if n == 0 {
+                break;
             }
         }
-        now.listed.sort_by(|a, b| b.wait_ns.cmp(&a.wait_ns));
-        now
+        now.listed = oldest.into_sorted_vec().into_iter().map(|w| w.0).collect();
+        Ok(now)
     }
 }
 
@@ -110,9 +160,7 @@ impl WaitsIter {
         let fd = misses::bpf(bpf_cmd::BPF_ITER_CREATE, &mut attr)?;
         // SAFETY: a new descriptor the kernel returned to us.
         let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        let mut bytes = Vec::new();
-        file.take(READ_MAX).read_to_end(&mut bytes)?;
-        Ok(WaitsNow::parse(&bytes))
+        WaitsNow::read_from(file)
     }
 }
 
@@ -140,22 +188,60 @@ mod tests {
         assert_eq!(nested_from_status("Name:\tx\n"), None);
     }
 
+    fn record(age: u64, tid: u32) -> Vec<u8> {
+        let mut rec = vec![0u8; std::mem::size_of::<StallEvent>()];
+        // wait_ns is the second u64, reader_tid the u32 at 28.
+        rec[8..16].copy_from_slice(&age.to_ne_bytes());
+        rec[28..32].copy_from_slice(&tid.to_ne_bytes());
+        rec
+    }
+
     #[test]
     fn records_are_counted_and_listed_oldest_first() {
-        let size = std::mem::size_of::<StallEvent>();
-        let mut bytes = Vec::new();
-        for (i, age) in [5u64, 9, 7].iter().enumerate() {
-            let mut rec = vec![0u8; size];
-            // wait_ns is the second u64.
-            rec[8..16].copy_from_slice(&age.to_ne_bytes());
-            rec[32..36].copy_from_slice(&(i as u32).to_ne_bytes());
-            bytes.extend(rec);
-        }
+        let mut bytes: Vec<u8> = [(5u64, 1u32), (9, 2), (7, 3)].iter().flat_map(|(a, t)| record(*a, *t)).collect();
         // A torn tail (never written by the kernel) is ignored.
         bytes.extend([1, 2, 3]);
-        let now = WaitsNow::parse(&bytes);
+        let now = WaitsNow::read_from(&bytes[..]).unwrap();
         assert_eq!((now.count, now.oldest_ns), (3, 9));
         assert_eq!(now.listed.iter().map(|e| e.wait_ns).collect::<Vec<_>>(), vec![9, 7, 5]);
-        assert_eq!(WaitsNow::parse(&[]).count, 0);
+        assert_eq!(WaitsNow::read_from(&[][..]).unwrap().count, 0);
+    }
+
+    /// Hands out its bytes a few at a time, as a reader may.
+    struct Dribble<'a>(&'a [u8], usize);
+
+    impl Read for Dribble<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn every_wait_is_counted_and_the_oldest_are_listed() {
+        // 70,000 waits (1360921 counted at most 65,536 and listed the first
+        // 256 the iterator met, the lowest tids): tid i waits (i * 7919) %
+        // 70,000 ns, so ages are a permutation and the oldest known.
+        const N: u32 = 70_000;
+        let age = |tid: u32| u64::from(tid) * 7919 % u64::from(N);
+        let bytes: Vec<u8> = (0..N).flat_map(|tid| record(age(tid), tid)).collect();
+        for chunk in [bytes.len(), 4096, 97] {
+            let now = WaitsNow::read_from(Dribble(&bytes, chunk)).unwrap();
+            assert_eq!(now.count, u64::from(N));
+            assert_eq!(now.oldest_ns, u64::from(N) - 1);
+            let ages: Vec<u64> = now.listed.iter().map(|e| e.wait_ns).collect();
+            let want: Vec<u64> = (0..LIST_MAX as u64).map(|k| u64::from(N) - 1 - k).collect();
+            assert_eq!(ages, want, "read {chunk} bytes at a time");
+            assert!(now.listed.iter().all(|e| age(e.reader_tid) == e.wait_ns));
+        }
+    }
+
+    #[test]
+    fn equal_ages_are_listed_by_tid() {
+        let bytes: Vec<u8> = (0..(LIST_MAX as u32 + 10)).rev().flat_map(|tid| record(5, tid)).collect();
+        let now = WaitsNow::read_from(&bytes[..]).unwrap();
+        assert_eq!(now.listed.iter().map(|e| e.reader_tid).collect::<Vec<_>>(), (0..LIST_MAX as u32).collect::<Vec<_>>());
     }
 }

@@ -170,7 +170,7 @@ impl Prometheus {
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         if !matches!(scheme.as_deref(), Some("http" | "https")) {
             return Err(CompareError::Url {
-                url: url.into(),
+                url: remote_vm_prom::without_credentials(url),
                 reason: "only http:// and https:// URLs are taken".into(),
             });
         }
@@ -858,6 +858,23 @@ mod tests {
         assert!(parse_range("1y").is_err());
         assert!(parse_range("h").is_err());
         assert!(parse_range("0m").is_err());
+    }
+
+    #[test]
+    fn a_refused_url_never_shows_its_password() {
+        // The first printed the password before the fix.
+        for url in [
+            "ftp://alice:hunter2@prom.example:9090",
+            "alice:hunter2@prom.example:9090",
+            "http://alice:hunter2@prom.example:port",
+            "http://alice:hunter2@[::1:9090",
+            "https://alice:hunter2@a b:1/",
+            "http://alice:hunter2@prom.example/?q",
+        ] {
+            let e = Prometheus::parse(url).err().unwrap_or_else(|| panic!("{url} taken")).to_string();
+            assert!(!e.contains("hunter2") && !e.contains("alice"), "{url}: {e}");
+            assert!(e.contains("…@"), "{url}: {e}");
+        }
     }
 
     #[test]

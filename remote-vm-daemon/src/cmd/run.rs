@@ -181,9 +181,20 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
             .into_iter()
             .map(|l| l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l)))
             .collect::<std::io::Result<Vec<_>>>()?;
+        // The handler first, then SIGHUP unblocked (a pending one is
+        // delivered now and reloads), then READY=1.
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => {
+                if let Err(e) = crate::hangup::unblock() {
+                    log::error!("cannot unblock SIGHUP: {e}; reloads stay pending until a restart");
+                }
+                tokio::spawn(reload_on_hangup(hup, common.clone(), flags.clone(), config.clone(), web.clone()));
+            }
+            // Left blocked: a SIGHUP then waits, never ends the daemon.
+            Err(e) => log::error!("cannot install the SIGHUP handler: {e}; SIGHUP stays blocked (no reloads until a restart)"),
+        }
         log::info!("serving {urls} ({web_summary})");
         notify.send(&format!("READY=1\nSTATUS=serving {urls}; {n} of {points} probes attached"));
-        tokio::spawn(reload_on_hangup(common.clone(), flags.clone(), config.clone(), web.clone()));
         if let Some(every) = watchdog_interval() {
             log::info!("systemd watchdog: WATCHDOG=1 every {:.1} s", every.as_secs_f64());
             tokio::spawn(async move {
@@ -230,12 +241,13 @@ fn watchdog_interval() -> Option<std::time::Duration> {
 /// certificates, users: for connections and requests from then on, the
 /// listeners kept) take effect; what needs the probes re-attached or
 /// privileges (gone by now) is named and left as it is.
-async fn reload_on_hangup(common: Common, flags: WebFlags, mut running: crate::config::Config, web: Arc<crate::webconfig::Switch>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        log::warn!("cannot install the SIGHUP handler: SIGHUP will be ignored");
-        return;
-    };
+async fn reload_on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    common: Common,
+    flags: WebFlags,
+    mut running: crate::config::Config,
+    web: Arc<crate::webconfig::Switch>,
+) {
     while hup.recv().await.is_some() {
         match common.settle() {
             Ok(mut new) => {

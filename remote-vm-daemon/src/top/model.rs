@@ -55,6 +55,27 @@ pub struct Wait {
     pub killed: bool,
 }
 
+impl StallsPage {
+    /// Every text field with its control characters escaped.
+    fn printable(mut self) -> StallsPage {
+        for w in self.in_progress.iter_mut().flatten().chain(self.recent.iter_mut()) {
+            for t in [
+                &mut w.reader.comm,
+                &mut w.target.comm,
+                &mut w.holder.comm,
+                &mut w.holder.kind,
+                &mut w.lock_mode,
+                &mut w.interface,
+                &mut w.started,
+                &mut w.ended,
+            ] {
+                *t = crate::printable(t);
+            }
+        }
+        self
+    }
+}
+
 impl Wait {
     /// `reader → target ← holder`, e.g.
     /// `ps 41/41 → java 124 ← writer GC Thread#0 131`.
@@ -185,9 +206,13 @@ impl Model {
     /// The screen for `cur` (the latest good fetch), with rates against
     /// `prev`; `reachable` says whether the latest attempt worked.
     pub fn new(url: &str, prev: Option<&Fetch>, cur: Option<&Fetch>, reachable: Result<(), String>) -> Model {
+        // Everything drawn from outside text is made printable here: a
+        // process's comm (prctl PR_SET_NAME), a label or an error from
+        // whatever answers at the URL cannot put escapes on the terminal.
+        let p = crate::printable;
         let mut m = Model {
-            url: url.to_string(),
-            reachable,
+            url: p(url),
+            reachable: reachable.map_err(|e| p(&e)),
             kernel: None,
             interval: None,
             reads: None,
@@ -201,12 +226,12 @@ impl Model {
         let s = &cur.metrics;
         m.kernel = s.series(cat::KERNEL_INFO.name).next().map(|(series, _)| {
             let label = |k: &str| series.split(&format!("{k}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("?").to_string();
-            (label("release"), label("patched"))
+            (p(&label("release")), p(&label("patched")))
         });
         let waiters = s.value(cat::MMAP_LOCK_WAITERS.name, &[]);
         let oldest = s.value(cat::MMAP_LOCK_OLDEST_WAIT.name, &[]);
         m.waiting = waiters.zip(oldest);
-        m.stalls = cur.stalls.clone();
+        m.stalls = cur.stalls.clone().map(StallsPage::printable);
         let Some(prev) = prev else { return m };
         let dt = cur.at - prev.at;
         if dt <= 0.0 {
@@ -242,15 +267,7 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn fetch(at: f64, text: &str, stalls: Option<StallsPage>) -> Fetch {
-        Fetch {
-            at,
-            metrics: Scrape::parse(text).unwrap(),
-            stalls,
-        }
-    }
+    use super::{tests_support::fetch, *};
 
     fn metrics(fast: u64, fallback: u64, slow: u64, waits: [u64; 3], stalls: u64) -> String {
         let mut t = format!(
@@ -330,5 +347,46 @@ mod tests {
         r.holder = Holder { kind: "unknown".into(), ..Holder::default() };
         r.writer_waiting = false;
         assert_eq!(r.line(), "ps 41/51 → java 124 ← unknown [cmdline]");
+    }
+}
+
+#[cfg(test)]
+mod printable_tests {
+    use super::{tests_support::*, *};
+
+    #[test]
+    fn names_from_outside_cannot_put_escapes_on_the_terminal() {
+        // A reader that named itself with a screen clear and a carriage return.
+        let evil = "\u{1b}[2J\revil\u{9b}1m";
+        let page = StallsPage {
+            threshold_seconds: 0.1,
+            in_progress: Some(vec![Wait {
+                reader: Who { pid: 1, tid: 2, comm: evil.into() },
+                holder: Holder { kind: "writer".into(), tid: 3, comm: evil.into(), ..Holder::default() },
+                interface: evil.into(),
+                ..Wait::default()
+            }]),
+            recent: Vec::new(),
+            dropped: 0,
+        };
+        let text = format!("{}{} 1\n", cat::KERNEL_INFO.name, "{release=\"6.12\u{1b}[31m\",patched=\"no\"}");
+        let cur = fetch(1.0, &text, Some(page));
+        let m = Model::new("http://x\u{7}", None, Some(&cur), Err("refused\u{1b}]0;title\u{7}".into()));
+        let line = m.stalls.as_ref().unwrap().in_progress.as_ref().unwrap()[0].line();
+        assert_eq!(line, "\\u{1b}[2J\\revil\\u{9b}1m 1/2 →  0 ← writer ~\\u{1b}[2J\\revil\\u{9b}1m 3 [\\u{1b}[2J\\revil\\u{9b}1m]");
+        assert_eq!(m.url, "http://x\\u{7}");
+        assert_eq!(m.kernel.as_ref().unwrap().0, "6.12\\u{1b}[31m");
+        assert!(!m.reachable.clone().unwrap_err().chars().any(char::is_control));
+        let screen = crate::top::view::text(&m, 120, 24);
+        assert!(!screen.chars().any(|c| c.is_control() && c != '\n'), "{screen:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests_support {
+    use super::*;
+
+    pub fn fetch(at: f64, text: &str, stalls: Option<StallsPage>) -> Fetch {
+        Fetch { at, metrics: Scrape::parse(text).unwrap(), stalls }
     }
 }

@@ -15,6 +15,11 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Whether `/healthz` answers 200 at `addr`.
+pub fn healthz_ok(addr: &str) -> bool {
+    matches!(prom::get(addr, "/healthz"), Ok((200, _)))
+}
+
 pub struct Running {
     pub child: Child,
     pub addr: String,
@@ -32,7 +37,7 @@ impl Running {
     /// `start` with more `run` flags after the usual ones.
     pub fn start_with(name: &str, config: &str, wrapper: &[&str], flags: &[&str]) -> Running {
         let mut r = Running::spawn(name, config, wrapper, flags);
-        r.wait_ready(|addr| matches!(prom::get(addr, "/healthz"), Ok((200, _))));
+        r.wait_ready(healthz_ok);
         r
     }
 
