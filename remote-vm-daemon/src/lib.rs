@@ -3,6 +3,7 @@
 //! config, Prometheus answers) through the same code.
 mod bpf;
 mod caps;
+mod cgroups;
 pub mod cli;
 pub mod cmd;
 pub mod config;
@@ -11,7 +12,7 @@ pub mod kernel;
 pub mod logging;
 mod metrics;
 mod notify;
-mod server;
+pub mod server;
 mod stalls;
 mod status;
 pub mod webconfig;

@@ -4,12 +4,13 @@
 //! stall, rate-limited, suppressed lines counted) and served as `GET /stalls`.
 //! Identities (pids, comms, cgroups) go here and to the log, never to metric labels.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     os::fd::AsRawFd,
-    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+
+use crate::cgroups::Paths;
 
 use aya::maps::{MapData, RingBuf};
 use remote_vm_common::{Interface, StallEvent, catalog, classify::HolderKind};
@@ -18,17 +19,14 @@ use serde::Serialize;
 /// At most this many warn lines per `LOG_WINDOW`.
 const LOG_BURST: u32 = 10;
 const LOG_WINDOW: Duration = Duration::from_secs(60);
-/// Cgroup directories walked at most to resolve one id.
-const CGROUP_WALK_LIMIT: usize = 20_000;
-/// Cgroup names kept (see `CgroupNames::remember`).
-const CGROUP_NAMES_MAX: usize = 4096;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Reader {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
-    /// The cgroup (v2) path, or `null` when it cannot be found (gone, v1 only).
+    /// The cgroup (v2) path, or `null` when it cannot be found (gone before it
+    /// was looked up, no cgroup2 on the host; see `cgroups`).
     pub cgroup: Option<String>,
 }
 
@@ -106,7 +104,6 @@ pub struct StallLog {
     keep: usize,
     pub threshold_seconds: f64,
     inner: Mutex<Inner>,
-    cgroups: Mutex<CgroupNames>,
 }
 
 impl StallLog {
@@ -120,24 +117,17 @@ impl StallLog {
                 logged_in_window: 0,
                 suppressed: 0,
             }),
-            cgroups: Mutex::new(CgroupNames::default()),
         }
     }
 
-    /// The reader's cgroup path (`None`: id 0 or not found).
-    fn cgroup(&self, id: u64) -> Option<String> {
-        if id == 0 {
-            return None;
-        }
-        self.cgroups.lock().ok()?.path(id)
-    }
-
-    /// Waits in progress from the task iterator's records, as `/stalls` shows them.
-    pub fn in_progress(&self, events: &[StallEvent]) -> Vec<InProgress> {
+    /// Waits in progress from the task iterator's records, as `/stalls` shows
+    /// them (cgroup paths from the caller's `cgroups`).
+    pub fn in_progress(&self, events: &[StallEvent], cgroups: &mut Paths) -> Vec<InProgress> {
+        let now = Instant::now();
         events
             .iter()
             .map(|e| InProgress {
-                wait: to_wait(e, self.cgroup(e.cgroup_id)),
+                wait: to_wait(e, cgroups.path(e.cgroup_id, now)),
                 waiting_seconds: e.wait_ns as f64 / 1e9,
                 started: rfc3339(realtime_of(e.end_ns.saturating_sub(e.wait_ns))),
             })
@@ -212,6 +202,8 @@ pub fn spawn_reader(ring: RingBuf<MapData>, log: Arc<StallLog>) {
 }
 
 fn read_loop(mut ring: RingBuf<MapData>, log: &StallLog) {
+    // This thread's own: a walk here never waits for, nor holds up, a render.
+    let mut cgroups = Paths::of_this_host();
     loop {
         let mut pfd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
@@ -223,7 +215,7 @@ fn read_loop(mut ring: RingBuf<MapData>, log: &StallLog) {
             // SAFETY: the kernel wrote a whole StallEvent (size checked); unaligned read.
             let e: StallEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             drop(item);
-            let stall = to_stall(&e, realtime_of(e.end_ns), log.cgroup(e.cgroup_id));
+            let stall = to_stall(&e, realtime_of(e.end_ns), cgroups.path(e.cgroup_id, Instant::now()));
             log.add(stall, Instant::now());
         }
     }
@@ -310,57 +302,6 @@ pub fn rfc3339(unix_ns: u128) -> String {
     )
 }
 
-/// Cgroup v2 ids (directory inode numbers) to paths, walking the cgroup2 mount.
-#[derive(Default)]
-struct CgroupNames {
-    known: HashMap<u64, String>,
-}
-
-impl CgroupNames {
-    fn path(&mut self, id: u64) -> Option<String> {
-        if let Some(p) = self.known.get(&id) {
-            return Some(p.clone());
-        }
-        let root = PathBuf::from("/sys/fs/cgroup");
-        let found = find_inode(&root, id)?;
-        let path = format!("/{}", found.strip_prefix(&root).ok()?.display());
-        self.remember(id, path.clone());
-        Some(path)
-    }
-
-    /// Keeps at most `CGROUP_NAMES_MAX` names: on a host whose containers come
-    /// and go, ids are never reused, so the cache starts over when full.
-    fn remember(&mut self, id: u64, path: String) {
-        if self.known.len() >= CGROUP_NAMES_MAX {
-            self.known.clear();
-        }
-        self.known.insert(id, path);
-    }
-}
-
-/// The directory under `root` whose inode is `ino`, breadth first, bounded.
-fn find_inode(root: &Path, ino: u64) -> Option<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
-    let mut queue = VecDeque::from([root.to_path_buf()]);
-    let mut seen = 0;
-    while let Some(dir) = queue.pop_front() {
-        seen += 1;
-        if seen > CGROUP_WALK_LIMIT {
-            return None;
-        }
-        if std::fs::metadata(&dir).is_ok_and(|m| m.ino() == ino) {
-            return Some(dir);
-        }
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                queue.push_back(e.path());
-            }
-        }
-    }
-    None
-}
-
 /// `GET /stalls`.
 #[derive(Debug, Serialize)]
 pub struct StallsPage {
@@ -433,7 +374,7 @@ mod tests {
         e.end_ns = 10_000_000_000;
         e.wait_ns = 2_250_000_000;
         let log = StallLog::new(3, 100_000_000);
-        let w = &log.in_progress(&[e])[0];
+        let w = &log.in_progress(&[e], &mut Paths::at(None))[0];
         assert_eq!(w.waiting_seconds, 2.25);
         assert!(w.wait.writer_waiting);
         assert_eq!((w.wait.holder.kind, w.wait.holder.exact, w.wait.reader.cgroup.as_deref()), ("readers", false, None));
@@ -458,7 +399,7 @@ mod tests {
         e.holder.writer_waiting = 1;
         let page = StallsPage {
             threshold_seconds: 0.1,
-            in_progress: Some(log.in_progress(&[e])),
+            in_progress: Some(log.in_progress(&[e], &mut Paths::at(None))),
             recent: vec![to_stall(&e, 0, Some("/a".into()))],
             dropped: 7,
         };
@@ -500,22 +441,5 @@ mod tests {
         // A new window logs again, saying how many were not logged.
         log.add(to_stall(&event(), 0, None), t0 + LOG_WINDOW);
         assert_eq!(log.inner.lock().unwrap().suppressed, 0);
-    }
-
-    #[test]
-    fn the_cgroup_root_resolves() {
-        use std::os::unix::fs::MetadataExt;
-        let Ok(m) = std::fs::metadata("/sys/fs/cgroup") else { return };
-        assert_eq!(CgroupNames::default().path(m.ino()).as_deref(), Some("/"));
-    }
-
-    #[test]
-    fn the_cgroup_name_cache_is_bounded() {
-        let mut names = CgroupNames::default();
-        for id in 0..(CGROUP_NAMES_MAX as u64 * 3 + 7) {
-            names.remember(id, format!("/c{id}"));
-            assert!(names.known.len() <= CGROUP_NAMES_MAX);
-        }
-        assert_eq!(names.known.get(&(CGROUP_NAMES_MAX as u64 * 3 + 6)).map(String::as_str), Some("/c12294"));
     }
 }

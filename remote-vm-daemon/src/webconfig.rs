@@ -9,7 +9,7 @@
 //! credentials directory).
 use crate::printable;
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, RwLock},
 };
@@ -39,6 +39,8 @@ pub struct WebConfigError {
 pub struct Security {
     /// `None`: plain HTTP.
     pub tls: Option<Arc<ServerConfig>>,
+    /// How strict the TLS config is, to tell a reload that tightens it.
+    pub strictness: Strictness,
     /// `None`: no authentication.
     pub auth: Option<Arc<BasicAuth>>,
     /// `http_server_config.headers`, added to every answer.
@@ -47,11 +49,37 @@ pub struct Security {
     pub summary: String,
 }
 
+/// What a client must show to get in over TLS: a reload that raises any of
+/// it closes the connections opened under the old rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Strictness {
+    pub tls: bool,
+    /// 0: no client certificate, 1: verified if given, 2: required.
+    pub client_certificates: u8,
+    /// A digest of the client CA certificates (zero without).
+    pub client_ca: [u8; 32],
+    /// The lowest TLS version taken (12 or 13; 0 without TLS).
+    pub min_version: u8,
+}
+
+impl Strictness {
+    /// Whether `self` asks more of a client than `old` did: TLS where there
+    /// was none, client certificates stricter or from another CA, a higher
+    /// lowest version.
+    pub fn tighter_than(&self, old: &Strictness) -> bool {
+        (self.tls && !old.tls)
+            || self.client_certificates > old.client_certificates
+            || (self.client_certificates > 0 && self.client_ca != old.client_ca)
+            || self.min_version > old.min_version
+    }
+}
+
 impl Security {
     /// No web config: plain HTTP, no authentication.
     pub fn plain() -> Security {
         Security {
             tls: None,
+            strictness: Strictness::default(),
             auth: None,
             headers: Vec::new(),
             summary: "plain HTTP, no authentication".into(),
@@ -94,10 +122,12 @@ impl Security {
             ));
         }
         let mut on = Vec::new();
+        let mut strictness = Strictness::default();
         let tls = match raw.tls_server_config {
             Some(t) if t.enabled() => {
-                let (config, said) = t.build(dir)?;
+                let (config, said, strict) = t.build(dir)?;
                 on.push(said);
+                strictness = strict;
                 Some(Arc::new(config))
             }
             _ => None,
@@ -119,6 +149,7 @@ impl Security {
         };
         Ok(Security {
             tls,
+            strictness,
             auth,
             headers,
             summary: on.join(", "),
@@ -127,6 +158,14 @@ impl Security {
 
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() { "https" } else { "http" }
+    }
+
+    /// After a reload: the verified passwords of users whose (name, hash)
+    /// did not change stay verified (no bcrypt for them on the next scrape).
+    pub fn keep_verified(&self, old: &Security) {
+        if let (Some(new), Some(old)) = (&self.auth, &old.auth) {
+            new.keep_verified(old);
+        }
     }
 }
 
@@ -259,7 +298,7 @@ impl RawTls {
         }
     }
 
-    fn build(&self, dir: &Path) -> Result<(ServerConfig, String), String> {
+    fn build(&self, dir: &Path) -> Result<(ServerConfig, String, Strictness), String> {
         if self.client_allowed_sans.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(unsupported(
                 "tls_server_config.client_allowed_sans",
@@ -290,6 +329,16 @@ impl RawTls {
         let versions = versions(self.min_version.as_deref(), self.max_version.as_deref())?;
         let auth = ClientAuth::parse(self.client_auth_type.as_deref().unwrap_or(""))?;
         let ca = Self::pem(&self.client_ca, &self.client_ca_file, "client_ca", dir)?;
+        let strictness = Strictness {
+            tls: true,
+            client_certificates: match auth {
+                ClientAuth::NoClientCert => 0,
+                ClientAuth::VerifyClientCertIfGiven => 1,
+                ClientAuth::RequireAndVerifyClientCert => 2,
+            },
+            client_ca: ca.as_ref().map_or([0; 32], |(pem, _)| digest(&[pem])),
+            min_version: if versions.iter().any(|v| v.version == rustls::ProtocolVersion::TLSv1_2) { 12 } else { 13 },
+        };
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&versions)
             .map_err(|e| format!("tls_server_config: {e}"))?;
@@ -323,7 +372,7 @@ impl RawTls {
         config.ignore_client_order = self.prefer_server_cipher_suites.unwrap_or(true);
         // HTTP/1.1 only.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok((config, said))
+        Ok((config, said, strictness))
     }
 }
 
@@ -449,16 +498,32 @@ pub struct BasicAuth {
     /// Checked for a user not in `users`: as costly as the costliest real
     /// hash, so that timing does not tell which users exist.
     unknown_user_hash: String,
-    /// Only successes: failures an attacker can make at will would evict them.
-    cache: Mutex<HashSet<[u8; 32]>>,
+    /// Only successes: failures an attacker can make at will would evict
+    /// them. The (user, hash) each was verified for, to keep it over a reload.
+    cache: Mutex<HashMap<[u8; 32], (String, String)>>,
     /// bcrypt is slow on purpose: one check at a time, whatever the number of
     /// clients (which `[web] max_connections` bounds). The permit goes with
     /// the check itself, so a client that leaves does not free it early.
     one_at_a_time: Arc<tokio::sync::Semaphore>,
+    /// Checks running or waiting; past `MAX_QUEUED_CHECKS` a request is
+    /// answered at once (429) instead of queueing behind a flood.
+    queued: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The highest bcrypt cost taken (2^16 rounds: about 4 s a check).
 const MAX_COST: u32 = 16;
+/// bcrypt checks running or waiting at once.
+pub const MAX_QUEUED_CHECKS: usize = 4;
+
+/// What basic auth says of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    In,
+    /// No, a wrong or unknown user or password, or none (401).
+    Out,
+    /// Too many checks queued already: try again (429).
+    Busy,
+}
 
 impl BasicAuth {
     fn new(users: BTreeMap<String, String>) -> Result<BasicAuth, String> {
@@ -487,28 +552,55 @@ impl BasicAuth {
         Ok(BasicAuth {
             users,
             unknown_user_hash,
-            cache: Mutex::new(HashSet::new()),
+            cache: Mutex::new(HashMap::new()),
             one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
+            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         })
     }
 
+    /// `old`'s verified passwords of users whose hash is the same here.
+    fn keep_verified(&self, old: &BasicAuth) {
+        let kept: Vec<([u8; 32], (String, String))> = old
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(_, (user, hash))| self.users.get(user) == Some(hash))
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        self.cache.lock().unwrap_or_else(PoisonError::into_inner).extend(kept);
+    }
+
     /// Whether an `Authorization` header lets the request in.
-    pub async fn allows(&self, header: Option<&hyper::header::HeaderValue>) -> bool {
+    pub async fn allows(&self, header: Option<&hyper::header::HeaderValue>) -> Verdict {
+        use std::sync::atomic::Ordering;
         let Some((user, password)) = header.and_then(|h| parse_basic(h.as_bytes())) else {
-            return false;
+            return Verdict::Out;
         };
         let known = self.users.get(&user);
         let hash = known.unwrap_or(&self.unknown_user_hash).clone();
         let key = digest(&[user.as_bytes(), hash.as_bytes(), &password]);
-        if known.is_some() && self.cache.lock().unwrap_or_else(PoisonError::into_inner).contains(&key) {
-            return true;
+        if known.is_some() && self.cache.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&key) {
+            return Verdict::In;
         }
+        // A place in the queue, or an answer at once.
+        if self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_QUEUED_CHECKS).then_some(n + 1))
+            .is_err()
+        {
+            return Verdict::Busy;
+        }
+        let place = Queued(self.queued.clone());
         let Ok(permit) = self.one_at_a_time.clone().acquire_owned().await else {
-            return false;
+            return Verdict::Out;
         };
+        log::debug!("basic auth: bcrypt check for user {user}");
+        let checked = hash.clone();
         let ok = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            bcrypt::verify(password, &hash).unwrap_or(false)
+            // Both go with the check itself, not with a client that left.
+            let (_permit, _place) = (permit, place);
+            bcrypt::verify(password, &checked).unwrap_or(false)
         })
         .await
         .unwrap_or(false);
@@ -519,9 +611,18 @@ impl BasicAuth {
                 // means many rotations; start again).
                 cache.clear();
             }
-            cache.insert(key);
+            cache.insert(key, (user, hash));
         }
-        ok && known.is_some()
+        if ok && known.is_some() { Verdict::In } else { Verdict::Out }
+    }
+}
+
+/// A place in the bcrypt queue, given back when dropped.
+struct Queued(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -5,76 +5,14 @@
 //! an LD_PRELOAD shim over glibc's `syscall()` (aya's way into `bpf(2)`) fails
 //! `BPF_MAP_LOOKUP_ELEM` with EIO while a trigger file exists. Host test: root,
 //! BPF and a C compiler (`cc`), under `cargo xtask test`.
-use std::{collections::BTreeMap, path::Path, process::Command};
+use std::collections::BTreeMap;
 
 use remote_vm_common::catalog::PROBE_HITS;
 use remote_vm_testkit::prom::{self, Scrape};
 
 mod common;
 
-use common::Running;
-
-const TRIGGER_ENV: &str = "RVM_FAULT_LOOKUP_WHILE";
-
-const SHIM: &str = r#"#define _GNU_SOURCE
-#include <dlfcn.h>
-#include <errno.h>
-#include <stdarg.h>
-#include <stdlib.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
-#define BPF_MAP_LOOKUP_ELEM 1
-
-typedef long (*syscall_fn)(long, ...);
-
-static syscall_fn real_syscall(void) {
-    static syscall_fn real;
-    syscall_fn f = __atomic_load_n(&real, __ATOMIC_ACQUIRE);
-    if (!f) {
-        f = (syscall_fn)dlsym(RTLD_NEXT, "syscall");
-        __atomic_store_n(&real, f, __ATOMIC_RELEASE);
-    }
-    return f;
-}
-
-long syscall(long nr, ...) {
-    va_list ap;
-    long a[6];
-    va_start(ap, nr);
-    for (int i = 0; i < 6; i++)
-        a[i] = va_arg(ap, long);
-    va_end(ap);
-    if (nr == SYS_bpf && a[0] == BPF_MAP_LOOKUP_ELEM) {
-        const char *trigger = getenv("TRIGGER_ENV");
-        if (trigger && access(trigger, F_OK) == 0) {
-            errno = EIO;
-            return -1;
-        }
-    }
-    return real_syscall()(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
-}
-"#;
-
-/// The shim built into `dir`, or `None` when there is no `cc`.
-fn build_shim(dir: &Path) -> Option<std::path::PathBuf> {
-    match Command::new("cc").arg("--version").output() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        other => assert!(other.unwrap().status.success(), "cc --version failed"),
-    }
-    let source = dir.join("fault.c");
-    let shim = dir.join("fault.so");
-    std::fs::write(&source, SHIM.replace("TRIGGER_ENV", TRIGGER_ENV)).unwrap();
-    let out = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&shim)
-        .arg(&source)
-        .arg("-ldl")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
-    Some(shim)
-}
+use common::{FAULT_LOOKUP_WHILE as TRIGGER_ENV, Running, build_shim};
 
 /// Every monotonic sample: counters, histogram buckets and counts.
 fn counters(scrape: &Scrape) -> BTreeMap<String, f64> {

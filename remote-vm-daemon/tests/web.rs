@@ -5,6 +5,7 @@
 //! and hashes are made by the tests (`remote_vm_testkit::pki`). The served
 //! ones need root and BPF (`cargo xtask test`); the refusals do not.
 use std::{
+    io::Write,
     net::TcpStream,
     path::Path,
     process::Command,
@@ -13,9 +14,9 @@ use std::{
 
 mod common;
 
-use common::{DAEMON, Running, closed_by_server};
+use common::{DAEMON, OtherAddress, Running, closed_by_server, connect_from};
 use remote_vm_testkit::{
-    pki::{self, Ask, Outcome, Pki},
+    pki::{self, Ask, KeptAlive, Outcome, Pki},
     prom,
 };
 
@@ -175,7 +176,38 @@ fn the_head_deadline_and_the_connection_cap_apply_to_handshakes() {
         assert!(matches!(status(&d.addr, "/metrics", &ask(&f, Some(("alice", PASSWORD)))), Outcome::Answer(200, _)));
     }
     assert!(closed_by_server(&mut held[0], Duration::from_millis(500)), "the oldest silent client was not closed");
-    assert!(d.wait_log(Duration::from_secs(2), "connections open (web.max_connections): closed the oldest idle one"));
+    assert!(d.wait_log(Duration::from_secs(2), "without a request in progress"), "{}", d.log_text());
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+#[ignore = "needs root, BPF and iproute2; run by cargo xtask test"]
+fn handshakes_run_on_their_own_thread_and_a_local_flood_does_not_evict_a_remote_tls_scraper() {
+    let (p, yml) = setup("fair", "");
+    let d = start("fair", "[web]\nmax_connections = 8\nheader_timeout_seconds = 30\n", &yml, &p);
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    assert!(threads.iter().any(|c| c == "tls-handshakes"), "{threads:?}");
+    let f = files(&p);
+    // The scraper, from another address, keeps its connection between scrapes.
+    let other = OtherAddress::add(21);
+    let mut scraper = KeptAlive::new(connect_from(other.0, &d.addr), &ask(&f, Some(("alice", PASSWORD)))).unwrap();
+    assert_eq!(scraper.get("/metrics").unwrap(), 200);
+    // 300 local connections that start a handshake and stall in it.
+    let mut flood: Vec<TcpStream> = (0..300)
+        .map(|_| {
+            let mut s = TcpStream::connect(&d.addr).unwrap();
+            s.write_all(&[0x16, 0x03, 0x01, 0x00]).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(scraper.get("/metrics").unwrap(), 200, "the scraper's connection was evicted");
+    let open = flood.iter_mut().map(|s| closed_by_server(s, Duration::from_millis(1))).filter(|closed| !closed).count();
+    assert_eq!(open, remote_vm_daemon::server::conns::Table::per_peer_for(8));
     assert_eq!(d.stop(), 0);
 }
 
@@ -212,4 +244,134 @@ fn a_bad_web_config_is_one_line_and_exit_1_before_anything_runs() {
     let missing = p.path("absent.yml");
     let line = refused(&["check"], &missing);
     assert!(line.starts_with(&format!("remote-vm-daemon: web config {}: cannot read: ", missing.display())), "{line}");
+}
+
+/// `GET path` over plain HTTP with basic auth: the status.
+fn plain_get(addr: &str, path: &str, user: &str, password: &str) -> u16 {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let Ok(mut s) = TcpStream::connect(addr) else { return 0 };
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut s, &mut got).unwrap();
+    got.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn a_reload_keeps_verified_passwords_of_users_whose_hash_did_not_change() {
+    // 1360921 started every reload with an empty cache: one bcrypt per user
+    // after each `systemctl reload`.
+    let (p, _) = setup("keep", "");
+    let yml = p.path("auth.yml");
+    let (alice, bob) = (bcrypt::hash(PASSWORD, 4).unwrap(), bcrypt::hash("bob's", 4).unwrap());
+    std::fs::write(&yml, format!("basic_auth_users:\n  alice: '{alice}'\n")).unwrap();
+    let mut d = Running::spawn("keep", "log_level = \"debug\"\n", &[], &["--web.config.file", yml.to_str().unwrap()]);
+    d.wait_ready(|addr| plain_get(addr, "/healthz", "alice", PASSWORD) == 200);
+    let checks = |d: &Running| d.log_text().matches("basic auth: bcrypt check for user alice").count();
+    assert_eq!(checks(&d), 1);
+    assert_eq!(plain_get(&d.addr, "/metrics", "alice", PASSWORD), 200);
+    assert_eq!(checks(&d), 1, "the second request was checked again");
+    let reload = |d: &Running, n: usize| {
+        d.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while d.log_text().matches("SIGHUP: web config re-read").count() < n {
+            assert!(Instant::now() < deadline, "no reload {n}: {}", d.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // The same file, then another user added: alice stays verified.
+    reload(&d, 1);
+    assert_eq!(plain_get(&d.addr, "/metrics", "alice", PASSWORD), 200);
+    std::fs::write(&yml, format!("basic_auth_users:\n  alice: '{alice}'\n  bob: '{bob}'\n")).unwrap();
+    reload(&d, 2);
+    assert_eq!(plain_get(&d.addr, "/metrics", "alice", PASSWORD), 200);
+    assert_eq!(checks(&d), 1, "{}", d.log_text());
+    // A new password: the old one is checked (and refused), then the new one.
+    let alice2 = bcrypt::hash("new password", 4).unwrap();
+    std::fs::write(&yml, format!("basic_auth_users:\n  alice: '{alice2}'\n")).unwrap();
+    reload(&d, 3);
+    assert_eq!(plain_get(&d.addr, "/metrics", "alice", PASSWORD), 401);
+    assert_eq!(plain_get(&d.addr, "/metrics", "alice", "new password"), 200);
+    assert_eq!(checks(&d), 3);
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn a_reload_that_tightens_tls_closes_the_connections_opened_before() {
+    let (p, yml) = setup("tighten", "");
+    let f = files(&p);
+    std::fs::write(&yml, "").unwrap();
+    let mut d = Running::spawn("tighten", "", &[], &["--web.config.file", yml.to_str().unwrap()]);
+    d.wait_ready(common::healthz_ok);
+    // A plain keep-alive connection, then TLS on.
+    let mut plain = TcpStream::connect(&d.addr).unwrap();
+    plain.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&yml, "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n").unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.wait_log(Duration::from_secs(5), "asks more of clients now: closed the 1 connections"), "{}", d.log_text());
+    assert!(closed_by_server(&mut plain, Duration::from_secs(2)));
+    // A TLS connection without a client certificate, then certificates required.
+    let no_cert = Ask { ca: Some(&f[0]), client: None, user: None };
+    let mut tls = KeptAlive::new(TcpStream::connect(&d.addr).unwrap(), &no_cert).unwrap();
+    assert_eq!(tls.get("/healthz").unwrap(), 200);
+    // A rotation asks nothing more: the connection stays.
+    d.signal(libc::SIGHUP);
+    assert!(d.wait_log(Duration::from_secs(5), "SIGHUP: web config re-read: TLS, no authentication"), "{}", d.log_text());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tls.get("/healthz").unwrap(), 200);
+    std::fs::write(
+        &yml,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client-ca.crt\n",
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(d.wait_log(Duration::from_secs(5), "RequireAndVerifyClientCert (1 CA), no authentication from the next connection"), "{}", d.log_text());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(tls.get("/healthz").is_err(), "a connection without a client certificate stayed open");
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn a_flood_of_wrong_passwords_is_answered_429_past_a_few_and_a_verified_scraper_gets_in() {
+    // bcrypt at cost 10: tens of milliseconds a check, one at a time.
+    let (p, yml) = setup("flood", "");
+    let hash = bcrypt::hash(PASSWORD, 10).unwrap();
+    std::fs::write(
+        &yml,
+        format!("tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  alice: '{hash}'\n"),
+    )
+    .unwrap();
+    let f = files(&p);
+    let alice = Ask { ca: Some(&f[0]), client: None, user: Some(("alice", PASSWORD)) };
+    let mut d = Running::spawn("pwflood", "[web]\nmax_connections = 200\n", &[], &["--web.config.file", yml.to_str().unwrap()]);
+    d.wait_ready(|addr| matches!(pki::get(addr, "/healthz", &alice), Ok((Outcome::Answer(200, _), _))));
+    let mut scraper = KeptAlive::new(TcpStream::connect(&d.addr).unwrap(), &alice).unwrap();
+    assert_eq!(scraper.get("/metrics").unwrap(), 200);
+    let addr = d.addr.clone();
+    let flood: Vec<_> = (0..48)
+        .map(|i| {
+            let (addr, ca) = (addr.clone(), f[0].clone());
+            std::thread::spawn(move || {
+                let guess = format!("guess {i}");
+                let ask = Ask { ca: Some(&ca), client: None, user: Some(("alice", &guess)) };
+                match pki::get(&addr, "/metrics", &ask) {
+                    Ok((Outcome::Answer(status, _), _)) => status,
+                    _ => 0,
+                }
+            })
+        })
+        .collect();
+    // During the flood the verified scraper is answered from the cache.
+    let t = Instant::now();
+    assert_eq!(scraper.get("/metrics").unwrap(), 200);
+    println!("a verified scrape during 48 wrong passwords: {:?}", t.elapsed());
+    let statuses: Vec<u16> = flood.into_iter().map(|t| t.join().unwrap()).collect();
+    let count = |s: u16| statuses.iter().filter(|x| **x == s).count();
+    assert_eq!(count(401) + count(429), 48, "{statuses:?}");
+    assert!(count(429) > 0, "no 429 with 48 wrong passwords at once: {statuses:?}");
+    assert_eq!(d.stop(), 0);
 }

@@ -87,29 +87,10 @@ fn load_certs(p: &Path) -> Result<Vec<CertificateDer<'static>>> {
 /// the answer, or the handshake's refusal. Also the server certificate's
 /// DER, to tell certificates apart.
 pub fn get(addr: &str, path: &str, ask: &Ask) -> Result<(Outcome, Option<Vec<u8>>)> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for c in load_certs(ask.ca.context("Ask::ca")?)? {
-        roots.add(c)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let config = match ask.client {
-        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, PrivateKeyDer::from_pem_file(key)?)?,
-        None => builder.with_no_client_auth(),
-    };
-    let conn = rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost")?.to_owned())?;
     let sock = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
     sock.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    let auth = match ask.user {
-        Some((u, p)) => {
-            use base64::Engine;
-            format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
-        }
-        None => String::new(),
-    };
+    let mut tls = rustls::StreamOwned::new(client(ask)?, sock);
+    let auth = authorization(ask);
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Connection: close\r\n\r\n");
     // The handshake runs within the first write and read; with TLS 1.3 a
     // refused client certificate shows as an alert on the read.
@@ -134,6 +115,73 @@ pub fn get(addr: &str, path: &str, ask: &Ask) -> Result<(Outcome, Option<Vec<u8>
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("no status in {head:?}"))?;
     Ok((Outcome::Answer(status, body.to_string()), server_cert))
+}
+
+/// A TLS client session as `ask` says (the server's name checked: `localhost`).
+fn client(ask: &Ask) -> Result<rustls::ClientConnection> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ask.ca.context("Ask::ca")?)? {
+        roots.add(c)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let config = match ask.client {
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, PrivateKeyDer::from_pem_file(key)?)?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost")?.to_owned())?)
+}
+
+/// The `Authorization` header line for `ask`'s user, if any.
+fn authorization(ask: &Ask) -> String {
+    match ask.user {
+        Some((u, p)) => {
+            use base64::Engine;
+            format!("Authorization: Basic {}\r\n", base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}")))
+        }
+        None => String::new(),
+    }
+}
+
+/// One TLS connection kept alive for several requests, as a scraper keeps it.
+pub struct KeptAlive {
+    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    auth: String,
+}
+
+impl KeptAlive {
+    /// TLS over `sock` (already connected), as `ask` says.
+    pub fn new(sock: TcpStream, ask: &Ask) -> Result<KeptAlive> {
+        sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+        Ok(KeptAlive { tls: rustls::StreamOwned::new(client(ask)?, sock), auth: authorization(ask) })
+    }
+
+    /// `GET path` on this connection: the status (the body read and dropped).
+    pub fn get(&mut self, path: &str) -> Result<u16> {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{}\r\n", self.auth);
+        self.tls.write_all(request.as_bytes())?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = self.tls.read(&mut buf)?;
+            if n == 0 {
+                bail!("closed before a whole answer: {}", String::from_utf8_lossy(&got));
+            }
+            got.extend_from_slice(&buf[..n]);
+            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .context("no content-length")?
+                .parse()?;
+            if got.len() >= end + 4 + len {
+                return head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("no status in {head:?}"));
+            }
+        }
+    }
 }
 
 /// The DER of the first certificate in a PEM file.

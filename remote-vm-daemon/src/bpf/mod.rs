@@ -24,7 +24,7 @@ use remote_vm_common::{Family, Point, UNKNOWN_OFFSET, classify::ReadPath};
 pub use self::{
     attach::{AttachError, Choice, Verdict},
     selftest::Patched,
-    session::{ReadError, Session, Snapshot},
+    session::{Session, Snapshot},
 };
 use crate::kernel::{Kernel, Layout};
 

@@ -108,7 +108,7 @@ impl Session {
     }
 
     /// Runs the task iterator (`None`: not attached, or it failed: logged).
-    pub fn waits_now(&self) -> Option<WaitsNow> {
+    fn waits_now(&self) -> Option<WaitsNow> {
         let it = self.waits.as_ref()?;
         match it.read() {
             Ok(w) => Some(w),
@@ -117,11 +117,6 @@ impl Session {
                 None
             }
         }
-    }
-
-    /// One counter summed over CPUs (no other map read).
-    pub fn counter(&self, c: remote_vm_common::stats::Counter) -> Result<u64, ReadError> {
-        Ok(self.stats()?.counters[c as usize])
     }
 
     fn hits(&self, point: Point) -> Result<u64, ReadError> {

@@ -175,6 +175,12 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
         scrape: Default::default(),
         telemetry_path: config.telemetry_path.clone(),
         web: web.clone(),
+        conns: std::sync::Mutex::new(server::conns::Table::new(
+            config.max_connections,
+            server::conns::Table::per_peer_for(config.max_connections),
+        )),
+        render_cgroups: std::sync::Mutex::new(crate::cgroups::Paths::of_this_host()),
+        renders: std::sync::OnceLock::new(),
     });
     let served = runtime.block_on(async {
         let listeners = listeners
@@ -188,7 +194,7 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
                 if let Err(e) = crate::hangup::unblock() {
                     log::error!("cannot unblock SIGHUP: {e}; reloads stay pending until a restart");
                 }
-                tokio::spawn(reload_on_hangup(hup, common.clone(), flags.clone(), config.clone(), web.clone()));
+                tokio::spawn(reload_on_hangup(hup, common.clone(), flags.clone(), config.clone(), state.clone()));
             }
             // Left blocked: a SIGHUP then waits, never ends the daemon.
             Err(e) => log::error!("cannot install the SIGHUP handler: {e}; SIGHUP stays blocked (no reloads until a restart)"),
@@ -196,15 +202,8 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
         log::info!("serving {urls} ({web_summary})");
         notify.send(&format!("READY=1\nSTATUS=serving {urls}; {n} of {points} probes attached"));
         if let Some(every) = watchdog_interval() {
-            log::info!("systemd watchdog: WATCHDOG=1 every {:.1} s", every.as_secs_f64());
-            tokio::spawn(async move {
-                let notify = notify::Notifier::from_env();
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    notify.send("WATCHDOG=1");
-                }
-            });
+            log::info!("systemd watchdog: WATCHDOG=1 every {:.1} s while the serving thread makes progress", every.as_secs_f64());
+            watchdog::start(every, state.clone());
         }
         let limits = server::Limits {
             max_connections: config.max_connections,
@@ -225,8 +224,7 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
 }
 
 /// Half of `WATCHDOG_USEC` when systemd asks this process for watchdog pings
-/// (`WatchdogSec=`): sent from the serving runtime, so a stuck or stopped
-/// daemon stops pinging and is restarted.
+/// (`WatchdogSec=`); see `watchdog`.
 fn watchdog_interval() -> Option<std::time::Duration> {
     if let Ok(pid) = std::env::var("WATCHDOG_PID")
         && pid.parse::<u32>().ok() != Some(std::process::id())
@@ -240,47 +238,72 @@ fn watchdog_interval() -> Option<std::time::Duration> {
 /// SIGHUP re-reads the config: the log level and the web config (TLS
 /// certificates, users: for connections and requests from then on, the
 /// listeners kept) take effect; what needs the probes re-attached or
-/// privileges (gone by now) is named and left as it is.
+/// privileges (gone by now) is named and left as it is. The files are read
+/// and parsed (certificates, hashes) on a blocking thread, not the serving one.
+/// Users whose (name, hash) did not change keep their verified passwords; a
+/// web config that asks more of clients (TLS where there was none, stricter
+/// client certificates, another client CA, a higher TLS version) closes every
+/// connection opened under the old one.
 async fn reload_on_hangup(
     mut hup: tokio::signal::unix::Signal,
     common: Common,
     flags: WebFlags,
     mut running: crate::config::Config,
-    web: Arc<crate::webconfig::Switch>,
+    state: Arc<State>,
 ) {
     while hup.recv().await.is_some() {
-        match common.settle() {
-            Ok(mut new) => {
+        let (common, flags) = (common.clone(), flags.clone());
+        let loaded = tokio::task::spawn_blocking(move || {
+            common.settle().map(|mut new| {
                 // Flags still override the file.
                 flags.apply(&mut new);
-                if new.log_level != running.log_level {
-                    logging::set_level(new.log_level);
-                    running.log_level = new.log_level;
+                let web = crate::webconfig::Security::load(new.web_config_file.as_deref());
+                (new, web)
+            })
+        })
+        .await;
+        let (new, web) = match loaded {
+            Ok(Ok(loaded)) => loaded,
+            Ok(Err(e)) => {
+                log::error!("SIGHUP: config not reloaded, the running one stays: {e}");
+                continue;
+            }
+            Err(e) => {
+                log::error!("SIGHUP: config not reloaded, the running one stays: the reading thread failed: {e}");
+                continue;
+            }
+        };
+        if new.log_level != running.log_level {
+            logging::set_level(new.log_level);
+            running.log_level = new.log_level;
+        }
+        log::info!("SIGHUP: config re-read; log level {}", new.log_level);
+        match web {
+            Ok(s) => {
+                let was = state.web.current();
+                if was.tls.is_some() && s.tls.is_none() {
+                    log::warn!("SIGHUP: the web config has no TLS now: plain HTTP from the next connection");
                 }
-                log::info!("SIGHUP: config re-read; log level {}", new.log_level);
-                match crate::webconfig::Security::load(new.web_config_file.as_deref()) {
-                    Ok(s) => {
-                        let was = web.current();
-                        if was.tls.is_some() && s.tls.is_none() {
-                            log::warn!("SIGHUP: the web config has no TLS now: plain HTTP from the next connection");
-                        }
-                        if was.auth.is_some() && s.auth.is_none() {
-                            log::warn!("SIGHUP: the web config has no basic_auth_users now: no authentication from the next request");
-                        }
-                        log::info!("SIGHUP: web config re-read: {} from the next connection", s.summary);
-                        web.replace(s);
-                    }
-                    Err(e) => log::error!("SIGHUP: web config not reloaded, the running one stays: {e}"),
+                if was.auth.is_some() && s.auth.is_none() {
+                    log::warn!("SIGHUP: the web config has no basic_auth_users now: no authentication from the next request");
                 }
-                let ignored = running.restart_only_changes(&new);
-                if !ignored.is_empty() {
-                    log::warn!(
-                        "SIGHUP: {} changed but take effect only on a restart (the probes stay attached as they are; capabilities are gone)",
-                        ignored.join(", ")
-                    );
+                s.keep_verified(&was);
+                let tighter = s.strictness.tighter_than(&was.strictness);
+                log::info!("SIGHUP: web config re-read: {} from the next connection", s.summary);
+                state.web.replace(s);
+                if tighter {
+                    let n = state.conns().evict_all();
+                    log::info!("SIGHUP: the web config asks more of clients now: closed the {n} connections opened under the old one");
                 }
             }
-            Err(e) => log::error!("SIGHUP: config not reloaded, the running one stays: {e}"),
+            Err(e) => log::error!("SIGHUP: web config not reloaded, the running one stays: {e}"),
+        }
+        let ignored = running.restart_only_changes(&new);
+        if !ignored.is_empty() {
+            log::warn!(
+                "SIGHUP: {} changed but take effect only on a restart (the probes stay attached as they are; capabilities are gone)",
+                ignored.join(", ")
+            );
         }
     }
 }
@@ -294,5 +317,81 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+/// The systemd watchdog, pinged from a thread of its own only while the
+/// serving runtime makes progress: a heartbeat task on it must have beaten
+/// within the last interval, and no render may have run for longer than one.
+/// Nothing here depends on a scrape arriving (Prometheus may be down for
+/// hours: that must never restart the daemon).
+mod watchdog {
+    use std::{
+        sync::{
+            Arc,
+            atomic::{AtomicU64, Ordering},
+        },
+        time::{Duration, Instant},
+    };
+
+    use crate::{notify, server::State};
+
+    /// Whether to ping: the heartbeat is younger than `every` and no render
+    /// has run for `every` or more.
+    pub fn alive(heartbeat_age: Duration, render_running_for: Option<Duration>, every: Duration) -> bool {
+        heartbeat_age < every && render_running_for.is_none_or(|r| r < every)
+    }
+
+    /// The heartbeat task on the serving runtime, the pinging thread beside it.
+    pub fn start(every: Duration, state: Arc<State>) {
+        let epoch = Instant::now();
+        let beat = Arc::new(AtomicU64::new(0));
+        let b = beat.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every / 4);
+            loop {
+                tick.tick().await;
+                b.store(epoch.elapsed().as_nanos() as u64, Ordering::Release);
+            }
+        });
+        let spawned = std::thread::Builder::new().name("watchdog".into()).spawn(move || {
+            let notify = notify::Notifier::from_env();
+            let mut stopped = false;
+            loop {
+                std::thread::sleep(every);
+                let age = epoch.elapsed().saturating_sub(Duration::from_nanos(beat.load(Ordering::Acquire)));
+                let render = state.renders.get().and_then(|r| r.running_for());
+                if alive(age, render, every) {
+                    notify.send("WATCHDOG=1");
+                    stopped = false;
+                } else if !stopped {
+                    stopped = true;
+                    log::error!(
+                        "watchdog: not pinging systemd: the serving thread last made progress {:.1} s ago{}",
+                        age.as_secs_f64(),
+                        render.map_or(String::new(), |r| format!(", a render has run for {:.1} s", r.as_secs_f64()))
+                    );
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            log::error!("cannot start the watchdog thread: {e}; systemd will restart the daemon when WatchdogSec= passes");
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn pings_only_while_the_serving_thread_beats_and_no_render_is_stuck() {
+            let every = Duration::from_secs(15);
+            let s = Duration::from_secs;
+            assert!(alive(s(1), None, every));
+            assert!(alive(s(14), Some(s(3)), every));
+            assert!(!alive(s(15), None, every), "a serving thread silent for an interval");
+            assert!(!alive(s(1), Some(s(15)), every), "a render stuck for an interval");
+            // No scrape for hours is no reason to stop: nothing here counts scrapes.
+        }
     }
 }

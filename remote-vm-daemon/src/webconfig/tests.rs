@@ -173,15 +173,15 @@ async fn basic_auth_takes_the_right_password_only() {
     let s = load(&p, &format!("basic_auth_users:\n  alice: '{hash}'\n  bob: '{}'\n", bcrypt::hash("other", 4).unwrap())).unwrap();
     assert_eq!(s.summary, "plain HTTP, basic auth (2 users)");
     let auth = s.auth.unwrap();
-    assert!(auth.allows(Some(&basic("alice", "s3cret:with colon"))).await);
+    assert_eq!(auth.allows(Some(&basic("alice", "s3cret:with colon"))).await, Verdict::In);
     // Again, from the cache.
-    assert!(auth.allows(Some(&basic("alice", "s3cret:with colon"))).await);
-    assert!(!auth.allows(Some(&basic("alice", "s3cret"))).await);
-    assert!(!auth.allows(Some(&basic("bob", "s3cret:with colon"))).await);
-    assert!(!auth.allows(Some(&basic("carol", "s3cret:with colon"))).await);
-    assert!(!auth.allows(None).await);
+    assert_eq!(auth.allows(Some(&basic("alice", "s3cret:with colon"))).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("alice", "s3cret"))).await, Verdict::Out);
+    assert_eq!(auth.allows(Some(&basic("bob", "s3cret:with colon"))).await, Verdict::Out);
+    assert_eq!(auth.allows(Some(&basic("carol", "s3cret:with colon"))).await, Verdict::Out);
+    assert_eq!(auth.allows(None).await, Verdict::Out);
     for junk in ["Bearer abc", "Basic !!!", "Basic", "Basic YWxpY2U="] {
-        assert!(!auth.allows(Some(&hyper::header::HeaderValue::from_static(junk))).await, "{junk}");
+        assert_eq!(auth.allows(Some(&hyper::header::HeaderValue::from_static(junk))).await, Verdict::Out, "{junk}");
     }
     // The cache stays bounded.
     for i in 0..(AUTH_CACHE_ENTRIES + 10) {
@@ -213,10 +213,10 @@ async fn only_successes_are_cached_and_unknown_users_cost_what_known_ones_do() {
     let s = load(&p, &format!("basic_auth_users:\n  alice: '{}'\n", bcrypt::hash("pw", 5).unwrap())).unwrap();
     let auth = s.auth.unwrap();
     for i in 0..5 {
-        assert!(!auth.allows(Some(&basic("alice", &format!("guess {i}")))).await);
+        assert_eq!(auth.allows(Some(&basic("alice", &format!("guess {i}")))).await, Verdict::Out);
     }
     assert!(auth.cache.lock().unwrap().is_empty(), "a failure was cached");
-    assert!(auth.allows(Some(&basic("alice", "pw"))).await);
+    assert_eq!(auth.allows(Some(&basic("alice", "pw"))).await, Verdict::In);
     assert_eq!(auth.cache.lock().unwrap().len(), 1);
     // The stand-in for unknown users is the costliest user's own hash, and its
     // password does not let an unknown user in.
@@ -224,8 +224,8 @@ async fn only_successes_are_cached_and_unknown_users_cost_what_known_ones_do() {
     let s = load(&p, &format!("basic_auth_users:\n  alice: '{alice}'\n  bob: '{bob}'\n")).unwrap();
     let auth = s.auth.unwrap();
     assert_eq!(auth.unknown_user_hash, bob);
-    assert!(!auth.allows(Some(&basic("mallory", "pw2"))).await);
-    assert!(auth.allows(Some(&basic("bob", "pw2"))).await);
+    assert_eq!(auth.allows(Some(&basic("mallory", "pw2"))).await, Verdict::Out);
+    assert_eq!(auth.allows(Some(&basic("bob", "pw2"))).await, Verdict::In);
 }
 
 #[test]
@@ -254,4 +254,76 @@ fn loading_many_costly_hashes_is_bounded_work() {
     assert!(t.elapsed() < std::time::Duration::from_secs(5), "{:?}", t.elapsed());
     let parts: bcrypt::HashParts = s.auth.unwrap().unknown_user_hash.parse().unwrap();
     assert_eq!(parts.get_cost(), 16);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_verified_passwords_of_unchanged_users_only() {
+    let p = pki("keep");
+    let (alice, bob) = (bcrypt::hash("pw-a", 4).unwrap(), bcrypt::hash("pw-b", 4).unwrap());
+    let old = load(&p, &format!("basic_auth_users:\n  alice: '{alice}'\n  bob: '{bob}'\n")).unwrap();
+    let auth = old.auth.as_ref().unwrap();
+    assert_eq!(auth.allows(Some(&basic("alice", "pw-a"))).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("bob", "pw-b"))).await, Verdict::In);
+    // The same file again, then one where bob's hash changed (a new password).
+    let same = load(&p, &format!("basic_auth_users:\n  alice: '{alice}'\n  bob: '{bob}'\n")).unwrap();
+    same.keep_verified(&old);
+    assert_eq!(same.auth.as_ref().unwrap().cache.lock().unwrap().len(), 2);
+    let bob2 = bcrypt::hash("pw-b2", 4).unwrap();
+    let changed = load(&p, &format!("basic_auth_users:\n  alice: '{alice}'\n  bob: '{bob2}'\n")).unwrap();
+    changed.keep_verified(&old);
+    let kept: Vec<String> = changed.auth.as_ref().unwrap().cache.lock().unwrap().values().map(|(u, _)| u.clone()).collect();
+    assert_eq!(kept, vec!["alice".to_string()]);
+    // bob's old password no longer gets in, his new one does.
+    let auth = changed.auth.as_ref().unwrap();
+    assert_eq!(auth.allows(Some(&basic("bob", "pw-b"))).await, Verdict::Out);
+    assert_eq!(auth.allows(Some(&basic("bob", "pw-b2"))).await, Verdict::In);
+}
+
+#[tokio::test]
+async fn a_flood_of_wrong_passwords_queues_at_most_a_few_checks_and_never_delays_a_verified_one() {
+    let p = pki("queue");
+    // Cost 10: each check takes tens of milliseconds, so the flood overlaps.
+    let s = load(&p, &format!("basic_auth_users:\n  alice: '{}'\n", bcrypt::hash("pw", 10).unwrap())).unwrap();
+    let auth = s.auth.clone().unwrap();
+    assert_eq!(auth.allows(Some(&basic("alice", "pw"))).await, Verdict::In);
+    let flood: Vec<_> = (0..32)
+        .map(|i| {
+            let auth = auth.clone();
+            tokio::spawn(async move { auth.allows(Some(&basic("alice", &format!("guess {i}")))).await })
+        })
+        .collect();
+    // While the flood waits, the verified password gets in from the cache.
+    assert_eq!(auth.allows(Some(&basic("alice", "pw"))).await, Verdict::In);
+    let mut verdicts = Vec::new();
+    for f in flood {
+        verdicts.push(f.await.unwrap());
+    }
+    let (out, busy) = (verdicts.iter().filter(|v| **v == Verdict::Out).count(), verdicts.iter().filter(|v| **v == Verdict::Busy).count());
+    assert_eq!(out + busy, 32, "{verdicts:?}");
+    assert!(busy > 0 && out >= 1, "{verdicts:?}");
+    assert_eq!(auth.queued.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[test]
+fn tightened_tls_is_told_apart_from_a_rotation() {
+    let p = pki("tight");
+    let plain = load(&p, "").unwrap().strictness;
+    let tls = load(&p, TLS).unwrap().strictness;
+    let required = load(&p, &format!("{TLS}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: client-ca.crt\n")).unwrap().strictness;
+    let if_given = load(&p, &format!("{TLS}  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: client-ca.crt\n")).unwrap().strictness;
+    let other_ca = load(&p, &format!("{TLS}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: server-ca.crt\n")).unwrap().strictness;
+    let tls13 = load(&p, &format!("{TLS}  min_version: TLS13\n")).unwrap().strictness;
+    for (new, old, tighter) in [
+        (tls, plain, true),
+        (plain, tls, false),
+        (tls, tls, false),
+        (if_given, tls, true),
+        (required, if_given, true),
+        (if_given, required, false),
+        (other_ca, required, true),
+        (tls13, tls, true),
+        (tls, tls13, false),
+    ] {
+        assert_eq!(new.tighter_than(&old), tighter, "{new:?} after {old:?}");
+    }
 }

@@ -181,3 +181,130 @@ pub fn closed_by_server(s: &mut std::net::TcpStream, within: Duration) -> bool {
         }
     }
 }
+
+/// An address of this host that is not a loopback one (every loopback
+/// address is one peer to the daemon): `ip addr add ADDR/32 dev lo` for the
+/// life of the value. Each test takes its own (TEST-NET-2, 198.51.100.0/24).
+pub struct OtherAddress(pub std::net::Ipv4Addr);
+
+impl OtherAddress {
+    pub fn add(last: u8) -> OtherAddress {
+        let ip = std::net::Ipv4Addr::new(198, 51, 100, last);
+        let _ = Command::new("ip").args(["addr", "del", &format!("{ip}/32"), "dev", "lo"]).stderr(Stdio::null()).status();
+        let ok = Command::new("ip").args(["addr", "add", &format!("{ip}/32"), "dev", "lo"]).status().is_ok_and(|s| s.success());
+        assert!(ok, "ip addr add {ip}/32 dev lo failed (the test needs root and iproute2)");
+        OtherAddress(ip)
+    }
+}
+
+impl Drop for OtherAddress {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["addr", "del", &format!("{}/32", self.0), "dev", "lo"]).status();
+    }
+}
+
+/// A TCP connection to `addr` from the local address `from`.
+pub fn connect_from(from: std::net::Ipv4Addr, addr: &str) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd;
+    let to: std::net::SocketAddrV4 = addr.parse().expect("an IPv4 address");
+    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a new socket this function owns, bound and connected with
+    // sockaddr_in values of the length passed.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let local = sockaddr(std::net::SocketAddrV4::new(from, 0));
+        assert_eq!(libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len), 0, "bind {from}: {}", std::io::Error::last_os_error());
+        let remote = sockaddr(to);
+        assert_eq!(libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len), 0, "connect {addr}: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
+impl Running {
+    /// The daemon's open descriptors now.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map(|d| d.count()).unwrap_or(0)
+    }
+}
+
+/// With the shim (`build_shim`) preloaded: `BPF_MAP_LOOKUP_ELEM` fails with
+/// EIO while the file this names exists...
+pub const FAULT_LOOKUP_WHILE: &str = "RVM_FAULT_LOOKUP_WHILE";
+/// ... and takes 3 s longer while the file this names exists (a render stuck
+/// in a map read).
+pub const STALL_LOOKUP_WHILE: &str = "RVM_STALL_LOOKUP_WHILE";
+
+const SHIM: &str = r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define BPF_MAP_LOOKUP_ELEM 1
+
+typedef long (*syscall_fn)(long, ...);
+
+static syscall_fn real_syscall(void) {
+    static syscall_fn real;
+    syscall_fn f = __atomic_load_n(&real, __ATOMIC_ACQUIRE);
+    if (!f) {
+        f = (syscall_fn)dlsym(RTLD_NEXT, "syscall");
+        __atomic_store_n(&real, f, __ATOMIC_RELEASE);
+    }
+    return f;
+}
+
+long syscall(long nr, ...) {
+    va_list ap;
+    long a[6];
+    va_start(ap, nr);
+    for (int i = 0; i < 6; i++)
+        a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (nr == SYS_bpf && a[0] == BPF_MAP_LOOKUP_ELEM) {
+        const char *trigger = getenv("FAULT_LOOKUP_WHILE");
+        if (trigger && access(trigger, F_OK) == 0) {
+            errno = EIO;
+            return -1;
+        }
+        const char *stall = getenv("STALL_LOOKUP_WHILE");
+        if (stall && access(stall, F_OK) == 0)
+            sleep(3);
+    }
+    return real_syscall()(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+"#;
+
+/// An LD_PRELOAD shim over glibc's `syscall()` (aya's way into `bpf(2)`) that
+/// misbehaves on map lookups while a trigger file exists (see
+/// `FAULT_LOOKUP_WHILE`, `STALL_LOOKUP_WHILE`), built into `dir`; `None` when
+/// there is no `cc`.
+pub fn build_shim(dir: &std::path::Path) -> Option<std::path::PathBuf> {
+    match Command::new("cc").arg("--version").output() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        other => assert!(other.unwrap().status.success(), "cc --version failed"),
+    }
+    let source = dir.join("fault.c");
+    let shim = dir.join("fault.so");
+    std::fs::write(&source, SHIM.replace("FAULT_LOOKUP_WHILE", FAULT_LOOKUP_WHILE).replace("STALL_LOOKUP_WHILE", STALL_LOOKUP_WHILE)).unwrap();
+    let out = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(&source)
+        .arg("-ldl")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cc: {}", String::from_utf8_lossy(&out.stderr));
+    Some(shim)
+}
+
