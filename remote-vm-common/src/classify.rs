@@ -293,6 +293,35 @@ pub const RWSEM_WRITER_LOCKED: u64 = 1 << 0;
 pub const RWSEM_READER_SHIFT: u32 = 8;
 pub const RWSEM_READER_MASK: u64 = ((1u64 << 55) - 1) << RWSEM_READER_SHIFT;
 
+/// `count`: tasks wait in the lock's queue (set with the first waiter,
+/// cleared with the last).
+pub const RWSEM_FLAG_WAITERS: u64 = 1 << 1;
+
+/// `task_struct.__state`'s `TASK_UNINTERRUPTIBLE` (include/linux/sched.h, a
+/// `#define` BTF does not carry: 0x2 in 6.1, 6.12 and 7.3, as in every kernel
+/// since 2.6). A waiter in `down_read_killable()`/`down_write_killable()`
+/// sleeps `TASK_KILLABLE` (`TASK_WAKEKILL` 0x100 | this).
+pub const TASK_UNINTERRUPTIBLE: u32 = 0x2;
+
+/// Whether a wait the per-thread state calls in progress is one: its thread
+/// sleeps uninterruptibly and the lock still has waiters. A wait whose end
+/// was never seen (a kretprobe past `maxactive`, an fexit skipped for
+/// recursion under preemption) fails one of them once the thread has the
+/// lock. `None`: that word is unknown here (no BTF offset, PREEMPT_RT's
+/// rwsem), which does not rule the wait out.
+#[inline(always)]
+pub const fn wait_is_real(task_state: Option<u32>, lock_count: Option<u64>) -> bool {
+    let sleeping = match task_state {
+        Some(s) => s & TASK_UNINTERRUPTIBLE != 0,
+        None => true,
+    };
+    let queued = match lock_count {
+        Some(c) => c & RWSEM_FLAG_WAITERS != 0,
+        None => true,
+    };
+    sleeping && queued
+}
+
 /// Whether an `rw_semaphore` is held (by a writer or readers), by its `count`.
 #[inline(always)]
 pub const fn lock_taken(count: u64) -> bool {
@@ -1277,5 +1306,23 @@ mod tests {
         for r in Reason::ALL {
             assert_eq!(Reason::from_u32(r as u32), r);
         }
+    }
+
+    #[test]
+    fn a_wait_is_real_only_while_its_thread_sleeps_and_the_lock_has_waiters() {
+        const TASK_RUNNING: u32 = 0x0;
+        const TASK_INTERRUPTIBLE: u32 = 0x1;
+        const TASK_KILLABLE: u32 = 0x100 | TASK_UNINTERRUPTIBLE;
+        // A reader queued behind a writer: 0x3 = writer locked + waiters.
+        assert!(wait_is_real(Some(TASK_KILLABLE), Some(RWSEM_WRITER_LOCKED | RWSEM_FLAG_WAITERS)));
+        // Its end was never seen and it has the lock now: running, or asleep
+        // elsewhere (a nanosleep is interruptible), or the queue is empty.
+        assert!(!wait_is_real(Some(TASK_RUNNING), Some(RWSEM_WRITER_LOCKED | RWSEM_FLAG_WAITERS)));
+        assert!(!wait_is_real(Some(TASK_INTERRUPTIBLE), Some(RWSEM_FLAG_WAITERS)));
+        assert!(!wait_is_real(Some(TASK_KILLABLE), Some(1 << RWSEM_READER_SHIFT)));
+        // What is not known does not rule a wait out.
+        assert!(wait_is_real(None, None));
+        assert!(wait_is_real(Some(TASK_KILLABLE), None));
+        assert!(wait_is_real(None, Some(RWSEM_FLAG_WAITERS)));
     }
 }

@@ -5,9 +5,13 @@ use std::net::SocketAddr;
 use clap::{Parser, Subcommand};
 
 use crate::{
-    cmd::{Common, check, compare},
+    cmd::{Common, check, client::ClientFlags, compare},
     config,
 };
+
+/// `top`'s default: the daemon's Unix socket where the packaged socket unit
+/// (and the embedded default config) puts it.
+pub const DEFAULT_SOCKET_URL: &str = concat!("unix:", "/run/remote-vm/remote-vm.sock");
 
 #[derive(Parser, Debug)]
 #[command(name = "remote-vm-daemon", version, about = "Classifies remote-memory reads (__access_remote_vm) as fast path, fallback or slow path and exports Prometheus metrics.")]
@@ -29,6 +33,12 @@ pub enum Command {
         /// The metrics path (overrides the config's web.telemetry_path; default /metrics).
         #[arg(long = "web.telemetry-path", value_name = "PATH", value_parser = parse_telemetry_path)]
         telemetry_path: Option<String>,
+        /// The Unix socket serving every path, /stalls included, to whoever may
+        /// open it (overrides the config's web.socket; default
+        /// /run/remote-vm/remote-vm.sock; "" for none). Under socket activation
+        /// the socket unit's sockets are served instead.
+        #[arg(long = "web.socket", value_name = "PATH", value_parser = parse_socket)]
+        socket: Option<SocketPath>,
     },
     /// Validate the config (no privileges needed), then load and attach every probe,
     /// print one line per probe and the kernel facts, and detach. Exit 0: all
@@ -66,19 +76,8 @@ pub enum Command {
         /// chunked mode's chunk, e.g. 1h (default: sized from the expected sample count).
         #[arg(long, value_name = "DURATION")]
         chunk: Option<String>,
-        /// PEM CA certificates for an https engine, instead of the system's roots.
-        #[arg(long, value_name = "FILE")]
-        ca_file: Option<std::path::PathBuf>,
-        /// Basic auth user (the password from --basic-auth-password-file).
-        #[arg(long, value_name = "USER")]
-        basic_auth_user: Option<String>,
-        /// A file holding the basic auth password (not on the command line, where
-        /// any local user sees it).
-        #[arg(long, value_name = "FILE")]
-        basic_auth_password_file: Option<std::path::PathBuf>,
-        /// A file holding a bearer token.
-        #[arg(long, value_name = "FILE")]
-        bearer_token_file: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        client: ClientFlags,
         /// Label matchers for every series, e.g. 'job="remote-vm"'.
         #[arg(long, default_value = "")]
         selector: String,
@@ -89,9 +88,13 @@ pub enum Command {
     /// by path, fallbacks, the remote wait p99, waits in progress as
     /// reader → target ← holder, recent stalls. q quits.
     Top {
-        /// The daemon's base URL (or HOST:PORT).
-        #[arg(long, default_value = "http://127.0.0.1:19361")]
+        /// The daemon: its Unix socket (unix:/PATH; /stalls is served there to
+        /// the socket's group), or a base URL or HOST:PORT (over TCP /stalls
+        /// needs authentication: see the flags below).
+        #[arg(long, default_value = DEFAULT_SOCKET_URL)]
         url: String,
+        #[command(flatten)]
+        client: ClientFlags,
         /// Seconds between polls.
         #[arg(long, default_value_t = 1.0, value_parser = parse_interval)]
         interval: f64,
@@ -111,6 +114,18 @@ fn parse_interval(v: &str) -> Result<f64, String> {
 
 fn parse_telemetry_path(v: &str) -> Result<String, String> {
     config::parse_telemetry_path(v).ok_or_else(|| format!("expected {}", config::TELEMETRY_PATH_ALLOWED))
+}
+
+/// `--web.socket`: a path, or none ("").
+#[derive(Debug, Clone)]
+pub struct SocketPath(pub Option<std::path::PathBuf>);
+
+fn parse_socket(v: &str) -> Result<SocketPath, String> {
+    match v {
+        "" => Ok(SocketPath(None)),
+        p if std::path::Path::new(p).is_absolute() && p.len() < 108 => Ok(SocketPath(Some(p.into()))),
+        _ => Err(format!("expected {}", config::SOCKET_ALLOWED)),
+    }
 }
 
 fn parse_listen(v: &str) -> Result<SocketAddr, String> {

@@ -33,8 +33,11 @@ pub struct Config {
     pub stall_threshold_ns: u64,
     /// Stalls kept for `/stalls`.
     pub stalls_keep: usize,
-    /// Whether `/stalls` is served (it shows which process reads which).
-    pub stalls_http: bool,
+    /// Who `/stalls` is served to (it shows which process reads which).
+    pub stalls_serve: StallsServe,
+    /// The Unix socket (`web.socket`, `--web.socket`): every path, `/stalls`
+    /// included, to whoever may open it. `None`: none.
+    pub socket: Option<std::path::PathBuf>,
     /// Connections served at once; at the cap, the oldest idle one is closed
     /// for a new one.
     pub max_connections: usize,
@@ -47,6 +50,56 @@ pub struct Config {
     /// (`remote_vm_probe_run*`; needs CAP_SYS_ADMIN; costs every BPF program on
     /// the host two clock reads per run).
     pub self_stats: bool,
+}
+
+/// Who `/stalls` is served to (`[stalls] serve`): it names which process read
+/// which other process's memory, with cgroup paths (unit names, container
+/// ids), which a user who cannot list other users' processes must not learn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StallsServe {
+    /// Nowhere (404).
+    Off,
+    /// On the Unix socket only (`web.socket`): its group decides.
+    Socket,
+    /// Also over TCP to a request that authenticated: basic auth passed, or a
+    /// verified client certificate.
+    Authenticated,
+    /// Also over TCP to anyone who reaches the port.
+    Everyone,
+}
+
+impl StallsServe {
+    pub const ALLOWED: &str = "off, socket, authenticated or everyone";
+
+    pub fn parse(v: &str) -> Option<StallsServe> {
+        match v {
+            "off" => Some(StallsServe::Off),
+            "socket" => Some(StallsServe::Socket),
+            "authenticated" => Some(StallsServe::Authenticated),
+            "everyone" => Some(StallsServe::Everyone),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StallsServe::Off => "off",
+            StallsServe::Socket => "socket",
+            StallsServe::Authenticated => "authenticated",
+            StallsServe::Everyone => "everyone",
+        }
+    }
+
+    /// Whether a request may have `/stalls`: over the Unix socket (`unix`),
+    /// or over TCP having authenticated (`authenticated`).
+    pub fn allows(self, unix: bool, authenticated: bool) -> bool {
+        match self {
+            StallsServe::Off => false,
+            StallsServe::Socket => unix,
+            StallsServe::Authenticated => unix || authenticated,
+            StallsServe::Everyone => true,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -93,6 +146,7 @@ struct RawWeb {
     max_connections: Option<toml::Value>,
     header_timeout_seconds: Option<toml::Value>,
     min_render_interval_seconds: Option<toml::Value>,
+    socket: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -107,6 +161,8 @@ struct RawLog {
 struct RawStalls {
     threshold_seconds: Option<toml::Value>,
     keep: Option<toml::Value>,
+    serve: Option<toml::Value>,
+    /// The old boolean: false is `serve = "off"`, true `"authenticated"`.
     http: Option<toml::Value>,
 }
 
@@ -116,6 +172,11 @@ struct RawHistograms {
     min_seconds: Option<toml::Value>,
     max_seconds: Option<toml::Value>,
 }
+
+/// Where the daemon's Unix socket is by default (the packaged socket unit's
+/// `ListenStream=` and `top`'s default).
+pub const DEFAULT_SOCKET: &str = "/run/remote-vm/remote-vm.sock";
+pub const SOCKET_ALLOWED: &str = "an absolute path for a Unix socket, under 108 bytes, or \"\" for none";
 
 /// The most stalls `/stalls` keeps: one answer stays under about 1 MiB (a
 /// stall is some 600 bytes of JSON, and `in_progress` lists up to 256 more).
@@ -169,7 +230,8 @@ impl Config {
         differ("probes", self.probes != new.probes);
         differ("histograms", (self.hist_min_log2, self.hist_max_log2) != (new.hist_min_log2, new.hist_max_log2));
         differ("self_stats", self.self_stats != new.self_stats);
-        differ("stalls", (self.stall_threshold_ns, self.stalls_keep, self.stalls_http) != (new.stall_threshold_ns, new.stalls_keep, new.stalls_http));
+        differ("stalls", (self.stall_threshold_ns, self.stalls_keep, self.stalls_serve) != (new.stall_threshold_ns, new.stalls_keep, new.stalls_serve));
+        differ("web.socket", self.socket != new.socket);
         differ(
             "web",
             (&self.telemetry_path, self.max_connections, self.header_timeout, self.min_render_interval)
@@ -190,7 +252,8 @@ impl Config {
             hist_max_log2: 34,
             stall_threshold_ns: 100_000_000,
             stalls_keep: 256,
-            stalls_http: true,
+            stalls_serve: StallsServe::Authenticated,
+            socket: Some(DEFAULT_SOCKET.into()),
             max_connections: 64,
             header_timeout: std::time::Duration::from_secs(10),
             min_render_interval: std::time::Duration::from_millis(100),
@@ -283,8 +346,25 @@ impl Config {
             if let Some(v) = raw.self_stats {
                 config.self_stats = v.as_bool().ok_or_else(|| bad("self_stats", v.to_string(), "true or false".into()))?;
             }
-            if let Some(v) = stalls.http {
-                config.stalls_http = v.as_bool().ok_or_else(|| bad("stalls.http", v.to_string(), "true or false".into()))?;
+            let old_http = stalls.http.map(|v| ("stalls.http", v));
+            if let Some((key, v)) = one_of(old_http, stalls.serve.map(|v| ("stalls.serve", v)))? {
+                config.stalls_serve = if key == "stalls.http" {
+                    match v.as_bool() {
+                        Some(false) => StallsServe::Off,
+                        // The old default: served, now to whom `serve`'s default serves.
+                        Some(true) => StallsServe::Authenticated,
+                        None => return Err(bad(key, v.to_string(), "true or false (its new name stalls.serve takes off, socket, authenticated or everyone)".into())),
+                    }
+                } else {
+                    v.as_str().and_then(StallsServe::parse).ok_or_else(|| bad(key, v.to_string(), StallsServe::ALLOWED.into()))?
+                };
+            }
+            if let Some(v) = web.socket {
+                config.socket = match v.as_str() {
+                    Some("") => None,
+                    Some(p) if std::path::Path::new(p).is_absolute() && !p.contains('\0') && p.len() < 108 => Some(p.into()),
+                    _ => return Err(bad("web.socket", v.to_string(), SOCKET_ALLOWED.into())),
+                };
             }
             if let Some(v) = stalls.threshold_seconds {
                 let s = seconds("stalls.threshold_seconds", v, 1e-3..=3600.0, "a number of seconds between 0.001 and 3600")?;
@@ -412,7 +492,8 @@ mod tests {
         assert_eq!(c.log_format, crate::logging::Format::Logfmt);
         assert_eq!((c.hist_min_log2, c.hist_max_log2), (9, 34));
         assert_eq!(c.stall_threshold_ns, 100_000_000);
-        assert_eq!((c.stalls_keep, c.stalls_http), (256, true));
+        assert_eq!((c.stalls_keep, c.stalls_serve), (256, StallsServe::Authenticated));
+        assert_eq!(c.socket.as_deref(), Some(std::path::Path::new(DEFAULT_SOCKET)));
         assert_eq!(
             (c.max_connections, c.header_timeout, c.min_render_interval),
             (64, std::time::Duration::from_secs(10), std::time::Duration::from_millis(100))
@@ -582,7 +663,25 @@ mod tests {
         );
         assert!(parse("[stalls]\nkept = 3\n").unwrap_err().to_string().contains("unknown field `kept`"));
         let c = parse("[stalls]\nkeep = 3\nhttp = false\n").unwrap();
-        assert_eq!((c.stalls_keep, c.stalls_http), (3, false));
+        assert_eq!((c.stalls_keep, c.stalls_serve), (3, StallsServe::Off));
+        // The old `http = true` (the old default) serves as `serve`'s default does.
+        assert_eq!(parse("[stalls]\nhttp = true\n").unwrap().stalls_serve, StallsServe::Authenticated);
+        for (v, want) in [("off", StallsServe::Off), ("socket", StallsServe::Socket), ("everyone", StallsServe::Everyone)] {
+            assert_eq!(parse(&format!("[stalls]\nserve = \"{v}\"\n")).unwrap().stalls_serve, want);
+        }
+        assert_eq!(
+            parse("[stalls]\nserve = \"all\"\n").unwrap_err().to_string(),
+            "config t.toml: key `stalls.serve`: invalid value \"all\": expected off, socket, authenticated or everyone"
+        );
+        assert!(parse("[stalls]\nserve = \"off\"\nhttp = false\n").unwrap_err().to_string().contains("the same setting"));
+        assert_eq!(parse("[web]\nsocket = \"\"\n").unwrap().socket, None);
+        assert_eq!(parse("[web]\nsocket = \"/tmp/r.sock\"\n").unwrap().socket.as_deref(), Some(std::path::Path::new("/tmp/r.sock")));
+        for bad in ["\"r.sock\"", "1", &format!("\"/{}\"", "a".repeat(120))] {
+            assert_eq!(
+                parse(&format!("[web]\nsocket = {bad}\n")).unwrap_err().to_string(),
+                format!("config t.toml: key `web.socket`: invalid value {bad}: expected {SOCKET_ALLOWED}")
+            );
+        }
         let c = parse("[web]\nmax_connections = 5\nheader_timeout_seconds = 2.5\n").unwrap();
         assert_eq!((c.max_connections, c.header_timeout), (5, std::time::Duration::from_millis(2500)));
         assert_eq!(
@@ -608,7 +707,7 @@ mod tests {
         assert_eq!(parse("[stalls]\nkeep = 1024\n").unwrap().stalls_keep, 1024);
         assert_eq!(
             parse("[stalls]\nhttp = \"yes\"\n").unwrap_err().to_string(),
-            "config t.toml: key `stalls.http`: invalid value \"yes\": expected true or false"
+            "config t.toml: key `stalls.http`: invalid value \"yes\": expected true or false (its new name stalls.serve takes off, socket, authenticated or everyone)"
         );
     }
 

@@ -9,6 +9,7 @@ pub mod cmd;
 pub mod config;
 pub mod hangup;
 pub mod kernel;
+mod listen;
 pub mod logging;
 mod metrics;
 mod notify;

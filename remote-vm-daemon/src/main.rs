@@ -60,20 +60,11 @@ fn main() -> ExitCode {
             end,
             mode,
             chunk,
-            ca_file,
-            basic_auth_user,
-            basic_auth_password_file,
-            bearer_token_file,
+            client,
             selector,
             format,
         } => {
-            let connection = compare::Connection {
-                url: prometheus,
-                ca_file,
-                basic_auth_user,
-                basic_auth_password_file,
-                bearer_token_file,
-            };
+            let connection = compare::Connection { url: prometheus, client };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
@@ -100,8 +91,10 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Run { common, listen, telemetry_path } => cmd::run::run(&common, &cmd::run::WebFlags { listen, telemetry_path }),
-        Command::Top { url, interval, once } => top::top(&url, std::time::Duration::from_secs_f64(interval), once),
+        Command::Run { common, listen, telemetry_path, socket } => {
+            cmd::run::run(&common, &cmd::run::WebFlags { listen, telemetry_path, socket: socket.map(|s| s.0) })
+        }
+        Command::Top { url, client, interval, once } => top::top(&url, &client, std::time::Duration::from_secs_f64(interval), once),
     }
 }
 

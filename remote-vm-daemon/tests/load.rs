@@ -38,7 +38,7 @@ fn metrics_under_load() {
     let addr = format!("127.0.0.1:{port}");
     let daemon = Daemon(
         Command::new(DAEMON)
-            .args(["run", "--listen", &addr, "--log-level", "warn"])
+            .args(["run", "--listen", &addr, "--log-level", "warn", "--web.socket", ""])
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),

@@ -71,7 +71,7 @@ fn a_failed_map_read_answers_503_never_zeros() {
         "{health}"
     );
     // `dropped` on /stalls is a counter too.
-    assert_eq!(prom::get(&d.addr, "/stalls").unwrap(), (503, format!("{failed}\n")));
+    assert_eq!(prom::get(&d.socket_url(), "/stalls").unwrap(), (503, format!("{failed}\n")));
     // One warning for the three failed scrapes (rate-limited).
     let log = d.log_text();
     assert_eq!(log.matches(&format!("/metrics answers 503: {failed}")).count(), 1, "{log}");
@@ -88,7 +88,7 @@ fn a_failed_map_read_answers_503_never_zeros() {
     assert_eq!(status, 200);
     assert_eq!(scrape_line(&health), None, "{health}");
     assert!(d.log_text().contains("/metrics answers 200 again"), "{}", d.log_text());
-    assert_eq!(prom::get(&d.addr, "/stalls").unwrap().0, 200);
+    assert_eq!(prom::get(&d.socket_url(), "/stalls").unwrap().0, 200);
     assert_eq!(d.stop(), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -100,7 +100,11 @@ fn tls_client_certificates_and_basic_auth_guard_every_path() {
     assert_eq!(cert.unwrap(), pki::cert_der(&p.path("server.crt")).unwrap());
     let log = d.log_text();
     assert!(
-        log.contains(&format!("serving https://{}/metrics (TLS, client certificates RequireAndVerifyClientCert (1 CA), basic auth (1 users))", d.addr)),
+        log.contains(&format!(
+            "serving https://{}/metrics, unix:{} (TLS, client certificates RequireAndVerifyClientCert (1 CA), basic auth (1 users))",
+            d.addr,
+            d.socket.display()
+        )),
         "{log}"
     );
     assert_eq!(d.stop(), 0);
@@ -373,5 +377,48 @@ fn a_flood_of_wrong_passwords_is_answered_429_past_a_few_and_a_verified_scraper_
     let count = |s: u16| statuses.iter().filter(|x| **x == s).count();
     assert_eq!(count(401) + count(429), 48, "{statuses:?}");
     assert!(count(429) > 0, "no 429 with 48 wrong passwords at once: {statuses:?}");
+    assert_eq!(d.stop(), 0);
+}
+
+#[test]
+#[ignore = "needs root and BPF; run by cargo xtask test"]
+fn a_verified_client_certificate_authenticates_for_stalls_and_top_shows_them_over_tls() {
+    // Client certificates if given, no basic auth: the certificate alone decides.
+    let (p, yml) = setup("certonly", "");
+    std::fs::write(
+        &yml,
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: client-ca.crt\n",
+    )
+    .unwrap();
+    let f = files(&p);
+    let with_cert = ask(&f, None);
+    let without = Ask { ca: Some(&f[0]), client: None, user: None };
+    let mut d = Running::spawn("certonly", "", &[], &["--web.config.file", yml.to_str().unwrap()]);
+    d.wait_ready(|addr| matches!(pki::get(addr, "/healthz", &without), Ok((Outcome::Answer(200, _), _))));
+    assert!(matches!(status(&d.addr, "/stalls", &with_cert), Outcome::Answer(200, _)));
+    assert!(matches!(status(&d.addr, "/stalls", &without), Outcome::Answer(403, _)));
+    assert!(matches!(status(&d.addr, "/metrics", &without), Outcome::Answer(200, _)));
+    // top: --ca-file, --cert-file, --key-file over https.
+    let port = d.addr.rsplit_once(':').unwrap().1;
+    let out = Command::new(DAEMON)
+        .args(["top", "--once", "--interval", "0.2", "--url", &format!("https://localhost:{port}"), "--ca-file"])
+        .arg(&f[0])
+        .arg("--cert-file")
+        .arg(&f[1])
+        .arg("--key-file")
+        .arg(&f[2])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{screen}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(screen.contains("recent stalls (≥ 100.0 ms)"), "{screen}");
+    // Without the certificate: the metrics, and the stalls not served to it.
+    let out = Command::new(DAEMON)
+        .args(["top", "--once", "--interval", "0.2", "--url", &format!("https://localhost:{port}"), "--ca-file"])
+        .arg(&f[0])
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("recent stalls: not served to this client"), "{screen}");
     assert_eq!(d.stop(), 0);
 }

@@ -1,5 +1,10 @@
 //! GET over http and https with ureq.
-use std::{fmt, net::Ipv6Addr, time::Duration};
+use std::{
+    fmt,
+    net::Ipv6Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use base64::Engine;
 use ureq::{
@@ -27,6 +32,19 @@ impl fmt::Debug for Auth {
     }
 }
 
+/// A client certificate and its key, PEM (`--cert-file`, `--key-file`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientCert(…)")
+    }
+}
+
 /// How a [`Client`] talks.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -42,6 +60,8 @@ pub struct Options {
     /// PEM CA certificates to check https servers against instead of the
     /// system's roots (`--ca-file`).
     pub ca_pem: Option<Vec<u8>>,
+    /// A client certificate for https servers that ask for one.
+    pub client_cert: Option<ClientCert>,
 }
 
 impl Default for Options {
@@ -53,18 +73,26 @@ impl Default for Options {
             max_body: 64 << 20,
             auth: None,
             ca_pem: None,
+            client_cert: None,
         }
     }
 }
 
-/// A base URL (`http[s]://HOST[:PORT][/PREFIX]`, or a bare `HOST:PORT` for
-/// plain http) and how to talk to it. Redirects are not followed (a 3xx is an
-/// answer like any other) and no proxy is used.
+/// A base URL (`http[s]://HOST[:PORT][/PREFIX]`, a bare `HOST:PORT` for
+/// plain http, or `unix:/PATH` for HTTP over a Unix socket) and how to talk
+/// to it. Redirects are not followed (a 3xx is an answer like any other) and
+/// no proxy is used.
 pub struct Client {
     base: String,
     authorization: Option<String>,
     options: Options,
-    agent: Agent,
+    transport: Transport,
+}
+
+enum Transport {
+    Tcp(Agent),
+    /// HTTP/1.1 over this Unix socket, one connection per request.
+    Unix(PathBuf),
 }
 
 impl fmt::Debug for Client {
@@ -83,14 +111,17 @@ impl Client {
     }
 
     pub fn with_options(base: &str, options: Options) -> Result<Client> {
+        if let Some(socket) = unix_socket(base)? {
+            return Ok(Client {
+                base: format!("unix:{}", socket.display()),
+                authorization: options.auth.clone().map(header_value),
+                options,
+                transport: Transport::Unix(socket),
+            });
+        }
         let parsed = parse_base(base)?;
         let auth = options.auth.clone().or(parsed.auth);
-        let authorization = auth.map(|a| match a {
-            Auth::Basic { user, password } => {
-                format!("Basic {}", base64::prelude::BASE64_STANDARD.encode(format!("{user}:{password}")))
-            }
-            Auth::Bearer(token) => format!("Bearer {token}"),
-        });
+        let authorization = auth.map(header_value);
         // The system's roots are read when the first https request is made,
         // not here: plain http works where there are none.
         let roots = match &options.ca_pem {
@@ -110,7 +141,11 @@ impl Client {
                 RootCerts::new_with_certs(&certs)
             }
         };
-        let tls = TlsConfig::builder().root_certs(roots).build();
+        let client_cert = match &options.client_cert {
+            None => None,
+            Some(c) => Some(client_cert(c).map_err(|reason| Error::Url { url: without_credentials(base), reason })?),
+        };
+        let tls = TlsConfig::builder().root_certs(roots).client_cert(client_cert).build();
         let agent = Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
@@ -125,7 +160,7 @@ impl Client {
             base: parsed.base,
             authorization,
             options,
-            agent,
+            transport: Transport::Tcp(agent),
         })
     }
 
@@ -138,8 +173,13 @@ impl Client {
         &self.options
     }
 
-    /// The URL of `path_and_query` (`/api/v1/…?…`) under the base.
+    /// The URL of `path_and_query` (`/api/v1/…?…`) under the base
+    /// (`unix:/PATH:/metrics` over a Unix socket).
     pub fn url(&self, path_and_query: &str) -> String {
+        if matches!(self.transport, Transport::Unix(_)) {
+            let slash = if path_and_query.starts_with('/') { "" } else { "/" };
+            return format!("{}:{slash}{path_and_query}", self.base);
+        }
         if path_and_query.starts_with('/') {
             format!("{}{path_and_query}", self.base)
         } else {
@@ -154,7 +194,11 @@ impl Client {
 
     pub(crate) fn get_accepting(&self, path_and_query: &str, accept: Option<&str>) -> Result<(u16, String)> {
         let url = self.url(path_and_query);
-        let mut request = self.agent.get(&url);
+        let agent = match &self.transport {
+            Transport::Tcp(agent) => agent,
+            Transport::Unix(socket) => return self.unix_get(socket, &url, path_and_query, accept),
+        };
+        let mut request = agent.get(&url);
         if let Some(a) = &self.authorization {
             request = request.header("Authorization", a);
         }
@@ -224,6 +268,134 @@ impl Client {
             },
         }
     }
+}
+
+impl Client {
+    /// `GET` over a Unix socket: one HTTP/1.1 request (`Connection: close`),
+    /// the answer read within the request's deadline and the size cap.
+    fn unix_get(&self, socket: &Path, url: &str, path_and_query: &str, accept: Option<&str>) -> Result<(u16, String)> {
+        use std::io::{Read, Write};
+        let deadline = Instant::now() + self.options.timeout;
+        let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero());
+        let timeout = || Error::Timeout { url: url.to_string(), phase: "the answer".into(), limit: self.options.timeout };
+        let transfer = |e: std::io::Error| {
+            if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                timeout()
+            } else {
+                Error::Transfer { url: url.to_string(), reason: e.to_string() }
+            }
+        };
+        let mut stream = std::os::unix::net::UnixStream::connect(socket)
+            .map_err(|e| Error::Connect { url: url.to_string(), reason: e.to_string() })?;
+        let path = if path_and_query.starts_with('/') { path_and_query.to_string() } else { format!("/{path_and_query}") };
+        let mut request = format!(
+            "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: remote-vm/{}\r\nConnection: close\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(a) = &self.authorization {
+            request.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        if let Some(a) = accept {
+            request.push_str(&format!("Accept: {a}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.set_write_timeout(Some(left().ok_or_else(timeout)?)).map_err(transfer)?;
+        stream.write_all(request.as_bytes()).map_err(transfer)?;
+        // The head (at most 64 KiB), then the body (at most `max_body`).
+        const MAX_HEAD: usize = 64 * 1024;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        let limit = self.options.max_body.saturating_add(MAX_HEAD as u64);
+        loop {
+            stream.set_read_timeout(Some(left().ok_or_else(timeout)?)).map_err(transfer)?;
+            let n = match stream.read(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(transfer(e)),
+            };
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let head_end = got.windows(4).position(|w| w == b"\r\n\r\n");
+            if head_end.is_none() && got.len() > MAX_HEAD {
+                return Err(Error::Transfer { url: url.to_string(), reason: format!("no end of the answer's head in {MAX_HEAD} bytes") });
+            }
+            if let Some(end) = head_end
+                && (got.len() - end - 4) as u64 > self.options.max_body
+            {
+                return Err(Error::TooLarge { url: url.to_string(), limit: self.options.max_body });
+            }
+            if got.len() as u64 > limit {
+                return Err(Error::TooLarge { url: url.to_string(), limit: self.options.max_body });
+            }
+        }
+        let not_http = |why: &str| Error::Transfer { url: url.to_string(), reason: format!("not an HTTP answer: {why}") };
+        let end = got.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| not_http("no end of its head"))?;
+        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .filter(|l| l.starts_with("HTTP/1."))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| not_http("no status line"))?;
+        let mut body = got[end + 4..].to_vec();
+        for l in lines {
+            let Some((name, value)) = l.split_once(':') else { continue };
+            if name.eq_ignore_ascii_case("transfer-encoding") {
+                return Err(not_http("a chunked answer (the daemon sends Content-Length)"));
+            }
+            if name.eq_ignore_ascii_case("content-length") {
+                let len: usize = value.trim().parse().map_err(|_| not_http("a bad Content-Length"))?;
+                if body.len() < len {
+                    return Err(Error::Transfer { url: url.to_string(), reason: format!("the answer ended after {} of {len} bytes", body.len()) });
+                }
+                body.truncate(len);
+            }
+        }
+        let body = String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        Ok((status, body))
+    }
+}
+
+/// The `Authorization` header's value for `auth`.
+fn header_value(auth: Auth) -> String {
+    match auth {
+        Auth::Basic { user, password } => format!("Basic {}", base64::prelude::BASE64_STANDARD.encode(format!("{user}:{password}"))),
+        Auth::Bearer(token) => format!("Bearer {token}"),
+    }
+}
+
+/// A client certificate for ureq from its PEM files.
+fn client_cert(c: &ClientCert) -> std::result::Result<ureq::tls::ClientCert, String> {
+    let mut chain = Vec::new();
+    for item in ureq::tls::parse_pem(&c.cert_pem) {
+        match item.map_err(|e| format!("the client certificate: {e}"))? {
+            ureq::tls::PemItem::Certificate(cert) => chain.push(cert),
+            _ => {}
+        }
+    }
+    if chain.is_empty() {
+        return Err("the client certificate file has no PEM certificate".into());
+    }
+    let key = ureq::tls::parse_pem(&c.key_pem)
+        .find_map(|item| match item {
+            Ok(ureq::tls::PemItem::PrivateKey(k)) => Some(k),
+            _ => None,
+        })
+        .ok_or("the client key file has no PEM private key")?;
+    Ok(ureq::tls::ClientCert::new_with_certs(&chain, key))
+}
+
+/// The socket of a `unix:/PATH` (or `unix:///PATH`) base; `None` for any other.
+fn unix_socket(base: &str) -> Result<Option<PathBuf>> {
+    let Some(rest) = base.strip_prefix("unix:") else { return Ok(None) };
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    if !path.starts_with('/') || path.contains('\0') {
+        return Err(Error::Url { url: base.to_string(), reason: "a Unix socket is unix:/ABSOLUTE/PATH".into() });
+    }
+    Ok(Some(PathBuf::from(path)))
 }
 
 fn is_connect_error(e: &std::io::Error) -> bool {

@@ -14,7 +14,7 @@ mod client;
 mod scrape;
 
 pub use api::{Prometheus, decode, query_result};
-pub use client::{Auth, Client, Options, get, without_credentials};
+pub use client::{Auth, Client, ClientCert, Options, get, without_credentials};
 pub use scrape::{Scrape, key};
 
 use std::time::Duration;
@@ -23,7 +23,7 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The base URL is not one this client takes.
-    #[error("{url}: {reason} (expected http[s]://HOST[:PORT][/PATH] or HOST:PORT)")]
+    #[error("{url}: {reason} (expected http[s]://HOST[:PORT][/PATH], HOST:PORT or unix:/PATH)")]
     Url { url: String, reason: String },
     /// No connection: the host is unknown, nothing listens, the network is down.
     #[error("GET {url}: cannot connect: {reason}")]

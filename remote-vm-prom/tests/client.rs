@@ -26,7 +26,7 @@ fn serve(bind: &str, answers: Vec<Vec<u8>>) -> (String, mpsc::Receiver<String>) 
     (addr, rx)
 }
 
-fn read_head(s: &mut TcpStream) -> String {
+fn read_head(s: &mut impl Read) -> String {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -209,4 +209,75 @@ fn scrapes_metrics() {
     assert!(matches!(e, Error::Status { status: 503, .. }), "{e:?}");
     assert!(e.to_string().contains("/metrics: HTTP 503: down"), "{e}");
     assert!(Scrape::parse("x{a=\"1\" 2\n").is_err());
+}
+
+/// Serves `answers` one connection each on a Unix socket; sends each
+/// request's head back over the channel. `None`: accept and say nothing.
+fn serve_unix(answers: Vec<Option<Vec<u8>>>) -> (String, mpsc::Receiver<String>) {
+    use std::os::unix::net::UnixListener;
+    let dir = std::env::temp_dir().join(format!("rvm-prom-unix-{}-{}", std::process::id(), answers.len()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for answer in answers {
+            let Ok((mut s, _)) = listener.accept() else { return };
+            let _ = tx.send(read_head(&mut s));
+            match answer {
+                Some(a) => {
+                    let _ = s.write_all(&a);
+                }
+                // Held open, silent, while the next connections are served.
+                None => {
+                    thread::spawn(move || {
+                        thread::sleep(Duration::from_secs(5));
+                        drop(s);
+                    });
+                }
+            }
+        }
+    });
+    (format!("unix:{}", path.display()), rx)
+}
+
+#[test]
+fn gets_over_a_unix_socket_with_the_same_limits() {
+    let big = "x".repeat(2000);
+    let (url, rx) = serve_unix(vec![
+        Some(answer("200 OK", "application/json", "{\"recent\":[]}\n")),
+        Some(answer("403 Forbidden", "text/plain", "not for you\n")),
+        Some(answer("200 OK", "text/plain", &big)),
+        None,
+        Some(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort".to_vec()),
+    ]);
+    let options = Options {
+        auth: Some(Auth::Basic { user: "alice".into(), password: "pw".into() }),
+        max_body: 1000,
+        timeout: Duration::from_millis(500),
+        ..Options::default()
+    };
+    let c = Client::with_options(&url, options).unwrap();
+    assert_eq!(c.get("/stalls").unwrap(), (200, "{\"recent\":[]}\n".to_string()));
+    let head = rx.recv().unwrap();
+    assert!(head.starts_with("GET /stalls HTTP/1.1\r\nHost: localhost\r\n"), "{head}");
+    assert!(head.contains("Authorization: Basic YWxpY2U6cHc=\r\n"), "{head}");
+    assert_eq!(c.get("/stalls").unwrap().0, 403);
+    let path = url.strip_prefix("unix:").unwrap();
+    match c.get("/metrics") {
+        Err(Error::TooLarge { url, limit }) => assert_eq!((url.as_str(), limit), (format!("unix:{path}:/metrics").as_str(), 1000)),
+        other => panic!("{other:?}"),
+    }
+    let t = Instant::now();
+    assert!(matches!(c.get("/metrics"), Err(Error::Timeout { .. })));
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    let e = c.get("/metrics").unwrap_err().to_string();
+    assert!(e.contains("the answer ended after 5 of 10 bytes"), "{e}");
+    // No socket there, and not a path.
+    let e = remote_vm_prom::get("unix:/nonexistent/remote-vm.sock", "/metrics").unwrap_err();
+    assert!(matches!(e, Error::Connect { .. }), "{e}");
+    assert!(e.to_string().starts_with("GET unix:/nonexistent/remote-vm.sock:/metrics: cannot connect: No such file"), "{e}");
+    assert!(matches!(Client::new("unix:relative.sock"), Err(Error::Url { .. })));
+    assert_eq!(Client::new("unix:///run/x.sock").unwrap().base(), "unix:/run/x.sock");
 }

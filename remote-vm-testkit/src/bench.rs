@@ -94,7 +94,7 @@ impl Daemon {
         let path = std::env::temp_dir().join("rvm-bench.toml");
         std::fs::write(&path, config)?;
         let child = Command::new(bin)
-            .args(["run", "--listen", LISTEN, "--log-level", "warn", "--config"])
+            .args(["run", "--listen", LISTEN, "--log-level", "warn", "--web.socket", "", "--config"])
             .arg(&path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -153,6 +153,8 @@ pub fn test(root: &Path) -> Result<()> {
     let files = [
         "usr/bin/remote-vm-daemon",
         "lib/systemd/system/remote-vm.service",
+        "lib/systemd/system/remote-vm.socket",
+        "usr/lib/sysusers.d/remote-vm.conf",
         "etc/remote-vm/remote-vm.toml",
         "usr/share/remote-vm/dashboards/remote-vm-host.json",
         "usr/share/remote-vm/dashboards/remote-vm-fleet.json",
@@ -178,14 +180,18 @@ pub fn test(root: &Path) -> Result<()> {
     let (ok, text) = chroot(&tree, &["/usr/bin/remote-vm-daemon", "defaults"])?;
     expect("the installed binary runs on a fresh Debian 12", ok && text.contains("listen_address = "), &text);
     let wants = tree.join("etc/systemd/system/multi-user.target.wants/remote-vm.service");
-    expect("nothing enabled by surprise", !wants.exists(), "multi-user.target.wants has remote-vm.service");
+    let socket_wants = tree.join("etc/systemd/system/sockets.target.wants/remote-vm.socket");
+    expect("nothing enabled by surprise", !wants.exists() && !socket_wants.exists(), "a .wants directory has remote-vm");
+    let (ok, text) = chroot(&tree, &["getent", "group", "remote-vm-ops"])?;
+    expect("the socket's group remote-vm-ops exists", ok && text.starts_with("remote-vm-ops:"), &text);
     let (ok, text) = output(
         Command::new("systemd-analyze")
             .args(["verify", "--man=no", "--generators=no"])
             .arg(format!("--root={}", tree.display()))
-            .arg("/lib/systemd/system/remote-vm.service"),
+            .arg("/lib/systemd/system/remote-vm.service")
+            .arg("/lib/systemd/system/remote-vm.socket"),
     )?;
-    expect("systemd-analyze verify of the installed unit", ok && text.trim().is_empty(), &text);
+    expect("systemd-analyze verify of the installed units", ok && text.trim().is_empty(), &text);
 
     // Upgrade with a locally changed conffile: the change stays.
     let conf = tree.join("etc/remote-vm/remote-vm.toml");

@@ -99,7 +99,7 @@ impl Lab {
         say!("starting the host daemon on 127.0.0.1:{HOST_DAEMON_PORT}");
         let host_daemon = Guard(
             Command::new(root.join("target/release/remote-vm-daemon"))
-                .args(["run", "--listen", &format!("127.0.0.1:{HOST_DAEMON_PORT}"), "--log-level", "warn"])
+                .args(["run", "--listen", &format!("127.0.0.1:{HOST_DAEMON_PORT}"), "--log-level", "warn", "--web.socket", ""])
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(dir.join("host-daemon.log"))?)
                 .spawn()

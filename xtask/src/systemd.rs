@@ -23,6 +23,15 @@ for i in $(seq 1 180); do
     sleep 1
 done
 say "active=$(systemctl is-active remote-vm.service)"
+if ! systemctl is-active --quiet remote-vm.service; then
+    # Why not: the service's own words, then give up (nothing below can pass).
+    systemctl status --no-pager remote-vm.service remote-vm.socket 2>&1 | while IFS= read -r line; do say "status| $line"; done
+    journalctl -b --no-pager -o cat -u remote-vm.service -u remote-vm.socket | tail -40 | while IFS= read -r line; do say "journal| $line"; done
+    say "done"
+    systemctl --force --force reboot
+fi
+say "socket active=$(systemctl is-active remote-vm.socket) enabled=$(systemctl is-enabled remote-vm.socket)"
+say "socket-file $(stat -c '%a %U:%G' /run/remote-vm/remote-vm.sock)"
 pid=$(systemctl show -p MainPID --value remote-vm.service)
 say "user=$(stat -c %U /proc/$pid) uid=$(stat -c %u /proc/$pid)"
 say "capeff=$(awk '/^CapEff/{print $2}' /proc/$pid/status)"
@@ -35,6 +44,49 @@ exec 3<>/dev/tcp/127.0.0.1/19361
 printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3
 say "metrics-lines=$(grep -c '^remote_vm_' <&3)"
 exec 3<&-
+# Who may see identities: /stalls over plain TCP is refused; on the Unix
+# socket root and members of group remote-vm-ops get it, other users cannot open it.
+useradd -M -s /bin/sh alice
+useradd -M -s /bin/sh -G remote-vm-ops bob
+code() { curl -s -o /dev/null -w '%{http_code}' --max-time 10 "$@" 2>/dev/null; }
+say "stalls tcp=$(code http://127.0.0.1:19361/stalls)"
+say "stalls socket-root=$(code --unix-socket /run/remote-vm/remote-vm.sock http://localhost/stalls)"
+say "stalls socket-member=$(runuser -u bob -- curl -s -o /dev/null -w '%{http_code}' --max-time 10 --unix-socket /run/remote-vm/remote-vm.sock http://localhost/stalls 2>/dev/null)"
+say "stalls socket-other=$(runuser -u alice -- curl -s -o /dev/null -w '%{http_code}' --max-time 10 --unix-socket /run/remote-vm/remote-vm.sock http://localhost/stalls 2>/dev/null)"
+runuser -u bob -- /usr/bin/remote-vm-daemon top --once --interval 0.5 > /tmp/top-bob.txt 2>&1
+say "top member exit=$? stalls-shown=$(grep -c 'recent stalls (≥' /tmp/top-bob.txt)"
+runuser -u alice -- /usr/bin/remote-vm-daemon top --once --interval 0.5 > /tmp/top-alice.txt 2>&1
+say "top other exit=$? refused=$(grep -c 'cannot connect: Permissio' /tmp/top-alice.txt)"
+# No squatting: with the service stopped, the socket unit still holds the port
+# (a user's own listener on it fails), and a connection starts the service.
+squat() { runuser -u alice -- /usr/bin/remote-vm-daemon run --listen 127.0.0.1:19361 --web.socket "" 2>&1 | head -1; }
+systemctl stop remote-vm.service
+say "squat service-stopped socket=$(systemctl is-active remote-vm.socket) | $(squat)"
+say "activation healthz=$(code --max-time 120 http://127.0.0.1:19361/healthz) active=$(systemctl is-active remote-vm.service)"
+for i in $(seq 1 60); do systemctl is-active --quiet remote-vm.service && break; sleep 1; done
+pid=$(systemctl show -p MainPID --value remote-vm.service)
+# A service that fails at every start: with the shipped StartLimitIntervalSec=0
+# it is restarted for ever and the socket keeps the port; with systemd's
+# default start limit the socket fails and the port is free (why the unit sets it).
+mkdir -p /etc/systemd/system/remote-vm.service.d
+printf '[Service]\nExecStart=\nExecStart=/bin/false\nRestartSec=200ms\n' > /etc/systemd/system/remote-vm.service.d/fail.conf
+systemctl daemon-reload
+systemctl restart remote-vm.service
+sleep 8
+say "start-limit shipped restarts=$(systemctl show -p NRestarts --value remote-vm.service) socket=$(systemctl is-active remote-vm.socket) | $(squat)"
+printf '[Unit]\nStartLimitIntervalSec=10s\nStartLimitBurst=5\n' > /etc/systemd/system/remote-vm.service.d/limit.conf
+systemctl daemon-reload
+systemctl reset-failed remote-vm.service
+systemctl restart remote-vm.service
+sleep 8
+say "start-limit default service=$(systemctl show -p Result --value remote-vm.service) socket=$(systemctl is-active remote-vm.socket) socket-result=$(systemctl show -p Result --value remote-vm.socket) | $(squat)"
+rm -r /etc/systemd/system/remote-vm.service.d
+systemctl daemon-reload
+systemctl reset-failed remote-vm.service remote-vm.socket
+systemctl start remote-vm.socket remote-vm.service
+for i in $(seq 1 120); do systemctl is-active --quiet remote-vm.service && break; sleep 1; done
+say "after-start-limit active=$(systemctl is-active remote-vm.service) socket=$(systemctl is-active remote-vm.socket)"
+pid=$(systemctl show -p MainPID --value remote-vm.service)
 # SIGHUP (systemctl reload): the config is re-read, the process stays.
 systemctl reload remote-vm.service
 sleep 3
@@ -99,6 +151,13 @@ restart_with() {
     systemctl restart remote-vm.service
     for i in $(seq 1 120); do systemctl is-active --quiet remote-vm.service && break; sleep 1; done
 }
+# A socket unit's new ListenStream= takes effect when it starts again.
+restart_both() {
+    systemctl daemon-reload
+    systemctl stop remote-vm.service remote-vm.socket
+    systemctl start remote-vm.socket remote-vm.service
+    for i in $(seq 1 120); do systemctl is-active --quiet remote-vm.service && break; sleep 1; done
+}
 # Probe costs: self_stats = true in the config. Without the drop-in the unit
 # grants no CAP_SYS_ADMIN: the daemon serves and /healthz says why; with the
 # shipped self-stats.conf the kernel collects.
@@ -115,19 +174,21 @@ sed -i 's/^self_stats = true/self_stats = false/' /etc/remote-vm/remote-vm.toml
 rm -r /etc/systemd/system/remote-vm.service.d
 restart_with
 say "fleet without-dropin=$(scrape)"
-mkdir -p /etc/systemd/system/remote-vm.service.d
-sed 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.2/' /usr/share/doc/remote-vm/examples/fleet.conf > /etc/systemd/system/remote-vm.service.d/fleet.conf
-restart_with
+mkdir -p /etc/systemd/system/remote-vm.socket.d
+sed 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.2/' /usr/share/doc/remote-vm/examples/fleet.conf > /etc/systemd/system/remote-vm.socket.d/fleet.conf
+restart_both
 say "fleet with-dropin=$(scrape)"
-sed -i 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.9/' /etc/systemd/system/remote-vm.service.d/fleet.conf
-restart_with
+say "fleet socket-kept=$(code --unix-socket /run/remote-vm/remote-vm.sock http://localhost/stalls)"
+sed -i 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.9/' /etc/systemd/system/remote-vm.socket.d/fleet.conf
+restart_both
 say "fleet other-allowed=$(scrape)"
 # TLS and basic auth under DynamicUser=: the shipped tls.conf loads the web
 # config and the files it names (root-only, 0600) as credentials.
-sed -i 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.2/' /etc/systemd/system/remote-vm.service.d/fleet.conf
+sed -i 's/^IPAddressAllow=.*/IPAddressAllow=10.77.0.2/' /etc/systemd/system/remote-vm.socket.d/fleet.conf
 install -m 0600 /root/pki/web-config.yml /root/pki/tls.crt /root/pki/tls.key /root/pki/client-ca.crt /etc/remote-vm/
+mkdir -p /etc/systemd/system/remote-vm.service.d
 cp /usr/share/doc/remote-vm/examples/tls.conf /etc/systemd/system/remote-vm.service.d/
-restart_with
+restart_both
 say "tls active=$(systemctl is-active remote-vm.service)"
 tlsget() {
     ip netns exec prom curl -sS -o /dev/null -w '%{http_code}' --max-time 10 --resolve localhost:19361:10.77.0.1 "$@" 2>/dev/null
@@ -138,13 +199,16 @@ say "tls certificate-and-password=$(tlsget $cert -u "$pass" https://localhost:19
 say "tls wrong-password=$(tlsget $cert -u prometheus:guess https://localhost:19361/metrics)"
 say "tls no-client-certificate=$(tlsget --cacert /root/pki/ca.crt -u "$pass" https://localhost:19361/metrics)"
 say "tls plain-http=$(tlsget -u "$pass" http://localhost:19361/metrics)"
+# Authenticated over TCP (certificate and password): /stalls too.
+say "tls stalls-authenticated=$(tlsget $cert -u "$pass" https://localhost:19361/stalls)"
 systemctl reload remote-vm.service
 sleep 2
 say "tls after-reload=$(tlsget $cert -u "$pass" https://localhost:19361/healthz)"
-rm -r /etc/systemd/system/remote-vm.service.d
-restart_with
+rm -r /etc/systemd/system/remote-vm.service.d /etc/systemd/system/remote-vm.socket.d
+restart_both
 journalctl -u remote-vm.service --no-pager -o cat | while IFS= read -r line; do say "journal| $line"; done
-systemctl stop remote-vm.service
+# Stopping it for good: the socket too (else a connection starts it again).
+systemctl stop remote-vm.socket remote-vm.service
 say "stopped result=$(systemctl show -p Result --value remote-vm.service) status=$(systemctl show -p ExecMainStatus --value remote-vm.service)"
 # An upgrade starts nothing the operator stopped.
 dpkg -i /root/remote-vm.deb >/dev/null 2>&1
@@ -173,7 +237,7 @@ const CAPSET_UNIT: &str = "[Unit]
 Description=remote-vm with capset denied (systemd test)
 
 [Service]
-ExecStart=/usr/bin/remote-vm-daemon run --listen 127.0.0.1:19399
+ExecStart=/usr/bin/remote-vm-daemon run --listen 127.0.0.1:19399 --web.socket \"\"
 SystemCallFilter=~capset
 SystemCallErrorNumber=EPERM
 ";
@@ -184,7 +248,7 @@ const DEGRADED_UNIT: &str = "[Unit]
 Description=remote-vm degraded by config (systemd test)
 
 [Service]
-ExecStart=/usr/bin/remote-vm-daemon run --listen 127.0.0.1:19398 --config /etc/rvm-degraded.toml
+ExecStart=/usr/bin/remote-vm-daemon run --listen 127.0.0.1:19398 --config /etc/rvm-degraded.toml --web.socket \"\"
 ";
 
 const DEGRADED_CONFIG: &str = "[probes]\nmmap_lock_host = \"off\"\n";
@@ -324,6 +388,38 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
         }
     };
     expect("the service reaches active (Type=notify: READY=1)", has("active=active"));
+    expect("the socket unit is enabled with the service (Also=) and active", has("socket active=active enabled=enabled"));
+    expect("the Unix socket is 0660 root:remote-vm-ops", has("socket-file 660 root:remote-vm-ops"));
+    expect("/stalls over plain TCP: 403", has("stalls tcp=403"));
+    expect("/stalls on the Unix socket for root: 200", has("stalls socket-root=200"));
+    expect("… for a member of group remote-vm-ops: 200", has("stalls socket-member=200"));
+    expect("… a user outside the group cannot open it", has("stalls socket-other=000"));
+    expect("top with no flags as a member shows the stalls", has("top member exit=0 stalls-shown=1"));
+    expect("top as another user: exit 1, permission denied", has("top other exit=1 refused=1"));
+    expect(
+        "the service stopped, the socket unit still holds the port: a user's own listener fails",
+        lines.iter().any(|l| l.starts_with("squat service-stopped socket=active | ") && l.contains("Address already in use")),
+    );
+    expect("a connection to the socket starts the service", has("activation healthz=200 active=active"));
+    expect(
+        "a service failing at every start is restarted for ever (StartLimitIntervalSec=0) and the port stays held",
+        lines.iter().any(|l| {
+            l.strip_prefix("start-limit shipped restarts=").is_some_and(|r| {
+                r.split_whitespace().next().and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n >= 5)
+                    && r.contains("socket=active | ")
+                    && r.contains("Address already in use")
+            })
+        }),
+    );
+    expect(
+        "… with systemd's default start limit the socket fails and the port is free (what the unit's setting prevents)",
+        lines.iter().any(|l| {
+            l.starts_with("start-limit default service=")
+                && l.contains(" socket=failed socket-result=service-start-limit-hit | ")
+                && !l.contains("Address already in use")
+        }),
+    );
+    expect("after the start-limit checks both are active again", has("after-start-limit active=active socket=active"));
     expect(
         "it runs as a dynamic user, not root",
         lines.iter().any(|l| l.starts_with("user=") && !l.starts_with("user=root") && !l.contains("uid=0")),
@@ -351,13 +447,15 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     expect("an upgrade starts nothing the operator stopped", has("upgrade-while-stopped active=inactive"));
     let scraped = |prefix: &str| lines.iter().find_map(|l| l.strip_prefix(prefix)).and_then(|n| n.trim().parse::<u32>().ok());
     expect("without the drop-in another network namespace cannot scrape", scraped("fleet without-dropin=") == Some(0));
-    expect("with the fleet drop-in it can", scraped("fleet with-dropin=").is_some_and(|n| n > 100));
+    expect("with the fleet drop-in (for remote-vm.socket) it can", scraped("fleet with-dropin=").is_some_and(|n| n > 100));
+    expect("… and the Unix socket stays", has("fleet socket-kept=200"));
     expect("… only from the addresses IPAddressAllow= names", scraped("fleet other-allowed=") == Some(0));
     expect("TLS under DynamicUser= with LoadCredential= (tls.conf): the service starts", has("tls active=active"));
     expect("… a scrape with the client certificate and the password gets in", has("tls certificate-and-password=200"));
     expect("… a wrong password answers 401", has("tls wrong-password=401"));
     expect("… no client certificate: no handshake", has("tls no-client-certificate=000"));
     expect("… plain HTTP answers 400", has("tls plain-http=400"));
+    expect("… an authenticated request gets /stalls over TCP", has("tls stalls-authenticated=200"));
     expect("… systemctl reload re-reads the web config and keeps serving", has("tls after-reload=200"));
     expect(
         "… the journal says it serves https with client certificates and basic auth",
@@ -388,6 +486,6 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
             vm::tail(&console, 15)
         );
     }
-    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, reload, watchdog restart, capset denied → exit 1, journal priorities, upgrades under policy-rc.d, the fleet drop-in, TLS and basic auth through LoadCredential=, clean stop)");
+    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, the socket unit: /stalls on the Unix socket for its group only, no squatting, activation, the start limit; reload, watchdog restart, capset denied → exit 1, journal priorities, upgrades under policy-rc.d, the fleet socket drop-in, TLS and basic auth through LoadCredential=, clean stop)");
     Ok(())
 }

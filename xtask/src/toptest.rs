@@ -15,6 +15,10 @@ use remote_vm_common::{Interface, classify::HolderKind};
 
 use crate::{util::say, vm};
 
+/// The guest daemon's basic auth user for this test (`rvm.serve_auth`).
+const TOP_USER: &str = "top";
+const TOP_PASSWORD: &str = "top-test-password";
+
 /// The tmux server of this test only (`tmux -L`), never the user's.
 const TMUX_SOCKET: &str = "remote-vm-top-test";
 const SESSION: &str = "top";
@@ -71,14 +75,28 @@ pub fn run(root: &Path) -> Result<()> {
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let url = format!("http://127.0.0.1:{port}");
     let bin = root.join("target/release/remote-vm-daemon");
-    let mut guest = vm::ServingVm::start(&kernel, &initramfs, &dir, port, "rvm.serve_workload=stall rvm.stall_hold_ms=8000")?;
+    // /stalls over TCP needs authentication: the guest's daemon takes basic
+    // auth for this user, and top on this side the password from a file.
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, format!("{TOP_PASSWORD}\n"))?;
+    let params = format!("rvm.serve_workload=stall rvm.stall_hold_ms=8000 rvm.serve_auth={TOP_USER}:{TOP_PASSWORD}");
+    let mut guest = vm::ServingVm::start(&kernel, &initramfs, &dir, port, &params)?;
     guest.wait_serving(Duration::from_secs(300))?;
     guest.wait_for("vmtest: stall-waiting", Duration::from_secs(300))?;
     let want = expected_line(&std::fs::read_to_string(&guest.console)?)?;
     say!("top-test: the guest's reader is waiting: {want}");
 
-    // --once: one frame on stdout, exit 0.
-    let once = Command::new(&bin).args(["top", "--once", "--url", &url]).output()?;
+    // In the guest, `top` with no flags reads the daemon's Unix socket.
+    guest.wait_for("vmtest: top-socket-exit", Duration::from_secs(30))?;
+    let console = std::fs::read_to_string(&guest.console)?;
+    let frame: Vec<&str> = console.lines().filter_map(|l| l.trim_end_matches('\r').split("vmtest: top-socket| ").nth(1)).collect();
+    ensure!(console.contains("vmtest: top-socket-exit 0"), "top --once in the guest (its Unix socket) did not exit 0:\n{}", frame.join("\n"));
+    ensure!(frame.iter().any(|l| l.contains(&want)), "top --once in the guest (its Unix socket) does not show {want:?}:\n{}", frame.join("\n"));
+    say!("top-test: in the guest, top with no flags reads the Unix socket and names reader, target and holder");
+
+    // --once over TCP with basic auth: one frame on stdout, exit 0.
+    let auth: Vec<String> = vec!["--basic-auth-user".into(), TOP_USER.into(), "--basic-auth-password-file".into(), password_file.display().to_string()];
+    let once = Command::new(&bin).args(["top", "--once", "--url", &url]).args(&auth).output()?;
     let frame = String::from_utf8_lossy(&once.stdout);
     ensure!(once.status.success(), "top --once exited {}: {frame}", once.status);
     ensure!(frame.contains(&want), "top --once does not show {want:?}:\n{frame}");
@@ -86,7 +104,7 @@ pub fn run(root: &Path) -> Result<()> {
 
     // The live view in an 80×24 tmux pane.
     let _ = tmux(&["kill-server"]);
-    let command = format!("{} top --url {url}", bin.display());
+    let command = format!("{} top --url {url} {}", bin.display(), auth.join(" "));
     let out = tmux(&["new-session", "-d", "-s", SESSION, "-x", "80", "-y", "24", &command])?;
     ensure!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
     let result = (|| -> Result<()> {

@@ -81,7 +81,7 @@ pub fn test(root: &Path) -> Result<()> {
     say!("web: the host daemon with --web.config.file {} (TLS, client certificates required, basic auth)", yml.display());
     let _daemon = Guard(
         Command::new(root.join("target/release/remote-vm-daemon"))
-            .args(["run", "--web.listen-address", &format!("127.0.0.1:{DAEMON_PORT}"), "--log.level", "info", "--web.config.file"])
+            .args(["run", "--web.listen-address", &format!("127.0.0.1:{DAEMON_PORT}"), "--log.level", "info", "--web.socket", "", "--web.config.file"])
             .arg(&yml)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("daemon.log"))?)

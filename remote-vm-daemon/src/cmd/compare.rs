@@ -23,11 +23,10 @@
 use remote_vm_common::catalog as cat;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::PathBuf,
     time::Duration,
 };
 
-use remote_vm_prom::{Auth, Client, Options};
+use remote_vm_prom::{Client, Options};
 use serde_json::Value;
 
 mod tally;
@@ -51,9 +50,9 @@ pub enum CompareError {
     /// An answer that is not what Prometheus sends for a counter.
     #[error("the answer to {what}: {reason}")]
     BadAnswer { what: String, reason: String },
-    /// A credentials or CA file that cannot be read.
-    #[error("{flag} {path}: {reason}")]
-    File { flag: &'static str, path: String, reason: String },
+    /// A credentials, CA or client certificate file that cannot be used.
+    #[error(transparent)]
+    File(#[from] super::client::FileError),
     #[error("--chunk {0}: expected a duration such as 1h or 1d, at least 1m")]
     Chunk(String),
     /// Unreachable, timed out, an HTTP error, a failed query: each names the URL.
@@ -88,70 +87,19 @@ pub const CHUNK_SAMPLES: f64 = 4_000_000.0;
 /// names them in a regular expression: keeps URLs short).
 const RAW_BATCH: usize = 50;
 
-/// How to reach the engine (`--prometheus`, `--ca-file`, credentials from files).
+/// How to reach the engine (`--prometheus`; the CA, credentials and client
+/// certificate from files).
 #[derive(Debug, Default, Clone)]
 pub struct Connection {
     pub url: String,
-    pub ca_file: Option<PathBuf>,
-    pub basic_auth_user: Option<String>,
-    pub basic_auth_password_file: Option<PathBuf>,
-    pub bearer_token_file: Option<PathBuf>,
-}
-
-/// A secret from a file: its contents without the trailing newline (bounded).
-fn secret(flag: &'static str, path: &PathBuf) -> Result<String, CompareError> {
-    use std::io::Read;
-    let err = |reason: String| CompareError::File { flag, path: path.display().to_string(), reason };
-    let mut buf = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(65_537).read_to_end(&mut buf))
-        .map_err(|e| err(format!("cannot read: {e}")))?;
-    if buf.len() > 65_536 {
-        return Err(err("larger than 64 KiB".into()));
-    }
-    let text = String::from_utf8(buf).map_err(|_| err("not UTF-8".into()))?;
-    let text = text.strip_suffix('\n').unwrap_or(&text);
-    let text = text.strip_suffix('\r').unwrap_or(text);
-    if text.is_empty() || text.contains(['\n', '\r']) {
-        return Err(err("expected one line".into()));
-    }
-    Ok(text.to_string())
+    pub client: super::client::ClientFlags,
 }
 
 impl Connection {
     /// The client, credentials and CA read from their files.
     pub fn open(&self) -> Result<Prometheus, CompareError> {
-        let auth = match (&self.basic_auth_user, &self.basic_auth_password_file, &self.bearer_token_file) {
-            (_, _, Some(_)) if self.basic_auth_user.is_some() || self.basic_auth_password_file.is_some() => {
-                return Err(CompareError::File {
-                    flag: "--bearer-token-file",
-                    path: self.bearer_token_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                    reason: "give either basic auth or a bearer token".into(),
-                });
-            }
-            (_, _, Some(token)) => Some(Auth::Bearer(secret("--bearer-token-file", token)?)),
-            (Some(user), Some(pw), None) => Some(Auth::Basic {
-                user: user.clone(),
-                password: secret("--basic-auth-password-file", pw)?,
-            }),
-            (Some(_), None, None) | (None, Some(_), None) => {
-                return Err(CompareError::File {
-                    flag: "--basic-auth-password-file",
-                    path: self.basic_auth_password_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-                    reason: "basic auth needs both --basic-auth-user and --basic-auth-password-file".into(),
-                });
-            }
-            (None, None, None) => None,
-        };
-        let ca_pem = match &self.ca_file {
-            Some(p) => Some(std::fs::read(p).map_err(|e| CompareError::File {
-                flag: "--ca-file",
-                path: p.display().to_string(),
-                reason: format!("cannot read: {e}"),
-            })?),
-            None => None,
-        };
-        Prometheus::with(&self.url, auth, ca_pem)
+        let options = self.client.options(Prometheus::options())?;
+        Prometheus::with(&self.url, options)
     }
 }
 
@@ -163,18 +111,12 @@ impl Prometheus {
     /// `http[s]://[USER:PASSWORD@]HOST[:PORT][/PATH]`; https checks the server
     /// against the system's CA certificates.
     pub fn parse(url: &str) -> Result<Prometheus, CompareError> {
-        Prometheus::with(url, None, None)
+        Prometheus::with(url, Prometheus::options())
     }
 
-    fn with(url: &str, auth: Option<Auth>, ca_pem: Option<Vec<u8>>) -> Result<Prometheus, CompareError> {
-        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
-        if !matches!(scheme.as_deref(), Some("http" | "https")) {
-            return Err(CompareError::Url {
-                url: remote_vm_prom::without_credentials(url),
-                reason: "only http:// and https:// URLs are taken".into(),
-            });
-        }
-        let options = Options {
+    /// What `compare` asks of its client, before credentials.
+    fn options() -> Options {
+        Options {
             connect_timeout: Duration::from_secs(10),
             // A little over Prometheus' own default query timeout (2 min), so
             // that a slow query fails with Prometheus' word for it.
@@ -182,9 +124,18 @@ impl Prometheus {
             // Raw samples of every series over the range: can be large, and
             // the parsed answer takes several times its size.
             max_body: MAX_BODY,
-            auth,
-            ca_pem,
-        };
+            ..Options::default()
+        }
+    }
+
+    fn with(url: &str, options: Options) -> Result<Prometheus, CompareError> {
+        let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if !matches!(scheme.as_deref(), Some("http" | "https")) {
+            return Err(CompareError::Url {
+                url: remote_vm_prom::without_credentials(url),
+                reason: "only http:// and https:// URLs are taken".into(),
+            });
+        }
         // Its errors show the URL without a password.
         let client = Client::with_options(url, options).map_err(|e| match e {
             remote_vm_prom::Error::Url { url, reason } => CompareError::Url { url, reason },
@@ -886,26 +837,28 @@ mod tests {
             std::fs::write(&p, text).unwrap();
             p
         };
-        let conn = |c: Connection| c.open().map(|p| p.api.client().options().auth.clone());
-        let base = || Connection { url: "http://[::1]:9090".into(), ..Default::default() };
+        use super::super::client::ClientFlags;
+        use remote_vm_prom::Auth;
+        let conn = |c: ClientFlags| Connection { url: "http://[::1]:9090".into(), client: c }.open().map(|p| p.api.client().options().auth.clone());
+        let base = ClientFlags::default;
         let pw = file("pw", "s3cret\n");
-        let got = conn(Connection { basic_auth_user: Some("u".into()), basic_auth_password_file: Some(pw.clone()), ..base() }).unwrap();
+        let got = conn(ClientFlags { basic_auth_user: Some("u".into()), basic_auth_password_file: Some(pw.clone()), ..base() }).unwrap();
         assert_eq!(got, Some(Auth::Basic { user: "u".into(), password: "s3cret".into() }));
         let token = file("token", "t0k3n\r\n");
-        assert_eq!(conn(Connection { bearer_token_file: Some(token.clone()), ..base() }).unwrap(), Some(Auth::Bearer("t0k3n".into())));
-        let err = |c: Connection| conn(c).unwrap_err().to_string();
+        assert_eq!(conn(ClientFlags { bearer_token_file: Some(token.clone()), ..base() }).unwrap(), Some(Auth::Bearer("t0k3n".into())));
+        let err = |c: ClientFlags| conn(c).unwrap_err().to_string();
         let two = file("two", "a\nb\n");
         assert_eq!(
-            err(Connection { bearer_token_file: Some(two.clone()), ..base() }),
+            err(ClientFlags { bearer_token_file: Some(two.clone()), ..base() }),
             format!("--bearer-token-file {}: expected one line", two.display())
         );
-        assert!(err(Connection { basic_auth_user: Some("u".into()), ..base() }).contains("needs both --basic-auth-user and --basic-auth-password-file"));
-        assert!(err(Connection { basic_auth_user: Some("u".into()), basic_auth_password_file: Some(pw), bearer_token_file: Some(token), ..base() })
+        assert!(err(ClientFlags { basic_auth_user: Some("u".into()), ..base() }).contains("needs both --basic-auth-user and --basic-auth-password-file"));
+        assert!(err(ClientFlags { basic_auth_user: Some("u".into()), basic_auth_password_file: Some(pw), bearer_token_file: Some(token), ..base() })
             .contains("either basic auth or a bearer token"));
         let missing = dir.join("missing");
-        assert!(err(Connection { ca_file: Some(missing.clone()), ..base() }).starts_with(&format!("--ca-file {}: cannot read: ", missing.display())));
+        assert!(err(ClientFlags { ca_file: Some(missing.clone()), ..base() }).starts_with(&format!("--ca-file {}: cannot read: ", missing.display())));
         let junk = file("junk.pem", "no certificate here\n");
-        assert!(err(Connection { ca_file: Some(junk), ..base() }).contains("the CA file has no PEM certificate"));
+        assert!(err(ClientFlags { ca_file: Some(junk), ..base() }).contains("the CA file has no PEM certificate"));
         assert_eq!(parse_end("now", 65.0), Ok(5.0));
         assert_eq!(parse_end("1795000000.5", 5.0), Ok(1795000000.5));
         assert!(parse_end("yesterday", 5.0).is_err());

@@ -1,5 +1,6 @@
 //! One module per subcommand; `main.rs` parses the command line and dispatches.
 pub mod check;
+pub mod client;
 pub mod compare;
 pub mod run;
 

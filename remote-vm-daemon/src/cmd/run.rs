@@ -5,7 +5,7 @@ use super::{Common, EXIT_OK, fail};
 use crate::{
     caps,
     kernel::Kernel,
-    logging,
+    listen, logging,
     metrics::coverage::Sight,
     notify, server,
     server::State,
@@ -20,6 +20,8 @@ pub struct WebFlags {
     pub listen: Vec<SocketAddr>,
     /// `--web.telemetry-path`.
     pub telemetry_path: Option<String>,
+    /// `--web.socket` (`Some(None)`: "", none).
+    pub socket: Option<Option<std::path::PathBuf>>,
 }
 
 impl WebFlags {
@@ -30,53 +32,9 @@ impl WebFlags {
         if let Some(p) = &self.telemetry_path {
             config.telemetry_path = p.clone();
         }
-    }
-}
-
-/// Binds `addr`. `[::]:PORT` (from `:PORT`) takes IPv4 too, whatever
-/// `net.ipv6.bindv6only` says (as Go's `:PORT` does), and falls back to
-/// `0.0.0.0:PORT` on a kernel without IPv6.
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    if addr.ip() != std::net::IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED) {
-        return std::net::TcpListener::bind(addr);
-    }
-    match bind_dual_stack(addr.port()) {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => {
-            std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port()))
+        if let Some(s) = &self.socket {
+            config.socket = s.clone();
         }
-        r => r,
-    }
-}
-
-/// `[::]:port` with `IPV6_V6ONLY` off (and `SO_REUSEADDR`, as std's bind).
-fn bind_dual_stack(port: u16) -> std::io::Result<std::net::TcpListener> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let err = std::io::Error::last_os_error;
-    // SAFETY: plain socket calls on a descriptor this function owns, with
-    // option values and a sockaddr_in6 of the sizes passed.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(err());
-        }
-        let sock = OwnedFd::from_raw_fd(fd);
-        let set = |level, name, value: libc::c_int| {
-            let v = &value as *const libc::c_int as *const libc::c_void;
-            libc::setsockopt(sock.as_raw_fd(), level, name, v, std::mem::size_of::<libc::c_int>() as libc::socklen_t)
-        };
-        if set(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 0) != 0 || set(libc::SOL_SOCKET, libc::SO_REUSEADDR, 1) != 0 {
-            return Err(err());
-        }
-        let mut sa: libc::sockaddr_in6 = std::mem::zeroed();
-        sa.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-        sa.sin6_port = port.to_be();
-        let len = std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-        if libc::bind(sock.as_raw_fd(), &sa as *const libc::sockaddr_in6 as *const libc::sockaddr, len) != 0
-            || libc::listen(sock.as_raw_fd(), 128) != 0
-        {
-            return Err(err());
-        }
-        Ok(std::net::TcpListener::from(sock))
     }
 }
 
@@ -96,26 +54,18 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
     };
     logging::init(config.log_level, config.log_format);
     let notify = notify::Notifier::from_env();
-    // Bind first: a taken port fails before anything is attached.
-    let mut listeners = Vec::new();
-    for addr in &config.listen {
-        notify.status(&format!("binding {addr}"));
-        match bind(*addr) {
-            Ok(l) => listeners.push(l),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                return fail(format!(
-                    "cannot listen on {addr}: {e} (another remote-vm-daemon? choose another with --web.listen-address)"
-                ));
-            }
-            Err(e) => return fail(format!("cannot listen on {addr}: {e}")),
-        }
+    // Bind first (or take systemd's sockets): a taken port fails before
+    // anything is attached.
+    let mut listening = match listen::listeners(&config, |s| notify.status(s)) {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    for note in &listening.notes {
+        log::warn!("{note}");
     }
-    let urls: Vec<String> = listeners
-        .iter()
-        .zip(&config.listen)
-        .map(|(l, addr)| format!("{}://{}{}", web.scheme(), l.local_addr().unwrap_or(*addr), config.telemetry_path))
-        .collect();
-    let urls = urls.join(", ");
+    let urls: Vec<String> = listening.bound.iter().map(|b| b.shown(web.scheme(), &config.telemetry_path)).collect();
+    let urls = urls.join(", ") + if listening.passed { " (sockets from systemd)" } else { "" };
+    let bound = std::mem::take(&mut listening.bound);
     let web_summary = web.summary.clone();
     let web = Arc::new(crate::webconfig::Switch::new(web));
     notify.status("attaching probes");
@@ -165,7 +115,9 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
     let state = Arc::new(State {
-        stalls: config.stalls_http.then_some(stall_log),
+        stalls: (config.stalls_serve != crate::config::StallsServe::Off).then_some(stall_log),
+        stalls_serve: config.stalls_serve,
+        socket: listening.socket.clone(),
         facts,
         attached,
         sight,
@@ -183,9 +135,14 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
         renders: std::sync::OnceLock::new(),
     });
     let served = runtime.block_on(async {
-        let listeners = listeners
+        let listeners = bound
             .into_iter()
-            .map(|l| l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l)))
+            .map(|b| match b {
+                listen::Bound::Tcp(l) => l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l)).map(server::Listener::Tcp),
+                listen::Bound::Unix(l, _) => {
+                    l.set_nonblocking(true).and_then(|()| tokio::net::UnixListener::from_std(l)).map(server::Listener::Unix)
+                }
+            })
             .collect::<std::io::Result<Vec<_>>>()?;
         // The handler first, then SIGHUP unblocked (a pending one is
         // delivered now and reloads), then READY=1.
@@ -217,6 +174,8 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
     log::info!("shutting down");
     drop(runtime);
     drop(state);
+    // The Unix socket this process made goes with it.
+    drop(listening);
     match served {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => fail(format!("cannot serve on {urls}: {e}")),

@@ -63,6 +63,9 @@ pub struct StallIds {
     pub pt_regs_syscall: Item<u64>,
     /// `RWSEM_WAITING_FOR_WRITE` (`enum rwsem_waiter_type`).
     pub waiting_for_write: Item<u32>,
+    /// `task_struct.__state` (5.14 on; `state` before): a wait in progress is
+    /// reported only while its thread sleeps.
+    pub task_state: Item<u64>,
 }
 
 /// `struct pt_regs`' member with the system call number on this architecture.
@@ -87,6 +90,7 @@ impl StallIds {
             waiter_type: btf.field_offset("rwsem_waiter", "type"),
             pt_regs_syscall: btf.field_offset("pt_regs", PT_REGS_SYSCALL),
             waiting_for_write: btf.enum_value("RWSEM_WAITING_FOR_WRITE").map(|v| v as u32),
+            task_state: btf.field_offset("task_struct", "__state").or_else(|e| btf.field_offset("task_struct", "state").map_err(|_| e)),
         }
     }
 
@@ -109,11 +113,12 @@ impl StallIds {
             waiter_type: no(),
             pt_regs_syscall: no(),
             waiting_for_write: Err("no BTF".to_string()),
+            task_state: no(),
         }
     }
 
     /// (global name, item) pairs, for the programs and `check`.
-    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 15] {
+    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 16] {
         [
             ("MM_OWNER_OFF", "mm_struct.owner", &self.mm_owner),
             ("MM_ARG_START_OFF", "mm_struct.arg_start", &self.mm_arg_start),
@@ -130,6 +135,7 @@ impl StallIds {
             ("WAITER_LIST_OFF", "rwsem_waiter.list", &self.waiter_list),
             ("WAITER_TYPE_OFF", "rwsem_waiter.type", &self.waiter_type),
             ("PT_REGS_SYSCALL_OFF", if cfg!(target_arch = "aarch64") { "pt_regs.syscallno" } else { "pt_regs.orig_ax" }, &self.pt_regs_syscall),
+            ("TASK_STATE_OFF", "task_struct.__state", &self.task_state),
         ]
     }
 }
@@ -158,7 +164,7 @@ impl StallIds {
     fn line(&self) -> String {
         let unknown = self.missing();
         if unknown.is_empty() {
-            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.pid/tgid/comm, rw_semaphore words and waiter queue, pt_regs syscall number) = all found".to_string()
+            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.pid/tgid/comm/__state, rw_semaphore words and waiter queue, pt_regs syscall number) = all found".to_string()
         } else {
             format!("btf: stall event identities: unknown {} (events leave them out)", unknown.join(", "))
         }
@@ -371,6 +377,8 @@ mod tests {
                 assert_eq!(ids.pt_regs_syscall, Ok(15 * 8), "{name}");
             }
             assert!(ids.task_comm.is_ok(), "{name}");
+            // unsigned int __state since 5.14 (after thread_info, first on x86-64: 24).
+            assert!(ids.task_state.is_ok(), "{name}: {:?}", ids.task_state);
         }
     }
 }

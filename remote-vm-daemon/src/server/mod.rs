@@ -25,7 +25,7 @@ use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Incoming, header, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
-    net::TcpListener,
+    net::{TcpListener, UnixListener},
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
@@ -34,6 +34,7 @@ use conns::{Admit, Peer, Phase};
 
 use crate::{
     bpf::{Attached, Session},
+    config::StallsServe,
     kernel::KernelFacts,
     metrics::{self, View, coverage::Sight},
     stalls::{StallLog, StallsPage},
@@ -63,6 +64,10 @@ pub struct State {
     /// The renders, once `serve` started them (the watchdog asks whether
     /// one is stuck).
     pub renders: std::sync::OnceLock<Arc<Coalescer<Arc<Rendered>>>>,
+    /// Who `/stalls` is served to.
+    pub stalls_serve: StallsServe,
+    /// The Unix socket served on, if any (for the 403's words).
+    pub socket: Option<std::path::PathBuf>,
 }
 
 impl State {
@@ -246,17 +251,42 @@ fn throttled_warn(t: &Mutex<Throttled>, msg: impl FnOnce() -> String) {
     }
 }
 
+/// Where the endpoint listens: TCP (TLS and basic auth as the web config
+/// says) or the Unix socket (every path, `/stalls` included, to whoever may
+/// open it: its permissions are the authentication).
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// An accepted connection's stream.
+enum Stream {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
 /// One accepted connection on its way to the serving loop, with its share of
 /// the socket budget (released when the socket is gone).
 struct Accepted {
-    stream: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
+    stream: Stream,
+    peer: Peer,
+    /// Who, for the log: an address, or `uid N` on the Unix socket.
+    shown: String,
     permit: OwnedSemaphorePermit,
+}
+
+/// What a request's connection says of it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Origin {
+    /// Over the Unix socket.
+    pub unix: bool,
+    /// Over TLS with a client certificate the client CA verified.
+    pub client_cert: bool,
 }
 
 /// Serves on every listener until `shutdown`: one accept loop each, one set
 /// of limits (`max_connections` counts the connections of all of them).
-pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
+pub async fn serve(listeners: Vec<Listener>, state: Arc<State>, limits: Limits, shutdown: impl std::future::Future<Output = ()>) {
     tokio::pin!(shutdown);
     let sockets = Arc::new(Semaphore::new(limits.max_sockets()));
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Accepted>(1);
@@ -288,18 +318,22 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limit
             },
             () = &mut shutdown => break,
         };
-        // The TLS config when the connection came (SIGHUP: the next ones take the new one).
-        let tls = state.web.current().tls.clone();
-        let (admitted, evicted) = state.conns().admit(Peer::of(accepted.peer), tls.is_some());
+        // The TLS config when the connection came (SIGHUP: the next ones
+        // take the new one); never on the Unix socket.
+        let tls = match accepted.stream {
+            Stream::Tcp(_) => state.web.current().tls.clone(),
+            Stream::Unix(_) => None,
+        };
+        let (admitted, evicted) = state.conns().admit(accepted.peer, tls.is_some());
         if !evicted.is_empty() || admitted == Admit::Refused {
             let max = limits.max_connections;
             throttled_warn(&cap_log, || {
                 let peer_cap = evicted.iter().any(|(_, why)| *why == conns::Why::PeerCap);
                 match admitted {
-                    Admit::Refused => format!("{max} connections open (web.max_connections), each answering a request: a new one from {} refused", accepted.peer),
+                    Admit::Refused => format!("{max} connections open (web.max_connections), each answering a request: a new one from {} refused", accepted.shown),
                     Admit::In(_) if peer_cap => format!(
                         "{} holds {} connections without a request in progress (a quarter of web.max_connections {max}): closed its oldest for its new one",
-                        accepted.peer.ip(),
+                        accepted.shown,
                         conns::Table::per_peer_for(max)
                     ),
                     Admit::In(_) => format!("{max} connections open (web.max_connections): closed one of the address holding the most without a request in progress"),
@@ -314,19 +348,22 @@ pub async fn serve(listeners: Vec<TcpListener>, state: Arc<State>, limits: Limit
             limits,
         };
         let (handshakes, tls_log) = (handshakes.clone(), tls_log.clone());
-        let Accepted { stream, peer, permit } = accepted;
+        let Accepted { stream, shown: peer, permit, .. } = accepted;
         let task = tokio::spawn(async move {
             // Both go when the socket does: its place in the table and in the budget.
             let _gone = Gone(conn.state.clone(), id);
             let _permit = permit;
-            match tls {
-                None => conn.serve(stream).await,
-                Some(config) => {
+            match (stream, tls) {
+                (Stream::Unix(stream), _) => conn.serve(stream, Origin { unix: true, client_cert: false }).await,
+                (Stream::Tcp(stream), None) => conn.serve(stream, Origin::default()).await,
+                (Stream::Tcp(stream), Some(config)) => {
                     let deadline = limits.header_timeout;
                     match tokio::time::timeout(deadline, handshakes.accept(stream, config)).await {
                         Ok(Ok(tls)) => {
                             conn.state.conns().set(id, Phase::Waiting { served: false });
-                            conn.serve(tls).await;
+                            // With a verifier configured, a certificate shown was verified.
+                            let client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                            conn.serve(tls, Origin { unix: false, client_cert }).await;
                         }
                         Ok(Err(tls::Failed::Because(why))) => throttled_warn(&tls_log, || format!("TLS handshake with {peer} failed: {why}")),
                         // As an idle plain connection: closed, not worth a warning.
@@ -353,17 +390,35 @@ impl Drop for Gone {
     }
 }
 
+impl Listener {
+    /// The next connection: its stream, its peer, and how the log shows it.
+    async fn accept(&self) -> std::io::Result<(Stream, Peer, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, addr) = l.accept().await?;
+                Ok((Stream::Tcp(stream), Peer::of(addr), addr.to_string()))
+            }
+            Listener::Unix(l) => {
+                let (stream, _) = l.accept().await?;
+                // SO_PEERCRED: the connecting process's uid (u32::MAX: unknown).
+                let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+                Ok((Stream::Unix(stream), Peer::Unix(uid), format!("uid {uid} on the Unix socket")))
+            }
+        }
+    }
+}
+
 /// Accepts on one listener and hands each connection to `serve`, each with
 /// a share of the socket budget (taken before the accept: out of shares, new
 /// connections wait in the kernel's backlog).
-async fn accept_loop(listener: TcpListener, sockets: Arc<Semaphore>, tx: tokio::sync::mpsc::Sender<Accepted>, log: Arc<Mutex<Throttled>>) {
+async fn accept_loop(listener: Listener, sockets: Arc<Semaphore>, tx: tokio::sync::mpsc::Sender<Accepted>, log: Arc<Mutex<Throttled>>) {
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let Ok(permit) = sockets.clone().acquire_owned().await else { return };
         match listener.accept().await {
-            Ok((stream, peer)) => {
+            Ok((stream, peer, shown)) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                if tx.send(Accepted { stream, peer, permit }).await.is_err() {
+                if tx.send(Accepted { stream, peer, shown, permit }).await.is_err() {
                     return;
                 }
             }
@@ -389,7 +444,7 @@ struct Conn {
 }
 
 impl Conn {
-    async fn serve<S>(self, io: S)
+    async fn serve<S>(self, io: S, origin: Origin)
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -402,7 +457,7 @@ impl Conn {
             state.conns().set(id, Phase::Busy);
             let (state, renders, served) = (state.clone(), renders.clone(), served.clone());
             async move {
-                let (resp, admitted) = answer(&req, &state, &renders).await;
+                let (resp, admitted) = answer(&req, origin, &state, &renders).await;
                 if admitted {
                     served.store(true, Ordering::Relaxed);
                 }
@@ -463,14 +518,16 @@ impl hyper::body::Body for Guarded {
 
 /// Basic auth (when configured) on every path, then the route; the
 /// configured headers on every answer. Also whether the request was let in.
-async fn answer(req: &Request<Incoming>, state: &State, renders: &Coalescer<Arc<Rendered>>) -> (Response<Full<Bytes>>, bool) {
+async fn answer(req: &Request<Incoming>, origin: Origin, state: &State, renders: &Coalescer<Arc<Rendered>>) -> (Response<Full<Bytes>>, bool) {
     let security: Arc<Security> = state.web.current();
+    // Basic auth over TCP; on the Unix socket its permissions decided.
     let verdict = match &security.auth {
-        Some(auth) => auth.allows(req.headers().get(header::AUTHORIZATION)).await,
-        None => Verdict::In,
+        Some(auth) if !origin.unix => auth.allows(req.headers().get(header::AUTHORIZATION)).await,
+        _ => Verdict::In,
     };
+    let authenticated = origin.client_cert || (security.auth.is_some() && verdict == Verdict::In);
     let (mut resp, admitted) = match verdict {
-        Verdict::In => (route(req, state, renders).await, true),
+        Verdict::In => (route(req, origin, authenticated, state, renders).await, true),
         Verdict::Out => {
             let mut r = text(StatusCode::UNAUTHORIZED, "text/plain; charset=utf-8", "Unauthorized\n".into());
             r.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic"));
@@ -492,7 +549,7 @@ async fn answer(req: &Request<Incoming>, state: &State, renders: &Coalescer<Arc<
     (resp, admitted)
 }
 
-async fn route(req: &Request<Incoming>, state: &State, renders: &Coalescer<Arc<Rendered>>) -> Response<Full<Bytes>> {
+async fn route(req: &Request<Incoming>, origin: Origin, authenticated: bool, state: &State, renders: &Coalescer<Arc<Rendered>>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain; charset=utf-8", "only GET\n".into());
     }
@@ -514,8 +571,11 @@ async fn route(req: &Request<Incoming>, state: &State, renders: &Coalescer<Arc<R
                 state.scrape.failure().as_deref(),
             ),
         ),
-        "/stalls" if state.stalls.is_none() => {
-            text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found (stalls.http = false)\n".into())
+        "/stalls" if state.stalls.is_none() || state.stalls_serve == StallsServe::Off => {
+            text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found ([stalls] serve = \"off\")\n".into())
+        }
+        "/stalls" if !state.stalls_serve.allows(origin.unix, authenticated) => {
+            text(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", stalls_forbidden(state))
         }
         "/stalls" => match renders.get(Want::STALLS).await.and_then(|r| r.stalls.clone()) {
             Some(Page { status: StatusCode::OK, body }) => bytes(StatusCode::OK, "application/json", body),
@@ -527,6 +587,20 @@ async fn route(req: &Request<Incoming>, state: &State, renders: &Coalescer<Arc<R
         },
         "/" => text(StatusCode::OK, "text/html; charset=utf-8", landing(&state.telemetry_path)),
         _ => text(StatusCode::NOT_FOUND, "text/plain; charset=utf-8", "not found\n".into()),
+    }
+}
+
+/// Why `/stalls` is not served to this request, and where it is.
+fn stalls_forbidden(state: &State) -> String {
+    let socket = match &state.socket {
+        Some(p) => format!("on the Unix socket {} to whoever may open it", p.display()),
+        None => "on no Unix socket (web.socket is empty)".to_string(),
+    };
+    match state.stalls_serve {
+        StallsServe::Authenticated => format!(
+            "/stalls names which process reads which, with cgroup paths: served {socket}, and over TCP only to requests that authenticated (basic auth or a client certificate: web.config_file) ([stalls] serve = \"authenticated\")\n"
+        ),
+        s => format!("/stalls names which process reads which, with cgroup paths: served {socket} only ([stalls] serve = \"{}\")\n", s.name()),
     }
 }
 

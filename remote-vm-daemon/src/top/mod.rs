@@ -16,17 +16,19 @@ use std::{
 use remote_vm_prom::{Client, Options, Scrape};
 
 use self::model::{Fetch, Model, StallsPage};
-use crate::cmd::{EXIT_FAILED, EXIT_OK, fail};
+use crate::cmd::{EXIT_FAILED, EXIT_OK, client::ClientFlags, fail};
 
 /// One poll: both endpoints, or why not.
 fn fetch(client: &Client, epoch: Instant) -> Result<Fetch, String> {
     let metrics = Scrape::fetch_with(client).map_err(|e| e.to_string())?;
-    // `/stalls` may be off (404): the rest of the screen still works.
-    let stalls = match client.get("/stalls") {
-        Ok((200, body)) => serde_json::from_str::<StallsPage>(&body).ok(),
-        _ => None,
+    // `/stalls` may be off (404) or not for this client (403): the rest of
+    // the screen still works.
+    let (stalls, stalls_status) = match client.get("/stalls") {
+        Ok((200, body)) => (serde_json::from_str::<StallsPage>(&body).ok(), Some(200)),
+        Ok((status, _)) => (None, Some(status)),
+        Err(_) => (None, None),
     };
-    Ok(Fetch { at: epoch.elapsed().as_secs_f64(), metrics, stalls })
+    Ok(Fetch { at: epoch.elapsed().as_secs_f64(), metrics, stalls, stalls_status })
 }
 
 /// The last two good fetches and how the latest attempt went.
@@ -55,20 +57,15 @@ impl History {
     }
 }
 
-fn client(url: &str, interval: Duration) -> Result<Client, String> {
+fn client(url: &str, flags: &ClientFlags, interval: Duration) -> Result<Client, String> {
     let wait = interval.max(Duration::from_secs(1)) * 2;
-    let options = Options {
-        connect_timeout: wait,
-        timeout: wait,
-        max_body: 16 << 20,
-        auth: None,
-        ca_pem: None,
-    };
+    let options = Options { connect_timeout: wait, timeout: wait, max_body: 16 << 20, ..Options::default() };
+    let options = flags.options(options).map_err(|e| e.to_string())?;
     Client::with_options(url, options).map_err(|e| e.to_string())
 }
 
-pub fn top(url: &str, interval: Duration, once: bool) -> ExitCode {
-    let client = match client(url, interval) {
+pub fn top(url: &str, flags: &ClientFlags, interval: Duration, once: bool) -> ExitCode {
+    let client = match client(url, flags, interval) {
         Ok(c) => c,
         Err(e) => return fail(format!("top: {e}")),
     };

@@ -101,8 +101,10 @@ pub struct Fetch {
     /// Seconds on a monotonic clock.
     pub at: f64,
     pub metrics: Scrape,
-    /// `None` when `/stalls` is off (`stalls.http = false`) or failed.
+    /// `None` when `/stalls` is off, not served to this client, or failed.
     pub stalls: Option<StallsPage>,
+    /// `/stalls`' status (`None`: the request failed).
+    pub stalls_status: Option<u16>,
 }
 
 /// Reads by path over the interval.
@@ -134,6 +136,8 @@ pub struct Model {
     /// Waiters now and the oldest wait's age (s), from the gauges.
     pub waiting: Option<(f64, f64)>,
     pub stalls: Option<StallsPage>,
+    /// `/stalls`' status when it was not served (403: not to this client, 404: off).
+    pub stalls_status: Option<u16>,
 }
 
 /// `name{labels}` summed over every series whose labels include `labels`.
@@ -221,6 +225,7 @@ impl Model {
             stalls_per_second: None,
             waiting: None,
             stalls: None,
+            stalls_status: None,
         };
         let Some(cur) = cur else { return m };
         let s = &cur.metrics;
@@ -232,6 +237,7 @@ impl Model {
         let oldest = s.value(cat::MMAP_LOCK_OLDEST_WAIT.name, &[]);
         m.waiting = waiters.zip(oldest);
         m.stalls = cur.stalls.clone().map(StallsPage::printable);
+        m.stalls_status = cur.stalls_status;
         let Some(prev) = prev else { return m };
         let dt = cur.at - prev.at;
         if dt <= 0.0 {
@@ -387,6 +393,7 @@ mod tests_support {
     use super::*;
 
     pub fn fetch(at: f64, text: &str, stalls: Option<StallsPage>) -> Fetch {
-        Fetch { at, metrics: Scrape::parse(text).unwrap(), stalls }
+        let stalls_status = stalls.as_ref().map(|_| 200);
+        Fetch { at, metrics: Scrape::parse(text).unwrap(), stalls, stalls_status }
     }
 }

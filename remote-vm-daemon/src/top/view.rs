@@ -109,7 +109,15 @@ pub fn draw(f: &mut Frame, m: &Model) {
                 })
                 .collect(),
         ),
-        None => (" recent stalls: /stalls not served ".to_string(), Vec::new()),
+        None => (
+            match m.stalls_status {
+                Some(403) => " recent stalls: not served to this client (use the Unix socket, or authenticate) ",
+                Some(404) => " recent stalls: /stalls off ([stalls] serve = \"off\") ",
+                _ => " recent stalls: /stalls not served ",
+            }
+            .to_string(),
+            Vec::new(),
+        ),
     };
     f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(title)), recent);
     f.render_widget(Paragraph::new(Line::raw("q quit")), foot);
@@ -170,6 +178,7 @@ mod tests {
                 recent: vec![wait],
                 dropped: 0,
             }),
+            stalls_status: Some(200),
         }
     }
 
@@ -206,9 +215,14 @@ mod tests {
         m.reads = None;
         m.waiting = None;
         m.stalls = None;
+        m.stalls_status = None;
         let screen = text(&m, 80, 24);
         assert!(screen.contains("reads/s: not exported by this daemon"), "{screen}");
         assert!(screen.contains("waiting now: not visible"), "{screen}");
         assert!(screen.contains("/stalls not served"), "{screen}");
+        m.stalls_status = Some(403);
+        assert!(text(&m, 100, 24).contains("recent stalls: not served to this client (use the Unix socket, or authenticate)"));
+        m.stalls_status = Some(404);
+        assert!(text(&m, 100, 24).contains("recent stalls: /stalls off"));
     }
 }

@@ -25,6 +25,8 @@ pub struct Running {
     pub addr: String,
     pub log: std::path::PathBuf,
     pub config: std::path::PathBuf,
+    /// Its Unix socket (`--web.socket`).
+    pub socket: std::path::PathBuf,
 }
 
 impl Running {
@@ -53,16 +55,26 @@ impl Running {
             Some((p, rest)) => (*p, rest.iter().copied().chain([DAEMON]).collect::<Vec<_>>()),
             None => (DAEMON, Vec::new()),
         };
+        // A Unix socket of its own (tests run side by side), unless the flags name one.
+        let socket = dir.join("rvm.sock");
+        let own_socket: Vec<&std::ffi::OsStr> =
+            if flags.contains(&"--web.socket") { Vec::new() } else { vec!["--web.socket".as_ref(), socket.as_os_str()] };
         let child = Command::new(program)
             .args(args)
             .args(["run", "--listen", &addr, "--config"])
             .arg(&config_path)
+            .args(own_socket)
             .args(flags)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn daemon");
-        Running { child, addr, log, config: config_path }
+        Running { child, addr, log, config: config_path, socket }
+    }
+
+    /// Its Unix socket as a base URL (`unix:/PATH`).
+    pub fn socket_url(&self) -> String {
+        format!("unix:{}", self.socket.display())
     }
 
     /// Waits until `ready(addr)` (30 s at most; panics with the log if the

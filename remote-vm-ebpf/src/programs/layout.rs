@@ -54,6 +54,9 @@ pub static RWSEM_COUNT_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 pub static RWSEM_OWNER_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 #[unsafe(no_mangle)]
 pub static TASK_PID_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// `offsetof(struct task_struct, __state)` (`state` before 5.14).
+#[unsafe(no_mangle)]
+pub static TASK_STATE_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 
 /// The rwsem's waiter queue: `offsetof(struct rw_semaphore, wait_list)` (a
 /// `list_head`, up to 7.2) or `(…, first_waiter)` (a pointer, 7.3);

@@ -2,8 +2,10 @@
 //! scrape. It walks the tasks of the daemon's PID namespace, looks each one's
 //! `CALLS` state up (no entry for a task that never made a remote access) and
 //! writes one `StallEvent` per remote access waiting for its target's
-//! mmap_lock now (`end_ns`: now, `wait_ns`: the age so far). Nothing is added
-//! to the remote-access paths for it: they already keep the state.
+//! mmap_lock now (`end_ns`: now, `wait_ns`: the age so far) — only while the
+//! thread sleeps and the lock has waiters (`wait_is_real`), so a wait whose
+//! end no program saw is not reported for ever. Nothing is added to the
+//! remote-access paths for it: they already keep the state.
 //!
 //! aya-ebpf 0.2.1 has no `#[iter]` macro; the program is written the way the
 //! others expand (section name, a context pointer, return 0). Attach target:
@@ -14,11 +16,15 @@ use aya_ebpf::{
     bindings::task_struct,
     helpers::generated::{bpf_seq_write, bpf_task_storage_get},
 };
-use remote_vm_common::{StallEvent, classify::CallState};
+use remote_vm_common::{
+    StallEvent,
+    classify::{CallState, wait_is_real},
+};
 
 use super::{
+    layout::{MM_MMAP_LOCK_OFF, RWSEM_COUNT_OFF, TASK_STATE_OFF, known},
     lock::{describe, task_identity},
-    maps::{CALLS, now},
+    maps::{CALLS, now, read_u32, read_u64},
 };
 
 /// `struct bpf_iter_meta`.
@@ -55,6 +61,16 @@ pub fn waits_in_progress(ctx: *mut c_void) -> i32 {
     let Some((age, write)) = state.wait_in_progress(t) else {
         return 0;
     };
+    // A wait whose end was never seen (a missed kretprobe, a skipped fexit)
+    // must not stay "in progress": only while the thread sleeps and the
+    // target's lock has waiters.
+    let state_off = TASK_STATE_OFF.load();
+    let task_state = known(state_off).then(|| read_u32(task as u64, state_off));
+    let (lock_off, count_off) = (MM_MMAP_LOCK_OFF.load(), RWSEM_COUNT_OFF.load());
+    let lock_count = (known(lock_off) && known(count_off)).then(|| read_u64(state.mm.wrapping_add(lock_off), count_off));
+    if !wait_is_real(task_state, lock_count) {
+        return 0;
+    }
     let mut e: StallEvent = describe(state, task, write);
     e.end_ns = t;
     e.wait_ns = age;

@@ -12,6 +12,9 @@ use crate::prom::{self, Scrape};
 
 pub const DAEMON: &str = "/usr/bin/remote-vm-daemon";
 pub(super) const LISTEN: &str = "127.0.0.1:19361";
+/// The daemon's Unix socket (its default `web.socket`), where `/stalls` is
+/// served without authentication: the guests' tests read it there.
+pub(super) const SOCKET: &str = concat!("unix:", "/run/remote-vm/remote-vm.sock");
 pub(super) const DAEMON_LOG: &str = "/tmp/daemon.log";
 
 #[derive(Debug, Serialize)]

@@ -129,6 +129,12 @@ pub fn main() -> Result<bool> {
     {
         report.error("waits", e);
     }
+    if run("phantom")
+        && kernel.is_some()
+        && let Err(e) = waits::phantom(&mut report)
+    {
+        report.error("phantom", e);
+    }
     if run("lifecycle")
         && let Err(e) = lifecycle(&mut report, kernel)
     {

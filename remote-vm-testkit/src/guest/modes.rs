@@ -15,7 +15,7 @@ use crate::{
     workload::Target,
 };
 
-use super::harness::{DAEMON, Daemon, LISTEN, cmdline_arg};
+use super::harness::{DAEMON, Daemon, LISTEN, SOCKET, cmdline_arg};
 
 /// `rvm.mode=serve`: bring up eth0 (QEMU user networking forwards the host's port
 /// to the guest's 19361), run the daemon on all addresses and the classification
@@ -39,13 +39,19 @@ pub(super) fn serve() -> Result<bool> {
         remote_vm_common::Family::LockVmaUnderRcu.spec().opt_in[0].name
     );
     std::fs::write("/tmp/remote-vm.toml", config)?;
-    let mut daemon = Command::new(DAEMON)
-        .args(["run", "--config", "/tmp/remote-vm.toml"])
-        .stdout(Stdio::null())
-        .spawn()
-        .context("spawn daemon")?;
+    let mut cmd = Command::new(DAEMON);
+    cmd.args(["run", "--config", "/tmp/remote-vm.toml"]);
+    // rvm.serve_auth=USER:PASSWORD: basic auth over TCP (top's test reads
+    // /stalls from the host with it).
+    if let Some((user, password)) = cmdline_arg("rvm.serve_auth").as_deref().and_then(|a| a.split_once(':')) {
+        let hash = bcrypt::hash(password, 4)?;
+        std::fs::write("/tmp/web-config.yml", format!("basic_auth_users:\n  {user}: '{hash}'\n"))?;
+        cmd.args(["--web.config.file", "/tmp/web-config.yml"]);
+    }
+    let mut daemon = cmd.stdout(Stdio::null()).spawn().context("spawn daemon")?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(prom::get(LISTEN, "/healthz"), Ok((200, _))) {
+    // Ready on its Unix socket (no password asked there).
+    while !matches!(prom::get(SOCKET, "/healthz"), Ok((200, _))) {
         if Instant::now() > deadline {
             bail!("daemon did not serve");
         }
@@ -119,7 +125,22 @@ fn stall_loop(daemon: &mut std::process::Child) -> Result<bool> {
         );
         go_tx.send(())?;
         println!("vmtest: stall-waiting");
+        // `top` with no flags, here: it reads the Unix socket. Its frame goes
+        // to the console, each line as `vmtest: top-socket| LINE`.
+        let top = std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(1500));
+            match Command::new(DAEMON).args(["top", "--once", "--interval", "0.5"]).output() {
+                Ok(out) => {
+                    for line in String::from_utf8_lossy(&out.stdout).lines() {
+                        println!("vmtest: top-socket| {line}");
+                    }
+                    println!("vmtest: top-socket-exit {}", out.status.code().unwrap_or(-1));
+                }
+                Err(e) => println!("vmtest: top-socket-exit cannot run: {e}"),
+            }
+        });
         let took = reader.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        let _ = top.join();
         let held = target.end_hold()?;
         println!("vmtest: stall-done held {:.2} s, read took {:.2} s", held as f64 / 1e9, took as f64 / 1e9);
         if let Some(status) = daemon.try_wait()? {
@@ -174,7 +195,7 @@ pub(super) fn ab() -> Result<bool> {
     running.store(false, std::sync::atomic::Ordering::Relaxed);
     let in_progress = sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
     let after = Scrape::fetch(LISTEN)?;
-    let stalls: serde_json::Value = serde_json::from_str(&prom::get(LISTEN, "/stalls")?.1)?;
+    let stalls: serde_json::Value = serde_json::from_str(&prom::get(SOCKET, "/stalls")?.1)?;
     let keep = |s: &Scrape| -> BTreeMap<String, f64> {
         s.samples.iter().filter(|(k, _)| k.starts_with(cat::PREFIX)).map(|(k, v)| (k.clone(), *v)).collect()
     };

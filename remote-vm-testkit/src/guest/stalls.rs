@@ -8,16 +8,16 @@ use std::time::Duration;
 use anyhow::Result;
 use remote_vm_common::{Interface, catalog as cat, classify::HolderKind};
 
-use super::harness::{DAEMON_LOG, Daemon, LISTEN, Report, delta, expected_holder};
+use super::harness::{DAEMON_LOG, Daemon, LISTEN, Report, SOCKET, delta, expected_holder};
 use crate::{
     classes::Kernel,
     prom::{self, Scrape},
     stall::{HOLDER_COMM, StallTarget},
 };
 
-/// `GET /stalls`, parsed.
+/// `GET /stalls` on the daemon's Unix socket, parsed.
 pub(super) fn stalls_page() -> Result<serde_json::Value> {
-    let (status, body) = prom::get(LISTEN, "/stalls")?;
+    let (status, body) = prom::get(SOCKET, "/stalls")?;
     anyhow::ensure!(status == 200, "GET /stalls: {status}");
     Ok(serde_json::from_str(&body)?)
 }
@@ -108,6 +108,9 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
         // The stall log: the same number of stalls, naming who read whom.
         let recent = stall_log(truth.unwrap_or(0) as usize)?;
         report.check(format!("{name}.stalls_logged"), &want, recent.len());
+        // Identities: on the Unix socket (above), not over TCP to a request
+        // that did not authenticate.
+        report.check(format!("{name}.stalls_over_tcp_unauthenticated"), 403, prom::get(LISTEN, "/stalls")?.0);
         if let (Some(1), Some(s)) = (truth, recent.first()) {
             let me = std::process::id() as u64;
             let comm = std::fs::read_to_string("/proc/self/comm")?.trim().to_string();

@@ -360,3 +360,82 @@ fn outside_the_host_pid_namespace(report: &mut Report) -> Result<()> {
     }
     Ok(())
 }
+
+/// Readers in the phantom suite: more than a kretprobe follows at once
+/// (`maxactive`, by default max(10, 2 × possible CPUs)).
+const PHANTOM_READERS: usize = 40;
+
+/// `phantom`: waits whose end no program saw must not stay "in progress".
+/// In kprobe mode, with more readers blocked at once than the kretprobes
+/// follow, the wait ends (and the calls' ends) of those past `maxactive` are
+/// never seen: their per-thread state says "waiting" for good. Ground truth
+/// from the workload: during a write hold all readers wait (each blocked in
+/// `/proc/PID/mem` inside the write-locked VMAs, patched or not); after it each
+/// has read and sleeps on a channel, alive, waiting on nothing. The kprobe
+/// links' `missed` must have counted first, else nothing is shown.
+pub(super) fn phantom(report: &mut Report) -> Result<()> {
+    use remote_vm_common::Family;
+    let name = "phantom";
+    let kprobe = |f: Family| f.mode("kprobe").map(|m| format!("{} = \"{}\"\n", f.name(), m.name)).unwrap_or_default();
+    let config = format!(
+        "[stalls]\nthreshold_seconds = 0.1\n[probes]\n{}{}",
+        kprobe(Family::AccessRemoteVm),
+        kprobe(Family::MmapLockRemote)
+    );
+    let mut daemon = Daemon::start(&config, &[])?;
+    let result = (|| -> Result<()> {
+        let mut target = StallTarget::spawn_merge(HOLD_MS)?;
+        let pid = target.pid();
+        let before = Scrape::fetch(LISTEN)?;
+        target.start_hold()?;
+        let inside = target.inside.context("the merge hold names no address")?;
+        std::thread::sleep(SETTLE);
+        let (done_tx, done_rx) = mpsc::channel::<Result<()>>();
+        let mut releases = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..PHANTOM_READERS {
+            let (release_tx, release_rx) = mpsc::channel::<()>();
+            releases.push(release_tx);
+            let done = done_tx.clone();
+            threads.push(std::thread::Builder::new().name(format!("rd-phantom-{i}")).spawn(move || {
+                let _ = done.send(read_mem(pid, inside));
+                // Alive, asleep on something else (a futex: interruptible).
+                let _ = release_rx.recv();
+            })?);
+        }
+        std::thread::sleep(MID);
+        let mid = Scrape::fetch(LISTEN)?;
+        let mid_done = stall::monotonic_ns();
+        let held = target.end_hold_timed()?;
+        for _ in 0..PHANTOM_READERS {
+            done_rx.recv_timeout(Duration::from_secs(60)).context("a reader never finished")??;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let after = Scrape::fetch(LISTEN)?;
+        let page = stalls_page()?;
+        let missed: f64 = [Point::MmapLockRemoteEnd, Point::AccessRemoteVmExit]
+            .iter()
+            .map(|p| delta_value(&before, &after, cat::PROBE_MISSES.name, &[("probe", p.name())]))
+            .sum();
+        println!(
+            "vmtest: {name}: {PHANTOM_READERS} readers held {:.2} s; waiting mid-hold {}, after {}; kretprobe runs missed {missed}",
+            held.ns as f64 / 1e9,
+            mid.value(cat::MMAP_LOCK_WAITERS.name, &[]).unwrap_or(-1.0),
+            after.value(cat::MMAP_LOCK_WAITERS.name, &[]).unwrap_or(-1.0)
+        );
+        report.check(format!("{name}.scrape_within_the_hold"), true, mid_done < held.end_ns);
+        report.check(format!("{name}.waiters_during_the_hold"), PHANTOM_READERS, mid.value(cat::MMAP_LOCK_WAITERS.name, &[]).unwrap_or(-1.0));
+        // What makes the rest mean something: the kernel skipped returns.
+        report.check(format!("{name}.kretprobe_missed"), true, missed > 0.0);
+        report.check(format!("{name}.waiters_after"), 0, after.value(cat::MMAP_LOCK_WAITERS.name, &[]).unwrap_or(-1.0));
+        report.check(format!("{name}.oldest_wait_after"), 0, after.value(cat::MMAP_LOCK_OLDEST_WAIT.name, &[]).unwrap_or(-1.0));
+        report.check(format!("{name}.in_progress_after"), 0, page["in_progress"].as_array().map_or(usize::MAX, Vec::len));
+        drop(releases);
+        for t in threads {
+            let _ = t.join();
+        }
+        Ok(())
+    })();
+    daemon.stop(report, name)?;
+    result
+}
