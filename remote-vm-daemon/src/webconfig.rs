@@ -7,7 +7,7 @@
 //! to the file's directory, as in exporter-toolkit (so with systemd's
 //! `LoadCredential=` the file and everything it names can sit in the
 //! credentials directory).
-use crate::printable;
+use crate::{printable, server::conns::Peer};
 use std::{
     collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
@@ -505,15 +505,25 @@ pub struct BasicAuth {
     /// clients (which `[web] max_connections` bounds). The permit goes with
     /// the check itself, so a client that leaves does not free it early.
     one_at_a_time: Arc<tokio::sync::Semaphore>,
-    /// Checks running or waiting; past `MAX_QUEUED_CHECKS` a request is
-    /// answered at once (429) instead of queueing behind a flood.
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    /// Checks running or waiting, in all and per peer: past
+    /// `MAX_QUEUED_CHECKS`, or `MAX_QUEUED_PER_PEER` of one peer, a request
+    /// is answered at once (429) instead of queueing behind a flood, and a
+    /// flood from one address leaves the others' places free.
+    queued: Arc<Mutex<Queue>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    all: usize,
+    by_peer: HashMap<Peer, usize>,
 }
 
 /// The highest bcrypt cost taken (2^16 rounds: about 4 s a check).
 const MAX_COST: u32 = 16;
-/// bcrypt checks running or waiting at once.
+/// bcrypt checks running or waiting at once...
 pub const MAX_QUEUED_CHECKS: usize = 4;
+/// ... and of one peer (an address, an IPv6 /64, this host).
+pub const MAX_QUEUED_PER_PEER: usize = 1;
 
 /// What basic auth says of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -554,7 +564,7 @@ impl BasicAuth {
             unknown_user_hash,
             cache: Mutex::new(HashMap::new()),
             one_at_a_time: Arc::new(tokio::sync::Semaphore::new(1)),
-            queued: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            queued: Arc::new(Mutex::new(Queue::default())),
         })
     }
 
@@ -571,9 +581,8 @@ impl BasicAuth {
         self.cache.lock().unwrap_or_else(PoisonError::into_inner).extend(kept);
     }
 
-    /// Whether an `Authorization` header lets the request in.
-    pub async fn allows(&self, header: Option<&hyper::header::HeaderValue>) -> Verdict {
-        use std::sync::atomic::Ordering;
+    /// Whether an `Authorization` header from `peer` lets the request in.
+    pub async fn allows(&self, header: Option<&hyper::header::HeaderValue>, peer: Peer) -> Verdict {
         let Some((user, password)) = header.and_then(|h| parse_basic(h.as_bytes())) else {
             return Verdict::Out;
         };
@@ -584,14 +593,9 @@ impl BasicAuth {
             return Verdict::In;
         }
         // A place in the queue, or an answer at once.
-        if self
-            .queued
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_QUEUED_CHECKS).then_some(n + 1))
-            .is_err()
-        {
+        let Some(place) = Queued::take(&self.queued, peer) else {
             return Verdict::Busy;
-        }
-        let place = Queued(self.queued.clone());
+        };
         let Ok(permit) = self.one_at_a_time.clone().acquire_owned().await else {
             return Verdict::Out;
         };
@@ -618,11 +622,32 @@ impl BasicAuth {
 }
 
 /// A place in the bcrypt queue, given back when dropped.
-struct Queued(Arc<std::sync::atomic::AtomicUsize>);
+struct Queued(Arc<Mutex<Queue>>, Peer);
+
+impl Queued {
+    /// A place for `peer`, if there is one.
+    fn take(queue: &Arc<Mutex<Queue>>, peer: Peer) -> Option<Queued> {
+        let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let mine = q.by_peer.get(&peer).copied().unwrap_or(0);
+        if q.all >= MAX_QUEUED_CHECKS || mine >= MAX_QUEUED_PER_PEER {
+            return None;
+        }
+        q.all += 1;
+        q.by_peer.insert(peer, mine + 1);
+        Some(Queued(queue.clone(), peer))
+    }
+}
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        q.all = q.all.saturating_sub(1);
+        if let Some(n) = q.by_peer.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                q.by_peer.remove(&self.1);
+            }
+        }
     }
 }
 

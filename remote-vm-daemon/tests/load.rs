@@ -36,9 +36,15 @@ impl Drop for Daemon {
 fn metrics_under_load() {
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let addr = format!("127.0.0.1:{port}");
+    // wrk's 64 connections come from one address, which may hold at most a
+    // quarter of max_connections without a request in progress (as they are
+    // between requests): room for all of them.
+    let config = std::env::temp_dir().join(format!("rvm-load-{}.toml", std::process::id()));
+    std::fs::write(&config, "[web]\nmax_connections = 256\n").unwrap();
     let daemon = Daemon(
         Command::new(DAEMON)
-            .args(["run", "--listen", &addr, "--log-level", "warn", "--web.socket", ""])
+            .args(["run", "--listen", &addr, "--log-level", "warn", "--web.socket", "", "--config"])
+            .arg(&config)
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),

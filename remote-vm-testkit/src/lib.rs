@@ -13,3 +13,4 @@ pub mod soak;
 pub mod bench;
 pub mod icount;
 pub mod pki;
+pub mod abuse;

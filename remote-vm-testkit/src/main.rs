@@ -1,5 +1,5 @@
 //! rvm-testkit: workloads with known answers and the in-VM test runner.
-use remote_vm_testkit::{bench, guest, icount, soak, stall, stress, workload};
+use remote_vm_testkit::{abuse, bench, guest, icount, soak, stall, stress, workload};
 
 use clap::{Parser, Subcommand};
 
@@ -70,6 +70,12 @@ enum Cmd {
         #[command(flatten)]
         args: icount::OpArgs,
     },
+    /// A local user's worst against the daemon's HTTP layer while scrapers
+    /// poll it (see abuse.rs); prints `abuse-result {json}`.
+    Abuse {
+        #[command(flatten)]
+        args: abuse::AbuseArgs,
+    },
     Target {
         #[arg(long, default_value_t = 4)]
         pages: usize,
@@ -102,6 +108,10 @@ fn main() -> std::process::ExitCode {
         }),
         Cmd::IcountOp { args } => icount::op_main(&args).and_then(|r| {
             println!("{}", serde_json::to_string(&r)?);
+            Ok(true)
+        }),
+        Cmd::Abuse { args } => abuse::run(&args).and_then(|r| {
+            println!("abuse-result {}", serde_json::to_string(&r)?);
             Ok(true)
         }),
         Cmd::Target { pages, zero_pages } => workload::target_main(pages, zero_pages).map(|()| true),

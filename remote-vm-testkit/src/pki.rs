@@ -149,37 +149,62 @@ fn authorization(ask: &Ask) -> String {
 pub struct KeptAlive {
     tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
     auth: String,
+    /// Read, not yet taken as an answer.
+    pending: Vec<u8>,
 }
 
 impl KeptAlive {
     /// TLS over `sock` (already connected), as `ask` says.
     pub fn new(sock: TcpStream, ask: &Ask) -> Result<KeptAlive> {
         sock.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(KeptAlive { tls: rustls::StreamOwned::new(client(ask)?, sock), auth: authorization(ask) })
+        Ok(KeptAlive { tls: rustls::StreamOwned::new(client(ask)?, sock), auth: authorization(ask), pending: Vec::new() })
     }
 
     /// `GET path` on this connection: the status (the body read and dropped).
     pub fn get(&mut self, path: &str) -> Result<u16> {
+        self.send(path, 1)?;
+        self.answer()
+    }
+
+    /// `n` requests of `path` written at once (pipelined), then their `n`
+    /// answers read: how many were 200.
+    pub fn pipeline(&mut self, path: &str, n: usize) -> Result<usize> {
+        self.send(path, n)?;
+        let mut ok = 0;
+        for _ in 0..n {
+            ok += usize::from(self.answer()? == 200);
+        }
+        Ok(ok)
+    }
+
+    fn send(&mut self, path: &str, n: usize) -> Result<()> {
         let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{}\r\n", self.auth);
-        self.tls.write_all(request.as_bytes())?;
-        let mut got = Vec::new();
+        self.tls.write_all(request.repeat(n).as_bytes())?;
+        Ok(())
+    }
+
+    /// One answer: its head, then Content-Length bytes of body (what comes
+    /// after is the next answer's, kept).
+    fn answer(&mut self) -> Result<u16> {
         let mut buf = [0u8; 8192];
         loop {
+            if let Some(end) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.pending[..end]).into_owned();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                    .context("no content-length")?
+                    .parse()?;
+                if self.pending.len() >= end + 4 + len {
+                    self.pending.drain(..end + 4 + len);
+                    return head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("no status in {head:?}"));
+                }
+            }
             let n = self.tls.read(&mut buf)?;
             if n == 0 {
-                bail!("closed before a whole answer: {}", String::from_utf8_lossy(&got));
+                bail!("closed before a whole answer: {}", String::from_utf8_lossy(&self.pending));
             }
-            got.extend_from_slice(&buf[..n]);
-            let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-            let head = String::from_utf8_lossy(&got[..end]).into_owned();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
-                .context("no content-length")?
-                .parse()?;
-            if got.len() >= end + 4 + len {
-                return head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).with_context(|| format!("no status in {head:?}"));
-            }
+            self.pending.extend_from_slice(&buf[..n]);
         }
     }
 }

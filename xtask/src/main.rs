@@ -4,6 +4,7 @@
 //! - `cargo xtask test`: set up, then every test: unit, host integration, VM.
 //! - `cargo xtask vm-test [--kernel [NAME=]PATH]...`: the VM tests alone.
 mod ab;
+mod abuse;
 mod apt;
 mod bench;
 mod btf_testdata;
@@ -122,6 +123,14 @@ enum Cmd {
     },
     /// `remote-vm-daemon top` in tmux against a daemon in the unpatched VM during a known stall.
     TopTest,
+    /// The HTTP layer against a local user's worst (slowloris, a connect flood,
+    /// pipelined scrapes, wrong passwords; TLS and basic auth on) while scrapers
+    /// poll once a second: none may fail (`cargo xtask test` runs it 60 s).
+    AbuseSoak {
+        /// Seconds of abuse (the full soak: 600).
+        #[arg(long, default_value_t = ABUSE_SECONDS)]
+        seconds: u64,
+    },
     /// The fuzz targets of fuzz/ (BTF, config, Prometheus answers): replay the
     /// committed corpus, then fuzz each within its budgets (fuzz/Cargo.toml).
     Fuzz {
@@ -268,6 +277,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             build(&root)?;
             toptest::run(&root)
         }
+        Cmd::AbuseSoak { seconds } => {
+            setup::setup(setup::Purpose::Test)?;
+            build(&root)?;
+            abuse::run(&root, &abuse::Args { seconds })
+        }
         Cmd::FleetTest { hosts, days } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
@@ -349,6 +363,8 @@ fn test(root: &Path) -> Result<()> {
     promtest::dashboard_test(root)?;
     say!("web: TLS and basic auth (--web.config.file) against curl and Prometheus");
     webtest::test(root)?;
+    say!("abuse soak, reduced ({ABUSE_SECONDS} s; cargo xtask abuse-soak --seconds 600 is the full one)");
+    abuse::run(root, &abuse::Args { seconds: ABUSE_SECONDS })?;
     say!("fleet: compare on Prometheus 2 and 3 and VictoriaMetrics, 1000 synthetic hosts over 7 days");
     fleettest::run(root, &fleettest::Args { hosts: 1000, days: 7 })?;
     say!("package: unit and .deb");
@@ -376,6 +392,9 @@ fn test(root: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// The abuse soak's length in `cargo xtask test` (`cargo xtask abuse-soak --seconds 600`: the full one).
+const ABUSE_SECONDS: u64 = 60;
 
 /// Each fuzz target's run in `cargo xtask test` (`cargo xtask fuzz --seconds 600`: the long one).
 const FUZZ_SECONDS: u64 = 60;

@@ -214,7 +214,7 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Accepted sockets beyond `max_connections`: evicted ones not yet closed by
 /// their task, and each acceptor's next one.
-pub const FD_MARGIN: usize = 8;
+pub const FD_MARGIN: usize = remote_vm_common::WEB_FD_MARGIN;
 /// TLS handshakes at once (on their own thread).
 pub const HANDSHAKE_SLOTS: usize = 8;
 /// A handshake's deadline is `header_timeout_seconds`, at most this.
@@ -276,8 +276,10 @@ struct Accepted {
 }
 
 /// What a request's connection says of it.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct Origin {
+    /// Who (its place in the bcrypt queue is its own).
+    pub peer: Peer,
     /// Over the Unix socket.
     pub unix: bool,
     /// Over TLS with a client certificate the client CA verified.
@@ -348,22 +350,29 @@ pub async fn serve(listeners: Vec<Listener>, state: Arc<State>, limits: Limits, 
             limits,
         };
         let (handshakes, tls_log) = (handshakes.clone(), tls_log.clone());
-        let Accepted { stream, shown: peer, permit, .. } = accepted;
+        let Accepted { stream, shown: peer, permit, peer: who } = accepted;
         let task = tokio::spawn(async move {
-            // Both go when the socket does: its place in the table and in the budget.
+            // Its place in the table goes when the task does; its share of
+            // the budget when the socket does (during a handshake it travels
+            // with the socket).
             let _gone = Gone(conn.state.clone(), id);
-            let _permit = permit;
             match (stream, tls) {
-                (Stream::Unix(stream), _) => conn.serve(stream, Origin { unix: true, client_cert: false }).await,
-                (Stream::Tcp(stream), None) => conn.serve(stream, Origin::default()).await,
+                (Stream::Unix(stream), _) => {
+                    let _permit = permit;
+                    conn.serve(stream, Origin { peer: who, unix: true, client_cert: false }).await
+                }
+                (Stream::Tcp(stream), None) => {
+                    let _permit = permit;
+                    conn.serve(stream, Origin { peer: who, unix: false, client_cert: false }).await
+                }
                 (Stream::Tcp(stream), Some(config)) => {
                     let deadline = limits.header_timeout;
-                    match tokio::time::timeout(deadline, handshakes.accept(stream, config)).await {
-                        Ok(Ok(tls)) => {
+                    match tokio::time::timeout(deadline, handshakes.accept(stream, config, permit)).await {
+                        Ok(Ok((tls, _permit))) => {
                             conn.state.conns().set(id, Phase::Waiting { served: false });
                             // With a verifier configured, a certificate shown was verified.
                             let client_cert = tls.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                            conn.serve(tls, Origin { unix: false, client_cert }).await;
+                            conn.serve(tls, Origin { peer: who, unix: false, client_cert }).await;
                         }
                         Ok(Err(tls::Failed::Because(why))) => throttled_warn(&tls_log, || format!("TLS handshake with {peer} failed: {why}")),
                         // As an idle plain connection: closed, not worth a warning.
@@ -522,7 +531,7 @@ async fn answer(req: &Request<Incoming>, origin: Origin, state: &State, renders:
     let security: Arc<Security> = state.web.current();
     // Basic auth over TCP; on the Unix socket its permissions decided.
     let verdict = match &security.auth {
-        Some(auth) if !origin.unix => auth.allows(req.headers().get(header::AUTHORIZATION)).await,
+        Some(auth) if !origin.unix => auth.allows(req.headers().get(header::AUTHORIZATION), origin.peer).await,
         _ => Verdict::In,
     };
     let authenticated = origin.client_cert || (security.auth.is_some() && verdict == Verdict::In);

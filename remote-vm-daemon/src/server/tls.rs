@@ -100,14 +100,21 @@ impl Handshakes {
     /// The handshake of `stream` (taken by the serving runtime) on the
     /// handshake thread; the session comes back registered with the calling
     /// runtime. Dropping the future (the connection evicted, or its own
-    /// deadline) ends the handshake and closes the socket at once.
-    pub async fn accept(&self, stream: TcpStream, config: Arc<ServerConfig>) -> Result<TlsStream<Rehomed>, Failed> {
+    /// deadline) ends the handshake and closes the socket at once. `T` (the
+    /// socket's share of the budget) travels with the socket and is dropped
+    /// after it, wherever that happens, so the budget counts every socket.
+    pub async fn accept<T: Send + 'static>(&self, stream: TcpStream, config: Arc<ServerConfig>, share: T) -> Result<(TlsStream<Rehomed>, T), Failed> {
         let std = stream.into_std().map_err(|e| Failed::Because(e.to_string()))?;
         let (tx, rx) = oneshot::channel();
         let (slots, deadline) = (self.slots.clone(), self.deadline);
         let task = self.runtime.spawn(async move {
+            // Dropped after the socket inside (a field drops after those
+            // before it), however this task ends.
+            let held = Held { socket: Some(std), share: Some(share) };
             let Ok(_slot) = slots.acquire_owned().await else { return };
+            let mut held = held;
             let result = async {
+                let std = held.socket.take().ok_or(Failed::Quiet)?;
                 let stream = TcpStream::from_std(std).map_err(|e| Failed::Because(e.to_string()))?;
                 let mut tls = match tokio::time::timeout(deadline, handshake(stream, config)).await {
                     Ok(r) => r?,
@@ -122,14 +129,37 @@ impl Handshakes {
                 }
             }
             .await;
-            let _ = tx.send(result);
+            let result = result.map(|(tls, std)| (tls, std, held.share.take()));
+            // On failure the socket is gone by now; the share goes with `held`.
+            if let Ok((tls, std, Some(share))) = result {
+                if let Err(Ok((tls, std, share))) = tx.send(Ok((tls, std, share))) {
+                    // The connection was evicted meanwhile: socket, then share.
+                    drop((tls, std));
+                    drop(share);
+                }
+            } else if let Err(e) = result {
+                let _ = tx.send(Err(e));
+            }
         });
         // Gone with this future: the handshake and its socket too.
         let _abort = AbortOnDrop(task.abort_handle());
-        let (mut tls, std) = rx.await.map_err(|_| Failed::Quiet)??;
-        tls.get_mut().0.0 = Some(TcpStream::from_std(std).map_err(|e| Failed::Because(e.to_string()))?);
-        Ok(tls)
+        let (mut tls, std, share) = rx.await.map_err(|_| Failed::Quiet)??;
+        match TcpStream::from_std(std) {
+            Ok(s) => tls.get_mut().0.0 = Some(s),
+            Err(e) => {
+                drop(tls);
+                return Err(Failed::Because(e.to_string()));
+            }
+        }
+        Ok((tls, share))
     }
+}
+
+/// A socket and its share of the budget: the share is dropped after the
+/// socket (fields drop in order).
+struct Held<T> {
+    socket: Option<std::net::TcpStream>,
+    share: Option<T>,
 }
 
 struct AbortOnDrop(tokio::task::AbortHandle);

@@ -3,6 +3,9 @@ use super::*;
 
 use remote_vm_testkit::pki::Pki;
 
+/// Every check here comes from this host, but where a test says otherwise.
+const LOCAL: Peer = Peer::Loopback;
+
 /// A fresh directory with the test PKI in it.
 fn pki(name: &str) -> Pki {
     let dir = std::env::temp_dir().join(format!("rvm-webconfig-{name}-{}", std::process::id()));
@@ -173,19 +176,19 @@ async fn basic_auth_takes_the_right_password_only() {
     let s = load(&p, &format!("basic_auth_users:\n  alice: '{hash}'\n  bob: '{}'\n", bcrypt::hash("other", 4).unwrap())).unwrap();
     assert_eq!(s.summary, "plain HTTP, basic auth (2 users)");
     let auth = s.auth.unwrap();
-    assert_eq!(auth.allows(Some(&basic("alice", "s3cret:with colon"))).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("alice", "s3cret:with colon")), LOCAL).await, Verdict::In);
     // Again, from the cache.
-    assert_eq!(auth.allows(Some(&basic("alice", "s3cret:with colon"))).await, Verdict::In);
-    assert_eq!(auth.allows(Some(&basic("alice", "s3cret"))).await, Verdict::Out);
-    assert_eq!(auth.allows(Some(&basic("bob", "s3cret:with colon"))).await, Verdict::Out);
-    assert_eq!(auth.allows(Some(&basic("carol", "s3cret:with colon"))).await, Verdict::Out);
-    assert_eq!(auth.allows(None).await, Verdict::Out);
+    assert_eq!(auth.allows(Some(&basic("alice", "s3cret:with colon")), LOCAL).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("alice", "s3cret")), LOCAL).await, Verdict::Out);
+    assert_eq!(auth.allows(Some(&basic("bob", "s3cret:with colon")), LOCAL).await, Verdict::Out);
+    assert_eq!(auth.allows(Some(&basic("carol", "s3cret:with colon")), LOCAL).await, Verdict::Out);
+    assert_eq!(auth.allows(None, LOCAL).await, Verdict::Out);
     for junk in ["Bearer abc", "Basic !!!", "Basic", "Basic YWxpY2U="] {
-        assert_eq!(auth.allows(Some(&hyper::header::HeaderValue::from_static(junk))).await, Verdict::Out, "{junk}");
+        assert_eq!(auth.allows(Some(&hyper::header::HeaderValue::from_static(junk)), LOCAL).await, Verdict::Out, "{junk}");
     }
     // The cache stays bounded.
     for i in 0..(AUTH_CACHE_ENTRIES + 10) {
-        let _ = auth.allows(Some(&basic("bob", &format!("guess {i}")))).await;
+        let _ = auth.allows(Some(&basic("bob", &format!("guess {i}"))), LOCAL).await;
     }
     assert!(auth.cache.lock().unwrap().len() <= AUTH_CACHE_ENTRIES);
 }
@@ -213,10 +216,10 @@ async fn only_successes_are_cached_and_unknown_users_cost_what_known_ones_do() {
     let s = load(&p, &format!("basic_auth_users:\n  alice: '{}'\n", bcrypt::hash("pw", 5).unwrap())).unwrap();
     let auth = s.auth.unwrap();
     for i in 0..5 {
-        assert_eq!(auth.allows(Some(&basic("alice", &format!("guess {i}")))).await, Verdict::Out);
+        assert_eq!(auth.allows(Some(&basic("alice", &format!("guess {i}"))), LOCAL).await, Verdict::Out);
     }
     assert!(auth.cache.lock().unwrap().is_empty(), "a failure was cached");
-    assert_eq!(auth.allows(Some(&basic("alice", "pw"))).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("alice", "pw")), LOCAL).await, Verdict::In);
     assert_eq!(auth.cache.lock().unwrap().len(), 1);
     // The stand-in for unknown users is the costliest user's own hash, and its
     // password does not let an unknown user in.
@@ -224,8 +227,8 @@ async fn only_successes_are_cached_and_unknown_users_cost_what_known_ones_do() {
     let s = load(&p, &format!("basic_auth_users:\n  alice: '{alice}'\n  bob: '{bob}'\n")).unwrap();
     let auth = s.auth.unwrap();
     assert_eq!(auth.unknown_user_hash, bob);
-    assert_eq!(auth.allows(Some(&basic("mallory", "pw2"))).await, Verdict::Out);
-    assert_eq!(auth.allows(Some(&basic("bob", "pw2"))).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("mallory", "pw2")), LOCAL).await, Verdict::Out);
+    assert_eq!(auth.allows(Some(&basic("bob", "pw2")), LOCAL).await, Verdict::In);
 }
 
 #[test]
@@ -262,8 +265,8 @@ async fn a_reload_keeps_the_verified_passwords_of_unchanged_users_only() {
     let (alice, bob) = (bcrypt::hash("pw-a", 4).unwrap(), bcrypt::hash("pw-b", 4).unwrap());
     let old = load(&p, &format!("basic_auth_users:\n  alice: '{alice}'\n  bob: '{bob}'\n")).unwrap();
     let auth = old.auth.as_ref().unwrap();
-    assert_eq!(auth.allows(Some(&basic("alice", "pw-a"))).await, Verdict::In);
-    assert_eq!(auth.allows(Some(&basic("bob", "pw-b"))).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("alice", "pw-a")), LOCAL).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("bob", "pw-b")), LOCAL).await, Verdict::In);
     // The same file again, then one where bob's hash changed (a new password).
     let same = load(&p, &format!("basic_auth_users:\n  alice: '{alice}'\n  bob: '{bob}'\n")).unwrap();
     same.keep_verified(&old);
@@ -275,8 +278,8 @@ async fn a_reload_keeps_the_verified_passwords_of_unchanged_users_only() {
     assert_eq!(kept, vec!["alice".to_string()]);
     // bob's old password no longer gets in, his new one does.
     let auth = changed.auth.as_ref().unwrap();
-    assert_eq!(auth.allows(Some(&basic("bob", "pw-b"))).await, Verdict::Out);
-    assert_eq!(auth.allows(Some(&basic("bob", "pw-b2"))).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("bob", "pw-b")), LOCAL).await, Verdict::Out);
+    assert_eq!(auth.allows(Some(&basic("bob", "pw-b2")), LOCAL).await, Verdict::In);
 }
 
 #[tokio::test]
@@ -285,15 +288,15 @@ async fn a_flood_of_wrong_passwords_queues_at_most_a_few_checks_and_never_delays
     // Cost 10: each check takes tens of milliseconds, so the flood overlaps.
     let s = load(&p, &format!("basic_auth_users:\n  alice: '{}'\n", bcrypt::hash("pw", 10).unwrap())).unwrap();
     let auth = s.auth.clone().unwrap();
-    assert_eq!(auth.allows(Some(&basic("alice", "pw"))).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("alice", "pw")), LOCAL).await, Verdict::In);
     let flood: Vec<_> = (0..32)
         .map(|i| {
             let auth = auth.clone();
-            tokio::spawn(async move { auth.allows(Some(&basic("alice", &format!("guess {i}")))).await })
+            tokio::spawn(async move { auth.allows(Some(&basic("alice", &format!("guess {i}"))), LOCAL).await })
         })
         .collect();
     // While the flood waits, the verified password gets in from the cache.
-    assert_eq!(auth.allows(Some(&basic("alice", "pw"))).await, Verdict::In);
+    assert_eq!(auth.allows(Some(&basic("alice", "pw")), LOCAL).await, Verdict::In);
     let mut verdicts = Vec::new();
     for f in flood {
         verdicts.push(f.await.unwrap());
@@ -301,7 +304,31 @@ async fn a_flood_of_wrong_passwords_queues_at_most_a_few_checks_and_never_delays
     let (out, busy) = (verdicts.iter().filter(|v| **v == Verdict::Out).count(), verdicts.iter().filter(|v| **v == Verdict::Busy).count());
     assert_eq!(out + busy, 32, "{verdicts:?}");
     assert!(busy > 0 && out >= 1, "{verdicts:?}");
-    assert_eq!(auth.queued.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let q = auth.queued.lock().unwrap();
+    assert_eq!((q.all, q.by_peer.len()), (0, 0));
+}
+
+#[tokio::test]
+async fn a_flood_from_one_address_leaves_another_address_its_place_in_the_queue() {
+    let p = pki("fair");
+    let s = load(&p, &format!("basic_auth_users:\n  alice: '{}'\n", bcrypt::hash("pw", 10).unwrap())).unwrap();
+    let auth = s.auth.clone().unwrap();
+    // This host's flood: one place at a time, the rest answered 429 at once.
+    let flood: Vec<_> = (0..16)
+        .map(|i| {
+            let auth = auth.clone();
+            tokio::spawn(async move { auth.allows(Some(&basic("alice", &format!("guess {i}"))), LOCAL).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    // A scraper from elsewhere whose password was never checked: a place of its own.
+    let remote = Peer::V4([192, 0, 2, 10]);
+    assert_eq!(auth.allows(Some(&basic("alice", "pw")), remote).await, Verdict::In);
+    let mut busy = 0;
+    for f in flood {
+        busy += usize::from(f.await.unwrap() == Verdict::Busy);
+    }
+    assert!(busy >= 14, "{busy} of 16 from one address answered 429");
 }
 
 #[test]

@@ -217,27 +217,7 @@ impl Drop for OtherAddress {
 
 /// A TCP connection to `addr` from the local address `from`.
 pub fn connect_from(from: std::net::Ipv4Addr, addr: &str) -> std::net::TcpStream {
-    use std::os::fd::FromRawFd;
-    let to: std::net::SocketAddrV4 = addr.parse().expect("an IPv4 address");
-    let sockaddr = |a: std::net::SocketAddrV4| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a new socket this function owns, bound and connected with
-    // sockaddr_in values of the length passed.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
-        let stream = std::net::TcpStream::from_raw_fd(fd);
-        let local = sockaddr(std::net::SocketAddrV4::new(from, 0));
-        assert_eq!(libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len), 0, "bind {from}: {}", std::io::Error::last_os_error());
-        let remote = sockaddr(to);
-        assert_eq!(libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len), 0, "connect {addr}: {}", std::io::Error::last_os_error());
-        stream
-    }
+    remote_vm_testkit::abuse::connect_from(from, addr).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 impl Running {
