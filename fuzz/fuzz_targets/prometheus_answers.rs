@@ -19,9 +19,9 @@ fuzz_target!(|data: &[u8]| {
     let mut bodies = rest.split(|b| *b == 0);
     let limits = Limits { series: 64, samples: 4096 };
     let result = compare_answers(
-        |expr, _| {
+        |expr, _, answer| {
             let body = bodies.next().unwrap_or_default();
-            query_answer(expr, status, &String::from_utf8_lossy(body))
+            query_answer(expr, status, body, answer)
         },
         &Request { range_s: 3600, selector: "", end: 7200.0, mode, chunk_s },
         limits,

@@ -38,6 +38,17 @@ impl Prometheus {
         query_result(&url, expr, status, &body)
     }
 
+    /// An instant query of counters (see [`crate::counters`]), read as it
+    /// streams and within `limits`: its series.
+    pub fn query_counters(&self, expr: &str, time: Option<f64>, limits: crate::AnswerLimits) -> Result<Vec<crate::Series>> {
+        let mut path = format!("/api/v1/query?query={}", urlencode(expr));
+        if let Some(t) = time {
+            path.push_str(&format!("&time={t:.3}"));
+        }
+        self.client
+            .get_streaming(&path, Some("application/json"), |url, status, body| crate::counters::read_answer(url, expr, status, body, limits))
+    }
+
     /// The values of `label` in the series matching any of `matches` (all
     /// series if none): what Grafana's `label_values(SELECTOR, LABEL)` asks.
     pub fn label_values(&self, label: &str, matches: &[&str]) -> Result<Vec<Value>> {

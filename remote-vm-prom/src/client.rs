@@ -218,6 +218,44 @@ impl Client {
         Ok((status, body))
     }
 
+    /// `GET path_and_query` with its answer handed to `read` as it streams
+    /// (at most `max_body` bytes: past it the reader fails and the result is
+    /// [`Error::TooLarge`]), with the status.
+    pub(crate) fn get_streaming<T>(
+        &self,
+        path_and_query: &str,
+        accept: Option<&str>,
+        read: impl FnOnce(&str, u16, &mut dyn std::io::Read) -> Result<T>,
+    ) -> Result<T> {
+        let url = self.url(path_and_query);
+        let (status, mut reader): (u16, Box<dyn std::io::Read>) = match &self.transport {
+            Transport::Unix(socket) => {
+                let (status, body) = self.unix_get(socket, &url, path_and_query, accept)?;
+                (status, Box::new(std::io::Cursor::new(body.into_bytes())))
+            }
+            Transport::Tcp(agent) => {
+                let mut request = agent.get(&url);
+                if let Some(a) = &self.authorization {
+                    request = request.header("Authorization", a);
+                }
+                if let Some(a) = accept {
+                    request = request.header("Accept", a);
+                }
+                let response = request.call().map_err(|e| self.error(&url, e))?;
+                let status = response.status().as_u16();
+                (status, Box::new(response.into_body().into_with_config().limit(u64::MAX).reader()))
+            }
+        };
+        let mut capped = Capped { inner: &mut reader, left: self.options.max_body, over: false };
+        match read(&url, status, &mut capped) {
+            Err(_) if capped.over => Err(Error::TooLarge { url, limit: self.options.max_body }),
+            Err(Error::Json { reason, .. }) if reason.contains("timed out") || reason.contains("Timeout") => {
+                Err(Error::Timeout { url, phase: "the answer".into(), limit: self.options.timeout })
+            }
+            r => r,
+        }
+    }
+
     fn error(&self, url: &str, e: ureq::Error) -> Error {
         let url = url.to_string();
         match e {
@@ -356,6 +394,25 @@ impl Client {
         }
         let body = String::from_utf8(body).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         Ok((status, body))
+    }
+}
+
+/// A reader of at most `left` more bytes: past it, an error (and `over`).
+struct Capped<'r> {
+    inner: &'r mut dyn std::io::Read,
+    left: u64,
+    over: bool,
+}
+
+impl std::io::Read for Capped<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.over = true;
+            return Err(std::io::Error::other("the answer is larger than the size limit"));
+        }
+        self.left -= n as u64;
+        Ok(n)
     }
 }
 

@@ -11,10 +11,12 @@
 //!   read the daemon's numbers exactly.
 mod api;
 mod client;
+pub mod counters;
 mod scrape;
 
 pub use api::{Prometheus, decode, query_result};
 pub use client::{Auth, Client, ClientCert, Options, get, without_credentials};
+pub use counters::{AnswerLimits, Sample, Series};
 pub use scrape::{Scrape, key};
 
 use std::time::Duration;
@@ -54,6 +56,9 @@ pub enum Error {
     /// The Prometheus API said no (`"status": "error"`, or an error status with its JSON).
     #[error("Prometheus query {query} failed ({url}): {reason}")]
     Api { url: String, query: String, reason: String },
+    /// An answer past one of [`AnswerLimits`], stopped where it passed it.
+    #[error("the answer to {query} ({url}): more than {limit} {unit}")]
+    TooMany { url: String, query: String, limit: usize, unit: &'static str },
     /// A line of the text exposition format that does not parse.
     #[error("metrics text: {0}")]
     Exposition(String),

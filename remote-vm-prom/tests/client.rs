@@ -1,7 +1,7 @@
 //! The client against tiny fake servers on loopback (ephemeral ports).
 use std::{
     io::{Read, Write},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::mpsc,
     thread,
     time::{Duration, Instant},

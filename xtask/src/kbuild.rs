@@ -228,7 +228,7 @@ mod tests {
         assert_eq!((p.expect.as_str(), p.isolate.len()), ("patched", 0));
         assert!(p.origin.ends_with("patched: + /p/v2.patch"), "{}", p.origin);
         let u = built_kernel(&root, "v2-rc1-unpatched").unwrap();
-        assert_eq!((u.expect.as_str(), u.isolate.len()), ("unpatched", 2));
+        assert_eq!((u.expect.as_str(), u.isolate.len()), ("unpatched", vm::FTRACE_DEFECT_ISOLATE.len()));
         assert_eq!(u.origin, "Debian linux-source-7.3 7.3.4-1, config X over tinyconfig");
         assert!(built_kernel(&root, "v2-rc1-other").is_none());
         assert!(built_kernel(&root, "v3-patched").is_none());

@@ -26,8 +26,7 @@ use std::{
     time::Duration,
 };
 
-use remote_vm_prom::{Client, Options};
-use serde_json::Value;
+use remote_vm_prom::{AnswerLimits, Client, Options, Series};
 
 mod tally;
 
@@ -146,22 +145,24 @@ impl Prometheus {
         })
     }
 
-    /// An instant query at `time` (Unix seconds).
-    pub fn query(&self, expr: &str, time: f64) -> Result<Vec<Value>, CompareError> {
-        self.api.query(expr, Some(time)).map_err(prometheus_error)
+    /// An instant query at `time` (Unix seconds), read as it streams and
+    /// within `limits`.
+    pub fn query(&self, expr: &str, time: f64, limits: AnswerLimits) -> Result<Vec<Series>, CompareError> {
+        self.api.query_counters(expr, Some(time), limits).map_err(prometheus_error)
     }
 }
 
 fn prometheus_error(e: remote_vm_prom::Error) -> CompareError {
     match e {
         e @ remote_vm_prom::Error::TooLarge { .. } => CompareError::TooLarge(e),
+        remote_vm_prom::Error::TooMany { query, limit, unit, .. } => CompareError::TooMany { what: query, limit, unit },
         e => CompareError::Prometheus(e),
     }
 }
 
 /// The largest answer taken from Prometheus: 256 MiB of JSON, about 10 million
-/// raw samples (one counter over 7 days, some 60 hosts scraped every 15 s). The
-/// parsed answer takes several times that in memory.
+/// raw samples (one counter over 7 days, some 60 hosts scraped every 15 s). It
+/// is parsed as it is read, within `AnswerLimits::DEFAULT` (never held whole).
 pub const MAX_BODY: u64 = 256 << 20;
 
 /// `--end now` is this long ago: samples of the last scrapes may still be
@@ -292,102 +293,70 @@ pub struct Comparison {
 }
 
 pub fn compare(prom: &Prometheus, req: &Request) -> Result<Comparison, CompareError> {
-    compare_answers(|expr, time| prom.query(expr, time), req, LIMITS)
+    compare_answers(|expr, time, limits| prom.query(expr, time, limits), req, LIMITS)
 }
 
 /// A query's answer as [`Prometheus::query`] returns it, from the status and
 /// body of the HTTP answer (what `fuzz/` drives [`compare_answers`] with).
-pub fn query_answer(expr: &str, status: u16, body: &str) -> Result<Vec<Value>, CompareError> {
-    remote_vm_prom::query_result("http://prometheus/api/v1/query", expr, status, body).map_err(prometheus_error)
-}
-
-/// At most this much of an answer is quoted in an error.
-const QUOTED: usize = 200;
-
-fn quoted(v: &Value) -> String {
-    let s = v.to_string();
-    match s.char_indices().nth(QUOTED) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s,
-    }
+pub fn query_answer(expr: &str, status: u16, body: &[u8], limits: AnswerLimits) -> Result<Vec<Series>, CompareError> {
+    remote_vm_prom::counters::read_answer("http://prometheus/api/v1/query", expr, status, body, limits).map_err(prometheus_error)
 }
 
 fn bad(expr: &str, reason: String) -> CompareError {
     CompareError::BadAnswer { what: expr.to_string(), reason }
 }
 
-/// A counter value: finite, not negative.
-fn counter_value(v: &Value) -> Option<f64> {
-    v.as_str().and_then(|x| x.parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0)
-}
-
-/// A sample's time in milliseconds.
-fn time_ms(v: &Value) -> Option<i64> {
-    v.as_f64().filter(|t| t.is_finite() && t.abs() < 1e13).map(|t| (t * 1000.0).round() as i64)
-}
-
 /// The samples of one series of a range query: each `[time, "value"]` with a
-/// value a counter can have. Anything else is an error: a sample left out
-/// would silently change the count.
-fn counter_samples(expr: &str, series: &Value) -> Result<Vec<(i64, f64)>, CompareError> {
-    let samples = series["values"]
-        .as_array()
-        .ok_or_else(|| bad(expr, format!("a series without \"values\": {}", quoted(series))))?;
-    samples
-        .iter()
-        .filter(|s| !is_stale(s))
-        .map(|s| match (time_ms(&s[0]), counter_value(&s[1])) {
-            (Some(t), Some(v)) if s.as_array().is_some_and(|a| a.len() == 2) => Ok((t, v)),
-            _ => Err(bad(expr, format!("sample {} of {} is not [time, \"counter value\"]", quoted(s), quoted(&series["metric"])))),
-        })
-        .collect()
+/// value a counter can have (staleness markers, which VictoriaMetrics returns,
+/// are no samples). Anything else is an error: a sample left out would
+/// silently change the count.
+fn counter_samples(expr: &str, series: &Series) -> Result<Vec<(i64, f64)>, CompareError> {
+    if let Some(sample) = &series.bad {
+        return Err(bad(expr, format!("sample {sample} of {} is not [time, \"counter value\"]", series.metric_json())));
+    }
+    let samples = series.values.as_ref().ok_or_else(|| no_values(expr, series))?;
+    Ok(samples.iter().filter(|s| !s.is_stale()).map(|s| (s.time_ms, s.value)).collect())
 }
 
-/// A staleness marker (`"NaN"`): no sample. Prometheus filters them out of
-/// range selectors; VictoriaMetrics returns them.
-fn is_stale(s: &Value) -> bool {
-    s[1].as_str() == Some("NaN")
+fn no_values(expr: &str, series: &Series) -> CompareError {
+    bad(expr, format!("a series without \"values\": {{\"metric\":{}}}", series.metric_json()))
 }
 
 /// The value of one series of an instant query (`value: [time, "v"]`);
 /// `None` for NaN (a summary of staleness markers: the samples are asked for).
-fn instant_value(expr: &str, series: &Value) -> Result<Option<f64>, CompareError> {
-    let v = &series["value"];
-    if is_stale(v) {
-        return Ok(None);
-    }
-    match (time_ms(&v[0]), counter_value(&v[1])) {
-        (Some(_), Some(x)) => Ok(Some(x)),
-        _ => Err(bad(expr, format!("value {} of {} is not [time, \"counter value\"]", quoted(v), quoted(&series["metric"])))),
+fn instant_value(expr: &str, series: &Series) -> Result<Option<f64>, CompareError> {
+    match (&series.bad, series.value) {
+        (None, Some(v)) => Ok((!v.is_stale()).then_some(v.value)),
+        (bad_one, _) => Err(bad(
+            expr,
+            format!("value {} of {} is not [time, \"counter value\"]", bad_one.as_deref().unwrap_or("null"), series.metric_json()),
+        )),
     }
 }
 
-fn host_of(m: &Value) -> Host {
-    (m["job"].as_str().unwrap_or("").to_string(), m["instance"].as_str().unwrap_or("").to_string())
+fn label<'m>(m: &'m BTreeMap<String, String>, name: &str) -> Option<&'m str> {
+    m.get(name).map(String::as_str)
 }
 
-fn kernel_of(m: &Value) -> Kernel {
-    (m["patched"].as_str().unwrap_or("unknown").to_string(), m["release"].as_str().unwrap_or("unknown").to_string())
+fn host_of(m: &BTreeMap<String, String>) -> Host {
+    (label(m, "job").unwrap_or("").to_string(), label(m, "instance").unwrap_or("").to_string())
+}
+
+fn kernel_of(m: &BTreeMap<String, String>) -> Kernel {
+    (label(m, "patched").unwrap_or("unknown").to_string(), label(m, "release").unwrap_or("unknown").to_string())
 }
 
 /// A series' identity across queries: its labels but the name (which
 /// `*_over_time` drops), in a fixed order.
-fn series_id(metric: &str, m: &Value) -> String {
-    let mut labels: BTreeMap<&str, &Value> = BTreeMap::new();
-    if let Some(o) = m.as_object() {
-        for (k, v) in o {
-            if k != "__name__" {
-                labels.insert(k, v);
-            }
-        }
-    }
+fn series_id(metric: &str, m: &BTreeMap<String, String>) -> String {
+    let labels: BTreeMap<&String, &String> = m.iter().filter(|(k, _)| *k != "__name__").collect();
     format!("{metric}{}", serde_json::to_string(&labels).unwrap_or_default())
 }
 
 /// The table's key of a series: e.g. `reads{path="fast"}`.
-fn count_name(key: &str, split: Option<&str>, m: &Value) -> String {
+fn count_name(key: &str, split: Option<&str>, m: &BTreeMap<String, String>) -> String {
     match split {
-        Some(label) => format!("{key}{{{label}=\"{}\"}}", m[label].as_str().unwrap_or("")),
+        Some(l) => format!("{key}{{{l}=\"{}\"}}", label(m, l).unwrap_or("")),
         None => key.to_string(),
     }
 }
@@ -409,7 +378,7 @@ fn regex_of(values: &BTreeSet<&str>) -> String {
 
 /// The table from the answers `query(expr, time)` gives, within `limits`.
 pub fn compare_answers(
-    mut query: impl FnMut(&str, f64) -> Result<Vec<Value>, CompareError>,
+    mut query: impl FnMut(&str, f64, AnswerLimits) -> Result<Vec<Series>, CompareError>,
     req: &Request,
     limits: Limits,
 ) -> Result<Comparison, CompareError> {
@@ -476,7 +445,7 @@ fn too_much(e: &CompareError) -> bool {
 }
 
 /// The queries of one comparison, counted and bounded.
-struct Asker<'q, Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> {
+struct Asker<'q, Q: FnMut(&str, f64, AnswerLimits) -> Result<Vec<Series>, CompareError>> {
     query: &'q mut Q,
     limits: Limits,
     queries: usize,
@@ -485,24 +454,33 @@ struct Asker<'q, Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> {
     sel: String,
 }
 
-impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
+impl<Q: FnMut(&str, f64, AnswerLimits) -> Result<Vec<Series>, CompareError>> Asker<'_, Q> {
     /// `{selector,extra}`.
     fn with(&self, extra: &str) -> String {
         let parts: Vec<&str> = [self.sel.as_str(), extra].into_iter().filter(|s| !s.is_empty()).collect();
         format!("{{{}}}", parts.join(","))
     }
 
-    fn ask(&mut self, expr: &str, time: f64) -> Result<Vec<Value>, CompareError> {
+    /// One query, its answer read within the series limit and the samples
+    /// left of the comparison's budget (so a large answer stops where it
+    /// passes them, never read whole first).
+    fn ask(&mut self, expr: &str, time: f64) -> Result<Vec<Series>, CompareError> {
         self.queries += 1;
-        let answer = (self.query)(expr, time)?;
-        if answer.len() > self.limits.series {
-            return Err(CompareError::TooMany {
-                what: expr.to_string(),
-                limit: self.limits.series,
-                unit: "series",
-            });
+        let left = self.limits.samples.saturating_sub(self.samples);
+        let limits = AnswerLimits {
+            series: self.limits.series.min(AnswerLimits::DEFAULT.series),
+            samples: left.min(AnswerLimits::DEFAULT.samples),
+            ..AnswerLimits::DEFAULT
+        };
+        match (self.query)(expr, time, limits) {
+            // Past what the comparison has left: named as the total.
+            Err(CompareError::TooMany { unit: "samples", limit, .. }) if limit == left => Err(CompareError::TooMany {
+                what: "the answers".to_string(),
+                limit: self.limits.samples,
+                unit: "samples",
+            }),
+            r => r,
         }
-        Ok(answer)
     }
 
     /// Counts raw samples against the limit.
@@ -520,14 +498,13 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
 
     /// The sample times of one `kernel_info` series of a range query (counted
     /// against the limit).
-    fn sample_times(&mut self, expr: &str, s: &Value) -> Result<Vec<i64>, CompareError> {
-        let samples = s["values"].as_array().ok_or_else(|| bad(expr, format!("a series without \"values\": {}", quoted(s))))?;
+    fn sample_times(&mut self, expr: &str, s: &Series) -> Result<Vec<i64>, CompareError> {
+        let samples = s.values.as_ref().ok_or_else(|| no_values(expr, s))?;
         self.took(samples.len())?;
-        samples
-            .iter()
-            .filter(|v| !is_stale(v))
-            .map(|v| time_ms(&v[0]).ok_or_else(|| bad(expr, format!("sample {} is not [time, value]", quoted(v)))))
-            .collect()
+        if let Some(sample) = &s.bad {
+            return Err(bad(expr, format!("sample {sample} is not [time, value]")));
+        }
+        Ok(samples.iter().filter(|v| !v.is_stale()).map(|v| v.time_ms).collect())
     }
 
     /// Raw samples the range holds, expected: counter series now × the
@@ -549,7 +526,7 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
         let mut kernels = Kernels::default();
         for s in self.ask(&expr, req.end)? {
             let times = self.sample_times(&expr, &s)?;
-            let (host, kernel) = (host_of(&s["metric"]), kernel_of(&s["metric"]));
+            let (host, kernel) = (host_of(&s.metric), kernel_of(&s.metric));
             if !times.is_empty() {
                 tally.host_in(&kernel, &host);
             }
@@ -559,9 +536,9 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
         for (key, metric, split) in COUNTERS {
             let expr = format!("{metric}{}[{}s]", self.with(""), req.range_s);
             for series in self.ask(&expr, req.end)? {
-                self.took(series["values"].as_array().map_or(0, Vec::len))?;
+                self.took(series.values.as_ref().map_or(0, Vec::len))?;
                 let samples = counter_samples(&expr, &series)?;
-                let m = &series["metric"];
+                let m = &series.metric;
                 tally.samples(&kernels, &host_of(m), &count_name(key, *split, m), None, None, &samples);
             }
         }
@@ -586,7 +563,7 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
             let expr = format!("last_over_time({}{}[{w}])", cat::KERNEL_INFO.name, self.with(""));
             let mut kernels_in: BTreeMap<Host, BTreeSet<Kernel>> = BTreeMap::new();
             for s in self.ask(&expr, t)? {
-                let (host, kernel) = (host_of(&s["metric"]), kernel_of(&s["metric"]));
+                let (host, kernel) = (host_of(&s.metric), kernel_of(&s.metric));
                 tally.host_in(&kernel, &host);
                 kernels_in.entry(host).or_default().insert(kernel);
             }
@@ -595,12 +572,12 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
             let mut need_hosts: BTreeSet<Host> = BTreeSet::new();
             for (i, (key, metric, split)) in COUNTERS.iter().enumerate() {
                 let sel = self.with("");
-                let mut by_id: BTreeMap<String, (Value, [Option<f64>; 3])> = BTreeMap::new();
+                let mut by_id: BTreeMap<String, (BTreeMap<String, String>, [Option<f64>; 3])> = BTreeMap::new();
                 for (j, f) in ["last_over_time", "min_over_time", "resets"].iter().enumerate() {
                     let expr = format!("{f}({metric}{sel}[{w}])");
                     for s in self.ask(&expr, t)? {
                         let v = instant_value(&expr, &s)?;
-                        let e = by_id.entry(series_id(metric, &s["metric"])).or_insert_with(|| (s["metric"].clone(), [None; 3]));
+                        let e = by_id.entry(series_id(metric, &s.metric)).or_insert_with(|| (s.metric.clone(), [None; 3]));
                         e.1[j] = v;
                     }
                 }
@@ -657,12 +634,12 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
             for (wanted, matcher) in &batches {
                 let expr = format!("{}{}[{w}]", cat::KERNEL_INFO.name, self.with(matcher));
                 for s in self.ask(&expr, t)? {
-                    let host = host_of(&s["metric"]);
+                    let host = host_of(&s.metric);
                     if !wanted.contains(&host) {
                         continue;
                     }
                     let times = self.sample_times(&expr, &s)?;
-                    chunk_kernels.add(&host, &kernel_of(&s["metric"]), times);
+                    chunk_kernels.add(&host, &kernel_of(&s.metric), times);
                 }
             }
             chunk_kernels.sort();
@@ -671,12 +648,12 @@ impl<Q: FnMut(&str, f64) -> Result<Vec<Value>, CompareError>> Asker<'_, Q> {
                 for (wanted, matcher) in &batches {
                     let expr = format!("{metric}{}[{w}]", self.with(matcher));
                     for series in self.ask(&expr, t)? {
-                        let m = &series["metric"];
+                        let m = &series.metric;
                         let id = series_id(metric, m);
                         if !wanted.contains(&host_of(m)) || !ids.contains(&id) {
                             continue;
                         }
-                        self.took(series["values"].as_array().map_or(0, Vec::len))?;
+                        self.took(series.values.as_ref().map_or(0, Vec::len))?;
                         let samples = counter_samples(&expr, &series)?;
                         let host = host_of(m);
                         let before = host_kernel.get(&host).cloned();
@@ -905,11 +882,11 @@ mod tests {
                     line.clear();
                 }
                 // Every series: `samples` samples, one a second, counting up.
-                let result: Vec<Value> = (0..hosts)
+                let result: Vec<serde_json::Value> = (0..hosts)
                     .map(|h| {
                         let metric = serde_json::json!({"job": "remote-vm", "instance": format!("h{h}"),
                             "patched": "yes", "release": "7.3.4", "path": "fast"});
-                        let values: Vec<Value> = (0..samples).map(|i| serde_json::json!([i, i.to_string()])).collect();
+                        let values: Vec<serde_json::Value> = (0..samples).map(|i| serde_json::json!([i, i.to_string()])).collect();
                         serde_json::json!({"metric": metric, "values": values})
                     })
                     .collect();
@@ -931,7 +908,7 @@ mod tests {
         let prom = Prometheus::parse(&fake_prometheus(3, 5)).unwrap();
         // 7 counters × 3 series × 5 samples: 105, all taken.
         let compare_within = |prom: &Prometheus, limits| {
-            compare_answers(|expr, time| prom.query(expr, time), &raw_request(""), limits).map(|c| c.groups)
+            compare_answers(|expr, time, answer| prom.query(expr, time, answer), &raw_request(""), limits).map(|c| c.groups)
         };
         // kernel_info's 3 × 5 samples, then 7 counters × 3 series × 5 samples: 120, all taken.
         let groups = compare_within(&prom, Limits { series: 3, samples: 120 }).unwrap();
@@ -962,7 +939,7 @@ mod tests {
     /// Answers given as bodies: the kernel_info query first, then every counter.
     fn from_bodies(info: &str, counter: &str) -> Result<Vec<Group>, CompareError> {
         compare_answers(
-            |expr, _| query_answer(expr, 200, if expr.starts_with(cat::KERNEL_INFO.name) { info } else { counter }),
+            |expr, _, limits| query_answer(expr, 200, if expr.starts_with(cat::KERNEL_INFO.name) { info } else { counter }.as_bytes(), limits),
             &raw_request(""),
             LIMITS,
         )
