@@ -172,12 +172,19 @@ pub struct StallEvent {
 /// `#define`s since 5.19 that BTF does not carry).
 pub const LCB_F_WRITE: u32 = 1 << 2;
 
+/// `[web] max_connections` when the config does not set it.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 64;
+
 /// The endpoint's socket budget beyond `[web] max_connections`: evicted
 /// sockets on their way out and each acceptor's next one. With
 /// `RENDER_FDS` (a render's task iterator and `/proc/self` reads), what the
 /// daemon's descriptors stay within over those it holds once serving.
 pub const WEB_FD_MARGIN: usize = 8;
 pub const RENDER_FDS: usize = 2;
+
+/// At most this many waits in progress are listed (`/stalls`' `in_progress`,
+/// the oldest); all are counted.
+pub const WAITS_LISTED_MAX: usize = 256;
 
 /// "Not found in BTF" for the offset globals handed to the programs.
 pub const UNKNOWN_OFFSET: u64 = u64::MAX;

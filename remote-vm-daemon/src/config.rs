@@ -254,7 +254,7 @@ impl Config {
             stalls_keep: 256,
             stalls_serve: StallsServe::Authenticated,
             socket: Some(DEFAULT_SOCKET.into()),
-            max_connections: 64,
+            max_connections: remote_vm_common::MAX_CONNECTIONS_DEFAULT,
             header_timeout: std::time::Duration::from_secs(10),
             min_render_interval: std::time::Duration::from_millis(100),
             self_stats: false,

@@ -428,9 +428,8 @@ fn header_value(auth: Auth) -> String {
 fn client_cert(c: &ClientCert) -> std::result::Result<ureq::tls::ClientCert, String> {
     let mut chain = Vec::new();
     for item in ureq::tls::parse_pem(&c.cert_pem) {
-        match item.map_err(|e| format!("the client certificate: {e}"))? {
-            ureq::tls::PemItem::Certificate(cert) => chain.push(cert),
-            _ => {}
+        if let ureq::tls::PemItem::Certificate(cert) = item.map_err(|e| format!("the client certificate: {e}"))? {
+            chain.push(cert);
         }
     }
     if chain.is_empty() {

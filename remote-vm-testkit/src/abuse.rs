@@ -79,7 +79,7 @@ pub struct Scrapes {
 }
 
 impl Scrapes {
-    fn record(&mut self, took: Duration, result: Result<u16>) {
+    pub(crate) fn record(&mut self, took: Duration, result: Result<u16>) {
         self.slowest_ms = self.slowest_ms.max(took.as_millis() as u64);
         match result {
             Ok(200) if took <= SCRAPE_TIMEOUT => self.ok += 1,
@@ -111,10 +111,25 @@ pub struct Attacks {
 #[derive(Debug, Default, Serialize)]
 pub struct Daemon {
     pub alive: bool,
+    #[serde(flatten)]
+    pub usage: Usage,
+}
+
+/// What a process used over a soak, sampled from /proc.
+#[derive(Debug, Default, Serialize)]
+pub struct Usage {
     pub fds_at_start: u64,
     pub fds_peak: u64,
     pub rss_peak_kib: u64,
     pub cpu_seconds: f64,
+}
+
+impl Usage {
+    /// One sample of the peaks.
+    pub(crate) fn sample(&mut self, pid: u32) {
+        self.fds_peak = self.fds_peak.max(fds(pid));
+        self.rss_peak_kib = self.rss_peak_kib.max(rss_kib(pid));
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -127,7 +142,7 @@ pub struct Report {
     pub daemon: Daemon,
 }
 
-fn fds(pid: u32) -> u64 {
+pub(crate) fn fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
 }
 
@@ -140,7 +155,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -312,15 +327,14 @@ pub fn run(args: &AbuseArgs) -> Result<Report> {
             });
         }
         // The daemon, once a second.
-        let mut daemon = Daemon { alive: true, fds_at_start: start_fds, ..Daemon::default() };
+        let mut daemon = Daemon { alive: true, usage: Usage { fds_at_start: start_fds, ..Usage::default() } };
         let end = Instant::now() + Duration::from_secs(args.seconds);
         while Instant::now() < end {
             daemon.alive &= std::path::Path::new(&format!("/proc/{}", args.pid)).exists();
-            daemon.fds_peak = daemon.fds_peak.max(fds(args.pid));
-            daemon.rss_peak_kib = daemon.rss_peak_kib.max(rss_kib(args.pid));
+            daemon.usage.sample(args.pid);
             std::thread::sleep(Duration::from_secs(1));
         }
-        daemon.cpu_seconds = cpu_seconds(args.pid) - cpu0;
+        daemon.usage.cpu_seconds = cpu_seconds(args.pid) - cpu0;
         stop.store(true, Ordering::Relaxed);
         let local = local.join().map_err(|_| anyhow::anyhow!("the local scraper panicked"))?;
         let remote = match remote {

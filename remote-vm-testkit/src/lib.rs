@@ -14,3 +14,4 @@ pub mod bench;
 pub mod icount;
 pub mod pki;
 pub mod abuse;
+pub mod cgsoak;

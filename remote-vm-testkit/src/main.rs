@@ -1,5 +1,5 @@
 //! rvm-testkit: workloads with known answers and the in-VM test runner.
-use remote_vm_testkit::{abuse, bench, guest, icount, soak, stall, stress, workload};
+use remote_vm_testkit::{abuse, bench, cgsoak, guest, icount, soak, stall, stress, workload};
 
 use clap::{Parser, Subcommand};
 
@@ -76,6 +76,22 @@ enum Cmd {
         #[command(flatten)]
         args: abuse::AbuseArgs,
     },
+    /// The systemd side of the abuse soak (root, in the systemd VM; see
+    /// cgsoak.rs); prints `cgroup-soak-result {json}`.
+    CgroupSoak {
+        #[command(flatten)]
+        args: cgsoak::SoakArgs,
+    },
+    /// A reader of `cgroup-soak` (started by it).
+    CgroupReader {
+        #[command(flatten)]
+        args: cgsoak::ReaderArgs,
+    },
+    /// Tries to bind addresses every 100 ms (started by `cgroup-soak`).
+    Squat {
+        #[command(flatten)]
+        args: cgsoak::SquatArgs,
+    },
     Target {
         #[arg(long, default_value_t = 4)]
         pages: usize,
@@ -114,6 +130,12 @@ fn main() -> std::process::ExitCode {
             println!("abuse-result {}", serde_json::to_string(&r)?);
             Ok(true)
         }),
+        Cmd::CgroupSoak { args } => cgsoak::run(&args).and_then(|r| {
+            println!("cgroup-soak-result {}", serde_json::to_string(&r)?);
+            Ok(true)
+        }),
+        Cmd::CgroupReader { args } => cgsoak::reader_main(&args).map(|()| true),
+        Cmd::Squat { args } => cgsoak::squat_main(&args).map(|()| true),
         Cmd::Target { pages, zero_pages } => workload::target_main(pages, zero_pages).map(|()| true),
     };
     match result {

@@ -250,6 +250,10 @@ fn serve<H: Holder>(holder: &mut H, commands: impl Iterator<Item = Result<String
 
 /// The target's side (`rvm-testkit stall-target`).
 pub fn target_main(kind: Kind) -> Result<()> {
+    // Any process of the same user may read this one's /proc/PID/mem (Yama's
+    // ptrace_scope 1 allows only ancestors otherwise); EINVAL without Yama.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY, 0, 0, 0) };
     match kind {
         Kind::Munlock { region_mb } => single(move || Munlock::new(region_mb)),
         Kind::Merge { hold_ms } => single(move || Merge::new(Duration::from_millis(hold_ms))),
@@ -693,12 +697,19 @@ impl StallTarget {
 
     /// A target of any kind, run by `exe` (an `rvm-testkit` binary).
     pub fn spawn_with(exe: &Path, kind: Kind) -> Result<StallTarget> {
-        let mut child = Command::new(exe)
-            .args(kind.args())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawn {} stall-target", exe.display()))?;
+        Self::spawn_as(exe, kind, None)
+    }
+
+    /// A target of any kind, run by `exe` as `user` (uid, gid; from root),
+    /// or as this process's user.
+    pub fn spawn_as(exe: &Path, kind: Kind, user: Option<(u32, u32)>) -> Result<StallTarget> {
+        use std::os::unix::process::CommandExt;
+        let mut command = Command::new(exe);
+        command.args(kind.args()).stdin(Stdio::piped()).stdout(Stdio::piped());
+        if let Some((uid, gid)) = user {
+            command.uid(uid).gid(gid);
+        }
+        let mut child = command.spawn().with_context(|| format!("spawn {} stall-target", exe.display()))?;
         let stdin = child.stdin.take().context("stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("stdout")?);
         let mut t = StallTarget { child, stdin, stdout, kind, writer_started: false, tid: 0, writer_tid: None, inside: None };

@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// The soak's `[web] max_connections` (the default).
-const MAX_CONNECTIONS: u64 = 64;
+const MAX_CONNECTIONS: u64 = remote_vm_common::MAX_CONNECTIONS_DEFAULT as u64;
 /// The address of this host the second scraper comes from (added to `lo`
 /// for the run: every loopback address is one peer to the daemon).
 const OTHER: &str = "198.51.100.91";

@@ -105,7 +105,7 @@ fn chroot(tree: &Path, args: &[&str]) -> Result<(bool, String)> {
     output(Command::new("chroot").arg(tree).args(args).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-pub fn test(root: &Path) -> Result<()> {
+pub fn test(root: &Path, cgroup_soak_seconds: u64) -> Result<()> {
     let (figure, report) = exposure(root)?;
     let exposed: Vec<&str> = report.lines().filter(|l| l.trim_start().starts_with('✗')).collect();
     say!("deb: systemd-analyze security --offline=true {UNIT}: exposure {figure} (at most {MAX_EXPOSURE}); remaining:");
@@ -224,5 +224,5 @@ pub fn test(root: &Path) -> Result<()> {
     if !failures.is_empty() {
         bail!("package checks failed: {}", failures.join("; "));
     }
-    crate::systemd::test(root, &root.join("target/deb-test/base"), &v1)
+    crate::systemd::test(root, &root.join("target/deb-test/base"), &v1, cgroup_soak_seconds)
 }

@@ -5,6 +5,7 @@
 //! - `cargo xtask vm-test [--kernel [NAME=]PATH]...`: the VM tests alone.
 mod ab;
 mod abuse;
+mod cgsoak;
 mod apt;
 mod bench;
 mod btf_testdata;
@@ -99,8 +100,13 @@ enum Cmd {
     /// Build the .deb (target/debian/remote-vm_VERSION_amd64.deb).
     Deb,
     /// The package tests: systemd-analyze verify/security, install, upgrade, purge
-    /// in a fresh debootstrap tree.
-    DebTest,
+    /// in a fresh debootstrap tree, then the unit under systemd in QEMU with the
+    /// abuse soak's systemd side.
+    DebTest {
+        /// Seconds of the abuse soak's systemd side (the full one: 600).
+        #[arg(long, default_value_t = systemd::CGROUP_SOAK_SECONDS)]
+        cgroup_soak_seconds: u64,
+    },
     /// Write dashboards/*.json from xtask/src/dashboards.rs.
     Dashboards,
     /// The dashboard and rules tests: promtool, Grafana's schema, and every query
@@ -260,10 +266,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             build(&root)?;
             deb::build(&root, None, &root.join("target/debian")).map(drop)
         }
-        Cmd::DebTest => {
+        Cmd::DebTest { cgroup_soak_seconds } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
-            deb::test(&root)
+            deb::test(&root, cgroup_soak_seconds)
         }
         Cmd::Dashboards => {
             for (path, contents) in dashboards::files()? {
@@ -367,8 +373,8 @@ fn test(root: &Path) -> Result<()> {
     abuse::run(root, &abuse::Args { seconds: ABUSE_SECONDS })?;
     say!("fleet: compare on Prometheus 2 and 3 and VictoriaMetrics, 1000 synthetic hosts over 7 days");
     fleettest::run(root, &fleettest::Args { hosts: 1000, days: 7 })?;
-    say!("package: unit and .deb");
-    deb::test(root)?;
+    say!("package: unit and .deb; under systemd, the abuse soak's systemd side ({} s)", systemd::CGROUP_SOAK_SECONDS);
+    deb::test(root, systemd::CGROUP_SOAK_SECONDS)?;
     let pair = vm::shared_kernels(root);
     if pair.len() == 2 {
         say!("A/B run, reduced ({})", ab::TEST_WORKLOAD);

@@ -12,7 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use remote_vm_common::{Family, Point};
 
-use crate::{cpio::Cpio, kernels, util::{say, sh}, vm, webtest};
+use crate::{cgsoak, cpio::Cpio, kernels, util::{say, sh}, vm, webtest};
 
 const CHECK_SCRIPT: &str = r#"#!/bin/bash
 # Runs after remote-vm.service under systemd; reports on the serial console.
@@ -206,6 +206,13 @@ sleep 2
 say "tls after-reload=$(tlsget $cert -u "$pass" https://localhost:19361/healthz)"
 rm -r /etc/systemd/system/remote-vm.service.d /etc/systemd/system/remote-vm.socket.d
 restart_both
+# The systemd side of the abuse soak (rvm-testkit cgroup-soak): alice's readers
+# waiting behind her own target, moved to another cgroup mid-wait and the first
+# removed, alice trying to bind the port; root's reload every 5 s.
+/usr/local/bin/rvm-testkit cgroup-soak --user alice --seconds @CGSOAK_SECONDS@ > /tmp/cgsoak.out 2> /tmp/cgsoak.err
+say "cgroup-soak exit=$?"
+while IFS= read -r line; do say "cgroup-soak| $line"; done < /tmp/cgsoak.err
+say "cgroup-soak-result $(sed -n 's/^cgroup-soak-result //p' /tmp/cgsoak.out)"
 journalctl -u remote-vm.service --no-pager -o cat | while IFS= read -r line; do say "journal| $line"; done
 # Stopping it for good: the socket too (else a connection starts it again).
 systemctl stop remote-vm.socket remote-vm.service
@@ -283,8 +290,13 @@ fn chroot(tree: &Path, args: &[&str]) -> Result<()> {
     sh(Command::new("chroot").arg(tree).args(args).env("DEBIAN_FRONTEND", "noninteractive"))
 }
 
-/// Boots the installed package under systemd and checks the service.
-pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
+/// The systemd side of the abuse soak in `cargo xtask test` (`deb-test
+/// --cgroup-soak-seconds 600`: the full one).
+pub const CGROUP_SOAK_SECONDS: u64 = 60;
+
+/// Boots the installed package under systemd and checks the service, with
+/// `soak_seconds` of the abuse soak's systemd side.
+pub fn test(root: &Path, base: &Path, deb: &Path, soak_seconds: u64) -> Result<()> {
     let (kernel, modules) = kernels::debian_612_with_modules(root)?;
     let dir = root.join("target/systemd-test");
     let tree = dir.join("rootfs");
@@ -298,7 +310,8 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     std::fs::copy(deb, tree.join("root/remote-vm.deb"))?;
     std::fs::create_dir_all(tree.join("usr/local/sbin"))?;
     let script = tree.join("usr/local/sbin/rvm-systemd-check");
-    std::fs::write(&script, CHECK_SCRIPT.replace("@DEGRADED@", &degraded_line()))?;
+    std::fs::write(&script, CHECK_SCRIPT.replace("@DEGRADED@", &degraded_line()).replace("@CGSOAK_SECONDS@", &soak_seconds.to_string()))?;
+    std::fs::copy(root.join("target/release/rvm-testkit"), tree.join("usr/local/bin/rvm-testkit")).context("copy rvm-testkit into the tree")?;
     sh(Command::new("chmod").arg("755").arg(&script))?;
     std::fs::write(tree.join("etc/systemd/system/rvm-systemd-check.service"), CHECK_UNIT)?;
     std::fs::write(tree.join("etc/systemd/system/rvm-capset.service"), CAPSET_UNIT)?;
@@ -332,7 +345,7 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     let console = dir.join("console.log");
     say!("systemd: booting Debian 12 with systemd as PID 1 on {} (QEMU {})", kernel.origin, vm::accel_name(&kernel, vm::Clock::Wall));
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(900);
+    let deadline = started + Duration::from_secs(900 + soak_seconds);
     let mut attempt = 1;
     let text = loop {
         let out = std::fs::File::create(&console)?;
@@ -375,7 +388,7 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
         .filter_map(|l| l.trim_end_matches('\r').split("systemd-test: ").nth(1))
         .collect();
     for l in &lines {
-        if !l.starts_with("journal|") && !l.starts_with("thread-capeff") {
+        if !l.starts_with("journal|") && !l.starts_with("thread-capeff") && !l.starts_with("cgroup-soak-result ") {
             say!("  {l}");
         }
     }
@@ -475,6 +488,14 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
     expect("… and every capability is still dropped once attached", has("costs capeff=0000000000000000"));
     expect("systemctl stop: clean exit", has("stopped result=success status=0"));
     expect("the check ran to the end", has("done"));
+    let soak = lines.iter().find_map(|l| l.strip_prefix("cgroup-soak-result ")).and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok());
+    expect("the abuse soak's systemd side ran (rvm-testkit cgroup-soak exit 0)", has("cgroup-soak exit=0") && soak.is_some());
+    if let Some(soak) = &soak {
+        let table = cgsoak::table(soak, &kernel.origin);
+        std::fs::write(dir.join("cgroup-soak.md"), &table)?;
+        say!("systemd: the abuse soak's systemd side ({}):\n{table}", dir.join("cgroup-soak.md").display());
+        failures.extend(cgsoak::failures(soak));
+    }
     if !failures.is_empty() {
         for f in &failures {
             say!("systemd: FAIL: {f}");
@@ -486,6 +507,6 @@ pub fn test(root: &Path, base: &Path, deb: &Path) -> Result<()> {
             vm::tail(&console, 15)
         );
     }
-    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, the socket unit: /stalls on the Unix socket for its group only, no squatting, activation, the start limit; reload, watchdog restart, capset denied → exit 1, journal priorities, upgrades under policy-rc.d, the fleet socket drop-in, TLS and basic auth through LoadCredential=, clean stop)");
+    say!("systemd: ok: the unit ran for real under systemd (active, dynamic user, CapEff 0 on every thread, probes attached, the socket unit: /stalls on the Unix socket for its group only, no squatting, activation, the start limit; reload, watchdog restart, capset denied → exit 1, journal priorities, upgrades under policy-rc.d, the fleet socket drop-in, TLS and basic auth through LoadCredential=, the abuse soak's systemd side, clean stop)");
     Ok(())
 }

@@ -20,7 +20,7 @@ use super::misses;
 pub const PROGRAM: &str = "waits_in_progress";
 /// At most this many waits are listed (`/stalls`' `in_progress`, the oldest);
 /// all are counted.
-pub const LIST_MAX: usize = 256;
+pub const LIST_MAX: usize = remote_vm_common::WAITS_LISTED_MAX;
 /// The iterator's output is read this many records at a time: however many
 /// waits there are, reading them takes this much memory and the list.
 const READ_RECORDS: usize = 1024;
