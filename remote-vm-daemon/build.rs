@@ -12,7 +12,7 @@ fn main() -> anyhow::Result<()> {
         env::var("REMOTE_VM_EBPF_TOOLCHAIN").unwrap_or_else(|_| "debian-rustc-web".to_string());
     // aya-ebpf and remote-vm-common (its atomic add, `stats::bump`) need
     // `asm_experimental_arch` on BPF: unstable features for those crates only
-    // (Debian's stable rustc-web builds the eBPF object, see README). Not the
+    // (Debian's stable rustc-web builds the eBPF object, see docs/tests.md). Not the
     // eBPF package's own name, nor `1` (which `cargo fuzz` sets): aya-build
     // would then ask for `-Z build-std`, and there is no rust-src here.
     // SAFETY: a build script is single-threaded until aya-build spawns cargo.

@@ -1,7 +1,7 @@
 //! The metric catalog: every metric family the daemon exports, declared once —
 //! name, help, type, unit, labels with their value sets, and what it needs to be
-//! exported. The daemon's exposition, `check`'s `metrics:` lines, the README
-//! table, the dashboards and rules generator and the tests' expectations all
+//! exported. The daemon's exposition, `check`'s `metrics:` lines, the metrics
+//! table of docs/operating.md, the dashboards and rules generator and the tests' expectations all
 //! derive from it; no other source spells a `remote_vm_` name.
 use crate::{
     Point,
@@ -650,7 +650,7 @@ impl Metric {
         self.sample("_count")
     }
 
-    /// The label set of this family as README shows it.
+    /// The label set of this family as docs/operating.md's metrics table shows it.
     fn labels_md(&self) -> std::string::String {
         use std::{format, string::String, vec::Vec};
         let parts: Vec<String> = self
@@ -670,7 +670,7 @@ impl Metric {
     }
 }
 
-/// The README's metrics table, generated from the catalog.
+/// The metrics table of docs/operating.md, generated from the catalog.
 #[cfg(feature = "user")]
 pub fn readme_table() -> std::string::String {
     use std::{format, string::String};

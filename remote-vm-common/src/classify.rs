@@ -405,7 +405,7 @@ impl CallState {
     /// assignment of the default compiles to a `memset` call, which a BPF
     /// object links as a byte-at-a-time loop: 840 BPF instructions for these
     /// 168 bytes, on every remote access (about 1000 guest instructions,
-    /// BENCHMARKS.md). Volatile stores are neither merged
+    /// docs/benchmarks.md). Volatile stores are neither merged
     /// back into that call nor dropped.
     #[inline(always)]
     pub fn clear(&mut self) {

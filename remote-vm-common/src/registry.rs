@@ -102,7 +102,7 @@ pub struct FamilySpec {
     /// would cost without telling anything, so it is not attached either.
     pub requires: Option<Family>,
     /// Its hook runs on every user page fault of the host, remote access or not:
-    /// what it costs there is paid by every process (see BENCHMARKS.md).
+    /// what it costs there is paid by every process (see docs/benchmarks.md).
     pub on_fault_path: bool,
 }
 
@@ -284,7 +284,7 @@ static ACCESS: FamilySpec = FamilySpec {
 /// the kprobe pair stashes the arguments for the return probe.
 ///
 /// Opt-in only: every user page fault of the host calls it, and a program there
-/// costs every fault about 350 guest instructions (4.4 %, BENCHMARKS.md).
+/// costs every fault about 350 guest instructions (4.4 %, docs/benchmarks.md).
 /// Without it reads are classified all the same on a kernel the start-up probe
 /// read showed runs the lockless loop; only the split of a VMA-level stop into
 /// `vma_lock_failed` / `vma_unsuitable`, the VMAs locked per read and the
@@ -450,7 +450,7 @@ static HOST: FamilySpec = FamilySpec {
     on_fault_path: false,
 };
 
-/// The README's probe table, generated from the registry.
+/// The probes table of docs/probes-and-kernels.md, generated from the registry.
 #[cfg(feature = "user")]
 pub fn readme_table() -> std::string::String {
     use std::{format, string::String, vec::Vec};

@@ -209,7 +209,7 @@ pub fn coverage(sight: &Sight, attached: &Attached) -> Vec<CoverageStatus> {
 }
 
 /// The document `check --format json` prints: a stable shape, documented in
-/// README ("check --format json"). Fields are only ever added.
+/// docs/operating.md ("check --format json"). Fields are only ever added.
 #[derive(Debug, Serialize)]
 pub struct CheckReport {
     /// The version of this shape.

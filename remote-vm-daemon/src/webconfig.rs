@@ -3,7 +3,7 @@
 //! existing web config and Prometheus `scrape_config` work unchanged.
 //!
 //! What it supports, and what it refuses (one line naming the key) rather than
-//! ignore: see `README.md`, "TLS and basic auth". Relative paths are relative
+//! ignore: see `docs/operating.md`, "TLS and basic auth". Relative paths are relative
 //! to the file's directory, as in exporter-toolkit (so with systemd's
 //! `LoadCredential=` the file and everything it names can sit in the
 //! credentials directory).

@@ -1,6 +1,6 @@
 //! The metric catalog (`remote-vm-common/src/catalog.rs`) is the one place a
 //! metric is named: no other Rust source spells a `remote_vm_` metric name, the
-//! README table is generated from it, and the dashboards and rules use only
+//! metrics table of docs/operating.md is generated from it, and the dashboards and rules use only
 //! names it declares.
 use std::path::{Path, PathBuf};
 
@@ -73,26 +73,28 @@ fn no_rust_source_but_the_catalog_spells_a_metric_name() {
     assert_eq!(found, Vec::<String>::new(), "metric names typed outside the catalog");
 }
 
-/// The README section between `<!-- NAME table: generated from the SOURCE -->`
-/// and `<!-- end of NAME table -->` is `want`.
-fn readme_section_is(name: &str, source: &str, want: &str) {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+/// The section of the docs page `page` (relative to the workspace root) between
+/// `<!-- NAME table: generated from the SOURCE -->` and `<!-- end of NAME table -->`
+/// is `want`; with `REMOTE_VM_BLESS` set, a drifted section is rewritten instead.
+fn docs_table_is(page: &str, name: &str, source: &str, want: &str) {
+    let path = root().join(page);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{page}: {e}"));
     let begin = format!("<!-- {name} table: generated from the {source} -->\n");
     let end = format!("<!-- end of {name} table -->");
-    let start = readme.find(&begin).expect("README has the table markers") + begin.len();
-    let stop = readme[start..].find(&end).expect("end marker") + start;
-    if readme[start..stop] != *want && std::env::var_os("REMOTE_VM_BLESS").is_some() {
-        let fixed = format!("{}{want}{}", &readme[..start], &readme[stop..]);
-        std::fs::write(root().join("README.md"), fixed).unwrap();
+    let start = text.find(&begin).unwrap_or_else(|| panic!("{page} has no {name} table markers")) + begin.len();
+    let stop = text[start..].find(&end).expect("end marker") + start;
+    if text[start..stop] != *want && std::env::var_os("REMOTE_VM_BLESS").is_some() {
+        let fixed = format!("{}{want}{}", &text[..start], &text[stop..]);
+        std::fs::write(&path, fixed).unwrap();
         return;
     }
-    assert_eq!(readme[start..stop], *want, "README drifted from the {source} (REMOTE_VM_BLESS=1 rewrites it)");
+    assert_eq!(text[start..stop], *want, "{page} drifted from the {source} (REMOTE_VM_BLESS=1 rewrites it)");
 }
 
 #[test]
-fn the_readme_tables_are_generated() {
-    readme_section_is("metrics", "catalog", &catalog::readme_table());
-    readme_section_is("probes", "registry", &remote_vm_common::registry::readme_table());
+fn the_docs_tables_are_generated() {
+    docs_table_is("docs/operating.md", "metrics", "catalog", &catalog::readme_table());
+    docs_table_is("docs/probes-and-kernels.md", "probes", "registry", &remote_vm_common::registry::readme_table());
 }
 
 #[test]

@@ -50,6 +50,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use remote_vm_common::catalog::{MMAP_LOCK_WAITERS, STALL_EVENTS_DROPPED, STALLS};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -360,9 +361,6 @@ fn look(socket: &Path, ours: &HashMap<u32, ()>) -> Result<(BTreeMap<String, usiz
     Ok((by_cgroup, listed, others))
 }
 
-const STALLS: &str = "remote_vm_stalls_total";
-const DROPPED: &str = "remote_vm_stall_events_dropped_total";
-const WAITERS: &str = "remote_vm_mmap_lock_waiters";
 
 pub fn run(args: &SoakArgs) -> Result<Report> {
     let user = user_ids(&args.user)?;
@@ -531,7 +529,7 @@ pub fn run(args: &SoakArgs) -> Result<Report> {
                 round.cgroups = cgroups;
                 round.listed = listed;
                 round.others_listed = others;
-                round.waiters = mid.value(WAITERS, &[]).unwrap_or(-1.0);
+                round.waiters = mid.value(MMAP_LOCK_WAITERS.name, &[]).unwrap_or(-1.0);
                 eprintln!(
                     "cgroup-soak: round {} ({phase}): hold {:.2} s, {listed} listed {:?}, waiters {}, settled {}",
                     rounds.len() + 1,
@@ -580,8 +578,8 @@ pub fn run(args: &SoakArgs) -> Result<Report> {
             cgroup_b: format!("/{CGROUP_PARENT}/b"),
             cgroup_c: format!("/{CGROUP_PARENT}/c"),
             rounds,
-            stalls_counted: delta(STALLS, &[("lock_mode", "read")]),
-            stall_events_dropped: delta(DROPPED, &[]),
+            stalls_counted: delta(STALLS.name, &[("lock_mode", remote_vm_common::catalog::LOCK_READ)]),
+            stall_events_dropped: delta(STALL_EVENTS_DROPPED.name, &[]),
             metrics,
             stalls,
             reloads,

@@ -215,6 +215,12 @@ impl Run {
     }
 }
 
+/// A count, or `–` where it was not measured (no such series: e.g. write
+/// waits when no write-mode probe ran).
+fn fmt_n(v: f64) -> String {
+    if v.is_nan() { "–".into() } else { format!("{v}") }
+}
+
 fn fmt_s(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
@@ -299,6 +305,9 @@ pub fn run(root: &Path, kernels: Vec<vm::Kernel>, workload: &str) -> Result<Path
             _ => {}
         }
     }
+    if report.contains("NaN") {
+        problems.push("the report prints NaN (a figure not measured must read –)".into());
+    }
     if !problems.is_empty() {
         bail!("A/B report does not hold: {}", problems.join("; "));
     }
@@ -332,10 +341,10 @@ fn report(runs: &[Run], workload: &str, stamp: &str) -> String {
     });
     row(&mut o, "calls made (workload ground truth)", &|r| r.calls().to_string());
     row(&mut o, "calls seen (daemon, entries)", &|r| {
-        format!("{}", r.delta(&entries_key()))
+        fmt_n(r.delta(&entries_key()))
     });
     for p in classify::Path::ALL {
-        row(&mut o, &format!("reads `{}`", p.label()), &|r| format!("{}", r.delta(&reads_key(p))));
+        row(&mut o, &format!("reads `{}`", p.label()), &|r| fmt_n(r.delta(&reads_key(p))));
     }
     row(&mut o, "fast-path ratio", &|r| {
         let fast = r.delta(&reads_key(classify::Path::Fast));
@@ -345,7 +354,7 @@ fn report(runs: &[Run], workload: &str, stamp: &str) -> String {
     for reason in Reason::ALL.map(Reason::label) {
         row(&mut o, &format!("fallbacks `{reason}`"), &|r| {
             let k = format!("{}{{reason=\"{reason}\"}}", catalog::FALLBACKS.name);
-            if r.has(&k) { format!("{}", r.delta(&k)) } else { "absent".into() }
+            if r.has(&k) { fmt_n(r.delta(&k)) } else { "absent".into() }
         });
     }
     for (q, label) in [(0.5, "p50"), (0.9, "p90"), (0.99, "p99")] {
@@ -357,7 +366,7 @@ fn report(runs: &[Run], workload: &str, stamp: &str) -> String {
     for mode in [LOCK_READ, LOCK_WRITE] {
         let labels = format!("context=\"{CONTEXT_REMOTE}\",mode=\"{mode}\"");
         row(&mut o, &format!("remote reads' mmap_lock {mode} waits"), &|r| {
-            format!("{}", r.delta(&format!("{}{{{labels}}}", catalog::MMAP_LOCK_WAIT.count())))
+            fmt_n(r.delta(&format!("{}{{{labels}}}", catalog::MMAP_LOCK_WAIT.count())))
         });
         for (q, label) in [(0.5, "p50"), (0.99, "p99")] {
             row(&mut o, &format!("… {mode} wait {label} (≤)"), &|r| {
@@ -372,7 +381,7 @@ fn report(runs: &[Run], workload: &str, stamp: &str) -> String {
         let host = |mode: &str| format!("{}{{context=\"{CONTEXT_HOST}\",mode=\"{mode}\"}}", catalog::MMAP_LOCK_WAIT.count());
         let read = r.delta(&host(LOCK_READ));
         let write = r.delta(&host(LOCK_WRITE));
-        format!("{read} read, {write} write")
+        format!("{} read, {} write", fmt_n(read), fmt_n(write))
     });
     let range = |v: &[f64]| -> String {
         let (lo, hi) = (v.iter().copied().fold(f64::INFINITY, f64::min), v.iter().copied().fold(0.0, f64::max));
@@ -384,7 +393,7 @@ fn report(runs: &[Run], workload: &str, stamp: &str) -> String {
     });
     row(&mut o, "reads started during a hold", &|r| r.truth().reads_in_holds.to_string());
     row(&mut o, "… the longest of them per hold (blocked)", &|r| range(&r.truth().blocked));
-    row(&mut o, &format!("stalls (daemon, `{}`)", catalog::STALLS.name), &|r| format!("{}", r.stalls()));
+    row(&mut o, &format!("stalls (daemon, `{}`)", catalog::STALLS.name), &|r| fmt_n(r.stalls()));
     row(&mut o, "stalls (workload: certain + undecided)", &|r| {
         let t = r.truth();
         format!("{} + {} (threshold {})", t.certain, t.undecided, fmt_s(Some(r.threshold())))
@@ -394,7 +403,7 @@ fn report(runs: &[Run], workload: &str, stamp: &str) -> String {
     });
     row(&mut o, "… longest stalled read (workload)", &|r| fmt_s(Some(r.truth().longest)));
     row(&mut o, "most readers waiting at once (daemon, sampled)", &|r| {
-        format!("{}", r.result["in_progress_max"]["waiters"].as_f64().unwrap_or(f64::NAN))
+        fmt_n(r.result["in_progress_max"]["waiters"].as_f64().unwrap_or(f64::NAN))
     });
     row(&mut o, "stalls by who held the lock: holder thread / churn thread / readers / other", &|r| {
         let [h, c, readers, other] = r.stalls_by_role();
@@ -528,4 +537,32 @@ fn holds_plot(dir: &Path, runs: &[Run]) -> Result<()> {
     }
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run whose daemon had no write-mode probe: its write waits (and
+    /// everything else absent) read `–`, never NaN.
+    #[test]
+    fn figures_not_measured_read_a_dash() {
+        let read_waits = format!("{}{{context=\"{CONTEXT_REMOTE}\",mode=\"{LOCK_READ}\"}}", catalog::MMAP_LOCK_WAIT.count());
+        let side = |n: f64| serde_json::json!({ entries_key(): n, reads_key(classify::Path::Slow): n, read_waits.clone(): n });
+        let run = Run {
+            kernel: vm::Kernel {
+                name: "k".into(),
+                image: PathBuf::new(),
+                expect: "unpatched".into(),
+                origin: "a kernel".into(),
+                params: String::new(),
+                isolate: Vec::new(),
+            },
+            result: serde_json::json!({ "before": side(0.0), "after": side(3.0), "workload": {} }),
+        };
+        let text = report(&[run], "w", "run-0");
+        assert!(!text.contains("NaN"), "{text}");
+        assert!(text.contains("| remote reads' mmap_lock write waits | – |"), "{text}");
+        assert!(text.contains("| remote reads' mmap_lock read waits | 3 |"), "{text}");
+    }
 }

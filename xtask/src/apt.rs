@@ -1,8 +1,11 @@
 //! apt for set-up and kernel downloads: the machine's own sources, or a
-//! private sources list of newer Debian suites (trixie, trixie-backports, sid)
-//! under `target/apt/` that never touches the machine's. apt's output goes to a
-//! log file; the caller prints one line per step. An install is simulated
-//! first and refused when apt would remove a package the machine has.
+//! private sources list (under `target/apt/`, never the machine's) of suites
+//! the machine may lack — newer ones (trixie, trixie-backports, sid), a
+//! backports suite, the security suite kernels come from. The archive and
+//! security archive addresses are the machine's own (`Sources::of_machine`):
+//! none is written in the project. apt's output goes to a log file; the caller
+//! prints one line per step. An install is simulated first and refused when apt
+//! would remove a package the machine has.
 use std::{
     fs::OpenOptions,
     path::{Path, PathBuf},
@@ -11,10 +14,173 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// The suites of the private sources list, for kernels newer than bookworm's.
-pub const NEWER_SUITES: &[&str] = &["trixie", "trixie-backports", "sid"];
-const MIRROR: &str = "http://deb.debian.org/debian";
-const KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
+/// The suites of the private sources list test kernels, `linux-source` and
+/// the newer query engines come from: bookworm's cloud kernels are in
+/// bookworm-security (which keeps only the latest ABI) or a point release,
+/// newer ones in trixie-backports, the engines in sid.
+pub const ARCHIVE_SUITES: &[&str] = &["bookworm", "bookworm-security", "trixie", "trixie-backports", "sid"];
+/// Debian's release names apt suites are made of (`CODENAME[-POCKET]`).
+const DEBIAN_CODENAMES: &[&str] = &[
+    "buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid", "oldoldstable", "oldstable", "stable", "testing",
+    "unstable", "experimental",
+];
+/// The keyring of Debian's archive, where no source names one.
+const KEYRINGS: &[&str] = &["/usr/share/keyrings/debian-archive-keyring.pgp", "/usr/share/keyrings/debian-archive-keyring.gpg"];
+
+/// Where the machine's apt gets Debian from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sources {
+    /// The Debian archive (`http://deb.debian.org/debian`, a local mirror…).
+    pub debian: String,
+    /// The security archive, if the machine uses one.
+    pub security: Option<String>,
+    /// The machine's Debian suites (`bookworm`, `bookworm-updates`,
+    /// `bookworm-security`), in the order its sources name them.
+    pub suites: Vec<String>,
+    /// The keyring its Debian entry names, if any.
+    pub signed_by: Option<String>,
+}
+
+/// One `deb` entry of a sources file: address, suites, `signed-by`.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    uri: String,
+    suites: Vec<String>,
+    signed_by: Option<String>,
+}
+
+impl Sources {
+    /// The machine's: `/etc/apt/sources.list`, `sources.list.d/*.list`
+    /// (one-line format) and `*.sources` (deb822).
+    pub fn of_machine() -> Result<Sources> {
+        let mut entries = Vec::new();
+        if let Ok(text) = std::fs::read_to_string("/etc/apt/sources.list") {
+            entries.extend(one_line_entries(&text));
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        for f in files {
+            let Ok(text) = std::fs::read_to_string(&f) else { continue };
+            match f.extension().and_then(|e| e.to_str()) {
+                Some("list") => entries.extend(one_line_entries(&text)),
+                Some("sources") => entries.extend(deb822_entries(&text)),
+                _ => {}
+            }
+        }
+        pick(entries).context("the machine's apt sources (/etc/apt/sources.list, /etc/apt/sources.list.d/) name no Debian archive")
+    }
+
+    /// The line of a private list for `suite`: from the security archive for
+    /// `*-security`, else from the Debian archive.
+    fn line(&self, suite: &str) -> Result<String> {
+        let uri = if suite.ends_with("-security") {
+            self.security.as_deref().with_context(|| format!("{suite}: the machine's apt sources name no security archive"))?
+        } else {
+            &self.debian
+        };
+        let keyring = self
+            .signed_by
+            .clone()
+            .or_else(|| KEYRINGS.iter().find(|k| Path::new(k).is_file()).map(|k| k.to_string()))
+            .context("no Debian archive keyring (install debian-archive-keyring)")?;
+        Ok(format!("deb [signed-by={keyring}] {uri} {suite} main\n"))
+    }
+}
+
+/// `CODENAME[-POCKET]` of Debian's, e.g. `bookworm-security`.
+pub fn is_debian_suite(suite: &str) -> bool {
+    let base = suite.split('-').next().unwrap_or("");
+    DEBIAN_CODENAMES.contains(&base)
+        && suite[base.len()..].strip_prefix('-').is_none_or(|p| ["updates", "security", "backports", "proposed-updates", "backports-sloppy"].contains(&p))
+}
+
+/// The `deb` lines of a one-line sources file.
+fn one_line_entries(text: &str) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else { continue };
+        let rest = rest.trim_start();
+        let (options, rest) = match rest.strip_prefix('[') {
+            Some(r) => match r.split_once(']') {
+                Some((o, rest)) => (o, rest),
+                None => continue,
+            },
+            None => ("", rest),
+        };
+        let signed_by = options
+            .split_whitespace()
+            .find_map(|o| o.strip_prefix("signed-by="))
+            .map(str::to_string);
+        let mut words = rest.split_whitespace();
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else { continue };
+        out.push(Entry { uri: uri.trim_end_matches('/').to_string(), suites: vec![suite.to_string()], signed_by });
+    }
+    out
+}
+
+/// The stanzas of a deb822 sources file with `Types: deb`, enabled.
+fn deb822_entries(text: &str) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for stanza in text.split("\n\n") {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in stanza.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with([' ', '\t']) {
+                // A continuation line (a multi-line Signed-By key block).
+                if let Some(last) = fields.last_mut() {
+                    last.1.push('\n');
+                    last.1.push_str(line.trim());
+                }
+                continue;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                fields.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+            }
+        }
+        let get = |k: &str| fields.iter().find(|(f, _)| f == k).map(|(_, v)| v.as_str());
+        if !get("types").unwrap_or("").split_whitespace().any(|t| t == "deb") || get("enabled").is_some_and(|e| e.eq_ignore_ascii_case("no")) {
+            continue;
+        }
+        let suites: Vec<String> = get("suites").unwrap_or("").split_whitespace().map(str::to_string).collect();
+        // A keyring file, not an inline key.
+        let signed_by = get("signed-by").filter(|k| k.starts_with('/') && !k.contains('\n')).map(str::to_string);
+        for uri in get("uris").unwrap_or("").split_whitespace() {
+            out.push(Entry { uri: uri.trim_end_matches('/').to_string(), suites: suites.clone(), signed_by: signed_by.clone() });
+        }
+    }
+    out
+}
+
+/// The Debian archive: the first entry with a Debian suite that is not a
+/// security one (third-party entries have suites of their own); the security
+/// archive: the first with a `*-security` suite.
+fn pick(entries: Vec<Entry>) -> Option<Sources> {
+    let debian = entries.iter().find(|e| e.suites.iter().any(|s| is_debian_suite(s) && !s.ends_with("-security")))?;
+    let security = entries.iter().find(|e| e.suites.iter().any(|s| is_debian_suite(s) && s.ends_with("-security")));
+    let mut suites = Vec::new();
+    for e in &entries {
+        if e.uri == debian.uri || Some(&e.uri) == security.map(|s| &s.uri) {
+            for s in e.suites.iter().filter(|s| is_debian_suite(s)) {
+                if !suites.contains(s) {
+                    suites.push(s.clone());
+                }
+            }
+        }
+    }
+    Some(Sources {
+        debian: debian.uri.clone(),
+        security: security.map(|e| e.uri.clone()),
+        suites,
+        signed_by: debian.signed_by.clone(),
+    })
+}
 
 pub struct Apt {
     /// `-o` options that point apt at the private list (none: the machine's).
@@ -33,18 +199,17 @@ impl Apt {
         })
     }
 
-    /// A private sources list of `suites` in `target/apt/` (lists and cache
-    /// there too), updated when older than a day.
+    /// A private sources list of `suites` in `target/apt/SUITES/` (lists and
+    /// cache there too), from the machine's own archives, updated when older
+    /// than a day.
     pub fn private(root: &Path, suites: &[&str]) -> Result<Apt> {
-        let dir = root.join("target/apt");
+        let sources = Sources::of_machine()?;
+        let dir = root.join("target/apt").join(suites.join("+"));
         for sub in ["lists/partial", "cache/archives/partial"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         let list = dir.join("sources.list");
-        let text: String = suites
-            .iter()
-            .map(|s| format!("deb [signed-by={KEYRING}] {MIRROR} {s} main\n"))
-            .collect();
+        let text: String = suites.iter().map(|s| sources.line(s)).collect::<Result<_>>()?;
         let changed = std::fs::read_to_string(&list).ok().as_deref() != Some(text.as_str());
         std::fs::write(&list, &text)?;
         let apt = Apt {
@@ -108,9 +273,20 @@ impl Apt {
     /// Installs `packages` (no recommends) unless apt would remove a package
     /// the machine has: then nothing is installed and the error names them.
     pub fn install(&self, packages: &[&str]) -> Result<()> {
+        self.install_with(&[], packages)
+    }
+
+    /// `package` at `version` from `suite` (`-t`, in a call of its own so the
+    /// target release applies to it and what it needs alone), as `install`.
+    pub fn install_from(&self, suite: &str, package: &str, version: &str) -> Result<()> {
+        self.install_with(&["-t", suite], &[&format!("{package}={version}")])
+    }
+
+    fn install_with(&self, options: &[&str], packages: &[&str]) -> Result<()> {
         let out = self
             .command("apt-get")
             .args(["install", "-s", "-y", "-q", "--no-install-recommends"])
+            .args(options)
             .args(packages)
             .output()
             .context("run apt-get install -s")?;
@@ -131,6 +307,7 @@ impl Apt {
             );
         }
         let mut args = vec!["install", "--no-install-recommends"];
+        args.extend(options);
         args.extend(packages);
         self.get(&args, None)
     }
@@ -164,6 +341,48 @@ fn removals(plan: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_debian_archive_is_found_among_third_party_ones() {
+        // This machine kind's image: deb822 with a snapshot comment, a
+        // third-party one-line list whose suite contains a Debian codename.
+        let deb822 = "Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\nURIs: http://deb.debian.org/debian\n\
+                      Suites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+                      Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\nComponents: main\n\
+                      Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n\
+                      Types: deb\nURIs: https://deb.nodesource.com/node_20.x\nSuites: nodistro\nComponents: main\n";
+        let third = "deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n";
+        let mut entries = one_line_entries(third);
+        entries.extend(deb822_entries(deb822));
+        let s = pick(entries).unwrap();
+        assert_eq!(s.debian, "http://deb.debian.org/debian");
+        assert_eq!(s.security.as_deref(), Some("http://deb.debian.org/debian-security"));
+        assert_eq!(s.suites, ["bookworm", "bookworm-updates", "bookworm-security"]);
+        assert_eq!(s.signed_by.as_deref(), Some("/usr/share/keyrings/debian-archive-keyring.gpg"));
+        assert_eq!(s.line("bookworm-backports").unwrap(), "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main\n");
+        assert_eq!(s.line("bookworm-security").unwrap(), "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian-security bookworm-security main\n");
+    }
+
+    #[test]
+    fn one_line_sources_with_options_and_a_local_mirror() {
+        let text = "# comment\ndeb-src http://ftp.example.org/debian trixie main\n\
+                    deb [arch=amd64 signed-by=/etc/apt/keyrings/x.gpg] http://ftp.example.org/debian/ trixie main contrib\n\
+                    deb http://security.example.org/debian-security trixie-security main # old\n\
+                    deb http://apt.example.com/ stable-extras main\n";
+        let s = pick(one_line_entries(text)).unwrap();
+        assert_eq!(s.debian, "http://ftp.example.org/debian");
+        assert_eq!(s.security.as_deref(), Some("http://security.example.org/debian-security"));
+        assert_eq!(s.suites, ["trixie", "trixie-security"]);
+        assert_eq!(s.signed_by.as_deref(), Some("/etc/apt/keyrings/x.gpg"));
+        // sid: no security archive; a disabled stanza is not read.
+        let sid = "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: sid\nComponents: main\n\n\
+                   Enabled: no\nTypes: deb\nURIs: http://other/debian-security\nSuites: trixie-security\n";
+        let s = pick(deb822_entries(sid)).unwrap();
+        assert_eq!((s.debian.as_str(), s.security.as_deref()), ("http://deb.debian.org/debian", None));
+        assert!(s.line("bookworm-security").is_err());
+        assert!(pick(one_line_entries("deb http://apt.example.com/ stable-extras main\n")).is_none());
+        assert!(!is_debian_suite("cloud-sdk-bookworm") && !is_debian_suite("nodistro") && is_debian_suite("trixie-backports"));
+    }
 
     #[test]
     fn a_plan_that_removes_packages_is_seen() {

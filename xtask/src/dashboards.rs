@@ -13,12 +13,12 @@ const DS: &str = "${DS_PROMETHEUS}";
 
 /// What a panel shows when its query returns nothing.
 const NEEDS_READS: &str = "No data: needs the access_remote_vm and mmap_lock_remote probes and the start-up probe read's verdict (see Probe health), or no remote reads happened";
-const NEEDS_VMA_STEPS: &str = "No data: needs the opt-in lock_vma_under_rcu probe (it runs on every page fault: see README), or no remote reads happened";
+const NEEDS_VMA_STEPS: &str = "No data: needs the opt-in lock_vma_under_rcu probe (it runs on every page fault: see docs/probes-and-kernels.md), or no remote reads happened";
 const NEEDS_RUN_STATS: &str = "No data: the kernel does not collect BPF run-time statistics (self_stats = true with the CAP_SYS_ADMIN drop-in, or kernel.bpf_stats_enabled = 1: see /healthz)";
 const NEEDS_FALLBACKS: &str = "No data: needs the read probes and folio_walk_start (see Probe health), or no fallbacks happened";
 const NEEDS_REMOTE_LOCK: &str = "No data: needs the access_remote_vm and mmap_lock_remote probes (see Probe health)";
 const NEEDS_HOST_LOCK: &str = "No data: needs the mmap_lock_host probes (see Probe health)";
-const NEEDS_LOCK_VMA: &str = "No data: needs the access_remote_vm probes and the opt-in lock_vma_under_rcu probe (it runs on every page fault: see README)";
+const NEEDS_LOCK_VMA: &str = "No data: needs the access_remote_vm probes and the opt-in lock_vma_under_rcu probe (it runs on every page fault: see docs/probes-and-kernels.md)";
 const NEEDS_WALKS: &str = "No data: needs folio_walk_start and its BTF fields (see Probe health)";
 const NEEDS_DAEMON: &str = "No data: no remote-vm daemon is scraped";
 const NEEDS_WAITS: &str = "No data: needs the access_remote_vm and mmap_lock_remote probes, the task iterator and the host PID namespace (see /healthz)";

@@ -19,11 +19,15 @@ fn output(cmd: &mut Command) -> Result<(bool, String)> {
     Ok((out.status.success(), text))
 }
 
+/// The cargo-deb the package is built with.
+const CARGO_DEB_VERSION: &str = "3.8.0";
+
 /// Builds `target/debian/remote-vm_VERSION_amd64.deb` (cargo-deb installed if missing).
 pub fn build(root: &Path, version: Option<&str>, out_dir: &Path) -> Result<PathBuf> {
-    if !output(Command::new(setup::cargo()).args(["deb", "--version"]))?.0 {
-        say!("deb: installing cargo-deb (cargo install, about a minute)");
-        sh(Command::new(setup::cargo()).args(["install", "cargo-deb", "--locked"]))?;
+    let (ok, have) = output(Command::new(setup::cargo()).args(["deb", "--version"]))?;
+    if !ok || have.split_whitespace().nth(1) != Some(CARGO_DEB_VERSION) {
+        say!("deb: installing cargo-deb {CARGO_DEB_VERSION} (cargo install, about a minute)");
+        sh(Command::new(setup::cargo()).args(["install", &format!("cargo-deb@{CARGO_DEB_VERSION}"), "--locked"]))?;
     }
     std::fs::create_dir_all(out_dir)?;
     man_pages(root)?;
@@ -74,12 +78,12 @@ pub fn exposure(root: &Path) -> Result<(f64, String)> {
     Ok((figure, text))
 }
 
-/// A fresh minimal Debian 12 tree (with systemd), debootstrapped once into
-/// `target/deb-test/base` and copied for each run.
-fn fresh_tree(root: &Path) -> Result<PathBuf> {
+/// A fresh copy of the debootstrap tree of `suite` (made once, cached in
+/// `target/deb-test/base-SUITE`), from the machine's own Debian archive.
+fn fresh_tree(root: &Path, suite: &str) -> Result<(PathBuf, PathBuf)> {
     let dir = root.join("target/deb-test");
-    let base = dir.join("base");
-    // systemd in the tree: its units let `systemd-analyze verify --root` resolve ours;
+    let base = dir.join(format!("base-{suite}"));
+    // systemd in the tree: its `systemd-analyze verify` judges ours;
     // iproute2: the systemd test scrapes from another network namespace;
     // curl: over TLS with a client certificate.
     if !base.join("usr/bin/dpkg").is_file()
@@ -89,16 +93,17 @@ fn fresh_tree(root: &Path) -> Result<PathBuf> {
     {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&dir)?;
-        say!("deb: debootstrap --variant=minbase --include=systemd,iproute2,curl bookworm (once, cached in {})", base.display());
+        let mirror = crate::apt::Sources::of_machine()?.debian;
+        say!("deb: debootstrap --variant=minbase --include=systemd,iproute2,curl {suite} {mirror} (once, cached in {})", base.display());
         sh(Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=systemd,iproute2,curl", "bookworm"])
+            .args(["--variant=minbase", "--include=systemd,iproute2,curl", "--cache-dir=/var/cache/apt/archives", suite])
             .arg(&base)
-            .arg("http://deb.debian.org/debian"))?;
+            .arg(&mirror))?;
     }
-    let tree = dir.join("rootfs");
+    let tree = dir.join(format!("rootfs-{suite}"));
     let _ = std::fs::remove_dir_all(&tree);
     sh(Command::new("cp").arg("-a").arg(&base).arg(&tree)).context("copy the debootstrap tree")?;
-    Ok(tree)
+    Ok((base, tree))
 }
 
 fn chroot(tree: &Path, args: &[&str]) -> Result<(bool, String)> {
@@ -126,8 +131,32 @@ pub fn test(root: &Path, cgroup_soak_seconds: u64) -> Result<()> {
         debs.push(kept);
     }
     let (v1, v2) = (debs[0].clone(), debs[1].clone());
-    let tree = fresh_tree(root)?;
-    for deb in [&v1, &v2] {
+
+    // lintian: no error and no warning.
+    let (_, text) = output(Command::new("lintian").args(["--tag-display-limit", "0"]).arg(&v1))?;
+    let tags: Vec<&str> = text.lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).collect();
+    say!("deb: lintian {}: {}", v1.display(), if tags.is_empty() { "no error or warning".to_string() } else { format!("{} tags", tags.len()) });
+    if !tags.is_empty() {
+        bail!("lintian reports {} tags:\n{}", tags.len(), tags.join("\n"));
+    }
+    say!("deb: ok: lintian reports no error or warning");
+    let mut bases = Vec::new();
+    for release in &crate::systemd::RELEASES {
+        bases.push(package_checks(root, release, &v1, &v2)?);
+    }
+    for (release, base) in crate::systemd::RELEASES.iter().zip(&bases) {
+        // The abuse soak's systemd side once, on the first release.
+        let soak = if release.suite == crate::systemd::RELEASES[0].suite { cgroup_soak_seconds } else { 0 };
+        crate::systemd::test(root, release, base, &v1, soak)?;
+    }
+    Ok(())
+}
+
+/// Install, upgrade and purge of the two builds in a fresh tree of
+/// `release`; the tree's cached base.
+fn package_checks(root: &Path, release: &crate::systemd::Release, v1: &PathBuf, v2: &PathBuf) -> Result<PathBuf> {
+    let (base, tree) = fresh_tree(root, release.suite)?;
+    for deb in [v1, v2] {
         let dest = tree.join("tmp").join(deb.file_name().context("deb name")?);
         std::fs::copy(deb, &dest).with_context(|| format!("copy {} to {}", deb.display(), dest.display()))?;
     }
@@ -135,20 +164,14 @@ pub fn test(root: &Path, cgroup_soak_seconds: u64) -> Result<()> {
     let mut failures = Vec::new();
     let mut expect = |what: &str, ok: bool, detail: &str| {
         if ok {
-            say!("deb: ok: {what}");
+            say!("deb: ok: {}: {what}", release.name);
         } else {
-            say!("deb: FAIL: {what}: {detail}");
+            say!("deb: FAIL: {}: {what}: {detail}", release.name);
             failures.push(what.to_string());
         }
     };
 
-    // lintian: no error and no warning.
-    let (_, text) = output(Command::new("lintian").args(["--tag-display-limit", "0"]).arg(&v1))?;
-    let tags: Vec<&str> = text.lines().filter(|l| l.starts_with("E: ") || l.starts_with("W: ")).collect();
-    say!("deb: lintian {}: {}", v1.display(), if tags.is_empty() { "no error or warning".to_string() } else { format!("{} tags", tags.len()) });
-    expect("lintian reports no error or warning", tags.is_empty(), &tags.join("\n"));
-
-    let (ok, text) = chroot(&tree, &["dpkg", "-i", &name(&v1)])?;
+    let (ok, text) = chroot(&tree, &["dpkg", "-i", &name(v1)])?;
     expect("dpkg -i into a fresh debootstrap tree", ok, &text);
     let files = [
         "usr/bin/remote-vm-daemon",
@@ -161,6 +184,15 @@ pub fn test(root: &Path, cgroup_soak_seconds: u64) -> Result<()> {
         "usr/share/remote-vm/remote-vm.rules.yml",
         "usr/share/remote-vm/grafana-provisioning/datasource.yml",
         "usr/share/doc/remote-vm/README.md",
+        "usr/share/doc/remote-vm/docs/operating.md",
+        "usr/share/doc/remote-vm/docs/security.md",
+        "usr/share/doc/remote-vm/docs/stalls.md",
+        "usr/share/doc/remote-vm/docs/stalls-design.md",
+        "usr/share/doc/remote-vm/docs/probes-and-kernels.md",
+        "usr/share/doc/remote-vm/docs/compare.md",
+        "usr/share/doc/remote-vm/docs/benchmarks.md",
+        "usr/share/doc/remote-vm/docs/tests.md",
+        "usr/share/doc/remote-vm/docs/ARCHITECTURE.md",
         "usr/share/doc/remote-vm/copyright",
         "usr/share/doc/remote-vm/changelog.Debian.gz",
         "usr/share/doc/remote-vm/examples/prometheus.yml",
@@ -178,27 +210,30 @@ pub fn test(root: &Path, cgroup_soak_seconds: u64) -> Result<()> {
     let (ok, text) = chroot(&tree, &["dpkg-query", "-W", "-f=${Conffiles}", "remote-vm"])?;
     expect("/etc/remote-vm/remote-vm.toml is a conffile", ok && text.contains("/etc/remote-vm/remote-vm.toml"), &text);
     let (ok, text) = chroot(&tree, &["/usr/bin/remote-vm-daemon", "defaults"])?;
-    expect("the installed binary runs on a fresh Debian 12", ok && text.contains("listen_address = "), &text);
+    expect("the installed binary runs", ok && text.contains("listen_address = "), &text);
     let wants = tree.join("etc/systemd/system/multi-user.target.wants/remote-vm.service");
     let socket_wants = tree.join("etc/systemd/system/sockets.target.wants/remote-vm.socket");
     expect("nothing enabled by surprise", !wants.exists() && !socket_wants.exists(), "a .wants directory has remote-vm");
     let (ok, text) = chroot(&tree, &["getent", "group", "remote-vm-ops"])?;
     expect("the socket's group remote-vm-ops exists", ok && text.starts_with("remote-vm-ops:"), &text);
-    let (ok, text) = output(
-        Command::new("systemd-analyze")
-            .args(["verify", "--man=no", "--generators=no"])
-            .arg(format!("--root={}", tree.display()))
-            .arg("/lib/systemd/system/remote-vm.service")
-            .arg("/lib/systemd/system/remote-vm.socket"),
-    )?;
-    expect("systemd-analyze verify of the installed units", ok && text.trim().is_empty(), &text);
+    // The release's own systemd judges its units (a newer one knows keys an
+    // older one does not), with /proc so it sees the kernel's IPv6.
+    let proc_dir = tree.join("proc");
+    sh(Command::new("mount").args(["-t", "proc", "proc"]).arg(&proc_dir))?;
+    let verify = chroot(
+        &tree,
+        &["systemd-analyze", "verify", "--man=no", "--generators=no", "/lib/systemd/system/remote-vm.service", "/lib/systemd/system/remote-vm.socket"],
+    );
+    let _ = Command::new("umount").arg(&proc_dir).status();
+    let (ok, text) = verify?;
+    expect("systemd-analyze verify of the installed units (the release's own)", ok && text.trim().is_empty(), &text);
 
     // Upgrade with a locally changed conffile: the change stays.
     let conf = tree.join("etc/remote-vm/remote-vm.toml");
     let mut changed = std::fs::read_to_string(&conf)?;
     changed.push_str("\n# changed by the operator\n");
     std::fs::write(&conf, &changed)?;
-    let (ok, text) = chroot(&tree, &["dpkg", "-i", "--force-confdef", "--force-confold", &name(&v2)])?;
+    let (ok, text) = chroot(&tree, &["dpkg", "-i", "--force-confdef", "--force-confold", &name(v2)])?;
     expect("dpkg -i of the upgrade", ok, &text);
     let (_, version) = chroot(&tree, &["dpkg-query", "-W", "-f=${Version}", "remote-vm"])?;
     expect("the upgrade is installed", version.trim() == "0.1.0-2", &version);
@@ -222,7 +257,8 @@ pub fn test(root: &Path, cgroup_soak_seconds: u64) -> Result<()> {
     expect("dpkg knows nothing of it", !status.contains("installed"), &status);
 
     if !failures.is_empty() {
-        bail!("package checks failed: {}", failures.join("; "));
+        bail!("package checks on {} failed: {}", release.name, failures.join("; "));
     }
-    crate::systemd::test(root, &root.join("target/deb-test/base"), &v1, cgroup_soak_seconds)
+    let _ = std::fs::remove_dir_all(&tree);
+    Ok(base)
 }

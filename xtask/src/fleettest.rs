@@ -428,7 +428,7 @@ fn expressions(root: &Path, engine: &Engine, end: f64) -> Result<(usize, Vec<Str
 fn newer_engines(root: &Path) -> Result<(PathBuf, PathBuf)> {
     let dir = root.join("target/engines");
     std::fs::create_dir_all(&dir)?;
-    let apt = Apt::private(root, apt::NEWER_SUITES)?;
+    let apt = Apt::private(root, apt::ARCHIVE_SUITES)?;
     let mut out = Vec::new();
     for (package, binary) in [("prometheus", "usr/bin/prometheus"), ("victoria-metrics", "usr/bin/victoria-metrics")] {
         let tree = dir.join(package);

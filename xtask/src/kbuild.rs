@@ -97,7 +97,8 @@ fn source_tree(root: &Path, work: &Path, series: &str, wanted: &str, tree: &Path
     }
     let package = format!("linux-source-{series}");
     let mut found = None;
-    for apt in [Apt::system(root)?, Apt::private(root, crate::apt::NEWER_SUITES)?] {
+    {
+        let apt = Apt::private(root, crate::apt::ARCHIVE_SUITES)?;
         let text = apt.cache(&["madison", &package]).unwrap_or_default();
         let version = text
             .lines()
@@ -106,10 +107,10 @@ fn source_tree(root: &Path, work: &Path, series: &str, wanted: &str, tree: &Path
             .map(str::to_string);
         if let Some(v) = version {
             found = Some((apt, v));
-            break;
         }
     }
-    let (apt, version) = found.with_context(|| format!("no {package} of version {wanted} in bookworm, trixie, trixie-backports or sid"))?;
+    let (apt, version) =
+        found.with_context(|| format!("no {package} of version {wanted} in {}", crate::apt::ARCHIVE_SUITES.join(", ")))?;
     say!("kernels: downloading {package} {version} (apt-get download)");
     let deb = apt.download(&package, Some(&version), work)?;
     let unpacked = work.join("deb");

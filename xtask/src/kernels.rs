@@ -1,8 +1,9 @@
 //! Kernels a fleet really runs, from Debian's package registry: the signed
-//! `linux-image-*` packages listed in `xtask/kernels.toml` (bookworm's from the
-//! machine's sources, newer suites' through a private sources list), downloaded
-//! with `apt-get download`, `vmlinuz` extracted and cached under
-//! `target/kernels/`. The version tested is recorded in that file.
+//! `linux-image-*` packages listed in `xtask/kernels.toml`, from the suites
+//! that have them (a private sources list of the machine's own archives,
+//! `apt::ARCHIVE_SUITES`), downloaded with `apt-get download`, `vmlinuz`
+//! extracted and cached under `target/kernels/`. The version tested is
+//! recorded in that file; a test run never rewrites it (`--update` does).
 use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
@@ -26,7 +27,6 @@ pub enum Set {
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub name: String,
-    pub suite: String,
     pub series: String,
     pub flavour: String,
     pub package: String,
@@ -53,9 +53,13 @@ pub fn entries(root: &Path) -> Result<Vec<Entry>> {
             if !matches!(set.as_str(), "default" | "all") {
                 bail!("{RECORD}: set = {set:?}: expected \"default\" or \"all\"");
             }
+            let suite = field("suite")?;
+            // Its security and point-release updates come with it.
+            if !apt::ARCHIVE_SUITES.contains(&suite.as_str()) {
+                bail!("{RECORD}: suite = {suite:?}: kernels come from {} (apt::ARCHIVE_SUITES)", apt::ARCHIVE_SUITES.join(", "));
+            }
             Ok(Entry {
                 name: field("name")?,
-                suite: field("suite")?,
                 series: field("series")?,
                 flavour: field("flavour")?,
                 package: field("package")?,
@@ -68,8 +72,9 @@ pub fn entries(root: &Path) -> Result<Vec<Entry>> {
 }
 
 /// The package and version of `entry` the archive still has: the recorded
-/// one, else the newest of its series and flavour (recorded in its place).
-fn resolve(root: &Path, apt: &Apt, entry: &Entry) -> Result<(String, String)> {
+/// one, else the newest of its series and flavour (said in one line; the
+/// record is left as it is).
+fn resolve(apt: &Apt, entry: &Entry) -> Result<(String, String)> {
     let versions = |package: &str| -> Vec<String> {
         apt.cache(&["madison", package])
             .unwrap_or_default()
@@ -100,14 +105,29 @@ fn resolve(root: &Path, apt: &Apt, entry: &Entry) -> Result<(String, String)> {
         format!("{}: {} {} has left the archive and no {} {} package is there", entry.name, entry.package, entry.version, entry.series, entry.flavour)
     })?;
     say!(
-        "kernels: {}: {} {} has left the archive; taking the newest of {}: {package} {version} (recorded in {RECORD})",
+        "kernels: {}: {} {} has left the archive; using the newest of {}: {package} {version} (`cargo xtask kernels --update` records it in {RECORD})",
         entry.name,
         entry.package,
         entry.version,
         entry.series
     );
-    record(root, &entry.name, &package, &version)?;
     Ok((package, version))
+}
+
+/// `cargo xtask kernels --update`: every entry whose version has left the
+/// archive rewritten to the newest of its series, for a maintainer to commit.
+pub fn update(root: &Path) -> Result<()> {
+    let apt = Apt::private(root, apt::ARCHIVE_SUITES)?;
+    let mut changed = 0;
+    for entry in entries(root)? {
+        let (package, version) = resolve(&apt, &entry)?;
+        if (&package, &version) != (&entry.package, &entry.version) {
+            record(root, &entry.name, &package, &version)?;
+            changed += 1;
+        }
+    }
+    say!("kernels: {changed} entries of {RECORD} updated{}", if changed > 0 { " (commit it)" } else { "" });
+    Ok(())
 }
 
 /// Writes `package` and `version` into the entry `name` of the record.
@@ -158,8 +178,7 @@ pub fn debian_kernel_named(root: &Path, name: &str) -> Result<Option<Kernel>> {
 fn fetch(root: &Path, keep: impl Fn(&Entry) -> bool) -> Result<Vec<Kernel>> {
     let dir = root.join("target/kernels");
     std::fs::create_dir_all(&dir)?;
-    let mut system: Option<Apt> = None;
-    let mut private: Option<Apt> = None;
+    let mut archive: Option<Apt> = None;
     let mut out = Vec::new();
     for entry in entries(root)? {
         if !keep(&entry) {
@@ -169,24 +188,11 @@ fn fetch(root: &Path, keep: impl Fn(&Entry) -> bool) -> Result<Vec<Kernel>> {
         let (package, version) = if cached(&entry.package, &entry.version).is_file() {
             (entry.package.clone(), entry.version.clone())
         } else {
-            let apt = if entry.suite == "bookworm" {
-                if system.is_none() {
-                    let apt = Apt::system(root)?;
-                    if apt.cache(&["show", "--no-all-versions", "linux-image-cloud-amd64"]).is_err() {
-                        say!("kernels: updating the package lists (apt-get update)");
-                        apt.get(&["update"], None)?;
-                    }
-                    system = Some(apt);
-                }
-                system.as_ref()
-            } else {
-                if private.is_none() {
-                    private = Some(Apt::private(root, apt::NEWER_SUITES)?);
-                }
-                private.as_ref()
+            if archive.is_none() {
+                archive = Some(Apt::private(root, apt::ARCHIVE_SUITES)?);
             }
-            .context("apt")?;
-            let (package, version) = resolve(root, apt, &entry)?;
+            let apt = archive.as_ref().context("apt")?;
+            let (package, version) = resolve(apt, &entry)?;
             let image = cached(&package, &version);
             if !image.is_file() {
                 // From 7.0 on the image package is a shell: `vmlinuz` is in the

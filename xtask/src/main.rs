@@ -17,6 +17,7 @@ mod fuzz;
 mod kbuild;
 mod kernels;
 mod matrix;
+mod newcomer;
 mod promtest;
 mod setup;
 mod systemd;
@@ -80,7 +81,7 @@ enum Cmd {
     },
     /// The overhead benchmark (daemon off vs on): by default in wall-clock time,
     /// natively and in the patched VM (secondary figures); with --icount in guest
-    /// instructions, the figures BENCHMARKS.md is built on.
+    /// instructions, the figures docs/benchmarks.md is built on.
     Bench {
         #[arg(long, default_value_t = 5)]
         reps: usize,
@@ -153,6 +154,15 @@ enum Cmd {
     /// The kernels `vm-test` and `ab` know by name; with `--build`, build an
     /// A/B pair of one's own from Debian's linux-source of a version and a
     /// patch (the series' next version), named after the patch file.
+    /// README's commands as a new user runs them, in a clean root: debootstrap SUITE from the machine's archive, the host's rustup copied in, the repository cloned, then `cargo xtask setup --test` and `cargo xtask run` until /metrics answers (about 15 min on 2 cores; the root is cached)
+    NewcomerTest {
+        /// The Debian suite of the root.
+        #[arg(long, value_enum, default_value = "bookworm")]
+        suite: newcomer::Suite,
+        /// Also the unit tests (`cargo test --release`) in the root.
+        #[arg(long)]
+        full: bool,
+    },
     Kernels {
         /// Build `NAME-unpatched` and `NAME-patched` (about 2 × 10–15 min on 2 cores).
         #[arg(long, requires_all = ["source", "patch"])]
@@ -166,6 +176,9 @@ enum Cmd {
         /// The pair's name (default: the patch file's name without extension).
         #[arg(long)]
         name: Option<String>,
+        /// Rewrite `xtask/kernels.toml`: each Debian kernel whose recorded version has left the archive becomes the newest of its series (commit the change; test runs only say it)
+        #[arg(long, conflicts_with = "build")]
+        update: bool,
     },
     /// Write the unit tests' BTF files (remote-vm-daemon/testdata/btf/) from
     /// the shared 6.12 and 7.3 images and Debian's 6.1: each kernel's BTF cut
@@ -307,8 +320,14 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             setup::setup(setup::Purpose::Test)?;
             fuzz::run(&root, &fuzz::Args { seconds, only: targets, merge })
         }
-        Cmd::Kernels { build, source, patch, name } => {
-            if build {
+        Cmd::NewcomerTest { suite, full } => {
+            setup::setup(setup::Purpose::Test)?;
+            newcomer::run(&root, &newcomer::Args { suite, full }).map(drop)
+        }
+        Cmd::Kernels { build, source, patch, name, update } => {
+            if update {
+                kernels::update(&root)
+            } else if build {
                 setup::setup(setup::Purpose::Test)?;
                 let (Some(source), Some(patch)) = (source, patch) else { bail!("--build needs --source and --patch") };
                 kbuild::build(&root, &kbuild::Args { source, patch, name }).map(drop)
@@ -469,7 +488,7 @@ const HOST_TESTS_DIR: &str = "/usr/lib/rvm/host-tests";
 /// The kernels given, else both shared A/B pairs (6.12 with our backport, 7.3.4
 /// with the series as posted) and the Debian kernels of `set`.
 fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: kernels::Set) -> Result<()> {
-    // The whole matrix, every suite: README's "Supported kernels" is its table.
+    // The whole matrix, every suite: "Supported kernels" in docs/probes-and-kernels.md is its table.
     let whole = kernels.is_empty() && only.is_none() && set == kernels::Set::All;
     if kernels.is_empty() {
         kernels = vm::shared_pairs(root);
@@ -481,8 +500,8 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
     vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test", &[])?;
     if whole {
         let table = std::fs::read_to_string(root.join("target/vm-test/matrix.md"))?;
-        matrix::write_readme(root, &table)?;
-        say!("vm-test: README.md \"Supported kernels\" rewritten from this run (commit it)");
+        matrix::write_kernels_page(root, &table)?;
+        say!("vm-test: {} \"Supported kernels\" rewritten from this run (commit it)", matrix::KERNELS_PAGE);
     }
     Ok(())
 }
@@ -550,7 +569,7 @@ fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Dura
             .unwrap_or_default();
         for group in isolated {
             let only = group.join(",");
-            say!("vm-test: {}: {only} in a boot of its own (a defect of this kernel, see README)", kernel.name);
+            say!("vm-test: {}: {only} in a boot of its own (a defect of this kernel, see docs/probes-and-kernels.md, \"Supported kernels\")", kernel.name);
             let dir = out.join(format!("{}-{}", kernel.name, group.join("-")));
             let own = vm::boot_with(kernel, &initramfs, &dir, &format!("{params} rvm.only={only}"), timeout, "vmtest-report ")?;
             // `check` runs in every boot: its checks once.

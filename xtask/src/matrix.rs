@@ -15,7 +15,7 @@ pub struct Row {
     pub kernel: String,
     pub origin: String,
     pub expect: String,
-    /// `remote-vm-daemon check --format json` output (README: "check --format json").
+    /// `remote-vm-daemon check --format json` output (docs/operating.md: "check --format json").
     pub check: Value,
     /// The guest's checks (`name`, `expected`, `got`, `ok`); empty for the host.
     pub checks: Vec<Value>,
@@ -198,23 +198,26 @@ mod tests {
     }
 }
 
-/// The markers around the matrix in README.md.
-const README_BEGIN: &str = "<!-- kernel-matrix: written by `cargo xtask vm-test --all-kernels` -->";
-const README_END: &str = "<!-- kernel-matrix end -->";
+/// The page whose "Supported kernels" section holds the matrix.
+pub const KERNELS_PAGE: &str = "docs/probes-and-kernels.md";
 
-/// Puts `table` (with the date of the run) between README's markers.
-pub fn write_readme(root: &std::path::Path, table: &str) -> anyhow::Result<()> {
-    let path = root.join("README.md");
+/// The markers around the matrix in `KERNELS_PAGE`.
+const MATRIX_BEGIN: &str = "<!-- kernel-matrix: written by `cargo xtask vm-test --all-kernels` -->";
+const MATRIX_END: &str = "<!-- kernel-matrix end -->";
+
+/// Puts `table` (with the date of the run) between the markers of `KERNELS_PAGE`.
+pub fn write_kernels_page(root: &std::path::Path, table: &str) -> anyhow::Result<()> {
+    let path = root.join(KERNELS_PAGE);
     let text = std::fs::read_to_string(&path)?;
-    let (Some(b), Some(e)) = (text.find(README_BEGIN), text.find(README_END)) else {
-        anyhow::bail!("README.md has no kernel-matrix markers");
+    let (Some(b), Some(e)) = (text.find(MATRIX_BEGIN), text.find(MATRIX_END)) else {
+        anyhow::bail!("{KERNELS_PAGE} has no kernel-matrix markers");
     };
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%d"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let body = format!("{README_BEGIN}\n\nFrom the run of {date} (`target/vm-test/matrix.md`):\n\n{}\n", table.trim_end());
+    let body = format!("{MATRIX_BEGIN}\n\nFrom the run of {date} (`target/vm-test/matrix.md`):\n\n{}\n", table.trim_end());
     let out = format!("{}{body}{}", &text[..b], &text[e..]);
     std::fs::write(&path, out)?;
     Ok(())

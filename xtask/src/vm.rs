@@ -110,7 +110,8 @@ fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
             // The 7.3.4 images (tinyconfig-based: no CALL_PADDING, no ORC)
             // oops (a jump to NULL or into the stack from the ftrace call site)
             // when a function gets a kprobe, then a BPF trampoline, then a
-            // kprobe again in one boot (README, "Supported kernels"): the
+            // kprobe again in one boot (docs/probes-and-kernels.md, "Supported
+            // kernels"): the
             // kprobe scenario and the caller scenarios get boots of their own.
             isolate: if subdir == "7.3" { FTRACE_DEFECT_ISOLATE.to_vec() } else { Vec::new() },
         })

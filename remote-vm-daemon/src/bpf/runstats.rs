@@ -7,7 +7,7 @@
 //! is off unless asked for: `self_stats = true` holds a `BPF_ENABLE_STATS` file
 //! descriptor for the daemon's lifetime (the kernel switches collection off
 //! when the last holder closes it, even after SIGKILL). That needs
-//! CAP_SYS_ADMIN, which the shipped unit does not grant (README: the drop-in).
+//! CAP_SYS_ADMIN, which the shipped unit does not grant (docs/probes-and-kernels.md, "Probe costs": the drop-in).
 //! Collection switched on outside the daemon counts too: by the sysctl
 //! (`kernel.bpf_stats_enabled` reads 1), or by another holder of a descriptor,
 //! which the sysctl does not show: then by the programs' own counts, the runs
@@ -49,7 +49,7 @@ impl RunStats {
                 Ok(fd) => (Some(fd), None),
                 Err(e) => {
                     let why = match e.io_error.raw_os_error() {
-                        Some(libc::EPERM) => format!("BPF_ENABLE_STATS: {} (needs CAP_SYS_ADMIN: see README, \"Probe costs\")", e.io_error),
+                        Some(libc::EPERM) => format!("BPF_ENABLE_STATS: {} (needs CAP_SYS_ADMIN: see docs/probes-and-kernels.md, \"Probe costs\")", e.io_error),
                         _ => format!("BPF_ENABLE_STATS: {}", e.io_error),
                     };
                     log::warn!("self_stats = true, but probe run statistics are off: {why}");

@@ -8,7 +8,7 @@ use crate::{kernel::Kernel, logging, metrics::coverage::Sight, status};
 pub enum Format {
     /// Lines for people.
     Text,
-    /// One JSON document (README: "check --format json").
+    /// One JSON document (docs/operating.md: "check --format json").
     Json,
 }
 

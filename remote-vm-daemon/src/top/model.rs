@@ -7,7 +7,7 @@ use remote_vm_common::{
 use remote_vm_prom::Scrape;
 use serde::Deserialize;
 
-/// `/stalls` as `top` reads it (the shape README documents; unknown fields are
+/// `/stalls` as `top` reads it (the shape docs/stalls.md documents; unknown fields are
 /// ignored, missing ones default).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(default)]
