@@ -99,10 +99,11 @@ pub fn run(root: &Path, args: &Args) -> Result<Vec<Step>> {
     sh(Command::new("git").args(["clone", "--quiet"]).arg(root).arg(tree.join("root/remote-vm")))?;
     let head = crate::util::sh_output(Command::new("git").arg("-C").arg(root).args(["rev-parse", "--short", "HEAD"]))?;
     std::fs::copy("/etc/resolv.conf", tree.join("etc/resolv.conf")).context("copy /etc/resolv.conf")?;
+    let cas = local_cas(&tree)?;
     steps.push(Step {
         what: "the host's rustup and stable toolchain copied in, the repository cloned".into(),
         seconds: t.elapsed().as_secs_f64(),
-        note: format!("HEAD {}", head.trim()),
+        note: format!("HEAD {}{}", head.trim(), if cas > 0 { format!("; the host's {cas} local CA certificates") } else { String::new() }),
     });
 
     let mounts = Mounts::new(&tree)?;
@@ -212,6 +213,29 @@ fn base_root(dir: &Path, suite: Suite, sources: &crate::apt::Sources) -> Result<
     }
     std::fs::write(&stamp, "")?;
     Ok(base)
+}
+
+/// The host's own CA certificates (`/usr/local/share/ca-certificates`, e.g. a
+/// network's TLS-inspecting egress proxy), trusted in the root as on the host:
+/// a machine of this kind has them. How many.
+fn local_cas(tree: &Path) -> Result<usize> {
+    let dir = Path::new("/usr/local/share/ca-certificates");
+    let dest = tree.join("usr/local/share/ca-certificates");
+    std::fs::create_dir_all(&dest)?;
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "crt") {
+            std::fs::copy(&p, dest.join(e.file_name()))?;
+            n += 1;
+        }
+    }
+    if n > 0 {
+        sh(Command::new("chroot").arg(tree).args(["update-ca-certificates", "--fresh"]).stdout(std::process::Stdio::null()))
+            .context("update-ca-certificates in the root")?;
+        say!("newcomer: the host's {n} local CA certificates trusted in the root (as on a machine of this kind)");
+    }
+    Ok(n)
 }
 
 /// The host's rustup, its settings and its stable toolchain, into the root's
