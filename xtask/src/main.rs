@@ -394,6 +394,8 @@ fn test(root: &Path) -> Result<()> {
     fleettest::run(root, &fleettest::Args { hosts: 1000, days: 7 })?;
     say!("package: unit and .deb; under systemd, the abuse soak's systemd side ({} s)", systemd::CGROUP_SOAK_SECONDS);
     deb::test(root, systemd::CGROUP_SOAK_SECONDS)?;
+    say!("newcomer: README's set-up and run in a clean bookworm root of this machine kind (--full adds the unit tests there)");
+    newcomer::run(root, &newcomer::Args { suite: newcomer::Suite::Bookworm, full: false })?;
     let pair = vm::shared_kernels(root);
     if pair.len() == 2 {
         say!("A/B run, reduced ({})", ab::TEST_WORKLOAD);
