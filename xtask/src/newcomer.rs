@@ -13,8 +13,8 @@
 //!    `/proc` and `/sys`) until `/metrics` answers;
 //! 3. with `--full`, the unit tests (`cargo test --release`).
 //!
-//! The host's apt archive cache and cargo's registry cache are shared, so runs
-//! after the first download little. What is checked: each step exits 0; in the
+//! A package cache (beside the host's apt archive cache) and cargo's
+//! registry cache are shared, so runs after the first download little. What is checked: each step exits 0; in the
 //! bookworm root set-up installs `qemu-system-x86` at the version of the
 //! installed `qemu-utils` and leaves `qemu-utils` as it was; `/metrics` answers
 //! with remote-vm's series.
@@ -65,6 +65,10 @@ impl Suite {
 /// What a fresh machine of this kind has besides a minimal Debian: git and
 /// certificates to clone, a C toolchain for rustup's Rust to link, curl, ip.
 const BASE_PACKAGES: &str = "ca-certificates,git,gcc,libc6-dev,curl,iproute2,procps,xz-utils";
+/// The roots' package cache, shared by every root and run: beside the host's
+/// apt archive cache, in a directory of its own that an image's `docker-clean`
+/// (which empties `*.deb` there after every install) leaves alone.
+const PACKAGE_CACHE: &str = "/var/cache/apt/archives/remote-vm-newcomer";
 /// The `/metrics` wait for `cargo xtask run` (its first build included).
 const SERVE_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 
@@ -181,9 +185,10 @@ fn base_root(dir: &Path, suite: Suite, sources: &crate::apt::Sources) -> Result<
         return Ok(base);
     }
     remove_tree(&base)?;
+    std::fs::create_dir_all(Path::new(PACKAGE_CACHE).join("partial"))?;
     say!("newcomer: debootstrap --variant=minbase {} {} (once; cached in {})", suite.name(), sources.debian, base.display());
     sh(Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={BASE_PACKAGES}"), "--cache-dir=/var/cache/apt/archives", suite.name()])
+        .args(["--variant=minbase", &format!("--include={BASE_PACKAGES}"), &format!("--cache-dir={PACKAGE_CACHE}"), suite.name()])
         .arg(&base)
         .arg(&sources.debian))
     .context("debootstrap")?;
@@ -195,6 +200,10 @@ fn base_root(dir: &Path, suite: Suite, sources: &crate::apt::Sources) -> Result<
         .context("the root has no Debian archive keyring")?;
     std::fs::write(base.join("etc/apt/sources.list.d/debian.sources"), suite.sources(&sources.debian, sources.security.as_deref(), keyring))?;
     std::fs::copy("/etc/resolv.conf", base.join("etc/resolv.conf"))?;
+    let copied = archive_access_conf(&base)?;
+    if !copied.is_empty() {
+        say!("newcomer: the machine's apt archive settings copied into the root ({})", copied.join(", "));
+    }
     {
         let _mounts = Mounts::new(&base)?;
         let log = dir.join(format!("{}-base.log", suite.name()));
@@ -213,6 +222,21 @@ fn base_root(dir: &Path, suite: Suite, sources: &crate::apt::Sources) -> Result<
     }
     std::fs::write(&stamp, "")?;
     Ok(base)
+}
+
+/// The machine's apt settings for reaching its archive (`Acquire::Check-Valid-Until`,
+/// `Acquire::Check-Date`: a snapshot mirror whose sid Release file has
+/// expired), as the machine kind's image has them; the files copied.
+fn archive_access_conf(tree: &Path) -> Result<Vec<String>> {
+    let mut copied = Vec::new();
+    for e in std::fs::read_dir("/etc/apt/apt.conf.d").into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if text.contains("Acquire::Check-Valid-Until") || text.contains("Acquire::Check-Date") {
+            std::fs::copy(e.path(), tree.join("etc/apt/apt.conf.d").join(e.file_name()))?;
+            copied.push(e.file_name().to_string_lossy().to_string());
+        }
+    }
+    Ok(copied)
 }
 
 /// The host's own CA certificates (`/usr/local/share/ca-certificates`, e.g. a
@@ -276,11 +300,12 @@ impl Mounts {
         let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
         let registry = home.join(".cargo/registry");
         std::fs::create_dir_all(&registry)?;
+        std::fs::create_dir_all(Path::new(PACKAGE_CACHE).join("partial"))?;
         let binds: [(&str, PathBuf, &str); 5] = [
             ("proc", PathBuf::from("proc"), "proc"),
             ("--rbind", PathBuf::from("/sys"), "sys"),
             ("--rbind", PathBuf::from("/dev"), "dev"),
-            ("--bind", PathBuf::from("/var/cache/apt/archives"), "var/cache/apt/archives"),
+            ("--bind", PathBuf::from(PACKAGE_CACHE), "var/cache/apt/archives"),
             ("--bind", registry, "root/.cargo/registry"),
         ];
         for (how, from, to) in binds {
