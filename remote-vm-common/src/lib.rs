@@ -186,6 +186,11 @@ pub const RENDER_FDS: usize = 2;
 /// the oldest); all are counted.
 pub const WAITS_LISTED_MAX: usize = 256;
 
+/// The most stalls `/stalls` keeps (`[stalls] keep`): one answer stays under
+/// about 1 MiB (a stall is some 600 bytes of JSON, and `in_progress` lists up
+/// to `WAITS_LISTED_MAX` more).
+pub const STALLS_KEEP_MAX: usize = 1024;
+
 /// "Not found in BTF" for the offset globals handed to the programs.
 pub const UNKNOWN_OFFSET: u64 = u64::MAX;
 

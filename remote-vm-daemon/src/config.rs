@@ -178,9 +178,7 @@ struct RawHistograms {
 pub const DEFAULT_SOCKET: &str = "/run/remote-vm/remote-vm.sock";
 pub const SOCKET_ALLOWED: &str = "an absolute path for a Unix socket, under 108 bytes, or \"\" for none";
 
-/// The most stalls `/stalls` keeps: one answer stays under about 1 MiB (a
-/// stall is some 600 bytes of JSON, and `in_progress` lists up to 256 more).
-pub const STALLS_KEEP_MAX: usize = 1024;
+pub use remote_vm_common::STALLS_KEEP_MAX;
 
 pub const LISTEN_ALLOWED: &str =
     "ADDRESS:PORT or :PORT (every address), e.g. 127.0.0.1:19361, [::1]:19361 or :19361; in the config a string or a list of them, each once";

@@ -154,7 +154,7 @@ enum Cmd {
     /// The kernels `vm-test` and `ab` know by name; with `--build`, build an
     /// A/B pair of one's own from Debian's linux-source of a version and a
     /// patch (the series' next version), named after the patch file.
-    /// README's commands as a new user runs them, in a clean root: debootstrap SUITE from the machine's archive, the host's rustup copied in, the repository cloned, then `cargo xtask setup --test` and `cargo xtask run` until /metrics answers (about 15 min on 2 cores; the root is cached)
+    /// README's commands as a new user runs them, in a clean root: debootstrap SUITE from the machine's archive, the host's rustup copied in, the repository cloned, then `cargo xtask setup --test` and `cargo xtask run` until /metrics answers (6 to 7 min on 2 cores once its root and caches are made)
     NewcomerTest {
         /// The Debian suite of the root.
         #[arg(long, value_enum, default_value = "bookworm")]
@@ -282,7 +282,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::DebTest { cgroup_soak_seconds } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
-            deb::test(&root, cgroup_soak_seconds)
+            deb::test(&root, cgroup_soak_seconds, true)
         }
         Cmd::Dashboards => {
             for (path, contents) in dashboards::files()? {
@@ -376,10 +376,21 @@ fn test(root: &Path) -> Result<()> {
     build(root)?;
     say!("running unit and host integration tests (cargo test --release, ignored host tests included)");
     sh(cargo(root).args(["test", "--release", "--", "--include-ignored"]))?;
+    // The newcomer test (network, dpkg, a build in the root) beside the
+    // BTF check and the fuzzers (one core each), before anything timed.
+    say!("newcomer: README's set-up and run in a clean bookworm root of this machine kind, beside the fuzzers (--full adds the unit tests there)");
+    let newcomer = {
+        let root = root.to_path_buf();
+        std::thread::spawn(move || newcomer::run(&root, &newcomer::Args { suite: newcomer::Suite::Bookworm, full: false }))
+    };
     say!("btf-testdata --check: the unit tests' BTF files are what the kernels give");
-    btf_testdata::run(root, true)?;
-    say!("fuzz: the committed corpus, then {FUZZ_SECONDS} s per target");
-    fuzz::run(root, &fuzz::Args { seconds: FUZZ_SECONDS, only: Vec::new(), merge: false })?;
+    let checks = btf_testdata::run(root, true).and_then(|()| {
+        say!("fuzz: the committed corpus, then {FUZZ_SECONDS} s per target");
+        fuzz::run(root, &fuzz::Args { seconds: FUZZ_SECONDS, only: Vec::new(), merge: false })
+    });
+    let newcomer = newcomer.join().map_err(|_| anyhow::anyhow!("the newcomer test panicked"))?;
+    checks?;
+    newcomer?;
     vm_test(root, Vec::new(), None, kernels::Set::Default)?;
     preemptible_test(root, SOAK_SECONDS)?;
     host_suite_test(root)?;
@@ -392,18 +403,20 @@ fn test(root: &Path) -> Result<()> {
     abuse::run(root, &abuse::Args { seconds: ABUSE_SECONDS })?;
     say!("fleet: compare on Prometheus 2 and 3 and VictoriaMetrics, 1000 synthetic hosts over 7 days");
     fleettest::run(root, &fleettest::Args { hosts: 1000, days: 7 })?;
-    say!("package: unit and .deb; under systemd, the abuse soak's systemd side ({} s)", systemd::CGROUP_SOAK_SECONDS);
-    deb::test(root, systemd::CGROUP_SOAK_SECONDS)?;
-    say!("newcomer: README's set-up and run in a clean bookworm root of this machine kind (--full adds the unit tests there)");
-    newcomer::run(root, &newcomer::Args { suite: newcomer::Suite::Bookworm, full: false })?;
+    say!(
+        "package: unit and .deb on Debian 12 and 13; under systemd on Debian 12 with the abuse soak's systemd side ({} s; cargo xtask deb-test boots Debian 13 too)",
+        systemd::CGROUP_SOAK_SECONDS
+    );
+    deb::test(root, systemd::CGROUP_SOAK_SECONDS, false)?;
     let pair = vm::shared_kernels(root);
     if pair.len() == 2 {
         say!("A/B run, reduced ({})", ab::TEST_WORKLOAD);
         ab::run(root, pair, ab::TEST_WORKLOAD)?;
-        // At full scale: its boots take about a minute each, and shorter runs
-        // would not agree within AGREE_PERCENT.
-        say!("overhead benchmark in guest instructions (two boots per kernel must agree within {} %)", bench::AGREE_PERCENT);
-        bench::icount(root, 1.0, 2)?;
+        // At full scale, one boot per kernel (about a minute and a half each):
+        // `cargo xtask bench --icount` boots each twice and fails when they
+        // differ by more than AGREE_PERCENT.
+        say!("overhead benchmark in guest instructions, one boot per kernel (cargo xtask bench --icount: two, which must agree within {} %)", bench::AGREE_PERCENT);
+        bench::icount(root, 1.0, 1)?;
     } else {
         say!("A/B run and overhead benchmark: skipped (they need the shared 6.12 pair)");
     }

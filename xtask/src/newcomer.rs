@@ -2,7 +2,7 @@
 //! as a new user runs them, on a fresh machine, proven in a clean root.
 //!
 //! A minimal root is debootstrapped from the machine's own Debian archive
-//! (cached per suite under `target/newcomer/`). The bookworm root is made into
+//! (cached per suite under `util::MACHINE_CACHE`). The bookworm root is made into
 //! this project's machine kind: `qemu-utils` from bookworm-backports, no
 //! `qemu-system-x86`, sources without backports. The host's rustup and its
 //! stable toolchain are copied in (what such a machine comes with; nothing is
@@ -13,8 +13,8 @@
 //!    `/proc` and `/sys`) until `/metrics` answers;
 //! 3. with `--full`, the unit tests (`cargo test --release`).
 //!
-//! A package cache (beside the host's apt archive cache) and cargo's
-//! registry cache are shared, so runs after the first download little. What is checked: each step exits 0; in the
+//! A package cache is shared by every root and run, and cargo's downloaded
+//! crates are copied in, so runs after the first download little. What is checked: each step exits 0; in the
 //! bookworm root set-up installs `qemu-system-x86` at the version of the
 //! installed `qemu-utils` and leaves `qemu-utils` as it was; `/metrics` answers
 //! with remote-vm's series.
@@ -65,10 +65,10 @@ impl Suite {
 /// What a fresh machine of this kind has besides a minimal Debian: git and
 /// certificates to clone, a C toolchain for rustup's Rust to link, curl, ip.
 const BASE_PACKAGES: &str = "ca-certificates,git,gcc,libc6-dev,curl,iproute2,procps,xz-utils";
-/// The roots' package cache, shared by every root and run: beside the host's
-/// apt archive cache, in a directory of its own that an image's `docker-clean`
-/// (which empties `*.deb` there after every install) leaves alone.
-const PACKAGE_CACHE: &str = "/var/cache/apt/archives/remote-vm-newcomer";
+/// The roots' package cache, shared by every root and run (under
+/// `util::MACHINE_CACHE`: the machine's apt archive cache is emptied after
+/// every install by an image's `docker-clean`).
+const PACKAGE_CACHE: &str = "/var/cache/remote-vm/archives";
 /// The `/metrics` wait for `cargo xtask run` (its first build included).
 const SERVE_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 
@@ -178,7 +178,8 @@ pub fn run(root: &Path, args: &Args) -> Result<Vec<Step>> {
 /// archive with the shared package cache, the root's own sources written as
 /// the machine kind has them, and (bookworm) `qemu-utils` from backports.
 fn base_root(dir: &Path, suite: Suite, sources: &crate::apt::Sources) -> Result<PathBuf> {
-    let base = dir.join(format!("{}-base", suite.name()));
+    let base = Path::new(crate::util::MACHINE_CACHE).join(format!("newcomer/{}-base", suite.name()));
+    std::fs::create_dir_all(base.parent().context("base")?)?;
     let stamp = base.join("etc/remote-vm-newcomer-base");
     if stamp.is_file() {
         say!("newcomer: {} root cached ({})", suite.name(), base.display());
@@ -227,7 +228,7 @@ fn base_root(dir: &Path, suite: Suite, sources: &crate::apt::Sources) -> Result<
 /// The machine's apt settings for reaching its archive (`Acquire::Check-Valid-Until`,
 /// `Acquire::Check-Date`: a snapshot mirror whose sid Release file has
 /// expired), as the machine kind's image has them; the files copied.
-fn archive_access_conf(tree: &Path) -> Result<Vec<String>> {
+pub(crate) fn archive_access_conf(tree: &Path) -> Result<Vec<String>> {
     let mut copied = Vec::new();
     for e in std::fs::read_dir("/etc/apt/apt.conf.d").into_iter().flatten().flatten() {
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
@@ -286,6 +287,16 @@ fn copy_rustup(tree: &Path) -> Result<()> {
         std::fs::hard_link(bin.join("rustup"), bin.join(proxy))?;
     }
     std::fs::write(tree.join("root/.cargo/env"), "export PATH=\"$HOME/.cargo/bin:$PATH\"\n")?;
+    // cargo's downloaded crates and index, copied (not shared: a cargo on the
+    // host may write them at the same time), so the root downloads little.
+    let registry = tree.join("root/.cargo/registry");
+    std::fs::create_dir_all(&registry)?;
+    for part in ["index", "cache"] {
+        let from = cargo_home.join("registry").join(part);
+        if from.is_dir() {
+            sh(Command::new("cp").arg("-a").arg(&from).arg(&registry)).context("copy cargo's registry cache")?;
+        }
+    }
     Ok(())
 }
 
@@ -297,16 +308,12 @@ struct Mounts {
 impl Mounts {
     fn new(tree: &Path) -> Result<Mounts> {
         let mut m = Mounts { points: Vec::new() };
-        let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
-        let registry = home.join(".cargo/registry");
-        std::fs::create_dir_all(&registry)?;
         std::fs::create_dir_all(Path::new(PACKAGE_CACHE).join("partial"))?;
-        let binds: [(&str, PathBuf, &str); 5] = [
+        let binds: [(&str, PathBuf, &str); 4] = [
             ("proc", PathBuf::from("proc"), "proc"),
             ("--rbind", PathBuf::from("/sys"), "sys"),
             ("--rbind", PathBuf::from("/dev"), "dev"),
             ("--bind", PathBuf::from(PACKAGE_CACHE), "var/cache/apt/archives"),
-            ("--bind", registry, "root/.cargo/registry"),
         ];
         for (how, from, to) in binds {
             let point = tree.join(to);

@@ -28,3 +28,8 @@ pub fn sh_output(cmd: &mut Command) -> Result<String> {
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// Caches of the machine's that outlive a clone (CI runs on a clean one):
+/// debootstrapped base trees and a package cache, each made again when
+/// missing or incomplete. `rm -r` it to start afresh.
+pub const MACHINE_CACHE: &str = "/var/cache/remote-vm";

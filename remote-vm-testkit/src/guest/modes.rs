@@ -170,8 +170,9 @@ pub(super) fn ab() -> Result<bool> {
     }
     let args = Wrap::try_parse_from(&argv).map_err(|e| anyhow::anyhow!("rvm.ab={spec}: {e}"))?.args;
     println!("vmtest: ab workload {args:?}");
-    // Every stall of the run kept for the report (who held the lock).
-    let mut daemon = Daemon::start("[stalls]\nkeep = 65536\n", &[])?;
+    // Every stall of the run kept for the report (who held the lock): the
+    // most the daemon keeps (the default workload stalls some tens of times).
+    let mut daemon = Daemon::start(&format!("[stalls]\nkeep = {}\n", remote_vm_common::STALLS_KEEP_MAX), &[])?;
     let before = Scrape::fetch(LISTEN)?;
     // Waits in progress, sampled while the workload runs: the longest seen and
     // the most readers waiting at once.
