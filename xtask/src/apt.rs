@@ -85,10 +85,56 @@ impl Sources {
         let keyring = self
             .signed_by
             .clone()
-            .or_else(|| KEYRINGS.iter().find(|k| Path::new(k).is_file()).map(|k| k.to_string()))
+            .or_else(|| keyring_in(Path::new("/")).map(str::to_string))
             .context("no Debian archive keyring (install debian-archive-keyring)")?;
         Ok(format!("deb [signed-by={keyring}] {uri} {suite} main\n"))
     }
+}
+
+/// The Debian archive keyring installed under `root` (its absolute path there).
+pub fn keyring_in(root: &Path) -> Option<&'static str> {
+    KEYRINGS.iter().copied().find(|k| root.join(k.trim_start_matches('/')).is_file())
+}
+
+/// The package cache of the roots the tests debootstrap, shared by every root
+/// and run (the machine's own apt archive cache is emptied after every install
+/// by an image's `docker-clean`).
+pub fn package_cache() -> Result<PathBuf> {
+    let dir = Path::new(crate::util::MACHINE_CACHE).join("archives");
+    std::fs::create_dir_all(dir.join("partial"))?;
+    Ok(dir)
+}
+
+/// A minimal root of `suite` at `base` (`--variant=minbase` with `include`)
+/// from the machine's Debian archive through the package cache, with the
+/// machine's resolv.conf and its settings for reaching the archive; the
+/// settings files copied.
+pub fn debootstrap(base: &Path, suite: &str, include: &str) -> Result<Vec<String>> {
+    let mirror = Sources::of_machine()?.debian;
+    crate::util::sh(
+        Command::new("debootstrap")
+            .args(["--variant=minbase", &format!("--include={include}"), &format!("--cache-dir={}", package_cache()?.display()), suite])
+            .arg(base)
+            .arg(&mirror),
+    )
+    .context("debootstrap")?;
+    std::fs::copy("/etc/resolv.conf", base.join("etc/resolv.conf")).context("copy /etc/resolv.conf")?;
+    archive_access_conf(base)
+}
+
+/// The machine's apt settings for reaching its archive (`Acquire::Check-Valid-Until`,
+/// `Acquire::Check-Date`: a snapshot mirror whose sid Release file has
+/// expired), copied into `tree` as the machine kind's image has them; the files.
+fn archive_access_conf(tree: &Path) -> Result<Vec<String>> {
+    let mut copied = Vec::new();
+    for e in std::fs::read_dir("/etc/apt/apt.conf.d").into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        if text.contains("Acquire::Check-Valid-Until") || text.contains("Acquire::Check-Date") {
+            std::fs::copy(e.path(), tree.join("etc/apt/apt.conf.d").join(e.file_name()))?;
+            copied.push(e.file_name().to_string_lossy().to_string());
+        }
+    }
+    Ok(copied)
 }
 
 /// `CODENAME[-POCKET]` of Debian's, e.g. `bookworm-security`.
@@ -268,6 +314,16 @@ impl Apt {
             bail!("apt-cache {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The versions of `package` the lists offer (`apt-cache madison`), none
+    /// when apt knows no such package.
+    pub fn versions(&self, package: &str) -> Vec<String> {
+        self.cache(&["madison", package])
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split('|').nth(1).map(|v| v.trim().to_string()))
+            .collect()
     }
 
     /// Installs `packages` (no recommends) unless apt would remove a package

@@ -90,16 +90,8 @@ fn fresh_tree(root: &Path, suite: &str) -> Result<(PathBuf, PathBuf)> {
     if !stamp.is_file() {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base)?;
-        let archives = Path::new(crate::util::MACHINE_CACHE).join("archives");
-        std::fs::create_dir_all(archives.join("partial"))?;
-        let mirror = crate::apt::Sources::of_machine()?.debian;
-        say!("deb: debootstrap --variant=minbase --include=systemd,iproute2,curl {suite} {mirror}, then lintian (once, cached in {})", base.display());
-        sh(Command::new("debootstrap")
-            .args(["--variant=minbase", "--include=systemd,iproute2,curl", &format!("--cache-dir={}", archives.display()), suite])
-            .arg(&base)
-            .arg(&mirror))?;
-        std::fs::copy("/etc/resolv.conf", base.join("etc/resolv.conf"))?;
-        crate::newcomer::archive_access_conf(&base)?;
+        say!("deb: debootstrap --variant=minbase --include=systemd,iproute2,curl {suite}, then lintian (once, cached in {})", base.display());
+        crate::apt::debootstrap(&base, suite, "systemd,iproute2,curl")?;
         let (ok, text) = chroot(&base, &["sh", "-c", "apt-get -q update && apt-get -q -y install --no-install-recommends lintian && apt-get clean"])?;
         if !ok {
             bail!("installing lintian in the {suite} tree failed: {}", text.lines().rev().find(|l| l.starts_with("E: ")).unwrap_or(text.trim()));

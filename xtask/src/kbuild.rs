@@ -96,21 +96,12 @@ fn source_tree(root: &Path, work: &Path, series: &str, wanted: &str, tree: &Path
         return Ok(v.trim().to_string());
     }
     let package = format!("linux-source-{series}");
-    let mut found = None;
-    {
-        let apt = Apt::private(root, crate::apt::ARCHIVE_SUITES)?;
-        let text = apt.cache(&["madison", &package]).unwrap_or_default();
-        let version = text
-            .lines()
-            .filter_map(|l| l.split('|').nth(1).map(str::trim))
-            .find(|v| v.starts_with(&format!("{wanted}-")) || *v == wanted)
-            .map(str::to_string);
-        if let Some(v) = version {
-            found = Some((apt, v));
-        }
-    }
-    let (apt, version) =
-        found.with_context(|| format!("no {package} of version {wanted} in {}", crate::apt::ARCHIVE_SUITES.join(", ")))?;
+    let apt = Apt::private(root, crate::apt::ARCHIVE_SUITES)?;
+    let version = apt
+        .versions(&package)
+        .into_iter()
+        .find(|v| v.starts_with(&format!("{wanted}-")) || *v == wanted)
+        .with_context(|| format!("no {package} of version {wanted} in {}", crate::apt::ARCHIVE_SUITES.join(", ")))?;
     say!("kernels: downloading {package} {version} (apt-get download)");
     let deb = apt.download(&package, Some(&version), work)?;
     let unpacked = work.join("deb");

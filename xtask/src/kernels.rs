@@ -75,21 +75,14 @@ pub fn entries(root: &Path) -> Result<Vec<Entry>> {
 /// one, else the newest of its series and flavour (said in one line; the
 /// record is left as it is).
 fn resolve(apt: &Apt, entry: &Entry) -> Result<(String, String)> {
-    let versions = |package: &str| -> Vec<String> {
-        apt.cache(&["madison", package])
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.split('|').nth(1).map(|v| v.trim().to_string()))
-            .collect()
-    };
-    if versions(&entry.package).contains(&entry.version) {
+    if apt.versions(&entry.package).contains(&entry.version) {
         return Ok((entry.package.clone(), entry.version.clone()));
     }
     let pattern = format!("^linux-image-{}[.][0-9].*-{}$", entry.series.replace('.', "[.]"), entry.flavour);
     let mut newest: Option<(String, String)> = None;
     for line in apt.cache(&["search", "--names-only", &pattern])?.lines() {
         let Some(package) = line.split_whitespace().next() else { continue };
-        for version in versions(package) {
+        for version in apt.versions(package) {
             let newer = newest.as_ref().is_none_or(|(_, v)| {
                 Command::new("dpkg")
                     .args(["--compare-versions", &version, "gt", v])

@@ -65,10 +65,6 @@ impl Suite {
 /// What a fresh machine of this kind has besides a minimal Debian: git and
 /// certificates to clone, a C toolchain for rustup's Rust to link, curl, ip.
 const BASE_PACKAGES: &str = "ca-certificates,git,gcc,libc6-dev,curl,iproute2,procps,xz-utils";
-/// The roots' package cache, shared by every root and run (under
-/// `util::MACHINE_CACHE`: the machine's apt archive cache is emptied after
-/// every install by an image's `docker-clean`).
-const PACKAGE_CACHE: &str = "/var/cache/remote-vm/archives";
 /// The `/metrics` wait for `cargo xtask run` (its first build included).
 const SERVE_TIMEOUT: Duration = Duration::from_secs(45 * 60);
 
@@ -111,7 +107,7 @@ pub fn run(root: &Path, args: &Args) -> Result<Vec<Step>> {
     });
 
     let mounts = Mounts::new(&tree)?;
-    let qemu_before = dpkg_version(&tree, "qemu-utils");
+    let qemu_before = crate::setup::installed_version_in(&tree, "qemu-utils");
     let log = dir.join(format!("{}-setup.log", suite.name()));
     let t = Instant::now();
     let ok = in_root(&tree, "cd /root/remote-vm && cargo xtask setup --test", &log)?;
@@ -121,9 +117,9 @@ pub fn run(root: &Path, args: &Args) -> Result<Vec<Step>> {
     let qemu_line = setup_text.lines().find(|l| l.contains("qemu-system-x86") || l.contains("QEMU emulator")).unwrap_or("").to_string();
     if let Some(utils) = &qemu_before {
         // The machine kind's quirk: qemu-system matched to qemu-utils, nothing removed.
-        let after = dpkg_version(&tree, "qemu-utils");
+        let after = crate::setup::installed_version_in(&tree, "qemu-utils");
         ensure!(after.as_ref() == Some(utils), "{}: qemu-utils was {utils}, after set-up {after:?}", suite.name());
-        let system = dpkg_version(&tree, "qemu-system-x86");
+        let system = crate::setup::installed_version_in(&tree, "qemu-system-x86");
         ensure!(system.as_ref() == Some(utils), "{}: qemu-system-x86 {system:?} installed beside qemu-utils {utils}", suite.name());
     }
     let runs = in_root_output(&tree, "qemu-system-x86_64 --version | head -1")?;
@@ -186,25 +182,15 @@ fn base_root(dir: &Path, suite: Suite, sources: &crate::apt::Sources) -> Result<
         return Ok(base);
     }
     remove_tree(&base)?;
-    std::fs::create_dir_all(Path::new(PACKAGE_CACHE).join("partial"))?;
     say!("newcomer: debootstrap --variant=minbase {} {} (once; cached in {})", suite.name(), sources.debian, base.display());
-    sh(Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={BASE_PACKAGES}"), &format!("--cache-dir={PACKAGE_CACHE}"), suite.name()])
-        .arg(&base)
-        .arg(&sources.debian))
-    .context("debootstrap")?;
-    let _ = std::fs::remove_file(base.join("etc/apt/sources.list"));
-    // The keyring the root's own debian-archive-keyring installed.
-    let keyring = ["/usr/share/keyrings/debian-archive-keyring.pgp", "/usr/share/keyrings/debian-archive-keyring.gpg"]
-        .into_iter()
-        .find(|k| base.join(k.trim_start_matches('/')).is_file())
-        .context("the root has no Debian archive keyring")?;
-    std::fs::write(base.join("etc/apt/sources.list.d/debian.sources"), suite.sources(&sources.debian, sources.security.as_deref(), keyring))?;
-    std::fs::copy("/etc/resolv.conf", base.join("etc/resolv.conf"))?;
-    let copied = archive_access_conf(&base)?;
+    let copied = crate::apt::debootstrap(&base, suite.name(), BASE_PACKAGES)?;
     if !copied.is_empty() {
         say!("newcomer: the machine's apt archive settings copied into the root ({})", copied.join(", "));
     }
+    let _ = std::fs::remove_file(base.join("etc/apt/sources.list"));
+    // The keyring the root's own debian-archive-keyring installed.
+    let keyring = crate::apt::keyring_in(&base).context("the root has no Debian archive keyring")?;
+    std::fs::write(base.join("etc/apt/sources.list.d/debian.sources"), suite.sources(&sources.debian, sources.security.as_deref(), keyring))?;
     {
         let _mounts = Mounts::new(&base)?;
         let log = dir.join(format!("{}-base.log", suite.name()));
@@ -223,21 +209,6 @@ fn base_root(dir: &Path, suite: Suite, sources: &crate::apt::Sources) -> Result<
     }
     std::fs::write(&stamp, "")?;
     Ok(base)
-}
-
-/// The machine's apt settings for reaching its archive (`Acquire::Check-Valid-Until`,
-/// `Acquire::Check-Date`: a snapshot mirror whose sid Release file has
-/// expired), as the machine kind's image has them; the files copied.
-pub(crate) fn archive_access_conf(tree: &Path) -> Result<Vec<String>> {
-    let mut copied = Vec::new();
-    for e in std::fs::read_dir("/etc/apt/apt.conf.d").into_iter().flatten().flatten() {
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-        if text.contains("Acquire::Check-Valid-Until") || text.contains("Acquire::Check-Date") {
-            std::fs::copy(e.path(), tree.join("etc/apt/apt.conf.d").join(e.file_name()))?;
-            copied.push(e.file_name().to_string_lossy().to_string());
-        }
-    }
-    Ok(copied)
 }
 
 /// The host's own CA certificates (`/usr/local/share/ca-certificates`, e.g. a
@@ -308,12 +279,11 @@ struct Mounts {
 impl Mounts {
     fn new(tree: &Path) -> Result<Mounts> {
         let mut m = Mounts { points: Vec::new() };
-        std::fs::create_dir_all(Path::new(PACKAGE_CACHE).join("partial"))?;
         let binds: [(&str, PathBuf, &str); 4] = [
             ("proc", PathBuf::from("proc"), "proc"),
             ("--rbind", PathBuf::from("/sys"), "sys"),
             ("--rbind", PathBuf::from("/dev"), "dev"),
-            ("--bind", PathBuf::from(PACKAGE_CACHE), "var/cache/apt/archives"),
+            ("--bind", crate::apt::package_cache()?, "var/cache/apt/archives"),
         ];
         for (how, from, to) in binds {
             let point = tree.join(to);
@@ -424,14 +394,6 @@ fn serve(tree: &Path, log: &Path) -> Result<Option<u64>> {
         say!("newcomer: the serving step ended with {status}");
     }
     Ok(n)
-}
-
-/// The installed version of `package` in the root.
-fn dpkg_version(tree: &Path, package: &str) -> Option<String> {
-    let out = Command::new("chroot").arg(tree).args(["dpkg-query", "-W", "-f=${Status}|${Version}", package]).output().ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (status, version) = text.split_once('|')?;
-    (status == "install ok installed").then(|| version.to_string())
 }
 
 fn last_line(text: &str) -> &str {

@@ -261,12 +261,7 @@ fn ensure_qemu(root: &Path, apt: &Apt, update: &mut impl FnMut(&Apt) -> Result<(
         format!("qemu-utils {utils} is installed and no qemu-system-x86_64 runs; its suite cannot be told from the version: install qemu-system-x86={utils} yourself")
     })?;
     update(apt)?;
-    let offered = |apt: &Apt| {
-        apt.cache(&["madison", "qemu-system-x86"])
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split('|').nth(1).is_some_and(|v| v.trim() == utils))
-    };
+    let offered = |apt: &Apt| apt.versions("qemu-system-x86").contains(&utils);
     if offered(apt) {
         say!("setup: installing qemu-system-x86 {utils} from {suite}, the version of the installed qemu-utils");
         return apt.install_from(&suite, "qemu-system-x86", &utils);
@@ -325,15 +320,23 @@ fn install_cargo_fuzz() -> Result<()> {
 }
 
 fn installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout) == "install ok installed")
+    installed_version(package).is_some()
 }
 
 /// The installed version of `package`, if it is installed.
 fn installed_version(package: &str) -> Option<String> {
-    let out = Command::new("dpkg-query").args(["-W", "-f=${Status}|${Version}", package]).output().ok()?;
+    installed_version_in(Path::new("/"), package)
+}
+
+/// The installed version of `package` in the root `tree` (`/`: this machine).
+pub(crate) fn installed_version_in(tree: &Path, package: &str) -> Option<String> {
+    let query = ["dpkg-query", "-W", "-f=${Status}|${Version}", package];
+    let out = if tree == Path::new("/") {
+        Command::new(query[0]).args(&query[1..]).output()
+    } else {
+        Command::new("chroot").arg(tree).args(query).output()
+    }
+    .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let (status, version) = text.split_once('|')?;
     (status == "install ok installed").then(|| version.to_string())
