@@ -591,7 +591,12 @@ fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Dura
             let theirs = own.report.as_ref().and_then(|r| r["checks"].as_array().cloned()).unwrap_or_default();
             checks.extend(theirs.into_iter().filter(|c| !c["name"].as_str().is_some_and(|n| n.starts_with("check."))));
             if !own.success {
-                say!("vm-test: {}: {only} FAILED; console kept at {}", kernel.name, own.console.display());
+                say!(
+                    "vm-test: {}: {only} FAILED; console kept at {}; failed checks:\n{}",
+                    kernel.name,
+                    own.console.display(),
+                    vm::failures(&own.console, 20)
+                );
                 boot.success = false;
             }
         }
@@ -605,10 +610,11 @@ fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Dura
             );
         } else {
             say!(
-                "vm-test: {}: FAILED after {:.0} s; console kept at {}; it ends:\n{}",
+                "vm-test: {}: FAILED after {:.0} s; console kept at {}; failed checks:\n{}\nit ends:\n{}",
                 kernel.name,
                 boot.seconds,
                 boot.console.display(),
+                vm::failures(&boot.console, 20),
                 vm::tail(&boot.console, 15)
             );
             failed.push(kernel.name.clone());

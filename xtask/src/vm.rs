@@ -539,6 +539,22 @@ pub fn keep_before_init(who: &str, console: &Path, how: &str) -> Result<()> {
 }
 
 /// The last `n` lines of a console file, indented.
+/// The failed checks of a test console (`vmtest NAME FAIL: …` lines), at most
+/// `n`, then how many more: what a failure message must show first, since
+/// a console's tail is usually the shutdown.
+pub fn failures(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let failed: Vec<&str> = text.lines().filter(|l| l.starts_with("vmtest ") && l.contains(" FAIL: ")).collect();
+    let mut out: Vec<String> = failed.iter().take(n).map(|l| format!("    {l}")).collect();
+    if failed.len() > n {
+        out.push(format!("    … and {} more", failed.len() - n));
+    }
+    if out.is_empty() {
+        out.push("    (no failed check: the boot itself failed)".into());
+    }
+    out.join("\n")
+}
+
 pub fn tail(path: &Path, n: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
