@@ -6,6 +6,7 @@
 use crate::{
     Point,
     classify::{Level, Path, Reason},
+    holder::HolderOp,
     registry::Family,
 };
 
@@ -48,6 +49,8 @@ pub enum Values {
     Reason,
     /// `classify::Level` labels.
     Level,
+    /// `holder::HolderOp` labels.
+    HolderOp,
     /// `Point` names.
     Probe,
     /// Every mode name of the registry, and `none`.
@@ -66,6 +69,7 @@ impl Values {
             Values::GupPath => [Path::Fallback, Path::Slow].iter().for_each(|p| f(p.label())),
             Values::Reason => Reason::ALL.iter().for_each(|r| f(r.label())),
             Values::Level => Level::ALL.iter().for_each(|l| f(l.label())),
+            Values::HolderOp => HolderOp::ALL.iter().for_each(|o| f(o.label())),
             Values::Probe => Point::ALL.iter().for_each(|p| f(p.name())),
             Values::Mode => {
                 // Each name once, in registry order.
@@ -116,6 +120,8 @@ pub const LOCK_VMA_CONTEXT: Label = label("context", Values::Fixed(&[CONTEXT_REM
 pub const LOCK_MODE: Label = label("mode", Values::Fixed(&[LOCK_READ, LOCK_WRITE]));
 /// The lock mode a stalled remote access asked for.
 pub const STALL_LOCK_MODE: Label = label("lock_mode", Values::Fixed(&[LOCK_READ, LOCK_WRITE]));
+/// What the holder of a stalled wait's lock was doing (`HolderOp`).
+pub const STALL_OP: Label = label("op", Values::HolderOp);
 pub const CONTEXT_REMOTE: &str = "remote_vm";
 pub const CONTEXT_HOST: &str = "host";
 pub const CONTEXT_OTHER: &str = "other";
@@ -495,9 +501,9 @@ pub const STALLS: Metric = metric(
     "remote_vm_stalls_total",
     Counter,
     Unit::Count,
-    &[STALL_LOCK_MODE],
+    &[STALL_LOCK_MODE, STALL_OP],
     &[C::RemoteLock],
-    "Remote accesses whose wait for the target's mmap_lock reached stalls.threshold_seconds, by the lock mode asked for (write: expand_stack; its series needs a read+write mode).",
+    "Remote accesses whose wait for the target's mmap_lock reached stalls.threshold_seconds, by the lock mode asked for (write: expand_stack; its series needs a read+write mode) and what the lock's holder was doing when last observed during the wait (op: its system call grouped, fault, kthread, readers for a reader-owned lock, other, unknown).",
 );
 pub const STALL_EVENTS_DROPPED: Metric = metric(
     "remote_vm_stall_events_dropped_total",

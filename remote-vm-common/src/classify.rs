@@ -13,6 +13,8 @@
 //! `mmap_read_lock_killable()`, GUP, maybe `expand_stack()` which re-takes the lock
 //! for write. Writes and unpatched kernels take only the old path.
 
+pub use crate::holder::Activity;
+
 /// The size of a page-table entry by `Level` index, as `1 << shift` (x86-64:
 /// 4 KiB, 2 MiB, 1 GiB; an unknown level counts as a PTE).
 pub const ENTRY_SHIFT: [u32; 3] = [12, 21, 30];
@@ -247,7 +249,20 @@ pub struct HolderSnap {
     /// arrive queue behind it even while the lock is reader-owned (best
     /// effort: read without the lock's `wait_lock`).
     pub writer_waiting: u32,
-    pub _pad: u32,
+    /// `HolderOp`: what the stall is counted under.
+    pub op: u32,
+    /// What the holder (a writer) was doing when observed.
+    pub activity: Activity,
+    /// When the holder was observed (`bpf_ktime_get_ns()`): as the wait
+    /// began, then again at each run of the task iterator while it lasted
+    /// (the lock's owner re-read each time). 0: never.
+    pub observed_ns: u64,
+    /// The writer first in the lock's queue (`writer_waiting`), its identity
+    /// and activity (0s when none or unknown).
+    pub queued_tgid: u32,
+    pub queued_tid: u32,
+    pub queued_comm: [u8; 16],
+    pub queued: Activity,
 }
 
 /// What the lock word says about who holds an `rw_semaphore`.

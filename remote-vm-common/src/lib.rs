@@ -12,6 +12,7 @@ extern crate std;
 
 pub mod catalog;
 pub mod classify;
+pub mod holder;
 pub mod point;
 pub mod registry;
 pub mod stats;

@@ -10,7 +10,10 @@ use core::sync::atomic::AtomicU64;
 #[cfg(not(target_arch = "bpf"))]
 use core::sync::atomic::Ordering;
 
-use crate::classify::{Acquisition, Outcome, Path, Reason};
+use crate::{
+    classify::{Acquisition, Outcome, Path, Reason},
+    holder::HolderOp,
+};
 
 // `AtomicU64::from_ptr` needs the `u64`'s address aligned for the atomic.
 const _: () = assert!(core::mem::align_of::<u64>() == core::mem::align_of::<AtomicU64>());
@@ -77,21 +80,29 @@ pub enum Counter {
     FolioWalksPte = 31,
     FolioWalksPmd = 32,
     FolioWalksPud = 33,
-    /// Remote accesses whose wait for the target's mmap_lock reached the stall
-    /// threshold: for the read lock, then the write lock (`expand_stack`).
-    StallsRead = 34,
-    StallsWrite = 35,
     /// Stall events the ring buffer had no room for.
-    StallEventsDropped = 36,
+    StallEventsDropped = 34,
     /// Reads whose path no probe saw (`Outcome::unobserved`).
-    ReadsUnobserved = 37,
+    ReadsUnobserved = 35,
     /// Fallbacks with `Reason::VmaLockFailedOrUnsuitable` (after the four
     /// consecutive ones from `FallbackVmaLockFailed`).
-    FallbackVmaLockFailedOrUnsuitable = 38,
+    FallbackVmaLockFailedOrUnsuitable = 36,
+    /// Remote accesses whose wait for the target's mmap_lock reached the stall
+    /// threshold: `HolderOp::COUNT` slots for the read lock, by the holder's
+    /// op, then as many for the write lock (`expand_stack`); see `stall_slot`.
+    Stalls = 37,
 }
 
 impl Counter {
-    pub const COUNT: usize = 39;
+    pub const COUNT: usize = Counter::Stalls as usize + 2 * HolderOp::COUNT;
+
+    /// The slot of stalls of lock mode `write` whose holder's op is `op`
+    /// (a `HolderOp`; out of range counts as `Unknown`).
+    #[inline(always)]
+    pub const fn stall_slot(write: bool, op: u32) -> usize {
+        let op = if (op as usize) < HolderOp::COUNT { op as usize } else { HolderOp::Unknown as usize };
+        Counter::Stalls as usize + (write as usize) * HolderOp::COUNT + op
+    }
 
     /// The fallbacks counter of `reason`.
     pub const fn fallbacks(reason: Reason) -> Counter {
@@ -105,6 +116,8 @@ impl Counter {
     }
     pub const CAPACITY: usize = 64;
 }
+
+const _: () = assert!(Counter::COUNT <= Counter::CAPACITY);
 
 /// Slots of the `HISTS` per-CPU array.
 #[repr(u32)]
@@ -292,10 +305,10 @@ impl Stats {
     /// and a stall when the wait reached `stall_threshold_ns` (killed waiters
     /// included: they were stuck all the same).
     #[inline(always)]
-    pub fn record_remote_wait(&mut self, a: &Acquisition, stall_threshold_ns: u64) {
+    pub fn record_remote_wait(&mut self, a: &Acquisition, stall_threshold_ns: u64, op: u32) {
         self.record_acquisition(a, false);
         if a.wait_ns >= stall_threshold_ns {
-            self.add_at(Counter::StallsRead, u32::from(a.write), 1);
+            bump(&mut self.counters[Counter::stall_slot(a.write, op) & (Counter::CAPACITY - 1)], 1);
         }
     }
 
@@ -339,15 +352,22 @@ mod tests {
     fn a_wait_at_the_threshold_is_a_stall_and_one_below_is_not() {
         let mut s = Stats::ZERO;
         let wait = |ns, write, failed| Acquisition { write, wait_ns: ns, failed };
-        s.record_remote_wait(&wait(99_999_999, false, false), 100_000_000);
-        assert_eq!(s.counters[Counter::StallsRead as usize], 0);
-        s.record_remote_wait(&wait(100_000_000, false, false), 100_000_000);
-        s.record_remote_wait(&wait(5_000_000_000, false, true), 100_000_000);
-        s.record_remote_wait(&wait(200_000_000, true, false), 100_000_000);
-        assert_eq!(s.counters[Counter::StallsRead as usize], 2);
-        assert_eq!(s.counters[Counter::StallsWrite as usize], 1);
+        let (munlock, readers) = (HolderOp::Munlock as u32, HolderOp::Readers as u32);
+        s.record_remote_wait(&wait(99_999_999, false, false), 100_000_000, munlock);
+        let stalls = |s: &Stats| s.counters[Counter::Stalls as usize..Counter::COUNT].iter().sum::<u64>();
+        assert_eq!(stalls(&s), 0);
+        s.record_remote_wait(&wait(100_000_000, false, false), 100_000_000, munlock);
+        s.record_remote_wait(&wait(5_000_000_000, false, true), 100_000_000, readers);
+        s.record_remote_wait(&wait(200_000_000, true, false), 100_000_000, munlock);
+        // An op out of range (never written by the programs) counts as unknown.
+        s.record_remote_wait(&wait(200_000_000, false, false), 100_000_000, 99);
+        assert_eq!(stalls(&s), 4);
+        assert_eq!(s.counters[Counter::stall_slot(false, munlock)], 1);
+        assert_eq!(s.counters[Counter::stall_slot(false, readers)], 1);
+        assert_eq!(s.counters[Counter::stall_slot(true, munlock)], 1);
+        assert_eq!(s.counters[Counter::stall_slot(false, HolderOp::Unknown as u32)], 1);
         // Every wait is still an acquisition; the killed one a failure.
-        assert_eq!(s.hists[Hist::WaitRemoteRead as usize].buckets.iter().sum::<u64>(), 3);
+        assert_eq!(s.hists[Hist::WaitRemoteRead as usize].buckets.iter().sum::<u64>(), 4);
         assert_eq!(s.hists[Hist::WaitRemoteWrite as usize].buckets.iter().sum::<u64>(), 1);
         assert_eq!(s.counters[Counter::AcquireFailuresRemote as usize], 1);
     }

@@ -13,7 +13,15 @@ use std::{
 use crate::cgroups::Paths;
 
 use aya::maps::{MapData, RingBuf};
-use remote_vm_common::{Interface, StallEvent, catalog, classify::HolderKind};
+use remote_vm_common::{
+    Interface, StallEvent, catalog,
+    classify::HolderKind,
+    holder::{self, Activity, ActivityKind, HolderOp},
+};
+
+use remote_vm_common::user::human_bytes;
+
+use crate::kernel::syscalls;
 use serde::Serialize;
 
 /// At most this many warn lines per `LOG_WINDOW`.
@@ -37,7 +45,8 @@ pub struct Target {
     pub comm: String,
 }
 
-/// Who held the lock when the wait began.
+/// Who held the lock: observed when the wait began, and again at each run of
+/// the task iterator while it lasted (the last observation).
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Holder {
     /// `writer`, `readers` (the identity, if any, is the last reader's), `none`
@@ -49,6 +58,45 @@ pub struct Holder {
     pub comm: String,
     /// The identity is the holder's for sure (a writer), not a hint.
     pub exact: bool,
+    /// What the stall is counted under in `remote_vm_stalls_total{op}`.
+    pub op: &'static str,
+    /// What a writer was doing; `null` for other kinds.
+    pub doing: Option<Doing>,
+    /// When it was observed (RFC 3339, UTC); `null`: never.
+    pub observed: Option<String>,
+}
+
+/// What a task was doing when observed, from its saved user registers.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Doing {
+    /// `syscall`, `fault` (the page-fault path), `kthread`, `other` (neither
+    /// in a system call nor in a fault) or `unknown` (its registers could
+    /// not be read here).
+    pub what: &'static str,
+    /// The system call's name from the daemon's architecture table (`null`:
+    /// not a system call, or a number the table does not name).
+    pub syscall: Option<&'static str>,
+    pub nr: Option<u32>,
+    /// The range the system call was passed (its address and length
+    /// arguments), for the calls that take one; `null` otherwise.
+    pub range: Option<Range>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Range {
+    /// The start address in the holder's address space, `0x…`.
+    pub address: String,
+    /// Bytes.
+    pub length: u64,
+}
+
+/// The writer first in the lock's queue.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Queued {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub doing: Option<Doing>,
 }
 
 /// What a wait on another process's mmap_lock is about: who waits, on whose
@@ -59,10 +107,12 @@ pub struct Wait {
     pub reader: Reader,
     pub target: Target,
     pub holder: Holder,
-    /// A writer was first in the lock's queue when the wait began: readers
-    /// queue behind it even while the lock is reader-owned (often the real
-    /// cause). Best effort: the queue is read without its lock.
+    /// A writer was first in the lock's queue when the holder was observed:
+    /// readers queue behind it even while the lock is reader-owned (often the
+    /// real cause). Best effort: the queue is read without its lock.
     pub writer_waiting: bool,
+    /// That writer, when its identity is known; else `null`.
+    pub queued_writer: Option<Queued>,
     /// `read`, or `write` (`expand_stack`).
     pub lock_mode: &'static str,
     /// The remote access's direction: `read` or `write`.
@@ -170,7 +220,7 @@ impl Inner {
             let note = if more > 0 { format!(" ({more} earlier stalls not logged)") } else { String::new() };
             let w = &stall.wait;
             Some(format!(
-                "stall: {} (pid {} tid {}) waited {:.3} s for the mmap_lock ({}) of {} (pid {}) reading {}; held by {} {} (pid {} tid {}){}{}",
+                "stall: {} (pid {} tid {}) waited {:.3} s for the mmap_lock ({}) of {} (pid {}) reading {}; held by {} {} (pid {} tid {}){}{}{}",
                 w.reader.comm,
                 w.reader.pid,
                 w.reader.tid,
@@ -183,7 +233,18 @@ impl Inner {
                 w.holder.comm,
                 w.holder.pid,
                 w.holder.tid,
-                if w.writer_waiting { ", a writer queued" } else { "" },
+                w.holder.doing.as_ref().map(|d| format!(" in {}", d.short())).unwrap_or_default(),
+                match (&w.queued_writer, w.writer_waiting) {
+                    (Some(q), _) => format!(
+                        ", a writer queued: {} (pid {} tid {}){}",
+                        q.comm,
+                        q.pid,
+                        q.tid,
+                        q.doing.as_ref().map(|d| format!(" in {}", d.short())).unwrap_or_default()
+                    ),
+                    (None, true) => ", a writer queued".to_string(),
+                    (None, false) => String::new(),
+                },
                 note
             ))
         } else {
@@ -249,11 +310,50 @@ fn to_wait(e: &StallEvent, cgroup: Option<String>) -> Wait {
             tid: e.holder.tid,
             comm: comm(&e.holder.comm),
             exact: e.holder.exact != 0,
+            op: HolderOp::from_u32(e.holder.op).label(),
+            doing: doing(&e.holder.activity),
+            observed: (e.holder.observed_ns != 0).then(|| rfc3339(realtime_of(e.holder.observed_ns))),
         },
         writer_waiting: e.holder.writer_waiting != 0,
+        queued_writer: (e.holder.queued_tid != 0).then(|| Queued {
+            pid: e.holder.queued_tgid,
+            tid: e.holder.queued_tid,
+            comm: comm(&e.holder.queued_comm),
+            doing: doing(&e.holder.queued),
+        }),
         lock_mode: mode(e.lock_write),
         access: mode(e.access_write),
         interface: Interface::from_u32(e.interface).label(),
+    }
+}
+
+/// An observation as `/stalls` shows it (`None`: not observed).
+pub fn doing(a: &Activity) -> Option<Doing> {
+    let what = a.kind();
+    if what == ActivityKind::NotObserved {
+        return None;
+    }
+    let syscall = (what == ActivityKind::Syscall).then(|| syscalls::name(a.nr)).flatten();
+    Some(Doing {
+        what: what.label(),
+        syscall,
+        nr: (what == ActivityKind::Syscall).then_some(a.nr),
+        range: syscall.and_then(holder::range_args).map(|(addr, len)| Range {
+            address: format!("{:#x}", a.args[addr]),
+            length: a.args[len],
+        }),
+    })
+}
+
+impl Doing {
+    /// Short, for a log line or `top`: `mprotect 1.2 GiB`, `fault`, `syscall 999`.
+    pub fn short(&self) -> String {
+        match (self.syscall, self.nr, &self.range) {
+            (Some(name), _, Some(r)) => format!("{name} {}", human_bytes(r.length)),
+            (Some(name), _, None) => name.to_string(),
+            (None, Some(nr), _) => format!("syscall {nr}"),
+            _ => self.what.to_string(),
+        }
     }
 }
 
@@ -346,8 +446,7 @@ mod tests {
                 tgid: 20,
                 tid: 21,
                 comm: target_comm,
-                writer_waiting: 0,
-                _pad: 0,
+                ..HolderSnap::default()
             },
         }
     }
@@ -358,10 +457,62 @@ mod tests {
         let (w, s) = (&s.wait, &s);
         assert_eq!(w.reader, Reader { pid: 10, tid: 11, comm: "ps".into(), cgroup: Some("/system.slice".into()) });
         assert_eq!(w.target, Target { pid: 20, comm: "java".into() });
-        assert_eq!(w.holder, Holder { kind: "writer", pid: 20, tid: 21, comm: "java".into(), exact: true });
+        assert_eq!(
+            w.holder,
+            Holder { kind: "writer", pid: 20, tid: 21, comm: "java".into(), exact: true, op: "unknown", doing: None, observed: None }
+        );
+        assert_eq!(w.queued_writer, None);
         assert_eq!((w.lock_mode, w.access, w.interface, w.writer_waiting), ("read", "read", "cmdline", false));
         assert_eq!(s.waited_seconds, 1.5);
         assert_eq!(s.ended, "2026-11-25T21:21:09.123Z");
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn what_the_holder_and_the_queued_writer_were_doing() {
+        use remote_vm_common::holder::{AX_IN_SYSCALL, Regs};
+        let mut e = event();
+        let munlock = Regs { ax: AX_IN_SYSCALL, orig_ax: libc::SYS_munlock as u64, args: [0x7f12_3400_0000, 256 << 20, 0] };
+        e.holder.activity = Activity::of(false, Some(munlock));
+        e.holder.op = HolderOp::Munlock as u32;
+        e.holder.observed_ns = 1;
+        e.holder.writer_waiting = 1;
+        e.holder.queued_tgid = 20;
+        e.holder.queued_tid = 22;
+        e.holder.queued_comm[..6].copy_from_slice(b"mprot\0");
+        let mprotect = Regs { ax: AX_IN_SYSCALL, orig_ax: libc::SYS_mprotect as u64, args: [0x1000, 4096, 3] };
+        e.holder.queued = Activity::of(false, Some(mprotect));
+        let s = to_stall(&e, 0, None);
+        let h = &s.wait.holder;
+        assert_eq!((h.op, h.observed.is_some()), ("munlock", true));
+        let held = h.doing.as_ref().unwrap();
+        assert_eq!(
+            *held,
+            Doing {
+                what: "syscall",
+                syscall: Some("munlock"),
+                nr: Some(libc::SYS_munlock as u32),
+                range: Some(Range { address: "0x7f1234000000".into(), length: 256 << 20 }),
+            }
+        );
+        assert_eq!(held.short(), "munlock 256.0 MiB");
+        let q = s.wait.queued_writer.as_ref().unwrap();
+        assert_eq!((q.pid, q.tid, q.comm.as_str()), (20, 22, "mprot"));
+        assert_eq!(q.doing.as_ref().unwrap().short(), "mprotect 4.0 KiB");
+        // The log line says both.
+        let line = StallLog::new(3, 1).inner.lock().unwrap().line(&s, Instant::now()).unwrap();
+        assert!(line.contains("held by writer java (pid 20 tid 21) in munlock 256.0 MiB, a writer queued: mprot (pid 20 tid 22) in mprotect 4.0 KiB"), "{line}");
+        // A fault, a kernel thread, an unnamed number: no range, never a wrong name.
+        for (activity, short) in [
+            (Activity::of(false, Some(Regs { ax: 0, orig_ax: 6, args: [1, 2, 3] })), "fault"),
+            (Activity::of(true, None), "kthread"),
+            (Activity::of(false, Some(Regs { ax: AX_IN_SYSCALL, orig_ax: 511, args: [1, 2, 3] })), "syscall 511"),
+            (Activity::of(false, None), "unknown"),
+        ] {
+            let d = doing(&activity).unwrap();
+            assert_eq!((d.short().as_str(), d.range.is_none()), (short, true));
+        }
+        assert_eq!(doing(&Activity::default()), None);
     }
 
     #[test]
@@ -384,7 +535,7 @@ mod tests {
         keys.sort();
         assert_eq!(
             keys,
-            ["access", "holder", "interface", "lock_mode", "reader", "started", "target", "waiting_seconds", "writer_waiting"]
+            ["access", "holder", "interface", "lock_mode", "queued_writer", "reader", "started", "target", "waiting_seconds", "writer_waiting"]
         );
         let stall = serde_json::to_value(to_stall(&e, 0, None)).unwrap();
         assert_eq!(stall["writer_waiting"], true);

@@ -54,6 +54,21 @@ impl Scrape {
         self.samples.get(&key(name, labels)).copied()
     }
 
+    /// The sum of the series of `name` that have at least `labels` (PromQL's
+    /// `sum(name{labels})`), if any does.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+        let mut found = None;
+        for (k, v) in self.series(name) {
+            let inner = k.strip_prefix(name).unwrap_or("").trim_start_matches('{').trim_end_matches('}');
+            let have: Vec<&str> = if inner.is_empty() { Vec::new() } else { inner.split(',').collect() };
+            if wanted.iter().all(|w| have.contains(&w.as_str())) {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+        found
+    }
+
     /// Every series of `name` (any labels).
     pub fn series<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a String, f64)> + 'a {
         self.samples
@@ -107,6 +122,20 @@ fn normalise(series: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sums_the_series_with_at_least_the_labels() {
+        let s = Scrape::parse(
+            "s{lock_mode=\"read\",op=\"mmap\"} 2\ns{op=\"munlock\",lock_mode=\"read\"} 3\ns{lock_mode=\"write\",op=\"mmap\"} 5\nt 1\n",
+        )
+        .unwrap();
+        assert_eq!(s.sum("s", &[("lock_mode", "read")]), Some(5.0));
+        assert_eq!(s.sum("s", &[("op", "mmap")]), Some(7.0));
+        assert_eq!(s.sum("s", &[]), Some(10.0));
+        assert_eq!(s.sum("s", &[("lock_mode", "none")]), None);
+        assert_eq!(s.sum("t", &[]), Some(1.0));
+        assert_eq!(s.sum("u", &[]), None);
+    }
 
     #[test]
     fn parses_and_normalises() {

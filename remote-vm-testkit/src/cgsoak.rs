@@ -578,7 +578,8 @@ pub fn run(args: &SoakArgs) -> Result<Report> {
             cgroup_b: format!("/{CGROUP_PARENT}/b"),
             cgroup_c: format!("/{CGROUP_PARENT}/c"),
             rounds,
-            stalls_counted: delta(STALLS.name, &[("lock_mode", remote_vm_common::catalog::LOCK_READ)]),
+            stalls_counted: after.sum(STALLS.name, &[("lock_mode", remote_vm_common::catalog::LOCK_READ)]).unwrap_or(0.0)
+                - before.sum(STALLS.name, &[("lock_mode", remote_vm_common::catalog::LOCK_READ)]).unwrap_or(0.0),
             stall_events_dropped: delta(STALL_EVENTS_DROPPED.name, &[]),
             metrics,
             stalls,

@@ -209,9 +209,10 @@ pub(crate) trait Holder {
     fn hold(&mut self) -> Result<()>;
     /// Learns from how long the hold took (recalibration).
     fn held(&mut self, took: Duration);
-    /// An address in a VMA the hold modifies (so write-locks per VMA, where
-    /// the kernel has per-VMA locks): a lockless read there must fall back.
-    fn inside(&self) -> Option<usize> {
+    /// A write hold's system call range (address, length): the address is
+    /// in a VMA the hold modifies (so write-locks per VMA, where the kernel
+    /// has per-VMA locks): a lockless read there must fall back.
+    fn range(&self) -> Option<(usize, usize)> {
         None
     }
 }
@@ -230,8 +231,8 @@ fn serve<H: Holder>(holder: &mut H, commands: impl Iterator<Item = Result<String
         if let Some(since) = since {
             *since.lock().map_err(|_| anyhow::anyhow!("poisoned"))? = Some(Instant::now());
         }
-        match holder.inside() {
-            Some(addr) => say(&format!("go {addr:#x}"))?,
+        match holder.range() {
+            Some((addr, len)) => say(&format!("go {addr:#x} {len}"))?,
             None => say("go")?,
         }
         let start = Instant::now();
@@ -303,8 +304,8 @@ impl Munlock {
 }
 
 impl Holder for Munlock {
-    fn inside(&self) -> Option<usize> {
-        Some(self.region.addr as usize)
+    fn range(&self) -> Option<(usize, usize)> {
+        Some((self.region.addr as usize, self.region.len))
     }
 
     fn prepare(&mut self) -> Result<()> {
@@ -404,8 +405,8 @@ impl Merge {
 }
 
 impl Holder for Merge {
-    fn inside(&self) -> Option<usize> {
-        self.region.as_ref().map(|r| r.addr as usize)
+    fn range(&self) -> Option<(usize, usize)> {
+        self.region.as_ref().map(|r| (r.addr as usize, self.vmas * self.pages * PAGE))
     }
 
     fn prepare(&mut self) -> Result<()> {
@@ -615,7 +616,7 @@ fn write_loop(page: &Mapping, commands: mpsc::Receiver<String>, since: &Since) -
             continue;
         };
         std::thread::sleep(WRITER_DELAY.saturating_sub(started.elapsed()));
-        say("wgo")?;
+        say(&format!("wgo {:#x} {PAGE}", page.addr as usize))?;
         let start = Instant::now();
         page.mprotect(0, 1, prot)?;
         let took = start.elapsed();
@@ -668,8 +669,21 @@ pub struct StallTarget {
     /// The readers kind: the writer thread (comm [`WRITE_WAITER_COMM`]).
     pub writer_tid: Option<i32>,
     /// During a write hold: an address in a VMA the hold write-locks
-    /// (`go ADDR`), for reads that must not take the lockless path.
+    /// (`go ADDR LEN`), for reads that must not take the lockless path.
     pub inside: Option<u64>,
+    /// During a write hold: the range its system call was passed
+    /// (address, length).
+    pub range: Option<(u64, u64)>,
+    /// The readers kind's writer, once started: the range its `mprotect()`
+    /// was passed.
+    pub writer_range: Option<(u64, u64)>,
+}
+
+/// `0xADDR LEN` as a target says it.
+fn parse_range(text: &str) -> Option<(u64, u64)> {
+    let mut words = text.split_whitespace();
+    let addr = u64::from_str_radix(words.next()?.strip_prefix("0x")?, 16).ok()?;
+    Some((addr, words.next()?.parse().ok()?))
 }
 
 impl StallTarget {
@@ -712,7 +726,7 @@ impl StallTarget {
         let mut child = command.spawn().with_context(|| format!("spawn {} stall-target", exe.display()))?;
         let stdin = child.stdin.take().context("stdin")?;
         let stdout = BufReader::new(child.stdout.take().context("stdout")?);
-        let mut t = StallTarget { child, stdin, stdout, kind, writer_started: false, tid: 0, writer_tid: None, inside: None };
+        let mut t = StallTarget { child, stdin, stdout, kind, writer_started: false, tid: 0, writer_tid: None, inside: None, range: None, writer_range: None };
         let line = t.line()?;
         let tids: Option<Vec<i32>> = line.strip_prefix("ready ").map(|v| v.split_whitespace().filter_map(|t| t.parse().ok()).collect());
         match (tids.as_deref(), kind) {
@@ -739,26 +753,23 @@ impl StallTarget {
         Ok(line.trim().to_string())
     }
 
-    fn command(&mut self, command: &str, answer: &str) -> Result<()> {
-        writeln!(self.stdin, "{command}")?;
-        self.stdin.flush()?;
-        match self.line()?.as_str() {
-            a if a == answer => Ok(()),
-            other => bail!("stall-target said {other:?}"),
-        }
-    }
-
     /// Starts one hold; returns once the holder is about to enter it (after
     /// the preparation, which for the merge kind is seconds natively).
     pub fn start_hold(&mut self) -> Result<()> {
-        writeln!(self.stdin, "hold")?;
+        self.range = self.go("hold", "go")?;
+        self.inside = self.range.map(|(addr, _)| addr);
+        Ok(())
+    }
+
+    /// Sends `command`; the range of the target's `answer ADDR LEN`.
+    fn go(&mut self, command: &str, answer: &str) -> Result<Option<(u64, u64)>> {
+        writeln!(self.stdin, "{command}")?;
         self.stdin.flush()?;
         let line = self.line()?;
-        let Some(rest) = line.strip_prefix("go") else {
+        let Some(rest) = line.strip_prefix(answer) else {
             bail!("stall-target said {line:?}");
         };
-        self.inside = rest.trim().strip_prefix("0x").and_then(|a| u64::from_str_radix(a, 16).ok());
-        Ok(())
+        Ok(parse_range(rest))
     }
 
     /// Waits for the hold to end: how long it was, by the holder's clock (ns).
@@ -790,7 +801,7 @@ impl StallTarget {
     /// behind it should start after [`wait_writer_queued`](Self::wait_writer_queued).
     pub fn start_writer(&mut self) -> Result<()> {
         anyhow::ensure!(matches!(self.kind, Kind::Readers { .. }), "only the readers kind has a writer");
-        self.command("write", "wgo")?;
+        self.writer_range = self.go("write", "wgo")?;
         self.writer_started = true;
         Ok(())
     }

@@ -138,8 +138,19 @@ impl Run {
         HoldTruth::of(self.workload(), self.threshold())
     }
 
+    /// Stalls of the read lock, over every holder op (the series' labels
+    /// are sorted: `lock_mode` comes first).
     fn stalls(&self) -> f64 {
-        self.delta(&format!("{}{{lock_mode=\"{LOCK_READ}\"}}", catalog::STALLS.name))
+        let prefix = format!("{}{{lock_mode=\"{LOCK_READ}\",", catalog::STALLS.name);
+        let sum = |side: &str| -> Option<f64> {
+            let series = self.result[side].as_object()?;
+            let values: Vec<f64> = series.iter().filter(|(k, _)| k.starts_with(&prefix)).filter_map(|(_, v)| v.as_f64()).collect();
+            (!values.is_empty()).then(|| values.iter().sum())
+        };
+        match (sum("before"), sum("after")) {
+            (Some(b), Some(a)) => a - b,
+            _ => f64::NAN,
+        }
     }
 
     /// Stalls in `/stalls` by who held the lock when the wait began: the

@@ -53,6 +53,8 @@ pub struct Panel {
     pub queries: Vec<(String, &'static str)>,
     /// Full width instead of half.
     pub wide: bool,
+    /// A time series whose series stack (parts of one whole).
+    pub stacked: bool,
 }
 
 fn row(title: &'static str) -> Panel {
@@ -64,6 +66,7 @@ fn row(title: &'static str) -> Panel {
         no_value: "",
         queries: Vec::new(),
         wide: true,
+        stacked: false,
     }
 }
 
@@ -83,11 +86,17 @@ fn panel(
         no_value,
         queries,
         wide: false,
+        stacked: false,
     }
 }
 
 fn wide(mut p: Panel) -> Panel {
     p.wide = true;
+    p
+}
+
+fn stacked(mut p: Panel) -> Panel {
+    p.stacked = true;
     p
 }
 
@@ -182,6 +191,9 @@ pub fn host_panels() -> Vec<Panel> {
             (format!("sum by (lock_mode) (rate({}{}[$__rate_interval]))", catalog::STALLS.name, h("")), "stalls {{lock_mode}}"),
             (format!("sum(rate({}{}[$__rate_interval]))", catalog::STALL_EVENTS_DROPPED.name, h("")), "events dropped"),
         ])),
+        wide(stacked(panel(Timeseries, "Stalls by what the holder was doing", "ops", NEEDS_REMOTE_LOCK, "The same stalls by the op of the lock's holder when last observed during the wait: its system call grouped (mmap, munmap, mremap, mprotect, madvise, mlock, munlock, brk), fault (the page-fault path), kthread (khugepaged, …), readers (reader-owned: see the queued writer in /stalls), other, unknown. Which thread, which call and how large a range: /stalls or `remote-vm-daemon top`.", vec![
+            (format!("sum by (op) (rate({}{}[$__rate_interval]))", catalog::STALLS.name, h("")), "{{op}}"),
+        ]))),
         row("Probe health"),
         panel(Table, "Probes", "none", NEEDS_DAEMON, "Each probe: the mode it attached in (1), or mode=none (0). See /healthz or `remote-vm-daemon check` for why.", vec![
             (format!("{}{}", catalog::PROBE_ATTACHED.name, h("")), ""),
@@ -258,6 +270,9 @@ pub fn fleet_panels() -> Vec<Panel> {
         wide(panel(Timeseries, "Stalls by group", "ops", NEEDS_REMOTE_LOCK, "Remote accesses that waited at least stalls.threshold_seconds for the target's mmap_lock, per patched state: what the series removes for resident pages.", vec![
             (format!("sum by (patched) ({})", fleet(&format!(r#"sum by (job, instance) (rate({}{{job=~"$job"}}[$__rate_interval]))"#, catalog::STALLS.name))), "patched={{patched}}"),
         ])),
+        wide(stacked(panel(Timeseries, "What causes stalls", "ops", NEEDS_REMOTE_LOCK, "Stalls across the selected hosts by what the lock's holder was doing (op: its system call grouped, fault, kthread, readers, other, unknown). `remote-vm-daemon compare` gives the same per host-hour, patched vs unpatched.", vec![
+            (format!("sum by (op) ({})", fleet(&format!(r#"sum by (job, instance, op) (rate({}{{job=~"$job"}}[$__rate_interval]))"#, catalog::STALLS.name))), "{{op}}"),
+        ]))),
         row("Hosts"),
         wide(panel(Timeseries, "Fast-path ratio per host", "percentunit", NEEDS_READS, "fast / all reads on each host.", vec![
             (per_host_ratio, "{{instance}} ({{release}}, patched={{patched}})"),
@@ -269,6 +284,14 @@ pub fn fleet_panels() -> Vec<Panel> {
             (format!("topk(10, {})", fleet(&format!(r#"histogram_quantile(0.99, sum by (job, instance, le) (rate({}{{job=~"$job",context="{CONTEXT_REMOTE}"}}[$__rate_interval])))"#, catalog::MMAP_LOCK_WAIT.sample("_bucket")))), ""),
         ]),
     ]
+}
+
+fn field_defaults(p: &Panel) -> Value {
+    let mut d = json!({"unit": p.unit, "noValue": p.no_value});
+    if p.stacked {
+        d["custom"] = json!({"stacking": {"mode": "normal", "group": "A"}, "fillOpacity": 60, "lineWidth": 1});
+    }
+    d
 }
 
 fn datasource() -> Value {
@@ -342,7 +365,7 @@ fn render(uid: &str, title: &str, description: &str, panels: &[Panel], fleet: bo
             "description": p.description,
             "datasource": datasource(),
             "gridPos": {"h": 8, "w": w, "x": x, "y": y},
-            "fieldConfig": {"defaults": {"unit": p.unit, "noValue": p.no_value}, "overrides": []},
+            "fieldConfig": {"defaults": field_defaults(p), "overrides": []},
             "options": options,
             "targets": targets,
         }));

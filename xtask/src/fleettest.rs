@@ -46,6 +46,8 @@ const SERIES: &[(&str, &str, &str, &str)] = &[
     (cat::READS.name, "path", "slow", "reads"),
     (cat::FALLBACKS.name, "reason", "vma_lock_failed", "fallbacks"),
     (cat::FALLBACKS.name, "reason", "page_not_present", "fallbacks"),
+    // Stalls by the holder's op (compare's stalls per host-hour by op).
+    (cat::STALLS.name, "op", "munmap", "stalls"),
 ];
 
 /// SplitMix64: the same fleet on every run.

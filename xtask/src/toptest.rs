@@ -45,9 +45,10 @@ fn wait_screen(want: &str, timeout: Duration) -> Result<(bool, String)> {
     }
 }
 
-/// `vmtest: stall-truth reader=PID/TID:COMM target=PID:COMM holder=TID:COMM`
-/// as the line `top` must show for that wait.
-fn expected_line(console: &str) -> Result<String> {
+/// `vmtest: stall-truth reader=PID/TID:COMM target=PID:COMM holder=TID:COMM
+/// doing=SYSCALL:LENGTH:ADDRESS` as the line `top` must show for that wait, and
+/// the end of the details key's line for what the holder is doing.
+fn expected_line(console: &str) -> Result<(String, (String, String))> {
     let truth = console
         .lines()
         .filter_map(|l| l.strip_prefix("vmtest: stall-truth "))
@@ -59,8 +60,17 @@ fn expected_line(console: &str) -> Result<String> {
     let (reader, reader_comm) = field("reader=")?.split_once(':').context("reader")?;
     let (target, target_comm) = field("target=")?.split_once(':').context("target")?;
     let (holder, holder_comm) = field("holder=")?.split_once(':').context("holder")?;
+    let mut doing = field("doing=")?.split(':');
+    let (syscall, length, address) = (doing.next().context("doing")?, doing.next().context("doing's length")?, doing.next().context("doing's address")?);
+    let length = remote_vm_common::user::human_bytes(length.parse().context("doing's length")?);
     let (writer, cmdline) = (HolderKind::Writer.label(), Interface::Cmdline.label());
-    Ok(format!("{reader_comm} {reader} → {target_comm} {target} ← {writer} {holder_comm} {holder} [{cmdline}]"))
+    // The line in 80 columns: who waits for whom; what the holder does
+    // follows it as far as the width goes, and whole behind the details key:
+    // `  doing syscall NAME (nr N) ADDRESS + LENGTH`.
+    Ok((
+        format!("{reader_comm} {reader} → {target_comm} {target} ← {writer} {holder_comm} {holder} [{cmdline}]"),
+        (format!("  doing syscall {syscall} (nr "), format!(") {address} + {length}")),
+    ))
 }
 
 pub fn run(root: &Path) -> Result<()> {
@@ -83,7 +93,7 @@ pub fn run(root: &Path) -> Result<()> {
     let mut guest = vm::ServingVm::start(&kernel, &initramfs, &dir, port, &params)?;
     guest.wait_serving(Duration::from_secs(300))?;
     guest.wait_for("vmtest: stall-waiting", Duration::from_secs(300))?;
-    let want = expected_line(&std::fs::read_to_string(&guest.console)?)?;
+    let (want, details) = expected_line(&std::fs::read_to_string(&guest.console)?)?;
     say!("top-test: the guest's reader is waiting: {want}");
 
     // In the guest, `top` with no flags reads the daemon's Unix socket.
@@ -116,6 +126,15 @@ pub fn run(root: &Path) -> Result<()> {
         ensure!(ok && screen.contains(&want), "no rates, or the wait is gone, after two polls:\n{screen}");
         ensure!(screen.lines().count() <= 24 && screen.lines().all(|l| l.chars().count() <= 80), "larger than 80×24:\n{screen}");
         say!("top-test: the live view names reader, target and holder");
+        // d: the oldest wait whole, the holder's range included; d again: back.
+        tmux(&["send-keys", "-t", SESSION, "d"])?;
+        let (ok, screen) = wait_screen(&details.1, Duration::from_secs(5))?;
+        std::fs::write(dir.join("screen-details.txt"), &screen)?;
+        ensure!(ok && screen.contains(&details.0), "d does not show the holder's system call and range {details:?}:\n{screen}");
+        tmux(&["send-keys", "-t", SESSION, "d"])?;
+        let (ok, screen) = wait_screen("q quit · d details", Duration::from_secs(5))?;
+        ensure!(ok, "d again does not go back:\n{screen}");
+        say!("top-test: d shows what the holder is doing, over which range");
         // The daemon goes away: shown as such, no crash.
         drop(guest);
         let (ok, screen) = wait_screen("daemon unreachable", Duration::from_secs(10))?;

@@ -157,6 +157,8 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
         loader.override_global(name, value, true);
     }
     loader.override_global("SYSCALLS_MEM", &SYSCALLS.mem, true);
+    let syscall_ops = crate::kernel::syscalls::ops();
+    loader.override_global("SYSCALL_OPS", &syscall_ops, true);
     let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| LoadError::Object {
         source: Box::new(e),
         hint: privilege_hint(),

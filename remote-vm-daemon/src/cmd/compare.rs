@@ -20,7 +20,7 @@
 //!   two kernels in it.
 //!
 //! `auto` takes `raw` when the expected sample count is small.
-use remote_vm_common::catalog as cat;
+use remote_vm_common::{catalog as cat, holder::HolderOp};
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     time::Duration,
@@ -247,6 +247,17 @@ impl Group {
         self.counts.get(key).copied().unwrap_or(0.0)
     }
 
+    /// Stalls of holder op `op` (`None`: every op) per host-hour over a
+    /// range of `range_s` seconds.
+    pub fn stalls_per_host_hour(&self, op: Option<&str>, range_s: u64) -> Option<f64> {
+        let host_hours = self.hosts as f64 * range_s as f64 / 3600.0;
+        let stalls = match op {
+            Some(op) => self.count(&format!("stalls{{op=\"{op}\"}}")),
+            None => self.counts.iter().filter(|(k, _)| k.starts_with("stalls{")).map(|(_, v)| v).sum(),
+        };
+        (host_hours > 0.0).then(|| stalls / host_hours)
+    }
+
     pub fn fast_path_ratio(&self) -> Option<f64> {
         let all: f64 = ["fast", "fallback", "slow"].iter().map(|p| self.count(&format!("reads{{path=\"{p}\"}}"))).sum();
         (all > 0.0).then(|| self.count("reads{path=\"fast\"}") / all)
@@ -262,6 +273,7 @@ const COUNTERS: &[(&str, &str, Option<&str>)] = &[
     ("lockless_bytes_discarded", cat::LOCKLESS_BYTES_DISCARDED.name, None),
     ("foll_anon_file_backed", cat::FOLL_ANON_FILE_BACKED.name, None),
     ("multi_vma_reads", cat::MULTI_VMA_READS.name, Some("path")),
+    ("stalls", cat::STALLS.name, Some("op")),
 ];
 
 /// What to compare: the range ending at `end` (Unix seconds), the series
@@ -282,6 +294,8 @@ pub struct Comparison {
     pub groups: Vec<Group>,
     /// The range's end, Unix seconds.
     pub end: f64,
+    /// The range's length.
+    pub range_seconds: u64,
     /// `raw` or `chunked` (what `auto` chose).
     pub mode: Mode,
     /// The chunk, in `chunked` mode.
@@ -423,6 +437,7 @@ pub fn compare_answers(
     Ok(Comparison {
         groups: tally.finish(),
         end: req.end,
+        range_seconds: req.range_s,
         mode,
         chunk_seconds: chunk_s,
         queries: asker.queries,
@@ -691,28 +706,40 @@ fn mode_word(c: &Comparison) -> String {
 pub fn render(c: &Comparison, format: Format, range: &str) -> String {
     let groups = &c.groups;
     let cell = |g: &Group, k: &str| format!("{}", g.count(k));
-    let mut columns: Vec<(&str, Box<dyn Fn(&Group) -> String>)> = vec![
-        ("patched", Box::new(|g: &Group| g.patched.clone())),
-        ("release", Box::new(|g: &Group| g.release.clone())),
-        ("hosts", Box::new(|g: &Group| g.hosts.to_string())),
-        ("reads fast", Box::new(move |g: &Group| cell(g, "reads{path=\"fast\"}"))),
-        ("fallback", Box::new(move |g: &Group| cell(g, "reads{path=\"fallback\"}"))),
-        ("slow", Box::new(move |g: &Group| cell(g, "reads{path=\"slow\"}"))),
-        ("fast-path ratio", Box::new(|g: &Group| g.fast_path_ratio().map_or("–".into(), |r| format!("{:.1}%", r * 100.0)))),
+    let mut columns: Vec<(String, Box<dyn Fn(&Group) -> String>)> = vec![
+        ("patched".into(), Box::new(|g: &Group| g.patched.clone())),
+        ("release".into(), Box::new(|g: &Group| g.release.clone())),
+        ("hosts".into(), Box::new(|g: &Group| g.hosts.to_string())),
+        ("reads fast".into(), Box::new(move |g: &Group| cell(g, "reads{path=\"fast\"}"))),
+        ("fallback".into(), Box::new(move |g: &Group| cell(g, "reads{path=\"fallback\"}"))),
+        ("slow".into(), Box::new(move |g: &Group| cell(g, "reads{path=\"slow\"}"))),
+        ("fast-path ratio".into(), Box::new(|g: &Group| g.fast_path_ratio().map_or("–".into(), |r| format!("{:.1}%", r * 100.0)))),
     ];
     // One column per fallback reason: hosts with the opt-in VMA-step probe count
     // the VMA-level ones apart, hosts without count them merged.
     for reason in remote_vm_common::classify::Reason::ALL {
         let key = format!("fallbacks{{reason=\"{}\"}}", reason.label());
-        columns.push((reason.label(), Box::new(move |g: &Group| cell(g, &key))));
+        columns.push((reason.label().into(), Box::new(move |g: &Group| cell(g, &key))));
     }
-    columns.push(("writes", Box::new(move |g: &Group| cell(g, "writes"))));
-    columns.push(("counter resets", Box::new(|g: &Group| g.resets.to_string())));
+    columns.push(("writes".into(), Box::new(move |g: &Group| cell(g, "writes"))));
+    // Stalls per host-hour, then by what the holder was doing: the ops any
+    // group had (the JSON has every count).
+    let range_s = c.range_seconds;
+    let per_hour = move |g: &Group, op: Option<&str>| g.stalls_per_host_hour(op, range_s).map_or("–".into(), |r| format!("{r:.3}"));
+    columns.push(("stalls/host-h".into(), Box::new(move |g: &Group| per_hour(g, None))));
+    for op in HolderOp::ALL {
+        let key = format!("stalls{{op=\"{}\"}}", op.label());
+        if groups.iter().any(|g| g.count(&key) > 0.0) {
+            columns.push((format!("stalls/host-h {}", op.label()), Box::new(move |g: &Group| per_hour(g, Some(op.label())))));
+        }
+    }
+    columns.push(("counter resets".into(), Box::new(|g: &Group| g.resets.to_string())));
     match format {
         // An interface: fields are added, never renamed or removed.
         Format::Json => {
             let doc = serde_json::json!({
                 "range": range,
+                "range_seconds": c.range_seconds,
                 "groups": groups,
                 "end": c.end,
                 "mode": c.mode,
@@ -724,7 +751,7 @@ pub fn render(c: &Comparison, format: Format, range: &str) -> String {
         }
         Format::Markdown => {
             let mut out = format!("Remote reads by kernel group over {range} ending at Unix time {:.0} (exact counter increases; {})\n\n", c.end, mode_word(c));
-            out.push_str(&format!("| {} |\n", columns.iter().map(|(h, _)| *h).collect::<Vec<_>>().join(" | ")));
+            out.push_str(&format!("| {} |\n", columns.iter().map(|(h, _)| h.as_str()).collect::<Vec<_>>().join(" | ")));
             out.push_str(&format!("|{}\n", "---|".repeat(columns.len())));
             for g in groups {
                 out.push_str(&format!("| {} |\n", columns.iter().map(|(_, f)| f(g)).collect::<Vec<_>>().join(" | ")));
@@ -732,7 +759,7 @@ pub fn render(c: &Comparison, format: Format, range: &str) -> String {
             out
         }
         Format::Table => {
-            let rows: Vec<Vec<String>> = std::iter::once(columns.iter().map(|(h, _)| h.to_string()).collect())
+            let rows: Vec<Vec<String>> = std::iter::once(columns.iter().map(|(h, _)| h.clone()).collect())
                 .chain(groups.iter().map(|g| columns.iter().map(|(_, f)| f(g)).collect()))
                 .collect();
             let widths: Vec<usize> = (0..columns.len())
@@ -768,6 +795,41 @@ mod tests {
         assert_eq!(exact_increase(&[5.0, 10.0, 2.0, 6.0]), 5.0 + 2.0 + 4.0);
         assert_eq!(exact_increase(&[3.0]), 0.0);
         assert_eq!(exact_increase(&[]), 0.0);
+    }
+
+    #[test]
+    fn stalls_per_host_hour_by_op() {
+        let group = |patched: &str, hosts: usize, counts: &[(&str, f64)]| Group {
+            patched: patched.into(),
+            release: "6.12".into(),
+            hosts,
+            counts: counts.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            resets: 0,
+        };
+        let c = Comparison {
+            groups: vec![
+                group("no", 4, &[("stalls{op=\"mprotect\"}", 48.0), ("stalls{op=\"readers\"}", 24.0)]),
+                group("yes", 2, &[("stalls{op=\"mprotect\"}", 3.0)]),
+            ],
+            end: 0.0,
+            range_seconds: 6 * 3600,
+            mode: Mode::Raw,
+            chunk_seconds: None,
+            queries: 1,
+            raw_chunks: 0,
+        };
+        // 4 hosts × 6 h: 72 stalls are 3 per host-hour, 2 of them mprotect's.
+        assert_eq!(c.groups[0].stalls_per_host_hour(None, c.range_seconds), Some(3.0));
+        assert_eq!(c.groups[0].stalls_per_host_hour(Some("mprotect"), c.range_seconds), Some(2.0));
+        assert_eq!(c.groups[1].stalls_per_host_hour(Some("readers"), c.range_seconds), Some(0.0));
+        let table = render(&c, Format::Markdown, "6h");
+        let header = table.lines().find(|l| l.starts_with("| patched")).unwrap();
+        // Columns for the ops some group had, none for the others.
+        assert!(header.contains("| stalls/host-h | stalls/host-h mprotect | stalls/host-h readers | counter resets |"), "{header}");
+        assert!(table.contains("| 3.000 | 2.000 | 1.000 | 0 |"), "{table}");
+        assert!(table.contains("| 0.250 | 0.250 | 0.000 | 0 |"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&render(&c, Format::Json, "6h")).unwrap();
+        assert_eq!(json["range_seconds"], 21600);
     }
 
     #[test]
@@ -906,12 +968,12 @@ mod tests {
     #[test]
     fn answers_are_bounded() {
         let prom = Prometheus::parse(&fake_prometheus(3, 5)).unwrap();
-        // 7 counters × 3 series × 5 samples: 105, all taken.
         let compare_within = |prom: &Prometheus, limits| {
             compare_answers(|expr, time, answer| prom.query(expr, time, answer), &raw_request(""), limits).map(|c| c.groups)
         };
-        // kernel_info's 3 × 5 samples, then 7 counters × 3 series × 5 samples: 120, all taken.
-        let groups = compare_within(&prom, Limits { series: 3, samples: 120 }).unwrap();
+        // kernel_info's 3 × 5 samples, then each counter's 3 series × 5 samples, all taken.
+        let all = 15 * (1 + COUNTERS.len());
+        let groups = compare_within(&prom, Limits { series: 3, samples: all }).unwrap();
         assert_eq!(groups.len(), 1);
         assert_eq!(groups[0].hosts, 3);
         assert_eq!(groups[0].count("reads{path=\"fast\"}"), 12.0);
@@ -958,7 +1020,7 @@ mod tests {
         };
         let groups = from_bodies(info, &counter(r#"[[1,"2"],[2,"5"],[3,"1"]]"#)).unwrap();
         assert_eq!(groups[0].count("reads{path=\"fast\"}"), 3.0 + 1.0);
-        assert_eq!(groups[0].resets, 7, "one per counter: every counter got the same answer");
+        assert_eq!(groups[0].resets, COUNTERS.len() as u64, "one per counter: every counter got the same answer");
         // Staleness markers (VictoriaMetrics returns them) are no samples.
         let groups = from_bodies(info, &counter(r#"[[1,"2"],[2,"NaN"],[3,"5"]]"#)).unwrap();
         assert_eq!((groups[0].count("reads{path=\"fast\"}"), groups[0].resets), (3.0, 0));

@@ -66,6 +66,27 @@ pub struct StallIds {
     /// `task_struct.__state` (5.14 on; `state` before): a wait in progress is
     /// reported only while its thread sleeps.
     pub task_state: Item<u64>,
+    /// What a holder is doing: `task_struct.flags` (`PF_KTHREAD`) and
+    /// `stack`, `pt_regs.ax` and the first three system call arguments
+    /// (x86-64: `di`, `si`, `dx`; unknown on other architectures), and
+    /// `rwsem_waiter.task` for the queued writer.
+    pub task_flags: Item<u64>,
+    pub task_stack: Item<u64>,
+    pub pt_regs_ax: Item<u64>,
+    pub pt_regs_args: [Item<u64>; 3],
+    pub waiter_task: Item<u64>,
+}
+
+/// `struct pt_regs`' members with `-ENOSYS` during a system call and the
+/// first three arguments: x86-64's (elsewhere a holder's activity is unknown).
+const PT_REGS_AX: Option<&str> = if cfg!(target_arch = "x86_64") { Some("ax") } else { None };
+const PT_REGS_ARGS: Option<[&str; 3]> = if cfg!(target_arch = "x86_64") { Some(["di", "si", "dx"]) } else { None };
+
+fn pt_regs_member(btf: &Btf, member: Option<&str>) -> Item<u64> {
+    match member {
+        Some(m) => btf.field_offset("pt_regs", m),
+        None => Err("not read on this architecture".to_string()),
+    }
 }
 
 /// `struct pt_regs`' member with the system call number on this architecture.
@@ -91,6 +112,11 @@ impl StallIds {
             pt_regs_syscall: btf.field_offset("pt_regs", PT_REGS_SYSCALL),
             waiting_for_write: btf.enum_value("RWSEM_WAITING_FOR_WRITE").map(|v| v as u32),
             task_state: btf.field_offset("task_struct", "__state").or_else(|e| btf.field_offset("task_struct", "state").map_err(|_| e)),
+            task_flags: btf.field_offset("task_struct", "flags"),
+            task_stack: btf.field_offset("task_struct", "stack"),
+            pt_regs_ax: pt_regs_member(btf, PT_REGS_AX),
+            pt_regs_args: [0, 1, 2].map(|i| pt_regs_member(btf, PT_REGS_ARGS.map(|a| a[i]))),
+            waiter_task: btf.field_offset("rwsem_waiter", "task"),
         }
     }
 
@@ -114,11 +140,16 @@ impl StallIds {
             pt_regs_syscall: no(),
             waiting_for_write: Err("no BTF".to_string()),
             task_state: no(),
+            task_flags: no(),
+            task_stack: no(),
+            pt_regs_ax: no(),
+            pt_regs_args: [no(), no(), no()],
+            waiter_task: no(),
         }
     }
 
     /// (global name, item) pairs, for the programs and `check`.
-    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 16] {
+    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 23] {
         [
             ("MM_OWNER_OFF", "mm_struct.owner", &self.mm_owner),
             ("MM_ARG_START_OFF", "mm_struct.arg_start", &self.mm_arg_start),
@@ -136,6 +167,13 @@ impl StallIds {
             ("WAITER_TYPE_OFF", "rwsem_waiter.type", &self.waiter_type),
             ("PT_REGS_SYSCALL_OFF", if cfg!(target_arch = "aarch64") { "pt_regs.syscallno" } else { "pt_regs.orig_ax" }, &self.pt_regs_syscall),
             ("TASK_STATE_OFF", "task_struct.__state", &self.task_state),
+            ("TASK_FLAGS_OFF", "task_struct.flags", &self.task_flags),
+            ("TASK_STACK_OFF", "task_struct.stack", &self.task_stack),
+            ("PT_REGS_AX_OFF", "pt_regs.ax", &self.pt_regs_ax),
+            ("PT_REGS_ARG0_OFF", "pt_regs.di", &self.pt_regs_args[0]),
+            ("PT_REGS_ARG1_OFF", "pt_regs.si", &self.pt_regs_args[1]),
+            ("PT_REGS_ARG2_OFF", "pt_regs.dx", &self.pt_regs_args[2]),
+            ("WAITER_TASK_OFF", "rwsem_waiter.task", &self.waiter_task),
         ]
     }
 }
@@ -164,7 +202,7 @@ impl StallIds {
     fn line(&self) -> String {
         let unknown = self.missing();
         if unknown.is_empty() {
-            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.pid/tgid/comm/__state, rw_semaphore words and waiter queue, pt_regs syscall number) = all found".to_string()
+            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.pid/tgid/comm/__state/flags/stack, rw_semaphore words and waiter queue, pt_regs system call number and arguments) = all found".to_string()
         } else {
             format!("btf: stall event identities: unknown {} (events leave them out)", unknown.join(", "))
         }

@@ -12,6 +12,7 @@ use remote_vm_common::{
     Point,
     catalog::{self as cat, Buckets, Coverage, Metric},
     classify::{Level, Path, Reason},
+    holder::HolderOp,
     stats::{Counter, Hist, Stats},
 };
 
@@ -222,9 +223,15 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
             f.push_log2(&[], &stats.hists[Hist::Hold as usize], lo, hi, divisor);
         }
         n if n == cat::STALLS.name => {
-            f.push(&[("lock_mode", cat::LOCK_READ)], c(stats, Counter::StallsRead));
-            if view.sight.covers(Coverage::RemoteWrites) {
-                f.push(&[("lock_mode", cat::LOCK_WRITE)], c(stats, Counter::StallsWrite));
+            let modes: &[(&str, bool)] = if view.sight.covers(Coverage::RemoteWrites) {
+                &[(cat::LOCK_READ, false), (cat::LOCK_WRITE, true)]
+            } else {
+                &[(cat::LOCK_READ, false)]
+            };
+            for (mode, write) in modes {
+                for op in HolderOp::ALL {
+                    f.push(&[("lock_mode", *mode), ("op", op.label())], stats.counters[Counter::stall_slot(*write, op as u32)]);
+                }
             }
         }
         n if n == cat::STALL_EVENTS_DROPPED.name => single(f, c(stats, Counter::StallEventsDropped)),

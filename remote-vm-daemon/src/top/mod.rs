@@ -108,12 +108,13 @@ fn live(url: &str, client: Client, interval: Duration) -> std::io::Result<()> {
     })?;
     let mut terminal = ratatui::init();
     let mut h = History::default();
+    let mut details = false;
     let result = (|| -> std::io::Result<()> {
         loop {
             while let Ok(r) = rx.try_recv() {
                 h.push(r);
             }
-            terminal.draw(|f| view::draw(f, &h.model(url)))?;
+            terminal.draw(|f| view::draw(f, &h.model(url), details))?;
             if event::poll(Duration::from_millis(200))?
                 && let Event::Key(k) = event::read()?
                 && k.kind == KeyEventKind::Press
@@ -121,6 +122,9 @@ fn live(url: &str, client: Client, interval: Duration) -> std::io::Result<()> {
                 let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
                 if matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c {
                     return Ok(());
+                }
+                if k.code == KeyCode::Char('d') {
+                    details = !details;
                 }
             }
         }

@@ -35,6 +35,46 @@ pub struct Holder {
     pub tid: u32,
     pub comm: String,
     pub exact: bool,
+    pub op: String,
+    pub doing: Option<Doing>,
+    pub observed: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Doing {
+    pub what: String,
+    pub syscall: Option<String>,
+    pub nr: Option<u32>,
+    pub range: Option<Range>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Range {
+    pub address: String,
+    pub length: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Queued {
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub doing: Option<Doing>,
+}
+
+impl Doing {
+    /// `mprotect 1.2 GiB`, `munlockall`, `syscall 999`, `fault`.
+    fn short(&self) -> String {
+        match (&self.syscall, self.nr, &self.range) {
+            (Some(name), _, Some(r)) => format!("{name} {}", remote_vm_common::user::human_bytes(r.length)),
+            (Some(name), _, None) => name.clone(),
+            (None, Some(nr), _) => format!("syscall {nr}"),
+            _ => self.what.clone(),
+        }
+    }
 }
 
 /// A wait in progress or a stall (`waiting_seconds`/`started` or
@@ -46,6 +86,7 @@ pub struct Wait {
     pub target: Who,
     pub holder: Holder,
     pub writer_waiting: bool,
+    pub queued_writer: Option<Queued>,
     pub lock_mode: String,
     pub interface: String,
     pub waiting_seconds: f64,
@@ -68,28 +109,108 @@ impl StallsPage {
                 &mut w.interface,
                 &mut w.started,
                 &mut w.ended,
+                &mut w.holder.op,
             ] {
                 *t = crate::printable(t);
+            }
+            if let Some(d) = w.holder.doing.as_mut() {
+                d.printable();
+            }
+            if let Some(q) = w.queued_writer.as_mut() {
+                q.comm = crate::printable(&q.comm);
+                if let Some(d) = q.doing.as_mut() {
+                    d.printable();
+                }
             }
         }
         self
     }
 }
 
+impl Doing {
+    fn printable(&mut self) {
+        self.what = crate::printable(&self.what);
+        if let Some(s) = self.syscall.as_mut() {
+            *s = crate::printable(s);
+        }
+        if let Some(r) = self.range.as_mut() {
+            r.address = crate::printable(&r.address);
+        }
+    }
+}
+
+impl Doing {
+    /// Everything observed: `syscall mprotect (nr 10) 0x7f… + 1.2 GiB`.
+    fn full(&self) -> String {
+        let mut out = self.what.clone();
+        if let Some(name) = &self.syscall {
+            out = format!("{out} {name}");
+        }
+        if let Some(nr) = self.nr {
+            out = format!("{out} (nr {nr})");
+        }
+        if let Some(r) = &self.range {
+            out = format!("{out} {} + {}", r.address, remote_vm_common::user::human_bytes(r.length));
+        }
+        out
+    }
+}
+
 impl Wait {
-    /// `reader → target ← holder`, e.g.
-    /// `ps 41/41 → java 124 ← writer GC Thread#0 131`.
+    /// The whole observation, a line per party (`top`'s details key).
+    pub fn details(&self) -> Vec<String> {
+        let h = &self.holder;
+        let mut out = vec![
+            format!("reader  {} pid {} tid {} [{} {}]", self.reader.comm, self.reader.pid, self.reader.tid, self.interface, self.lock_mode),
+            format!("target  {} pid {}", self.target.comm, self.target.pid),
+            format!(
+                "holder  {} {} pid {} tid {}{} · op {}{}",
+                h.kind,
+                h.comm,
+                h.pid,
+                h.tid,
+                if h.exact { "" } else { " (last reader: a hint)" },
+                if h.op.is_empty() { "–" } else { &h.op },
+                h.observed.as_deref().and_then(|t| t.get(11..23)).map(|t| format!(" · observed {t}")).unwrap_or_default()
+            ),
+        ];
+        if let Some(d) = &h.doing {
+            out.push(format!("  doing {}", d.full()));
+        }
+        match (&self.queued_writer, self.writer_waiting) {
+            (Some(q), _) => {
+                out.push(format!("queued  writer {} pid {} tid {}", q.comm, q.pid, q.tid));
+                if let Some(d) = &q.doing {
+                    out.push(format!("  doing {}", d.full()));
+                }
+            }
+            (None, true) => out.push("queued  a writer (not named here)".to_string()),
+            (None, false) => {}
+        }
+        out
+    }
+
+    /// `reader → target ← holder [interface] · doing`, e.g.
+    /// `ps 41/41 → java 124 ← writer GC Thread#0 131 [cmdline] · mprotect 1.2 GiB`:
+    /// who waits for whom first, so that a narrow terminal cuts what the
+    /// holder does (the details key shows it whole).
     pub fn line(&self) -> String {
-        let holder = match self.holder.kind.as_str() {
+        let doing = |d: &Option<Doing>| d.as_ref().map(|d| format!(" {}", d.short())).unwrap_or_default();
+        let (holder, holder_doing) = match self.holder.kind.as_str() {
             "writer" | "readers" if self.holder.tid != 0 => {
                 let hint = if self.holder.exact { "" } else { "~" };
-                format!("{} {hint}{} {}", self.holder.kind, self.holder.comm, self.holder.tid)
+                let doing = self.holder.doing.as_ref().map(|d| format!(" · {}", d.short())).unwrap_or_default();
+                (format!("{} {hint}{} {}", self.holder.kind, self.holder.comm, self.holder.tid), doing)
             }
-            kind => kind.to_string(),
+            kind => (kind.to_string(), String::new()),
         };
-        let queued = if self.writer_waiting { " +writer queued" } else { "" };
+        let queued = match (&self.queued_writer, self.writer_waiting) {
+            (Some(q), _) => format!(" +writer queued {} {}{}", q.comm, q.tid, doing(&q.doing)),
+            (None, true) => " +writer queued".to_string(),
+            (None, false) => String::new(),
+        };
         format!(
-            "{} {}/{} → {} {} ← {holder}{queued} [{}]",
+            "{} {}/{} → {} {} ← {holder} [{}]{holder_doing}{queued}",
             self.reader.comm, self.reader.pid, self.reader.tid, self.target.comm, self.target.pid, self.interface
         )
     }
@@ -341,18 +462,53 @@ mod tests {
         let w = Wait {
             reader: Who { pid: 41, tid: 51, comm: "ps".into() },
             target: Who { pid: 124, tid: 0, comm: "java".into() },
-            holder: Holder { kind: "writer".into(), pid: 124, tid: 131, comm: "GC".into(), exact: true },
+            holder: Holder { kind: "writer".into(), pid: 124, tid: 131, comm: "GC".into(), exact: true, ..Holder::default() },
             interface: "cmdline".into(),
             ..Wait::default()
         };
         assert_eq!(w.line(), "ps 41/51 → java 124 ← writer GC 131 [cmdline]");
         let mut r = w.clone();
-        r.holder = Holder { kind: "readers".into(), pid: 124, tid: 133, comm: "VM".into(), exact: false };
+        r.holder = Holder { kind: "readers".into(), pid: 124, tid: 133, comm: "VM".into(), exact: false, ..Holder::default() };
         r.writer_waiting = true;
-        assert_eq!(r.line(), "ps 41/51 → java 124 ← readers ~VM 133 +writer queued [cmdline]");
+        assert_eq!(r.line(), "ps 41/51 → java 124 ← readers ~VM 133 [cmdline] +writer queued");
         r.holder = Holder { kind: "unknown".into(), ..Holder::default() };
         r.writer_waiting = false;
         assert_eq!(r.line(), "ps 41/51 → java 124 ← unknown [cmdline]");
+        // What the holder and the queued writer are doing, after them.
+        let mprotect = |len| Doing {
+            what: "syscall".into(),
+            syscall: Some("mprotect".into()),
+            nr: Some(10),
+            range: Some(Range { address: "0x7f0000000000".into(), length: len }),
+        };
+        let mut d = w.clone();
+        d.holder.doing = Some(mprotect(1_288_490_189));
+        assert_eq!(d.line(), "ps 41/51 → java 124 ← writer GC 131 [cmdline] · mprotect 1.2 GiB");
+        d.holder.doing = Some(Doing { what: "fault".into(), ..Doing::default() });
+        assert_eq!(d.line(), "ps 41/51 → java 124 ← writer GC 131 [cmdline] · fault");
+        d.holder.doing = Some(Doing { what: "syscall".into(), nr: Some(999), ..Doing::default() });
+        assert_eq!(d.line(), "ps 41/51 → java 124 ← writer GC 131 [cmdline] · syscall 999");
+        let mut q = r.clone();
+        q.holder = Holder { kind: "readers".into(), pid: 124, tid: 133, comm: "VM".into(), ..Holder::default() };
+        q.writer_waiting = true;
+        q.queued_writer = Some(Queued { pid: 124, tid: 140, comm: "mprot".into(), doing: Some(mprotect(4096)) });
+        assert_eq!(q.line(), "ps 41/51 → java 124 ← readers ~VM 133 [cmdline] +writer queued mprot 140 mprotect 4.0 KiB");
+        // The details key: every field of the observation.
+        q.holder.op = "readers".into();
+        q.holder.observed = Some("2026-11-25T21:42:31.530Z".into());
+        q.lock_mode = "read".into();
+        assert_eq!(
+            q.details(),
+            [
+                "reader  ps pid 41 tid 51 [cmdline read]",
+                "target  java pid 124",
+                "holder  readers VM pid 124 tid 133 (last reader: a hint) · op readers · observed 21:42:31.530",
+                "queued  writer mprot pid 124 tid 140",
+                "  doing syscall mprotect (nr 10) 0x7f0000000000 + 4.0 KiB",
+            ]
+        );
+        d.holder.doing = Some(mprotect(1 << 30));
+        assert!(d.details().contains(&"  doing syscall mprotect (nr 10) 0x7f0000000000 + 1.0 GiB".to_string()));
     }
 }
 

@@ -70,7 +70,18 @@ fn header(m: &Model) -> Vec<Line<'static>> {
     lines
 }
 
-pub fn draw(f: &mut Frame, m: &Model) {
+/// The oldest wait in progress, else the newest stall: what the details key shows.
+fn detailed(m: &Model) -> Option<(&'static str, &crate::top::model::Wait)> {
+    let page = m.stalls.as_ref()?;
+    match page.in_progress.as_ref().and_then(|l| l.first()) {
+        Some(w) => Some(("the oldest wait in progress", w)),
+        None => page.recent.first().map(|s| ("the newest stall", s)),
+    }
+}
+
+/// `details`: the lower pane shows the whole observation of the oldest wait
+/// in progress (else of the newest stall) instead of the recent stalls.
+pub fn draw(f: &mut Frame, m: &Model, details: bool) {
     let head = header(m);
     let [top, waits, recent, foot] = Layout::vertical([
         Constraint::Length(head.len() as u16),
@@ -119,8 +130,14 @@ pub fn draw(f: &mut Frame, m: &Model) {
             Vec::new(),
         ),
     };
+    let (title, lines) = match (details, detailed(m)) {
+        (true, Some((which, w))) => (format!(" details: {which} "), w.details().into_iter().map(Line::raw).collect()),
+        (true, None) => (" details: nothing waiting, no stall yet ".to_string(), Vec::new()),
+        (false, _) => (title, lines),
+    };
     f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(title)), recent);
-    f.render_widget(Paragraph::new(Line::raw("q quit")), foot);
+    let keys = if details { "q quit · d back to the recent stalls" } else { "q quit · d details" };
+    f.render_widget(Paragraph::new(Line::raw(keys)), foot);
 }
 
 /// One frame as plain text (`--once`): `width` × `height` cells, trailing
@@ -130,7 +147,7 @@ pub fn text(m: &Model, width: u16, height: u16) -> String {
         Ok(t) => t,
         Err(e) => return format!("cannot draw: {e}\n"),
     };
-    if let Err(e) = terminal.draw(|f| draw(f, m)) {
+    if let Err(e) = terminal.draw(|f| draw(f, m, false)) {
         return format!("cannot draw: {e}\n");
     }
     let buffer = terminal.backend().buffer();
@@ -155,7 +172,7 @@ mod tests {
         let wait = Wait {
             reader: Who { pid: 41, tid: 51, comm: "rd-cmdline".into() },
             target: Who { pid: 49, tid: 0, comm: "rvm-testkit".into() },
-            holder: Holder { kind: "writer".into(), pid: 49, tid: 50, comm: "holder".into(), exact: true },
+            holder: Holder { kind: "writer".into(), pid: 49, tid: 50, comm: "holder".into(), exact: true, ..Holder::default() },
             interface: "cmdline".into(),
             waiting_seconds: 2.4,
             waited_seconds: 6.1,
@@ -194,7 +211,29 @@ mod tests {
         assert!(has("waiting now: 1 (oldest 2.4 s)"), "{screen}");
         assert!(has("  2.4 s  rd-cmdline 41/51 → rvm-testkit 49 ← writer holder 50 [cmdline]"), "{screen}");
         assert!(has("23:16:58   6.1 s  rd-cmdline 41/51 → rvm-testkit 49 ← writer holder 50 [cmdline]"), "{screen}");
-        assert!(has("q quit"), "{screen}");
+        assert!(has("q quit · d details"), "{screen}");
+    }
+
+    #[test]
+    fn the_details_key_shows_the_oldest_wait_whole() {
+        let mut m = model();
+        let w = &mut m.stalls.as_mut().unwrap().in_progress.as_mut().unwrap()[0];
+        w.holder.op = "mprotect".into();
+        w.holder.doing = Some(crate::top::model::Doing {
+            what: "syscall".into(),
+            syscall: Some("mprotect".into()),
+            nr: Some(10),
+            range: Some(crate::top::model::Range { address: "0x7f0000000000".into(), length: 1 << 30 }),
+        });
+        let mut terminal = ratatui::Terminal::new(ratatui::backend::TestBackend::new(80, 24)).unwrap();
+        terminal.draw(|f| draw(f, &m, true)).unwrap();
+        let screen: String = (0..24)
+            .map(|y| (0..80).map(|x| terminal.backend().buffer()[(x, y)].symbol().to_string()).collect::<String>().trim_end().to_string() + "\n")
+            .collect();
+        assert!(screen.contains("details: the oldest wait in progress"), "{screen}");
+        assert!(screen.contains("holder  writer holder pid 49 tid 50 · op mprotect"), "{screen}");
+        assert!(screen.contains("  doing syscall mprotect (nr 10) 0x7f0000000000 + 1.0 GiB"), "{screen}");
+        assert!(screen.contains("q quit · d back to the recent stalls"), "{screen}");
     }
 
     #[test]

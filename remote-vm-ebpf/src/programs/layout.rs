@@ -2,7 +2,10 @@
 //! values from the running kernel's BTF. Rust eBPF has no CO-RE, so no kernel
 //! struct offset is compiled in. `UNKNOWN_OFFSET` means "not in BTF".
 use aya_ebpf::Global;
-use remote_vm_common::{MEM_SYSCALLS, UNKNOWN_OFFSET};
+use remote_vm_common::{
+    MEM_SYSCALLS, UNKNOWN_OFFSET,
+    holder::{HolderOp, SYSCALL_OPS_LEN},
+};
 
 /// `offsetof(struct mm_struct, mmap_lock)`.
 #[unsafe(no_mangle)]
@@ -82,6 +85,46 @@ pub static PT_REGS_SYSCALL_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 pub static SYSCALL_PTRACE: Global<u32> = Global::new(u32::MAX);
 #[unsafe(no_mangle)]
 pub static SYSCALLS_MEM: Global<[u32; MEM_SYSCALLS]> = Global::new([u32::MAX; MEM_SYSCALLS]);
+
+/// What a holder is doing, read from its saved user registers:
+/// `offsetof(struct task_struct, flags)` (`PF_KTHREAD`) and `(…, stack)` (its
+/// `pt_regs` lie where the current task's do, relative to its stack),
+/// `offsetof(struct pt_regs, ax)` and of the first three system call
+/// arguments (`di`, `si`, `dx`): x86-64 only, unknown elsewhere;
+/// `offsetof(struct rwsem_waiter, task)` for the queued writer.
+#[unsafe(no_mangle)]
+pub static TASK_FLAGS_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static TASK_STACK_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static PT_REGS_AX_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static PT_REGS_ARG0_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static PT_REGS_ARG1_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static PT_REGS_ARG2_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static WAITER_TASK_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// `HolderOp` of each system call number (the daemon's architecture table;
+/// `Other` beyond it). Read one byte at a time (`syscall_op`).
+#[unsafe(no_mangle)]
+pub static SYSCALL_OPS: Global<[u8; SYSCALL_OPS_LEN]> = Global::new([HolderOp::Other as u8; SYSCALL_OPS_LEN]);
+
+/// The `HolderOp` of system call `nr`.
+#[inline(always)]
+pub fn syscall_op(nr: u32) -> HolderOp {
+    // The index is masked and the load made before the range is checked: a
+    // check first would let LLVM drop the mask as redundant, and 6.1's
+    // verifier does not carry a 32-bit comparison's bound to the pointer
+    // addition ("math between map_value pointer and register with unbounded
+    // min value"). The length is a power of two.
+    const _: () = assert!(SYSCALL_OPS_LEN.is_power_of_two());
+    let i = nr as usize & (SYSCALL_OPS_LEN - 1);
+    // SAFETY: `Global` is `repr(transparent)` over the array; `i` is in bounds.
+    let v = unsafe { core::ptr::read_volatile(core::ptr::from_ref(&SYSCALL_OPS).cast::<u8>().add(i)) };
+    if nr as usize >= SYSCALL_OPS_LEN { HolderOp::Other } else { HolderOp::from_u32(u32::from(v)) }
+}
 
 /// A remote access's wait for the target's mmap_lock at least this long is a
 /// stall (`[stalls] threshold_seconds` in the config).

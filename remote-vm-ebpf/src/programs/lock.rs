@@ -16,15 +16,17 @@ use aya_ebpf::helpers::{
 use remote_vm_common::{
     Interface, LCB_F_WRITE, Point, StallEvent, Syscalls,
     classify::{Acquisition, CallState, F_ANON, F_WRITE, HolderKind, HolderSnap, decode_holder, lock_taken},
+    holder::{Activity, HolderOp, PF_KTHREAD, Regs},
     stats::Counter,
 };
 
 use super::{
     layout::{
         FOLL_ANON, MM_ARG_END_OFF, MM_ARG_START_OFF, MM_ENV_END_OFF, MM_ENV_START_OFF, MM_MMAP_LOCK_OFF,
-        MM_OWNER_OFF, PT_REGS_SYSCALL_OFF, RWSEM_COUNT_OFF, RWSEM_FIRST_WAITER_OFF, RWSEM_OWNER_OFF,
-        RWSEM_WAIT_LIST_OFF, RWSEM_WAITING_FOR_WRITE, STALL_THRESHOLD_NS, SYSCALL_PTRACE, SYSCALLS_MEM,
-        TASK_COMM_OFF, TASK_PID_OFF, TASK_TGID_OFF, WAITER_LIST_OFF, WAITER_TYPE_OFF, known,
+        MM_OWNER_OFF, PT_REGS_ARG0_OFF, PT_REGS_ARG1_OFF, PT_REGS_ARG2_OFF, PT_REGS_AX_OFF, PT_REGS_SYSCALL_OFF,
+        RWSEM_COUNT_OFF, RWSEM_FIRST_WAITER_OFF, RWSEM_OWNER_OFF, RWSEM_WAIT_LIST_OFF, RWSEM_WAITING_FOR_WRITE,
+        STALL_THRESHOLD_NS, SYSCALL_PTRACE, SYSCALLS_MEM, TASK_COMM_OFF, TASK_FLAGS_OFF, TASK_PID_OFF, TASK_STACK_OFF,
+        TASK_TGID_OFF, WAITER_LIST_OFF, WAITER_TASK_OFF, WAITER_TYPE_OFF, known, syscall_op,
     },
     maps::{CALLS, STALL_EVENTS, WAITS, current_mm, hit, load_u64, now, read_u32, read_u64, stats},
 };
@@ -73,7 +75,10 @@ fn remote_begin_mm(mm: u64, write: bool) {
 /// it is taken, the reader's cgroup (for the task iterator's report).
 #[inline(always)]
 fn note_holder<const DIRECT: bool>(state: &mut CallState, sem: u64) {
-    state.holder = holder_of::<DIRECT>(sem);
+    if !observe_holder::<DIRECT>(sem, &mut state.holder) {
+        state.holder.kind = HolderKind::None as u32;
+        state.holder.op = HolderOp::Unknown as u32;
+    }
     state.cgroup_id = if state.holder.kind == HolderKind::None as u32 {
         0
     } else {
@@ -82,42 +87,113 @@ fn note_holder<const DIRECT: bool>(state: &mut CallState, sem: u64) {
     };
 }
 
-/// Who holds `sem` now, from its lock words; the identity and the waiter
-/// queue are read only when the lock is taken.
+/// Who holds `sem` now, from its lock words, written to `h` when the lock is
+/// taken (or its layout unknown): the identity, what a writer is doing and
+/// the waiter queue are read only then. `false`: free, `h` untouched. Written
+/// in place (the programs' stack has no room for a copy beside an event).
 #[inline(always)]
-fn holder_of<const DIRECT: bool>(sem: u64) -> HolderSnap {
+pub(super) fn observe_holder<const DIRECT: bool>(sem: u64, h: &mut HolderSnap) -> bool {
     let (count_off, owner_off) = (RWSEM_COUNT_OFF.load(), RWSEM_OWNER_OFF.load());
-    let mut h = HolderSnap::default();
     if !known(count_off) || !known(owner_off) {
+        *h = HolderSnap::default();
         h.kind = HolderKind::Unknown as u32;
-        return h;
+        return true;
     }
     // The count word alone says whether the lock is taken: on a free lock,
     // that one read is all (the owner word is read only when it is taken).
     let count = load_u64::<DIRECT>(sem, count_off);
     if !lock_taken(count) {
-        return h;
+        return false;
     }
     let (kind, exact, task) = decode_holder(count, read_u64(sem, owner_off));
     h.kind = kind as u32;
     h.exact = u32::from(exact);
-    h.writer_waiting = u32::from(first_waiter_writes(sem));
-    if task != 0 {
-        (h.tgid, h.tid, h.comm) = task_identity(task);
+    h.observed_ns = now();
+    (h.tgid, h.tid, h.comm) = if task != 0 { task_identity(task) } else { (0, 0, [0; 16]) };
+    h.activity = if kind == HolderKind::Writer && task != 0 { observe(task) } else { Activity::default() };
+    h.op = HolderOp::of(kind, &h.activity, syscall_op) as u32;
+    match first_queued_writer(sem) {
+        Some(queued) => {
+            h.writer_waiting = 1;
+            if queued != 0 {
+                (h.queued_tgid, h.queued_tid, h.queued_comm) = task_identity(queued);
+                h.queued = observe(queued);
+            } else {
+                (h.queued_tgid, h.queued_tid, h.queued_comm) = (0, 0, [0; 16]);
+                h.queued = Activity::default();
+            }
+        }
+        None => {
+            h.writer_waiting = 0;
+            (h.queued_tgid, h.queued_tid, h.queued_comm) = (0, 0, [0; 16]);
+            h.queued = Activity::default();
+        }
     }
-    h
+    true
 }
 
-/// Whether the first task queued on `sem` waits to write: 7.3 keeps a pointer
-/// to it (`first_waiter`), earlier kernels a list (`wait_list`, empty when it
-/// points to itself). Read without `wait_lock`: a waiter that just left may be
-/// seen; the `type` read is a checked read either way.
+/// What `task` is doing: `kthread`, or from its saved user registers.
 #[inline(always)]
-fn first_waiter_writes(sem: u64) -> bool {
+fn observe(task: u64) -> Activity {
+    let flags_off = TASK_FLAGS_OFF.load();
+    let kthread = known(flags_off) && read_u32(task, flags_off) & PF_KTHREAD != 0;
+    Activity::of(kthread, if kthread { None } else { user_regs(task) })
+}
+
+/// `task`'s saved user registers (`None`: unknown here, or unreadable). Its
+/// `pt_regs` lie at the same distance from its stack's base as the current
+/// task's (`task_pt_regs()`: the top of the stack, less the padding), so that
+/// distance is measured on the current task (`bpf_task_pt_regs` needs a
+/// trusted pointer, which the holder's — a word of the lock — is not).
+#[inline(always)]
+fn user_regs(task: u64) -> Option<Regs> {
+    let stack_off = TASK_STACK_OFF.load();
+    let offs = [PT_REGS_AX_OFF.load(), PT_REGS_SYSCALL_OFF.load(), PT_REGS_ARG0_OFF.load(), PT_REGS_ARG1_OFF.load(), PT_REGS_ARG2_OFF.load()];
+    if !known(stack_off) || offs.iter().any(|o| !known(*o)) {
+        return None;
+    }
+    // SAFETY: no preconditions; the current task is trusted.
+    let me = unsafe { bpf_get_current_task_btf() };
+    // SAFETY: a trusted task pointer.
+    let my_regs = as_scalar(unsafe { bpf_task_pt_regs(me) } as u64);
+    let (my_stack, stack) = (read_u64(me as u64, stack_off), read_u64(task, stack_off));
+    if my_regs == 0 || my_stack == 0 || stack == 0 || my_regs < my_stack {
+        return None;
+    }
+    let regs = stack.wrapping_add(my_regs - my_stack);
+    let word = |off: u64| -> Option<u64> {
+        // SAFETY: bpf_probe_read_kernel checks the address.
+        unsafe { bpf_probe_read_kernel(regs.wrapping_add(off) as *const u64) }.ok()
+    };
+    Some(Regs {
+        ax: word(offs[0])?,
+        orig_ax: word(offs[1])?,
+        args: [word(offs[2])?, word(offs[3])?, word(offs[4])?],
+    })
+}
+
+/// A pointer's value as a plain number: the verifier allows no arithmetic
+/// between a typed pointer and an unbounded number (the distance above is
+/// one), so the value is copied through a checked read of the stack slot
+/// holding it, which the verifier types as data.
+#[inline(always)]
+fn as_scalar(p: u64) -> u64 {
+    let slot = p;
+    // SAFETY: reads this function's own stack slot.
+    unsafe { bpf_probe_read_kernel(core::ptr::from_ref(&slot)) }.unwrap_or(0)
+}
+
+/// The task first in `sem`'s queue when it waits to write: `Some(task)`
+/// (0 when its `task` field is unknown), `None` when the first waits to read
+/// or nobody waits. 7.3 keeps a pointer to it (`first_waiter`), earlier
+/// kernels a list (`wait_list`, empty when it points to itself). Read without
+/// `wait_lock`: a waiter that just left may be seen; every read is checked.
+#[inline(always)]
+fn first_queued_writer(sem: u64) -> Option<u64> {
     let (first_off, list_off) = (RWSEM_FIRST_WAITER_OFF.load(), RWSEM_WAIT_LIST_OFF.load());
     let (w_list_off, w_type_off) = (WAITER_LIST_OFF.load(), WAITER_TYPE_OFF.load());
     if !known(w_type_off) {
-        return false;
+        return None;
     }
     let waiter = if known(first_off) {
         read_u64(sem, first_off)
@@ -128,7 +204,11 @@ fn first_waiter_writes(sem: u64) -> bool {
     } else {
         0
     };
-    waiter != 0 && read_u32(waiter, w_type_off) == RWSEM_WAITING_FOR_WRITE.load()
+    if waiter == 0 || read_u32(waiter, w_type_off) != RWSEM_WAITING_FOR_WRITE.load() {
+        return None;
+    }
+    let task_off = WAITER_TASK_OFF.load();
+    Some(if known(task_off) { read_u64(waiter, task_off) } else { 0 })
 }
 
 #[inline(always)]
@@ -141,7 +221,7 @@ fn remote_end(acquired: bool) {
         if state.is_counted() {
             let threshold = STALL_THRESHOLD_NS.load();
             if let Some(s) = stats() {
-                s.record_remote_wait(&a, threshold);
+                s.record_remote_wait(&a, threshold, state.holder.op);
             }
             if a.wait_ns >= threshold {
                 emit_stall(state, &a);

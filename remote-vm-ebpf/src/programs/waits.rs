@@ -4,8 +4,11 @@
 //! writes one `StallEvent` per remote access waiting for its target's
 //! mmap_lock now (`end_ns`: now, `wait_ns`: the age so far) — only while the
 //! thread sleeps and the lock has waiters (`wait_is_real`), so a wait whose
-//! end no program saw is not reported for ever. Nothing is added to the
-//! remote-access paths for it: they already keep the state.
+//! end no program saw is not reported for ever. For each such wait it also
+//! observes the target lock's holder again and keeps that in the waiter's
+//! state, so the stall event, when the wait ends, carries the latest
+//! observation taken while it waited. Nothing is added to the remote-access
+//! paths for it: they already keep the state.
 //!
 //! aya-ebpf 0.2.1 has no `#[iter]` macro; the program is written the way the
 //! others expand (section name, a context pointer, return 0). Attach target:
@@ -23,7 +26,7 @@ use remote_vm_common::{
 
 use super::{
     layout::{MM_MMAP_LOCK_OFF, RWSEM_COUNT_OFF, TASK_STATE_OFF, known},
-    lock::{describe, task_identity},
+    lock::{describe, observe_holder, task_identity},
     maps::{CALLS, now, read_u32, read_u64},
 };
 
@@ -54,7 +57,7 @@ pub fn waits_in_progress(ctx: *mut c_void) -> i32 {
     // SAFETY: a trusted task pointer from the iterator, the CALLS map; no create.
     let state = unsafe { bpf_task_storage_get(CALLS.as_ptr(), task, core::ptr::null_mut(), 0) };
     // SAFETY: NULL or this task's CallState.
-    let Some(state) = (unsafe { (state as *const CallState).as_ref() }) else {
+    let Some(state) = (unsafe { (state as *mut CallState).as_mut() }) else {
         return 0;
     };
     let t = now();
@@ -70,6 +73,13 @@ pub fn waits_in_progress(ctx: *mut c_void) -> i32 {
     let lock_count = (known(lock_off) && known(count_off)).then(|| read_u64(state.mm.wrapping_add(lock_off), count_off));
     if !wait_is_real(task_state, lock_count) {
         return 0;
+    }
+    // The holder again, as it is now (a wait can outlast a holder: the lock
+    // passes from writer to writer, or to readers, ahead of this one): what a
+    // stall reports is its holder's last observation while it waited. A lock
+    // found free (between two holders) keeps the observation before.
+    if known(lock_off) {
+        observe_holder::<false>(state.mm.wrapping_add(lock_off), &mut state.holder);
     }
     let mut e: StallEvent = describe(state, task, write);
     e.end_ns = t;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use remote_vm_common::{Point, catalog as cat, classify::HolderKind};
+use remote_vm_common::{Point, catalog as cat, classify::HolderKind, holder::HolderOp};
 
 use crate::prom::{self, Scrape};
 
@@ -175,6 +175,15 @@ pub(super) fn delta_all(before: &Scrape, after: &Scrape, name: &str) -> f64 {
     sum(after) - sum(before)
 }
 
+/// The increase of the series of `name` with at least `labels`, together
+/// (`sum(name{labels})`), e.g. stalls of one lock mode over every `op`.
+pub(super) fn delta_sum(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> String {
+    match (before.sum(name, labels), after.sum(name, labels)) {
+        (Some(b), Some(a)) => format!("{}", a - b),
+        _ => "absent".to_string(),
+    }
+}
+
 pub(super) fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> String {
     match (before.value(name, labels), after.value(name, labels)) {
         (Some(b), Some(a)) => format!("{}", a - b),
@@ -210,6 +219,41 @@ pub(super) struct Holder {
     pub pid: u64,
     pub comm: &'static str,
     pub writer_waiting: bool,
+    /// What the stall is counted under (`HolderOp`'s label).
+    pub op: &'static str,
+    /// A writer's system call and the range it passed, as the workload made
+    /// them (`None`: no writer to observe).
+    pub doing: Option<(&'static str, Option<(u64, u64)>)>,
+}
+
+impl Holder {
+    /// A writer holder's system call (`HolderOp::of_syscall` names its op)
+    /// and range, except where nobody can be named (PREEMPT_RT).
+    pub(super) fn in_syscall(mut self, syscall: &'static str, range: Option<(u64, u64)>) -> Holder {
+        if self.kind == HolderKind::Writer.label() {
+            self.op = HolderOp::of_syscall(syscall).label();
+            self.doing = Some((syscall, range));
+        }
+        self
+    }
+
+    /// Checks `h` (a `holder` of `/stalls`) against what the workload did:
+    /// the op, and a writer's system call and range.
+    pub(super) fn check_doing(&self, report: &mut Report, prefix: &str, h: &serde_json::Value) {
+        report.check(format!("{prefix}.op"), self.op, h["op"].as_str().unwrap_or(""));
+        let d = &h["doing"];
+        let (what, syscall, range) = match self.doing {
+            Some((name, range)) => ("syscall", name.to_string(), range.map_or("null".to_string(), |(a, l)| format!("{a:#x} {l}"))),
+            None => ("null", "null".to_string(), "null".to_string()),
+        };
+        report.check(format!("{prefix}.doing.what"), what, d["what"].as_str().unwrap_or("null"));
+        report.check(format!("{prefix}.doing.syscall"), syscall, d["syscall"].as_str().unwrap_or("null"));
+        let got_range = match &d["range"] {
+            serde_json::Value::Null => "null".to_string(),
+            r => format!("{} {}", r["address"].as_str().unwrap_or("?"), r["length"]),
+        };
+        report.check(format!("{prefix}.doing.range"), range, got_range);
+    }
 }
 
 /// The holder the workload made (`kind`, thread `tid` of `pid` named `comm`)
@@ -219,7 +263,10 @@ pub(super) struct Holder {
 /// there `unknown`, nobody named, never a wrong one.
 pub(super) fn expected_holder(kind: HolderKind, exact: bool, tid: u64, pid: u64, comm: &'static str, writer_waiting: bool) -> Holder {
     if preempt_rt() {
-        return Holder { kind: HolderKind::Unknown.label(), exact: false, tid: 0, pid: 0, comm: "", writer_waiting: false };
+        let op = HolderOp::Unknown.label();
+        return Holder { kind: HolderKind::Unknown.label(), exact: false, tid: 0, pid: 0, comm: "", writer_waiting: false, op, doing: None };
     }
-    Holder { kind: kind.label(), exact, tid, pid, comm, writer_waiting }
+    // A writer's op is its system call's (`in_syscall`); readers are readers.
+    let op = if kind == HolderKind::Readers { HolderOp::Readers } else { HolderOp::Unknown }.label();
+    Holder { kind: kind.label(), exact, tid, pid, comm, writer_waiting, op, doing: None }
 }

@@ -96,7 +96,8 @@ pub(super) fn serve() -> Result<bool> {
 /// one after the other: a thread of a target holds its mmap_lock for write
 /// for ≥ `rvm.stall_hold_ms` (default 8000) while a reader thread `rd-cmdline`
 /// waits on its cmdline. Before each read the console says who is who:
-/// `vmtest: stall-truth reader=PID/TID:COMM target=PID:COMM holder=TID:COMM`, then
+/// `vmtest: stall-truth reader=PID/TID:COMM target=PID:COMM holder=TID:COMM
+/// doing=SYSCALL:LENGTH:ADDRESS`, then
 /// `vmtest: stall-waiting`; after it `vmtest: stall-done`.
 fn stall_loop(daemon: &mut std::process::Child) -> Result<bool> {
     let hold_ms = cmdline_arg("rvm.stall_hold_ms").and_then(|v| v.parse().ok()).unwrap_or(8000);
@@ -116,12 +117,14 @@ fn stall_loop(daemon: &mut std::process::Child) -> Result<bool> {
         std::thread::sleep(Duration::from_millis(100));
         let comm = |p: String| std::fs::read_to_string(p).unwrap_or_default().trim().to_string();
         println!(
-            "vmtest: stall-truth reader={}/{tid}:{} target={pid}:{} holder={}:{}",
+            "vmtest: stall-truth reader={}/{tid}:{} target={pid}:{} holder={}:{} doing=mprotect:{}:{:#x}",
             std::process::id(),
             comm(format!("/proc/self/task/{tid}/comm")),
             comm(format!("/proc/{pid}/comm")),
             target.tid,
             comm(format!("/proc/{pid}/task/{}/comm", target.tid)),
+            target.range.map_or(0, |(_, len)| len),
+            target.range.map_or(0, |(addr, _)| addr),
         );
         go_tx.send(())?;
         println!("vmtest: stall-waiting");

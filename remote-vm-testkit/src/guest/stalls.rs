@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use remote_vm_common::{Interface, catalog as cat, classify::HolderKind};
 
-use super::harness::{DAEMON_LOG, Daemon, LISTEN, Report, SOCKET, delta, expected_holder};
+use super::harness::{DAEMON_LOG, Daemon, LISTEN, Report, SOCKET, delta, delta_sum, expected_holder};
 use crate::{
     classes::Kernel,
     prom::{self, Scrape},
@@ -124,7 +124,7 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
         report.check(
             format!("{name}.stalls_total{{lock_mode=read}}"),
             &want,
-            delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
+            delta_sum(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
         );
         // The stall log: the same number of stalls, naming who read whom.
         let recent = stall_log(truth.unwrap_or(0) as usize)?;
@@ -148,12 +148,20 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
             // The holder: the target's thread in munlock() (not its main
             // thread), a writer, exactly.
             let h = &s["holder"];
-            let want = expected_holder(HolderKind::Writer, true, target.tid as u64, target.pid() as u64, HOLDER_COMM, false);
+            // In munlock() of the region it mlocked: that range.
+            let want = expected_holder(HolderKind::Writer, true, target.tid as u64, target.pid() as u64, HOLDER_COMM, false)
+                .in_syscall("munlock", target.range);
             report.check(format!("{name}.stall.holder.kind"), want.kind, h["kind"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.holder.exact"), want.exact, h["exact"].as_bool().unwrap_or(false));
             report.check(format!("{name}.stall.holder.tid"), want.tid, got(&h["tid"]));
             report.check(format!("{name}.stall.holder.pid"), want.pid, got(&h["pid"]));
             report.check(format!("{name}.stall.holder.comm"), want.comm, h["comm"].as_str().unwrap_or(""));
+            want.check_doing(report, &format!("{name}.stall.holder"), h);
+            report.check(
+                format!("{name}.stalls_total{{lock_mode=read,op={}}}", want.op),
+                1,
+                delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ), ("op", want.op)]),
+            );
             report.check(format!("{name}.stall.access"), cat::LOCK_READ, s["access"].as_str().unwrap_or(""));
             // The wait lies between the threshold and the read's own duration.
             let waited = (s["waited_seconds"].as_f64().unwrap_or(0.0) * 1e9) as u64;

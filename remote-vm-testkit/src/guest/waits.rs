@@ -26,13 +26,13 @@ use remote_vm_common::{Interface, Point, catalog as cat, classify::HolderKind};
 use serde_json::Value;
 
 use super::{
-    harness::{DAEMON, Daemon, LISTEN, Report, delta, delta_value, expected_holder, skips_possible},
+    harness::{DAEMON, Daemon, LISTEN, Report, delta, delta_sum, delta_value, expected_holder, skips_possible},
     stalls::{stall_log, stalls_page},
 };
 use crate::{
     classes::Kernel,
     prom::Scrape,
-    stall::{self, HOLDER_COMM, READ_HOLDER_COMM, StallTarget},
+    stall::{self, HOLDER_COMM, READ_HOLDER_COMM, StallTarget, WRITE_WAITER_COMM},
     stress,
 };
 
@@ -199,8 +199,10 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
             report.check(format!("{name}.in_progress.{n}.pid"), me, u(&w["reader"]["pid"]));
             report.check(format!("{name}.in_progress.{n}.comm"), n, s(&w["reader"]["comm"]));
             report.check(format!("{name}.in_progress.{n}.target"), pid as u64, u(&w["target"]["pid"]));
-            let want = expected_holder(HolderKind::Writer, true, target.tid as u64, 0, HOLDER_COMM, false);
+            // In mprotect() of the region it merges: that range.
+            let want = expected_holder(HolderKind::Writer, true, target.tid as u64, 0, HOLDER_COMM, false).in_syscall("mprotect", target.range);
             report.check(format!("{name}.in_progress.{n}.holder.kind"), want.kind, s(&w["holder"]["kind"]));
+            want.check_doing(report, &format!("{name}.in_progress.{n}.holder"), &w["holder"]);
             report.check(format!("{name}.in_progress.{n}.holder.tid"), want.tid, u(&w["holder"]["tid"]));
             report.check(format!("{name}.in_progress.{n}.holder.comm"), want.comm, s(&w["holder"]["comm"]));
             report.check(format!("{name}.in_progress.{n}.holder.exact"), want.exact, w["holder"]["exact"] == true);
@@ -217,7 +219,7 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
             .iter()
             .map(|p| delta_value(&before, &after, cat::PROBE_MISSES.name, &[("probe", p.name())]))
             .sum();
-        let stalls = delta_value(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]);
+        let stalls = delta_sum(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]).parse().unwrap_or(f64::NAN);
         if skipped > 0.0 {
             println!("vmtest: {name}: the kernel skipped {skipped} runs of the wait-end and exit programs; {stalls} of {} stalls counted", waiting.len());
             report.check(format!("{name}.skips_possible"), true, skips_possible());
@@ -226,7 +228,7 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
             report.check(
                 format!("{name}.stalls_total{{lock_mode=read}}"),
                 waiting.len(),
-                delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
+                delta_sum(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
             );
         }
         let log = stall_log(stalls as usize)?;
@@ -239,8 +241,9 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
                 continue;
             };
             report.check(format!("{name}.stall.{n}.interface"), iface(*i), s(&st["interface"]));
-            let want = expected_holder(HolderKind::Writer, true, target.tid as u64, 0, HOLDER_COMM, false);
+            let want = expected_holder(HolderKind::Writer, true, target.tid as u64, 0, HOLDER_COMM, false).in_syscall("mprotect", target.range);
             report.check(format!("{name}.stall.{n}.holder.tid"), want.tid, u(&st["holder"]["tid"]));
+            want.check_doing(report, &format!("{name}.stall.{n}.holder"), &st["holder"]);
             let waited = st["waited_seconds"].as_f64().unwrap_or(0.0);
             println!("vmtest: {name}: {n} waited {waited:.6} s (the stall's waited_seconds) in a read of {:.6} s", r.took.as_secs_f64());
             report.check(format!("{name}.stall.{n}.waited_within_the_read"), true, waited >= 1.0 && waited <= r.took.as_secs_f64());
@@ -293,7 +296,7 @@ fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
         report.check(
             format!("{name}.stalls_total{{lock_mode=read}}"),
             n,
-            delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
+            delta_sum(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]),
         );
         report.check(format!("{name}.stalls_logged"), n, log.len());
         if !waits {
@@ -313,7 +316,33 @@ fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
             report.check(format!("{name}.{what}.holder.tid"), want.tid, u(&h["tid"]));
             report.check(format!("{name}.{what}.holder.comm"), want.comm, s(&h["comm"]));
             report.check(format!("{name}.{what}.writer_waiting"), want.writer_waiting, w["writer_waiting"] == true);
+            want.check_doing(report, &format!("{name}.{what}.holder"), h);
+            // The queued writer, named: the target's writer thread in its
+            // mprotect() of one page (nobody on PREEMPT_RT, whose queue is
+            // not read).
+            let q = &w["queued_writer"];
+            let (tid, comm, range) = if want.writer_waiting {
+                let range = target.writer_range.map_or("null".to_string(), |(a, l)| format!("{a:#x} {l}"));
+                (target.writer_tid.unwrap_or(0) as u64, WRITE_WAITER_COMM, range)
+            } else {
+                (0, "", "null".to_string())
+            };
+            report.check(format!("{name}.{what}.queued_writer.tid"), tid, u(&q["tid"]));
+            report.check(format!("{name}.{what}.queued_writer.comm"), comm, s(&q["comm"]));
+            let d = &q["doing"];
+            let got = match &d["range"] {
+                Value::Null => "null".to_string(),
+                r => format!("{} {}", r["address"].as_str().unwrap_or("?"), r["length"]),
+            };
+            report.check(format!("{name}.{what}.queued_writer.doing.syscall"), if want.writer_waiting { "mprotect" } else { "null" }, d["syscall"].as_str().unwrap_or("null"));
+            report.check(format!("{name}.{what}.queued_writer.doing.range"), range, got);
         }
+        // Counted under the op of a reader-owned lock.
+        report.check(
+            format!("{name}.stalls_total{{lock_mode=read,op={}}}", expected_holder(HolderKind::Readers, false, 0, 0, "", true).op),
+            n,
+            delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ), ("op", expected_holder(HolderKind::Readers, false, 0, 0, "", true).op)]),
+        );
         if let Some(w) = by_reader(&in_progress, read.tid) {
             let age = w["waiting_seconds"].as_f64().unwrap_or(-1.0);
             println!("vmtest: {name}: waiting {age:.3} s at the scrape, {:.3} s after go", mid_age.as_secs_f64());
