@@ -293,6 +293,11 @@ fn mode(write: u32) -> &'static str {
 
 /// The part of an event stalls and waits in progress share.
 fn to_wait(e: &StallEvent, cgroup: Option<String>) -> Wait {
+    // A lock found free (or of unknown layout) says nothing of a holder: the
+    // programs then write only its kind and op (the uncontended path stays
+    // short), so the rest may be an earlier wait's and is not shown.
+    let kind = HolderKind::from_u32(e.holder.kind);
+    let held = matches!(kind, HolderKind::Writer | HolderKind::Readers);
     Wait {
         reader: Reader {
             pid: e.reader_tgid,
@@ -305,17 +310,17 @@ fn to_wait(e: &StallEvent, cgroup: Option<String>) -> Wait {
             comm: comm(&e.target_comm),
         },
         holder: Holder {
-            kind: HolderKind::from_u32(e.holder.kind).label(),
-            pid: e.holder.tgid,
-            tid: e.holder.tid,
-            comm: comm(&e.holder.comm),
-            exact: e.holder.exact != 0,
-            op: HolderOp::from_u32(e.holder.op).label(),
-            doing: doing(&e.holder.activity),
-            observed: (e.holder.observed_ns != 0).then(|| rfc3339(realtime_of(e.holder.observed_ns))),
+            kind: kind.label(),
+            pid: if held { e.holder.tgid } else { 0 },
+            tid: if held { e.holder.tid } else { 0 },
+            comm: if held { comm(&e.holder.comm) } else { String::new() },
+            exact: held && e.holder.exact != 0,
+            op: if held { HolderOp::from_u32(e.holder.op) } else { HolderOp::Unknown }.label(),
+            doing: if held { doing(&e.holder.activity) } else { None },
+            observed: (held && e.holder.observed_ns != 0).then(|| rfc3339(realtime_of(e.holder.observed_ns))),
         },
-        writer_waiting: e.holder.writer_waiting != 0,
-        queued_writer: (e.holder.queued_tid != 0).then(|| Queued {
+        writer_waiting: held && e.holder.writer_waiting != 0,
+        queued_writer: (held && e.holder.queued_tid != 0).then(|| Queued {
             pid: e.holder.queued_tgid,
             tid: e.holder.queued_tid,
             comm: comm(&e.holder.queued_comm),
@@ -513,6 +518,25 @@ mod tests {
             assert_eq!((d.short().as_str(), d.range.is_none()), (short, true));
         }
         assert_eq!(doing(&Activity::default()), None);
+    }
+
+    #[test]
+    fn a_free_lock_names_no_holder_whatever_an_earlier_wait_left() {
+        // The programs write only kind and op when the lock is free.
+        let mut e = event();
+        e.holder.activity = Activity::of(true, None);
+        e.holder.writer_waiting = 1;
+        e.holder.queued_tid = 9;
+        e.holder.observed_ns = 5;
+        for kind in [HolderKind::None, HolderKind::Unknown] {
+            e.holder.kind = kind as u32;
+            let h = to_stall(&e, 0, None).wait;
+            assert_eq!(
+                h.holder,
+                Holder { kind: kind.label(), pid: 0, tid: 0, comm: String::new(), exact: false, op: "unknown", doing: None, observed: None }
+            );
+            assert_eq!((h.writer_waiting, h.queued_writer), (false, None));
+        }
     }
 
     #[test]
