@@ -416,15 +416,20 @@ impl CallState {
         self.flags & (F_ACTIVE | F_SELFTEST) == F_ACTIVE
     }
 
-    /// All zero, as `CallState::default()`, one 8-byte store per word. A plain
-    /// assignment of the default compiles to a `memset` call, which a BPF
-    /// object links as a byte-at-a-time loop: 840 BPF instructions for these
-    /// 168 bytes, on every remote access (about 1000 guest instructions,
-    /// docs/benchmarks.md). Volatile stores are neither merged
-    /// back into that call nor dropped.
+    /// All zero up to `holder`, as `CallState::default()`, one 8-byte store
+    /// per word. A plain assignment of the default compiles to a `memset`
+    /// call, which a BPF object links as a byte-at-a-time loop: 840 BPF
+    /// instructions for 168 bytes, on every remote access (about 1000 guest
+    /// instructions, docs/benchmarks.md). Volatile stores are neither merged
+    /// back into that call nor dropped. `holder` and `cgroup_id` (at the end,
+    /// 144 bytes) are left as they are: every wait on the target's lock writes
+    /// them before it is marked waiting (`note_holder`), and nothing reads
+    /// them otherwise — clearing them would cost every remote access 18 stores.
     #[inline(always)]
     pub fn clear(&mut self) {
-        const WORDS: usize = core::mem::size_of::<CallState>() / 8;
+        const WORDS: usize = core::mem::offset_of!(CallState, holder) / 8;
+        const _: () = assert!(core::mem::offset_of!(CallState, holder) % 8 == 0);
+        const _: () = assert!(core::mem::offset_of!(CallState, cgroup_id) > core::mem::offset_of!(CallState, holder));
         const _: () = assert!(
             core::mem::size_of::<CallState>() % 8 == 0 && core::mem::align_of::<CallState>() == 8
         );
@@ -1071,18 +1076,23 @@ mod tests {
     }
 
     #[test]
-    fn begin_clears_every_word_of_a_used_state() {
+    fn begin_clears_every_word_of_a_used_state_but_the_holders() {
         let f = Flags { foll_write: 1, foll_anon: 2 };
         let mut used = CallState::default();
         // SAFETY: integers only; every bit pattern is a valid CallState.
         unsafe { core::ptr::write_bytes(core::ptr::from_mut(&mut used).cast::<u8>(), 0xa5, core::mem::size_of::<CallState>()) };
+        let left = (used.holder, used.cgroup_id);
         let mut fresh = CallState::default();
         let orphan = used.begin(0x10, 0x2000, 64, 0, f, false, ReadPath::Implied, 7);
         assert!(!fresh.begin(0x10, 0x2000, 64, 0, f, false, ReadPath::Implied, 7));
         // 0xa5a5a5a5 has F_ACTIVE set: the used state was a call in progress.
         assert!(orphan);
+        // The holder and cgroup are a wait's, written when one begins: left.
+        assert_eq!((used.holder, used.cgroup_id), left);
+        (used.holder, used.cgroup_id) = (fresh.holder, fresh.cgroup_id);
         assert_eq!(used, fresh);
         used.clear();
+        (used.holder, used.cgroup_id) = (HolderSnap::default(), 0);
         assert_eq!(used, CallState::default());
     }
 

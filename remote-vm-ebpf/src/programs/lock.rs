@@ -65,8 +65,15 @@ fn remote_begin_mm(mm: u64, write: bool) {
     }
     let target = mm == state.mm;
     let off = MM_MMAP_LOCK_OFF.load();
-    if target && known(off) {
-        note_holder::<true>(state, mm.wrapping_add(off));
+    if target {
+        if known(off) {
+            note_holder::<true>(state, mm.wrapping_add(off));
+        } else {
+            // No lock to look at: say so (the state keeps an earlier call's).
+            state.holder.kind = HolderKind::Unknown as u32;
+            state.holder.op = HolderOp::Unknown as u32;
+            state.cgroup_id = 0;
+        }
     }
     state.lock_wait_begin(target, write, now());
 }

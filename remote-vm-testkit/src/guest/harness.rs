@@ -164,6 +164,13 @@ pub(super) fn hits(s: &Scrape, probe: &str) -> f64 {
     s.value(cat::PROBE_HITS.name, &[("probe", probe)]).unwrap_or(f64::NAN)
 }
 
+/// How much later a program's clock (`bpf_ktime_get_ns`, the kernel's fast
+/// monotonic accessor) may read than user space's (`clock_gettime` in the
+/// vDSO) at the same moment: they round the same clock differently. A wait
+/// that spans a whole read came out longer than the read, by less than a µs
+/// (unpatched 6.12 guest, 2026-12-06).
+pub(super) const CLOCKS_APART_NS: u64 = 10_000;
+
 /// The increase of one series as a number (NaN where it is absent).
 pub(super) fn delta_value(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
     delta(before, after, name, labels).parse().unwrap_or(f64::NAN)
