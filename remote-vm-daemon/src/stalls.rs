@@ -351,14 +351,22 @@ pub fn doing(a: &Activity) -> Option<Doing> {
 }
 
 impl Doing {
-    /// Short, for a log line or `top`: `mprotect 1.2 GiB`, `fault`, `syscall 999`.
+    /// Short, for a log line: see [`doing_short`].
     pub fn short(&self) -> String {
-        match (self.syscall, self.nr, &self.range) {
-            (Some(name), _, Some(r)) => format!("{name} {}", human_bytes(r.length)),
-            (Some(name), _, None) => name.to_string(),
-            (None, Some(nr), _) => format!("syscall {nr}"),
-            _ => self.what.to_string(),
-        }
+        doing_short(self.what, self.syscall, self.nr, self.range.as_ref().map(|r| r.length))
+    }
+}
+
+/// What a task is doing in a few words, for a log line or `top` (which reads
+/// it back from `/stalls`): `mprotect 1.2 GiB` (a call with its range's
+/// length), `munlockall`, `syscall 999` (a number the table does not name),
+/// `fault`.
+pub fn doing_short(what: &str, syscall: Option<&str>, nr: Option<u32>, length: Option<u64>) -> String {
+    match (syscall, nr, length) {
+        (Some(name), _, Some(len)) => format!("{name} {}", human_bytes(len)),
+        (Some(name), _, None) => name.to_string(),
+        (None, Some(nr), _) => format!("syscall {nr}"),
+        _ => what.to_string(),
     }
 }
 

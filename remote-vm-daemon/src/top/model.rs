@@ -66,14 +66,9 @@ pub struct Queued {
 }
 
 impl Doing {
-    /// `mprotect 1.2 GiB`, `munlockall`, `syscall 999`, `fault`.
+    /// As the daemon's log says it (`crate::stalls::doing_short`).
     fn short(&self) -> String {
-        match (&self.syscall, self.nr, &self.range) {
-            (Some(name), _, Some(r)) => format!("{name} {}", remote_vm_common::user::human_bytes(r.length)),
-            (Some(name), _, None) => name.clone(),
-            (None, Some(nr), _) => format!("syscall {nr}"),
-            _ => self.what.clone(),
-        }
+        crate::stalls::doing_short(&self.what, self.syscall.as_deref(), self.nr, self.range.as_ref().map(|r| r.length))
     }
 }
 

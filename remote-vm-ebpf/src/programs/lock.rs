@@ -116,32 +116,24 @@ pub(super) fn observe_holder<const DIRECT: bool>(sem: u64, h: &mut HolderSnap) -
     h.kind = kind as u32;
     h.exact = u32::from(exact);
     h.observed_ns = now();
-    (h.tgid, h.tid, h.comm) = if task != 0 { task_identity(task) } else { (0, 0, [0; 16]) };
-    h.activity = if kind == HolderKind::Writer && task != 0 { observe(task) } else { Activity::default() };
+    (h.tgid, h.tid, h.comm) = task_identity(task);
+    h.activity = if kind == HolderKind::Writer { observe(task) } else { Activity::default() };
     h.op = HolderOp::of(kind, &h.activity, syscall_op) as u32;
-    match first_queued_writer(sem) {
-        Some(queued) => {
-            h.writer_waiting = 1;
-            if queued != 0 {
-                (h.queued_tgid, h.queued_tid, h.queued_comm) = task_identity(queued);
-                h.queued = observe(queued);
-            } else {
-                (h.queued_tgid, h.queued_tid, h.queued_comm) = (0, 0, [0; 16]);
-                h.queued = Activity::default();
-            }
-        }
-        None => {
-            h.writer_waiting = 0;
-            (h.queued_tgid, h.queued_tid, h.queued_comm) = (0, 0, [0; 16]);
-            h.queued = Activity::default();
-        }
-    }
+    let queued = first_queued_writer(sem);
+    h.writer_waiting = u32::from(queued.is_some());
+    let queued = queued.unwrap_or(0);
+    (h.queued_tgid, h.queued_tid, h.queued_comm) = task_identity(queued);
+    h.queued = observe(queued);
     true
 }
 
-/// What `task` is doing: `kthread`, or from its saved user registers.
+/// What `task` is doing: `kthread`, or from its saved user registers
+/// (not observed for no task, 0).
 #[inline(always)]
 fn observe(task: u64) -> Activity {
+    if task == 0 {
+        return Activity::default();
+    }
     let flags_off = TASK_FLAGS_OFF.load();
     let kthread = known(flags_off) && read_u32(task, flags_off) & PF_KTHREAD != 0;
     Activity::of(kthread, if kthread { None } else { user_regs(task) })
@@ -326,11 +318,12 @@ fn emit_stall(state: &CallState, a: &Acquisition) {
     }
 }
 
-/// A task's identity: tgid, tid, comm (zeros when the offsets are unknown).
+/// A task's identity: tgid, tid, comm (zeros for no task, 0, and when the
+/// offsets are unknown).
 #[inline(always)]
 pub(super) fn task_identity(task: u64) -> (u32, u32, [u8; 16]) {
     let (pid_off, tgid_off, comm_off) = (TASK_PID_OFF.load(), TASK_TGID_OFF.load(), TASK_COMM_OFF.load());
-    if !known(pid_off) || !known(tgid_off) || !known(comm_off) {
+    if task == 0 || !known(pid_off) || !known(tgid_off) || !known(comm_off) {
         return (0, 0, [0; 16]);
     }
     (read_u32(task, tgid_off), read_u32(task, pid_off), read_comm(task, comm_off))

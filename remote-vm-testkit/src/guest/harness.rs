@@ -185,14 +185,16 @@ pub(super) fn delta_all(before: &Scrape, after: &Scrape, name: &str) -> f64 {
 /// The increase of the series of `name` with at least `labels`, together
 /// (`sum(name{labels})`), e.g. stalls of one lock mode over every `op`.
 pub(super) fn delta_sum(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> String {
-    match (before.sum(name, labels), after.sum(name, labels)) {
-        (Some(b), Some(a)) => format!("{}", a - b),
-        _ => "absent".to_string(),
-    }
+    increase(before.sum(name, labels), after.sum(name, labels))
 }
 
 pub(super) fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str, &str)]) -> String {
-    match (before.value(name, labels), after.value(name, labels)) {
+    increase(before.value(name, labels), after.value(name, labels))
+}
+
+/// `after - before` as a check shows it, `absent` where either is.
+fn increase(before: Option<f64>, after: Option<f64>) -> String {
+    match (before, after) {
         (Some(b), Some(a)) => format!("{}", a - b),
         _ => "absent".to_string(),
     }
@@ -250,17 +252,27 @@ impl Holder {
         report.check(format!("{prefix}.op"), self.op, h["op"].as_str().unwrap_or(""));
         let d = &h["doing"];
         let (what, syscall, range) = match self.doing {
-            Some((name, range)) => ("syscall", name.to_string(), range.map_or("null".to_string(), |(a, l)| format!("{a:#x} {l}"))),
+            Some((name, range)) => ("syscall", name.to_string(), range_text(range)),
             None => ("null", "null".to_string(), "null".to_string()),
         };
         report.check(format!("{prefix}.doing.what"), what, d["what"].as_str().unwrap_or("null"));
         report.check(format!("{prefix}.doing.syscall"), syscall, d["syscall"].as_str().unwrap_or("null"));
-        let got_range = match &d["range"] {
-            serde_json::Value::Null => "null".to_string(),
-            r => format!("{} {}", r["address"].as_str().unwrap_or("?"), r["length"]),
-        };
-        report.check(format!("{prefix}.doing.range"), range, got_range);
+        report.check(format!("{prefix}.doing.range"), range, range_of(d));
     }
+}
+
+/// A `doing`'s range in `/stalls` as `0xADDRESS LENGTH` (`null`: none), the
+/// form [`range_text`] gives the workload's.
+pub(super) fn range_of(doing: &serde_json::Value) -> String {
+    match &doing["range"] {
+        serde_json::Value::Null => "null".to_string(),
+        r => format!("{} {}", r["address"].as_str().unwrap_or("?"), r["length"]),
+    }
+}
+
+/// A range the workload passed (address, length) as [`range_of`] reads one.
+pub(super) fn range_text(range: Option<(u64, u64)>) -> String {
+    range.map_or("null".to_string(), |(a, l)| format!("{a:#x} {l}"))
 }
 
 /// The holder the workload made (`kind`, thread `tid` of `pid` named `comm`)

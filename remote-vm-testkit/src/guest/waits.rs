@@ -26,7 +26,10 @@ use remote_vm_common::{Interface, Point, catalog as cat, classify::HolderKind};
 use serde_json::Value;
 
 use super::{
-    harness::{CLOCKS_APART_NS, DAEMON, Daemon, LISTEN, Report, delta, delta_sum, delta_value, expected_holder, skips_possible},
+    harness::{
+        CLOCKS_APART_NS, DAEMON, Daemon, LISTEN, Report, delta, delta_sum, delta_value, expected_holder, range_of, range_text,
+        skips_possible,
+    },
     stalls::{stall_log, stalls_page},
 };
 use crate::{
@@ -321,27 +324,23 @@ fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
             // mprotect() of one page (nobody on PREEMPT_RT, whose queue is
             // not read).
             let q = &w["queued_writer"];
-            let (tid, comm, range) = if want.writer_waiting {
-                let range = target.writer_range.map_or("null".to_string(), |(a, l)| format!("{a:#x} {l}"));
-                (target.writer_tid.unwrap_or(0) as u64, WRITE_WAITER_COMM, range)
+            let (tid, comm, syscall, range) = if want.writer_waiting {
+                (target.writer_tid.unwrap_or(0) as u64, WRITE_WAITER_COMM, "mprotect", range_text(target.writer_range))
             } else {
-                (0, "", "null".to_string())
+                (0, "", "null", range_text(None))
             };
             report.check(format!("{name}.{what}.queued_writer.tid"), tid, u(&q["tid"]));
             report.check(format!("{name}.{what}.queued_writer.comm"), comm, s(&q["comm"]));
             let d = &q["doing"];
-            let got = match &d["range"] {
-                Value::Null => "null".to_string(),
-                r => format!("{} {}", r["address"].as_str().unwrap_or("?"), r["length"]),
-            };
-            report.check(format!("{name}.{what}.queued_writer.doing.syscall"), if want.writer_waiting { "mprotect" } else { "null" }, d["syscall"].as_str().unwrap_or("null"));
-            report.check(format!("{name}.{what}.queued_writer.doing.range"), range, got);
+            report.check(format!("{name}.{what}.queued_writer.doing.syscall"), syscall, d["syscall"].as_str().unwrap_or("null"));
+            report.check(format!("{name}.{what}.queued_writer.doing.range"), range, range_of(d));
         }
         // Counted under the op of a reader-owned lock.
+        let op = expected_holder(HolderKind::Readers, false, 0, 0, "", true).op;
         report.check(
-            format!("{name}.stalls_total{{lock_mode=read,op={}}}", expected_holder(HolderKind::Readers, false, 0, 0, "", true).op),
+            format!("{name}.stalls_total{{lock_mode=read,op={op}}}"),
             n,
-            delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ), ("op", expected_holder(HolderKind::Readers, false, 0, 0, "", true).op)]),
+            delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ), ("op", op)]),
         );
         if let Some(w) = by_reader(&in_progress, read.tid) {
             let age = w["waiting_seconds"].as_f64().unwrap_or(-1.0);
