@@ -4,7 +4,6 @@
 mod common;
 
 use std::{
-    net::TcpListener,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -34,7 +33,7 @@ impl Drop for Daemon {
 #[test]
 #[ignore = "needs root, BPF and wrk; run by cargo xtask test"]
 fn metrics_under_load() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = common::free_port();
     let addr = format!("127.0.0.1:{port}");
     // wrk's 64 connections come from one address, which may hold at most a
     // quarter of max_connections without a request in progress (as they are

@@ -11,7 +11,29 @@ use remote_vm_testkit::prom;
 
 pub const DAEMON: &str = env!("CARGO_BIN_EXE_remote-vm-daemon");
 
+/// A port for a daemon to listen on, free when chosen. It is taken below the
+/// kernel's ephemeral range (`net.ipv4.ip_local_port_range`), so no client
+/// connection of a test running beside it can be given it in the meantime (a
+/// port 0 bind hands out ports from that range: CI's reload test lost
+/// 127.0.0.1:35093 that way), and each call of this process gets another one.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|l| l.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    const SPAN: u16 = 8192;
+    if low > SPAN + 1024 {
+        let start = (std::process::id() % u32::from(SPAN)) as u16;
+        for _ in 0..SPAN {
+            let i = NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+            let port = low - SPAN + (start + i) % SPAN;
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
