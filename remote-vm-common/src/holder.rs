@@ -331,3 +331,81 @@ mod tests {
         assert_eq!(range_args("mlockall"), None);
     }
 }
+
+/// Frames kept of a holder's kernel stack (`bpf_get_task_stack`, innermost
+/// first): a blocked system call's stack on x86-64 is 15 to 40 deep with
+/// interrupt frames; a deeper one loses its outermost frames (the entry code).
+pub const STACK_FRAMES: usize = 64;
+
+/// What became of one look at a task's kernel stack (`HolderStack::status`).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackStatus {
+    /// Off CPU before and after the walk: `frames` return addresses.
+    Taken = 0,
+    /// On a CPU when looked at (`cpu`): a running task's stack changes under
+    /// the unwinder, so none is taken.
+    Running = 1,
+    /// Off CPU before the walk but on one after it: the walk may mix frames.
+    RanDuring = 2,
+    /// `task_struct.on_cpu` is not known here.
+    Unknown = 3,
+    /// `bpf_get_task_stack` returned an error or nothing.
+    Failed = 4,
+}
+
+impl StackStatus {
+    pub fn from_u32(v: u32) -> StackStatus {
+        match v {
+            0 => StackStatus::Taken,
+            1 => StackStatus::Running,
+            2 => StackStatus::RanDuring,
+            4 => StackStatus::Failed,
+            _ => StackStatus::Unknown,
+        }
+    }
+}
+
+/// One look at a lock holder's kernel stack, taken by the `holder_stacks`
+/// task iterator for the thread ids user space asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HolderStack {
+    pub tid: u32,
+    /// `StackStatus`.
+    pub status: u32,
+    /// The CPU the task last ran on (`task_struct.thread_info.cpu`;
+    /// `u32::MAX`: unknown).
+    pub cpu: u32,
+    /// Return addresses in `ips` (0 unless `Taken`).
+    pub frames: u32,
+    /// `task_struct.sched_class`: a kernel address whose symbol user space
+    /// knows (`fair_sched_class`, …), so it gives the KASLR slide. Never
+    /// leaves the daemon.
+    pub sched_class: u64,
+    /// `bpf_ktime_get_ns()` of the look.
+    pub observed_ns: u64,
+    /// Where the task switched out (the return address on its
+    /// `inactive_task_frame`: in `__schedule`), 0 unless `Taken`: it proves
+    /// the symbols are this kernel's (`bpf_get_task_stack` leaves out the
+    /// scheduler's own frames).
+    pub switch_ip: u64,
+    pub ips: [u64; STACK_FRAMES],
+}
+
+impl HolderStack {
+    pub const ZERO: HolderStack = HolderStack {
+        tid: 0,
+        status: StackStatus::Unknown as u32,
+        cpu: u32::MAX,
+        frames: 0,
+        sched_class: 0,
+        observed_ns: 0,
+        switch_ip: 0,
+        ips: [0; STACK_FRAMES],
+    };
+}
+
+/// How many holders' stacks one run of `holder_stacks` looks for at most
+/// (`STACK_WANTED`'s size): the oldest waits' holders come first.
+pub const STACKS_WANTED_MAX: u32 = 64;

@@ -35,6 +35,8 @@ pub struct Config {
     pub stalls_keep: usize,
     /// Who `/stalls` is served to (it shows which process reads which).
     pub stalls_serve: StallsServe,
+    /// `/stalls` shows lock holders' kernel stacks (where the kernel can tell).
+    pub kernel_stacks: bool,
     /// The Unix socket (`web.socket`, `--web.socket`): every path, `/stalls`
     /// included, to whoever may open it. `None`: none.
     pub socket: Option<std::path::PathBuf>,
@@ -162,6 +164,7 @@ struct RawStalls {
     threshold_seconds: Option<toml::Value>,
     keep: Option<toml::Value>,
     serve: Option<toml::Value>,
+    kernel_stacks: Option<toml::Value>,
     /// The old boolean: false is `serve = "off"`, true `"authenticated"`.
     http: Option<toml::Value>,
 }
@@ -228,7 +231,11 @@ impl Config {
         differ("probes", self.probes != new.probes);
         differ("histograms", (self.hist_min_log2, self.hist_max_log2) != (new.hist_min_log2, new.hist_max_log2));
         differ("self_stats", self.self_stats != new.self_stats);
-        differ("stalls", (self.stall_threshold_ns, self.stalls_keep, self.stalls_serve) != (new.stall_threshold_ns, new.stalls_keep, new.stalls_serve));
+        differ(
+            "stalls",
+            (self.stall_threshold_ns, self.stalls_keep, self.stalls_serve, self.kernel_stacks)
+                != (new.stall_threshold_ns, new.stalls_keep, new.stalls_serve, new.kernel_stacks),
+        );
         differ("web.socket", self.socket != new.socket);
         differ(
             "web",
@@ -251,6 +258,7 @@ impl Config {
             stall_threshold_ns: 100_000_000,
             stalls_keep: 256,
             stalls_serve: StallsServe::Authenticated,
+            kernel_stacks: true,
             socket: Some(DEFAULT_SOCKET.into()),
             max_connections: remote_vm_common::MAX_CONNECTIONS_DEFAULT,
             header_timeout: std::time::Duration::from_secs(10),
@@ -335,6 +343,9 @@ impl Config {
                 }
             };
             let stalls = raw.stalls.unwrap_or_default();
+            if let Some(v) = stalls.kernel_stacks {
+                config.kernel_stacks = v.as_bool().ok_or_else(|| bad("stalls.kernel_stacks", v.to_string(), "true or false".into()))?;
+            }
             if let Some(v) = stalls.keep {
                 config.stalls_keep = match v.as_integer() {
                     Some(n) if (1..=STALLS_KEEP_MAX as i64).contains(&n) => n as usize,
@@ -490,7 +501,7 @@ mod tests {
         assert_eq!(c.log_format, crate::logging::Format::Logfmt);
         assert_eq!((c.hist_min_log2, c.hist_max_log2), (9, 34));
         assert_eq!(c.stall_threshold_ns, 100_000_000);
-        assert_eq!((c.stalls_keep, c.stalls_serve), (256, StallsServe::Authenticated));
+        assert_eq!((c.stalls_keep, c.stalls_serve, c.kernel_stacks), (256, StallsServe::Authenticated, true));
         assert_eq!(c.socket.as_deref(), Some(std::path::Path::new(DEFAULT_SOCKET)));
         assert_eq!(
             (c.max_connections, c.header_timeout, c.min_render_interval),
@@ -703,6 +714,8 @@ mod tests {
             );
         }
         assert_eq!(parse("[stalls]\nkeep = 1024\n").unwrap().stalls_keep, 1024);
+        assert!(!parse("[stalls]\nkernel_stacks = false\n").unwrap().kernel_stacks);
+        assert!(parse("[stalls]\nkernel_stacks = \"no\"\n").unwrap_err().to_string().contains("expected true or false"));
         assert_eq!(
             parse("[stalls]\nhttp = \"yes\"\n").unwrap_err().to_string(),
             "config t.toml: key `stalls.http`: invalid value \"yes\": expected true or false (its new name stalls.serve takes off, socket, authenticated or everyone)"

@@ -14,6 +14,7 @@ pub mod logging;
 mod metrics;
 mod notify;
 pub mod server;
+mod stacks;
 mod stalls;
 mod status;
 pub mod webconfig;

@@ -19,9 +19,12 @@ use remote_vm_common::{
     holder::{self, Activity, ActivityKind, HolderOp},
 };
 
-use remote_vm_common::user::human_bytes;
+use remote_vm_common::user::{human_bytes, rfc3339};
 
-use crate::kernel::syscalls;
+use crate::{
+    kernel::syscalls,
+    stacks::{Stack, StackWatch},
+};
 use serde::Serialize;
 
 /// At most this many warn lines per `LOG_WINDOW`.
@@ -64,6 +67,9 @@ pub struct Holder {
     pub doing: Option<Doing>,
     /// When it was observed (RFC 3339, UTC); `null`: never.
     pub observed: Option<String>,
+    /// A writer's kernel stack, the last look while the wait lasted, or why
+    /// none is shown; `null` for other kinds.
+    pub stack: Option<Stack>,
 }
 
 /// What a task was doing when observed, from its saved user registers.
@@ -172,12 +178,13 @@ impl StallLog {
 
     /// Waits in progress from the task iterator's records, as `/stalls` shows
     /// them (cgroup paths from the caller's `cgroups`).
-    pub fn in_progress(&self, events: &[StallEvent], cgroups: &mut Paths) -> Vec<InProgress> {
+    pub fn in_progress(&self, events: &[StallEvent], cgroups: &mut Paths, stacks: Option<&StackWatch>) -> Vec<InProgress> {
         let now = Instant::now();
         events
             .iter()
             .map(|e| InProgress {
-                wait: to_wait(e, cgroups.path(e.cgroup_id, now)),
+                // The stacks are looked at after the waits: any look since the wait began.
+                wait: to_wait(e, cgroups.path(e.cgroup_id, now), stacks, u64::MAX),
                 waiting_seconds: e.wait_ns as f64 / 1e9,
                 started: rfc3339(realtime_of(e.end_ns.saturating_sub(e.wait_ns))),
             })
@@ -255,14 +262,16 @@ impl Inner {
 }
 
 /// Reads the ring buffer on a thread of its own until the process exits.
-pub fn spawn_reader(ring: RingBuf<MapData>, log: Arc<StallLog>) {
-    let spawned = std::thread::Builder::new().name("stalls".into()).spawn(move || read_loop(ring, &log));
+pub fn spawn_reader(ring: RingBuf<MapData>, log: Arc<StallLog>, stacks: Option<Arc<StackWatch>>) {
+    let spawned = std::thread::Builder::new()
+        .name("stalls".into())
+        .spawn(move || read_loop(ring, &log, stacks.as_deref()));
     if let Err(e) = spawned {
         log::warn!("stall events will not be read: cannot start their thread: {e}");
     }
 }
 
-fn read_loop(mut ring: RingBuf<MapData>, log: &StallLog) {
+fn read_loop(mut ring: RingBuf<MapData>, log: &StallLog, stacks: Option<&StackWatch>) {
     // This thread's own: a walk here never waits for, nor holds up, a render.
     let mut cgroups = Paths::of_this_host();
     loop {
@@ -276,7 +285,7 @@ fn read_loop(mut ring: RingBuf<MapData>, log: &StallLog) {
             // SAFETY: the kernel wrote a whole StallEvent (size checked); unaligned read.
             let e: StallEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
             drop(item);
-            let stall = to_stall(&e, realtime_of(e.end_ns), cgroups.path(e.cgroup_id, Instant::now()));
+            let stall = to_stall(&e, realtime_of(e.end_ns), cgroups.path(e.cgroup_id, Instant::now()), stacks);
             log.add(stall, Instant::now());
         }
     }
@@ -292,7 +301,9 @@ fn mode(write: u32) -> &'static str {
 }
 
 /// The part of an event stalls and waits in progress share.
-fn to_wait(e: &StallEvent, cgroup: Option<String>) -> Wait {
+/// `stacks`: the holder's looks, the last one taken from the wait's start to
+/// `until_ns` is shown.
+fn to_wait(e: &StallEvent, cgroup: Option<String>, stacks: Option<&StackWatch>, until_ns: u64) -> Wait {
     // A lock found free (or of unknown layout) says nothing of a holder: the
     // programs then write only its kind and op (the uncontended path stays
     // short), so the rest may be an earlier wait's and is not shown.
@@ -318,6 +329,9 @@ fn to_wait(e: &StallEvent, cgroup: Option<String>) -> Wait {
             op: if held { HolderOp::from_u32(e.holder.op) } else { HolderOp::Unknown }.label(),
             doing: if held { doing(&e.holder.activity) } else { None },
             observed: (held && e.holder.observed_ns != 0).then(|| rfc3339(realtime_of(e.holder.observed_ns))),
+            stack: (kind == HolderKind::Writer)
+                .then(|| stacks.map(|s| s.of(e.holder.tid, e.end_ns.saturating_sub(e.wait_ns), until_ns)))
+                .flatten(),
         },
         writer_waiting: held && e.holder.writer_waiting != 0,
         queued_writer: (held && e.holder.queued_tid != 0).then(|| Queued {
@@ -371,9 +385,9 @@ pub fn doing_short(what: &str, syscall: Option<&str>, nr: Option<u32>, length: O
 }
 
 /// An event as `/stalls` shows it; `ended_unix_ns` its end on the wall clock.
-pub fn to_stall(e: &StallEvent, ended_unix_ns: u128, cgroup: Option<String>) -> Stall {
+pub fn to_stall(e: &StallEvent, ended_unix_ns: u128, cgroup: Option<String>, stacks: Option<&StackWatch>) -> Stall {
     Stall {
-        wait: to_wait(e, cgroup),
+        wait: to_wait(e, cgroup, stacks, e.end_ns),
         waited_seconds: e.wait_ns as f64 / 1e9,
         ended: rfc3339(ended_unix_ns),
         killed: e.failed != 0,
@@ -381,7 +395,7 @@ pub fn to_stall(e: &StallEvent, ended_unix_ns: u128, cgroup: Option<String>) -> 
 }
 
 /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) as nanoseconds since the epoch.
-fn realtime_of(mono_ns: u64) -> u128 {
+pub fn realtime_of(mono_ns: u64) -> u128 {
     let read = |id| {
         let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: clock_gettime fills the struct we pass.
@@ -390,29 +404,6 @@ fn realtime_of(mono_ns: u64) -> u128 {
     };
     let offset = read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC);
     (mono_ns as i128 + offset).max(0) as u128
-}
-
-/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-25T21:42:32.123Z`.
-pub fn rfc3339(unix_ns: u128) -> String {
-    let secs = (unix_ns / 1_000_000_000) as i64;
-    let ms = (unix_ns / 1_000_000 % 1000) as u32;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
 }
 
 /// `GET /stalls`.
@@ -466,13 +457,13 @@ mod tests {
 
     #[test]
     fn events_become_stalls() {
-        let s = to_stall(&event(), 1_795_641_669_123_000_000, Some("/system.slice".into()));
+        let s = to_stall(&event(), 1_795_641_669_123_000_000, Some("/system.slice".into()), None);
         let (w, s) = (&s.wait, &s);
         assert_eq!(w.reader, Reader { pid: 10, tid: 11, comm: "ps".into(), cgroup: Some("/system.slice".into()) });
         assert_eq!(w.target, Target { pid: 20, comm: "java".into() });
         assert_eq!(
             w.holder,
-            Holder { kind: "writer", pid: 20, tid: 21, comm: "java".into(), exact: true, op: "unknown", doing: None, observed: None }
+            Holder { kind: "writer", pid: 20, tid: 21, comm: "java".into(), exact: true, op: "unknown", doing: None, observed: None, stack: None }
         );
         assert_eq!(w.queued_writer, None);
         assert_eq!((w.lock_mode, w.access, w.interface, w.writer_waiting), ("read", "read", "cmdline", false));
@@ -495,7 +486,7 @@ mod tests {
         e.holder.queued_comm[..6].copy_from_slice(b"mprot\0");
         let mprotect = Regs { ax: AX_IN_SYSCALL, orig_ax: libc::SYS_mprotect as u64, args: [0x1000, 4096, 3] };
         e.holder.queued = Activity::of(false, Some(mprotect));
-        let s = to_stall(&e, 0, None);
+        let s = to_stall(&e, 0, None, None);
         let h = &s.wait.holder;
         assert_eq!((h.op, h.observed.is_some()), ("munlock", true));
         let held = h.doing.as_ref().unwrap();
@@ -538,10 +529,10 @@ mod tests {
         e.holder.observed_ns = 5;
         for kind in [HolderKind::None, HolderKind::Unknown] {
             e.holder.kind = kind as u32;
-            let h = to_stall(&e, 0, None).wait;
+            let h = to_stall(&e, 0, None, None).wait;
             assert_eq!(
                 h.holder,
-                Holder { kind: kind.label(), pid: 0, tid: 0, comm: String::new(), exact: false, op: "unknown", doing: None, observed: None }
+                Holder { kind: kind.label(), pid: 0, tid: 0, comm: String::new(), exact: false, op: "unknown", doing: None, observed: None, stack: None }
             );
             assert_eq!((h.writer_waiting, h.queued_writer), (false, None));
         }
@@ -557,7 +548,7 @@ mod tests {
         e.end_ns = 10_000_000_000;
         e.wait_ns = 2_250_000_000;
         let log = StallLog::new(3, 100_000_000);
-        let w = &log.in_progress(&[e], &mut Paths::at(None))[0];
+        let w = &log.in_progress(&[e], &mut Paths::at(None), None)[0];
         assert_eq!(w.waiting_seconds, 2.25);
         assert!(w.wait.writer_waiting);
         assert_eq!((w.wait.holder.kind, w.wait.holder.exact, w.wait.reader.cgroup.as_deref()), ("readers", false, None));
@@ -569,7 +560,7 @@ mod tests {
             keys,
             ["access", "holder", "interface", "lock_mode", "queued_writer", "reader", "started", "target", "waiting_seconds", "writer_waiting"]
         );
-        let stall = serde_json::to_value(to_stall(&e, 0, None)).unwrap();
+        let stall = serde_json::to_value(to_stall(&e, 0, None, None)).unwrap();
         assert_eq!(stall["writer_waiting"], true);
         assert_eq!(stall["waited_seconds"], 2.25);
         assert!(stall.get("started").is_none() && stall.get("ended").is_some());
@@ -582,8 +573,8 @@ mod tests {
         e.holder.writer_waiting = 1;
         let page = StallsPage {
             threshold_seconds: 0.1,
-            in_progress: Some(log.in_progress(&[e], &mut Paths::at(None))),
-            recent: vec![to_stall(&e, 0, Some("/a".into()))],
+            in_progress: Some(log.in_progress(&[e], &mut Paths::at(None), None)),
+            recent: vec![to_stall(&e, 0, Some("/a".into()), None)],
             dropped: 7,
         };
         let json = serde_json::to_string(&page).unwrap();
@@ -603,26 +594,19 @@ mod tests {
     }
 
     #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339(951_782_400_000_000_000), "2000-02-29T00:00:00.000Z");
-        assert_eq!(rfc3339(4_102_444_799_999_000_000), "2099-12-31T23:59:59.999Z");
-    }
-
-    #[test]
     fn the_log_keeps_the_newest_and_limits_its_lines() {
         let log = StallLog::new(3, 100_000_000);
         let t0 = Instant::now();
         for i in 0..(LOG_BURST + 5) {
             let mut e = event();
             e.reader_tid = i;
-            log.add(to_stall(&e, 0, None), t0);
+            log.add(to_stall(&e, 0, None, None), t0);
         }
         let recent = log.recent();
         assert_eq!(recent.iter().map(|s| s.wait.reader.tid).collect::<Vec<_>>(), vec![LOG_BURST + 4, LOG_BURST + 3, LOG_BURST + 2]);
         assert_eq!(log.inner.lock().unwrap().suppressed, 5);
         // A new window logs again, saying how many were not logged.
-        log.add(to_stall(&event(), 0, None), t0 + LOG_WINDOW);
+        log.add(to_stall(&event(), 0, None, None), t0 + LOG_WINDOW);
         assert_eq!(log.inner.lock().unwrap().suppressed, 0);
     }
 }

@@ -26,6 +26,12 @@ pub fn kernel_line(f: &KernelFacts) -> String {
     )
 }
 
+/// Where the kernel config and the kernel's functions disagree: one
+/// warning each (the kernel decided; see `KernelFacts::contradictions`).
+pub fn contradiction_lines(f: &KernelFacts) -> Vec<String> {
+    f.contradictions.iter().map(|c| format!("warning: kernel: {c}")).collect()
+}
+
 /// The preemption model and what it means for the probes.
 pub fn preempt_line(f: &KernelFacts) -> String {
     let mut line = format!("preemption: {}", f.preempt);
@@ -70,14 +76,16 @@ pub fn summary_line(attached: &Attached) -> String {
 
 /// `/healthz`: "ok", then the same lines as `check` after its BTF lines, then
 /// why the last scrape failed while it does (`scrape_failure`).
-pub fn healthz(facts: &KernelFacts, attached: &Attached, sight: &Sight, probe_costs: &str, scrape_failure: Option<&str>) -> String {
+pub fn healthz(facts: &KernelFacts, attached: &Attached, sight: &Sight, session_lines: &[String], scrape_failure: Option<&str>) -> String {
     let mut body = String::from("ok\n");
-    let lines = [kernel_line(facts), preempt_line(facts)]
+    let lines = [kernel_line(facts)]
         .into_iter()
+        .chain(contradiction_lines(facts))
+        .chain([preempt_line(facts)])
         .chain(verdict_lines(attached))
         .chain([patched_line(attached)])
         .chain(coverage_lines(sight, attached))
-        .chain([probe_costs.to_string()])
+        .chain(session_lines.iter().cloned())
         .chain(scrape_failure.map(scrape_failed_line));
     for line in lines {
         body.push_str(&line);
@@ -230,6 +238,8 @@ pub struct KernelStatus {
     pub per_vma_lock: &'static str,
     pub rcu_table_free: &'static str,
     pub config: String,
+    /// Where the config contradicts the kernel's functions (empty: nowhere).
+    pub contradictions: Vec<String>,
     pub preempt: PreemptStatus,
 }
 
@@ -275,6 +285,7 @@ pub fn check_report(config: String, facts: &KernelFacts, layout: &Layout, attach
             per_vma_lock: facts.per_vma_lock.as_str(),
             rcu_table_free: facts.rcu_table_free.as_str(),
             config: config_source(facts),
+            contradictions: facts.contradictions.clone(),
             preempt: PreemptStatus {
                 model: facts.preempt.model.as_str(),
                 source: facts.preempt.source.clone(),

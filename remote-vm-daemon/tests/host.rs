@@ -80,10 +80,12 @@ fn expected_patched() -> Option<String> {
     std::env::var("REMOTE_VM_EXPECT_PATCHED").ok()
 }
 
-/// The kernel config options `check` reports: from the config where one can
-/// be read, else from which functions exist (PER_VMA_LOCK: lock_vma_under_rcu;
-/// MMU_GATHER_RCU_TABLE_FREE: tlb_remove_table_sync_one).
-fn expected_kernel_line() -> String {
+/// The kernel line `check` prints, and a warning line after it for each
+/// option a readable config (/proc/config.gz, /boot/config-RELEASE) says
+/// otherwise: the options come from which functions the kernel has
+/// (PER_VMA_LOCK: lock_vma_under_rcu; MMU_GATHER_RCU_TABLE_FREE:
+/// tlb_remove_table_sync_one), the config is a hint.
+fn expected_kernel_lines() -> Vec<String> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap().trim().to_string();
     let gz = std::fs::read("/proc/config.gz").ok().and_then(|b| {
         let mut text = String::new();
@@ -94,18 +96,29 @@ fn expected_kernel_line() -> String {
         .map(|t| ("/proc/config.gz".to_string(), t))
         .or_else(|| std::fs::read_to_string(&boot).ok().map(|t| (boot.clone(), t)));
     let yes_no = |b: bool| if b { "yes" } else { "no" };
-    let (source, pvl, rtf) = match &config {
-        Some((source, text)) => {
-            let on = |o: &str| text.lines().any(|l| l == format!("{o}=y"));
-            (source.clone(), yes_no(on("CONFIG_PER_VMA_LOCK")), yes_no(on("CONFIG_MMU_GATHER_RCU_TABLE_FREE")))
+    let options = [
+        ("CONFIG_PER_VMA_LOCK", "per_vma_lock", "lock_vma_under_rcu"),
+        ("CONFIG_MMU_GATHER_RCU_TABLE_FREE", "rcu_table_free", "tlb_remove_table_sync_one"),
+    ];
+    let has: Vec<bool> = options.iter().map(|(_, _, f)| allows().has_function(f)).collect();
+    let mut lines = vec![format!(
+        "kernel: release={release} btf=/sys/kernel/btf/vmlinux per_vma_lock={} rcu_table_free={} config=functions in BTF",
+        yes_no(has[0]),
+        yes_no(has[1])
+    )];
+    if let Some((source, text)) = &config {
+        for ((option, fact, function), has) in options.iter().zip(has) {
+            let set = text.lines().any(|l| l == format!("{option}=y") || l == format!("{option}=m"));
+            if set != has {
+                let (config, kernel) = if has { ("is not set", "has") } else { ("is set", "does not have") };
+                lines.push(format!(
+                    "warning: kernel: {option} {config} in {source}, but the kernel {kernel} {function}() (functions in BTF): {fact}={} from the kernel",
+                    yes_no(has)
+                ));
+            }
         }
-        None => (
-            "functions in BTF".to_string(),
-            yes_no(allows().has_function("lock_vma_under_rcu")),
-            yes_no(allows().has_function("tlb_remove_table_sync_one")),
-        ),
-    };
-    format!("kernel: release={release} btf=/sys/kernel/btf/vmlinux per_vma_lock={pvl} rcu_table_free={rtf} config={source}")
+    }
+    lines
 }
 
 /// The sample names of the catalog's families with (`met`) or without a
@@ -133,10 +146,11 @@ fn check_reports_every_probe_as_the_kernel_allows() {
     assert_eq!(out.status.code(), Some(if all { 0 } else { 2 }), "stdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&out.stderr));
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "config: ok (embedded defaults)");
-    assert_eq!(lines[1], expected_kernel_line());
-    // The preemption line follows the kernel line (the detection is
+    let kernel = expected_kernel_lines();
+    assert_eq!(lines[1..=kernel.len()], kernel[..], "{stdout}");
+    // The preemption line follows the kernel's (the detection is
     // unit-tested in kernel/preempt.rs).
-    assert!(lines[2].starts_with("preemption: "), "{stdout}");
+    assert!(lines[kernel.len() + 1].starts_with("preemption: "), "{stdout}");
     let probes: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("probe ")).collect();
     assert_eq!(probes.len(), expected.len(), "{stdout}");
     for (line, e) in probes.iter().zip(&expected) {
@@ -166,7 +180,7 @@ fn check_reports_every_probe_as_the_kernel_allows() {
     assert_eq!(lines.last().copied(), Some(summary.as_str()), "{stdout}");
     // The BTF lines carry this kernel's offsets: every item is found.
     let btf: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("btf: ")).collect();
-    assert_eq!(btf.len(), 11, "{btf:?}");
+    assert_eq!(btf.len(), 12, "{btf:?}");
     assert!(btf.iter().all(|l| !l.contains("unknown")), "{btf:?}");
 }
 
@@ -223,7 +237,7 @@ fn metrics_tell_what_attached_and_pass_promtool() {
         assert_eq!(scrape.series(&MMAP_LOCK_WAIT.count()).count(), host);
     }
     // remote_vm_kernel_info says what `check` says.
-    let line = expected_kernel_line();
+    let line = expected_kernel_lines().remove(0);
     let word = |key: &str| line.split_once(&format!(" {key}=")).unwrap().1.split(' ').next().unwrap().to_string();
     let info: Vec<String> = scrape.series(KERNEL_INFO.name).map(|(key, _)| key.to_string()).collect();
     assert_eq!(info.len(), 1, "{info:?}");

@@ -68,6 +68,60 @@ pub struct DaemonCost {
     /// nanoseconds (= instructions), the least of 20 scrapes.
     pub scrape_instructions: f64,
     pub metrics_bytes: usize,
+    /// The same with this many more idle threads on the machine: (threads,
+    /// instructions per render). Each render runs the waits iterator over
+    /// every task once: its cost per task is the slope.
+    #[serde(default)]
+    pub scrape_instructions_with_threads: Vec<(u64, f64)>,
+}
+
+/// `n` threads of this process blocked on a condition variable until dropped.
+struct IdleThreads {
+    stop: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl IdleThreads {
+    fn spawn(n: usize) -> Result<IdleThreads> {
+        let stop = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let mut handles = Vec::with_capacity(n);
+        for _ in 0..n {
+            let stop = stop.clone();
+            handles.push(std::thread::Builder::new().stack_size(64 << 10).spawn(move || {
+                let (lock, cv) = &*stop;
+                let mut done = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                while !*done {
+                    done = cv.wait(done).unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+            })?);
+        }
+        Ok(IdleThreads { stop, handles })
+    }
+}
+
+impl Drop for IdleThreads {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = true;
+        cv.notify_all();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The least CPU (guest instructions) of `n` `/metrics` renders by `pid`.
+fn least_scrape(pid: u32, n: usize) -> Result<(f64, usize)> {
+    let (mut least, mut bytes) = (f64::INFINITY, 0);
+    for _ in 0..n {
+        // Wider than the default render spacing (0.1 s): each is a render.
+        std::thread::sleep(Duration::from_millis(120));
+        let before = bench::cpu_seconds(pid)?;
+        let (_, body) = prom::get(bench::LISTEN, "/metrics")?;
+        least = least.min((bench::cpu_seconds(pid)? - before) * 1e9);
+        bytes = body.len();
+    }
+    Ok((least, bytes))
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -294,7 +348,9 @@ fn fresh(w: Workload, length: usize, programs: bool, target: &Target, cmdline: &
     Ok(r)
 }
 
-pub fn run(daemon: &str, scale: f64) -> Result<IcountResult> {
+/// `threads`: also measure a render with 1 000 and 10 000 more idle threads
+/// (`cargo xtask bench --icount --threads`; a minute more per boot).
+pub fn run(daemon: &str, scale: f64, threads: bool) -> Result<IcountResult> {
     let target = Target::spawn(64, 1)?;
     let cmdline = CmdlineTarget::spawn(64)?;
     let work = |w: Workload| fresh(w, w.length(scale), false, &target, &cmdline).map(|r| r.per_op);
@@ -350,14 +406,14 @@ pub fn run(daemon: &str, scale: f64) -> Result<IcountResult> {
     }
     measure(OFF_AGAIN, &mut result)?;
     result.configurations.push(OFF_AGAIN.to_string());
-    result.daemon = daemon_cost(daemon, &target, scale)?;
+    result.daemon = daemon_cost(daemon, &target, scale, threads)?;
     Ok(result)
 }
 
 /// The daemon in its default configuration: every family populated by one run
 /// of the classification workload, then CPU and RSS at a 1 s scrape under 500
 /// remote reads a second, then 20 scrapes' CPU each.
-fn daemon_cost(daemon: &str, target: &Target, scale: f64) -> Result<DaemonCost> {
+fn daemon_cost(daemon: &str, target: &Target, scale: f64, threads: bool) -> Result<DaemonCost> {
     let _ = std::fs::write("/proc/sys/vm/nr_hugepages", "8");
     let d = Daemon::start(daemon, "")?;
     let pid = d.0.id();
@@ -366,19 +422,28 @@ fn daemon_cost(daemon: &str, target: &Target, scale: f64) -> Result<DaemonCost> 
     let seconds = ((10.0 * scale) as u64).max(2);
     let cpu_percent = bench::cpu_at_one_scrape_a_second(pid, target, seconds)?;
     let rss_kb = bench::rss_kb(pid)?;
-    let (mut scrape, mut metrics_bytes) = (f64::INFINITY, 0);
-    for _ in 0..20 {
-        // Wider than the default render spacing (0.1 s): each is a render.
-        std::thread::sleep(Duration::from_millis(120));
-        let before = bench::cpu_seconds(pid)?;
-        let (_, body) = prom::get(bench::LISTEN, "/metrics")?;
-        scrape = scrape.min((bench::cpu_seconds(pid)? - before) * 1e9);
-        metrics_bytes = body.len();
-    }
+    let (scrape, metrics_bytes) = least_scrape(pid, 20)?;
     println!(
         "icount: daemon at a 1 s scrape: {cpu_percent:.3} % of a core over {seconds} s, RSS {rss_kb} kB; {scrape:.0} instructions per scrape ({metrics_bytes} bytes)"
     );
+    // The guest's 1 GiB caps threads-max below 10 000.
+    let _ = std::fs::write("/proc/sys/kernel/threads-max", "65536");
+    let mut with_threads = Vec::new();
+    for n in [1_000u64, 10_000].into_iter().filter(|_| threads) {
+        let idle = IdleThreads::spawn(n as usize)?;
+        let (least, _) = least_scrape(pid, 10)?;
+        drop(idle);
+        println!("icount: with {n} more idle threads: {least:.0} instructions per scrape");
+        with_threads.push((n, least));
+    }
     drop(populated);
     drop(d);
-    Ok(DaemonCost { cpu_percent, seconds, rss_kb, scrape_instructions: scrape, metrics_bytes })
+    Ok(DaemonCost {
+        cpu_percent,
+        seconds,
+        rss_kb,
+        scrape_instructions: scrape,
+        metrics_bytes,
+        scrape_instructions_with_threads: with_threads,
+    })
 }

@@ -46,11 +46,12 @@ enum Cmd {
     },
     /// A target whose mmap_lock a thread of its own holds on request (see stall.rs).
     StallTarget {
-        /// munlock: write hold of tens of ms (--region-mb); merge: write hold of at
-        /// least --hold-ms; readers: read hold of at least --hold-ms, and a writer.
-        #[arg(long, default_value = "munlock", value_parser = ["munlock", "merge", "readers"])]
+        /// munlock, mlock: write hold of tens of ms (--region-mb); merge: write hold
+        /// of at least --hold-ms; readers: read hold of at least --hold-ms, and a
+        /// writer; unmap: munmap() of --region-mb (reader-owned), and a writer.
+        #[arg(long, default_value = "munlock", value_parser = ["munlock", "mlock", "merge", "readers", "unmap"])]
         kind: String,
-        /// The munlock kind's mlocked region (MiB).
+        /// The munlock, mlock and unmap kinds' region (MiB).
         #[arg(long, default_value_t = 256)]
         region_mb: usize,
         /// The merge and readers kinds' wanted hold (ms); calibrated, a lower bound.
@@ -91,6 +92,17 @@ enum Cmd {
     Squat {
         #[command(flatten)]
         args: cgsoak::SquatArgs,
+    },
+    /// Under the package's unit (`cargo xtask deb-test`): `ps aux` of the
+    /// tree's procps under its strace during a merging `mprotect()` hold,
+    /// checked against the running service's `/stalls` (exit 1: a check failed).
+    UnitReaders {
+        /// What the booted kernel is: patched, unpatched or legacy.
+        #[arg(long)]
+        expect: String,
+        /// The service's main process (pinned with the holder to CPU 0).
+        #[arg(long)]
+        daemon_pid: u32,
     },
     Target {
         #[arg(long, default_value_t = 4)]
@@ -136,6 +148,7 @@ fn main() -> std::process::ExitCode {
         }),
         Cmd::CgroupReader { args } => cgsoak::reader_main(&args).map(|()| true),
         Cmd::Squat { args } => cgsoak::squat_main(&args).map(|()| true),
+        Cmd::UnitReaders { expect, daemon_pid } => guest::unit_readers(&expect, daemon_pid),
         Cmd::Target { pages, zero_pages } => workload::target_main(pages, zero_pages).map(|()| true),
     };
     match result {

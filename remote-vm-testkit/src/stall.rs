@@ -1,14 +1,19 @@
 //! A target process whose mmap_lock a thread of known tid holds on request,
-//! and the holder's own clock for how long that was. Three kinds of hold:
+//! and the holder's own clock for how long that was. Five kinds of hold:
 //!
 //! - [`Kind::Munlock`] (`rvm-testkit stall-target --kind munlock --region-mb N`):
 //!   `munlock()` of a large mlocked, populated (non-THP) region holds the lock
 //!   for write for tens of ms. The region is mapped, filled and mlocked before
 //!   `ready`; before each `go` it is mlocked again if it is not (that too walks
 //!   every page under the write lock).
+//! - [`Kind::Mlock`] (`--kind mlock --region-mb N`): the reverse,
+//!   `mlock2(MLOCK_ONFAULT)` of the populated region (munlocked, untimed,
+//!   before each `go`).
 //! - [`Kind::Merge`] (`--kind merge --hold-ms N`): one `mprotect()` that merges
 //!   many alternating-protection VMAs holds the lock for write for at least N ms
 //!   (calibrated; see [`Merge`]).
+//! - [`Kind::Unmap`] (`--kind unmap --region-mb N`): `munmap()` of a populated
+//!   region, reader-owned for most of it, with the readers kind's writer.
 //! - [`Kind::Readers`] (`--kind readers --hold-ms N`): a thread holds the lock
 //!   for *read* for at least N ms (`MADV_POPULATE_READ`, calibrated; see
 //!   [`Populate`]) and a second thread can then queue an `mprotect()` behind it
@@ -17,7 +22,7 @@
 //!
 //! Protocol (stdout lines of the target, answers to stdin lines):
 //!
-//! - at start: `ready TID` (munlock, merge: the holder thread, comm
+//! - at start: `ready TID` (munlock, mlock, merge: the holder thread, comm
 //!   [`HOLDER_COMM`]) or `ready TID_A TID_B` (readers: the read holder, comm
 //!   [`READ_HOLDER_COMM`], and the writer, comm [`WRITE_WAITER_COMM`]);
 //! - `hold` → the holder prepares (outside the timed part), prints `go` right
@@ -58,6 +63,9 @@ pub const WRITE_WAITER_COMM: &str = "wwaiter";
 /// writer enters its `mprotect()`, so that the holder is surely inside
 /// `madvise()` with the lock taken (it prints `go` just before).
 pub const WRITER_DELAY: Duration = Duration::from_millis(50);
+/// The unmap kind's: past the write-locked part of `munmap()` (detaching one
+/// VMA: microseconds), well before the zap ends (70–150 ms under TCG).
+pub const UNMAP_WRITER_DELAY: Duration = Duration::from_millis(20);
 
 /// `MADV_POPULATE_READ` (Linux 5.14+; not in every libc crate version).
 const MADV_POPULATE_READ: i32 = 22;
@@ -107,16 +115,32 @@ pub enum Kind {
     ///   found `rcnt == 1` (nobody holding) may steal. Neither applies once the
     ///   writer sleeps.
     Readers { hold_ms: u64 },
+    /// `mlock2(MLOCK_ONFAULT)` of a `region_mb` MiB region already populated
+    /// (and munlocked again before each hold, untimed): a write hold of tens
+    /// of ms, the page-table walk that marks every page mlocked (see
+    /// `Munlock::set_locked` for why not plain `mlock()`).
+    Mlock { region_mb: usize },
+    /// `munmap()` of a `region_mb` MiB populated region (mapped and filled
+    /// again before each hold, untimed): the kernel downgrades the lock to
+    /// read before it zaps the pages (`mmap_write_downgrade()`: 6.1's
+    /// `__do_munmap`, `vms_complete_munmap_vmas` from 6.12), so most of the
+    /// hold is reader-owned, with the unmapping thread as the last reader. The
+    /// same two threads as [`Kind::Readers`]; the writer starts
+    /// [`UNMAP_WRITER_DELAY`] into the hold (the hold is short under TCG).
+    Unmap { region_mb: usize },
 }
 
 impl Kind {
-    /// The kind named on the command line (`munlock`, `merge`, `readers`).
+    /// The kind named on the command line (`munlock`, `mlock`, `merge`,
+    /// `readers`, `unmap`).
     pub fn from_args(name: &str, region_mb: usize, hold_ms: u64) -> Result<Kind> {
         Ok(match name {
             "munlock" => Kind::Munlock { region_mb },
+            "mlock" => Kind::Mlock { region_mb },
+            "unmap" => Kind::Unmap { region_mb },
             "merge" => Kind::Merge { hold_ms },
             "readers" => Kind::Readers { hold_ms },
-            other => bail!("unknown stall kind {other:?} (munlock, merge, readers)"),
+            other => bail!("unknown stall kind {other:?} (munlock, mlock, merge, readers, unmap)"),
         })
     }
 
@@ -124,6 +148,8 @@ impl Kind {
     fn args(&self) -> Vec<String> {
         let (kind, flag, value) = match *self {
             Kind::Munlock { region_mb } => ("munlock", "--region-mb", region_mb as u64),
+            Kind::Mlock { region_mb } => ("mlock", "--region-mb", region_mb as u64),
+            Kind::Unmap { region_mb } => ("unmap", "--region-mb", region_mb as u64),
             Kind::Merge { hold_ms } => ("merge", "--hold-ms", hold_ms),
             Kind::Readers { hold_ms } => ("readers", "--hold-ms", hold_ms),
         };
@@ -256,9 +282,11 @@ pub fn target_main(kind: Kind) -> Result<()> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY, 0, 0, 0) };
     match kind {
-        Kind::Munlock { region_mb } => single(move || Munlock::new(region_mb)),
+        Kind::Munlock { region_mb } => single(move || Munlock::new(region_mb, false)),
+        Kind::Mlock { region_mb } => single(move || Munlock::new(region_mb, true)),
         Kind::Merge { hold_ms } => single(move || Merge::new(Duration::from_millis(hold_ms))),
-        Kind::Readers { hold_ms } => readers_main(Duration::from_millis(hold_ms)),
+        Kind::Readers { hold_ms } => readers_main(move || Populate::new(Duration::from_millis(hold_ms)), WRITER_DELAY),
+        Kind::Unmap { region_mb } => readers_main(move || Unmap::new(region_mb), UNMAP_WRITER_DELAY),
     }
     .inspect_err(|e| {
         let _ = say(&format!("error {e:#}"));
@@ -282,14 +310,16 @@ fn single<H: Holder, F: FnOnce() -> Result<H> + Send + 'static>(new: F) -> Resul
 }
 
 /// The munlock kind: a write hold as long as `munlock()` of an mlocked,
-/// populated region takes.
+/// populated region takes; with `lock`, the mlock kind: as long as `mlock()`
+/// of the same region, populated and not locked, takes.
 struct Munlock {
     region: Mapping,
     locked: bool,
+    lock: bool,
 }
 
 impl Munlock {
-    fn new(region_mb: usize) -> Result<Munlock> {
+    fn new(region_mb: usize, lock: bool) -> Result<Munlock> {
         let len = region_mb << 20;
         let region = Mapping::new(len, libc::PROT_READ | libc::PROT_WRITE, 0).with_context(|| format!("map {region_mb} MiB"))?;
         for off in (0..len).step_by(PAGE) {
@@ -297,9 +327,32 @@ impl Munlock {
             // page table entry per page.
             unsafe { std::ptr::write_volatile(region.addr.add(off), 1) };
         }
-        let mut m = Munlock { region, locked: false };
-        m.prepare().with_context(|| format!("mlock {region_mb} MiB"))?;
+        let mut m = Munlock { region, locked: false, lock };
+        m.prepare().with_context(|| format!("prepare {region_mb} MiB"))?;
         Ok(m)
+    }
+
+    /// Locks with `mlock()` to make a munlock hold, with `mlock2(MLOCK_ONFAULT)`
+    /// as the mlock hold itself: plain `mlock()` drops the write lock before
+    /// its populate step (`__mm_populate()`, under the read lock, which a
+    /// reader shares), so only part of the call would be a write hold; with
+    /// MLOCK_ONFAULT that step faults nothing in, and the call is the
+    /// write-locked walk that marks the (present) pages mlocked.
+    fn set_locked(&mut self, locked: bool) -> Result<()> {
+        let (addr, len) = (self.region.addr.cast::<libc::c_void>(), self.region.len);
+        // SAFETY: our own mapping.
+        let r = unsafe {
+            match (locked, self.lock) {
+                (true, true) => libc::mlock2(addr, len, libc::MLOCK_ONFAULT),
+                (true, false) => libc::mlock(addr, len),
+                (false, _) => libc::munlock(addr, len),
+            }
+        };
+        if r != 0 {
+            return Err(errno(if locked { "mlock" } else { "munlock" }));
+        }
+        self.locked = locked;
+        Ok(())
     }
 }
 
@@ -309,21 +362,12 @@ impl Holder for Munlock {
     }
 
     fn prepare(&mut self) -> Result<()> {
-        // SAFETY: our own mapping.
-        if !self.locked && unsafe { libc::mlock(self.region.addr.cast(), self.region.len) } != 0 {
-            return Err(errno("mlock"));
-        }
-        self.locked = true;
-        Ok(())
+        // Locked before a munlock hold, unlocked before an mlock hold.
+        if self.locked == self.lock { self.set_locked(!self.lock) } else { Ok(()) }
     }
 
     fn hold(&mut self) -> Result<()> {
-        self.locked = false;
-        // SAFETY: our own mapping.
-        if unsafe { libc::munlock(self.region.addr.cast(), self.region.len) } != 0 {
-            return Err(errno("munlock"));
-        }
-        Ok(())
+        self.set_locked(self.lock)
     }
 
     fn held(&mut self, _took: Duration) {}
@@ -497,10 +541,16 @@ impl Populate {
 
     fn new(want: Duration) -> Result<Populate> {
         let mut p = Populate { want, pages: Self::TRIAL_PAGES, region: None };
-        p.prepare().context("populate trial")?;
-        let start = Instant::now();
-        p.hold().context("populate trial")?;
-        let took = start.elapsed();
+        // Twice: under TCG the first run also translates the kernel's
+        // populate path, which made it twice as slow per page as the holds
+        // it scaled (a 3 s hold came out at 1.9 s on 2026-12-06).
+        let mut took = Duration::ZERO;
+        for _ in 0..2 {
+            p.prepare().context("populate trial")?;
+            let start = Instant::now();
+            p.hold().context("populate trial")?;
+            took = start.elapsed();
+        }
         eprintln!("stall-target: populate: trial {} pages in {:.1} ms ({} ns/page)", p.pages, took.as_secs_f64() * 1e3, took.as_nanos() / p.pages as u128);
         p.scale(took);
         Ok(p)
@@ -534,9 +584,55 @@ impl Holder for Populate {
     }
 }
 
+/// The unmap kind's hold: `munmap()` of a populated region, mapped and
+/// filled again before each hold.
+struct Unmap {
+    len: usize,
+    region: Option<Mapping>,
+}
+
+impl Unmap {
+    fn new(region_mb: usize) -> Result<Unmap> {
+        let mut u = Unmap { len: region_mb << 20, region: None };
+        u.prepare().with_context(|| format!("map and fill {region_mb} MiB"))?;
+        Ok(u)
+    }
+}
+
+impl Holder for Unmap {
+    fn range(&self) -> Option<(usize, usize)> {
+        self.region.as_ref().map(|m| (m.addr as usize, m.len))
+    }
+
+    fn prepare(&mut self) -> Result<()> {
+        if self.region.is_none() {
+            let m = Mapping::new(self.len, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+            for off in (0..self.len).step_by(PAGE) {
+                // SAFETY: inside the writable mapping: a page each.
+                unsafe { std::ptr::write_volatile(m.addr.add(off), 1) };
+            }
+            self.region = Some(m);
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self) -> Result<()> {
+        let m = self.region.take().context("no region")?;
+        // SAFETY: our own mapping, unmapped here instead of on drop.
+        let r = unsafe { libc::munmap(m.addr.cast(), m.len) };
+        std::mem::forget(m);
+        if r != 0 {
+            return Err(errno("munmap"));
+        }
+        Ok(())
+    }
+
+    fn held(&mut self, _took: Duration) {}
+}
+
 /// The readers kind: the main thread reads the commands and hands `hold` to
 /// the read holder, `write` to the writer.
-fn readers_main(want: Duration) -> Result<()> {
+fn readers_main<H: Holder + 'static>(new: impl FnOnce() -> Result<H> + Send + 'static, writer_delay: Duration) -> Result<()> {
     let since: Since = Arc::default();
     // Each thread reports (is it the read holder, its tid) once set up.
     let (tids_tx, tids_rx) = mpsc::channel::<Result<(bool, i32)>>();
@@ -545,8 +641,8 @@ fn readers_main(want: Duration) -> Result<()> {
 
     let (tx, holder_since) = (tids_tx.clone(), since.clone());
     let holder = std::thread::Builder::new().name(READ_HOLDER_COMM.into()).spawn(move || {
-        let mut populate = match Populate::new(want) {
-            Ok(p) => p,
+        let mut holder = match new() {
+            Ok(h) => h,
             Err(e) => {
                 let _ = tx.send(Err(e));
                 return;
@@ -555,7 +651,7 @@ fn readers_main(want: Duration) -> Result<()> {
         // SAFETY: gettid has no preconditions.
         let _ = tx.send(Ok((true, unsafe { libc::gettid() })));
         drop(tx);
-        fatal(serve(&mut populate, hold_rx.into_iter().map(Ok), Some(&holder_since)).err())
+        fatal(serve(&mut holder, hold_rx.into_iter().map(Ok), Some(&holder_since)).err())
     })?;
     let writer = std::thread::Builder::new().name(WRITE_WAITER_COMM.into()).spawn(move || {
         let page = match Mapping::new(PAGE, libc::PROT_READ | libc::PROT_WRITE, 0) {
@@ -568,7 +664,7 @@ fn readers_main(want: Duration) -> Result<()> {
         // SAFETY: gettid has no preconditions.
         let _ = tids_tx.send(Ok((false, unsafe { libc::gettid() })));
         drop(tids_tx);
-        fatal(write_loop(&page, write_rx, &since).err())
+        fatal(write_loop(&page, write_rx, &since, writer_delay).err())
     })?;
 
     let (mut holder_tid, mut writer_tid) = (0, 0);
@@ -583,7 +679,7 @@ fn readers_main(want: Duration) -> Result<()> {
         let line = line?;
         let to = match line.as_str() {
             "hold" => &hold_tx,
-            "write" => &write_tx,
+            l if l == "write" || l.starts_with("write ") => &write_tx,
             _ => continue,
         };
         to.send(line).context("a thread ended")?;
@@ -605,17 +701,19 @@ fn fatal(error: Option<anyhow::Error>) {
 }
 
 /// The writer: for each `write`, once the read hold has gone on for
-/// [`WRITER_DELAY`], `wgo`, one `mprotect()` of its own page (it queues behind
+/// `delay` ([`WRITER_DELAY`], [`UNMAP_WRITER_DELAY`]; `write MS`: MS ms), `wgo`, one `mprotect()` of its own page (it queues behind
 /// the read hold), `waited NS END`.
-fn write_loop(page: &Mapping, commands: mpsc::Receiver<String>, since: &Since) -> Result<()> {
+fn write_loop(page: &Mapping, commands: mpsc::Receiver<String>, since: &Since, delay: Duration) -> Result<()> {
     let mut prot = libc::PROT_READ;
-    for _ in commands {
+    for command in commands {
+        // `write MS`: that delay instead of the kind's.
+        let delay = command.strip_prefix("write ").and_then(|ms| ms.parse().ok()).map_or(delay, Duration::from_millis);
         let started = *since.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
         let Some(started) = started else {
             say("error write: the read holder is not holding")?;
             continue;
         };
-        std::thread::sleep(WRITER_DELAY.saturating_sub(started.elapsed()));
+        std::thread::sleep(delay.saturating_sub(started.elapsed()));
         say(&format!("wgo {:#x} {PAGE}", page.addr as usize))?;
         let start = Instant::now();
         page.mprotect(0, 1, prot)?;
@@ -730,8 +828,8 @@ impl StallTarget {
         let line = t.line()?;
         let tids: Option<Vec<i32>> = line.strip_prefix("ready ").map(|v| v.split_whitespace().filter_map(|t| t.parse().ok()).collect());
         match (tids.as_deref(), kind) {
-            (Some(&[a, b]), Kind::Readers { .. }) => (t.tid, t.writer_tid) = (a, Some(b)),
-            (Some(&[tid]), Kind::Munlock { .. } | Kind::Merge { .. }) => t.tid = tid,
+            (Some(&[a, b]), Kind::Readers { .. } | Kind::Unmap { .. }) => (t.tid, t.writer_tid) = (a, Some(b)),
+            (Some(&[tid]), Kind::Munlock { .. } | Kind::Mlock { .. } | Kind::Merge { .. }) => t.tid = tid,
             _ => bail!("stall-target said {line:?}"),
         }
         Ok(t)
@@ -800,8 +898,19 @@ impl StallTarget {
     /// the hold). It is queued microseconds later: a reader that must queue
     /// behind it should start after [`wait_writer_queued`](Self::wait_writer_queued).
     pub fn start_writer(&mut self) -> Result<()> {
-        anyhow::ensure!(matches!(self.kind, Kind::Readers { .. }), "only the readers kind has a writer");
-        self.writer_range = self.go("write", "wgo")?;
+        self.start_writer_command("write")
+    }
+
+    /// [`start_writer`](Self::start_writer), the writer starting `delay`
+    /// into the hold instead of the kind's delay (a holder slowed down enters
+    /// its system call late).
+    pub fn start_writer_after(&mut self, delay: Duration) -> Result<()> {
+        self.start_writer_command(&format!("write {}", delay.as_millis()))
+    }
+
+    fn start_writer_command(&mut self, command: &str) -> Result<()> {
+        anyhow::ensure!(matches!(self.kind, Kind::Readers { .. } | Kind::Unmap { .. }), "only the readers and unmap kinds have a writer");
+        self.writer_range = self.go(command, "wgo")?;
         self.writer_started = true;
         Ok(())
     }

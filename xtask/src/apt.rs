@@ -374,7 +374,16 @@ impl Apt {
             Some(v) => format!("{package}={v}"),
             None => package.to_string(),
         };
-        self.get(&["download", &spec], Some(dir))?;
+        self.download_spec(package, &spec, dir)
+    }
+
+    /// Downloads `package` as `suite` has it into `dir`; returns the .deb.
+    pub fn download_from(&self, package: &str, suite: &str, dir: &Path) -> Result<PathBuf> {
+        self.download_spec(package, &format!("{package}/{suite}"), dir)
+    }
+
+    fn download_spec(&self, package: &str, spec: &str, dir: &Path) -> Result<PathBuf> {
+        self.get(&["download", spec], Some(dir))?;
         std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .find(|p| {

@@ -253,6 +253,17 @@ fn icount_tables(kernel: &str, runs: &[Value]) -> String {
         d["scrape_instructions"].as_f64().unwrap_or(f64::NAN),
         d["metrics_bytes"]
     );
+    // The task iterator's share: every render walks every task once.
+    let base = d["scrape_instructions"].as_f64().unwrap_or(f64::NAN);
+    for pair in d["scrape_instructions_with_threads"].as_array().into_iter().flatten() {
+        let (n, ins) = (pair[0].as_f64().unwrap_or(f64::NAN), pair[1].as_f64().unwrap_or(f64::NAN));
+        let _ = writeln!(
+            o,
+            "With {n:.0} more idle threads: **{ins:.0} instructions per render**, {:+.0} ({:.0} per thread: the waits iterator's walk).\n",
+            ins - base,
+            (ins - base) / n
+        );
+    }
     o
 }
 
@@ -261,12 +272,13 @@ fn icount_tables(kernel: &str, runs: &[Value]) -> String {
 /// read takes the free mmap_lock; patched: the lockless path), each kernel
 /// booted `runs` times. Fails when two boots differ by more than
 /// `AGREE_PERCENT`. Writes `target/bench/icount.md` and `icount.json`.
-pub fn icount(root: &Path, scale: f64, runs: usize) -> Result<String> {
+pub fn icount(root: &Path, scale: f64, runs: usize, threads: bool) -> Result<String> {
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let initramfs = dir.join("initramfs.cpio");
     vm::write_test_initramfs(root, &initramfs)?;
-    let mut report = format!("Command: `cargo xtask bench --icount --scale {scale} --runs {runs}`\n\n");
+    let mut report =
+        format!("Command: `cargo xtask bench --icount --scale {scale} --runs {runs}{}`\n\n", if threads { " --threads" } else { "" });
     let mut all = serde_json::Map::new();
     let mut disagree = Vec::new();
     let kernels = vm::shared_kernels(root);
@@ -283,7 +295,7 @@ pub fn icount(root: &Path, scale: f64, runs: usize) -> Result<String> {
                 &dir.join(format!("icount-{}-{run}", kernel.name)),
                 // norandmaps: every boot lays its processes out alike (where a
                 // mapping lands decides what faulting it costs).
-                &format!("rvm.mode=icount rvm.scale={scale} norandmaps"),
+                &format!("rvm.mode=icount rvm.scale={scale} rvm.threads={} norandmaps", u8::from(threads)),
                 Duration::from_secs(3600),
                 "icount-result ",
                 vm::Clock::Instructions,

@@ -84,19 +84,22 @@ fn fresh_tree(root: &Path, suite: &str) -> Result<(PathBuf, PathBuf)> {
     let base = Path::new(crate::util::MACHINE_CACHE).join(format!("deb-test/base-{suite}"));
     // systemd in the tree: its `systemd-analyze verify` judges ours;
     // iproute2: the systemd test scrapes from another network namespace;
-    // curl: over TLS with a client certificate; lintian: the release's own
-    // (installed by apt afterwards: debootstrap's --include cannot configure it).
+    // curl: over TLS with a client certificate; procps and strace: a real
+    // reader (`ps`) and what it read; lintian: the release's own (installed by
+    // apt afterwards: debootstrap's --include cannot configure it). The stamp
+    // holds the list: a tree made with another is made again.
+    const INCLUDE: &str = "systemd,iproute2,curl,procps,strace";
     let stamp = base.join("etc/remote-vm-deb-test-base");
-    if !stamp.is_file() {
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(INCLUDE) {
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base)?;
-        say!("deb: debootstrap --variant=minbase --include=systemd,iproute2,curl {suite}, then lintian (once, cached in {})", base.display());
-        crate::apt::debootstrap(&base, suite, "systemd,iproute2,curl")?;
+        say!("deb: debootstrap --variant=minbase --include={INCLUDE} {suite}, then lintian (once, cached in {})", base.display());
+        crate::apt::debootstrap(&base, suite, INCLUDE)?;
         let (ok, text) = chroot(&base, &["sh", "-c", "apt-get -q update && apt-get -q -y install --no-install-recommends lintian && apt-get clean"])?;
         if !ok {
             bail!("installing lintian in the {suite} tree failed: {}", text.lines().rev().find(|l| l.starts_with("E: ")).unwrap_or(text.trim()));
         }
-        std::fs::write(&stamp, "")?;
+        std::fs::write(&stamp, INCLUDE)?;
     }
     let tree = root.join(format!("target/deb-test/rootfs-{suite}"));
     let _ = std::fs::remove_dir_all(&tree);

@@ -178,7 +178,14 @@ fn fetch(root: &Path, keep: impl Fn(&Entry) -> bool) -> Result<Vec<Kernel>> {
             continue;
         }
         let cached = |package: &str, version: &str| dir.join(format!("{package}_{version}.vmlinuz"));
-        let (package, version) = if cached(&entry.package, &entry.version).is_file() {
+        // The image with the config its package ships (the guest's
+        // /boot/rvm: what it expects of holders' stacks comes from it); a
+        // cache from before configs were kept is refreshed.
+        let complete = |package: &str, version: &str| {
+            let image = cached(package, version);
+            image.is_file() && (image.with_extension("config").is_file() || image.with_extension("noconfig").is_file())
+        };
+        let (package, version) = if complete(&entry.package, &entry.version) {
             (entry.package.clone(), entry.version.clone())
         } else {
             if archive.is_none() {
@@ -187,7 +194,7 @@ fn fetch(root: &Path, keep: impl Fn(&Entry) -> bool) -> Result<Vec<Kernel>> {
             let apt = archive.as_ref().context("apt")?;
             let (package, version) = resolve(apt, &entry)?;
             let image = cached(&package, &version);
-            if !image.is_file() {
+            if !complete(&package, &version) {
                 // From 7.0 on the image package is a shell: `vmlinuz` is in the
                 // `linux-binary-*` package it depends on.
                 let show = apt.cache(&["show", &format!("{package}={version}")])?;
@@ -242,6 +249,24 @@ fn extract(dir: &Path, deb: &Path, package: &str, version: &str, image: &Path) -
         .or_else(|| find_file(&extracted.join("usr/lib/modules"), "vmlinuz"))
         .with_context(|| format!("no vmlinuz in {}", deb.display()))?;
     std::fs::copy(&vmlinuz, image)?;
+    // Its config, beside it (`vm::kernel_files`). (Debian's System.map is a
+    // one-line placeholder; the real one is in the -dbg package.)
+    let config = std::fs::read_dir(extracted.join("boot"))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("config-")))
+        .or_else(|| find_file(&extracted.join("usr/lib/modules"), "config"));
+    match config {
+        Some(f) => {
+            std::fs::copy(&f, image.with_extension("config"))?;
+        }
+        None => {
+            say!("kernels: {} has no config: its guest gets none", deb.display());
+            // Said once: the cache is complete without it.
+            std::fs::write(image.with_extension("noconfig"), b"")?;
+        }
+    }
     let _ = std::fs::remove_dir_all(&extracted);
     let _ = std::fs::remove_file(deb);
     Ok(())

@@ -19,6 +19,7 @@ mod kernels;
 mod matrix;
 mod newcomer;
 mod promtest;
+mod readers;
 mod setup;
 mod systemd;
 mod toptest;
@@ -97,6 +98,10 @@ enum Cmd {
         /// With --icount: boots per kernel (their figures must agree within 0.5 %).
         #[arg(long, default_value_t = 2)]
         runs: usize,
+        /// With --icount: also a `/metrics` render with 1 000 and 10 000 more
+        /// idle threads (the task iterators' cost per thread).
+        #[arg(long)]
+        threads: bool,
     },
     /// Build the .deb (target/debian/remote-vm_VERSION_amd64.deb).
     Deb,
@@ -266,11 +271,11 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             ab::run(&root, kernels, &workload).map(drop)
         }
-        Cmd::Bench { reps, scale, scrape_seconds, icount, runs } => {
+        Cmd::Bench { reps, scale, scrape_seconds, icount, runs, threads } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
             if icount {
-                return bench::icount(&root, scale, runs).map(drop);
+                return bench::icount(&root, scale, runs, threads).map(drop);
             }
             bench::run(&root, &bench::Args { reps, scale, scrape_seconds }).map(drop)
         }
@@ -416,7 +421,7 @@ fn test(root: &Path) -> Result<()> {
         // `cargo xtask bench --icount` boots each twice and fails when they
         // differ by more than AGREE_PERCENT.
         say!("overhead benchmark in guest instructions, one boot per kernel (cargo xtask bench --icount: two, which must agree within {} %)", bench::AGREE_PERCENT);
-        bench::icount(root, 1.0, 1)?;
+        bench::icount(root, 1.0, 1, false)?;
     } else {
         say!("A/B run and overhead benchmark: skipped (they need the shared 6.12 pair)");
     }
@@ -446,7 +451,7 @@ const SOAK_SECONDS: u64 = 40;
 fn preemptible_test(root: &Path, soak_seconds: u64) -> Result<()> {
     say!("vm-test: where BPF programs can be preempted: 100 k reads from 8 threads, and a {soak_seconds} s soak of 1000 readers, counted exactly");
     let params = format!("rvm.only=load,soak rvm.soak_seconds={soak_seconds}");
-    vm_test_in(root, preemptible_kernels(root)?, &params, Duration::from_secs(600 + soak_seconds), "vm-test-preemptible", &[])
+    vm_test_in(root, preemptible_kernels(root)?, &params, Duration::from_secs(600 + soak_seconds), "vm-test-preemptible", &[], Readers::No)
 }
 
 /// Kernels whose BPF programs can be preempted, where a plain `+=` on a per-CPU
@@ -493,7 +498,7 @@ fn host_suite_test(root: &Path) -> Result<()> {
         kernels.push(kernels::debian_kernel_named(root, name)?.with_context(|| format!("no {name} in xtask/kernels.toml"))?);
     }
     let params = format!("rvm.only=host_tests rvm.host_tests={HOST_TESTS_DIR} rvm.host_tests_daemon={}", daemon.display());
-    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test-host-suite", &files)
+    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test-host-suite", &files, Readers::No)
 }
 
 /// Where the guest finds the host test binaries (`rvm.host_tests=` tells
@@ -512,7 +517,8 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
         resolve_names(root, &mut kernels)?;
     }
     let params = only.map_or(String::new(), |suite| format!("rvm.only={suite}"));
-    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test", &[])?;
+    let readers = if set == kernels::Set::All { Readers::Every } else { Readers::Named };
+    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test", &[], readers)?;
     if whole {
         let table = std::fs::read_to_string(root.join("target/vm-test/matrix.md"))?;
         matrix::write_kernels_page(root, &table)?;
@@ -558,24 +564,62 @@ fn resolve_names(root: &Path, kernels: &mut [vm::Kernel]) -> Result<()> {
     Ok(())
 }
 
+/// Which boots run the `readers` suite (real programs from Debian's
+/// packages, see xtask's `readers`) besides the default suites.
+#[derive(Clone, Copy, PartialEq)]
+enum Readers {
+    /// None, and the programs stay out of the initramfs.
+    No,
+    /// Those of `readers::DEFAULT_KERNELS` (and any run that names it in `--only`).
+    Named,
+    /// Every kernel's (`--all-kernels`).
+    Every,
+}
+
 /// Boots each kernel with the test initramfs; consoles and the matrix go to `target/DIR`.
 /// `extra`: more executables for the guest (path there, file).
-fn vm_test_in(root: &Path, kernels: Vec<vm::Kernel>, params: &str, timeout: Duration, dir: &str, extra: &[(String, PathBuf)]) -> Result<()> {
+fn vm_test_in(
+    root: &Path,
+    kernels: Vec<vm::Kernel>,
+    params: &str,
+    timeout: Duration,
+    dir: &str,
+    extra: &[(String, PathBuf)],
+    readers: Readers,
+) -> Result<()> {
     let out = root.join("target").join(dir);
     std::fs::create_dir_all(&out)?;
     let initramfs = out.join("initramfs.cpio");
     say!("vm-test: writing {}", initramfs.display());
-    vm::write_test_initramfs_with(root, &initramfs, extra)?;
+    let mut extra = extra.to_vec();
+    let mut trees = Vec::new();
+    if readers != Readers::No {
+        let programs = readers::programs(root)?;
+        extra.extend(programs.files);
+        trees = programs.trees;
+    }
+    vm::write_test_initramfs_from(root, &initramfs, &extra, &trees)?;
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for kernel in &kernels {
         // Suites in boots of their own, unless the run names its suites.
         let isolated: &[&[&str]] = if params.contains("rvm.only=") { &[] } else { &kernel.isolate };
-        let main_params = if isolated.is_empty() {
+        let mut main_params = if isolated.is_empty() {
             params.to_string()
         } else {
             format!("{params} rvm.skip={}", isolated.concat().join(",")).trim().to_string()
         };
+        let with_readers = match readers {
+            Readers::No => None,
+            Readers::Named => readers::DEFAULT_KERNELS.iter().find(|(k, _)| *k == kernel.name).map(|(_, holds)| *holds),
+            Readers::Every => Some(None),
+        };
+        if let Some(holds) = with_readers
+            && !params.contains("rvm.only=")
+        {
+            let holds = holds.map_or(String::new(), |h| format!(" rvm.readers={h}"));
+            main_params = format!("{main_params} rvm.with=readers{holds}").trim().to_string();
+        }
         let mut boot = vm::boot_with(kernel, &initramfs, &out.join(&kernel.name), &main_params, timeout, "vmtest-report ")?;
         let mut checks = boot
             .report

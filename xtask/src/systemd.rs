@@ -36,6 +36,8 @@ pid=$(systemctl show -p MainPID --value remote-vm.service)
 say "user=$(stat -c %U /proc/$pid) uid=$(stat -c %u /proc/$pid)"
 say "capeff=$(awk '/^CapEff/{print $2}' /proc/$pid/status)"
 for t in /proc/$pid/task/*; do say "thread-capeff=$(awk '/^CapEff/{print $2}' $t/status)"; done
+# The kernel's symbols, copied by root for the daemon: no other user reads them.
+say "kallsyms dir=$(stat -c '%a' /run/remote-vm-symbols) other=$(runuser -u nobody -- cat /run/remote-vm-symbols/kallsyms >/dev/null 2>&1 && echo readable || echo denied)"
 exec 3<>/dev/tcp/127.0.0.1/19361
 printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3
 while IFS= read -r line <&3; do say "healthz| ${line%$'\r'}"; done
@@ -57,6 +59,13 @@ runuser -u bob -- /usr/bin/remote-vm-daemon top --once --interval 0.5 > /tmp/top
 say "top member exit=$? stalls-shown=$(grep -c 'recent stalls (≥' /tmp/top-bob.txt)"
 runuser -u alice -- /usr/bin/remote-vm-daemon top --once --interval 0.5 > /tmp/top-alice.txt 2>&1
 say "top other exit=$? refused=$(grep -c 'cannot connect: Permissio' /tmp/top-alice.txt)"
+# A real reader against the service: the tree's ps under its strace during a
+# merging mprotect() hold; the stall, its holder and the holder's stack named
+# from the symbols ExecStartPre copied (rvm-testkit prints each check).
+/usr/local/bin/rvm-testkit unit-readers --expect @EXPECT@ --daemon-pid "$(systemctl show -p MainPID --value remote-vm.service)" > /tmp/unit-readers.txt 2>&1
+rc=$?
+grep -E 'FAIL|^unit-readers:|stack:|read the target' /tmp/unit-readers.txt | head -30 | while IFS= read -r line; do say "unit-readers| $line"; done
+say "unit-readers exit=$rc"
 # No squatting: with the service stopped, the socket unit still holds the port
 # (a user's own listener on it fails), and a connection starts the service.
 squat() { runuser -u alice -- /usr/bin/remote-vm-daemon run --listen "$1" --web.socket "" 2>&1 | head -1; }
@@ -323,7 +332,17 @@ pub fn test(root: &Path, release: &Release, base: &Path, deb: &Path, soak_second
     std::fs::copy(deb, tree.join("root/remote-vm.deb"))?;
     std::fs::create_dir_all(tree.join("usr/local/sbin"))?;
     let script = tree.join("usr/local/sbin/rvm-systemd-check");
-    std::fs::write(&script, CHECK_SCRIPT.replace("@DEGRADED@", &degraded_line()).replace("@CGSOAK_SECONDS@", &soak_seconds.to_string()))?;
+    let script_text = CHECK_SCRIPT
+        .replace("@DEGRADED@", &degraded_line())
+        .replace("@CGSOAK_SECONDS@", &soak_seconds.to_string())
+        .replace("@EXPECT@", kernel.expect());
+    std::fs::write(&script, script_text)?;
+    // The kernel's config, where the guest's tests look for it (the stack's truth).
+    for (path, file) in vm::kernel_files(&kernel) {
+        let dest = tree.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().context("config path")?)?;
+        std::fs::copy(&file, &dest).with_context(|| format!("copy {}", file.display()))?;
+    }
     std::fs::copy(root.join("target/release/rvm-testkit"), tree.join("usr/local/bin/rvm-testkit")).context("copy rvm-testkit into the tree")?;
     sh(Command::new("chmod").arg("755").arg(&script))?;
     std::fs::write(tree.join("etc/systemd/system/rvm-systemd-check.service"), CHECK_UNIT)?;
@@ -423,6 +442,10 @@ pub fn test(root: &Path, release: &Release, base: &Path, deb: &Path, soak_second
     expect("top with no flags as a member shows the stalls", has("top member exit=0 stalls-shown=1"));
     expect("top as another user: exit 1, permission denied", has("top other exit=1 refused=1"));
     expect(
+        "the tree's ps during a write hold: its stalls exact, the holder and its stack named under the unit (rvm-testkit unit-readers)",
+        has("unit-readers exit=0"),
+    );
+    expect(
         "the service stopped, the socket unit still holds the port: a user's own listener fails",
         lines.iter().any(|l| l.starts_with("squat service-stopped socket=active | ") && l.contains("Address already in use")),
     );
@@ -463,6 +486,11 @@ pub fn test(root: &Path, release: &Release, base: &Path, deb: &Path, soak_second
     let entry = format!("healthz| probe {}: fentry (exact)", Point::AccessRemoteVmEntry.name());
     expect("the probes attach in their first modes under the unit", has(&entry));
     expect("patched=no on Debian's 6.12", lines.iter().any(|l| l.starts_with("healthz| patched: no")));
+    expect(
+        "holders' stacks are shown under the unit (Debian's kernels unwind with ORC), named from root's copy of kallsyms",
+        has("healthz| stacks: holders' kernel stacks shown (ORC unwinder, symbols from /run/remote-vm-symbols/kallsyms)"),
+    );
+    expect("… which no other user can read", has("kallsyms dir=700 other=denied"));
     expect(
         "it serves metrics",
         lines.iter().any(|l| l.strip_prefix("metrics-lines=").and_then(|n| n.parse::<u32>().ok()).is_some_and(|n| n > 100)),

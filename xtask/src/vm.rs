@@ -168,17 +168,23 @@ pub fn write_test_initramfs(root: &Path, out: &Path) -> Result<()> {
 
 /// The test initramfs and `extra` executables, each (path in the guest, file).
 pub fn write_test_initramfs_with(root: &Path, out: &Path, extra: &[(String, PathBuf)]) -> Result<()> {
+    write_test_initramfs_from(root, out, extra, &[])
+}
+
+/// [`write_test_initramfs_with`], the executables' libraries looked for in
+/// the unpacked package `trees` first (each put at its path in the tree).
+pub fn write_test_initramfs_from(root: &Path, out: &Path, extra: &[(String, PathBuf)], trees: &[PathBuf]) -> Result<()> {
     let mut files: Vec<(String, PathBuf)> = ["remote-vm-daemon", "rvm-testkit"]
         .iter()
         .map(|b| (format!("/usr/bin/{b}"), root.join("target/release").join(b)))
         .collect();
     files.extend(extra.iter().cloned());
-    write_initramfs_at(out, &files)
+    write_initramfs_at(out, &files, trees)
 }
 
 /// Writes the initramfs with each executable (path in the guest, file) and
-/// the shared libraries they need.
-fn write_initramfs_at(out: &Path, binaries: &[(String, PathBuf)]) -> Result<()> {
+/// the shared libraries they need (from `trees`, else the machine's).
+fn write_initramfs_at(out: &Path, binaries: &[(String, PathBuf)], trees: &[PathBuf]) -> Result<()> {
     let busybox = Path::new("/bin/busybox");
     let ldd = Command::new("ldd").arg(busybox).output();
     if !busybox.is_file() || ldd.is_ok_and(|o| o.status.success()) {
@@ -188,8 +194,9 @@ fn write_initramfs_at(out: &Path, binaries: &[(String, PathBuf)]) -> Result<()> 
     let mut files: Vec<(String, u32, PathBuf)> = vec![("/bin/busybox".into(), 0o755, busybox.into())];
     for (dest, bin) in binaries {
         files.push((dest.clone(), 0o755, bin.clone()));
-        for lib in shared_libraries(bin)? {
-            let dest = lib.to_string_lossy().to_string();
+        for lib in shared_libraries(bin, trees)? {
+            let in_tree = trees.iter().find_map(|t| lib.strip_prefix(t).ok().map(|p| Path::new("/").join(p)));
+            let dest = in_tree.as_deref().unwrap_or(&lib).to_string_lossy().to_string();
             if !files.iter().any(|(d, _, _)| *d == dest) {
                 files.push((dest, 0o755, lib));
             }
@@ -221,10 +228,24 @@ fn write_initramfs_at(out: &Path, binaries: &[(String, PathBuf)]) -> Result<()> 
     Ok(())
 }
 
-/// The absolute paths `ldd` lists for `bin`.
-fn shared_libraries(bin: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(bin).output().context("run ldd")?;
+/// The absolute paths `ldd` lists for `bin`, looking in `trees`' library
+/// directories first.
+fn shared_libraries(bin: &Path, trees: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let dirs: Vec<String> = trees
+        .iter()
+        .flat_map(|t| ["usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu"].map(|d| t.join(d)))
+        .filter(|d| d.is_dir())
+        .map(|d| d.to_string_lossy().to_string())
+        .collect();
+    let mut ldd = Command::new("ldd");
+    if !dirs.is_empty() {
+        ldd.env("LD_LIBRARY_PATH", dirs.join(":"));
+    }
+    let out = ldd.arg(bin).output().context("run ldd")?;
     let text = String::from_utf8_lossy(&out.stdout);
+    if let Some(missing) = text.lines().find(|l| l.contains("=> not found")) {
+        bail!("{}: a library is missing on this machine: {}", bin.display(), missing.trim());
+    }
     Ok(text
         .lines()
         .filter_map(|l| {
@@ -353,6 +374,7 @@ pub fn accel_name(kernel: &Kernel, clock: Clock) -> &'static str {
 /// port 19361 reachable on the host's 127.0.0.1:`forward` (user networking with
 /// `restrict=on`: the guest cannot send anything out).
 fn qemu(kernel: &Kernel, initramfs: &Path, extra: &str, forward: Option<u16>, clock: Clock) -> Command {
+    let (initrd, with_files) = initramfs_for(kernel, initramfs);
     let mut cmd = Command::new("qemu-system-x86_64");
     match clock {
         Clock::Wall => cmd.args(accel_args(kernel)),
@@ -368,13 +390,14 @@ fn qemu(kernel: &Kernel, initramfs: &Path, extra: &str, forward: Option<u16>, cl
         .arg("-kernel")
         .arg(&kernel.image)
         .arg("-initrd")
-        .arg(initramfs)
+        .arg(initrd)
         .arg("-append")
         .arg(format!(
-            "console=ttyS0 panic=-1 quiet {} rvm.kernel={} rvm.expect={} {extra}",
+            "console=ttyS0 panic=-1 quiet {} rvm.kernel={} rvm.expect={} {}{extra}",
             kernel.params,
             kernel.name,
-            kernel.expect()
+            kernel.expect(),
+            if with_files { "rvm.config=yes " } else { "" }
         ))
         .stdin(Stdio::null());
     if let Some(port) = forward {
@@ -384,6 +407,60 @@ fn qemu(kernel: &Kernel, initramfs: &Path, extra: &str, forward: Option<u16>, cl
         ]);
     }
     cmd
+}
+
+/// Files of `kernel` its guest gets under `/boot/rvm`: its build config,
+/// where known — a Debian image's from its package (kept beside the image by
+/// `kernels`), a shared image's beside it (`config-NAME`). The guest derives
+/// what it expects of holders' stacks from it (the unwinder).
+pub fn kernel_files(kernel: &Kernel) -> Vec<(&'static str, PathBuf)> {
+    let image = &kernel.image;
+    let name = image.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let config = if name.ends_with(".vmlinuz") {
+        Some(image.with_extension("config"))
+    } else {
+        name.strip_prefix("bzImage-").map(|suffix| image.with_file_name(format!("config-{suffix}")))
+    };
+    config.filter(|p| p.is_file()).map(|p| ("/boot/rvm/config", p)).into_iter().collect()
+}
+
+/// `initramfs` with `kernel_files` appended as a second cpio archive (the
+/// kernel unpacks concatenated archives), written beside it; `initramfs`
+/// itself when there are none or it cannot be written (said). The flag: the
+/// kernel has files, so its guest must find them (`rvm.config=yes`).
+fn initramfs_for(kernel: &Kernel, initramfs: &Path) -> (PathBuf, bool) {
+    let files = kernel_files(kernel);
+    if files.is_empty() {
+        return (initramfs.to_path_buf(), false);
+    }
+    let out = initramfs.with_file_name(format!(
+        "{}.{}.cpio",
+        initramfs.file_stem().and_then(|s| s.to_str()).unwrap_or("initramfs"),
+        kernel.name
+    ));
+    let write = || -> Result<()> {
+        let mut bytes = std::fs::read(initramfs)?;
+        let mut cpio = Cpio::new(Vec::new());
+        cpio.dir("/boot")?;
+        cpio.dir("/boot/rvm")?;
+        for (dest, src) in &files {
+            cpio.file(dest, 0o644, &std::fs::read(src)?)?;
+        }
+        bytes.extend(cpio.finish()?);
+        // Whole or not at all: boots of one kernel may run side by side.
+        let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+        std::fs::write(&tmp, bytes)?;
+        std::fs::rename(&tmp, &out)?;
+        Ok(())
+    };
+    match write() {
+        Ok(()) => (out, true),
+        Err(e) => {
+            say!("vm: {}: the kernel's files not added to its initramfs: {e:#}", kernel.name);
+            // The guest is told they should be there: its checks fail.
+            (initramfs.to_path_buf(), true)
+        }
+    }
 }
 
 /// What every test initramfs's init prints first (`init: starting tests`,

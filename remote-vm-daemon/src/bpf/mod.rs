@@ -84,6 +84,8 @@ pub struct LoadOptions<'a> {
     pub log_level: log::LevelFilter,
     /// A remote wait at least this long is a stall.
     pub stall_threshold_ns: u64,
+    /// `[stalls] kernel_stacks`.
+    pub kernel_stacks: bool,
     /// Per family: how to attach it.
     pub choices: &'a BTreeMap<Family, Choice>,
 }
@@ -201,6 +203,9 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
         miss_sources,
         stall_events,
         waits: None,
+        stacks: None,
+        pending_stacks: Err("not loaded".into()),
+        wait_begun: None,
         run_stats: runstats::RunStats::enable(false),
     };
     let decision = selftest::decide_patched(&mut session.ebpf, &kernel.layout, &verdicts);
@@ -215,6 +220,26 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
         Err(format!("needs {} and {}", Family::AccessRemoteVm.name(), Family::MmapLockRemote.name()))
     };
     let waits_why = waits.as_ref().map(|_| ()).map_err(Clone::clone);
+    // Holders' stacks: only where waits are seen, asked for, and the unwinder
+    // is reliable; the iterator is attached here (it needs the BTF), the
+    // symbols are read by `Session::start_stacks` once the BTF is dropped.
+    let nested = decision.host_tid.map(|h| h != own_tid);
+    session.pending_stacks = match (&waits_why, &kernel.layout.unwinder) {
+        (Err(why), _) => Err(format!("no waits in progress ({why})")),
+        _ if !opts.kernel_stacks => Err("off ([stalls] kernel_stacks = false)".to_string()),
+        (_, Ok(u)) if !u.reliable() => Err(format!("unwinder unreliable ({})", u.label())),
+        (_, Err(why)) => Err(format!("unwinder unknown ({why})")),
+        _ => (|| {
+            let iter = waits::TaskIter::attach(&mut session.ebpf, kernel.btf.as_ref(), nested, crate::stacks::PROGRAM)?;
+            let map = session.ebpf.take_map(crate::stacks::WANTED).ok_or("no STACK_WANTED map")?;
+            let wanted = aya::maps::HashMap::try_from(map).map_err(|e| format!("STACK_WANTED: {e}"))?;
+            Ok((iter, wanted))
+        })(),
+    };
+    session.wait_begun = match session.ebpf.take_map(crate::stacks::WAIT_BEGUN).map(aya::maps::RingBuf::try_from) {
+        Some(Ok(ring)) => Some(ring),
+        _ => None,
+    };
     session.waits = waits.ok();
     let (patched, patched_why) = (decision.patched, decision.why);
     Ok((
@@ -305,7 +330,11 @@ mod tests {
             }
         }
         assert!(obj.programs.contains_key(waits::PROGRAM), "{} missing", waits::PROGRAM);
-        for map in [HITS, STATS, STALL_EVENTS, "CONTROL", "SELFTEST", "CALLS", "WAITS", "AYA_LOGS"] {
+        assert!(obj.programs.contains_key(crate::stacks::PROGRAM), "{} missing", crate::stacks::PROGRAM);
+        for map in [HITS, STATS, STALL_EVENTS, "CONTROL", "SELFTEST", "CALLS", "WAITS", "AYA_LOGS"]
+            .into_iter()
+            .chain([crate::stacks::WANTED, crate::stacks::WAIT_BEGUN, "STACK_SCRATCH"])
+        {
             assert!(obj.maps.contains_key(map), "map {map} missing");
         }
         let (g64, g32) = globals(&Layout::without_btf(), 1);

@@ -2,7 +2,10 @@
 use std::{
     collections::BTreeMap,
     os::fd::{AsRawFd, OwnedFd},
+    sync::Arc,
 };
+
+use crate::stacks::StackWatch;
 
 use aya::{
     Ebpf,
@@ -14,7 +17,7 @@ use remote_vm_common::{Point, stats::Stats};
 use super::{
     HITS, STATS, misses,
     runstats::{Collecting, RunStats},
-    waits::{WaitsIter, WaitsNow},
+    waits::{TaskIter, WaitsIter, WaitsNow},
 };
 
 /// Counters read from the maps at one moment.
@@ -60,6 +63,13 @@ pub struct Session {
     pub(super) stall_events: Option<RingBuf<MapData>>,
     /// The task iterator of waits in progress, when it attached.
     pub(super) waits: Option<WaitsIter>,
+    /// Holders' stacks (shared with the watcher and the stall reader), once
+    /// `start_stacks` made them from `pending_stacks`: the attached iterator
+    /// and its map, or why there are none.
+    pub(super) stacks: Option<Arc<StackWatch>>,
+    pub(super) pending_stacks: Result<(TaskIter, aya::maps::HashMap<MapData, u32, u32>), String>,
+    /// The watcher's ring buffer, until `start_watcher` hands it over.
+    pub(super) wait_begun: Option<RingBuf<MapData>>,
     /// The kernel's run statistics of our programs (`self_stats`).
     pub(super) run_stats: RunStats,
 }
@@ -74,6 +84,38 @@ impl Session {
     /// The `/healthz` line on probe costs.
     pub fn run_stats_line(&self) -> String {
         self.run_stats.line()
+    }
+
+    /// Reads the kernel's symbols and makes the holders' stacks (once): after
+    /// the BTF is gone (the two would add up at the peak) and before the
+    /// capabilities are (a daemon run as root reads `/proc/kallsyms` itself).
+    pub fn start_stacks(&mut self, release: &str) {
+        let pending = std::mem::replace(&mut self.pending_stacks, Err("started".into()));
+        let watch = StackWatch::new(pending, || crate::kernel::symbols::Symbols::load(release));
+        self.stacks = Some(Arc::new(watch));
+    }
+
+    /// Holders' stacks, for the stall reader.
+    pub fn stacks(&self) -> Option<Arc<StackWatch>> {
+        self.stacks.clone()
+    }
+
+    /// The `/healthz` line on holders' stacks.
+    pub fn stacks_line(&self) -> String {
+        self.stacks.as_ref().map_or_else(|| "stacks: holders' kernel stacks not shown: not loaded".into(), |s| s.line())
+    }
+
+    /// Starts the watcher (once): it runs the task iterators while waits
+    /// last (see `crate::stacks`).
+    pub fn start_watcher(&mut self, threshold_ns: u64) {
+        let (Some(ring), Some(waits), Some(stacks)) = (self.wait_begun.take(), self.waits.as_ref(), self.stacks.clone()) else {
+            log::info!("watch: waits are looked at only when /metrics or /stalls is read (no task iterator or no {} ring buffer)", crate::stacks::WAIT_BEGUN);
+            return;
+        };
+        match waits.try_clone() {
+            Ok(waits) => crate::stacks::spawn_watcher(ring, waits, stacks, threshold_ns),
+            Err(e) => log::warn!("watch: waits are looked at only when /metrics or /stalls is read: {e}"),
+        }
     }
 
     /// The ring buffer of stall events (once).
@@ -91,7 +133,8 @@ impl Session {
 
     /// Reads every counter once; any failed read fails the whole snapshot (a
     /// zero would look like a counter reset). The waits gauges only go absent.
-    pub fn snapshot(&self) -> Result<Snapshot, ReadError> {
+    /// `stacks`: also look at the waits' holders' stacks (for `/stalls`).
+    pub fn snapshot(&self, stacks: bool) -> Result<Snapshot, ReadError> {
         let mut snap = Snapshot::ZERO;
         snap.stats = self.stats()?;
         let mut runs = [(0, 0); Point::ALL.len()];
@@ -104,6 +147,9 @@ impl Session {
         let collecting = !matches!(self.run_stats.collecting(Some(counts)), Collecting::No(_));
         snap.runs = collecting.then_some(runs);
         snap.waits = self.waits_now();
+        if let (true, Some(w), Some(watch)) = (stacks, &snap.waits, &self.stacks) {
+            watch.observe(&w.listed);
+        }
         Ok(snap)
     }
 

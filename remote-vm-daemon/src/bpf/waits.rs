@@ -102,8 +102,9 @@ impl WaitsNow {
     }
 }
 
-/// The attached iterator: a duplicate of its link's descriptor.
-pub struct WaitsIter {
+/// An attached task iterator: a duplicate of its link's descriptor, run with
+/// `BPF_ITER_CREATE` (no capability needed).
+pub struct TaskIter {
     link: OwnedFd,
 }
 
@@ -113,13 +114,13 @@ struct IterCreateAttr {
     flags: u32,
 }
 
-impl WaitsIter {
-    /// Loads and attaches the iterator; `Err`: why waits in progress are not
-    /// reported. `nested`: whether the start-up probe read found the daemon's
-    /// thread numbered differently in the kernel's initial PID namespace
-    /// (`None`: no probe read; `/proc/self/status` decides, which a PID
-    /// namespace with its own /proc mount can hide).
-    pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, nested: Option<bool>) -> Result<WaitsIter, String> {
+impl TaskIter {
+    /// Loads and attaches the task iterator `program`; `Err`: why not.
+    /// `nested`: whether the start-up probe read found the daemon's thread
+    /// numbered differently in the kernel's initial PID namespace (`None`: no
+    /// probe read; `/proc/self/status` decides, which a PID namespace with
+    /// its own /proc mount can hide).
+    pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, nested: Option<bool>, program: &str) -> Result<TaskIter, String> {
         const ONLY_OWN: &str = "the task iterator would see only its own namespace's tasks";
         if nested == Some(true) {
             return Err(format!("the daemon is not in the host PID namespace (its thread ids differ from the kernel's); {ONLY_OWN}"));
@@ -128,39 +129,61 @@ impl WaitsIter {
             return Err(format!("the daemon is not in the host PID namespace (NSpid {ns}); {ONLY_OWN}"));
         }
         let btf = btf.ok_or("no kernel BTF")?;
-        let program: &mut Iter = ebpf
-            .program_mut(PROGRAM)
-            .ok_or("the eBPF object has no task iterator")?
+        let prog: &mut Iter = ebpf
+            .program_mut(program)
+            .ok_or_else(|| format!("the eBPF object has no task iterator {program}"))?
             .try_into()
             .map_err(|e| format!("{e}"))?;
-        program
-            .load("task", btf)
-            .map_err(|e| format!("loading the task iterator: {}", super::attach::describe(&e)))?;
-        program
-            .attach()
-            .map_err(|e| format!("attaching the task iterator: {}", super::attach::describe(&e)))?;
-        let fd = program.fd().map_err(|e| format!("{e}"))?;
+        prog.load("task", btf)
+            .map_err(|e| format!("loading the task iterator {program}: {}", super::attach::describe(&e)))?;
+        prog.attach()
+            .map_err(|e| format!("attaching the task iterator {program}: {}", super::attach::describe(&e)))?;
+        let fd = prog.fd().map_err(|e| format!("{e}"))?;
         let prog_id = misses::prog_id(fd.as_fd().as_raw_fd()).map_err(|e| format!("program info: {e}"))?;
         let link = misses::own_links(&[prog_id])
             .into_iter()
             .find(|(_, _, info)| info.type_ == bpf_link_type::BPF_LINK_TYPE_ITER as u32)
             .map(|(_, fd, _)| fd)
-            .ok_or("the task iterator's link is not among the daemon's descriptors")?;
-        let it = WaitsIter { link };
-        it.read().map_err(|e| format!("running the task iterator: {e}"))?;
-        Ok(it)
+            .ok_or_else(|| format!("the task iterator {program}'s link is not among the daemon's descriptors"))?;
+        Ok(TaskIter { link })
     }
 
-    /// Runs the iterator once.
-    pub fn read(&self) -> io::Result<WaitsNow> {
+    /// One run: its output to read to the end.
+    pub fn run(&self) -> io::Result<std::fs::File> {
         let mut attr = IterCreateAttr {
             link_fd: self.link.as_raw_fd() as u32,
             flags: 0,
         };
         let fd = misses::bpf(bpf_cmd::BPF_ITER_CREATE, &mut attr)?;
         // SAFETY: a new descriptor the kernel returned to us.
-        let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        WaitsNow::read_from(file)
+        Ok(std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+    }
+
+    /// Another handle on the same link (for another thread).
+    pub fn try_clone(&self) -> io::Result<TaskIter> {
+        Ok(TaskIter { link: self.link.try_clone()? })
+    }
+}
+
+/// The waits iterator.
+pub struct WaitsIter(TaskIter);
+
+impl WaitsIter {
+    /// Loads, attaches and runs it once; `Err`: why waits in progress are not
+    /// reported (see [`TaskIter::attach`]).
+    pub fn attach(ebpf: &mut Ebpf, btf: Option<&Btf>, nested: Option<bool>) -> Result<WaitsIter, String> {
+        let it = WaitsIter(TaskIter::attach(ebpf, btf, nested, PROGRAM)?);
+        it.read().map_err(|e| format!("running the task iterator: {e}"))?;
+        Ok(it)
+    }
+
+    /// Runs the iterator once.
+    pub fn read(&self) -> io::Result<WaitsNow> {
+        WaitsNow::read_from(self.0.run()?)
+    }
+
+    pub fn try_clone(&self) -> io::Result<WaitsIter> {
+        Ok(WaitsIter(self.0.try_clone()?))
     }
 }
 

@@ -39,12 +39,16 @@ pub fn check(common: &Common, format: Format) -> ExitCode {
     };
     if text {
         println!("{}", status::kernel_line(&kernel.facts));
+        for line in status::contradiction_lines(&kernel.facts) {
+            println!("{line}");
+        }
         println!("{}", status::preempt_line(&kernel.facts));
     }
-    let (_session, attached) = match super::load(&kernel, &config) {
+    let (mut session, attached) = match super::load(&kernel, &config) {
         Ok(l) => l,
         Err(e) => return fail(e),
     };
+    session.start_stacks(&kernel.facts.release);
     let sight = Sight::of(&kernel.layout, &attached);
     let (n, total) = attached.probe_counts();
     let exit = if n == total { EXIT_OK } else { EXIT_DEGRADED };
@@ -56,7 +60,7 @@ pub fn check(common: &Common, format: Format) -> ExitCode {
             .chain(status::verdict_lines(&attached))
             .chain([status::patched_line(&attached)])
             .chain(status::coverage_lines(&sight, &attached))
-            .chain([status::summary_line(&attached)]);
+            .chain([session.stacks_line(), status::summary_line(&attached)]);
         for line in lines {
             println!("{line}");
         }

@@ -76,6 +76,7 @@ pub fn load(kernel: &Kernel, config: &Config) -> Result<(Session, Attached), Sta
         &bpf::LoadOptions {
             log_level: config.log_level,
             stall_threshold_ns: config.stall_threshold_ns,
+            kernel_stacks: config.kernel_stacks,
             choices: &config.probes,
         },
     )?)

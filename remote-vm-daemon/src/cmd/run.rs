@@ -69,11 +69,14 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
     let web_summary = web.summary.clone();
     let web = Arc::new(crate::webconfig::Switch::new(web));
     notify.status("attaching probes");
-    let kernel = match Kernel::read(common.btf.as_deref()) {
+    let mut kernel = match Kernel::read(common.btf.as_deref()) {
         Ok(k) => k,
         Err(e) => return fail(e),
     };
     log::info!("{}", status::kernel_line(&kernel.facts));
+    for line in status::contradiction_lines(&kernel.facts) {
+        log::warn!("{}", line.trim_start_matches("warning: "));
+    }
     log::info!("{}", status::preempt_line(&kernel.facts));
     let (mut session, attached) = match super::load(&kernel, &config) {
         Ok(l) => l,
@@ -90,6 +93,12 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
     // Probe costs (`self_stats`): needs CAP_SYS_ADMIN, so before the drop.
     session.enable_run_stats(config.self_stats);
     log::info!("{}", session.run_stats_line());
+    // aya's BTF of the kernel is tens of MB and no longer needed: give the
+    // memory back before the kernel's symbols are read.
+    drop(kernel.btf.take());
+    // SAFETY: no preconditions.
+    unsafe { libc::malloc_trim(0) };
+    session.start_stacks(&kernel.facts.release);
     // Everything is attached and every fd we need is open: give up all privilege
     // before any other thread exists, so none keeps it.
     // Serving with privileges kept is not an option: exit 1 (systemd restarts
@@ -99,17 +108,15 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
         Err(e) => return fail(format!("could not drop capabilities, not serving with them: {e}")),
     }
     session.forward_logs();
+    log::info!("{}", session.stacks_line());
+    session.start_watcher(config.stall_threshold_ns);
     let stall_log = Arc::new(StallLog::new(config.stalls_keep, config.stall_threshold_ns));
     match session.take_stall_events() {
-        Some(ring) => stalls::spawn_reader(ring, stall_log.clone()),
+        Some(ring) => stalls::spawn_reader(ring, stall_log.clone(), session.stacks()),
         None => log::warn!("stalls are counted but not logged: no stall event ring buffer"),
     }
     let sight = Sight::of(&kernel.layout, &attached);
-    let Kernel { facts, btf, .. } = kernel;
-    // aya's BTF of the kernel is tens of MB: give the memory back to the system.
-    drop(btf);
-    // SAFETY: no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    let Kernel { facts, .. } = kernel;
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),

@@ -56,10 +56,20 @@ impl fmt::Display for BtfSource {
 pub struct KernelFacts {
     pub release: String,
     pub btf: BtfSource,
-    /// Where the config came from (`/proc/config.gz`, `/boot/config-…`), if anywhere.
+    /// What `per_vma_lock` and `rcu_table_free` were decided from: the
+    /// kernel's own functions (`functions in BTF`, `functions in
+    /// /proc/kallsyms`), else the config file, if any.
     pub config_source: Option<PathBuf>,
     pub per_vma_lock: Tristate,
     pub rcu_table_free: Tristate,
+    /// The kernel config read (`/proc/config.gz`, `/boot/config-…`) and what
+    /// it says of the two options: a hint where the functions decide.
+    pub config_hint: Option<(PathBuf, Tristate, Tristate)>,
+    /// Where the config and the kernel's functions disagree (the kernel
+    /// decides; `check` warns): a config symbol renamed or removed (the mm
+    /// tree's "make per-VMA locks available universally" deletes
+    /// CONFIG_PER_VMA_LOCK), or a config file of another build.
+    pub contradictions: Vec<String>,
     /// The preemption model: whether trampoline programs can be skipped.
     pub preempt: super::preempt::Preempt,
 }
@@ -73,6 +83,8 @@ pub fn for_tests() -> KernelFacts {
         config_source: Some(PathBuf::from("/proc/config.gz")),
         per_vma_lock: Tristate::Yes,
         rcu_table_free: Tristate::Yes,
+        config_hint: None,
+        contradictions: Vec::new(),
         preempt: super::preempt::Preempt { model: super::preempt::Model::None, source: "/proc/config.gz".into() },
     }
 }
@@ -80,18 +92,39 @@ pub fn for_tests() -> KernelFacts {
 pub const SYS_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 impl KernelFacts {
-    /// Where no kernel config could be read (Debian's kernels have no
-    /// /proc/config.gz), the options are inferred from which functions the kernel
-    /// has: `lock_vma_under_rcu` exists only with PER_VMA_LOCK,
-    /// `tlb_remove_table_sync_one` only with MMU_GATHER_RCU_TABLE_FREE.
+    /// The options come from which functions the running kernel has, where
+    /// it can tell (BTF, or a readable /proc/kallsyms): per-VMA locks are
+    /// there when `lock_vma_under_rcu` is, MMU_GATHER_RCU_TABLE_FREE when
+    /// `tlb_remove_table_sync_one` is. A config read beside them is a hint; a
+    /// contradiction is kept for `check`. Without functions, the config decides.
     pub fn fill_from_layout(&mut self, layout: &super::Layout) {
-        if self.config_source.is_some() {
+        if !layout.functions_known {
             return;
         }
         let yes_no = |b: bool| if b { Tristate::Yes } else { Tristate::No };
         self.per_vma_lock = yes_no(layout.has_lock_vma_under_rcu);
         self.rcu_table_free = yes_no(layout.has_rcu_table_free);
-        self.config_source = Some(PathBuf::from(if layout.from_btf { "functions in BTF" } else { "functions in /proc/kallsyms" }));
+        let source = if layout.from_btf { "functions in BTF" } else { "functions in /proc/kallsyms" };
+        self.config_source = Some(PathBuf::from(source));
+        self.contradictions.clear();
+        if let Some((path, per_vma_lock, rcu_table_free)) = &self.config_hint {
+            for (option, said, fact, function) in [
+                ("CONFIG_PER_VMA_LOCK", *per_vma_lock, self.per_vma_lock, "lock_vma_under_rcu"),
+                ("CONFIG_MMU_GATHER_RCU_TABLE_FREE", *rcu_table_free, self.rcu_table_free, "tlb_remove_table_sync_one"),
+            ] {
+                if said != fact {
+                    let (config, kernel) = match fact {
+                        Tristate::Yes => ("is not set", "has"),
+                        _ => ("is set", "does not have"),
+                    };
+                    self.contradictions.push(format!(
+                        "{option} {config} in {}, but the kernel {kernel} {function}() ({source}): {}={fact} from the kernel",
+                        path.display(),
+                        if option == "CONFIG_PER_VMA_LOCK" { "per_vma_lock" } else { "rcu_table_free" },
+                    ));
+                }
+            }
+        }
     }
 
     /// Reads the facts of the running kernel. `btf_override` is the `--btf` path.
@@ -110,12 +143,12 @@ impl KernelFacts {
             .iter()
             .find_map(|p| read_config(p).map(|text| (p.clone(), text)));
         let preempt = super::preempt::read(config.as_ref().map(|(p, text)| (text.as_str(), p.to_str().unwrap_or("the kernel config"))));
-        let (config_source, per_vma_lock, rcu_table_free) = match config {
-            Some((path, text)) => (
-                Some(path),
-                config_option(&text, "CONFIG_PER_VMA_LOCK"),
-                config_option(&text, "CONFIG_MMU_GATHER_RCU_TABLE_FREE"),
-            ),
+        let config_hint = config.map(|(path, text)| {
+            (path, config_option(&text, "CONFIG_PER_VMA_LOCK"), config_option(&text, "CONFIG_MMU_GATHER_RCU_TABLE_FREE"))
+        });
+        // Until the kernel's functions are known (`fill_from_layout`): the config's word.
+        let (config_source, per_vma_lock, rcu_table_free) = match &config_hint {
+            Some((path, p, r)) => (Some(path.clone()), *p, *r),
             None => (None, Tristate::Unknown, Tristate::Unknown),
         };
         KernelFacts {
@@ -124,6 +157,8 @@ impl KernelFacts {
             config_source,
             per_vma_lock,
             rcu_table_free,
+            config_hint,
+            contradictions: Vec::new(),
             preempt,
         }
     }
@@ -181,6 +216,46 @@ mod tests {
         assert_eq!(config_option(cfg, "CONFIG_MISSING"), Tristate::No);
         // A prefix of another option is not that option.
         assert_eq!(config_option("CONFIG_PER_VMA_LOCK_STATS=y\n", "CONFIG_PER_VMA_LOCK"), Tristate::No);
+    }
+
+    #[test]
+    fn the_kernels_functions_decide_over_its_config() {
+        // The shared 6.12 image has lock_vma_under_rcu and
+        // tlb_remove_table_sync_one; Debian's 6.1 has no per-VMA locks.
+        let layout = |name: &str| super::super::Layout::from_btf(&super::super::btf::tests::testdata(name));
+        let with_config = |text: &str| {
+            let path = PathBuf::from("/boot/config-test");
+            let hint = (path.clone(), config_option(text, "CONFIG_PER_VMA_LOCK"), config_option(text, "CONFIG_MMU_GATHER_RCU_TABLE_FREE"));
+            KernelFacts { config_source: Some(path), per_vma_lock: hint.1, rcu_table_free: hint.2, config_hint: Some(hint), ..for_tests() }
+        };
+        // The mm tree's per-VMA locks for everyone: no CONFIG_PER_VMA_LOCK
+        // symbol at all, the function still there.
+        let mut facts = with_config("CONFIG_MMU_GATHER_RCU_TABLE_FREE=y\n");
+        assert_eq!(facts.per_vma_lock, Tristate::No, "the config alone says no");
+        facts.fill_from_layout(&layout("shared-6.12"));
+        assert_eq!((facts.per_vma_lock, facts.rcu_table_free), (Tristate::Yes, Tristate::Yes));
+        assert_eq!(facts.config_source.as_deref(), Some(Path::new("functions in BTF")));
+        assert_eq!(
+            facts.contradictions,
+            ["CONFIG_PER_VMA_LOCK is not set in /boot/config-test, but the kernel has lock_vma_under_rcu() (functions in BTF): per_vma_lock=yes from the kernel"]
+        );
+        // A config of another build, claiming per-VMA locks 6.1 lacks.
+        let mut facts = with_config("CONFIG_PER_VMA_LOCK=y\nCONFIG_MMU_GATHER_RCU_TABLE_FREE=y\n");
+        facts.fill_from_layout(&layout("debian-6.1"));
+        assert_eq!(facts.per_vma_lock, Tristate::No);
+        assert_eq!(facts.contradictions.len(), 1, "{:?}", facts.contradictions);
+        assert!(facts.contradictions[0].starts_with("CONFIG_PER_VMA_LOCK is set in /boot/config-test, but the kernel does not have lock_vma_under_rcu()"));
+        // Agreeing: nothing to say.
+        let mut facts = with_config("CONFIG_PER_VMA_LOCK=y\nCONFIG_MMU_GATHER_RCU_TABLE_FREE=y\n");
+        facts.fill_from_layout(&layout("shared-6.12"));
+        assert!(facts.contradictions.is_empty());
+        // No functions known (no BTF, /proc/kallsyms hidden): the config's word stands.
+        let mut unknown = layout("shared-6.12");
+        unknown.functions_known = false;
+        let mut facts = with_config("CONFIG_MMU_GATHER_RCU_TABLE_FREE=y\n");
+        facts.fill_from_layout(&unknown);
+        assert_eq!(facts.per_vma_lock, Tristate::No);
+        assert_eq!(facts.config_source.as_deref(), Some(Path::new("/boot/config-test")));
     }
 
     #[test]

@@ -34,8 +34,52 @@ pub struct Layout {
     pub has_folio_walk_start: bool,
     /// `tlb_remove_table_sync_one()` is only built with MMU_GATHER_RCU_TABLE_FREE.
     pub has_rcu_table_free: bool,
+    /// The kernel's stack unwinder, from `struct unwind_state`'s members.
+    pub unwinder: Item<Unwinder>,
     /// Whether these come from BTF (else kallsyms).
     pub from_btf: bool,
+    /// Whether the `has_*` answers mean anything: BTF, or a readable
+    /// /proc/kallsyms (hidden under `ProcSubset=pid`: then nothing is known).
+    pub functions_known: bool,
+}
+
+/// x86-64's stack unwinder (`CONFIG_UNWINDER_*`), told apart by the members
+/// each gives `struct unwind_state` (arch/x86/include/asm/unwind.h): ORC's
+/// `signal`, the frame-pointer unwinder's `got_irq`, neither for the guess
+/// unwinder (which reports every word on the stack that looks like a text
+/// address: stale frames included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unwinder {
+    Orc,
+    FramePointer,
+    Guess,
+}
+
+impl Unwinder {
+    fn from_btf(btf: &Btf) -> Item<Unwinder> {
+        btf.field_offset("unwind_state", "stack_mask")?;
+        Ok(if btf.field_offset("unwind_state", "signal").is_ok() {
+            Unwinder::Orc
+        } else if btf.field_offset("unwind_state", "got_irq").is_ok() {
+            Unwinder::FramePointer
+        } else {
+            Unwinder::Guess
+        })
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Unwinder::Orc => "ORC",
+            Unwinder::FramePointer => "frame pointer",
+            Unwinder::Guess => "guess",
+        }
+    }
+
+    /// Only ORC unwinds a blocked task's stack reliably (the kernel's own
+    /// `HAVE_RELIABLE_STACKTRACE` on x86-64 needs it).
+    pub fn reliable(self) -> bool {
+        self == Unwinder::Orc
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +119,18 @@ pub struct StallIds {
     pub pt_regs_ax: Item<u64>,
     pub pt_regs_args: [Item<u64>; 3],
     pub waiter_task: Item<u64>,
+    /// A holder's kernel stack: `task_struct.on_cpu`, its CPU
+    /// (`thread_info.cpu` inside it, or `task_struct.cpu`) and `sched_class`.
+    pub task_on_cpu: Item<u64>,
+    pub task_cpu: Item<u64>,
+    pub task_sched_class: Item<u64>,
+    /// Where a task off CPU switched out: `task_struct.thread.sp` and
+    /// `inactive_task_frame.ret_addr` (x86-64).
+    pub task_thread_sp: Item<u64>,
+    pub frame_ret_addr: Item<u64>,
+    /// `task_struct.nvcsw`, `nivcsw`: a task that switched during the walk.
+    pub task_nvcsw: Item<u64>,
+    pub task_nivcsw: Item<u64>,
 }
 
 /// `struct pt_regs`' members with `-ENOSYS` during a system call and the
@@ -117,6 +173,18 @@ impl StallIds {
             pt_regs_ax: pt_regs_member(btf, PT_REGS_AX),
             pt_regs_args: [0, 1, 2].map(|i| pt_regs_member(btf, PT_REGS_ARGS.map(|a| a[i]))),
             waiter_task: btf.field_offset("rwsem_waiter", "task"),
+            task_on_cpu: btf.field_offset("task_struct", "on_cpu"),
+            task_cpu: btf
+                .field_offset("task_struct", "thread_info")
+                .and_then(|ti| btf.field_offset("thread_info", "cpu").map(|cpu| ti + cpu))
+                .or_else(|e| btf.field_offset("task_struct", "cpu").map_err(|_| e)),
+            task_sched_class: btf.field_offset("task_struct", "sched_class"),
+            task_thread_sp: btf
+                .field_offset("task_struct", "thread")
+                .and_then(|t| btf.field_offset("thread_struct", "sp").map(|sp| t + sp)),
+            frame_ret_addr: btf.field_offset("inactive_task_frame", "ret_addr"),
+            task_nvcsw: btf.field_offset("task_struct", "nvcsw"),
+            task_nivcsw: btf.field_offset("task_struct", "nivcsw"),
         }
     }
 
@@ -145,11 +213,18 @@ impl StallIds {
             pt_regs_ax: no(),
             pt_regs_args: [no(), no(), no()],
             waiter_task: no(),
+            task_on_cpu: no(),
+            task_cpu: no(),
+            task_sched_class: no(),
+            task_thread_sp: no(),
+            frame_ret_addr: no(),
+            task_nvcsw: no(),
+            task_nivcsw: no(),
         }
     }
 
     /// (global name, item) pairs, for the programs and `check`.
-    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 23] {
+    pub fn named(&self) -> [(&'static str, &'static str, &Item<u64>); 30] {
         [
             ("MM_OWNER_OFF", "mm_struct.owner", &self.mm_owner),
             ("MM_ARG_START_OFF", "mm_struct.arg_start", &self.mm_arg_start),
@@ -174,6 +249,13 @@ impl StallIds {
             ("PT_REGS_ARG1_OFF", "pt_regs.si", &self.pt_regs_args[1]),
             ("PT_REGS_ARG2_OFF", "pt_regs.dx", &self.pt_regs_args[2]),
             ("WAITER_TASK_OFF", "rwsem_waiter.task", &self.waiter_task),
+            ("TASK_ON_CPU_OFF", "task_struct.on_cpu", &self.task_on_cpu),
+            ("TASK_CPU_OFF", "task_struct.thread_info.cpu", &self.task_cpu),
+            ("TASK_SCHED_CLASS_OFF", "task_struct.sched_class", &self.task_sched_class),
+            ("TASK_THREAD_SP_OFF", "task_struct.thread.sp", &self.task_thread_sp),
+            ("FRAME_RET_ADDR_OFF", "inactive_task_frame.ret_addr", &self.frame_ret_addr),
+            ("TASK_NVCSW_OFF", "task_struct.nvcsw", &self.task_nvcsw),
+            ("TASK_NIVCSW_OFF", "task_struct.nivcsw", &self.task_nivcsw),
         ]
     }
 }
@@ -202,7 +284,7 @@ impl StallIds {
     fn line(&self) -> String {
         let unknown = self.missing();
         if unknown.is_empty() {
-            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.pid/tgid/comm/__state/flags/stack, rw_semaphore words and waiter queue, pt_regs system call number and arguments) = all found".to_string()
+            "btf: stall event identities (mm_struct.owner, arg/env ranges, task_struct.pid/tgid/comm/__state/flags/stack/on_cpu/cpu/sched_class/thread.sp/nvcsw/nivcsw, inactive_task_frame.ret_addr, rw_semaphore words and waiter queue, pt_regs system call number and arguments) = all found".to_string()
         } else {
             format!("btf: stall event identities: unknown {} (events leave them out)", unknown.join(", "))
         }
@@ -233,7 +315,9 @@ impl Layout {
             has_lock_vma_under_rcu: btf.has_function("lock_vma_under_rcu"),
             has_folio_walk_start: btf.has_function("folio_walk_start"),
             has_rcu_table_free: btf.has_function("tlb_remove_table_sync_one"),
+            unwinder: Unwinder::from_btf(btf),
             from_btf: true,
+            functions_known: true,
         }
     }
 
@@ -259,7 +343,9 @@ impl Layout {
             has_lock_vma_under_rcu: has("lock_vma_under_rcu"),
             has_folio_walk_start: has("folio_walk_start"),
             has_rcu_table_free: has("tlb_remove_table_sync_one"),
+            unwinder: no(),
             from_btf: false,
+            functions_known: !syms.is_empty(),
         }
     }
 
@@ -291,6 +377,11 @@ impl Layout {
         out.push(show("FOLL_ANON", &self.foll_anon));
         out.push(show("mmap_lock tracepoint (write, success) args", &self.mmap_lock_tp_args));
         out.push(self.stall_ids.line());
+        out.push(match &self.unwinder {
+            Ok(u) if u.reliable() => format!("btf: kernel stack unwinder = {} (reliable)", u.label()),
+            Ok(u) => format!("btf: kernel stack unwinder = {} (not reliable: holders' stacks not shown)", u.label()),
+            Err(why) => format!("btf: kernel stack unwinder unknown ({why}; holders' stacks not shown)"),
+        });
         out.push(format!(
             "btf: lockless path functions: lock_vma_under_rcu={} folio_walk_start={}",
             self.has_lock_vma_under_rcu, self.has_folio_walk_start
@@ -396,7 +487,18 @@ mod tests {
             for item in [&l.mm_mmap_lock, &l.task_mm, &l.vma_vm_ops] {
                 assert!(item.is_ok(), "{name}: {item:?}");
             }
+            // The shared images are built with CONFIG_UNWINDER_GUESS, Debian's with ORC.
+            assert_eq!(l.unwinder, Ok(if v6_1 { Unwinder::Orc } else { Unwinder::Guess }), "{name}");
             let ids = &l.stall_ids;
+            // thread_info is task_struct's first member on x86-64
+            // (THREAD_INFO_IN_TASK), its cpu a few words into it.
+            assert!(ids.task_cpu.clone().unwrap() < 64, "{name}: {:?}", ids.task_cpu);
+            assert!(ids.task_on_cpu.is_ok() && ids.task_sched_class.is_ok(), "{name}");
+            // struct inactive_task_frame { r15, r14, r13, r12, bx, bp, ret_addr } on x86-64.
+            assert_eq!(ids.frame_ret_addr, Ok(48), "{name}");
+            assert!(ids.task_thread_sp.is_ok(), "{name}");
+            // unsigned long nvcsw; unsigned long nivcsw;
+            assert_eq!(ids.task_nivcsw.clone().unwrap(), ids.task_nvcsw.clone().unwrap() + 8, "{name}");
             // unsigned long arg_start, arg_end, env_start, env_end;
             let arg = ids.mm_arg_start.clone().unwrap();
             assert_eq!([&ids.mm_arg_end, &ids.mm_env_start, &ids.mm_env_end].map(|i| i.clone().unwrap()), [arg + 8, arg + 16, arg + 24], "{name}");

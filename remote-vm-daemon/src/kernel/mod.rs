@@ -6,6 +6,7 @@ pub mod btf;
 mod facts;
 pub mod layout;
 pub mod preempt;
+pub mod symbols;
 pub mod syscalls;
 
 use std::path::Path;

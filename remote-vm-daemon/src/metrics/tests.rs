@@ -30,7 +30,9 @@ pub fn full_layout() -> Layout {
         has_lock_vma_under_rcu: true,
         has_folio_walk_start: true,
         has_rcu_table_free: true,
+        unwinder: Ok(crate::kernel::layout::Unwinder::Orc),
         from_btf: true,
+        functions_known: true,
     }
 }
 

@@ -128,7 +128,7 @@ impl State {
     /// a counter reset (`/stalls`' `dropped` is a counter too; the waits in
     /// progress are a gauge: `null` when the iterator failed).
     fn render(&self, want: Want) -> Arc<Rendered> {
-        let snap = match self.session.snapshot() {
+        let snap = match self.session.snapshot(want.stalls && self.stalls.is_some()) {
             Ok(snap) => {
                 self.scrape.succeeded();
                 snap
@@ -158,7 +158,7 @@ impl State {
             let mut cgroups = self.render_cgroups.lock().unwrap_or_else(PoisonError::into_inner);
             let page = StallsPage {
                 threshold_seconds: log.threshold_seconds,
-                in_progress: snap.waits.as_ref().map(|w| log.in_progress(&w.listed, &mut cgroups)),
+                in_progress: snap.waits.as_ref().map(|w| log.in_progress(&w.listed, &mut cgroups, self.session.stacks().as_deref())),
                 recent: log.recent(),
                 dropped: snap.stats.counters[remote_vm_common::stats::Counter::StallEventsDropped as usize],
             };
@@ -576,7 +576,7 @@ async fn route(req: &Request<Incoming>, origin: Origin, authenticated: bool, sta
                 &state.facts,
                 &state.attached,
                 &state.sight,
-                &state.session.run_stats_line(),
+                &[state.session.stacks_line(), state.session.run_stats_line()],
                 state.scrape.failure().as_deref(),
             ),
         ),

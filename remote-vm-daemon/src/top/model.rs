@@ -38,6 +38,15 @@ pub struct Holder {
     pub op: String,
     pub doing: Option<Doing>,
     pub observed: Option<String>,
+    pub stack: Option<Stack>,
+}
+
+/// A writer holder's kernel stack (`crate::stacks::Stack`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Stack {
+    pub frames: Vec<String>,
+    pub unavailable: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -111,6 +120,11 @@ impl StallsPage {
             if let Some(d) = w.holder.doing.as_mut() {
                 d.printable();
             }
+            if let Some(st) = w.holder.stack.as_mut() {
+                for f in st.frames.iter_mut().chain(st.unavailable.as_mut()) {
+                    *f = crate::printable(f);
+                }
+            }
             if let Some(q) = w.queued_writer.as_mut() {
                 q.comm = crate::printable(&q.comm);
                 if let Some(d) = q.doing.as_mut() {
@@ -171,6 +185,11 @@ impl Wait {
         ];
         if let Some(d) = &h.doing {
             out.push(format!("  doing {}", d.full()));
+        }
+        match &h.stack {
+            Some(Stack { unavailable: Some(why), .. }) => out.push(format!("  stack not shown: {why}")),
+            Some(st) => out.extend(st.frames.iter().map(|f| format!("  at {f}"))),
+            None => {}
         }
         match (&self.queued_writer, self.writer_waiting) {
             (Some(q), _) => {
@@ -504,6 +523,11 @@ mod tests {
         );
         d.holder.doing = Some(mprotect(1 << 30));
         assert!(d.details().contains(&"  doing syscall mprotect (nr 10) 0x7f0000000000 + 1.0 GiB".to_string()));
+        // The writer's stack, a frame a line, or why none is shown.
+        d.holder.stack = Some(Stack { frames: vec!["mprotect_fixup+0x10d".into(), "do_mprotect_pkey+0x36f".into()], unavailable: None });
+        assert!(d.details().ends_with(&["  at mprotect_fixup+0x10d".to_string(), "  at do_mprotect_pkey+0x36f".to_string()]));
+        d.holder.stack = Some(Stack { frames: vec![], unavailable: Some("running on CPU 1".into()) });
+        assert!(d.details().ends_with(&["  stack not shown: running on CPU 1".to_string()]));
     }
 }
 

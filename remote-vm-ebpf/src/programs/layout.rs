@@ -106,6 +106,26 @@ pub static PT_REGS_ARG1_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 pub static PT_REGS_ARG2_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 #[unsafe(no_mangle)]
 pub static WAITER_TASK_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// A holder's kernel stack (`holder_stacks`): `offsetof(struct task_struct,
+/// on_cpu)`, of its CPU (`thread_info.cpu`, x86-64), and of `sched_class`.
+#[unsafe(no_mangle)]
+pub static TASK_ON_CPU_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static TASK_CPU_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static TASK_SCHED_CLASS_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// `offsetof(struct task_struct, thread.sp)` and `offsetof(struct
+/// inactive_task_frame, ret_addr)`: where a task off CPU switched out.
+#[unsafe(no_mangle)]
+pub static TASK_THREAD_SP_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static FRAME_RET_ADDR_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// `offsetof(struct task_struct, nvcsw)` and `(…, nivcsw)`: its context
+/// switches, which must not change while its stack is read.
+#[unsafe(no_mangle)]
+pub static TASK_NVCSW_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+#[unsafe(no_mangle)]
+pub static TASK_NIVCSW_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 /// `HolderOp` of each system call number (the daemon's architecture table;
 /// `Other` beyond it). Read one byte at a time (`syscall_op`).
 #[unsafe(no_mangle)]

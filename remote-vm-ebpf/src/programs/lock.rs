@@ -28,7 +28,7 @@ use super::{
         STALL_THRESHOLD_NS, SYSCALL_PTRACE, SYSCALLS_MEM, TASK_COMM_OFF, TASK_FLAGS_OFF, TASK_PID_OFF, TASK_STACK_OFF,
         TASK_TGID_OFF, WAITER_LIST_OFF, WAITER_TASK_OFF, WAITER_TYPE_OFF, known, syscall_op,
     },
-    maps::{CALLS, STALL_EVENTS, WAITS, current_mm, hit, load_u64, now, read_u32, read_u64, stats},
+    maps::{CALLS, STALL_EVENTS, WAIT_BEGUN, WAITS, current_mm, hit, load_u64, now, read_u32, read_u64, stats},
 };
 
 // --- remote -------------------------------------------------------------------
@@ -85,6 +85,10 @@ fn note_holder<const DIRECT: bool>(state: &mut CallState, sem: u64) {
     if !observe_holder::<DIRECT>(sem, &mut state.holder) {
         state.holder.kind = HolderKind::None as u32;
         state.holder.op = HolderOp::Unknown as u32;
+    } else if state.holder.kind == HolderKind::Writer as u32 || state.holder.writer_waiting != 0 {
+        // It is about to sleep: wake the watcher (a full ring only means the
+        // watcher has not read the last ones yet, which wake it as well).
+        let _ = WAIT_BEGUN.output::<u64>(&state.holder.observed_ns, 0);
     }
     state.cgroup_id = if state.holder.kind == HolderKind::None as u32 {
         0

@@ -4,9 +4,14 @@ use core::ptr;
 use aya_ebpf::{
     helpers::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_task_storage_get},
     macros::map,
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use remote_vm_common::{Control, HostWait, Point, SelfTest, classify::CallState, stats::Stats};
+use remote_vm_common::{
+    Control, HostWait, Point, SelfTest,
+    classify::CallState,
+    holder::{HolderStack, STACKS_WANTED_MAX},
+    stats::Stats,
+};
 
 /// Hits per probe point, per CPU.
 #[map(name = "HITS")]
@@ -28,6 +33,22 @@ pub static SELFTEST: Array<SelfTest> = Array::with_max_entries(1, 0);
 /// through it, so it carries nothing on the paths of ordinary calls.
 #[map(name = "STALL_EVENTS")]
 pub static STALL_EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
+/// One record (the wait's start, `bpf_ktime_get_ns()`) when a remote access
+/// finds its target's lock held by a writer or with a writer queued — it is
+/// about to wait: it wakes the daemon's watcher, which runs the task
+/// iterators while the wait lasts. Never written on the uncontended path.
+#[map(name = "WAIT_BEGUN")]
+pub static WAIT_BEGUN: RingBuf = RingBuf::with_byte_size(4096, 0);
+
+/// Written by user space before a run of `holder_stacks`: the thread ids
+/// whose kernel stacks it wants (the value is unused).
+#[map(name = "STACK_WANTED")]
+pub static STACK_WANTED: HashMap<u32, u32> = HashMap::with_max_entries(STACKS_WANTED_MAX, 0);
+
+/// `holder_stacks`' record under construction (too big for the stack).
+#[map(name = "STACK_SCRATCH")]
+pub static STACK_SCRATCH: PerCpuArray<HolderStack> = PerCpuArray::with_max_entries(1, 0);
 
 /// A `BPF_MAP_TYPE_TASK_STORAGE` map, declared the BTF way (`.maps`): one `T` per
 /// task, created on demand, freed with the task. A lookup on a task that never
@@ -197,4 +218,19 @@ pub fn is_selftest(c: &Control) -> bool {
         )
     };
     r == 0 && ns.pid == c.selftest_tid
+}
+
+/// `struct bpf_iter_meta` (task iterators: `waits`, `stacks`).
+#[repr(C)]
+pub struct IterMeta {
+    pub seq: *mut core::ffi::c_void,
+    pub session_id: u64,
+    pub seq_num: u64,
+}
+
+/// `struct bpf_iter__task`: `task` is NULL on the call after the last task.
+#[repr(C)]
+pub struct IterTask {
+    pub meta: *mut IterMeta,
+    pub task: *mut aya_ebpf::bindings::task_struct,
 }

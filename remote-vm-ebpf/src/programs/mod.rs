@@ -92,5 +92,6 @@ mod access;
 mod layout;
 mod lock;
 mod maps;
+mod stacks;
 mod vma;
 mod waits;

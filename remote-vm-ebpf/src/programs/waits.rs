@@ -15,10 +15,7 @@
 //! `bpf_iter_task` (Linux 5.8+); `bpf_task_pt_regs` needs 5.15.
 use core::ffi::c_void;
 
-use aya_ebpf::{
-    bindings::task_struct,
-    helpers::generated::{bpf_seq_write, bpf_task_storage_get},
-};
+use aya_ebpf::helpers::generated::{bpf_seq_write, bpf_task_storage_get};
 use remote_vm_common::{
     StallEvent,
     classify::{CallState, wait_is_real},
@@ -27,23 +24,8 @@ use remote_vm_common::{
 use super::{
     layout::{MM_MMAP_LOCK_OFF, RWSEM_COUNT_OFF, TASK_STATE_OFF, known},
     lock::{describe, observe_holder, task_identity},
-    maps::{CALLS, now, read_u32, read_u64},
+    maps::{CALLS, IterTask, now, read_u32, read_u64},
 };
-
-/// `struct bpf_iter_meta`.
-#[repr(C)]
-struct IterMeta {
-    seq: *mut c_void,
-    session_id: u64,
-    seq_num: u64,
-}
-
-/// `struct bpf_iter__task`: `task` is NULL on the call after the last task.
-#[repr(C)]
-struct IterTask {
-    meta: *mut IterMeta,
-    task: *mut task_struct,
-}
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]

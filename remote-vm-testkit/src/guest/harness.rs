@@ -246,6 +246,20 @@ impl Holder {
         self
     }
 
+    /// Checks who `h` (a `holder` of `/stalls`, a wait's or a stall's)
+    /// names against the holder the workload made: its kind, whether
+    /// exactly, its thread and comm, and its process where one is expected
+    /// (`pid` 0: none).
+    pub(super) fn check_identity(&self, report: &mut Report, prefix: &str, h: &serde_json::Value) {
+        report.check(format!("{prefix}.kind"), self.kind, h["kind"].as_str().unwrap_or(""));
+        report.check(format!("{prefix}.exact"), self.exact, h["exact"] == true);
+        report.check(format!("{prefix}.tid"), self.tid, h["tid"].as_u64().unwrap_or(0));
+        if self.pid != 0 {
+            report.check(format!("{prefix}.pid"), self.pid, h["pid"].as_u64().unwrap_or(0));
+        }
+        report.check(format!("{prefix}.comm"), self.comm, h["comm"].as_str().unwrap_or(""));
+    }
+
     /// Checks `h` (a `holder` of `/stalls`) against what the workload did:
     /// the op, and a writer's system call and range.
     pub(super) fn check_doing(&self, report: &mut Report, prefix: &str, h: &serde_json::Value) {
@@ -258,6 +272,98 @@ impl Holder {
         report.check(format!("{prefix}.doing.what"), what, d["what"].as_str().unwrap_or("null"));
         report.check(format!("{prefix}.doing.syscall"), syscall, d["syscall"].as_str().unwrap_or("null"));
         report.check(format!("{prefix}.doing.range"), range, range_of(d));
+    }
+}
+
+/// What the daemon can show of a writer holder's kernel stack on this
+/// kernel, from its build config (`/boot/rvm/config`, put there by the VM
+/// harness): the daemon runs as root here, so `/proc/kallsyms` names frames.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(super) enum StackTruth {
+    /// ORC: frames, when the holder was off CPU.
+    Frames,
+    /// Another unwinder (its label in the daemon's words).
+    Unreliable(&'static str),
+    /// No config here (a kernel given by path): not checked.
+    Unknown,
+}
+
+pub(super) fn stack_truth() -> StackTruth {
+    let Ok(config) = std::fs::read_to_string("/boot/rvm/config") else {
+        return StackTruth::Unknown;
+    };
+    let set = |key: &str| config.lines().any(|l| l.strip_prefix(key) == Some("=y"));
+    if set("CONFIG_UNWINDER_ORC") {
+        StackTruth::Frames
+    } else if set("CONFIG_UNWINDER_FRAME_POINTER") {
+        StackTruth::Unreliable("frame pointer")
+    } else if set("CONFIG_UNWINDER_GUESS") {
+        StackTruth::Unreliable("guess")
+    } else {
+        StackTruth::Unknown
+    }
+}
+
+/// Pins every thread of process `pid` (or the one thread `pid`, with
+/// `threads` false) to CPU 0: a holder pinned with the daemon is off CPU
+/// whenever the daemon looks at it.
+pub(super) fn pin_to_cpu0(pid: u32, threads: bool) -> Result<()> {
+    let tids: Vec<i32> = if threads {
+        std::fs::read_dir(format!("/proc/{pid}/task"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect()
+    } else {
+        vec![pid as i32]
+    };
+    for tid in tids {
+        // SAFETY: a zeroed cpu_set_t with CPU 0 set, its size given.
+        let r = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set)
+        };
+        if r != 0 {
+            bail!("sched_setaffinity({tid}): {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+impl Holder {
+    /// Checks a writer holder's `stack` against `stack_truth()`: on ORC,
+    /// frames down to the system call the workload made, every frame a name
+    /// (`?` for a module's), never an address; otherwise the reason, and no
+    /// frames.
+    pub(super) fn check_stack(&self, report: &mut Report, prefix: &str, h: &serde_json::Value) {
+        let Some((syscall, _)) = self.doing else { return };
+        let st = &h["stack"];
+        let frames: Vec<&str> = st["frames"].as_array().map(|a| a.iter().filter_map(|f| f.as_str()).collect()).unwrap_or_default();
+        let unavailable = st["unavailable"].as_str().unwrap_or("null");
+        let function = |f: &str| f.split_once("+0x").map(|(n, _)| n.to_string());
+        match stack_truth() {
+            StackTruth::Frames => {
+                println!("vmtest: {prefix}.stack: {}", frames.join(" "));
+                report.check(format!("{prefix}.stack.unavailable"), "null", unavailable);
+                report.check(format!("{prefix}.stack.has_{syscall}"), true, frames.iter().filter_map(|f| function(f)).any(|n| n.contains(syscall)));
+                let named = |f: &&str| {
+                    *f == "?"
+                        || f.split_once("+0x").is_some_and(|(n, off)| {
+                            !n.is_empty() && !n.starts_with("0x") && off.chars().all(|c| c.is_ascii_hexdigit())
+                        })
+                };
+                report.check(format!("{prefix}.stack.every_frame_named"), true, frames.iter().all(named));
+            }
+            StackTruth::Unreliable(u) => {
+                report.check(format!("{prefix}.stack.unavailable"), format!("unwinder unreliable ({u})"), unavailable);
+                report.check(format!("{prefix}.stack.frames"), 0, frames.len());
+            }
+            // A kernel the harness knows (shared or Debian) comes with its
+            // config: without it here, the stack was not checked at all.
+            StackTruth::Unknown if cmdline_arg("rvm.config").as_deref() == Some("yes") => {
+                report.check(format!("{prefix}.stack.unwinder_known_from_the_config"), true, false);
+            }
+            StackTruth::Unknown => println!("vmtest: {prefix}.stack: not checked (a kernel given by path: no config in the guest)"),
+        }
     }
 }
 

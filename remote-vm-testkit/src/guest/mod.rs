@@ -18,6 +18,7 @@ mod harness;
 mod host_tests;
 mod lifecycle;
 mod modes;
+mod readers;
 mod scenario;
 mod soak;
 mod stalls;
@@ -37,9 +38,10 @@ use stalls::stalls;
 use waits::waits;
 
 pub use harness::{Check, DAEMON, Report};
+pub use readers::unit_readers;
 
-/// Suites `rvm.only` must name to run.
-const ONLY_WHEN_NAMED: [&str; 2] = ["soak", "host_tests"];
+/// Suites `rvm.only` or `rvm.with` must name to run.
+const ONLY_WHEN_NAMED: [&str; 3] = ["soak", "host_tests", "readers"];
 
 pub fn main() -> Result<bool> {
     if cmdline_arg("rvm.mode").as_deref() == Some("serve") {
@@ -72,12 +74,19 @@ pub fn main() -> Result<bool> {
     }
     // `rvm.only=SUITE` (`cargo xtask vm-test --only`): that suite alone after `check`.
     let only = cmdline_arg("rvm.only");
-    // `rvm.only=A,B`: those suites; `soak` and `host_tests` run only when named.
+    // `rvm.only=A,B`: those suites; those of `ONLY_WHEN_NAMED` run only when named.
     // `rvm.skip=A,B`: not those (run in a boot of their own, see xtask's `Kernel::isolate`).
     let skip = cmdline_arg("rvm.skip");
     let skipped = |suite: &str| skip.as_deref().is_some_and(|s| s.split(',').any(|s| s == suite));
+    // `rvm.with=A,B`: those of `ONLY_WHEN_NAMED` too.
+    let with = cmdline_arg("rvm.with");
+    let named = |list: &Option<String>, suite: &str| list.as_deref().is_some_and(|l| l.split(',').any(|s| s == suite));
     let run = |suite: &str| {
-        !skipped(suite) && only.as_deref().map_or(!ONLY_WHEN_NAMED.contains(&suite), |o| o.split(',').any(|o| o == suite))
+        !skipped(suite)
+            && match only {
+                Some(_) => named(&only, suite),
+                None => !ONLY_WHEN_NAMED.contains(&suite) || named(&with, suite),
+            }
     };
     if run("check_btf_file") {
         // --btf PATH with the kernel's own BTF copied to a file.
@@ -128,6 +137,11 @@ pub fn main() -> Result<bool> {
         && let Err(e) = waits(&mut report, kernel)
     {
         report.error("waits", e);
+    }
+    if run("readers")
+        && let Err(e) = readers::readers(&mut report, kernel)
+    {
+        report.error("readers", e);
     }
     if run("phantom")
         && kernel.is_some()

@@ -247,7 +247,8 @@ pub(super) fn bench() -> Result<bool> {
 /// guest instructions per operation and per program run.
 pub(super) fn icount() -> Result<bool> {
     let scale = cmdline_arg("rvm.scale").map_or(Ok(1.0), |v| v.parse())?;
-    let r = crate::icount::run(DAEMON, scale)?;
+    let threads = cmdline_arg("rvm.threads").as_deref() == Some("1");
+    let r = crate::icount::run(DAEMON, scale, threads)?;
     println!("icount-result {}", serde_json::to_string(&r)?);
     Ok(true)
 }

@@ -1,18 +1,21 @@
 //! Stalls: a remote reader waiting on another process's mmap_lock. A thread of
 //! the target holds the lock for write (`munlock()` of a large mlocked region,
-//! timed by its own clock) while this process reads the target's
+//! then, with a target of its own, `mlock2()` of the populated region; timed by
+//! its own clock) while this process reads the target's
 //! `/proc/PID/cmdline`. The workload's own timings decide how many stalls there
 //! were; the daemon must count exactly those.
 use std::time::Duration;
 
 use anyhow::Result;
-use remote_vm_common::{Interface, catalog as cat, classify::HolderKind};
+use remote_vm_common::{Interface, catalog as cat, classify::HolderKind, user::rfc3339_ms};
 
-use super::harness::{CLOCKS_APART_NS, DAEMON_LOG, Daemon, LISTEN, Report, SOCKET, delta, delta_sum, expected_holder};
+use super::harness::{
+    CLOCKS_APART_NS, DAEMON_LOG, Daemon, LISTEN, Report, SOCKET, delta, delta_sum, expected_holder, pin_to_cpu0,
+};
 use crate::{
     classes::Kernel,
     prom::{self, Scrape},
-    stall::{HOLDER_COMM, StallTarget},
+    stall::{HOLDER_COMM, Kind, StallTarget},
 };
 
 /// `GET /stalls` on the daemon's Unix socket, parsed.
@@ -25,11 +28,18 @@ pub(super) fn stalls_page() -> Result<serde_json::Value> {
 /// `GET /stalls`' `recent`, once it holds `want` entries (the daemon reads its
 /// ring buffer on a thread of its own) or after 5 s.
 pub(super) fn stall_log(want: usize) -> Result<Vec<serde_json::Value>> {
+    stall_log_of(want, |_| true)
+}
+
+/// [`stall_log`]'s entries that `keep` picks, once there are `want` of them
+/// (the list also holds earlier rounds' stalls) or after 5 s.
+pub(super) fn stall_log_of(want: usize, keep: impl Fn(&serde_json::Value) -> bool) -> Result<Vec<serde_json::Value>> {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let recent = stalls_page()?["recent"].as_array().cloned().unwrap_or_default();
-        if recent.len() >= want || std::time::Instant::now() > deadline {
-            return Ok(recent);
+        let kept: Vec<serde_json::Value> = recent.into_iter().filter(|s| keep(s)).collect();
+        if kept.len() >= want || std::time::Instant::now() > deadline {
+            return Ok(kept);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -44,13 +54,16 @@ pub(super) fn foll_anon_known(report: &Report) -> bool {
 }
 
 /// Large enough that munlock() holds the lock for tens of ms even natively.
-const REGION_MB: usize = 256;
+pub(super) const REGION_MB: usize = 256;
 /// Holds shorter than this are too close to scheduling noise to test with.
 const MIN_HOLD_NS: u64 = 20_000_000;
 
 pub(super) fn stalls(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
     let Some(kernel) = kernel else { return Ok(()) };
     let mut target = StallTarget::spawn(REGION_MB)?;
+    // The holder with each round's daemon on one CPU: off CPU whenever the
+    // daemon looks at its stack.
+    pin_to_cpu0(target.tid as u32, false)?;
     // Calibrate: two holds alone; the shorter decides the thresholds.
     let hold = target.hold()?.min(target.hold()?);
     println!("vmtest: stalls: munlock of {REGION_MB} MiB holds the mmap_lock for write {:.1} ms", hold as f64 / 1e6);
@@ -61,7 +74,21 @@ pub(super) fn stalls(report: &mut Report, kernel: Option<Kernel>) -> Result<()> 
     // A wait of most of the hold is a stall at hold/4, and not at 4 × hold.
     for (name, threshold) in [("stalls.below", hold / 4), ("stalls.above", hold * 4)] {
         let mut attempt = 1;
-        while round(report, &mut target, kernel, name, threshold, hold, attempt < ATTEMPTS)? == Round::Undecidable {
+        while round(report, &mut target, kernel, name, "munlock", threshold, hold, attempt < ATTEMPTS)? == Round::Undecidable {
+            attempt += 1;
+        }
+    }
+    drop(target);
+    // The reverse hold: mlock2(MLOCK_ONFAULT) of the same region, populated
+    // and unlocked (`Kind::Mlock`).
+    let mut target = StallTarget::spawn_kind(Kind::Mlock { region_mb: REGION_MB })?;
+    pin_to_cpu0(target.tid as u32, false)?;
+    let hold = target.hold()?.min(target.hold()?);
+    println!("vmtest: stalls: mlock2 of {REGION_MB} MiB holds the mmap_lock for write {:.1} ms", hold as f64 / 1e6);
+    report.check("stalls.mlock.hold_long_enough", true, hold >= MIN_HOLD_NS);
+    if hold >= MIN_HOLD_NS {
+        let mut attempt = 1;
+        while round(report, &mut target, kernel, "stalls.mlock", "mlock2", hold / 4, hold, attempt < ATTEMPTS)? == Round::Undecidable {
             attempt += 1;
         }
     }
@@ -83,9 +110,20 @@ enum Round {
 /// One read of the target's cmdline during one hold, under a daemon whose
 /// stall threshold is `threshold_ns`. With `may_retry`, a round whose timing
 /// decides nothing checks nothing and says so.
-fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &str, threshold_ns: u64, hold: u64, may_retry: bool) -> Result<Round> {
+#[allow(clippy::too_many_arguments)]
+fn round(
+    report: &mut Report,
+    target: &mut StallTarget,
+    kernel: Kernel,
+    name: &str,
+    syscall: &'static str,
+    threshold_ns: u64,
+    hold: u64,
+    may_retry: bool,
+) -> Result<Round> {
     let config = format!("[stalls]\nthreshold_seconds = {:.6}\n", threshold_ns as f64 / 1e9);
     let mut daemon = Daemon::start(&config, &[])?;
+    pin_to_cpu0(daemon.child.id(), true)?;
     let result = (|| -> Result<Round> {
         let before = Scrape::fetch(LISTEN)?;
         target.start_hold()?;
@@ -145,18 +183,27 @@ fn round(report: &mut Report, target: &mut StallTarget, kernel: Kernel, name: &s
             let interface = if foll_anon_known(report) { Interface::Cmdline } else { Interface::Other }.label();
             report.check(format!("{name}.stall.interface"), interface, s["interface"].as_str().unwrap_or(""));
             report.check(format!("{name}.stall.lock_mode"), cat::LOCK_READ, s["lock_mode"].as_str().unwrap_or(""));
-            // The holder: the target's thread in munlock() (not its main
-            // thread), a writer, exactly.
+            // The holder: the target's thread in munlock() or mlock2() (not
+            // its main thread), a writer, exactly, over the whole region.
             let h = &s["holder"];
-            // In munlock() of the region it mlocked: that range.
             let want = expected_holder(HolderKind::Writer, true, target.tid as u64, target.pid() as u64, HOLDER_COMM, false)
-                .in_syscall("munlock", target.range);
-            report.check(format!("{name}.stall.holder.kind"), want.kind, h["kind"].as_str().unwrap_or(""));
-            report.check(format!("{name}.stall.holder.exact"), want.exact, h["exact"].as_bool().unwrap_or(false));
-            report.check(format!("{name}.stall.holder.tid"), want.tid, got(&h["tid"]));
-            report.check(format!("{name}.stall.holder.pid"), want.pid, got(&h["pid"]));
-            report.check(format!("{name}.stall.holder.comm"), want.comm, h["comm"].as_str().unwrap_or(""));
+                .in_syscall(syscall, target.range);
+            want.check_identity(report, &format!("{name}.stall.holder"), h);
             want.check_doing(report, &format!("{name}.stall.holder"), h);
+            // Nothing was scraped during the hold: the watcher, woken when the
+            // wait began, looked at the holder half a threshold in (its
+            // observation replaced the one at the wait's start) and at its stack.
+            let ms = |v: &serde_json::Value| v.as_str().and_then(rfc3339_ms);
+            let waited_ms = (s["waited_seconds"].as_f64().unwrap_or(0.0) * 1e3) as i64;
+            let (ended, observed) = (ms(&s["ended"]), ms(&h["observed"]));
+            let watched = match (ended, observed) {
+                // ±1 ms each: the times are whole milliseconds.
+                (Some(end), Some(obs)) => obs + 2 >= end - waited_ms + (threshold_ns / 2_000_000) as i64 && obs <= end + 1,
+                _ => false,
+            };
+            println!("vmtest: {name}: holder observed {:?} ms after the wait began ({waited_ms} ms)", observed.zip(ended).map(|(o, e)| o - (e - waited_ms)));
+            report.check(format!("{name}.stall.holder.observed_by_the_watcher"), true, watched);
+            want.check_stack(report, &format!("{name}.stall.holder"), h);
             report.check(
                 format!("{name}.stalls_total{{lock_mode=read,op={}}}", want.op),
                 1,

@@ -13,6 +13,9 @@
 //! - **reader-owned**: a thread holds the lock for read for seconds
 //!   (`MADV_POPULATE_READ`), another queues for write behind it, then a cmdline
 //!   read queues behind the writer: `readers`, `writer_waiting`.
+//! - **reader-owned by munmap()**: the same with `munmap()` of a populated
+//!   region as the read hold (the kernel downgrades to the read lock before
+//!   it zaps): a short hold, checked on the stall alone.
 //! - **outside the host PID namespace**: waits in progress are not reported,
 //!   and `check` says why.
 use std::{
@@ -27,15 +30,15 @@ use serde_json::Value;
 
 use super::{
     harness::{
-        CLOCKS_APART_NS, DAEMON, Daemon, LISTEN, Report, delta, delta_sum, delta_value, expected_holder, range_of, range_text,
-        skips_possible,
+        CLOCKS_APART_NS, DAEMON, Daemon, LISTEN, Report, delta, delta_sum, delta_value, expected_holder, pin_to_cpu0, range_of,
+        range_text, skips_possible,
     },
     stalls::{stall_log, stalls_page},
 };
 use crate::{
     classes::Kernel,
     prom::Scrape,
-    stall::{self, HOLDER_COMM, READ_HOLDER_COMM, StallTarget, WRITE_WAITER_COMM},
+    stall::{self, HOLDER_COMM, Kind, READ_HOLDER_COMM, StallTarget, WRITE_WAITER_COMM},
     stress,
 };
 
@@ -44,6 +47,8 @@ use crate::{
 /// after the readers start.
 const HOLD_MS: u64 = 3000;
 const MID: Duration = Duration::from_millis(1200);
+/// The unmap hold's region: populated, so it takes RAM (the guests have 1 GiB).
+const UNMAP_MB: usize = 256;
 /// Readers start this long after the holder said `go` (it is in the syscall).
 const SETTLE: Duration = Duration::from_millis(100);
 
@@ -51,6 +56,7 @@ pub(super) fn waits(report: &mut Report, kernel: Option<Kernel>) -> Result<()> {
     if let Some(kernel) = kernel {
         write_hold(report, kernel)?;
         reader_owned(report, kernel)?;
+        reader_owned_by_munmap(report, kernel)?;
     }
     outside_the_host_pid_namespace(report)
 }
@@ -134,6 +140,10 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
     let result = (|| -> Result<()> {
         let mut target = StallTarget::spawn_merge(HOLD_MS)?;
         let pid = target.pid();
+        // The holder with the daemon on one CPU: off CPU whenever the daemon
+        // looks at its stack.
+        pin_to_cpu0(target.tid as u32, false)?;
+        pin_to_cpu0(daemon.child.id(), true)?;
         let known = super::stalls::foll_anon_known(report);
         let me = std::process::id() as u64;
         // The readers: (thread name, interface), started together mid-hold;
@@ -204,11 +214,9 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
             report.check(format!("{name}.in_progress.{n}.target"), pid as u64, u(&w["target"]["pid"]));
             // In mprotect() of the region it merges: that range.
             let want = expected_holder(HolderKind::Writer, true, target.tid as u64, 0, HOLDER_COMM, false).in_syscall("mprotect", target.range);
-            report.check(format!("{name}.in_progress.{n}.holder.kind"), want.kind, s(&w["holder"]["kind"]));
+            want.check_identity(report, &format!("{name}.in_progress.{n}.holder"), &w["holder"]);
             want.check_doing(report, &format!("{name}.in_progress.{n}.holder"), &w["holder"]);
-            report.check(format!("{name}.in_progress.{n}.holder.tid"), want.tid, u(&w["holder"]["tid"]));
-            report.check(format!("{name}.in_progress.{n}.holder.comm"), want.comm, s(&w["holder"]["comm"]));
-            report.check(format!("{name}.in_progress.{n}.holder.exact"), want.exact, w["holder"]["exact"] == true);
+            want.check_stack(report, &format!("{name}.in_progress.{n}.holder"), &w["holder"]);
             report.check(format!("{name}.in_progress.{n}.writer_waiting"), want.writer_waiting, w["writer_waiting"] == true);
             report.check(format!("{name}.in_progress.{n}.interface"), iface(*i), s(&w["interface"]));
             let age = w["waiting_seconds"].as_f64().unwrap_or(-1.0);
@@ -247,6 +255,7 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
             let want = expected_holder(HolderKind::Writer, true, target.tid as u64, 0, HOLDER_COMM, false).in_syscall("mprotect", target.range);
             report.check(format!("{name}.stall.{n}.holder.tid"), want.tid, u(&st["holder"]["tid"]));
             want.check_doing(report, &format!("{name}.stall.{n}.holder"), &st["holder"]);
+            want.check_stack(report, &format!("{name}.stall.{n}.holder"), &st["holder"]);
             let waited = st["waited_seconds"].as_f64().unwrap_or(0.0);
             println!("vmtest: {name}: {n} waited {waited:.6} s (the stall's waited_seconds) in a read of {:.6} s", r.took.as_secs_f64());
             report.check(format!("{name}.stall.{n}.waited_within_the_read"), true, waited >= 1.0 && waited <= r.took.as_secs_f64() + CLOCKS_APART_NS as f64 / 1e9);
@@ -308,32 +317,7 @@ fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
         // Seen in progress and in the stall alike: reader-owned, not exact,
         // the read holder as the last reader, a writer queued first.
         for (what, w) in [("in_progress", by_reader(&in_progress, read.tid)), ("stall", by_reader(&log, read.tid))] {
-            let Some(w) = w else {
-                report.check(format!("{name}.{what}"), "listed", "missing");
-                continue;
-            };
-            let h = &w["holder"];
-            let want = expected_holder(HolderKind::Readers, false, target.tid as u64, 0, READ_HOLDER_COMM, true);
-            report.check(format!("{name}.{what}.holder.kind"), want.kind, s(&h["kind"]));
-            report.check(format!("{name}.{what}.holder.exact"), want.exact, h["exact"] == true);
-            report.check(format!("{name}.{what}.holder.tid"), want.tid, u(&h["tid"]));
-            report.check(format!("{name}.{what}.holder.comm"), want.comm, s(&h["comm"]));
-            report.check(format!("{name}.{what}.writer_waiting"), want.writer_waiting, w["writer_waiting"] == true);
-            want.check_doing(report, &format!("{name}.{what}.holder"), h);
-            // The queued writer, named: the target's writer thread in its
-            // mprotect() of one page (nobody on PREEMPT_RT, whose queue is
-            // not read).
-            let q = &w["queued_writer"];
-            let (tid, comm, syscall, range) = if want.writer_waiting {
-                (target.writer_tid.unwrap_or(0) as u64, WRITE_WAITER_COMM, "mprotect", range_text(target.writer_range))
-            } else {
-                (0, "", "null", range_text(None))
-            };
-            report.check(format!("{name}.{what}.queued_writer.tid"), tid, u(&q["tid"]));
-            report.check(format!("{name}.{what}.queued_writer.comm"), comm, s(&q["comm"]));
-            let d = &q["doing"];
-            report.check(format!("{name}.{what}.queued_writer.doing.syscall"), syscall, d["syscall"].as_str().unwrap_or("null"));
-            report.check(format!("{name}.{what}.queued_writer.doing.range"), range, range_of(d));
+            check_reader_owned(report, &format!("{name}.{what}"), w, &target);
         }
         // Counted under the op of a reader-owned lock.
         let op = expected_holder(HolderKind::Readers, false, 0, 0, "", true).op;
@@ -348,6 +332,108 @@ fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
             report.check(format!("{name}.in_progress.waiting_seconds_in_range"), true, age >= 1.0 && age <= mid_age.as_secs_f64());
         }
         Ok(())
+    })();
+    daemon.stop(report, name)?;
+    result
+}
+
+/// A wait on a reader-owned lock (`w`, from `/stalls`; `None`: not listed)
+/// against what `target` (readers or unmap kind) did: holder `readers`, not
+/// exact, its read holder thread as the last reader, `writer_waiting`, and
+/// the queued writer named — the target's writer thread in its `mprotect()`
+/// of one page (nobody on PREEMPT_RT, whose queue is not read).
+pub(super) fn check_reader_owned(report: &mut Report, prefix: &str, w: Option<&Value>, target: &StallTarget) {
+    let Some(w) = w else {
+        report.check(prefix.to_string(), "listed", "missing");
+        return;
+    };
+    let h = &w["holder"];
+    let want = expected_holder(HolderKind::Readers, false, target.tid as u64, 0, READ_HOLDER_COMM, true);
+    want.check_identity(report, &format!("{prefix}.holder"), h);
+    report.check(format!("{prefix}.writer_waiting"), want.writer_waiting, w["writer_waiting"] == true);
+    want.check_doing(report, &format!("{prefix}.holder"), h);
+    let q = &w["queued_writer"];
+    let (tid, comm, syscall, range) = if want.writer_waiting {
+        (target.writer_tid.unwrap_or(0) as u64, WRITE_WAITER_COMM, "mprotect", range_text(target.writer_range))
+    } else {
+        (0, "", "null", range_text(None))
+    };
+    report.check(format!("{prefix}.queued_writer.tid"), tid, u(&q["tid"]));
+    report.check(format!("{prefix}.queued_writer.comm"), comm, s(&q["comm"]));
+    let d = &q["doing"];
+    report.check(format!("{prefix}.queued_writer.doing.syscall"), syscall, d["syscall"].as_str().unwrap_or("null"));
+    report.check(format!("{prefix}.queued_writer.doing.range"), range, range_of(d));
+}
+
+/// Reader-owned by `munmap()`: the target unmaps a populated 256 MiB region
+/// (the kernel zaps it under the read lock, downgraded), its writer queues an
+/// `mprotect()` behind, then a cmdline read queues behind the writer. The hold
+/// is short (about a tenth of a second under TCG), so nothing is scraped
+/// during it: the threshold is 10 ms, and the stall alone must name the
+/// unmapping thread as the last reader and the queued writer (unpatched;
+/// patched: the resident argv page is read without the lock, no wait).
+fn reader_owned_by_munmap(report: &mut Report, kernel: Kernel) -> Result<()> {
+    for attempt in 1..=MUNMAP_ATTEMPTS {
+        if munmap_round(report, kernel, attempt < MUNMAP_ATTEMPTS)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Rounds of the munmap hold at most: a round whose writer did not queue
+/// behind the zap (the holder entered `munmap()` later than the writer's
+/// delay: a scheduling delay under TCG) decides nothing and is run again, with
+/// a daemon and a target of its own.
+const MUNMAP_ATTEMPTS: u32 = 3;
+
+/// One round; `Ok(false)`: it decided nothing (and `may_retry`).
+fn munmap_round(report: &mut Report, kernel: Kernel, may_retry: bool) -> Result<bool> {
+    let name = "waits.reader_owned_munmap";
+    let mut daemon = Daemon::start("[stalls]\nthreshold_seconds = 0.01\n", &[])?;
+    let result = (|| -> Result<bool> {
+        let mut target = StallTarget::spawn_kind(Kind::Unmap { region_mb: UNMAP_MB })?;
+        let pid = target.pid();
+        let Reader { go, ready, handle } = reader("rd-cmdline", || Ok(()), move || stall::read_cmdline(pid).map(drop))?;
+        ready.recv()??;
+        let before = Scrape::fetch(LISTEN)?;
+        target.start_hold()?;
+        target.start_writer()?;
+        let queued_after = target.wait_writer_queued(Duration::from_secs(5));
+        go.send(())?;
+        let read = handle.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+        let queued = target.end_queued()?;
+        let after = Scrape::fetch(LISTEN)?;
+        println!(
+            "vmtest: {name}: munmap {:.1} ms, writer waited {:.1} ms, cmdline read took {:.1} ms",
+            queued.holder.ns as f64 / 1e6,
+            queued.writer.ns as f64 / 1e6,
+            read.took.as_secs_f64() * 1e3
+        );
+        // The writer queued behind the zap (it slept in the kernel), and the
+        // read began before the hold ended: else nothing below is decided.
+        if queued_after.is_err() && may_retry {
+            println!("vmtest: {name}: the writer did not queue behind the zap: once more");
+            return Ok(false);
+        }
+        report.check(format!("{name}.writer_queued"), true, queued_after.is_ok());
+        let waits = kernel != Kernel::Patched;
+        // Blocked: the read lasted into the writer's mprotect(), past 10 ms.
+        report.check(format!("{name}.blocked"), waits, read.took >= Duration::from_millis(20));
+        let n = usize::from(waits);
+        let log = stall_log(n)?;
+        report.check(format!("{name}.stalls_total{{lock_mode=read}}"), n, delta_sum(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]));
+        report.check(format!("{name}.stalls_logged"), n, log.len());
+        if waits {
+            check_reader_owned(report, &format!("{name}.stall"), by_reader(&log, read.tid), &target);
+            let op = expected_holder(HolderKind::Readers, false, 0, 0, "", true).op;
+            report.check(
+                format!("{name}.stalls_total{{lock_mode=read,op={op}}}"),
+                n,
+                delta(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ), ("op", op)]),
+            );
+        }
+        Ok(true)
     })();
     daemon.stop(report, name)?;
     result
