@@ -7,6 +7,7 @@ use crate::{
     Point,
     classify::{Level, Path, Reason},
     holder::HolderOp,
+    series::Series,
     registry::Family,
 };
 
@@ -51,6 +52,8 @@ pub enum Values {
     Level,
     /// `holder::HolderOp` labels.
     HolderOp,
+    /// `series::Series` labels.
+    Series,
     /// `Point` names.
     Probe,
     /// Every mode name of the registry, and `none`.
@@ -70,6 +73,7 @@ impl Values {
             Values::Reason => Reason::ALL.iter().for_each(|r| f(r.label())),
             Values::Level => Level::ALL.iter().for_each(|l| f(l.label())),
             Values::HolderOp => HolderOp::ALL.iter().for_each(|o| f(o.label())),
+            Values::Series => Series::ALL.iter().for_each(|v| f(v.label())),
             Values::Probe => Point::ALL.iter().for_each(|p| f(p.name())),
             Values::Mode => {
                 // Each name once, in registry order.
@@ -282,9 +286,10 @@ pub const KERNEL_INFO: Metric = metric(
         label("per_vma_lock", YES_NO_UNKNOWN),
         label("rcu_table_free", YES_NO_UNKNOWN),
         label("patched", YES_NO_UNKNOWN),
+        label("series", Values::Series),
     ],
     &[C::Always],
-    "The running kernel: release, the config options the lockless remote-read path needs, and whether it runs that path (patched: decided by a probe read at start-up); always 1.",
+    "The running kernel: release, the config options the lockless remote-read path needs, whether it runs that path (patched: decided by a probe read at start-up) and which version of the series it behaves as (series: v1 crosses VMAs locklessly, v2 sends a read that crosses its VMA's end to the mmap_lock path whole; none when not patched; decided by a second probe read across two VMAs); always 1.",
 );
 pub const PROBE_ATTACHED: Metric = metric(
     "remote_vm_probe_attached",
@@ -367,7 +372,7 @@ pub const MULTI_VMA_READS: Metric = metric(
     Unit::Count,
     &[PATH],
     &[C::VmaSteps],
-    "Remote reads that locked two or more VMAs in the lockless loop, by path.",
+    "Remote reads that locked two or more VMAs in the lockless loop, by path (0 by construction on series v2, which locks one VMA per call; see remote_vm_kernel_info's series).",
 );
 pub const WRITES: Metric = metric(
     "remote_vm_writes_total",
@@ -415,7 +420,7 @@ pub const FALLBACKS: Metric = metric(
     Unit::Count,
     &[REASON],
     &[C::Fallbacks],
-    "Fallback reads by the reason the lockless loop stopped: vma_lock_failed and vma_unsuitable where the opt-in lock_vma_under_rcu probe is attached, vma_lock_failed_or_unsuitable where not.",
+    "Fallback reads by the reason the lockless loop stopped: vma_lock_failed, vma_unsuitable and crosses_vma_end (a locked VMA the request runs past, no walk: v2's bail for a read not inside one VMA; on v1 only where that VMA was also unsuitable) where the opt-in lock_vma_under_rcu probe is attached, all three merged into vma_lock_failed_or_unsuitable where not.",
 );
 pub const FALLBACK_LOCKLESS_BYTES: Metric = metric(
     "remote_vm_fallback_lockless_bytes_total",
@@ -431,7 +436,7 @@ pub const LOCKLESS_BYTES_DISCARDED: Metric = metric(
     Unit::Bytes,
     &[],
     &[C::Fallbacks],
-    "Bytes the lockless loop had copied that the call did not return (v1 returns 0 when the old path's vma_lookup/expand_stack fails).",
+    "Bytes the lockless loop had copied that the call did not return (v1 returns 0 when the old path's vma_lookup/expand_stack fails; 0 by construction on series v2, which returns the bytes already copied).",
 );
 pub const LOCKLESS_DISCARDED_READS: Metric = metric(
     "remote_vm_lockless_discarded_reads_total",
@@ -439,7 +444,7 @@ pub const LOCKLESS_DISCARDED_READS: Metric = metric(
     Unit::Count,
     &[],
     &[C::Fallbacks],
-    "Remote reads that returned fewer bytes than the lockless loop had copied.",
+    "Remote reads that returned fewer bytes than the lockless loop had copied (0 by construction on series v2).",
 );
 pub const FOLIO_WALKS: Metric = metric(
     "remote_vm_folio_walks_total",
@@ -455,7 +460,7 @@ pub const LOCKLESS_PTE_PAGES: Metric = metric(
     Unit::Count,
     &[],
     &[C::WalkLevels],
-    "PTE-mapped pages read by the lockless loop, which (unlike the old path) does not folio_mark_accessed() them.",
+    "PTE-mapped pages read by the lockless loop: series v1 does not folio_mark_accessed() them (the old path does), v2 does.",
 );
 pub const FOLL_ANON_FILE_BACKED: Metric = metric(
     "remote_vm_foll_anon_file_backed_lockless_reads_total",
@@ -463,7 +468,7 @@ pub const FOLL_ANON_FILE_BACKED: Metric = metric(
     Unit::Count,
     &[],
     &[C::FollAnon],
-    "Remote reads with FOLL_ANON (cmdline, environ) in which a lockless walk succeeded in a VMA that is not anonymous, whether or not they fell back afterwards.",
+    "Remote reads with FOLL_ANON (cmdline, environ) in which a lockless walk succeeded in a VMA that is not anonymous, whether or not they fell back afterwards (series v1's gap; 0 by construction on v2, which refuses such a VMA).",
 );
 pub const GUP_CALLS: Metric = metric(
     "remote_vm_gup_calls_total",

@@ -9,7 +9,9 @@
 //! What the patched kernel does for a read (`access_remote_vm_fast()`):
 //! per VMA `lock_vma_under_rcu(mm, addr)` (NULL: stop), a VMA-flags check
 //! (unsuitable: stop without walking), then `folio_walk_start(.., addr, ..)` per
-//! mapping entry (NULL: not present, stop). The rest goes to the old path:
+//! mapping entry (NULL: not present, stop). v1 moves on to the next VMA at a
+//! VMA's end; v2 (`series.rs`) locks one VMA per call and stops before any
+//! walk when the request runs past its `vm_end`. The rest goes to the old path:
 //! `mmap_read_lock_killable()`, GUP, maybe `expand_stack()` which re-takes the lock
 //! for write. Writes and unpatched kernels take only the old path.
 
@@ -68,19 +70,26 @@ pub enum Reason {
     PageNotPresent = 2,
     /// Anything else (e.g. a walk that found no page).
     Other = 3,
-    /// One of the first two, where `lock_vma_under_rcu()` is not probed (the
-    /// default: it runs on every page fault): the loop stopped at a VMA, not at
-    /// a walk.
+    /// One of the first two (or `CrossesVmaEnd`), where `lock_vma_under_rcu()`
+    /// is not probed (the default: it runs on every page fault): the loop
+    /// stopped at a VMA, not at a walk.
     VmaLockFailedOrUnsuitable = 4,
+    /// A VMA was locked, the request runs past its `vm_end` and no walk
+    /// followed: v2's bail for a request that does not lie inside one VMA. It
+    /// takes precedence over `VmaUnsuitable` (v2 checks the length first); on
+    /// v1, which walks across VMAs, it appears only when the crossing VMA was
+    /// also unsuitable.
+    CrossesVmaEnd = 5,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::VmaLockFailed,
         Reason::VmaUnsuitable,
         Reason::PageNotPresent,
         Reason::Other,
         Reason::VmaLockFailedOrUnsuitable,
+        Reason::CrossesVmaEnd,
     ];
 
     /// Whether the reason is reported where `lock_vma_under_rcu()` is probed
@@ -88,7 +97,7 @@ impl Reason {
     /// the one and merged in the other.
     pub const fn reported(self, vma_probed: bool) -> bool {
         match self {
-            Reason::VmaLockFailed | Reason::VmaUnsuitable => vma_probed,
+            Reason::VmaLockFailed | Reason::VmaUnsuitable | Reason::CrossesVmaEnd => vma_probed,
             Reason::VmaLockFailedOrUnsuitable => !vma_probed,
             Reason::PageNotPresent | Reason::Other => true,
         }
@@ -101,6 +110,7 @@ impl Reason {
             Reason::PageNotPresent => "page_not_present",
             Reason::Other => "other",
             Reason::VmaLockFailedOrUnsuitable => "vma_lock_failed_or_unsuitable",
+            Reason::CrossesVmaEnd => "crosses_vma_end",
         }
     }
 
@@ -110,6 +120,7 @@ impl Reason {
             1 => Reason::VmaUnsuitable,
             2 => Reason::PageNotPresent,
             4 => Reason::VmaLockFailedOrUnsuitable,
+            5 => Reason::CrossesVmaEnd,
             _ => Reason::Other,
         }
     }
@@ -192,6 +203,8 @@ pub const F_WAIT_WRITE: u32 = 1 << 10;
 pub const F_VMA_UNSEEN: u32 = 1 << 11;
 /// Begun under `ReadPath::Pending`.
 pub const F_PATH_PENDING: u32 = 1 << 12;
+/// The VMA of the last `lock_vma_under_rcu()` ends before the request does.
+pub const F_CROSSES: u32 = 1 << 13;
 
 /// Per-thread state of one remote access, kept in task storage.
 #[repr(C)]
@@ -490,17 +503,24 @@ impl CallState {
         self.flags & (F_ACTIVE | F_WRITE | F_LOCK_TRIED | F_STOPPED) == F_ACTIVE
     }
 
-    /// `lock_vma_under_rcu(mm, addr)` returned (`locked`: non-NULL).
+    /// `lock_vma_under_rcu(mm, addr)` returned (`locked`: non-NULL), the VMA
+    /// ending at `vm_end` (0: not known).
     #[inline(always)]
-    pub fn lock_vma(&mut self, mm: u64, addr: u64, locked: bool) {
+    pub fn lock_vma(&mut self, mm: u64, addr: u64, locked: bool, vm_end: u64) {
         if !self.in_lockless_phase() || mm != self.mm {
             return;
+        }
+        if self.flags & F_LOCKLESS == 0 {
+            // The loop's first step is at the untagged start address: the
+            // request's bytes are counted from there.
+            self.start_addr = addr;
         }
         self.flags |= F_LOCKLESS;
         self.last_step_addr = addr;
         if locked {
             self.vmas_locked += 1;
-            self.flags |= F_VMA_PENDING;
+            let crosses = vm_end != 0 && self.start_addr.wrapping_add(self.len) > vm_end;
+            self.flags = (self.flags & !F_CROSSES) | F_VMA_PENDING | if crosses { F_CROSSES } else { 0 };
         } else {
             self.stop(Reason::VmaLockFailed);
         }
@@ -587,6 +607,8 @@ impl CallState {
                     // failing step is `other`.
                     self.reason = if self.flags & F_VMA_UNSEEN != 0 {
                         Reason::VmaLockFailedOrUnsuitable as u32
+                    } else if self.flags & F_VMA_PENDING != 0 && self.flags & F_CROSSES != 0 {
+                        Reason::CrossesVmaEnd as u32
                     } else if self.flags & F_VMA_PENDING != 0 {
                         Reason::VmaUnsuitable as u32
                     } else {
@@ -742,6 +764,8 @@ mod tests {
     enum Ev {
         Begin { addr: u64, len: i32, gup: u32 },
         LockVma { addr: u64, ok: bool },
+        /// A VMA locked, ending at `end`.
+        LockVmaEnd { addr: u64, end: u64 },
         LockVmaOtherMm { addr: u64 },
         Walk { addr: u64, found: bool, level: u32, anon: bool },
         WalkNoPage { addr: u64 },
@@ -775,8 +799,9 @@ mod tests {
             let now = 1000 + 10 * i as u64;
             match *ev {
                 Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, reads, now)),
-                LockVma { addr, ok } => s.lock_vma(MM, addr, ok),
-                LockVmaOtherMm { addr } => s.lock_vma(MM + 4096, addr, true),
+                LockVma { addr, ok } => s.lock_vma(MM, addr, ok, 0),
+                LockVmaEnd { addr, end } => s.lock_vma(MM, addr, true, end),
+                LockVmaOtherMm { addr } => s.lock_vma(MM + 4096, addr, true, 0),
                 Walk { addr, found, level, anon } => s.folio_walk(addr, found, level, anon),
                 WalkNoPage { addr } => s.walk_without_page(addr),
                 Gup => s.gup(),
@@ -1202,8 +1227,13 @@ mod tests {
     /// `lock_vma_under_rcu()` probed: (name, events, reason when probed).
     fn patched_classes() -> Vec<(&'static str, Vec<Ev>)> {
         let a = 0x10_0000u64;
+        // A read begins where its first step is (the untagged address).
         let read = |ev: &[Ev]| {
-            let mut v = std::vec![Begin { addr: a, len: 4096, gup: READ }];
+            let start = match ev.first() {
+                Some(LockVma { addr, .. }) => *addr,
+                _ => a,
+            };
+            let mut v = std::vec![Begin { addr: start, len: 4096, gup: READ }];
             v.extend_from_slice(ev);
             v
         };
@@ -1244,6 +1274,78 @@ mod tests {
         classes
     }
 
+    /// A 4 KiB read from the middle of a page whose VMA ends at the next page.
+    const CROSS_START: u64 = 0x10000 + PAGE / 2;
+    const CROSS_END: u64 = 0x10000 + PAGE;
+
+    #[test]
+    fn v2_sends_a_read_past_its_vma_end_to_the_slow_path_whole() {
+        // One VMA locked, no walk: the length check bailed, the slow path copies.
+        let o = outcome(&[
+            Begin { addr: CROSS_START, len: PAGE as i32, gup: READ },
+            LockVmaEnd { addr: CROSS_START, end: CROSS_END },
+            Wait { write: false },
+            Got { ok: true },
+            Gup,
+            Gup,
+            Finish { ret: PAGE as i64 },
+        ]);
+        assert_eq!((o.path, o.reason, o.lockless_bytes, o.vmas_locked), (Some(Path::Fallback), Some(Reason::CrossesVmaEnd), 0, 1));
+        // The same VMA, a read that fits: a refused VMA is unsuitable.
+        let o = outcome(&[
+            Begin { addr: CROSS_START, len: (PAGE / 2) as i32, gup: READ },
+            LockVmaEnd { addr: CROSS_START, end: CROSS_END },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: (PAGE / 2) as i64 },
+        ]);
+        assert_eq!(o.reason, Some(Reason::VmaUnsuitable));
+        // vm_end not known: never called crossing.
+        let o = outcome(&[
+            Begin { addr: CROSS_START, len: PAGE as i32, gup: READ },
+            LockVma { addr: CROSS_START, ok: true },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: PAGE as i64 },
+        ]);
+        assert_eq!(o.reason, Some(Reason::VmaUnsuitable));
+    }
+
+    #[test]
+    fn v1_crosses_locklessly_and_says_crossing_only_at_an_unsuitable_vma() {
+        // v1 walks the first VMA to its end and locks the next: fast.
+        let o = outcome(&[
+            Begin { addr: CROSS_START, len: PAGE as i32, gup: READ },
+            LockVmaEnd { addr: CROSS_START, end: CROSS_END },
+            Walk { addr: CROSS_START, found: true, level: 0, anon: true },
+            LockVmaEnd { addr: CROSS_END, end: CROSS_END + 16 * PAGE },
+            Walk { addr: CROSS_END, found: true, level: 0, anon: true },
+            Finish { ret: PAGE as i64 },
+        ]);
+        assert_eq!((o.path, o.reason, o.vmas_locked, o.walks[0]), (Some(Path::Fast), None, 2, 2));
+        // v1, the first VMA crossing and unsuitable (hugetlb): no walk, so
+        // crossing is said; the second VMA unsuitable after a walk of the
+        // first: it does not cross (the request ends inside it), unsuitable.
+        let o = outcome(&[
+            Begin { addr: CROSS_START, len: PAGE as i32, gup: READ },
+            LockVmaEnd { addr: CROSS_START, end: CROSS_END },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: PAGE as i64 },
+        ]);
+        assert_eq!(o.reason, Some(Reason::CrossesVmaEnd));
+        let o = outcome(&[
+            Begin { addr: CROSS_START, len: PAGE as i32, gup: READ },
+            LockVmaEnd { addr: CROSS_START, end: CROSS_END },
+            Walk { addr: CROSS_START, found: true, level: 0, anon: true },
+            LockVmaEnd { addr: CROSS_END, end: CROSS_END + 16 * PAGE },
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: PAGE as i64 },
+        ]);
+        assert_eq!((o.reason, o.lockless_bytes), (Some(Reason::VmaUnsuitable), PAGE / 2));
+    }
+
     #[test]
     fn without_the_vma_probe_a_patched_kernel_reads_the_same_but_vma_reasons_merge() {
         for (name, events) in patched_classes() {
@@ -1251,7 +1353,7 @@ mod tests {
             let unprobed: Vec<Ev> = events.iter().copied().filter(|e| !matches!(e, LockVma { .. })).collect();
             let implied = drive_with(ReadPath::Implied, &unprobed).outcome.unwrap();
             let merged = probed.reason.map(|r| match r {
-                Reason::VmaLockFailed | Reason::VmaUnsuitable => Reason::VmaLockFailedOrUnsuitable,
+                Reason::VmaLockFailed | Reason::VmaUnsuitable | Reason::CrossesVmaEnd => Reason::VmaLockFailedOrUnsuitable,
                 r => r,
             });
             // Times differ only because fewer events (10 ns apart) were driven.

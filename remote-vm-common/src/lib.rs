@@ -15,6 +15,7 @@ pub mod classify;
 pub mod holder;
 pub mod point;
 pub mod registry;
+pub mod series;
 pub mod stats;
 
 pub use point::Point;
@@ -44,6 +45,8 @@ pub struct SelfTest {
     pub lockless: u32,
     /// Successful lockless walks inside them.
     pub walks: u32,
+    /// VMAs `lock_vma_under_rcu()` locked inside them (where it is probed).
+    pub vmas: u32,
     /// `Path` of the last one (+1; 0: none).
     pub path: u32,
     /// The probe-read thread's id as the kernel's initial PID namespace numbers

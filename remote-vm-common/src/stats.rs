@@ -91,10 +91,14 @@ pub enum Counter {
     /// threshold: `HolderOp::COUNT` slots for the read lock, by the holder's
     /// op, then as many for the write lock (`expand_stack`); see `stall_slot`.
     Stalls = 37,
+    /// Fallbacks with `Reason::CrossesVmaEnd` (after the stalls' slots).
+    FallbackCrossesVmaEnd = 63,
 }
 
+const _: () = assert!(Counter::FallbackCrossesVmaEnd as usize == Counter::Stalls as usize + 2 * HolderOp::COUNT);
+
 impl Counter {
-    pub const COUNT: usize = Counter::Stalls as usize + 2 * HolderOp::COUNT;
+    pub const COUNT: usize = Counter::FallbackCrossesVmaEnd as usize + 1;
 
     /// The slot of stalls of lock mode `write` whose holder's op is `op`
     /// (a `HolderOp`; out of range counts as `Unknown`).
@@ -112,6 +116,7 @@ impl Counter {
             Reason::PageNotPresent => Counter::FallbackPageNotPresent,
             Reason::Other => Counter::FallbackOther,
             Reason::VmaLockFailedOrUnsuitable => Counter::FallbackVmaLockFailedOrUnsuitable,
+            Reason::CrossesVmaEnd => Counter::FallbackCrossesVmaEnd,
         }
     }
     pub const CAPACITY: usize = 64;

@@ -54,7 +54,7 @@ pub enum Command {
     Defaults,
     /// The fleet's A/B table from an existing Prometheus (or a compatible engine:
     /// VictoriaMetrics, …): remote reads by path and fallback reason, grouped by
-    /// the kernel (patched, release) each host ran at each sample, with hosts per
+    /// the kernel (patched, series, release) each host ran at each sample, with hosts per
     /// group. Counts are exact counter increases (resets included).
     Compare {
         /// Base URL of the engine, e.g. http://localhost:9090 or https://[::1]:9090/prefix

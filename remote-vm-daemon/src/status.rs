@@ -53,6 +53,10 @@ pub fn patched_line(attached: &Attached) -> String {
     format!("patched: {} ({})", attached.patched.as_str(), attached.patched_why)
 }
 
+pub fn series_line(attached: &Attached) -> String {
+    format!("series: {} ({})", attached.series.label(), attached.series_why)
+}
+
 /// Which metric families are exported and which are absent, and why.
 pub fn coverage_lines(sight: &Sight, attached: &Attached) -> Vec<String> {
     coverage(sight, attached)
@@ -83,7 +87,7 @@ pub fn healthz(facts: &KernelFacts, attached: &Attached, sight: &Sight, session_
         .chain(contradiction_lines(facts))
         .chain([preempt_line(facts)])
         .chain(verdict_lines(attached))
-        .chain([patched_line(attached)])
+        .chain([patched_line(attached), series_line(attached)])
         .chain(coverage_lines(sight, attached))
         .chain(session_lines.iter().cloned())
         .chain(scrape_failure.map(scrape_failed_line));
@@ -226,7 +230,9 @@ pub struct CheckReport {
     pub kernel: KernelStatus,
     pub btf: Vec<BtfItem>,
     pub probes: Vec<ProbeStatus>,
-    pub patched: PatchedStatus,
+    pub patched: Decided,
+    /// Which version of the series the kernel behaves as.
+    pub series: Decided,
     pub metrics: Vec<CoverageStatus>,
     pub summary: Summary,
 }
@@ -259,9 +265,10 @@ pub struct BtfItem {
     pub line: String,
 }
 
+/// A value the start-up probe reads decided, and how.
 #[derive(Debug, Serialize)]
-pub struct PatchedStatus {
-    /// `yes`, `no` or `unknown`.
+pub struct Decided {
+    /// `patched`: `yes`, `no` or `unknown`; `series`: `v1`, `v2`, `none` or `unknown`.
     pub value: &'static str,
     pub why: String,
 }
@@ -294,9 +301,13 @@ pub fn check_report(config: String, facts: &KernelFacts, layout: &Layout, attach
         },
         btf: layout.lines().into_iter().map(|line| BtfItem { line }).collect(),
         probes: probes(attached),
-        patched: PatchedStatus {
+        patched: Decided {
             value: attached.patched.as_str(),
             why: attached.patched_why.clone(),
+        },
+        series: Decided {
+            value: attached.series.label(),
+            why: attached.series_why.clone(),
         },
         metrics: coverage(sight, attached),
         summary: Summary {

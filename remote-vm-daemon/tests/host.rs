@@ -80,6 +80,17 @@ fn expected_patched() -> Option<String> {
     std::env::var("REMOTE_VM_EXPECT_PATCHED").ok()
 }
 
+/// `series` as the kernel must say it: `unknown` where `patched` is, `none`
+/// where the kernel is not patched, else what the VM harness says
+/// (`REMOTE_VM_EXPECT_SERIES`, from the kernel list).
+fn expected_series() -> Option<String> {
+    match expected_patched().as_deref() {
+        Some("unknown") => Some("unknown".into()),
+        Some("no") => Some("none".into()),
+        _ => std::env::var("REMOTE_VM_EXPECT_SERIES").ok(),
+    }
+}
+
 /// The kernel line `check` prints, and a warning line after it for each
 /// option a readable config (/proc/config.gz, /boot/config-RELEASE) says
 /// otherwise: the options come from which functions the kernel has
@@ -167,6 +178,11 @@ fn check_reports_every_probe_as_the_kernel_allows() {
         Some(p) => assert!(patched.starts_with(&format!("{p} (")), "{patched}"),
         None => assert!(patched.starts_with("yes (") || patched.starts_with("no ("), "{patched}"),
     }
+    let series = lines.iter().find_map(|l| l.strip_prefix("series: ")).expect("a series line");
+    match expected_series() {
+        Some(s) => assert!(series.starts_with(&format!("{s} (")), "{series}"),
+        None => assert!(["v1 (", "v2 (", "none (", "unknown ("].iter().any(|s| series.starts_with(s)), "{series}"),
+    }
     let (on, off) = coverage();
     for c in Coverage::REPORTED {
         let line = lines.iter().find(|l| l.starts_with(&format!("metrics: {}: ", c.what()))).unwrap_or_else(|| panic!("{c:?}: {stdout}"));
@@ -247,6 +263,9 @@ fn metrics_tell_what_attached_and_pass_promtool() {
     match expected_patched() {
         Some(p) => assert!(info[0].contains(&format!("patched=\"{p}\"")), "{info:?}"),
         None => assert!(info[0].contains("patched=\"yes\"") || info[0].contains("patched=\"no\""), "{info:?}"),
+    }
+    if let Some(s) = expected_series() {
+        assert!(info[0].contains(&format!("series=\"{s}\"")), "{info:?}");
     }
     let build = [("version", env!("CARGO_PKG_VERSION")), ("revision", env!("REMOTE_VM_REVISION")), ("rustc", env!("REMOTE_VM_RUSTC"))];
     assert_eq!(scrape.value(BUILD_INFO.name, &build), Some(1.0), "{:?}", scrape.series(BUILD_INFO.name).collect::<Vec<_>>());

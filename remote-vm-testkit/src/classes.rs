@@ -1,11 +1,16 @@
 //! The classification workload: a known number of remote accesses of each kind,
 //! and the exact metric deltas each kernel must show for them.
 //!
-//! The model follows the kernel code (6.12 with and without the v1 series):
-//! - patched reads first run the lockless loop: `lock_vma_under_rcu` per VMA, the
-//!   VMA-flags check, `folio_walk_start` per mapping entry; whatever is left takes
-//!   `mmap_read_lock_killable`, `vma_lookup`/`expand_stack` (write lock) and GUP,
-//!   one `get_user_pages_remote` per page;
+//! The model follows the kernel code (6.12 and 7.3 with and without the
+//! series, v1 and v2):
+//! - patched reads first run the lockless loop: `lock_vma_under_rcu` per VMA
+//!   (v2: one per call, and a request past that VMA's end goes to the old path
+//!   whole, before any walk), the VMA-flags check (v2 also refuses FOLL_ANON on
+//!   a VMA that is not anonymous), `folio_walk_start` per mapping entry;
+//!   whatever is left takes `mmap_read_lock_killable`, `vma_lookup`/`expand_stack`
+//!   (write lock) and GUP, one `get_user_pages_remote` per page; where the old
+//!   path stops at a hole, v1 returns 0 (the lockless bytes are discarded), v2
+//!   the bytes copied so far (and `/proc/PID/mem` asks again for the rest);
 //! - unpatched reads, and all writes, take only that old path;
 //! - `/proc/PID/mem` asks again for the rest when a call returns short.
 use anyhow::{Result, bail};
@@ -19,6 +24,7 @@ use remote_vm_common::{
         UNTRACKED_CALLS, WRITE_DURATION, WRITES, WRITTEN_BYTES,
     },
     classify::{Level, Path, Reason},
+    series::Series,
 };
 
 use crate::workload::{CMDLINE, PAGE, Target, pattern};
@@ -160,11 +166,29 @@ pub fn run(t: &Target, c: &Counts) -> Result<Ground> {
     Ok(g)
 }
 
+/// The version of the series a patched kernel carries, as its kernel list
+/// records it (never inferred from a name or from the daemon's output).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    /// What `remote_vm_kernel_info`'s `series` must say.
+    pub fn series(self) -> Series {
+        match self {
+            Version::V1 => Series::V1,
+            Version::V2 => Series::V2,
+        }
+    }
+}
+
 /// The kernel under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
-    /// The lockless read path is there.
-    Patched,
+    /// The lockless read path is there, as this version of the series.
+    Patched(Version),
     /// It is not: every read takes the mmap_lock.
     Unpatched,
     /// Not even its functions (no per-VMA locks, no `lock_vma_under_rcu`, no
@@ -174,12 +198,26 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// `rvm.expect=`: `patched-v1`, `patched-v2`, `unpatched` or `legacy`.
     pub fn from_expect(s: &str) -> Option<Kernel> {
         match s {
-            "patched" => Some(Kernel::Patched),
+            "patched-v1" => Some(Kernel::Patched(Version::V1)),
+            "patched-v2" => Some(Kernel::Patched(Version::V2)),
             "unpatched" => Some(Kernel::Unpatched),
             "legacy" => Some(Kernel::Legacy),
             _ => None,
+        }
+    }
+
+    pub fn is_patched(self) -> bool {
+        matches!(self, Kernel::Patched(_))
+    }
+
+    /// What `remote_vm_kernel_info`'s `series` must say.
+    pub fn series(self) -> Series {
+        match self {
+            Kernel::Patched(v) => v.series(),
+            Kernel::Unpatched | Kernel::Legacy => Series::None,
         }
     }
 
@@ -246,8 +284,9 @@ pub type Expect = (&'static str, Labels, Option<u64>);
 /// Remote-access calls the workload makes on `k`.
 pub fn calls(k: Kernel, c: &Counts) -> u64 {
     let reads = c.resident + c.straddle + c.zero + c.hugetlb + c.unmapped + c.thp + 2 * c.cmdline;
-    // Unpatched: the hole straddle returns 2 KiB, and /proc/PID/mem asks for the rest.
-    let hole = if k == Kernel::Patched { c.hole_straddle } else { 2 * c.hole_straddle };
+    // Unpatched and v2: the hole straddle returns 2 KiB, and /proc/PID/mem
+    // asks for the rest; v1 returns 0 for it.
+    let hole = if k == Kernel::Patched(Version::V1) { c.hole_straddle } else { 2 * c.hole_straddle };
     reads + hole + c.writes
 }
 
@@ -261,11 +300,11 @@ pub fn expected(k: Kernel, c: &Counts, vma_probed: bool) -> Vec<Expect> {
     let as_unpatched = if k == Kernel::Legacy { Kernel::Unpatched } else { k };
     let fallback = |r: Reason| (FALLBACKS.name, vec![("reason", r.label())]);
     let mut values = expected_values(as_unpatched, c);
-    // The merged reason: what the two VMA-level reasons add up to.
-    let [failed, unsuitable] = [Reason::VmaLockFailed, Reason::VmaUnsuitable]
+    // The merged reason: what the VMA-level reasons add up to.
+    let [failed, unsuitable, crosses] = [Reason::VmaLockFailed, Reason::VmaUnsuitable, Reason::CrossesVmaEnd]
         .map(|r| values.iter().find(|(n, l, _)| (*n, l.clone()) == fallback(r)).map_or(0, |(_, _, v)| *v));
     let (n, l) = fallback(Reason::VmaLockFailedOrUnsuitable);
-    values.push((n, l, failed + unsuitable));
+    values.push((n, l, failed + unsuitable + crosses));
     // Only the VMA step's probe sees these; where the kernel has no lockless
     // path they are exact without it.
     let vma_only = [READ_VMAS_COUNT, READ_VMAS_SUM, MULTI_VMA_READS.name];
@@ -345,7 +384,7 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
         [(Path::Fast, fast), (Path::Fallback, fallback), (Path::Slow, slow)]
     };
     match k {
-        Kernel::Patched => {
+        Kernel::Patched(Version::V1) => {
             let fallback = z + h + m + x;
             let fast = r + s + t + cl_calls;
             for (p, v) in paths(fast, fallback, 0) {
@@ -379,6 +418,51 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
                 // The FOLL_ANON gap: both cmdline calls walk the file mapping lockless.
                 (FOLL_ANON_FILE_BACKED.name, vec![], cl_calls),
                 (GUP_CALLS.name, vec![path(Path::Fallback)], z + h),
+                (GUP_CALLS.name, vec![path(Path::Slow)], 0),
+                // Only a crossing VMA that is also unsuitable says crossing on v1.
+                (FALLBACKS.name, vec![reason(Reason::CrossesVmaEnd)], 0),
+            ]);
+        }
+        Kernel::Patched(Version::V2) => {
+            // One VMA per call: the straddles and the first call of each hole
+            // straddle run past their VMA's end and go to the old path whole
+            // (the hole straddle's second call starts in the hole); FOLL_ANON
+            // on the file mapping is refused (as GUP refuses it: 0 bytes).
+            let fallback = z + h + m + s + 2 * x + cl_calls;
+            let fast = r + t;
+            for (p, v) in paths(fast, fallback, 0) {
+                e.push((READS.name, vec![path(p)], v));
+                e.push((READ_DURATION_COUNT, vec![path(p)], v));
+                e.push((READ_VMAS_COUNT, vec![path(p)], v));
+            }
+            for (p, v) in paths((r + t) * B, (z + h + s) * B + x * HALF, 0) {
+                e.push((READ_BYTES.name, vec![path(p)], v));
+            }
+            // VMAs locked: one per call, none for a call that starts in a hole.
+            for (p, v) in paths(r + t, z + h + s + x + cl_calls, 0) {
+                e.push((READ_VMAS_SUM, vec![path(p)], v));
+            }
+            e.extend([
+                (MULTI_VMA_READS.name, vec![path(Path::Fast)], 0),
+                (FALLBACKS.name, vec![reason(Reason::VmaLockFailed)], m + x),
+                (FALLBACKS.name, vec![reason(Reason::VmaUnsuitable)], h + cl_calls),
+                (FALLBACKS.name, vec![reason(Reason::CrossesVmaEnd)], s + x),
+                (FALLBACKS.name, vec![reason(Reason::PageNotPresent)], z),
+                (FALLBACK_LOCKLESS_BYTES.name, vec![], 0),
+                (LOCKLESS_BYTES_DISCARDED.name, vec![], 0),
+                (LOCKLESS_DISCARDED_READS.name, vec![], 0),
+                (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_READ)], fallback + w),
+                (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_WRITE)], m + 2 * x),
+                (MMAP_LOCK_HOLD_COUNT, vec![], fallback + w),
+                (LOCK_VMA_CALLS.name, vec![remote], r + s + z + h + m + 2 * x + t + cl_calls),
+                (LOCK_VMA_FAILURES.name, vec![remote], m + x),
+                (FOLIO_WALKS.name, vec![level(Level::Pte)], r),
+                (FOLIO_WALKS.name, vec![level(Level::Pmd)], t),
+                (LOCKLESS_PTE_PAGES.name, vec![], r),
+                (FOLL_ANON_FILE_BACKED.name, vec![], 0),
+                // One GUP per page: two for a straddle and for a hole
+                // straddle's first call (the second fails at the hole).
+                (GUP_CALLS.name, vec![path(Path::Fallback)], z + h + 2 * s + 2 * x + cl_calls),
                 (GUP_CALLS.name, vec![path(Path::Slow)], 0),
             ]);
         }
@@ -415,6 +499,7 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
                 // straddles span two pages (the second GUP fails at the hole).
                 (GUP_CALLS.name, vec![path(Path::Fallback)], 0),
                 (GUP_CALLS.name, vec![path(Path::Slow)], r + 2 * s + z + h + 2 * x + t + cl_calls),
+                (FALLBACKS.name, vec![reason(Reason::CrossesVmaEnd)], 0),
             ]);
         }
     }
@@ -427,14 +512,15 @@ pub fn expected_ground(k: Kernel, c: &Counts) -> Ground {
     match k {
         // The hole straddle's lockless bytes are thrown away: EIO. The cmdline
         // reads succeed through the lockless path's FOLL_ANON gap.
-        Kernel::Patched => Ground {
+        Kernel::Patched(Version::V1) => Ground {
             reads_ok: full,
             bytes_read: full * B,
             bytes_written: c.writes * WRITE_LEN as u64,
             cmdline_bytes: c.cmdline * CMDLINE.len() as u64,
         },
-        // GUP refuses FOLL_ANON on a file mapping: an empty cmdline.
-        Kernel::Unpatched | Kernel::Legacy => Ground {
+        // GUP refuses FOLL_ANON on a file mapping (v2's fast path too): an
+        // empty cmdline; the hole straddle returns its first half.
+        Kernel::Patched(Version::V2) | Kernel::Unpatched | Kernel::Legacy => Ground {
             reads_ok: full + c.hole_straddle,
             bytes_read: full * B + c.hole_straddle * HALF,
             bytes_written: c.writes * WRITE_LEN as u64,
@@ -459,7 +545,8 @@ mod tests {
 
     #[test]
     fn model_is_self_consistent() {
-        for (k, vma) in [Kernel::Patched, Kernel::Unpatched, Kernel::Legacy].into_iter().flat_map(|k| [(k, true), (k, false)]) {
+        const KERNELS: [Kernel; 4] = [Kernel::Patched(Version::V1), Kernel::Patched(Version::V2), Kernel::Unpatched, Kernel::Legacy];
+        for (k, vma) in KERNELS.into_iter().flat_map(|k| [(k, true), (k, false)]) {
             let e = expected(k, &COUNTS, vma);
             let get = |name: &str, labels: &[(&str, &str)]| {
                 e.iter()
@@ -479,8 +566,20 @@ mod tests {
             let g = expected_ground(k, &COUNTS);
             let probes = if g.cmdline_bytes > 0 { COUNTS.cmdline } else { 0 };
             assert_eq!(bytes, g.bytes_read + g.cmdline_bytes + probes);
+            // Every call of a patched kernel runs lock_vma_under_rcu at least
+            // once; v2 exactly once.
+            if vma && k.is_patched() {
+                let locks = get(LOCK_VMA_CALLS.name, &[("context", CONTEXT_REMOTE)]);
+                let read_calls = reads;
+                assert!(locks >= read_calls, "{k:?}");
+                if k == Kernel::Patched(Version::V2) {
+                    assert_eq!(locks, read_calls);
+                    assert_eq!(get(MULTI_VMA_READS.name, &[("path", "fast")]), 0);
+                }
+            }
         }
-        assert_eq!(calls(Kernel::Patched, &COUNTS), 43 + 3 + 4);
+        assert_eq!(calls(Kernel::Patched(Version::V1), &COUNTS), 43 + 3 + 4);
+        assert_eq!(calls(Kernel::Patched(Version::V2), &COUNTS), calls(Kernel::Unpatched, &COUNTS));
         assert_eq!(calls(Kernel::Unpatched, &COUNTS), 45 + 3 + 4);
         assert_eq!(calls(Kernel::Legacy, &COUNTS), calls(Kernel::Unpatched, &COUNTS));
         let legacy = expected(Kernel::Legacy, &COUNTS, true);

@@ -129,9 +129,12 @@ mod tests {
         // Every golden series has a shape of its own: one series covers one.
         assert_eq!(golden.missing_from(&got[..1]).count(), golden.lines.len() - 1);
         // Status labels may differ within their closed set, nothing else.
-        let info = |p: &str| format!("{}{{release=\"*\",per_vma_lock=\"yes\",rcu_table_free=\"yes\",patched=\"{p}\"}}", catalog::KERNEL_INFO.name);
-        assert!(golden.knows(&info("yes")) && golden.knows(&info("no")));
-        assert!(!golden.knows(&info("maybe")));
+        let info = |p: &str, s: &str| {
+            format!("{}{{release=\"*\",per_vma_lock=\"yes\",rcu_table_free=\"yes\",patched=\"{p}\",series=\"{s}\"}}", catalog::KERNEL_INFO.name)
+        };
+        assert!(golden.knows(&info("yes", "v1")) && golden.knows(&info("no", "none")) && golden.knows(&info("yes", "v2")));
+        assert!(!golden.knows(&info("maybe", "v1")));
+        assert!(!golden.knows(&info("yes", "v3")));
         assert!(!golden.knows(&format!("{}{{path=\"warp\"}}", catalog::READS.name)));
     }
 }

@@ -311,7 +311,7 @@ pub fn run(root: &Path, kernels: Vec<vm::Kernel>, workload: &str) -> Result<Path
         }
         let fast = r.delta(&reads_key(classify::Path::Fast));
         match r.kernel.expect() {
-            "patched" if !(fast > 0.0) => problems.push(format!("{}: no fast-path read", r.kernel.name)),
+            "patched-v1" | "patched-v2" if !(fast > 0.0) => problems.push(format!("{}: no fast-path read", r.kernel.name)),
             "unpatched" | "legacy" if fast != 0.0 => problems.push(format!("{}: {fast} fast-path reads", r.kernel.name)),
             _ => {}
         }
@@ -568,6 +568,7 @@ mod tests {
                 origin: "a kernel".into(),
                 params: String::new(),
                 isolate: Vec::new(),
+                only: None,
             },
             result: serde_json::json!({ "before": side(0.0), "after": side(3.0), "workload": {} }),
         };

@@ -110,12 +110,12 @@ fn h(extra: &str) -> String {
     }
 }
 
-/// Restricts a per-(job, instance) expression to hosts of the chosen release and
-/// patched state, and gives it their labels.
+/// Restricts a per-(job, instance) expression to hosts of the chosen release,
+/// patched state and series version, and gives it their labels.
 fn fleet(expr: &str) -> String {
     let info = catalog::KERNEL_INFO.name;
     format!(
-        r#"({expr}) * on (job, instance) group_left (release, patched) {info}{{job=~"$job",release=~"$release",patched=~"$patched"}}"#
+        r#"({expr}) * on (job, instance) group_left (release, patched, series) {info}{{job=~"$job",release=~"$release",patched=~"$patched",series=~"$series"}}"#
     )
 }
 
@@ -239,7 +239,7 @@ pub fn fleet_panels() -> Vec<Panel> {
     let group_quantile = |q: &str, metric: &Metric, extra: &str| {
         let bucket = metric.sample("_bucket");
         format!(
-            r#"histogram_quantile({q}, sum by (patched, le) ({}))"#,
+            r#"histogram_quantile({q}, sum by (patched, series, le) ({}))"#,
             fleet(&format!(
                 r#"sum by (job, instance, le) (rate({bucket}{{job=~"$job"{extra}}}[$__rate_interval]))"#
             ))
@@ -247,18 +247,18 @@ pub fn fleet_panels() -> Vec<Panel> {
     };
     vec![
         row("Patched vs unpatched"),
-        panel(Table, "Hosts per kernel", "none", NEEDS_DAEMON, "Hosts reporting, by patched state and release.", vec![
-            (format!(r#"count by (patched, release) ({}{{job=~"$job",release=~"$release",patched=~"$patched"}})"#, catalog::KERNEL_INFO.name), ""),
+        panel(Table, "Hosts per kernel", "none", NEEDS_DAEMON, "Hosts reporting, by patched state, series version and release (a v1 and a v2 host of one release are two groups: their fallbacks mean different things).", vec![
+            (format!(r#"count by (patched, series, release) ({}{{job=~"$job",release=~"$release",patched=~"$patched",series=~"$series"}})"#, catalog::KERNEL_INFO.name), ""),
         ]),
-        panel(Timeseries, "Fast-path ratio by group", "percentunit", NEEDS_READS, "fast / all reads, per patched state.", vec![
-            (format!("sum by (patched) ({}) / sum by (patched) ({})", fleet(&fast_reads), fleet(&all_reads)), "patched={{patched}}"),
+        panel(Timeseries, "Fast-path ratio by group", "percentunit", NEEDS_READS, "fast / all reads, per patched state and series version.", vec![
+            (format!("sum by (patched, series) ({}) / sum by (patched, series) ({})", fleet(&fast_reads), fleet(&all_reads)), "patched={{patched}} series={{series}}"),
         ]),
-        panel(Timeseries, "Remote-read latency by group", "s", NEEDS_READS, "p50 and p99 of remote reads, per patched state.", vec![
-            (group_quantile("0.5", &catalog::READ_DURATION, ""), "p50 patched={{patched}}"),
-            (group_quantile("0.99", &catalog::READ_DURATION, ""), "p99 patched={{patched}}"),
+        panel(Timeseries, "Remote-read latency by group", "s", NEEDS_READS, "p50 and p99 of remote reads, per patched state and series version.", vec![
+            (group_quantile("0.5", &catalog::READ_DURATION, ""), "p50 patched={{patched}} series={{series}}"),
+            (group_quantile("0.99", &catalog::READ_DURATION, ""), "p99 patched={{patched}} series={{series}}"),
         ]),
-        panel(Timeseries, "mmap_lock wait of remote reads by group", "s", NEEDS_REMOTE_LOCK, "p99 of a remote access's own waits for the target's mmap_lock, per patched state.", vec![
-            (group_quantile("0.99", &catalog::MMAP_LOCK_WAIT, &format!(r#",context="{CONTEXT_REMOTE}""#)), "p99 patched={{patched}}"),
+        panel(Timeseries, "mmap_lock wait of remote reads by group", "s", NEEDS_REMOTE_LOCK, "p99 of a remote access's own waits for the target's mmap_lock, per patched state and series version.", vec![
+            (group_quantile("0.99", &catalog::MMAP_LOCK_WAIT, &format!(r#",context="{CONTEXT_REMOTE}""#)), "p99 patched={{patched}} series={{series}}"),
         ]),
         row("Stalls"),
         panel(Stat, "Hosts with a reader stuck now", "none", NEEDS_WAITS, "Hosts where a remote access has waited more than 5 s for a target's mmap_lock (as RemoteVmReaderStuck; 0 when none of the hosts that can see waits has one).", vec![
@@ -267,15 +267,15 @@ pub fn fleet_panels() -> Vec<Panel> {
         panel(Table, "Hosts by oldest wait in progress", "s", NEEDS_WAITS, "Top 10 hosts by the age of their longest remote wait for a target's mmap_lock now (0: nobody waiting).", vec![
             (format!("topk(10, {})", fleet(&format!(r#"max by (job, instance) ({}{{job=~"$job"}})"#, catalog::MMAP_LOCK_OLDEST_WAIT.name))), ""),
         ]),
-        wide(panel(Timeseries, "Stalls by group", "ops", NEEDS_REMOTE_LOCK, "Remote accesses that waited at least stalls.threshold_seconds for the target's mmap_lock, per patched state: what the series removes for resident pages.", vec![
-            (format!("sum by (patched) ({})", fleet(&format!(r#"sum by (job, instance) (rate({}{{job=~"$job"}}[$__rate_interval]))"#, catalog::STALLS.name))), "patched={{patched}}"),
+        wide(panel(Timeseries, "Stalls by group", "ops", NEEDS_REMOTE_LOCK, "Remote accesses that waited at least stalls.threshold_seconds for the target's mmap_lock, per patched state and series version: what the series removes for resident pages.", vec![
+            (format!("sum by (patched, series) ({})", fleet(&format!(r#"sum by (job, instance) (rate({}{{job=~"$job"}}[$__rate_interval]))"#, catalog::STALLS.name))), "patched={{patched}} series={{series}}"),
         ])),
         wide(stacked(panel(Timeseries, "What causes stalls", "ops", NEEDS_REMOTE_LOCK, "Stalls across the selected hosts by what the lock's holder was doing (op: its system call grouped, fault, kthread, readers, other, unknown). `remote-vm-daemon compare` gives the same per host-hour, patched vs unpatched.", vec![
             (format!("sum by (op) ({})", fleet(&format!(r#"sum by (job, instance, op) (rate({}{{job=~"$job"}}[$__rate_interval]))"#, catalog::STALLS.name))), "{{op}}"),
         ]))),
         row("Hosts"),
         wide(panel(Timeseries, "Fast-path ratio per host", "percentunit", NEEDS_READS, "fast / all reads on each host.", vec![
-            (per_host_ratio, "{{instance}} ({{release}}, patched={{patched}})"),
+            (per_host_ratio, "{{instance}} ({{release}}, patched={{patched}}, series={{series}})"),
         ])),
         panel(Table, "Worst hosts by fallback ratio", "percentunit", NEEDS_READS, "Top 10: fallback / all reads.", vec![
             (format!("topk(10, {})", fleet(&format!("{fallback_reads} / {all_reads}"))), ""),
@@ -384,6 +384,7 @@ fn render(uid: &str, title: &str, description: &str, panels: &[Panel], fleet: bo
     if fleet {
         vars.push(variable("release", "Release", &format!(r#"label_values({kernel_info}{{job=~"$job"}}, release)"#), true));
         vars.push(variable("patched", "Patched", &format!(r#"label_values({kernel_info}{{job=~"$job"}}, patched)"#), true));
+        vars.push(variable("series", "Series version", &format!(r#"label_values({kernel_info}{{job=~"$job"}}, series)"#), true));
     } else {
         vars.push(variable("instance", "Host", &format!(r#"label_values({build_info}{{job=~"$job"}}, instance)"#), false));
     }
@@ -522,6 +523,7 @@ pub fn substitute(expr: &str, rate_interval: &str) -> String {
         .replace("$instance", ".*")
         .replace("$release", ".*")
         .replace("$patched", ".*")
+        .replace("$series", ".*")
 }
 
 #[cfg(test)]

@@ -67,10 +67,12 @@ impl Rng {
     }
 }
 
-type Kernel = (&'static str, &'static str);
-const UNPATCHED: Kernel = ("no", "7.3.4");
-const PATCHED: Kernel = ("yes", "7.3.4");
-const OLD: Kernel = ("no", "6.12.117");
+/// (patched, series, release): v1 and v2 hosts of one release are two groups.
+type Kernel = (&'static str, &'static str, &'static str);
+const UNPATCHED: Kernel = ("no", "none", "7.3.4");
+const PATCHED: Kernel = ("yes", "v1", "7.3.4");
+const PATCHED_V2: Kernel = ("yes", "v2", "7.3.4");
+const OLD: Kernel = ("no", "none", "6.12.117");
 
 /// One host's life over the range, by sample index.
 struct Plan {
@@ -136,7 +138,7 @@ impl Fleet {
                 let r = rng.below(100);
                 let mid = || samples / 4 + (h * 7919) % (samples / 2);
                 let (mut first, mut last) = (0, samples);
-                let mut kernels = vec![(0, if h % 3 == 0 { PATCHED } else if h % 3 == 1 { UNPATCHED } else { OLD })];
+                let mut kernels = vec![(0, [PATCHED, UNPATCHED, OLD, PATCHED_V2][h % 4])];
                 let mut restarts = Vec::new();
                 match r {
                     // Rebooted from unpatched into patched mid-range.
@@ -178,7 +180,7 @@ impl Fleet {
             for i in p.first..p.last {
                 let k = p.kernel_at(i);
                 let t = self.time(i);
-                let labels = format!("job=\"remote-vm\",instance=\"{}\",patched=\"{}\",release=\"{}\",per_vma_lock=\"yes\",rcu_table_free=\"yes\"", p.instance, k.0, k.1);
+                let labels = format!("job=\"remote-vm\",instance=\"{}\",patched=\"{}\",series=\"{}\",release=\"{}\",per_vma_lock=\"yes\",rcu_table_free=\"yes\"", p.instance, k.0, k.1, k.2);
                 writeln!(om, "{info}{{{labels}}} 1 {t}")?;
                 writeln!(vm, "{info}{{{labels}}} 1 {}", t * 1000)?;
                 if in_range(t) {
@@ -358,18 +360,17 @@ fn differences(doc: &Value, truth: &BTreeMap<Kernel, Truth>) -> Vec<String> {
         }
     }
     for g in &groups {
-        for key in ["patched", "release", "hosts", "counts", "resets"] {
+        for key in ["patched", "series", "release", "hosts", "counts", "resets"] {
             if g.get(key).is_none() {
                 out.push(format!("a group has no {key}"));
             }
         }
     }
-    let got: BTreeMap<(String, String), &Value> = groups
-        .iter()
-        .map(|g| ((g["patched"].as_str().unwrap_or("").to_string(), g["release"].as_str().unwrap_or("").to_string()), g))
-        .collect();
+    let text = |g: &Value, key: &str| g[key].as_str().unwrap_or("").to_string();
+    let got: BTreeMap<(String, String, String), &Value> =
+        groups.iter().map(|g| ((text(g, "patched"), text(g, "series"), text(g, "release")), g)).collect();
     for (k, t) in truth {
-        let Some(g) = got.get(&(k.0.to_string(), k.1.to_string())) else {
+        let Some(g) = got.get(&(k.0.to_string(), k.1.to_string(), k.2.to_string())) else {
             out.push(format!("no group {k:?}"));
             continue;
         };
@@ -507,7 +508,7 @@ pub fn run(root: &Path, args: &Args) -> Result<()> {
         generated.as_secs_f64(),
         converted.as_secs_f64(),
         truth.len(),
-        truth.iter().map(|(k, v)| format!("{}/{} {} hosts", k.0, k.1, v.hosts.len())).collect::<Vec<_>>().join(", ")
+        truth.iter().map(|(k, v)| format!("{}/{}/{} {} hosts", k.0, k.1, k.2, v.hosts.len())).collect::<Vec<_>>().join(", ")
     );
 
     // The lowered limit: half the raw mode's largest query (the reads, 3

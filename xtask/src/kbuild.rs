@@ -193,14 +193,45 @@ pub fn built_kernel(root: &Path, name: &str) -> Option<vm::Kernel> {
     // shared 7.3 pair has (see `vm::FTRACE_DEFECT_ISOLATE`).
     let config = std::fs::read_to_string(dir.join(format!("config-{which}"))).unwrap_or_default();
     let isolate = if config.lines().any(|l| l == "CONFIG_CALL_PADDING=y") { Vec::new() } else { vm::FTRACE_DEFECT_ISOLATE.to_vec() };
+    let expect = if which == "patched" {
+        let patch = std::fs::read_to_string(dir.join("series.patch")).unwrap_or_default();
+        match series_version(&patch) {
+            Some(v @ (1 | 2)) => format!("patched-v{v}"),
+            // A version the workloads' ground truth does not model yet.
+            _ => "unknown".to_string(),
+        }
+    } else {
+        which.to_string()
+    };
     Some(vm::Kernel {
         name: name.to_string(),
         image,
-        expect: which.to_string(),
+        expect,
         origin,
         params: String::new(),
         isolate,
+        only: None,
     })
+}
+
+/// The series version a patch says it is, as mailed: `[PATCH vN …]` in its
+/// subjects is vN, `[PATCH …]` with no version is v1 (git format-patch's
+/// convention); several versions, or no subject, say nothing.
+pub fn series_version(patch: &str) -> Option<u32> {
+    let mut found = None;
+    for subject in patch.lines().filter_map(|l| l.strip_prefix("Subject:")) {
+        let Some(tag) = subject.split('[').nth(1).and_then(|t| t.split(']').next()) else { continue };
+        let words: Vec<&str> = tag.split_whitespace().collect();
+        if !words.contains(&"PATCH") {
+            continue;
+        }
+        let v = words.iter().find_map(|w| w.strip_prefix('v').and_then(|n| n.parse::<u32>().ok())).unwrap_or(1);
+        if found.is_some_and(|f| f != v) {
+            return None;
+        }
+        found = Some(v);
+    }
+    found
 }
 
 #[cfg(test)]
@@ -217,7 +248,10 @@ mod tests {
         std::fs::write(dir.join("bzImage-unpatched"), b"").unwrap();
         std::fs::write(dir.join("ORIGIN"), "Debian linux-source-7.3 7.3.4-1, config X over tinyconfig; patched: + /p/v2.patch\n").unwrap();
         let p = built_kernel(&root, "v2-rc1-patched").unwrap();
-        assert_eq!((p.expect.as_str(), p.isolate.len()), ("patched", 0));
+        // No mailed subject in the patch: the version is not known.
+        assert_eq!((p.expect.as_str(), p.isolate.len()), ("unknown", 0));
+        std::fs::write(dir.join("series.patch"), "Subject: [PATCH v2 3/3] mm: __access_remote_vm with per-VMA lock\n").unwrap();
+        assert_eq!(built_kernel(&root, "v2-rc1-patched").unwrap().expect, "patched-v2");
         assert!(p.origin.ends_with("patched: + /p/v2.patch"), "{}", p.origin);
         let u = built_kernel(&root, "v2-rc1-unpatched").unwrap();
         assert_eq!((u.expect.as_str(), u.isolate.len()), ("unpatched", vm::FTRACE_DEFECT_ISOLATE.len()));
@@ -226,5 +260,15 @@ mod tests {
         assert!(built_kernel(&root, "v3-patched").is_none());
         assert!(built_kernel(&root, "patched").is_none());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_patch_says_its_series_version_in_its_subjects() {
+        assert_eq!(series_version("Subject: [PATCH 1/3] mm: a\nSubject: [PATCH 2/3] mm: b\n"), Some(1));
+        assert_eq!(series_version("Subject: [RFC PATCH v2 0/3] mm\n"), Some(2));
+        assert_eq!(series_version("Subject: [PATCH v3] mm\n"), Some(3));
+        assert_eq!(series_version("Subject: [PATCH v2 1/3] a\nSubject: [PATCH v3 2/3] b\n"), None);
+        assert_eq!(series_version("Subject: Re: the thread [not a patch]\n"), None);
+        assert_eq!(series_version("diff --git a/mm/memory.c b/mm/memory.c\n"), None);
     }
 }

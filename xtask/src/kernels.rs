@@ -218,6 +218,7 @@ fn fetch(root: &Path, keep: impl Fn(&Entry) -> bool) -> Result<Vec<Kernel>> {
             origin: format!("Debian {package} {version}"),
             params: String::new(),
             isolate: Vec::new(),
+            only: None,
         });
     }
     Ok(out)

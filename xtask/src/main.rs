@@ -76,6 +76,10 @@ enum Cmd {
         /// our backport, 7.3.4 with the v1 series as posted).
         #[arg(long = "kernel", value_parser = vm::Kernel::parse)]
         kernels: Vec<vm::Kernel>,
+        /// Instead of --kernel: a shared pair by name, `6.12` (our v1 backport),
+        /// `7.3` (v1 as posted) or `v2` (`patched-v2` against `unpatched-7.3`).
+        #[arg(long, conflicts_with = "kernels", value_parser = ["6.12", "7.3", "v2"])]
+        pair: Option<String>,
         /// The workload, `key=value,…` (keys of `rvm-testkit stress --help`, `_` for `-`).
         #[arg(long, default_value = ab::DEFAULT_WORKLOAD)]
         workload: String,
@@ -196,11 +200,13 @@ enum Cmd {
     },
     /// Boot kernels under QEMU and run the in-VM tests.
     VmTest {
-        /// `[NAME[:EXPECT]=]PATH` of a kernel image (EXPECT: patched, unpatched, legacy,
-        /// unknown), or a name of the matrix (`patched-7.3`, `debian-7.0`); repeatable.
+        /// `[NAME[:EXPECT]=]PATH` of a kernel image (EXPECT: patched-v1, patched-v2 —
+        /// the series version the image carries —, unpatched, legacy, unknown), or a
+        /// name of the matrix (`patched-7.3`, `patched-v2`, `debian-7.0`); repeatable.
         /// Default: ../shared/kernels/bzImage-{patched,unpatched}, ../shared/kernels/7.3/
-        /// bzImage-{patched,unpatched} and the default Debian kernels of
-        /// xtask/kernels.toml (downloaded, cached under target/kernels).
+        /// bzImage-{patched,unpatched,v2} (v2: suites first and callers, every suite
+        /// with --all-kernels) and the default Debian kernels of xtask/kernels.toml
+        /// (downloaded, cached under target/kernels).
         #[arg(long = "kernel", value_parser = vm::Kernel::parse)]
         kernels: Vec<vm::Kernel>,
         /// Run only this suite after `check` (e.g. `stalls`), for working on one;
@@ -259,15 +265,22 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             setup::setup(setup::Purpose::Test)?;
             test(&root)
         }
-        Cmd::Ab { mut kernels, workload } => {
+        Cmd::Ab { mut kernels, pair, workload } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
-            if kernels.is_empty() {
-                kernels = vm::shared_pairs(&root);
+            match pair.as_deref() {
+                Some("6.12") => kernels = vm::shared_kernels(&root),
+                Some("7.3") => kernels = vm::shared_kernels_7_3(&root),
+                Some(_) => {
+                    kernels = vm::shared_v2(&root, false);
+                    kernels.extend(vm::shared_kernels_7_3(&root).into_iter().filter(|k| !k.is_patched()));
+                }
+                None if kernels.is_empty() => kernels = vm::shared_pairs(&root),
+                None => {}
             }
             resolve_names(&root, &mut kernels)?;
             if kernels.is_empty() {
-                bail!("no kernels: ../shared/kernels is not there; pass an A/B pair with --kernel NAME:patched=PATH --kernel NAME:unpatched=PATH");
+                bail!("no kernels: ../shared/kernels is not there; pass an A/B pair with --kernel NAME:patched-v1=PATH --kernel NAME:unpatched=PATH");
             }
             ab::run(&root, kernels, &workload).map(drop)
         }
@@ -431,7 +444,7 @@ fn test(root: &Path) -> Result<()> {
     } else {
         say!(
             "all tests passed, WITHOUT {}: the lockless path (a patched kernel) was NOT tested; \
-             pass your own pair to vm-test and ab with --kernel NAME:patched=PATH --kernel NAME:unpatched=PATH",
+             pass your own pair to vm-test and ab with --kernel NAME:patched-v1=PATH --kernel NAME:unpatched=PATH",
             missing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         );
     }
@@ -506,12 +519,14 @@ fn host_suite_test(root: &Path) -> Result<()> {
 const HOST_TESTS_DIR: &str = "/usr/lib/rvm/host-tests";
 
 /// The kernels given, else both shared A/B pairs (6.12 with our backport, 7.3.4
-/// with the series as posted) and the Debian kernels of `set`.
+/// with the series as posted), 7.3.4 with v2 (`patched-v2`, some suites in the
+/// default set) and the Debian kernels of `set`.
 fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: kernels::Set) -> Result<()> {
     // The whole matrix, every suite: "Supported kernels" in docs/probes-and-kernels.md is its table.
     let whole = kernels.is_empty() && only.is_none() && set == kernels::Set::All;
     if kernels.is_empty() {
         kernels = vm::shared_pairs(root);
+        kernels.extend(vm::shared_v2(root, set == kernels::Set::Default));
         kernels.extend(kernels::debian_kernels_of(root, set)?);
     } else {
         resolve_names(root, &mut kernels)?;
@@ -529,7 +544,7 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
 
 /// The kernels known by name: the shared pairs, the Debian record, built pairs.
 fn list_kernels(root: &Path) -> Result<()> {
-    for k in vm::shared_pairs(root) {
+    for k in vm::shared_pairs(root).into_iter().chain(vm::shared_v2(root, false)) {
         say!("kernels: {} ({}; expect {})", k.name, k.origin, k.expect);
     }
     for e in kernels::entries(root)? {
@@ -551,7 +566,7 @@ fn list_kernels(root: &Path) -> Result<()> {
 fn resolve_names(root: &Path, kernels: &mut [vm::Kernel]) -> Result<()> {
     for k in kernels.iter_mut() {
         if k.image.as_os_str() == k.name.as_str() && !k.image.exists() {
-            let found = match vm::shared_pairs(root).into_iter().find(|m| m.name == k.name) {
+            let found = match vm::shared_pairs(root).into_iter().chain(vm::shared_v2(root, false)).find(|m| m.name == k.name) {
                 Some(m) => Some(m),
                 None => match kbuild::built_kernel(root, &k.name) {
                     Some(b) => Some(b),
@@ -560,6 +575,7 @@ fn resolve_names(root: &Path, kernels: &mut [vm::Kernel]) -> Result<()> {
             };
             *k = found.with_context(|| format!("--kernel {}: no such file, and no kernel of the matrix has that name", k.name))?;
         }
+        k.check_expect().map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }
@@ -602,6 +618,12 @@ fn vm_test_in(
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for kernel in &kernels {
+        // Some suites only (the default set's `Kernel::only`), unless the run names its suites.
+        let own_params = match kernel.only {
+            Some(only) if !params.contains("rvm.only=") => format!("{params} rvm.only={only}").trim().to_string(),
+            _ => params.to_string(),
+        };
+        let params = own_params.as_str();
         // Suites in boots of their own, unless the run names its suites.
         let isolated: &[&[&str]] = if params.contains("rvm.only=") { &[] } else { &kernel.isolate };
         let mut main_params = if isolated.is_empty() {

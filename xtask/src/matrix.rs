@@ -116,6 +116,8 @@ pub fn render(rows: &[Row]) -> String {
     line(&mut out, "release", rows.iter().map(release).collect());
     let patched = |r: &Row| r.check["patched"]["value"].as_str().unwrap_or("?").to_string();
     line(&mut out, "`patched`", rows.iter().map(patched).collect());
+    let series = |r: &Row| r.check["series"]["value"].as_str().unwrap_or("?").to_string();
+    line(&mut out, "`series`", rows.iter().map(series).collect());
     let all: Vec<Vec<(String, String)>> = rows.iter().map(|r| probes(&r.check)).collect();
     if let Some(first) = all.iter().find(|p| !p.is_empty()) {
         for (probe, _) in first {
@@ -176,6 +178,7 @@ mod tests {
         let check = serde_json::json!({
             "kernel": {"release": "6.12.117"},
             "patched": {"value": "yes", "why": "…"},
+            "series": {"value": "v1", "why": "…"},
             "probes": [
                 {"probe": "a_entry", "attached": true, "mode": "fentry", "reasons": []},
                 {"probe": "b_exit", "attached": false, "mode": "none",
@@ -185,7 +188,7 @@ mod tests {
         let row = Row {
             kernel: "k".into(),
             origin: "o".into(),
-            expect: "patched".into(),
+            expect: "patched-v1".into(),
             check,
             checks: Vec::new(),
             passed: None,
@@ -193,6 +196,7 @@ mod tests {
         let table = render(&[row]);
         assert!(table.contains("| release | 6.12.117 |"), "{table}");
         assert!(table.contains("| `patched` | yes |"), "{table}");
+        assert!(table.contains("| `series` | v1 |"), "{table}");
         assert!(table.contains("| probe `a_entry` | fentry |"), "{table}");
         assert!(table.contains("| probe `b_exit` | none: needs access_remote_vm |"), "{table}");
     }

@@ -226,7 +226,7 @@ pub fn dashboard_test(root: &Path) -> Result<()> {
         let got = value(v.port);
         say!("fast-path ratio of {}: {got:?}", v.kernel.name);
         let ok = match v.kernel.expect() {
-            "patched" => got.is_some_and(|x| x > 0.0),
+            _ if v.kernel.is_patched() => got.is_some_and(|x| x > 0.0),
             "unpatched" => got == Some(0.0),
             _ => true,
         };
@@ -237,13 +237,13 @@ pub fn dashboard_test(root: &Path) -> Result<()> {
     if value(HOST_DAEMON_PORT).is_some() {
         failures.push("the host daemon reports reads it cannot see".into());
     }
-    for (port, patched) in lab
+    for (port, patched, series) in lab
         .vms
         .iter()
-        .map(|v| (v.port, if v.kernel.expect() == "patched" { "yes" } else { "no" }))
-        .chain([(HOST_DAEMON_PORT, "unknown")])
+        .map(|v| (v.port, if v.kernel.is_patched() { "yes" } else { "no" }, v.kernel.series()))
+        .chain([(HOST_DAEMON_PORT, "unknown", "unknown")])
     {
-        let q = format!("{}{{instance=\"127.0.0.1:{port}\",patched=\"{patched}\"}}", cat::KERNEL_INFO.name);
+        let q = format!("{}{{instance=\"127.0.0.1:{port}\",patched=\"{patched}\",series=\"{series}\"}}", cat::KERNEL_INFO.name);
         if query(PROMETHEUS_PORT, &q)?.len() != 1 {
             failures.push(format!("{q}: not exactly one series"));
         }
@@ -291,7 +291,7 @@ fn compare_test(root: &Path, lab: &mut Lab) -> Result<()> {
     let groups = report["groups"].as_array().context("groups")?;
     let mut failures = Vec::new();
     for v in &lab.vms {
-        let patched = if v.kernel.expect() == "patched" { "yes" } else { "no" };
+        let patched = if v.kernel.is_patched() { "yes" } else { "no" };
         let Some(g) = groups.iter().find(|g| g["patched"] == patched) else {
             failures.push(format!("no group patched={patched}"));
             continue;

@@ -19,7 +19,8 @@ use crate::{cpio::Cpio, util::say};
 pub struct Kernel {
     pub name: String,
     pub image: PathBuf,
-    /// `patched`, `unpatched`, `legacy` (no lockless-path functions) or `unknown`.
+    /// `patched-v1`, `patched-v2` (the lockless path, as that version of the
+    /// series), `unpatched`, `legacy` (no lockless-path functions) or `unknown`.
     pub expect: String,
     /// The exact origin (package and version), for the matrix.
     pub origin: String,
@@ -29,13 +30,18 @@ pub struct Kernel {
     /// (`rvm.only=`), the main boot skipping them (`rvm.skip=`): a known kernel
     /// defect that one suite's probes would set off for the next (see shared_pair).
     pub isolate: Vec<&'static [&'static str]>,
+    /// The suites it boots with in `cargo xtask test`'s default set (one boot,
+    /// `rvm.only=`); `None`: every suite. `--all-kernels` or naming the kernel
+    /// runs every suite.
+    pub only: Option<&'static str>,
 }
 
 impl Kernel {
     /// `NAME[:EXPECT]=PATH` or `PATH` (the name is then the file name without
-    /// `bzImage-`). EXPECT is what the guest must find: `patched`, `unpatched`,
-    /// `legacy` (no lockless-path functions at all) or `unknown`; by default
-    /// `patched`/`unpatched` when the name starts so, else `unknown`.
+    /// `bzImage-`). EXPECT is what the guest must find: `patched-v1` or
+    /// `patched-v2` (the series version is the image's, said, never inferred),
+    /// `unpatched`, `legacy` (no lockless-path functions at all) or `unknown`;
+    /// by default `unpatched` when the name starts so, else `unknown`.
     pub fn parse(spec: &str) -> Result<Kernel, String> {
         let (name, path) = match spec.split_once('=') {
             Some((n, p)) => (n.to_string(), PathBuf::from(p)),
@@ -53,10 +59,15 @@ impl Kernel {
             return Err(format!("kernel name {name:?}: use letters, digits, '-', '_', '.'"));
         }
         let expect = match expect {
-            Some(e) if ["patched", "unpatched", "legacy", "unknown"].contains(&e.as_str()) => e,
-            Some(e) => return Err(format!("expectation {e:?}: one of patched, unpatched, legacy, unknown")),
+            Some(e) if EXPECTATIONS.contains(&e.as_str()) => e,
+            Some(e) if e == "patched" => {
+                return Err(format!("{name}: expectation \"patched\": say which version of the series the image carries, patched-v1 or patched-v2"));
+            }
+            Some(e) => return Err(format!("expectation {e:?}: one of {}", EXPECTATIONS.join(", "))),
             None if name.starts_with("unpatched") => "unpatched".to_string(),
-            None if name.starts_with("patched") => "patched".to_string(),
+            // A name of the matrix (`patched-7.3`), resolved later, or an image
+            // whose series version must be said (`Kernel::check_expect`).
+            None if name.starts_with("patched") => String::new(),
             None => "unknown".to_string(),
         };
         Ok(Kernel {
@@ -66,13 +77,42 @@ impl Kernel {
             expect,
             params: String::new(),
             isolate: Vec::new(),
+            only: None,
         })
     }
 }
 
+/// What a kernel may be expected to be (`rvm.expect=` in the guest).
+pub const EXPECTATIONS: [&str; 5] = ["patched-v1", "patched-v2", "unpatched", "legacy", "unknown"];
+
 impl Kernel {
     pub fn expect(&self) -> &str {
         &self.expect
+    }
+
+    /// A kernel given as a path whose name says patched but not which version
+    /// of the series: refused with what to write instead.
+    pub fn check_expect(&self) -> Result<(), String> {
+        if self.expect.is_empty() {
+            let name = &self.name;
+            return Err(format!("--kernel {name}: a patched image needs its series version: {name}:patched-v1=PATH or {name}:patched-v2=PATH"));
+        }
+        Ok(())
+    }
+
+    /// The lockless path is expected (either version of the series).
+    pub fn is_patched(&self) -> bool {
+        self.expect.starts_with("patched-")
+    }
+
+    /// What `remote_vm_kernel_info`'s `series` must say.
+    pub fn series(&self) -> &'static str {
+        match self.expect.as_str() {
+            "patched-v1" => "v1",
+            "patched-v2" => "v2",
+            "unpatched" | "legacy" => "none",
+            _ => "unknown",
+        }
     }
 }
 
@@ -94,19 +134,45 @@ pub fn shared_pairs(root: &Path) -> Vec<Kernel> {
     kernels
 }
 
+/// The suites `patched-v2` boots with in the default set: `check` (the
+/// series fingerprint) always runs, `first` classifies the workload with the
+/// default probes (the VMA-level reasons merged), `callers` with the VMA step
+/// probed (`crosses_vma_end` apart). Every suite: `--all-kernels` or `--kernel
+/// patched-v2`.
+pub const V2_DEFAULT_SUITES: &str = "first,callers";
+
+/// `../shared/kernels/7.3/bzImage-v2`: 7.3.4 with the series' v2 (its 2/3
+/// reconstructed, see the README there), `patched-v2` against `unpatched-7.3`.
+/// `default`: as booted in the default set (`V2_DEFAULT_SUITES`).
+pub fn shared_v2(root: &Path, default: bool) -> Vec<Kernel> {
+    let rel = "../shared/kernels/7.3";
+    let k = Kernel {
+        name: "patched-v2".into(),
+        image: root.join(rel).join("bzImage-v2"),
+        expect: "patched-v2".into(),
+        origin: format!("{rel}/bzImage-v2 (7.3.4 + v2 series, reconstructed 2/3)"),
+        params: String::new(),
+        isolate: FTRACE_DEFECT_ISOLATE.to_vec(),
+        only: default.then_some(V2_DEFAULT_SUITES),
+    };
+    present(vec![k])
+}
+
 /// `bzImage-{patched,unpatched}` in `../shared/kernels/SUBDIR`, named with
 /// `-SUBDIR` appended (nothing for the top folder). An image that is not there
 /// (a clone without `../shared`) is left out, with one line the first time.
 fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
     let rel = if subdir.is_empty() { "../shared/kernels".to_string() } else { format!("../shared/kernels/{subdir}") };
-    ["patched", "unpatched"]
+    let kernels = ["patched", "unpatched"]
         .iter()
         .map(|n| Kernel {
             name: if subdir.is_empty() { n.to_string() } else { format!("{n}-{subdir}") },
             image: root.join(&rel).join(format!("bzImage-{n}")),
-            expect: n.to_string(),
+            // Both shared patched images carry v1 (../shared/kernels/README.md).
+            expect: if *n == "patched" { "patched-v1".into() } else { n.to_string() },
             origin: format!("{rel}/bzImage-{n} ({release}{})", if *n == "patched" { " + v1 series" } else { "" }),
             params: String::new(),
+            only: None,
             // The 7.3.4 images (tinyconfig-based: no CALL_PADDING, no ORC)
             // oops (a jump to NULL or into the stack from the ftrace call site)
             // when a function gets a kprobe, then a BPF trampoline, then a
@@ -115,6 +181,14 @@ fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
             // kprobe scenario and the caller scenarios get boots of their own.
             isolate: if subdir == "7.3" { FTRACE_DEFECT_ISOLATE.to_vec() } else { Vec::new() },
         })
+        .collect();
+    present(kernels)
+}
+
+/// The images that are there; each missing one said once.
+fn present(kernels: Vec<Kernel>) -> Vec<Kernel> {
+    kernels
+        .into_iter()
         .filter(|k| {
             let there = k.image.is_file();
             if !there && MISSING.lock().is_ok_and(|mut m| m.insert(k.image.clone())) {
@@ -122,8 +196,8 @@ fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
                     "kernels: no {} ({}): skipped{}",
                     k.image.display(),
                     k.origin,
-                    if k.expect == "patched" {
-                        " — the lockless path is NOT tested; pass a patched image of your own with --kernel NAME:patched=PATH"
+                    if k.is_patched() {
+                        " — the lockless path is NOT tested; pass a patched image of your own with --kernel NAME:patched-v1=PATH (or patched-v2)"
                     } else {
                         ""
                     }
@@ -751,8 +825,25 @@ mod tests {
             origin: "test".into(),
             params: String::new(),
             isolate: Vec::new(),
+            only: None,
         };
         (kernel, initramfs)
+    }
+
+    #[test]
+    fn a_patched_kernel_says_its_series_version() {
+        let k = Kernel::parse("mine:patched-v2=/tmp/bzImage").unwrap();
+        assert_eq!((k.name.as_str(), k.expect(), k.is_patched(), k.series()), ("mine", "patched-v2", true, "v2"));
+        assert!(k.check_expect().is_ok());
+        let e = Kernel::parse("mine:patched=/tmp/bzImage").unwrap_err();
+        assert!(e.contains("patched-v1 or patched-v2"), "{e}");
+        // A path named patched: which version must be said before it boots.
+        let k = Kernel::parse("/tmp/bzImage-patched").unwrap();
+        assert_eq!(k.name, "patched");
+        assert!(k.check_expect().unwrap_err().contains("patched:patched-v1=PATH"));
+        let k = Kernel::parse("unpatched-7.3").unwrap();
+        assert_eq!((k.expect(), k.series()), ("unpatched", "none"));
+        assert!(Kernel::parse("mine:v2=/tmp/bzImage").is_err());
     }
 
     #[test]

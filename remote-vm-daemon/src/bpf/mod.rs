@@ -55,6 +55,9 @@ pub struct Attached {
     pub patched: Patched,
     /// How `patched` was decided, for `check` and /healthz.
     pub patched_why: String,
+    /// Which version of the series the kernel behaves as, and how that was decided.
+    pub series: remote_vm_common::series::Series,
+    pub series_why: String,
     /// Per point: kprobe links whose `missed` the kernel keeps (kprobe modes).
     pub kprobe_links: BTreeMap<Point, usize>,
     /// Waits in progress are reported (the task iterator runs), or why not.
@@ -104,6 +107,7 @@ fn globals(layout: &Layout, stall_threshold_ns: u64) -> (Vec<Global<u64>>, Vec<G
         ("FW_PAGE_OFF", off(&layout.fw_page)),
         ("FW_LEVEL_OFF", off(&layout.fw_level)),
         ("VMA_VM_OPS_OFF", off(&layout.vma_vm_ops)),
+        ("VMA_VM_END_OFF", off(&layout.vma_vm_end)),
         ("STALL_THRESHOLD_NS", stall_threshold_ns),
     ];
     globals64.extend(layout.stall_ids.named().iter().map(|(global, _, item)| (*global, off(item))));
@@ -248,6 +252,8 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
             verdicts,
             patched,
             patched_why,
+            series: decision.series,
+            series_why: decision.series_why,
             kprobe_links,
             waits: waits_why,
         },

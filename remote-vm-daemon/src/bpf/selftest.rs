@@ -1,7 +1,11 @@
 //! The start-up probe read: whether the kernel runs the lockless read path,
 //! decided by the kernel itself.
 use aya::{Ebpf, maps::Array};
-use remote_vm_common::{Control, Family, SelfTest, classify::ReadPath};
+use remote_vm_common::{
+    Control, Family, SelfTest,
+    classify::ReadPath,
+    series::{self, ProbeRead, Seen, Series},
+};
 
 use super::Verdict;
 use crate::kernel::Layout;
@@ -23,11 +27,14 @@ impl Patched {
     }
 }
 
-/// What the start-up probe read decided, and the probe thread's id in the
+/// What the start-up probe reads decided, and the probe thread's id in the
 /// kernel's initial PID namespace when the access probes saw it.
 pub struct Decision {
     pub patched: Patched,
     pub why: String,
+    /// Which version of the series the kernel behaves as (`series.rs`).
+    pub series: Series,
+    pub series_why: String,
     pub host_tid: Option<u32>,
 }
 
@@ -37,6 +44,13 @@ pub struct Decision {
 /// out of every counter (`CONTROL.selftest_tid`).
 pub fn decide_patched(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> Decision {
     let (patched, why, host_tid) = decide(ebpf, layout, verdicts);
+    // The second read runs in the same read-path mode as the first (before
+    // the mode below changes it).
+    let (series, series_why) = match patched {
+        Patched::No => (Series::None, why.clone()),
+        Patched::Unknown => (Series::Unknown, format!("patched is unknown: {why}")),
+        Patched::Yes => decide_series(ebpf, verdicts),
+    };
     // How the programs know a read ran the lockless loop from now on.
     let vma_probed = verdicts.iter().any(|v| v.family == Family::LockVmaUnderRcu && v.attached());
     let read_path = match patched {
@@ -46,7 +60,31 @@ pub fn decide_patched(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) ->
         Patched::Unknown => ReadPath::Pending,
     };
     set_read_path(ebpf, read_path);
-    Decision { patched, why, host_tid }
+    Decision { patched, why, series, series_why, host_tid }
+}
+
+/// The crossing probe read (`series::fingerprint`).
+fn decide_series(ebpf: &mut Ebpf, verdicts: &[Verdict]) -> (Series, String) {
+    let attached = |family: Family| verdicts.iter().any(|v| v.family == family && v.attached());
+    let seen = Seen { walks: attached(Family::FolioWalkStart), vmas: attached(Family::LockVmaUnderRcu) };
+    let t = match reset(ebpf).and_then(|()| probe_read(ebpf, ProbeShape::AcrossTwoVmas)) {
+        Ok(t) => t,
+        Err(e) => return (Series::Unknown, format!("the read across two VMAs failed: {e}")),
+    };
+    let (series, why) = series::fingerprint(ProbeRead { calls: t.calls, vmas: t.vmas, walks: t.walks }, seen);
+    // Only what the probes counted.
+    let counted: Vec<String> = [(seen.vmas, format!("{} VMAs locked", t.vmas)), (seen.walks, format!("{} lockless walks", t.walks))]
+        .into_iter()
+        .filter_map(|(seen, what)| seen.then_some(what))
+        .collect();
+    (series, format!("{why} ({})", counted.join(", ")))
+}
+
+/// `SELFTEST` back to zeros, for the next probe read.
+fn reset(ebpf: &mut Ebpf) -> Result<(), String> {
+    let mut selftest: Array<_, SelfTest> =
+        Array::try_from(ebpf.map_mut("SELFTEST").ok_or("no SELFTEST map")?).map_err(|e| e.to_string())?;
+    selftest.set(0, SelfTest::default(), 0).map_err(|e| e.to_string())
 }
 
 /// Writes `Control::read_path` (the rest of the control word stays as it is).
@@ -66,7 +104,7 @@ fn decide(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> (Patched, S
     let attached = |family: Family| verdicts.iter().any(|v| v.family == family && v.attached());
     // The probe read runs whenever the access probes are attached: it also
     // tells the probe thread's id in the initial PID namespace.
-    let t = if attached(Family::AccessRemoteVm) { Some(probe_read(ebpf)) } else { None };
+    let t = if attached(Family::AccessRemoteVm) { Some(probe_read(ebpf, ProbeShape::InsideOnePage)) } else { None };
     let host_tid = t.as_ref().and_then(|t| t.as_ref().ok()).filter(|t| t.calls > 0 && t.host_tid != 0).map(|t| t.host_tid);
     if !layout.has_lockless_path() {
         return (
@@ -106,7 +144,57 @@ fn decide(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> (Patched, S
     (patched, why, host_tid)
 }
 
-fn probe_read(ebpf: &mut Ebpf) -> Result<SelfTest, String> {
+/// What a start-up probe read reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProbeShape {
+    /// 64 bytes inside one resident page.
+    InsideOnePage,
+    /// `CROSSING_HALF` bytes each side of the boundary of two resident
+    /// anonymous mappings of different protections (two VMAs).
+    AcrossTwoVmas,
+}
+
+/// Two resident pages in two VMAs, unmapped on drop.
+struct TwoVmas {
+    base: *mut libc::c_void,
+}
+
+impl TwoVmas {
+    const PAGE: usize = 4096;
+
+    fn new() -> Result<TwoVmas, String> {
+        // SAFETY: a fresh private anonymous mapping; no memory of ours is touched.
+        let base = unsafe {
+            libc::mmap(std::ptr::null_mut(), 2 * Self::PAGE, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        if base == libc::MAP_FAILED {
+            return Err(format!("mmap: {}", std::io::Error::last_os_error()));
+        }
+        let two = TwoVmas { base };
+        // SAFETY: both pages are ours, writable.
+        unsafe { std::ptr::write_bytes(base.cast::<u8>(), 0x5a, 2 * Self::PAGE) };
+        // The second page read-only: a VMA of its own (different flags never merge).
+        // SAFETY: the second page of our own mapping.
+        if unsafe { libc::mprotect(base.cast::<u8>().add(Self::PAGE).cast(), Self::PAGE, libc::PROT_READ) } != 0 {
+            return Err(format!("mprotect: {}", std::io::Error::last_os_error()));
+        }
+        Ok(two)
+    }
+
+    /// The first byte of the read across the boundary.
+    fn read_addr(&self) -> u64 {
+        self.base as u64 + (Self::PAGE - series::CROSSING_HALF) as u64
+    }
+}
+
+impl Drop for TwoVmas {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, not used after this.
+        unsafe { libc::munmap(self.base, 2 * Self::PAGE) };
+    }
+}
+
+fn probe_read(ebpf: &mut Ebpf, shape: ProbeShape) -> Result<SelfTest, String> {
     use std::os::unix::fs::MetadataExt;
     // SAFETY: no preconditions.
     let tid = unsafe { libc::gettid() } as u32;
@@ -127,21 +215,30 @@ fn probe_read(ebpf: &mut Ebpf) -> Result<SelfTest, String> {
         pidns_ino,
     };
     control.set(0, mark, 0).map_err(|e| e.to_string())?;
-    // One resident page of our own: written, so present.
+    // Resident memory of our own: written, so present.
     let page = vec![0x5au8; 4096];
-    let addr = page.as_ptr() as u64;
+    let two = match shape {
+        ProbeShape::InsideOnePage => None,
+        ProbeShape::AcrossTwoVmas => Some(TwoVmas::new()?),
+    };
+    let addr = two.as_ref().map_or(page.as_ptr() as u64, TwoVmas::read_addr);
     let result = (|| {
         use std::os::unix::fs::FileExt;
         let mem = std::fs::File::open("/proc/self/mem").map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 64];
-        mem.read_at(&mut buf, addr).map_err(|e| e.to_string())?;
-        if buf != [0x5a; 64] {
+        let mut buf = [0u8; 2 * series::CROSSING_HALF];
+        // One call: a short read is an answer of its own, not retried.
+        let n = mem.read_at(&mut buf, addr).map_err(|e| e.to_string())?;
+        if n != buf.len() {
+            return Err(format!("read {n} of {} bytes", buf.len()));
+        }
+        if buf != [0x5a; 2 * series::CROSSING_HALF] {
             return Err("read back different bytes".to_string());
         }
         Ok(())
     })();
     control.set(0, Control { read_path, ..Control::default() }, 0).map_err(|e| e.to_string())?;
     drop(page);
+    drop(two);
     result?;
     let selftest: Array<_, SelfTest> =
         Array::try_from(ebpf.map("SELFTEST").ok_or("no SELFTEST map")?).map_err(|e| e.to_string())?;

@@ -58,7 +58,7 @@ pub fn check(common: &Common, format: Format) -> ExitCode {
             .lines()
             .into_iter()
             .chain(status::verdict_lines(&attached))
-            .chain([status::patched_line(&attached)])
+            .chain([status::patched_line(&attached), status::series_line(&attached)])
             .chain(status::coverage_lines(&sight, &attached))
             .chain([session.stacks_line(), status::summary_line(&attached)]);
         for line in lines {

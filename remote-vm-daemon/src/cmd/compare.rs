@@ -230,10 +230,12 @@ pub const LIMITS: Limits = Limits {
     samples: 50_000_000,
 };
 
-/// One (patched, release) group.
+/// One (patched, series, release) group.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Group {
     pub patched: String,
+    /// `remote_vm_kernel_info`'s `series` (`unknown` from daemons without it).
+    pub series: String,
     pub release: String,
     pub hosts: usize,
     /// Counter increases over the range, by metric key (e.g. `reads{path="fast"}`).
@@ -357,7 +359,8 @@ fn host_of(m: &BTreeMap<String, String>) -> Host {
 }
 
 fn kernel_of(m: &BTreeMap<String, String>) -> Kernel {
-    (label(m, "patched").unwrap_or("unknown").to_string(), label(m, "release").unwrap_or("unknown").to_string())
+    let value = |name: &str| label(m, name).unwrap_or("unknown").to_string();
+    (value("patched"), value("series"), value("release"))
 }
 
 /// A series' identity across queries: its labels but the name (which
@@ -708,6 +711,7 @@ pub fn render(c: &Comparison, format: Format, range: &str) -> String {
     let cell = |g: &Group, k: &str| format!("{}", g.count(k));
     let mut columns: Vec<(String, Box<dyn Fn(&Group) -> String>)> = vec![
         ("patched".into(), Box::new(|g: &Group| g.patched.clone())),
+        ("series".into(), Box::new(|g: &Group| g.series.clone())),
         ("release".into(), Box::new(|g: &Group| g.release.clone())),
         ("hosts".into(), Box::new(|g: &Group| g.hosts.to_string())),
         ("reads fast".into(), Box::new(move |g: &Group| cell(g, "reads{path=\"fast\"}"))),
@@ -801,6 +805,7 @@ mod tests {
     fn stalls_per_host_hour_by_op() {
         let group = |patched: &str, hosts: usize, counts: &[(&str, f64)]| Group {
             patched: patched.into(),
+            series: if patched == "yes" { "v1" } else { "none" }.into(),
             release: "6.12".into(),
             hosts,
             counts: counts.iter().map(|(k, v)| (k.to_string(), *v)).collect(),

@@ -86,6 +86,7 @@ pub fn run(common: &Common, flags: &WebFlags) -> ExitCode {
         log::info!("{line}");
     }
     log::info!("{}", status::patched_line(&attached));
+    log::info!("{}", status::series_line(&attached));
     let (n, points) = attached.probe_counts();
     if n < points {
         log::warn!("degraded: {n} of {points} probes attached; the rest are reported as mode=\"none\"");

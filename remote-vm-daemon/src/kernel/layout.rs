@@ -18,6 +18,8 @@ pub struct Layout {
     pub fw_levels: Item<(u32, u32)>,
     /// `offsetof(struct vm_area_struct, vm_ops)`.
     pub vma_vm_ops: Item<u64>,
+    /// `offsetof(struct vm_area_struct, vm_end)` (a VMA step that crosses it).
+    pub vma_vm_end: Item<u64>,
     /// `FOLL_WRITE` (falls back to 0x1, its value in every kernel, with a note).
     pub foll_write: u32,
     pub foll_write_note: Option<String>,
@@ -305,6 +307,7 @@ impl Layout {
                 .enum_value("FW_LEVEL_PMD")
                 .and_then(|pmd| btf.enum_value("FW_LEVEL_PUD").map(|pud| (pmd as u32, pud as u32))),
             vma_vm_ops: btf.field_offset("vm_area_struct", "vm_ops"),
+            vma_vm_end: btf.field_offset("vm_area_struct", "vm_end"),
             foll_write: foll_write.as_ref().map_or(FOLL_WRITE_DEFAULT, |v| *v as u32),
             foll_write_note: foll_write
                 .err()
@@ -335,6 +338,7 @@ impl Layout {
             fw_level: no(),
             fw_levels: no(),
             vma_vm_ops: no(),
+            vma_vm_end: no(),
             foll_write: FOLL_WRITE_DEFAULT,
             foll_write_note: Some("no BTF; using 0x1, its value in every kernel".into()),
             foll_anon: no(),
@@ -369,6 +373,7 @@ impl Layout {
             show("folio_walk.level", &self.fw_level),
             show("FW_LEVEL_PMD/PUD", &self.fw_levels),
             show("vm_area_struct.vm_ops", &self.vma_vm_ops),
+            show("vm_area_struct.vm_end", &self.vma_vm_end),
         ];
         out.push(match &self.foll_write_note {
             None => format!("btf: FOLL_WRITE = {:#x}", self.foll_write),
@@ -484,7 +489,7 @@ mod tests {
             // enum { FW_LEVEL_PTE, FW_LEVEL_PMD, FW_LEVEL_PUD }.
             assert_eq!(l.fw_levels, if v6_1 { Err("enumerator FW_LEVEL_PMD not in BTF".into()) } else { Ok((1, 2)) }, "{name}");
             assert_eq!(l.fw_page.is_ok(), !v6_1, "{name}");
-            for item in [&l.mm_mmap_lock, &l.task_mm, &l.vma_vm_ops] {
+            for item in [&l.mm_mmap_lock, &l.task_mm, &l.vma_vm_ops, &l.vma_vm_end] {
                 assert!(item.is_ok(), "{name}: {item:?}");
             }
             // The shared images are built with CONFIG_UNWINDER_GUESS, Debian's with ORC.

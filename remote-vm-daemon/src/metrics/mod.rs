@@ -108,6 +108,7 @@ fn fill(f: &mut Family, view: &View, snap: &Snapshot) {
                     ("per_vma_lock", k.per_vma_lock.as_str()),
                     ("rcu_table_free", k.rcu_table_free.as_str()),
                     ("patched", view.attached.patched.as_str()),
+                    ("series", view.attached.series.label()),
                 ],
                 1u64,
             );

@@ -22,6 +22,7 @@ pub fn full_layout() -> Layout {
         fw_level: Ok(24),
         fw_levels: Ok((1, 2)),
         vma_vm_ops: Ok(144),
+        vma_vm_end: Ok(8),
         foll_write: 1,
         foll_write_note: None,
         foll_anon: Ok(1 << 14),
@@ -55,6 +56,8 @@ pub fn attached_in(modes: &[(Probe, &str)]) -> Attached {
         verdicts,
         patched: Patched::Yes,
         patched_why: String::new(),
+        series: remote_vm_common::series::Series::V1,
+        series_why: String::new(),
         kprobe_links: BTreeMap::new(),
         waits: Ok(()),
     }

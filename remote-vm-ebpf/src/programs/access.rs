@@ -63,6 +63,7 @@ fn on_exit(ret: i64) {
     let selftest = !state.is_counted() && state.is_active();
     let walks = state.walks[0] + state.walks[1] + state.walks[2];
     let lockless = u32::from(state.flags & F_LOCKLESS != 0);
+    let vmas = state.vmas_locked;
     match state.finish(ret, now()) {
         None => {
             if let Some(s) = stats() {
@@ -76,6 +77,7 @@ fn on_exit(ret: i64) {
                     (*t).calls += 1;
                     (*t).lockless += lockless;
                     (*t).walks += walks;
+                    (*t).vmas += vmas;
                     (*t).path = outcome.path.map_or(0, |p: Path| p as u32 + 1);
                     (*t).host_tid = tid();
                 }

@@ -21,6 +21,9 @@ pub static FW_LEVEL_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 /// `offsetof(struct vm_area_struct, vm_ops)` (NULL `vm_ops`: anonymous VMA).
 #[unsafe(no_mangle)]
 pub static VMA_VM_OPS_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
+/// `offsetof(struct vm_area_struct, vm_end)`.
+#[unsafe(no_mangle)]
+pub static VMA_VM_END_OFF: Global<u64> = Global::new(UNKNOWN_OFFSET);
 /// `enum folio_walk_level` values of PMD and PUD (PTE is everything else).
 #[unsafe(no_mangle)]
 pub static FW_LEVEL_PMD: Global<u32> = Global::new(1);

@@ -11,8 +11,8 @@ use aya_ebpf::{
 use remote_vm_common::Point;
 
 use super::{
-    layout::{FW_LEVEL_OFF, FW_LEVEL_PMD, FW_LEVEL_PUD, FW_PAGE_OFF, VMA_VM_OPS_OFF, known},
-    maps::{CALLS, hit, load_u32, load_u64, stats},
+    layout::{FW_LEVEL_OFF, FW_LEVEL_PMD, FW_LEVEL_PUD, FW_PAGE_OFF, VMA_VM_END_OFF, VMA_VM_OPS_OFF, known},
+    maps::{CALLS, hit, load_u32, load_u64, read_u64, stats},
 };
 
 #[inline(always)]
@@ -26,7 +26,12 @@ fn on_lock_vma(mm: u64, addr: u64, vma: u64) {
                     s.record_lock_vma(true, locked);
                 }
             }
-            state.lock_vma(mm, addr, locked);
+            // Only inside a remote access: the page-fault path pays nothing
+            // more. A checked read: the return value of an fexit may be NULL
+            // to the verifier, whatever the test above.
+            let end_off = VMA_VM_END_OFF.load();
+            let vm_end = if locked && known(end_off) { read_u64(vma, end_off) } else { 0 };
+            state.lock_vma(mm, addr, locked, vm_end);
         }
         _ => {
             if let Some(s) = stats() {

@@ -45,8 +45,13 @@ pub(super) fn check_command(report: &mut Report, kernel: Option<Kernel>, extra: 
     }
     if report.expect != "unknown" {
         let patched = json["patched"]["value"].as_str().unwrap_or("missing");
-        let want = if kernel == Some(Kernel::Patched) { "yes" } else { "no" };
+        let want = if kernel.is_some_and(Kernel::is_patched) { "yes" } else { "no" };
         report.check(format!("{name}.patched"), want, patched);
+        // The series version the kernel list records, against what the
+        // daemon's crossing probe read found.
+        if let Some(k) = kernel {
+            report.check(format!("{name}.series"), k.series().label(), json["series"]["value"].as_str().unwrap_or("missing"));
+        }
     }
     Ok(())
 }

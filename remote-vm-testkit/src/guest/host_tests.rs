@@ -32,7 +32,8 @@ pub(super) fn host_tests(report: &mut Report, kernel: Option<Kernel>) -> Result<
         let mut cmd = Command::new(&bin);
         cmd.args(["--include-ignored", "--test-threads=1"]);
         if let Some(k) = kernel {
-            cmd.env("REMOTE_VM_EXPECT_PATCHED", if k == Kernel::Patched { "yes" } else { "no" });
+            cmd.env("REMOTE_VM_EXPECT_PATCHED", if k.is_patched() { "yes" } else { "no" });
+            cmd.env("REMOTE_VM_EXPECT_SERIES", k.series().label());
         }
         let out = cmd.output().with_context(|| format!("run {}", bin.display()))?;
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

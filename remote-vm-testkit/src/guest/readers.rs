@@ -125,7 +125,7 @@ pub(super) fn readers(report: &mut Report, kernel: Option<Kernel>) -> Result<()>
 /// the holder's stack is named from the symbols the unit's `ExecStartPre`
 /// copied. `expect`: the booted kernel's truth (patched, unpatched, legacy).
 pub fn unit_readers(expect: &str, daemon_pid: u32) -> Result<bool> {
-    let kernel = Kernel::from_expect(expect).with_context(|| format!("--expect {expect}: patched, unpatched or legacy"))?;
+    let kernel = Kernel::from_expect(expect).with_context(|| format!("--expect {expect}: patched-v1, patched-v2, unpatched or legacy"))?;
     let check = Command::new(super::DAEMON).args(["check", "--format", "json"]).output().context("run the daemon's check")?;
     let mut report = Report {
         kernel: "unit".into(),
@@ -524,7 +524,7 @@ fn round(report: &mut Report, kernel: Kernel, hold: Hold, readers: &Readers, thr
     }
 
     // Ground truth per program, from its trace.
-    let blocks = kernel != Kernel::Patched;
+    let blocks = !kernel.is_patched();
     let threshold_s = threshold_ns as f64 / 1e9;
     let mut traces: Vec<(&str, &str, Vec<TargetRead>)> = Vec::new();
     let mut undecided = Vec::new();

@@ -91,7 +91,7 @@ fn golden_series(report: &mut Report, name: &str, scrape: &Scrape, sc: &Scenario
     let got = crate::golden::scrape_series(scrape);
     let unknown: Vec<&String> = got.iter().filter(|s| !golden.knows(s)).collect();
     report.check(format!("{name}.golden.unknown_series"), "[]", format!("{unknown:?}"));
-    if matches!(kernel, Some(Kernel::Patched | Kernel::Unpatched)) {
+    if matches!(kernel, Some(Kernel::Patched(_) | Kernel::Unpatched)) {
         // Everything attaches on these kernels: what is missing is what the
         // scenario's modes cannot see (the remote write waits without them).
         let write = format!("mode=\"{}\"", cat::LOCK_WRITE);
@@ -157,7 +157,7 @@ fn needs_vma_probe(series: &str) -> bool {
         .into_iter()
         .any(family)
         || Family::LockVmaUnderRcu.spec().points.iter().any(probe)
-        || [Reason::VmaLockFailed, Reason::VmaUnsuitable].into_iter().any(|r| series.contains(&reason(r)))
+        || Reason::ALL.into_iter().filter(|r| !r.reported(false)).any(|r| series.contains(&reason(r)))
 }
 
 const THP_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/enabled";
@@ -393,7 +393,7 @@ fn load(report: &mut Report, name: &str, kernel: Option<Kernel>, skips_possible:
         report.check(format!("{name}.unobserved"), 0, delta(&before, &after, cat::UNOBSERVED_READS.name, &[]));
     }
     if let Some(k) = kernel {
-        let path = if k == Kernel::Patched { Path::Fast } else { Path::Slow };
+        let path = if k.is_patched() { Path::Fast } else { Path::Slow };
         for p in Path::ALL {
             let got = delta(&before, &after, cat::READS.name, &[("path", p.label())]);
             if p != path {

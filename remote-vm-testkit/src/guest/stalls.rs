@@ -152,7 +152,7 @@ fn round(
             None
         };
         // Patched with the argv page resident: the lockless path, no wait at all.
-        let blocks = kernel != Kernel::Patched;
+        let blocks = !kernel.is_patched();
         if may_retry && (truth.is_none() || (blocks && took < hold / 2)) {
             println!("vmtest: {name}: a read of {:.1} ms decides nothing here: once more", took as f64 / 1e6);
             return Ok(Round::Undecidable);

@@ -191,7 +191,7 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
         report.check(format!("{name}.scrape_within_the_hold"), true, mid_done < held.end_ns);
         // Unpatched, every reader waits; patched, the cmdline read is lockless
         // and the two inside the write-locked VMAs fall back and wait.
-        let waits = |i: Interface| kernel != Kernel::Patched || i != Interface::Cmdline;
+        let waits = |i: Interface| !kernel.is_patched() || i != Interface::Cmdline;
         let waiting: Vec<&(&str, Interface, Read)> = reads.iter().filter(|(_, i, _)| waits(*i)).collect();
         for (n, i, r) in &reads {
             report.check(format!("{name}.{n}.blocked"), waits(*i), r.took >= MID);
@@ -298,7 +298,7 @@ fn reader_owned(report: &mut Report, kernel: Kernel) -> Result<()> {
         report.check(format!("{name}.scrape_within_the_hold"), true, mid_done < queued.holder.end_ns);
         // Patched: the resident argv page needs no lock at all; unpatched the
         // read queues behind the writer that waits for the read holder.
-        let waits = kernel != Kernel::Patched;
+        let waits = !kernel.is_patched();
         report.check(format!("{name}.blocked"), waits, read.took >= MID);
         let n = usize::from(waits);
         report.check(format!("{name}.waiters"), n, mid.value(cat::MMAP_LOCK_WAITERS.name, &[]).unwrap_or(-1.0));
@@ -417,7 +417,7 @@ fn munmap_round(report: &mut Report, kernel: Kernel, may_retry: bool) -> Result<
             return Ok(false);
         }
         report.check(format!("{name}.writer_queued"), true, queued_after.is_ok());
-        let waits = kernel != Kernel::Patched;
+        let waits = !kernel.is_patched();
         // Blocked: the read lasted into the writer's mprotect(), past 10 ms.
         report.check(format!("{name}.blocked"), waits, read.took >= Duration::from_millis(20));
         let n = usize::from(waits);

@@ -7,12 +7,13 @@ use super::Group;
 
 /// A scrape target: (job, instance).
 pub type Host = (String, String);
-/// A kernel group: (patched, release).
-pub type Kernel = (String, String);
+/// A kernel group: (patched, series, release). Hosts on v1 and on v2 of the
+/// same release are two groups: their fallbacks mean different things.
+pub type Kernel = (String, String, String);
 
 /// A step whose host had no `kernel_info` sample at or before it goes here.
 pub fn unknown() -> Kernel {
-    ("unknown".into(), "unknown".into())
+    ("unknown".into(), "unknown".into(), "unknown".into())
 }
 
 /// Each host's kernel over time, from its `kernel_info` samples.
@@ -65,7 +66,8 @@ impl Tally {
     fn group(&mut self, k: &Kernel) -> &mut Group {
         self.groups.entry(k.clone()).or_insert_with(|| Group {
             patched: k.0.clone(),
-            release: k.1.clone(),
+            series: k.1.clone(),
+            release: k.2.clone(),
             ..Default::default()
         })
     }
@@ -124,7 +126,8 @@ mod tests {
     }
 
     fn k(p: &str) -> Kernel {
-        (p.into(), "7.3.4".into())
+        let series = if p == "yes" { "v1" } else { "none" };
+        (p.into(), series.into(), "7.3.4".into())
     }
 
     #[test]
@@ -148,6 +151,22 @@ mod tests {
         let yes = groups.iter().find(|g| g.patched == "yes").unwrap();
         assert_eq!((no.count("reads"), no.resets, no.hosts), (10.0, 0, 1));
         assert_eq!((yes.count("reads"), yes.resets, yes.hosts), (7.0, 1, 1));
+    }
+
+    #[test]
+    fn v1_and_v2_of_one_release_are_two_groups() {
+        let mut kernels = Kernels::default();
+        let v = |s: &str| -> Kernel { ("yes".into(), s.into(), "7.3.4".into()) };
+        kernels.add(&h("a"), &v("v1"), [1000, 2000]);
+        kernels.add(&h("b"), &v("v2"), [1000, 2000]);
+        kernels.sort();
+        let mut t = Tally::default();
+        t.samples(&kernels, &h("a"), "reads", None, None, &[(1000, 10.0), (2000, 15.0)]);
+        t.samples(&kernels, &h("b"), "reads", None, None, &[(1000, 1.0), (2000, 3.0)]);
+        let groups = t.finish();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups.iter().find(|g| g.series == "v1").unwrap().count("reads"), 5.0);
+        assert_eq!(groups.iter().find(|g| g.series == "v2").unwrap().count("reads"), 2.0);
     }
 
     #[test]
