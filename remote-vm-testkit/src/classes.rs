@@ -40,6 +40,9 @@ pub struct Counts {
     pub zero: u64,
     /// A page of a hugetlb mapping (0 when none is reserved).
     pub hugetlb: u64,
+    /// 4 KiB from the middle of a hugetlb mapping's last page into the next,
+    /// ordinary VMA: a VMA both unsuitable and crossed (0 when none is reserved).
+    pub hugetlb_straddle: u64,
     /// An unmapped address.
     pub unmapped: u64,
     /// 4 KiB from the middle of a resident page into an unmapped hole.
@@ -58,6 +61,7 @@ pub const COUNTS: Counts = Counts {
     straddle: 5,
     zero: 7,
     hugetlb: 3,
+    hugetlb_straddle: 2,
     unmapped: 4,
     hole_straddle: 2,
     writes: 6,
@@ -72,6 +76,9 @@ impl Counts {
         let mut c = COUNTS;
         if l.hugetlb.is_none() {
             c.hugetlb = 0;
+        }
+        if l.hugetlb_straddle.is_none() {
+            c.hugetlb_straddle = 0;
         }
         if l.thp.is_none() {
             c.thp = 0;
@@ -135,6 +142,12 @@ pub fn run(t: &Target, c: &Counts) -> Result<Ground> {
         let Some(h) = l.hugetlb else { bail!("no hugetlb page in the target") };
         for i in 0..c.hugetlb as usize {
             read(h + (i * PAGE) as u64, PAGE, Some(if i == 0 { 0x6c } else { 0 }))?;
+        }
+    }
+    if c.hugetlb_straddle > 0 {
+        let Some(at) = l.hugetlb_straddle else { bail!("no hugetlb straddle in the target") };
+        for _ in 0..c.hugetlb_straddle {
+            read(at, PAGE, Some(crate::workload::HUGETLB_STRADDLE_BYTE))?;
         }
     }
     for _ in 0..c.unmapped {
@@ -283,7 +296,7 @@ pub type Expect = (&'static str, Labels, Option<u64>);
 
 /// Remote-access calls the workload makes on `k`.
 pub fn calls(k: Kernel, c: &Counts) -> u64 {
-    let reads = c.resident + c.straddle + c.zero + c.hugetlb + c.unmapped + c.thp + 2 * c.cmdline;
+    let reads = c.resident + c.straddle + c.zero + c.hugetlb + c.hugetlb_straddle + c.unmapped + c.thp + 2 * c.cmdline;
     // Unpatched and v2: the hole straddle returns 2 KiB, and /proc/PID/mem
     // asks for the rest; v1 returns 0 for it.
     let hole = if k == Kernel::Patched(Version::V1) { c.hole_straddle } else { 2 * c.hole_straddle };
@@ -346,6 +359,7 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
         straddle: s,
         zero: z,
         hugetlb: h,
+        hugetlb_straddle: hs,
         unmapped: m,
         hole_straddle: x,
         writes: w,
@@ -385,18 +399,19 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
     };
     match k {
         Kernel::Patched(Version::V1) => {
-            let fallback = z + h + m + x;
+            // The hugetlb straddle: its first VMA refused and crossed, no walk.
+            let fallback = z + h + hs + m + x;
             let fast = r + s + t + cl_calls;
             for (p, v) in paths(fast, fallback, 0) {
                 e.push((READS.name, vec![path(p)], v));
                 e.push((READ_DURATION_COUNT, vec![path(p)], v));
                 e.push((READ_VMAS_COUNT, vec![path(p)], v));
             }
-            for (p, v) in paths((r + s + t) * B + cl_bytes, (z + h) * B, 0) {
+            for (p, v) in paths((r + s + t) * B + cl_bytes, (z + h + hs) * B, 0) {
                 e.push((READ_BYTES.name, vec![path(p)], v));
             }
             // VMAs locked: one per read, two for the straddles (the hole never locks).
-            for (p, v) in paths(r + 2 * s + t + cl_calls, z + h + x, 0) {
+            for (p, v) in paths(r + 2 * s + t + cl_calls, z + h + hs + x, 0) {
                 e.push((READ_VMAS_SUM, vec![path(p)], v));
             }
             e.extend([
@@ -410,17 +425,17 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
                 (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_READ)], fallback + w),
                 (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_WRITE)], m + x),
                 (MMAP_LOCK_HOLD_COUNT, vec![], fallback + w),
-                (LOCK_VMA_CALLS.name, vec![remote], r + 2 * s + z + h + m + 2 * x + t + cl_calls),
+                (LOCK_VMA_CALLS.name, vec![remote], r + 2 * s + z + h + hs + m + 2 * x + t + cl_calls),
                 (LOCK_VMA_FAILURES.name, vec![remote], m + x),
                 (FOLIO_WALKS.name, vec![level(Level::Pte)], r + 2 * s + x + cl_calls),
                 (FOLIO_WALKS.name, vec![level(Level::Pmd)], t),
                 (LOCKLESS_PTE_PAGES.name, vec![], r + 2 * s + x + cl_calls),
                 // The FOLL_ANON gap: both cmdline calls walk the file mapping lockless.
                 (FOLL_ANON_FILE_BACKED.name, vec![], cl_calls),
-                (GUP_CALLS.name, vec![path(Path::Fallback)], z + h),
+                (GUP_CALLS.name, vec![path(Path::Fallback)], z + h + 2 * hs),
                 (GUP_CALLS.name, vec![path(Path::Slow)], 0),
                 // Only a crossing VMA that is also unsuitable says crossing on v1.
-                (FALLBACKS.name, vec![reason(Reason::CrossesVmaEnd)], 0),
+                (FALLBACKS.name, vec![reason(Reason::CrossesVmaEnd)], hs),
             ]);
         }
         Kernel::Patched(Version::V2) => {
@@ -428,25 +443,25 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
             // straddle run past their VMA's end and go to the old path whole
             // (the hole straddle's second call starts in the hole); FOLL_ANON
             // on the file mapping is refused (as GUP refuses it: 0 bytes).
-            let fallback = z + h + m + s + 2 * x + cl_calls;
+            let fallback = z + h + hs + m + s + 2 * x + cl_calls;
             let fast = r + t;
             for (p, v) in paths(fast, fallback, 0) {
                 e.push((READS.name, vec![path(p)], v));
                 e.push((READ_DURATION_COUNT, vec![path(p)], v));
                 e.push((READ_VMAS_COUNT, vec![path(p)], v));
             }
-            for (p, v) in paths((r + t) * B, (z + h + s) * B + x * HALF, 0) {
+            for (p, v) in paths((r + t) * B, (z + h + hs + s) * B + x * HALF, 0) {
                 e.push((READ_BYTES.name, vec![path(p)], v));
             }
             // VMAs locked: one per call, none for a call that starts in a hole.
-            for (p, v) in paths(r + t, z + h + s + x + cl_calls, 0) {
+            for (p, v) in paths(r + t, z + h + hs + s + x + cl_calls, 0) {
                 e.push((READ_VMAS_SUM, vec![path(p)], v));
             }
             e.extend([
                 (MULTI_VMA_READS.name, vec![path(Path::Fast)], 0),
                 (FALLBACKS.name, vec![reason(Reason::VmaLockFailed)], m + x),
                 (FALLBACKS.name, vec![reason(Reason::VmaUnsuitable)], h + cl_calls),
-                (FALLBACKS.name, vec![reason(Reason::CrossesVmaEnd)], s + x),
+                (FALLBACKS.name, vec![reason(Reason::CrossesVmaEnd)], s + x + hs),
                 (FALLBACKS.name, vec![reason(Reason::PageNotPresent)], z),
                 (FALLBACK_LOCKLESS_BYTES.name, vec![], 0),
                 (LOCKLESS_BYTES_DISCARDED.name, vec![], 0),
@@ -454,7 +469,7 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
                 (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_READ)], fallback + w),
                 (MMAP_LOCK_WAIT_COUNT, vec![remote, ("mode", LOCK_WRITE)], m + 2 * x),
                 (MMAP_LOCK_HOLD_COUNT, vec![], fallback + w),
-                (LOCK_VMA_CALLS.name, vec![remote], r + s + z + h + m + 2 * x + t + cl_calls),
+                (LOCK_VMA_CALLS.name, vec![remote], r + s + z + h + hs + m + 2 * x + t + cl_calls),
                 (LOCK_VMA_FAILURES.name, vec![remote], m + x),
                 (FOLIO_WALKS.name, vec![level(Level::Pte)], r),
                 (FOLIO_WALKS.name, vec![level(Level::Pmd)], t),
@@ -462,12 +477,12 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
                 (FOLL_ANON_FILE_BACKED.name, vec![], 0),
                 // One GUP per page: two for a straddle and for a hole
                 // straddle's first call (the second fails at the hole).
-                (GUP_CALLS.name, vec![path(Path::Fallback)], z + h + 2 * s + 2 * x + cl_calls),
+                (GUP_CALLS.name, vec![path(Path::Fallback)], z + h + 2 * hs + 2 * s + 2 * x + cl_calls),
                 (GUP_CALLS.name, vec![path(Path::Slow)], 0),
             ]);
         }
         Kernel::Unpatched | Kernel::Legacy => {
-            let slow = r + s + z + h + m + 2 * x + t + cl_calls;
+            let slow = r + s + z + h + hs + m + 2 * x + t + cl_calls;
             for (p, v) in paths(0, 0, slow) {
                 e.push((READS.name, vec![path(p)], v));
                 e.push((READ_DURATION_COUNT, vec![path(p)], v));
@@ -475,7 +490,7 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
                 e.push((READ_VMAS_SUM, vec![path(p)], 0));
             }
             // FOLL_ANON on a file VMA: GUP refuses, the cmdline reads return nothing.
-            for (p, v) in paths(0, 0, (r + s + z + h + t) * B + x * HALF) {
+            for (p, v) in paths(0, 0, (r + s + z + h + hs + t) * B + x * HALF) {
                 e.push((READ_BYTES.name, vec![path(p)], v));
             }
             e.extend([
@@ -498,7 +513,7 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
                 // One GUP per page: the straddles and the first half of the hole
                 // straddles span two pages (the second GUP fails at the hole).
                 (GUP_CALLS.name, vec![path(Path::Fallback)], 0),
-                (GUP_CALLS.name, vec![path(Path::Slow)], r + 2 * s + z + h + 2 * x + t + cl_calls),
+                (GUP_CALLS.name, vec![path(Path::Slow)], r + 2 * s + z + h + 2 * hs + 2 * x + t + cl_calls),
                 (FALLBACKS.name, vec![reason(Reason::CrossesVmaEnd)], 0),
             ]);
         }
@@ -508,7 +523,7 @@ fn expected_values(k: Kernel, c: &Counts) -> Vec<(&'static str, Labels, u64)> {
 
 /// What the workload itself must see on `k`.
 pub fn expected_ground(k: Kernel, c: &Counts) -> Ground {
-    let full = c.resident + c.straddle + c.zero + c.hugetlb + c.thp;
+    let full = c.resident + c.straddle + c.zero + c.hugetlb + c.hugetlb_straddle + c.thp;
     match k {
         // The hole straddle's lockless bytes are thrown away: EIO. The cmdline
         // reads succeed through the lockless path's FOLL_ANON gap.
@@ -578,9 +593,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(calls(Kernel::Patched(Version::V1), &COUNTS), 43 + 3 + 4);
+        assert_eq!(calls(Kernel::Patched(Version::V1), &COUNTS), 45 + 3 + 4);
         assert_eq!(calls(Kernel::Patched(Version::V2), &COUNTS), calls(Kernel::Unpatched, &COUNTS));
-        assert_eq!(calls(Kernel::Unpatched, &COUNTS), 45 + 3 + 4);
+        assert_eq!(calls(Kernel::Unpatched, &COUNTS), 47 + 3 + 4);
         assert_eq!(calls(Kernel::Legacy, &COUNTS), calls(Kernel::Unpatched, &COUNTS));
         let legacy = expected(Kernel::Legacy, &COUNTS, true);
         assert!(legacy.iter().any(|(n, _, v)| *n == LOCK_VMA_CALLS.name && v.is_none()));

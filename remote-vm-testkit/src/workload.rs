@@ -31,6 +31,10 @@ pub struct Layout {
     pub zero_pages: usize,
     /// A written 2 MiB hugetlb page, if the kernel had one reserved.
     pub hugetlb: Option<u64>,
+    /// Half a page before the end of another written hugetlb page that a
+    /// written page of its own VMA follows at once (if one was reserved).
+    #[serde(default)]
+    pub hugetlb_straddle: Option<u64>,
     /// An unmapped page; the page before it is resident.
     pub hole: u64,
     /// A 2 MiB-aligned, PMD-mapped transparent huge page, if the kernel gave one.
@@ -96,6 +100,7 @@ pub fn target_main(pages: usize, zero_pages: usize) -> Result<()> {
         fill(huge.cast(), PAGE, 0x6c);
         Some(huge as u64)
     };
+    let hugetlb_straddle = map_hugetlb_straddle();
     let thp = map_thp()?;
     let cmdline_len = move_argv_into_a_file().unwrap_or_else(|e| {
         eprintln!("target: cannot move argv into a file mapping: {e:#}");
@@ -115,6 +120,7 @@ pub fn target_main(pages: usize, zero_pages: usize) -> Result<()> {
         zero: zero as u64,
         zero_pages,
         hugetlb,
+        hugetlb_straddle,
         hole: around as u64 + PAGE as u64,
         thp,
         cmdline_len,
@@ -130,6 +136,44 @@ pub fn target_main(pages: usize, zero_pages: usize) -> Result<()> {
 
 /// A written, 2 MiB-aligned anonymous region with MADV_HUGEPAGE; `Some` if
 /// `/proc/self/smaps` shows it backed by a huge page.
+/// The byte both sides of the hugetlb straddle hold.
+pub const HUGETLB_STRADDLE_BYTE: u8 = 0x9f;
+
+/// A hugetlb page and, right after its end, a page of an ordinary anonymous
+/// VMA, both written: the address half a page before the boundary. `None` when
+/// no huge page is left or the addresses cannot be had.
+fn map_hugetlb_straddle() -> Option<u64> {
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let none = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+    // Address space for an aligned huge page and a page after it.
+    // SAFETY: a fresh reservation, checked.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), 3 * HUGE, libc::PROT_NONE, none, -1, 0) };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    let (start, end) = (p as usize, p as usize + 3 * HUGE);
+    let aligned = (start + HUGE - 1) & !(HUGE - 1);
+    let next = aligned + HUGE;
+    // SAFETY: both inside our own reservation (MAP_FIXED replaces only it).
+    let placed = unsafe {
+        let huge = libc::mmap(aligned as *mut libc::c_void, HUGE, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_HUGETLB | libc::MAP_FIXED, -1, 0);
+        let page = libc::mmap(next as *mut libc::c_void, PAGE, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED, -1, 0);
+        huge != libc::MAP_FAILED && page != libc::MAP_FAILED
+    };
+    // SAFETY: the reservation's parts not used (or all of it when placing failed).
+    unsafe {
+        if !placed {
+            libc::munmap(p, 3 * HUGE);
+            return None;
+        }
+        libc::munmap(p, aligned - start);
+        libc::munmap((next + PAGE) as *mut libc::c_void, end - next - PAGE);
+    }
+    fill((next - PAGE) as *mut u8, PAGE, HUGETLB_STRADDLE_BYTE);
+    fill(next as *mut u8, PAGE, HUGETLB_STRADDLE_BYTE);
+    Some((next - PAGE / 2) as u64)
+}
+
 fn map_thp() -> Result<Option<u64>> {
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     // SAFETY: anonymous mapping, checked.

@@ -613,6 +613,46 @@ impl<'a> Btf<'a> {
             .ok_or_else(|| self.missing(format!("enumerator {name} not in BTF")))
     }
 
+    /// Function `name`'s prototype as C writes it, parameter names left out:
+    /// `struct folio *folio_walk_start(struct folio_walk *, …)`. Typedef names
+    /// are kept (not resolved), a named struct is `struct NAME` whether
+    /// complete or declared.
+    pub fn function_signature(&self, name: &str) -> Result<String, String> {
+        let func = self.find(KIND_FUNC, name).ok_or_else(|| self.missing(format!("function {name} not in BTF")))?;
+        let proto = self
+            .get(self.get(func).map_or(0, |f| f.size_or_type))
+            .filter(|t| t.kind == KIND_FUNC_PROTO)
+            .ok_or_else(|| format!("function {name} has no prototype"))?;
+        let params: Vec<String> = proto.members.iter().map(|p| self.type_name(p.type_id, 0)).collect();
+        let ret = self.type_name(proto.size_or_type, 0);
+        let sep = if ret.ends_with('*') { "" } else { " " };
+        Ok(format!("{ret}{sep}{name}({})", params.join(", ")))
+    }
+
+    /// A type as C writes it (`?` past 8 levels or for what it has no words for).
+    fn type_name(&self, id: u32, depth: u32) -> String {
+        if id == 0 {
+            return "void".into();
+        }
+        let Some(t) = self.get(id).filter(|_| depth < 8) else { return "?".into() };
+        let inner = || self.type_name(t.size_or_type, depth + 1);
+        match t.kind {
+            KIND_INT | KIND_FLOAT | KIND_TYPEDEF => t.name.to_string(),
+            KIND_PTR => {
+                let to = inner();
+                if to.ends_with('*') { format!("{to}*") } else { format!("{to} *") }
+            }
+            KIND_STRUCT => format!("struct {}", t.name),
+            KIND_UNION => format!("union {}", t.name),
+            KIND_FWD => format!("struct {}", t.name),
+            KIND_ENUM | KIND_ENUM64 => format!("enum {}", t.name),
+            KIND_CONST => format!("const {}", inner()),
+            KIND_VOLATILE => format!("volatile {}", inner()),
+            KIND_RESTRICT | KIND_TYPE_TAG => inner(),
+            _ => "?".into(),
+        }
+    }
+
     /// The parameters a tp_btf program sees for tracepoint `tp`: the prototype of
     /// `btf_trace_<tp>` without its leading `void *__data`. Each entry is the
     /// resolved type of one argument.
@@ -817,6 +857,8 @@ pub mod tests {
         let args = btf.tracepoint_args("mmap_lock_start_locking").unwrap();
         let names: Vec<_> = args.iter().map(|t| (t.kind, t.name)).collect();
         assert_eq!(names, vec![(KIND_PTR, ""), (KIND_PTR, ""), (KIND_INT, "_Bool")]);
+        assert_eq!(btf.function_signature("lock_vma_under_rcu"), Ok("void lock_vma_under_rcu(void *, void *, char *, bool)".into()));
+        assert!(btf.function_signature("folio_walk_start").is_err());
     }
 
     fn parse_err(data: &[u8]) -> String {

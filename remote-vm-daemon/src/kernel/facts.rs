@@ -125,6 +125,8 @@ impl KernelFacts {
                 }
             }
         }
+        // The functions as the kernel has them, against the classifier's assumptions.
+        self.contradictions.extend(layout.assumptions.iter().cloned());
     }
 
     /// Reads the facts of the running kernel. `btf_override` is the `--btf` path.

@@ -43,6 +43,43 @@ pub struct Layout {
     /// Whether the `has_*` answers mean anything: BTF, or a readable
     /// /proc/kallsyms (hidden under `ProcSubset=pid`: then nothing is known).
     pub functions_known: bool,
+    /// Where the kernel's BTF differs from what the classifier assumes of the
+    /// lockless loop's functions (`check` warns), each said in a sentence.
+    pub assumptions: Vec<String>,
+}
+
+/// `folio_walk_start()` as the walk programs read it: the walk (its `page` and
+/// `level`), the VMA, the address, and the folio returned (6.12 and 7.3).
+pub const FOLIO_WALK_START: &str =
+    "struct folio *folio_walk_start(struct folio_walk *, struct vm_area_struct *, long unsigned int, folio_walk_flags_t)";
+/// `lock_vma_under_rcu()` as the VMA step's programs read it. (BTF names C's
+/// types as the compiler does: `long unsigned int`.)
+pub const LOCK_VMA_UNDER_RCU: &str = "struct vm_area_struct *lock_vma_under_rcu(struct mm_struct *, long unsigned int)";
+
+/// What differs from the classifier's assumptions: the two functions'
+/// prototypes, and `enum folio_walk_level` (PTE 0; PMD and PUD read from BTF).
+fn assumptions(btf: &Btf) -> Vec<String> {
+    let mut out = Vec::new();
+    for (function, assumed) in [("folio_walk_start", FOLIO_WALK_START), ("lock_vma_under_rcu", LOCK_VMA_UNDER_RCU)] {
+        if !btf.has_function(function) {
+            continue;
+        }
+        match btf.function_signature(function) {
+            Ok(sig) if sig == assumed => {}
+            Ok(sig) => out.push(format!(
+                "{function}() is `{sig}` in BTF, not `{assumed}` as the classifier assumes: its programs may read the wrong arguments"
+            )),
+            Err(e) => out.push(format!("{function}()'s prototype cannot be read from BTF ({e})")),
+        }
+    }
+    if btf.has_function("folio_walk_start") {
+        match btf.enum_value("FW_LEVEL_PTE") {
+            Ok(0) => {}
+            Ok(v) => out.push(format!("FW_LEVEL_PTE is {v} in BTF, not 0 as the classifier assumes")),
+            Err(_) => out.push("enum folio_walk_level has no FW_LEVEL_PTE in BTF: walk levels may be misread".into()),
+        }
+    }
+    out
 }
 
 /// x86-64's stack unwinder (`CONFIG_UNWINDER_*`), told apart by the members
@@ -308,6 +345,7 @@ impl Layout {
                 .and_then(|pmd| btf.enum_value("FW_LEVEL_PUD").map(|pud| (pmd as u32, pud as u32))),
             vma_vm_ops: btf.field_offset("vm_area_struct", "vm_ops"),
             vma_vm_end: btf.field_offset("vm_area_struct", "vm_end"),
+            assumptions: assumptions(btf),
             foll_write: foll_write.as_ref().map_or(FOLL_WRITE_DEFAULT, |v| *v as u32),
             foll_write_note: foll_write
                 .err()
@@ -339,6 +377,7 @@ impl Layout {
             fw_levels: no(),
             vma_vm_ops: no(),
             vma_vm_end: no(),
+            assumptions: Vec::new(),
             foll_write: FOLL_WRITE_DEFAULT,
             foll_write_note: Some("no BTF; using 0x1, its value in every kernel".into()),
             foll_anon: no(),
@@ -457,6 +496,36 @@ mod tests {
     }
 
     #[test]
+    fn a_function_of_another_shape_is_said() {
+        let mut b = Builder::new();
+        let ulong = b.int("long unsigned int", 8);
+        let vma = b.structure(KIND_STRUCT, "vm_area_struct", 8, &[]);
+        let mm = b.structure(KIND_STRUCT, "mm_struct", 8, &[]);
+        let (vma_ptr, mm_ptr) = (b.ptr(vma), b.ptr(mm));
+        // A third argument the programs would not know about.
+        let proto = b.proto(vma_ptr, &[mm_ptr, ulong, ulong]);
+        b.func("lock_vma_under_rcu", proto);
+        let data = b.build();
+        let l = Layout::from_btf(&Btf::parse(&data).unwrap());
+        assert_eq!(
+            l.assumptions,
+            vec![format!(
+                "lock_vma_under_rcu() is `struct vm_area_struct *lock_vma_under_rcu(struct mm_struct *, long unsigned int, long unsigned int)` in BTF, not `{LOCK_VMA_UNDER_RCU}` as the classifier assumes: its programs may read the wrong arguments"
+            )]
+        );
+        // As assumed: nothing said.
+        let mut b = Builder::new();
+        let ulong = b.int("long unsigned int", 8);
+        let vma = b.structure(KIND_STRUCT, "vm_area_struct", 8, &[]);
+        let mm = b.structure(KIND_STRUCT, "mm_struct", 8, &[]);
+        let (vma_ptr, mm_ptr) = (b.ptr(vma), b.ptr(mm));
+        let proto = b.proto(vma_ptr, &[mm_ptr, ulong]);
+        b.func("lock_vma_under_rcu", proto);
+        let data = b.build();
+        assert!(Layout::from_btf(&Btf::parse(&data).unwrap()).assumptions.is_empty());
+    }
+
+    #[test]
     fn missing_items_say_why() {
         let l = Layout::from_btf(&tracepoints(false));
         assert_eq!(l.mm_mmap_lock, Err("struct mm_struct has no field mmap_lock in BTF".into()));
@@ -489,6 +558,8 @@ mod tests {
             // enum { FW_LEVEL_PTE, FW_LEVEL_PMD, FW_LEVEL_PUD }.
             assert_eq!(l.fw_levels, if v6_1 { Err("enumerator FW_LEVEL_PMD not in BTF".into()) } else { Ok((1, 2)) }, "{name}");
             assert_eq!(l.fw_page.is_ok(), !v6_1, "{name}");
+            // Both functions and the walk levels as the classifier assumes (6.1 has neither).
+            assert_eq!(l.assumptions, Vec::<String>::new(), "{name}");
             for item in [&l.mm_mmap_lock, &l.task_mm, &l.vma_vm_ops, &l.vma_vm_end] {
                 assert!(item.is_ok(), "{name}: {item:?}");
             }

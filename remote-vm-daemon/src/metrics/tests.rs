@@ -34,6 +34,7 @@ pub fn full_layout() -> Layout {
         unwinder: Ok(crate::kernel::layout::Unwinder::Orc),
         from_btf: true,
         functions_known: true,
+        assumptions: Vec::new(),
     }
 }
 
