@@ -1,11 +1,17 @@
-//! `cargo xtask kernels --build --source VERSION --patch FILE`: an A/B pair of
+//! `cargo xtask kernels --build --source VERSION --patch FILE…`: an A/B pair of
 //! one's own, for kernel engineers iterating on the series (v2, v3, …). From
 //! Debian's `linux-source-X.Y` of that version: the unpatched image from the
-//! tree as shipped, the patched one from a copy of the same tree with FILE
-//! applied, both with the test config (`xtask/kernel-test.config`, the
-//! fragment the shared images were built with, over `tinyconfig`), so only
-//! the patch differs. Cached under `target/kernels/built/NAME/`; `vm-test` and
-//! `ab` take them as `--kernel NAME-patched --kernel NAME-unpatched`.
+//! tree as shipped (built once per version and config, then reused), the
+//! patched one from a copy of the same tree with the series applied in order,
+//! both with the test config (`xtask/kernel-test.config`, the fragment the
+//! shared images were built with, over `tinyconfig`), so only the series
+//! differs. A FILE is a plain `-p1` diff, `git format-patch` output or an mbox
+//! as the list posts it: `git mailsplit` splits it, `git mailinfo` decodes each
+//! mail's transfer encoding and charset, a mail with no diff (the cover letter)
+//! is left out. The pair is named `vN` after the series' `[PATCH vN …]`
+//! subjects unless `--name` says otherwise. Cached under
+//! `target/kernels/built/NAME/`; `vm-test` and `ab` take them as `--kernel
+//! NAME-patched --kernel NAME-unpatched`.
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -20,25 +26,108 @@ const BUILT: &str = "target/kernels/built";
 /// The config fragment (a copy of ../shared/kernels/vm.config).
 const CONFIG: &str = "xtask/kernel-test.config";
 /// What building a kernel needs beyond the compiler.
-const BUILD_PACKAGES: &[&str] = &["make", "gcc", "libc6-dev", "dwarves", "bc", "flex", "bison", "libelf-dev", "libssl-dev", "cpio", "xz-utils", "patch"];
+const BUILD_PACKAGES: &[&str] =
+    &["make", "gcc", "libc6-dev", "dwarves", "bc", "flex", "bison", "libelf-dev", "libssl-dev", "cpio", "xz-utils", "patch", "git"];
 
 pub struct Args {
     pub source: String,
-    pub patch: PathBuf,
+    /// The series' files, in order.
+    pub patches: Vec<PathBuf>,
     pub name: Option<String>,
 }
 
-/// The pair's name: `--name`, else the patch file's name without extension.
-fn pair_name(args: &Args) -> Result<String> {
-    match &args.name {
-        Some(n) => Ok(n.clone()),
-        None => Ok(args.patch.file_stem().context("--patch has no file name")?.to_string_lossy().into_owned()),
+/// One patch of the series: its subject where it was mailed, its diff.
+#[derive(Debug)]
+pub struct Patch {
+    pub subject: Option<String>,
+    pub diff: Vec<u8>,
+    /// Where it came from (file, and mail number in it).
+    pub from: String,
+}
+
+/// The series in `files`, in order, decoded (see the module's comment);
+/// `work` holds the split mails.
+pub fn series(files: &[PathBuf], work: &Path) -> Result<Vec<Patch>> {
+    let mut out = Vec::new();
+    for (i, file) in files.iter().enumerate() {
+        let text = std::fs::read(file).with_context(|| format!("--patch {}", file.display()))?;
+        let headers = text.split(|b| *b == b'\n').take_while(|l| !l.is_empty() && *l != b"\r").collect::<Vec<_>>();
+        let mailed = text.starts_with(b"From ") || headers.iter().any(|l| l.starts_with(b"Subject:"));
+        if !mailed {
+            out.push(Patch { subject: None, diff: text, from: file.display().to_string() });
+            continue;
+        }
+        let dir = work.join(format!("mail-{i}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mails: Vec<PathBuf> = if text.starts_with(b"From ") {
+            let split = Command::new("git").arg("mailsplit").arg(format!("-o{}", dir.display())).arg(file).output()?;
+            ensure!(split.status.success(), "git mailsplit {}: {}", file.display(), String::from_utf8_lossy(&split.stderr).trim());
+            let mut m: Vec<PathBuf> = std::fs::read_dir(&dir)?.flatten().map(|e| e.path()).collect();
+            m.sort();
+            m
+        } else {
+            vec![file.clone()]
+        };
+        for (n, mail) in mails.iter().enumerate() {
+            let (msg, diff) = (dir.join(format!("{n}.msg")), dir.join(format!("{n}.diff")));
+            // -k: the subject as posted, `[PATCH v2 1/3]` kept.
+            let info = Command::new("git")
+                .args(["mailinfo", "-k"])
+                .arg(&msg)
+                .arg(&diff)
+                .stdin(std::fs::File::open(mail)?)
+                .output()?;
+            ensure!(info.status.success(), "git mailinfo {}: {}", mail.display(), String::from_utf8_lossy(&info.stderr).trim());
+            let info = String::from_utf8_lossy(&info.stdout);
+            let subject = info.lines().find_map(|l| l.strip_prefix("Subject: ")).map(str::to_string);
+            let diff = std::fs::read(&diff)?;
+            if diff.is_empty() {
+                continue;
+            }
+            out.push(Patch { subject, diff, from: format!("{} mail {}", file.display(), n + 1) });
+        }
     }
+    ensure!(!out.is_empty(), "no diff in {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+    Ok(out)
+}
+
+/// The series as one file: each patch's subject line, then its diff (what
+/// `built_kernel` reads the version from).
+fn series_text(patches: &[Patch]) -> Vec<u8> {
+    let mut text = Vec::new();
+    for p in patches {
+        if let Some(s) = &p.subject {
+            text.extend(format!("Subject: {s}\n").into_bytes());
+        }
+        text.extend(&p.diff);
+    }
+    text
+}
+
+/// The pair's name: `--name`, else `vN` from the subjects, else the first
+/// file's name without extension.
+fn pair_name(args: &Args, patches: &[Patch]) -> Result<String> {
+    if let Some(n) = &args.name {
+        return Ok(n.clone());
+    }
+    if let Some(v) = series_version(&String::from_utf8_lossy(&series_text(patches))) {
+        return Ok(format!("v{v}"));
+    }
+    let first = args.patches.first().context("no --patch")?;
+    Ok(first.file_stem().context("--patch has no file name")?.to_string_lossy().into_owned())
 }
 
 pub fn build(root: &Path, args: &Args) -> Result<Vec<vm::Kernel>> {
-    let patch = std::fs::canonicalize(&args.patch).with_context(|| format!("--patch {}", args.patch.display()))?;
-    let name = pair_name(args)?;
+    let files = args
+        .patches
+        .iter()
+        .map(|p| std::fs::canonicalize(p).with_context(|| format!("--patch {}", p.display())))
+        .collect::<Result<Vec<_>>>()?;
+    say!("kernels: build tools ({})", BUILD_PACKAGES.join(", "));
+    Apt::system(root)?.install(BUILD_PACKAGES)?;
+    let patches = series(&files, &root.join("target/kernel-build/mail"))?;
+    let name = pair_name(args, &patches)?;
     ensure!(
         !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
         "pair name {name:?}: letters, digits, '.', '_' and '-' only (--name)"
@@ -50,8 +139,6 @@ pub fn build(root: &Path, args: &Args) -> Result<Vec<vm::Kernel>> {
             _ => bail!("--source {}: a kernel version such as 7.3.4", args.source),
         }
     };
-    say!("kernels: build tools ({})", BUILD_PACKAGES.join(", "));
-    Apt::system(root)?.install(BUILD_PACKAGES)?;
     let work = root.join("target/kernel-build").join(&args.source);
     std::fs::create_dir_all(&work)?;
     let tree = work.join(format!("linux-source-{series}"));
@@ -61,27 +148,46 @@ pub fn build(root: &Path, args: &Args) -> Result<Vec<vm::Kernel>> {
     let patched_tree = work.join("patched");
     let _ = std::fs::remove_dir_all(&patched_tree);
     sh(Command::new("cp").arg("-al").arg(&tree).arg(&patched_tree))?;
-    let dry = Command::new("patch").args(["-p1", "-s", "--dry-run", "-i"]).arg(&patch).current_dir(&patched_tree).output()?;
-    if !dry.status.success() {
-        bail!(
-            "{} does not apply to linux-source-{series} {version}: {}",
-            patch.display(),
-            String::from_utf8_lossy(&dry.stdout).lines().chain(String::from_utf8_lossy(&dry.stderr).lines()).next().unwrap_or("patch failed")
-        );
+    for (i, p) in patches.iter().enumerate() {
+        let file = work.join(format!("patch-{i}.diff"));
+        std::fs::write(&file, &p.diff)?;
+        let what = p.subject.as_deref().unwrap_or(&p.from);
+        let dry = Command::new("patch").args(["-p1", "-s", "--dry-run", "-i"]).arg(&file).current_dir(&patched_tree).output()?;
+        if !dry.status.success() {
+            bail!(
+                "{what} ({}) does not apply to linux-source-{series} {version} after the {i} before it: {}",
+                p.from,
+                String::from_utf8_lossy(&dry.stdout).lines().chain(String::from_utf8_lossy(&dry.stderr).lines()).next().unwrap_or("patch failed")
+            );
+        }
+        say!("kernels: applying {what}");
+        sh(Command::new("patch").args(["-p1", "-s", "-i"]).arg(&file).current_dir(&patched_tree))?;
     }
-    sh(Command::new("patch").args(["-p1", "-s", "-i"]).arg(&patch).current_dir(&patched_tree))?;
     let out = root.join(BUILT).join(&name);
     std::fs::create_dir_all(&out)?;
-    for (which, src) in [("unpatched", &tree), ("patched", &patched_tree)] {
-        let image = make_image(root, src, &work.join(format!("build-{which}")), which)?;
-        std::fs::copy(&image, out.join(format!("bzImage-{which}")))?;
-        std::fs::copy(work.join(format!("build-{which}/.config")), out.join(format!("config-{which}")))?;
+    // The unpatched image depends on the source and the config only: built
+    // once for both, then reused.
+    let config_text = std::fs::read_to_string(root.join(CONFIG))?;
+    let key = format!("linux-source-{series} {version}\n{config_text}");
+    let reused = work.join("unpatched-image");
+    if std::fs::read_to_string(reused.join("KEY")).ok().as_deref() == Some(key.as_str()) {
+        say!("kernels: the unpatched image of linux-source-{series} {version} with this config is built already: reused");
+    } else {
+        let image = make_image(root, &tree, &work.join("build-unpatched"), "unpatched")?;
+        let _ = std::fs::remove_dir_all(&reused);
+        std::fs::create_dir_all(&reused)?;
+        std::fs::copy(&image, reused.join("bzImage"))?;
+        std::fs::copy(work.join("build-unpatched/.config"), reused.join("config"))?;
+        std::fs::write(reused.join("KEY"), &key)?;
     }
-    std::fs::copy(&patch, out.join("series.patch"))?;
-    std::fs::write(
-        out.join("ORIGIN"),
-        format!("Debian linux-source-{series} {version}, config {CONFIG} over tinyconfig; patched: + {}\n", patch.display()),
-    )?;
+    std::fs::copy(reused.join("bzImage"), out.join("bzImage-unpatched"))?;
+    std::fs::copy(reused.join("config"), out.join("config-unpatched"))?;
+    let image = make_image(root, &patched_tree, &work.join("build-patched"), "patched")?;
+    std::fs::copy(&image, out.join("bzImage-patched"))?;
+    std::fs::copy(work.join("build-patched/.config"), out.join("config-patched"))?;
+    std::fs::write(out.join("series.patch"), series_text(&patches))?;
+    let list = files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(" + ");
+    std::fs::write(out.join("ORIGIN"), format!("Debian linux-source-{series} {version}, config {CONFIG} over tinyconfig; patched: + {list}\n"))?;
     say!("kernels: {name}-patched and {name}-unpatched in {} (vm-test and ab: --kernel {name}-patched --kernel {name}-unpatched)", out.display());
     Ok(["patched", "unpatched"].iter().filter_map(|w| built_kernel(root, &format!("{name}-{w}"))).collect())
 }
@@ -260,6 +366,67 @@ mod tests {
         assert!(built_kernel(&root, "v3-patched").is_none());
         assert!(built_kernel(&root, "patched").is_none());
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// An mbox as the list sends it (a cover letter, then a quoted-printable
+    /// patch), then a plain diff: decoded, in order, applied with patch -p1.
+    #[test]
+    fn a_mailed_series_is_split_decoded_and_applied_in_order() {
+        let dir = std::env::temp_dir().join(format!("rvm-series-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("tree/mm")).unwrap();
+        std::fs::write(dir.join("tree/mm/memory.c"), "int a;\nint b;\n").unwrap();
+        // Context lines begin with a space: one string per line.
+        let mbox = [
+            "From nobody Mon Sep 17 00:00:00 2001",
+            "From: Dev <dev@example.org>",
+            "Subject: [PATCH v2 0/1] mm: __access_remote_vm with per-VMA lock",
+            "",
+            "The cover letter.",
+            "",
+            "From nobody Mon Sep 17 00:00:00 2001",
+            "From: Dev <dev@example.org>",
+            "Subject: [PATCH v2 1/1] mm: set b",
+            "MIME-Version: 1.0",
+            "Content-Type: text/plain; charset=UTF-8",
+            "Content-Transfer-Encoding: quoted-printable",
+            "",
+            "Sets b.",
+            "---",
+            "diff --git a/mm/memory.c b/mm/memory.c",
+            "--- a/mm/memory.c",
+            "+++ b/mm/memory.c",
+            "@@ -1,2 +1,2 @@",
+            " int a;",
+            "-int b;",
+            "+int b =3D 1;",
+            "--=20",
+            "2.47.0",
+            "",
+        ]
+        .map(|l| format!("{l}\n"))
+        .concat();
+        std::fs::write(dir.join("series.mbox"), mbox).unwrap();
+        let plain = "--- a/mm/memory.c\n+++ b/mm/memory.c\n@@ -1,2 +1,2 @@\n-int a;\n+int a = 2;\n int b = 1;\n";
+        std::fs::write(dir.join("fixup.diff"), plain).unwrap();
+        let files = [dir.join("series.mbox"), dir.join("fixup.diff")];
+        let patches = series(&files, &dir.join("work")).unwrap();
+        assert_eq!(patches.len(), 2, "{patches:?}");
+        assert_eq!(patches[0].subject.as_deref(), Some("[PATCH v2 1/1] mm: set b"));
+        assert!(String::from_utf8_lossy(&patches[0].diff).contains("+int b = 1;"), "{}", String::from_utf8_lossy(&patches[0].diff));
+        assert_eq!((patches[1].subject.as_deref(), patches[1].diff.as_slice()), (None, plain.as_bytes()));
+        let args = Args { source: "7.3.4".into(), patches: files.to_vec(), name: None };
+        assert_eq!(pair_name(&args, &patches).unwrap(), "v2");
+        for (i, p) in patches.iter().enumerate() {
+            let f = dir.join(format!("{i}.diff"));
+            std::fs::write(&f, &p.diff).unwrap();
+            let ok = Command::new("patch").args(["-p1", "-s", "-i"]).arg(&f).current_dir(dir.join("tree")).status().unwrap();
+            assert!(ok.success());
+        }
+        assert_eq!(std::fs::read_to_string(dir.join("tree/mm/memory.c")).unwrap(), "int a = 2;\nint b = 1;\n");
+        // What the built pair records says its version.
+        assert_eq!(series_version(&String::from_utf8_lossy(&series_text(&patches))), Some(2));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -179,10 +179,13 @@ enum Cmd {
         /// The kernel version of Debian's `linux-source-X.Y` (e.g. 7.3.4).
         #[arg(long)]
         source: Option<String>,
-        /// The patch (the series as `git format-patch` or the list posts it, `-p1`).
+        /// The series: a plain `-p1` diff, `git format-patch` files or an mbox
+        /// as the list posts it (mail encodings decoded); repeatable, applied
+        /// in order.
         #[arg(long)]
-        patch: Option<PathBuf>,
-        /// The pair's name (default: the patch file's name without extension).
+        patch: Vec<PathBuf>,
+        /// The pair's name (default: `vN` from the series' `[PATCH vN …]`
+        /// subjects, else the first patch file's name without extension).
         #[arg(long)]
         name: Option<String>,
         /// Rewrite `xtask/kernels.toml`: each Debian kernel whose recorded version has left the archive becomes the newest of its series (commit the change; test runs only say it)
@@ -347,8 +350,9 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                 kernels::update(&root)
             } else if build {
                 setup::setup(setup::Purpose::Test)?;
-                let (Some(source), Some(patch)) = (source, patch) else { bail!("--build needs --source and --patch") };
-                kbuild::build(&root, &kbuild::Args { source, patch, name }).map(drop)
+                let Some(source) = source else { bail!("--build needs --source and --patch") };
+                ensure!(!patch.is_empty(), "--build needs --source and --patch");
+                kbuild::build(&root, &kbuild::Args { source, patches: patch, name }).map(drop)
             } else {
                 list_kernels(&root)
             }
