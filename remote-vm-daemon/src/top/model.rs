@@ -257,8 +257,9 @@ pub struct Model {
     pub url: String,
     /// `Err(why)`: the last fetch failed (the figures are the last good ones).
     pub reachable: Result<(), String>,
-    /// `release` and `patched` from `remote_vm_kernel_info`.
-    pub kernel: Option<(String, String)>,
+    /// `release`, `patched` and `series` from `remote_vm_kernel_info`
+    /// (`series` empty from a daemon that does not export it).
+    pub kernel: Option<(String, String, String)>,
     /// Seconds between the two fetches the rates come from (`None`: one fetch so far).
     pub interval: Option<f64>,
     /// `None`: the daemon does not export reads here.
@@ -365,8 +366,9 @@ impl Model {
         let Some(cur) = cur else { return m };
         let s = &cur.metrics;
         m.kernel = s.series(cat::KERNEL_INFO.name).next().map(|(series, _)| {
-            let label = |k: &str| series.split(&format!("{k}=\"")).nth(1).and_then(|v| v.split('"').next()).unwrap_or("?").to_string();
-            (p(&label("release")), p(&label("patched")))
+            let value = |k: &str| series.split(&format!("{k}=\"")).nth(1).and_then(|v| v.split('"').next());
+            let label = |k: &str| value(k).unwrap_or("?").to_string();
+            (p(&label("release")), p(&label("patched")), p(value("series").unwrap_or_default()))
         });
         let waiters = s.value(cat::MMAP_LOCK_WAITERS.name, &[]);
         let oldest = s.value(cat::MMAP_LOCK_OLDEST_WAIT.name, &[]);
@@ -437,7 +439,7 @@ mod tests {
         let b = fetch(12.0, &metrics(130, 20, 10, [5, 105, 205], 3), None);
         let m = Model::new("u", Some(&a), Some(&b), Ok(()));
         assert_eq!(m.interval, Some(2.0));
-        assert_eq!(m.kernel, Some(("6.12.117".into(), "no".into())));
+        assert_eq!(m.kernel, Some(("6.12.117".into(), "no".into(), String::new())));
         let reads = m.reads.unwrap();
         assert_eq!(reads.per_second, [15.0, 5.0, 5.0]);
         assert_eq!(reads.fast_share, Some(0.6));

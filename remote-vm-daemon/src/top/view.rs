@@ -31,7 +31,11 @@ fn header(m: &Model) -> Vec<Line<'static>> {
     let kernel = m
         .kernel
         .as_ref()
-        .map_or(String::new(), |(release, patched)| format!(" · Linux {release} patched={patched}"));
+        .map_or(String::new(), |(release, patched, series)| match (patched.as_str(), series.as_str()) {
+            // Which version of the series a patched kernel runs.
+            ("yes", s) if !s.is_empty() => format!(" · Linux {release} patched={patched} ({s})"),
+            _ => format!(" · Linux {release} patched={patched}"),
+        });
     let mut lines = vec![Line::from(vec![
         Span::styled("remote-vm top", Style::default().add_modifier(Modifier::BOLD)),
         Span::raw(format!(" · {}{kernel}", m.url)),
@@ -182,7 +186,7 @@ mod tests {
         Model {
             url: "http://127.0.0.1:19361".into(),
             reachable: Ok(()),
-            kernel: Some(("6.12.117".into(), "no".into())),
+            kernel: Some(("6.12.117".into(), "no".into(), "none".into())),
             interval: Some(1.0),
             reads: Some(Reads { per_second: [0.0, 0.0, 12.0], fast_share: Some(0.0) }),
             fallbacks: vec![("vma_lock_failed", 0.0), ("vma_unsuitable", 2.0), ("other", 0.5)],
@@ -212,6 +216,10 @@ mod tests {
         assert!(has("  2.4 s  rd-cmdline 41/51 → rvm-testkit 49 ← writer holder 50 [cmdline]"), "{screen}");
         assert!(has("23:16:58   6.1 s  rd-cmdline 41/51 → rvm-testkit 49 ← writer holder 50 [cmdline]"), "{screen}");
         assert!(has("q quit · d details"), "{screen}");
+        assert!(has("Linux 6.12.117 patched=no\n"), "{screen}");
+        // A patched kernel says which version of the series it runs.
+        let v2 = Model { kernel: Some(("7.3.4".into(), "yes".into(), "v2".into())), ..model() };
+        assert!(text(&v2, 80, 24).contains("Linux 7.3.4 patched=yes (v2)"));
     }
 
     #[test]
