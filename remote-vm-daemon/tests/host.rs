@@ -196,7 +196,7 @@ fn check_reports_every_probe_as_the_kernel_allows() {
     assert_eq!(lines.last().copied(), Some(summary.as_str()), "{stdout}");
     // The BTF lines carry this kernel's offsets: every item is found.
     let btf: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("btf: ")).collect();
-    assert_eq!(btf.len(), 12, "{btf:?}");
+    assert_eq!(btf.len(), 13, "{btf:?}");
     assert!(btf.iter().all(|l| !l.contains("unknown")), "{btf:?}");
 }
 
