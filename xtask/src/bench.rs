@@ -267,6 +267,29 @@ fn icount_tables(kernel: &str, runs: &[Value]) -> String {
     o
 }
 
+/// `runs` boots of `kernel` under `-icount`: each boot's result.
+fn icount_boots(kernel: &vm::Kernel, initramfs: &Path, dir: &Path, scale: f64, runs: usize, threads: bool) -> Result<Vec<Value>> {
+    let mut boots = Vec::new();
+    for run in 1..=runs.max(1) {
+        say!("bench: {} under QEMU -icount shift=0 (guest instructions), boot {run} of {runs}", kernel.name);
+        let boot = vm::boot_clocked(
+            &kernel,
+            &initramfs,
+            &dir.join(format!("icount-{}-{run}", kernel.name)),
+            // norandmaps: every boot lays its processes out alike (where a
+            // mapping lands decides what faulting it costs).
+            &format!("rvm.mode=icount rvm.scale={scale} rvm.threads={} norandmaps", u8::from(threads)),
+            Duration::from_secs(3600),
+            "icount-result ",
+            vm::Clock::Instructions,
+        )?;
+        let r = boot.report.with_context(|| format!("no icount-result; console {}", boot.console.display()))?;
+        say!("bench: {} boot {run}: {:.0} s", kernel.name, boot.seconds);
+        boots.push(r);
+    }
+    Ok(boots)
+}
+
 /// `cargo xtask bench --icount`: guest instructions under QEMU `-icount
 /// shift=0,sleep=off -smp 1` on the shared 6.12 pair (unpatched: every remote
 /// read takes the free mmap_lock; patched: the lockless path), each kernel
@@ -285,25 +308,24 @@ pub fn icount(root: &Path, scale: f64, runs: usize, threads: bool) -> Result<Str
     if kernels.is_empty() {
         bail!("bench --icount needs the shared 6.12 pair (../shared/kernels)");
     }
-    for kernel in kernels {
-        let mut boots = Vec::new();
-        for run in 1..=runs.max(1) {
-            say!("bench: {} under QEMU -icount shift=0 (guest instructions), boot {run} of {runs}", kernel.name);
-            let boot = vm::boot_clocked(
-                &kernel,
-                &initramfs,
-                &dir.join(format!("icount-{}-{run}", kernel.name)),
-                // norandmaps: every boot lays its processes out alike (where a
-                // mapping lands decides what faulting it costs).
-                &format!("rvm.mode=icount rvm.scale={scale} rvm.threads={} norandmaps", u8::from(threads)),
-                Duration::from_secs(3600),
-                "icount-result ",
-                vm::Clock::Instructions,
-            )?;
-            let r = boot.report.with_context(|| format!("no icount-result; console {}", boot.console.display()))?;
-            say!("bench: {} boot {run}: {:.0} s", kernel.name, boot.seconds);
-            boots.push(r);
-        }
+    // Each kernel's boots side by side with the other's: guest instructions do
+    // not depend on what else the host runs (two boots agree to the
+    // instruction, docs/benchmarks.md).
+    let booted: Vec<(vm::Kernel, Result<Vec<Value>>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = kernels
+            .into_iter()
+            .map(|kernel| {
+                let (initramfs, dir) = (&initramfs, &dir);
+                scope.spawn(move || {
+                    let boots = icount_boots(&kernel, initramfs, dir, scale, runs, threads);
+                    (kernel, boots)
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+    });
+    for (kernel, boots) in booted {
+        let boots = boots?;
         let (worst, at) = disagreement(&boots);
         say!("bench: {}: {} boots agree within {worst:.3} % ({at})", kernel.name, boots.len());
         if worst > AGREE_PERCENT {

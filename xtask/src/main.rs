@@ -596,6 +596,90 @@ enum Readers {
     Every,
 }
 
+/// VM boots `vm-test` runs side by side.
+const VM_TEST_PARALLEL: usize = 2;
+
+/// One kernel's boots of `vm_test_in`: its matrix row, and whether it failed.
+fn test_kernel(kernel: &vm::Kernel, params: &str, timeout: Duration, out: &Path, initramfs: &Path, readers: Readers) -> Result<(matrix::Row, bool)> {
+    let mut failed = false;
+    // Some suites only (the default set's `Kernel::only`), unless the run names its suites.
+    let own_params = match kernel.only {
+        Some(only) if !params.contains("rvm.only=") => format!("{params} rvm.only={only}").trim().to_string(),
+        _ => params.to_string(),
+    };
+    let params = own_params.as_str();
+    // Suites in boots of their own, unless the run names its suites.
+    let isolated: &[&[&str]] = if params.contains("rvm.only=") { &[] } else { &kernel.isolate };
+    let mut main_params = if isolated.is_empty() {
+        params.to_string()
+    } else {
+        format!("{params} rvm.skip={}", isolated.concat().join(",")).trim().to_string()
+    };
+    let with_readers = match readers {
+        Readers::No => None,
+        Readers::Named => readers::DEFAULT_KERNELS.iter().find(|(k, _)| *k == kernel.name).map(|(_, holds)| *holds),
+        Readers::Every => Some(None),
+    };
+    if let Some(holds) = with_readers
+        && !params.contains("rvm.only=")
+    {
+        let holds = holds.map_or(String::new(), |h| format!(" rvm.readers={h}"));
+        main_params = format!("{main_params} rvm.with=readers{holds}").trim().to_string();
+    }
+    let mut boot = vm::boot_with(kernel, &initramfs, &out.join(&kernel.name), &main_params, timeout, "vmtest-report ")?;
+    let mut checks = boot
+        .report
+        .as_ref()
+        .and_then(|r| r["checks"].as_array().cloned())
+        .unwrap_or_default();
+    for group in isolated {
+        let only = group.join(",");
+        say!("vm-test: {}: {only} in a boot of its own (a defect of this kernel, see docs/probes-and-kernels.md, \"Supported kernels\")", kernel.name);
+        let dir = out.join(format!("{}-{}", kernel.name, group.join("-")));
+        let own = vm::boot_with(kernel, &initramfs, &dir, &format!("{params} rvm.only={only}"), timeout, "vmtest-report ")?;
+        // `check` runs in every boot: its checks once.
+        let theirs = own.report.as_ref().and_then(|r| r["checks"].as_array().cloned()).unwrap_or_default();
+        checks.extend(theirs.into_iter().filter(|c| !c["name"].as_str().is_some_and(|n| n.starts_with("check."))));
+        if !own.success {
+            say!(
+                "vm-test: {}: {only} FAILED; console kept at {}; failed checks:\n{}",
+                kernel.name,
+                own.console.display(),
+                vm::failures(&own.console, 20)
+            );
+            boot.success = false;
+        }
+    }
+    if boot.success {
+        say!(
+            "vm-test: {}: {} checks passed in {:.0} s (console: {})",
+            kernel.name,
+            checks.len(),
+            boot.seconds,
+            boot.console.display()
+        );
+    } else {
+        say!(
+            "vm-test: {}: FAILED after {:.0} s; console kept at {}; failed checks:\n{}\nit ends:\n{}",
+            kernel.name,
+            boot.seconds,
+            boot.console.display(),
+            vm::failures(&boot.console, 20),
+            vm::tail(&boot.console, 15)
+        );
+        failed = true;
+    }
+    let row = matrix::Row {
+        kernel: kernel.name.clone(),
+        origin: kernel.origin.clone(),
+        expect: kernel.expect.clone(),
+        check: boot.report.as_ref().map_or(serde_json::Value::Null, |r| r["check"].clone()),
+        checks,
+        passed: Some(boot.success),
+    };
+    Ok((row, failed))
+}
+
 /// Boots each kernel with the test initramfs; consoles and the matrix go to `target/DIR`.
 /// `extra`: more executables for the guest (path there, file).
 fn vm_test_in(
@@ -619,84 +703,35 @@ fn vm_test_in(
         trees = programs.trees;
     }
     vm::write_test_initramfs_from(root, &initramfs, &extra, &trees)?;
+    // Two kernels at a time: a TCG guest keeps one host core busy, and the
+    // boots share nothing (no forwarded port; each its own console folder).
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<(usize, Result<(matrix::Row, bool)>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..VM_TEST_PARALLEL.min(kernels.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(kernel) = kernels.get(i) else { break };
+                        done.push((i, test_kernel(kernel, params, timeout, &out, &initramfs, readers)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
+    });
+    let mut results = results;
+    results.sort_by_key(|(i, _)| *i);
     let mut failed = Vec::new();
     let mut rows = Vec::new();
-    for kernel in &kernels {
-        // Some suites only (the default set's `Kernel::only`), unless the run names its suites.
-        let own_params = match kernel.only {
-            Some(only) if !params.contains("rvm.only=") => format!("{params} rvm.only={only}").trim().to_string(),
-            _ => params.to_string(),
-        };
-        let params = own_params.as_str();
-        // Suites in boots of their own, unless the run names its suites.
-        let isolated: &[&[&str]] = if params.contains("rvm.only=") { &[] } else { &kernel.isolate };
-        let mut main_params = if isolated.is_empty() {
-            params.to_string()
-        } else {
-            format!("{params} rvm.skip={}", isolated.concat().join(",")).trim().to_string()
-        };
-        let with_readers = match readers {
-            Readers::No => None,
-            Readers::Named => readers::DEFAULT_KERNELS.iter().find(|(k, _)| *k == kernel.name).map(|(_, holds)| *holds),
-            Readers::Every => Some(None),
-        };
-        if let Some(holds) = with_readers
-            && !params.contains("rvm.only=")
-        {
-            let holds = holds.map_or(String::new(), |h| format!(" rvm.readers={h}"));
-            main_params = format!("{main_params} rvm.with=readers{holds}").trim().to_string();
+    for (i, result) in results {
+        let (row, kernel_failed) = result?;
+        if kernel_failed {
+            failed.push(kernels[i].name.clone());
         }
-        let mut boot = vm::boot_with(kernel, &initramfs, &out.join(&kernel.name), &main_params, timeout, "vmtest-report ")?;
-        let mut checks = boot
-            .report
-            .as_ref()
-            .and_then(|r| r["checks"].as_array().cloned())
-            .unwrap_or_default();
-        for group in isolated {
-            let only = group.join(",");
-            say!("vm-test: {}: {only} in a boot of its own (a defect of this kernel, see docs/probes-and-kernels.md, \"Supported kernels\")", kernel.name);
-            let dir = out.join(format!("{}-{}", kernel.name, group.join("-")));
-            let own = vm::boot_with(kernel, &initramfs, &dir, &format!("{params} rvm.only={only}"), timeout, "vmtest-report ")?;
-            // `check` runs in every boot: its checks once.
-            let theirs = own.report.as_ref().and_then(|r| r["checks"].as_array().cloned()).unwrap_or_default();
-            checks.extend(theirs.into_iter().filter(|c| !c["name"].as_str().is_some_and(|n| n.starts_with("check."))));
-            if !own.success {
-                say!(
-                    "vm-test: {}: {only} FAILED; console kept at {}; failed checks:\n{}",
-                    kernel.name,
-                    own.console.display(),
-                    vm::failures(&own.console, 20)
-                );
-                boot.success = false;
-            }
-        }
-        if boot.success {
-            say!(
-                "vm-test: {}: {} checks passed in {:.0} s (console: {})",
-                kernel.name,
-                checks.len(),
-                boot.seconds,
-                boot.console.display()
-            );
-        } else {
-            say!(
-                "vm-test: {}: FAILED after {:.0} s; console kept at {}; failed checks:\n{}\nit ends:\n{}",
-                kernel.name,
-                boot.seconds,
-                boot.console.display(),
-                vm::failures(&boot.console, 20),
-                vm::tail(&boot.console, 15)
-            );
-            failed.push(kernel.name.clone());
-        }
-        rows.push(matrix::Row {
-            kernel: kernel.name.clone(),
-            origin: kernel.origin.clone(),
-            expect: kernel.expect.clone(),
-            check: boot.report.as_ref().map_or(serde_json::Value::Null, |r| r["check"].clone()),
-            checks,
-            passed: Some(boot.success),
-        });
+        rows.push(row);
     }
     // The host as a native row: what `check` attaches here.
     let host_check = Command::new(root.join("target/release/remote-vm-daemon"))
