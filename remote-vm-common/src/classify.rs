@@ -1277,19 +1277,22 @@ mod tests {
     /// A 4 KiB read from the middle of a page whose VMA ends at the next page.
     const CROSS_START: u64 = 0x10000 + PAGE / 2;
     const CROSS_END: u64 = 0x10000 + PAGE;
+    /// A VMA locked, the 4 KiB read runs past its end, no walk, then the
+    /// slow path copies both pages (v2's bail; v1 at a crossing VMA it refuses).
+    const LOCKED_PAST_ITS_END: [Ev; 7] = [
+        Begin { addr: CROSS_START, len: PAGE as i32, gup: READ },
+        LockVmaEnd { addr: CROSS_START, end: CROSS_END },
+        Wait { write: false },
+        Got { ok: true },
+        Gup,
+        Gup,
+        Finish { ret: PAGE as i64 },
+    ];
 
     #[test]
     fn v2_sends_a_read_past_its_vma_end_to_the_slow_path_whole() {
         // One VMA locked, no walk: the length check bailed, the slow path copies.
-        let o = outcome(&[
-            Begin { addr: CROSS_START, len: PAGE as i32, gup: READ },
-            LockVmaEnd { addr: CROSS_START, end: CROSS_END },
-            Wait { write: false },
-            Got { ok: true },
-            Gup,
-            Gup,
-            Finish { ret: PAGE as i64 },
-        ]);
+        let o = outcome(&LOCKED_PAST_ITS_END);
         assert_eq!((o.path, o.reason, o.lockless_bytes, o.vmas_locked), (Some(Path::Fallback), Some(Reason::CrossesVmaEnd), 0, 1));
         // The same VMA, a read that fits: a refused VMA is unsuitable.
         let o = outcome(&[
@@ -1323,17 +1326,11 @@ mod tests {
             Finish { ret: PAGE as i64 },
         ]);
         assert_eq!((o.path, o.reason, o.vmas_locked, o.walks[0]), (Some(Path::Fast), None, 2, 2));
-        // v1, the first VMA crossing and unsuitable (hugetlb): no walk, so
-        // crossing is said; the second VMA unsuitable after a walk of the
-        // first: it does not cross (the request ends inside it), unsuitable.
-        let o = outcome(&[
-            Begin { addr: CROSS_START, len: PAGE as i32, gup: READ },
-            LockVmaEnd { addr: CROSS_START, end: CROSS_END },
-            Wait { write: false },
-            Got { ok: true },
-            Finish { ret: PAGE as i64 },
-        ]);
-        assert_eq!(o.reason, Some(Reason::CrossesVmaEnd));
+        // v1, the first VMA crossing and unsuitable (hugetlb): no walk, the
+        // same events as v2's bail, so crossing is said; the second VMA
+        // unsuitable after a walk of the first: it does not cross (the
+        // request ends inside it), unsuitable.
+        assert_eq!(outcome(&LOCKED_PAST_ITS_END).reason, Some(Reason::CrossesVmaEnd));
         let o = outcome(&[
             Begin { addr: CROSS_START, len: PAGE as i32, gup: READ },
             LockVmaEnd { addr: CROSS_START, end: CROSS_END },

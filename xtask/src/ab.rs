@@ -311,7 +311,7 @@ pub fn run(root: &Path, kernels: Vec<vm::Kernel>, workload: &str) -> Result<Path
         }
         let fast = r.delta(&reads_key(classify::Path::Fast));
         match r.kernel.expect() {
-            "patched-v1" | "patched-v2" if !(fast > 0.0) => problems.push(format!("{}: no fast-path read", r.kernel.name)),
+            _ if r.kernel.is_patched() && !(fast > 0.0) => problems.push(format!("{}: no fast-path read", r.kernel.name)),
             "unpatched" | "legacy" if fast != 0.0 => problems.push(format!("{}: {fast} fast-path reads", r.kernel.name)),
             _ => {}
         }

@@ -105,14 +105,16 @@ impl Kernel {
         self.expect.starts_with("patched-")
     }
 
-    /// What `remote_vm_kernel_info`'s `series` must say.
+    /// What `remote_vm_kernel_info`'s `series` must say (its label from the catalog's `Series`).
     pub fn series(&self) -> &'static str {
+        use remote_vm_common::series::Series;
         match self.expect.as_str() {
-            "patched-v1" => "v1",
-            "patched-v2" => "v2",
-            "unpatched" | "legacy" => "none",
-            _ => "unknown",
+            "patched-v1" => Series::V1,
+            "patched-v2" => Series::V2,
+            "unpatched" | "legacy" => Series::None,
+            _ => Series::Unknown,
         }
+        .label()
     }
 }
 
