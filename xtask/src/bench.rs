@@ -273,8 +273,8 @@ fn icount_boots(kernel: &vm::Kernel, initramfs: &Path, dir: &Path, scale: f64, r
     for run in 1..=runs.max(1) {
         say!("bench: {} under QEMU -icount shift=0 (guest instructions), boot {run} of {runs}", kernel.name);
         let boot = vm::boot_clocked(
-            &kernel,
-            &initramfs,
+            kernel,
+            initramfs,
             &dir.join(format!("icount-{}-{run}", kernel.name)),
             // norandmaps: every boot lays its processes out alike (where a
             // mapping lands decides what faulting it costs).

@@ -626,7 +626,7 @@ fn test_kernel(kernel: &vm::Kernel, params: &str, timeout: Duration, out: &Path,
         let holds = holds.map_or(String::new(), |h| format!(" rvm.readers={h}"));
         main_params = format!("{main_params} rvm.with=readers{holds}").trim().to_string();
     }
-    let mut boot = vm::boot_with(kernel, &initramfs, &out.join(&kernel.name), &main_params, timeout, "vmtest-report ")?;
+    let mut boot = vm::boot_with(kernel, initramfs, &out.join(&kernel.name), &main_params, timeout, "vmtest-report ")?;
     let mut checks = boot
         .report
         .as_ref()
@@ -636,7 +636,7 @@ fn test_kernel(kernel: &vm::Kernel, params: &str, timeout: Duration, out: &Path,
         let only = group.join(",");
         say!("vm-test: {}: {only} in a boot of its own (a defect of this kernel, see docs/probes-and-kernels.md, \"Supported kernels\")", kernel.name);
         let dir = out.join(format!("{}-{}", kernel.name, group.join("-")));
-        let own = vm::boot_with(kernel, &initramfs, &dir, &format!("{params} rvm.only={only}"), timeout, "vmtest-report ")?;
+        let own = vm::boot_with(kernel, initramfs, &dir, &format!("{params} rvm.only={only}"), timeout, "vmtest-report ")?;
         // `check` runs in every boot: its checks once.
         let theirs = own.report.as_ref().and_then(|r| r["checks"].as_array().cloned()).unwrap_or_default();
         checks.extend(theirs.into_iter().filter(|c| !c["name"].as_str().is_some_and(|n| n.starts_with("check."))));
