@@ -65,6 +65,8 @@ pub struct BenchResult {
 /// mere presence moves the figures), the default, and each opt-in mode (those
 /// on the page-fault path say so).
 pub const BASELINE: &str = "daemon running, nothing attached";
+/// The daemon's embedded defaults.
+pub const DEFAULT: &str = "default";
 
 pub fn configurations() -> Vec<(String, String)> {
     let off = |families: &mut dyn Iterator<Item = Family>| {
@@ -73,7 +75,7 @@ pub fn configurations() -> Vec<(String, String)> {
     };
     let mut all = vec![
         (BASELINE.to_string(), off(&mut Family::ALL.into_iter().filter(|f| f.spec().requires.is_none()))),
-        ("default".to_string(), String::new()),
+        (DEFAULT.to_string(), String::new()),
     ];
     for f in Family::ALL {
         let where_ = if f.spec().on_fault_path { " (on the page-fault path)" } else { "" };

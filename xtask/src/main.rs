@@ -78,7 +78,7 @@ enum Cmd {
         kernels: Vec<vm::Kernel>,
         /// Instead of --kernel: a shared pair by name, `6.12` (our v1 backport),
         /// `7.3` (v1 as posted) or `v2` (`patched-v2` against `unpatched-7.3`).
-        #[arg(long, conflicts_with = "kernels", value_parser = ["6.12", "7.3", "v2"])]
+        #[arg(long, conflicts_with = "kernels", value_parser = PAIRS)]
         pair: Option<String>,
         /// The workload, `key=value,…` (keys of `rvm-testkit stress --help`, `_` for `-`).
         #[arg(long, default_value = ab::DEFAULT_WORKLOAD)]
@@ -96,9 +96,17 @@ enum Cmd {
         scrape_seconds: u64,
         /// Instead: guest instructions (QEMU -icount) per operation of each
         /// workload, with no daemon, the default and every opt-in mode, and per
-        /// run of each program, on the shared 6.12 pair.
+        /// run of each program, on a pair (default: the shared 6.12 pair).
         #[arg(long)]
         icount: bool,
+        /// With --icount: `[NAME[:EXPECT]=]PATH` of a kernel image, or a name of
+        /// the matrix; repeatable.
+        #[arg(long = "kernel", value_parser = vm::Kernel::parse, requires = "icount")]
+        kernels: Vec<vm::Kernel>,
+        /// With --icount, instead of --kernel: a shared pair by name, `6.12`,
+        /// `7.3` or `v2` (as `ab --pair`).
+        #[arg(long, conflicts_with = "kernels", requires = "icount", value_parser = PAIRS)]
+        pair: Option<String>,
         /// With --icount: boots per kernel (their figures must agree within 0.5 %).
         #[arg(long, default_value_t = 2)]
         runs: usize,
@@ -268,30 +276,26 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             setup::setup(setup::Purpose::Test)?;
             test(&root)
         }
-        Cmd::Ab { mut kernels, pair, workload } => {
+        Cmd::Ab { kernels, pair, workload } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
-            match pair.as_deref() {
-                Some("6.12") => kernels = vm::shared_kernels(&root),
-                Some("7.3") => kernels = vm::shared_kernels_7_3(&root),
-                Some(_) => {
-                    kernels = vm::shared_v2(&root, false);
-                    kernels.extend(vm::shared_kernels_7_3(&root).into_iter().filter(|k| !k.is_patched()));
-                }
-                None if kernels.is_empty() => kernels = vm::shared_pairs(&root),
-                None => {}
-            }
-            resolve_names(&root, &mut kernels)?;
+            let kernels = pair_kernels(&root, pair.as_deref(), kernels, vm::shared_pairs)?;
             if kernels.is_empty() {
                 bail!("no kernels: ../shared/kernels is not there; pass an A/B pair with --kernel NAME:patched-v1=PATH --kernel NAME:unpatched=PATH");
             }
             ab::run(&root, kernels, &workload).map(drop)
         }
-        Cmd::Bench { reps, scale, scrape_seconds, icount, runs, threads } => {
+        Cmd::Bench { reps, scale, scrape_seconds, icount, kernels, pair, runs, threads } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
             if icount {
-                return bench::icount(&root, scale, runs, threads).map(drop);
+                let named = match (&pair, kernels.is_empty()) {
+                    (Some(p), _) => format!(" --pair {p}"),
+                    (None, true) => String::new(),
+                    (None, false) => kernels.iter().map(|k| format!(" --kernel {}", k.name)).collect(),
+                };
+                let kernels = pair_kernels(&root, pair.as_deref(), kernels, vm::shared_kernels)?;
+                return bench::icount(&root, kernels, &named, scale, runs, threads).map(drop);
             }
             bench::run(&root, &bench::Args { reps, scale, scrape_seconds }).map(drop)
         }
@@ -438,7 +442,7 @@ fn test(root: &Path) -> Result<()> {
         // `cargo xtask bench --icount` boots each twice and fails when they
         // differ by more than AGREE_PERCENT.
         say!("overhead benchmark in guest instructions, one boot per kernel (cargo xtask bench --icount: two, which must agree within {} %)", bench::AGREE_PERCENT);
-        bench::icount(root, 1.0, 1, false)?;
+        bench::icount(root, vm::shared_kernels(root), "", 1.0, 1, false)?;
     } else {
         say!("A/B run and overhead benchmark: skipped (they need the shared 6.12 pair)");
     }
@@ -563,6 +567,28 @@ fn list_kernels(root: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The shared pairs `ab --pair` and `bench --icount --pair` take by name.
+const PAIRS: [&str; 3] = ["6.12", "7.3", "v2"];
+
+/// The kernels of `--pair NAME` (`6.12`: our v1 backport; `7.3`: v1 as
+/// posted; `v2`: `patched-v2` against `unpatched-7.3`), else `--kernel`'s,
+/// else `default`'s; names resolved.
+fn pair_kernels(root: &Path, pair: Option<&str>, mut kernels: Vec<vm::Kernel>, default: fn(&Path) -> Vec<vm::Kernel>) -> Result<Vec<vm::Kernel>> {
+    match pair {
+        Some("6.12") => kernels = vm::shared_kernels(root),
+        Some("7.3") => kernels = vm::shared_kernels_7_3(root),
+        Some("v2") => {
+            kernels = vm::shared_v2(root, false);
+            kernels.extend(vm::shared_kernels_7_3(root).into_iter().filter(|k| !k.is_patched()));
+        }
+        Some(other) => bail!("--pair {other}: not one of {}", PAIRS.join(", ")),
+        None if kernels.is_empty() => kernels = default(root),
+        None => {}
+    }
+    resolve_names(root, &mut kernels)?;
+    Ok(kernels)
 }
 
 /// A bare name (`--kernel patched-7.3`, `--kernel debian-7.0`, a built

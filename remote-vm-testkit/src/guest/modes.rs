@@ -248,7 +248,8 @@ pub(super) fn bench() -> Result<bool> {
 pub(super) fn icount() -> Result<bool> {
     let scale = cmdline_arg("rvm.scale").map_or(Ok(1.0), |v| v.parse())?;
     let threads = cmdline_arg("rvm.threads").as_deref() == Some("1");
-    let r = crate::icount::run(DAEMON, scale, threads)?;
+    let only = cmdline_arg("rvm.config").map(|v| v.parse::<usize>()).transpose()?;
+    let r = crate::icount::run(DAEMON, scale, threads, only)?;
     println!("icount-result {}", serde_json::to_string(&r)?);
     Ok(true)
 }
