@@ -45,6 +45,57 @@ impl Series {
     }
 }
 
+/// What a test kernel is expected to be (the kernel lists' `expect`, the
+/// guest's `rvm.expect=`): always said with the image, never inferred from
+/// its name or release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expectation {
+    /// The series' v1 (the shared 6.12 backport, 7.3.4 with v1 as posted).
+    PatchedV1,
+    /// The series' v2.
+    PatchedV2,
+    /// The lockless-path functions are there, the series is not.
+    Unpatched,
+    /// Before the series' functions (`lock_vma_under_rcu`, `folio_walk_start`).
+    Legacy,
+    /// Not said: the run reports what it found and checks no counts.
+    Unknown,
+}
+
+impl Expectation {
+    pub const ALL: [Expectation; 5] =
+        [Expectation::PatchedV1, Expectation::PatchedV2, Expectation::Unpatched, Expectation::Legacy, Expectation::Unknown];
+
+    /// The word written in kernel lists and on the guest's command line.
+    pub const fn word(self) -> &'static str {
+        match self {
+            Expectation::PatchedV1 => "patched-v1",
+            Expectation::PatchedV2 => "patched-v2",
+            Expectation::Unpatched => "unpatched",
+            Expectation::Legacy => "legacy",
+            Expectation::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(word: &str) -> Option<Expectation> {
+        Expectation::ALL.into_iter().find(|e| e.word() == word)
+    }
+
+    pub const fn is_patched(self) -> bool {
+        matches!(self, Expectation::PatchedV1 | Expectation::PatchedV2)
+    }
+
+    /// What `remote_vm_kernel_info`'s `series` must say on such a kernel.
+    pub const fn series(self) -> Series {
+        match self {
+            Expectation::PatchedV1 => Series::V1,
+            Expectation::PatchedV2 => Series::V2,
+            Expectation::Unpatched | Expectation::Legacy => Series::None,
+            Expectation::Unknown => Series::Unknown,
+        }
+    }
+}
+
 /// The bytes the crossing probe read takes on each side of the boundary.
 pub const CROSSING_HALF: usize = 32;
 
@@ -89,6 +140,18 @@ pub fn fingerprint(across: ProbeRead, seen: Seen) -> (Series, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_expectation_is_one_word_and_names_its_series() {
+        for e in Expectation::ALL {
+            assert_eq!(Expectation::parse(e.word()), Some(e));
+        }
+        assert_eq!(Expectation::parse("patched"), None, "a bare patched says no version");
+        let series: [Series; 5] = Expectation::ALL.map(Expectation::series);
+        assert_eq!(series, [Series::V1, Series::V2, Series::None, Series::None, Series::Unknown]);
+        let patched: [bool; 5] = Expectation::ALL.map(Expectation::is_patched);
+        assert_eq!(patched, [true, true, false, false, false]);
+    }
 
     const BOTH: Seen = Seen { walks: true, vmas: true };
     const WALKS: Seen = Seen { walks: true, vmas: false };

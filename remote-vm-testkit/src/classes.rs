@@ -211,14 +211,16 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// `rvm.expect=`: `patched-v1`, `patched-v2`, `unpatched` or `legacy`.
+    /// `rvm.expect=`: `patched-v1`, `patched-v2`, `unpatched` or `legacy`
+    /// (`unknown` and anything else: no ground truth).
     pub fn from_expect(s: &str) -> Option<Kernel> {
-        match s {
-            "patched-v1" => Some(Kernel::Patched(Version::V1)),
-            "patched-v2" => Some(Kernel::Patched(Version::V2)),
-            "unpatched" => Some(Kernel::Unpatched),
-            "legacy" => Some(Kernel::Legacy),
-            _ => None,
+        use remote_vm_common::series::Expectation;
+        match Expectation::parse(s)? {
+            Expectation::PatchedV1 => Some(Kernel::Patched(Version::V1)),
+            Expectation::PatchedV2 => Some(Kernel::Patched(Version::V2)),
+            Expectation::Unpatched => Some(Kernel::Unpatched),
+            Expectation::Legacy => Some(Kernel::Legacy),
+            Expectation::Unknown => None,
         }
     }
 

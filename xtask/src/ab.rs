@@ -1,6 +1,7 @@
 //! `cargo xtask ab`: the contention workload on each kernel, one after another,
 //! with the daemon attached; a report with the daemon's and the workload's own
 //! numbers, and plots.
+use remote_vm_common::series::Expectation;
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
@@ -288,7 +289,7 @@ pub fn run(root: &Path, kernels: Vec<vm::Kernel>, workload: &str) -> Result<Path
                 problems.push(format!("{}: {stalls} stalls, the workload says {} certain + {} undecided", r.kernel.name, t.certain, t.undecided));
             }
             // (A hold that began after the readers stopped has no reads.)
-            if r.kernel.expect() == "unpatched" && t.reads_in_holds > 0 && t.certain == 0 {
+            if r.kernel.expectation() == Expectation::Unpatched && t.reads_in_holds > 0 && t.certain == 0 {
                 problems.push(format!("{}: no read stalled on the holds", r.kernel.name));
             }
             // Who held the lock when a certain stall's wait began: the holder
@@ -310,9 +311,9 @@ pub fn run(root: &Path, kernels: Vec<vm::Kernel>, workload: &str) -> Result<Path
             }
         }
         let fast = r.delta(&reads_key(classify::Path::Fast));
-        match r.kernel.expect() {
+        match r.kernel.expectation() {
             _ if r.kernel.is_patched() && !(fast > 0.0) => problems.push(format!("{}: no fast-path read", r.kernel.name)),
-            "unpatched" | "legacy" if fast != 0.0 => problems.push(format!("{}: {fast} fast-path reads", r.kernel.name)),
+            Expectation::Unpatched | Expectation::Legacy if fast != 0.0 => problems.push(format!("{}: {fast} fast-path reads", r.kernel.name)),
             _ => {}
         }
     }

@@ -12,6 +12,7 @@
 //! subjects unless `--name` says otherwise. Cached under
 //! `target/kernels/built/NAME/`; `vm-test` and `ab` take them as `--kernel
 //! NAME-patched --kernel NAME-unpatched`.
+use remote_vm_common::series::Expectation;
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -302,13 +303,16 @@ pub fn built_kernel(root: &Path, name: &str) -> Option<vm::Kernel> {
     let expect = if which == "patched" {
         let patch = std::fs::read_to_string(dir.join("series.patch")).unwrap_or_default();
         match series_version(&patch) {
-            Some(v @ (1 | 2)) => format!("patched-v{v}"),
+            Some(1) => Expectation::PatchedV1,
+            Some(2) => Expectation::PatchedV2,
             // A version the workloads' ground truth does not model yet.
-            _ => "unknown".to_string(),
+            _ => Expectation::Unknown,
         }
     } else {
-        which.to_string()
-    };
+        Expectation::Unpatched
+    }
+    .word()
+    .to_string();
     Some(vm::Kernel {
         name: name.to_string(),
         image,

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{cpio::Cpio, util::say};
+use remote_vm_common::series::Expectation;
 
 /// A kernel to boot: its name (also passed to the guest as `rvm.kernel=`), image,
 /// what the guest must find (`rvm.expect=`), and where it came from.
@@ -59,16 +60,19 @@ impl Kernel {
             return Err(format!("kernel name {name:?}: use letters, digits, '-', '_', '.'"));
         }
         let expect = match expect {
-            Some(e) if EXPECTATIONS.contains(&e.as_str()) => e,
+            Some(e) if Expectation::parse(&e).is_some() => e,
             Some(e) if e == "patched" => {
                 return Err(format!("{name}: expectation \"patched\": say which version of the series the image carries, patched-v1 or patched-v2"));
             }
-            Some(e) => return Err(format!("expectation {e:?}: one of {}", EXPECTATIONS.join(", "))),
-            None if name.starts_with("unpatched") => "unpatched".to_string(),
+            Some(e) => {
+                let words: Vec<&str> = Expectation::ALL.iter().map(|x| x.word()).collect();
+                return Err(format!("expectation {e:?}: one of {}", words.join(", ")));
+            }
+            None if name.starts_with("unpatched") => Expectation::Unpatched.word().to_string(),
             // A name of the matrix (`patched-7.3`), resolved later, or an image
             // whose series version must be said (`Kernel::check_expect`).
             None if name.starts_with("patched") => String::new(),
-            None => "unknown".to_string(),
+            None => Expectation::Unknown.word().to_string(),
         };
         Ok(Kernel {
             origin: path.display().to_string(),
@@ -81,9 +85,6 @@ impl Kernel {
         })
     }
 }
-
-/// What a kernel may be expected to be (`rvm.expect=` in the guest).
-pub const EXPECTATIONS: [&str; 5] = ["patched-v1", "patched-v2", "unpatched", "legacy", "unknown"];
 
 impl Kernel {
     pub fn expect(&self) -> &str {
@@ -101,20 +102,18 @@ impl Kernel {
     }
 
     /// The lockless path is expected (either version of the series).
-    pub fn is_patched(&self) -> bool {
-        self.expect.starts_with("patched-")
+    /// The expectation, `Unknown` when not (yet) said.
+    pub fn expectation(&self) -> Expectation {
+        Expectation::parse(&self.expect).unwrap_or(Expectation::Unknown)
     }
 
-    /// What `remote_vm_kernel_info`'s `series` must say (its label from the catalog's `Series`).
+    pub fn is_patched(&self) -> bool {
+        self.expectation().is_patched()
+    }
+
+    /// What `remote_vm_kernel_info`'s `series` must say.
     pub fn series(&self) -> &'static str {
-        use remote_vm_common::series::Series;
-        match self.expect.as_str() {
-            "patched-v1" => Series::V1,
-            "patched-v2" => Series::V2,
-            "unpatched" | "legacy" => Series::None,
-            _ => Series::Unknown,
-        }
-        .label()
+        self.expectation().series().label()
     }
 }
 
@@ -151,7 +150,7 @@ pub fn shared_v2(root: &Path, default: bool) -> Vec<Kernel> {
     let k = Kernel {
         name: "patched-v2".into(),
         image: root.join(rel).join("bzImage-v2"),
-        expect: "patched-v2".into(),
+        expect: Expectation::PatchedV2.word().into(),
         origin: format!("{rel}/bzImage-v2 (7.3.4 + v2 series, reconstructed 2/3)"),
         params: String::new(),
         isolate: FTRACE_DEFECT_ISOLATE.to_vec(),
@@ -171,7 +170,7 @@ fn shared_pair(root: &Path, subdir: &str, release: &str) -> Vec<Kernel> {
             name: if subdir.is_empty() { n.to_string() } else { format!("{n}-{subdir}") },
             image: root.join(&rel).join(format!("bzImage-{n}")),
             // Both shared patched images carry v1 (../shared/kernels/README.md).
-            expect: if *n == "patched" { "patched-v1".into() } else { n.to_string() },
+            expect: if *n == "patched" { Expectation::PatchedV1 } else { Expectation::Unpatched }.word().into(),
             origin: format!("{rel}/bzImage-{n} ({release}{})", if *n == "patched" { " + v1 series" } else { "" }),
             params: String::new(),
             only: None,
