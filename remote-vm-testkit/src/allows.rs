@@ -184,7 +184,9 @@ const BPF_PROG_LOAD: i64 = 5;
 const BPF_RAW_TRACEPOINT_OPEN: i64 = 17;
 const BPF_PROG_TYPE_KPROBE: u32 = 2;
 const BPF_PROG_TYPE_TRACING: u32 = 26;
+const BPF_TRACE_RAW_TP: u32 = 23;
 const BPF_TRACE_FENTRY: u32 = 24;
+const BPF_TRACE_FEXIT: u32 = 25;
 const PERF_FLAG_FD_CLOEXEC: u64 = 1 << 3;
 /// `_IOW('$', 8, __u32)`.
 const PERF_EVENT_IOC_SET_BPF: u64 = 0x4004_2408;
@@ -209,8 +211,15 @@ fn bpf(cmd: i64, attr: &mut [u8; 144]) -> io::Result<std::os::fd::OwnedFd> {
 
 /// Loads `r0 = 0; exit` as `prog_type` (`union bpf_attr` for BPF_PROG_LOAD).
 fn load(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32) -> io::Result<std::os::fd::OwnedFd> {
+    load_named(prog_type, expected_attach_type, attach_btf_id, "")
+}
+
+/// The same with a program name (at most 15 bytes: the kernel's).
+fn load_named(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32, name: &str) -> io::Result<std::os::fd::OwnedFd> {
     let license = c"GPL";
     let mut attr = [0u8; 144];
+    let name = &name.as_bytes()[..name.len().min(15)];
+    attr[48..48 + name.len()].copy_from_slice(name);
     put32(&mut attr, 0, prog_type);
     put32(&mut attr, 4, 2);
     put64(&mut attr, 8, TRIVIAL.as_ptr() as u64);
@@ -227,6 +236,76 @@ fn trial_fentry(id: u32) -> Result<(), Refusal> {
     let mut attr = [0u8; 144];
     put32(&mut attr, 8, std::os::fd::AsRawFd::as_raw_fd(&prog) as u32);
     bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr).map(drop).map_err(Refusal::Attach)
+}
+
+/// A `return 0` program attached on `hook` (fentry, fexit and tp_btf through
+/// `BPF_RAW_TRACEPOINT_OPEN`, kprobes through the kprobe PMU): the cost of a
+/// program there with nothing in it, the floor `bench --icount` measures the
+/// daemon's programs against. Attached while the descriptors live.
+pub fn attach_empty(btf: &aya_obj::btf::Btf, hook: &Hook) -> anyhow::Result<Vec<std::os::fd::OwnedFd>> {
+    use anyhow::Context as _;
+    let what = format!("an empty {} program on {}", hook.kind(), hook.target());
+    // Its name in the kernel's statistics: `empty_` and the hook's kind.
+    let name = format!("empty_{}", hook.kind());
+    let tracing = |attach: u32, id: u32| -> anyhow::Result<Vec<std::os::fd::OwnedFd>> {
+        let prog = load_named(BPF_PROG_TYPE_TRACING, attach, id, &name).with_context(|| format!("load {what}"))?;
+        let mut attr = [0u8; 144];
+        put32(&mut attr, 8, std::os::fd::AsRawFd::as_raw_fd(&prog) as u32);
+        let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr).with_context(|| format!("attach {what}"))?;
+        Ok(vec![link, prog])
+    };
+    let func = |f: &str| btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func).with_context(|| format!("{f}: not in the kernel's BTF"));
+    match *hook {
+        Hook::FEntry(f) => tracing(BPF_TRACE_FENTRY, func(f)?),
+        Hook::FExit(f) => tracing(BPF_TRACE_FEXIT, func(f)?),
+        Hook::TpBtf(t) => {
+            let id = btf
+                .id_by_type_name_kind(&format!("btf_trace_{t}"), aya_obj::btf::BtfKind::Typedef)
+                .with_context(|| format!("tracepoint {t}: not in the kernel's BTF"))?;
+            tracing(BPF_TRACE_RAW_TP, id)
+        }
+        Hook::KProbe(f) | Hook::KRetProbe(f) => {
+            let prog = load_named(BPF_PROG_TYPE_KPROBE, 0, 0, &name).with_context(|| format!("load {what}"))?;
+            let event = kprobe_event(f, matches!(hook, Hook::KRetProbe(_))).with_context(|| format!("attach {what}"))?;
+            set_bpf(&event, &prog).with_context(|| format!("attach {what}"))?;
+            Ok(vec![event, prog])
+        }
+    }
+}
+
+/// A kprobe (or, `ret`, kretprobe) perf event on `function` from the kprobe PMU.
+fn kprobe_event(function: &str, ret: bool) -> io::Result<std::os::fd::OwnedFd> {
+    let pmu: u32 = std::fs::read_to_string(KPROBE_PMU_TYPE)?.trim().parse().map_err(io::Error::other)?;
+    // "config:N": the config bit that makes a kretprobe.
+    let ret_bit = if ret {
+        let f = std::fs::read_to_string("/sys/bus/event_source/devices/kprobe/format/retprobe")?;
+        let bit: u32 = f.trim().trim_start_matches("config:").parse().map_err(io::Error::other)?;
+        1u64 << bit
+    } else {
+        0
+    };
+    let func = std::ffi::CString::new(function).map_err(io::Error::other)?;
+    let mut attr = [0u8; 128];
+    put32(&mut attr, 0, pmu);
+    put32(&mut attr, 4, 128);
+    put64(&mut attr, 8, ret_bit);
+    put64(&mut attr, 56, func.as_ptr() as u64);
+    // SAFETY: a perf_event_attr of the size it says; all CPUs of no task.
+    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), -1, 0, -1, PERF_FLAG_FD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor this owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `PERF_EVENT_IOC_SET_BPF`: runs `prog` on `event`'s hits.
+fn set_bpf(event: &std::os::fd::OwnedFd, prog: &std::os::fd::OwnedFd) -> io::Result<()> {
+    // SAFETY: PERF_EVENT_IOC_SET_BPF with a program descriptor.
+    let r = unsafe {
+        libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(event), PERF_EVENT_IOC_SET_BPF as _, std::os::fd::AsRawFd::as_raw_fd(prog))
+    };
+    if r != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// A kprobe on the trial function through the kprobe PMU

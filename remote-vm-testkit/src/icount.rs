@@ -36,6 +36,10 @@ use crate::{
 /// (what moved between the two is the machine's state, not the daemon).
 pub const OFF: &str = "off";
 pub const OFF_AGAIN: &str = "off, again after every configuration";
+/// The floor: a `return 0` program on every hook the default attaches (the
+/// same trampolines and kprobes), loaded with raw `bpf()`, no daemon. What a
+/// program costs there before it does anything.
+pub const FLOOR: &str = "floor: empty programs where the default attaches";
 
 /// One workload in one configuration: guest instructions per operation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -133,10 +137,45 @@ pub struct IcountResult {
     pub programs: Vec<ProgramCost>,
     /// Measured in this boot only when its configurations include the default.
     pub daemon: Option<DaemonCost>,
-    /// How many configurations `bench::configurations()` has (a boot of one
+    /// How many configurations there are, the floor included (a boot of one
     /// configuration says how many boots the others take).
     #[serde(default)]
     pub configuration_count: usize,
+    /// The labels of the default configuration and of the floor.
+    #[serde(default)]
+    pub default: String,
+    #[serde(default)]
+    pub floor: String,
+    /// Per workload: `__access_remote_vm` calls per operation (the default's
+    /// entry program's runs; a cmdline read is two), where the default ran.
+    #[serde(default)]
+    pub calls_per_op: Vec<(String, f64)>,
+}
+
+/// Calls of `__access_remote_vm` per operation of each workload: the runs of
+/// the default's entry program (whichever mode attached), from the per-program pass.
+fn calls_per_op(result: &IcountResult) -> Vec<(String, f64)> {
+    use remote_vm_common::{Point, registry::Family};
+    // The kernel keeps the first 15 bytes of a program's name.
+    let entries: Vec<&str> = Family::AccessRemoteVm
+        .modes()
+        .flat_map(|m| m.programs.iter())
+        .filter(|p| p.point == Point::AccessRemoteVmEntry)
+        .map(|p| &p.program[..p.program.len().min(15)])
+        .collect();
+    Workload::ALL
+        .iter()
+        .map(|w| {
+            let calls = result
+                .programs
+                .iter()
+                .filter(|p| p.configuration == bench::DEFAULT && p.workload == w.label() && entries.contains(&p.program.as_str()))
+                .map(|p| p.runs_per_op)
+                .sum();
+            (w.label().to_string(), calls)
+        })
+        .filter(|_| result.configurations.iter().any(|c| c == bench::DEFAULT))
+        .collect()
 }
 
 /// Every loaded program's (id, name, runs, run time).
@@ -384,45 +423,46 @@ pub fn run(daemon: &str, scale: f64, threads: bool, only: Option<usize>) -> Resu
         Ok(())
     };
     let all = bench::configurations();
-    result.configuration_count = all.len();
+    // The daemon's configurations, then the floor.
+    result.configuration_count = all.len() + 1;
+    let floor_index = all.len();
     let chosen: Vec<(String, String)> = match only {
         None => all,
-        Some(i) => vec![all.get(i).cloned().with_context(|| format!("no configuration {i} (there are {})", all.len()))?],
+        Some(i) if i == floor_index => Vec::new(),
+        Some(i) => vec![all.get(i).cloned().with_context(|| format!("no configuration {i} (there are {})", floor_index + 1))?],
     };
+    let with_floor = only.is_none_or(|i| i == floor_index);
     let default_label = bench::DEFAULT;
     // Whatever a first daemon start leaves behind in the kernel (BPF memory,
     // caches) is there before "off" is measured too: start and stop it once
     // first, and measure "off" again at the end to show the state held.
-    let warm = if only.is_some() { chosen[0].1.as_str() } else { "" };
+    // (The floor's boot warms with the default: the same trampolines.)
+    let warm = chosen.first().filter(|_| only.is_some()).map_or("", |c| c.1.as_str());
     drop(Daemon::start(daemon, warm)?);
     measure(OFF, &mut result)?;
     result.configurations.push(OFF.to_string());
     for (label, config) in chosen {
         let d = Daemon::start(daemon, &config)?;
         measure(&label, &mut result)?;
-        // Per program: the kernel's run-time statistics during one more run each.
-        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
-        for w in Workload::ALL {
-            let name = w.label();
-            let r = fresh(w, w.length(scale), true, &target, &cmdline)?;
-            for (program, runs, ns) in r.programs {
-                let per_run = ns as f64 / runs as f64;
-                let runs_per_op = runs as f64 / w.ops(w.length(scale));
-                println!(
-                    "icount: [{label}] {name}: {program}: {runs_per_op:.3} runs per op, {per_run:.1} instructions per run"
-                );
-                result.programs.push(ProgramCost {
-                    configuration: label.clone(),
-                    workload: name.to_string(),
-                    program,
-                    runs_per_op,
-                    instructions_per_run: per_run,
-                });
-            }
-        }
-        drop(stats);
+        programs_pass(&label, scale, &target, &cmdline, &mut result)?;
         drop(d);
         result.configurations.push(label);
+    }
+    if with_floor {
+        let hooks = default_hooks(daemon)?;
+        let btf = aya_obj::btf::Btf::from_sys_fs().context("the kernel's BTF")?;
+        let mut attached = Vec::new();
+        for h in &hooks {
+            attached.extend(crate::allows::attach_empty(&btf, h)?);
+        }
+        println!(
+            "icount: [{FLOOR}] {}",
+            hooks.iter().map(|h| format!("{} {}", h.kind(), h.target())).collect::<Vec<_>>().join(", ")
+        );
+        measure(FLOOR, &mut result)?;
+        programs_pass(FLOOR, scale, &target, &cmdline, &mut result)?;
+        drop(attached);
+        result.configurations.push(FLOOR.to_string());
     }
     if only.is_none() {
         measure(OFF_AGAIN, &mut result)?;
@@ -431,7 +471,65 @@ pub fn run(daemon: &str, scale: f64, threads: bool, only: Option<usize>) -> Resu
     if result.configurations.iter().any(|c| c == default_label) {
         result.daemon = Some(daemon_cost(daemon, &target, scale, threads)?);
     }
+    result.default = bench::DEFAULT.to_string();
+    result.floor = FLOOR.to_string();
+    result.calls_per_op = calls_per_op(&result);
     Ok(result)
+}
+
+/// Per program: the kernel's run-time statistics during one more run of each
+/// workload (switched on only for this pass).
+fn programs_pass(label: &str, scale: f64, target: &Target, cmdline: &CmdlineTarget, result: &mut IcountResult) -> Result<()> {
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    for w in Workload::ALL {
+        let name = w.label();
+        let r = fresh(w, w.length(scale), true, target, cmdline)?;
+        for (program, runs, ns) in r.programs {
+            let per_run = ns as f64 / runs as f64;
+            let runs_per_op = runs as f64 / w.ops(w.length(scale));
+            println!("icount: [{label}] {name}: {program}: {runs_per_op:.3} runs per op, {per_run:.1} instructions per run");
+            result.programs.push(ProgramCost {
+                configuration: label.to_string(),
+                workload: name.to_string(),
+                program,
+                runs_per_op,
+                instructions_per_run: per_run,
+            });
+        }
+    }
+    drop(stats);
+    Ok(())
+}
+
+/// Every hook the daemon's default configuration attaches on this kernel:
+/// the modes `check --format json` says attached, their programs' hooks from
+/// the registry.
+fn default_hooks(daemon: &str) -> Result<Vec<remote_vm_common::registry::Hook>> {
+    use remote_vm_common::registry::Family;
+    let out = Command::new(daemon).args(["check", "--format", "json"]).output().context("run check --format json")?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("check --format json printed no JSON: {}", String::from_utf8_lossy(&out.stderr)))?;
+    let mut hooks = Vec::new();
+    let mut seen = Vec::new();
+    for p in json["probes"].as_array().into_iter().flatten().filter(|p| p["attached"] == true) {
+        let (family, mode) = (p["family"].as_str().unwrap_or(""), p["mode"].as_str().unwrap_or(""));
+        if seen.contains(&(family, mode)) {
+            continue;
+        }
+        seen.push((family, mode));
+        let spec = Family::from_name(family)
+            .and_then(|f| f.mode(mode))
+            .with_context(|| format!("check names {family} mode {mode}, which the registry does not have"))?;
+        // One program per hook (a tracepoint mode has one program per argument
+        // layout, and only one of them attaches).
+        for p in spec.programs {
+            if !hooks.iter().any(|h: &remote_vm_common::registry::Hook| (h.kind(), h.target()) == (p.hook.kind(), p.hook.target())) {
+                hooks.push(p.hook);
+            }
+        }
+    }
+    anyhow::ensure!(!hooks.is_empty(), "check says nothing attached");
+    Ok(hooks)
 }
 
 /// The daemon in its default configuration: every family populated by one run

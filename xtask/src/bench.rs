@@ -211,6 +211,7 @@ fn icount_tables(kernel: &str, runs: &[Value]) -> String {
             .collect();
         let _ = writeln!(o, "| {c} | {} |", cells.join(" | "));
     }
+    per_call_table(&mut o, r, &off);
     let (worst, at) = disagreement(runs);
     let _ = writeln!(
         o,
@@ -285,6 +286,38 @@ fn icount_tables(kernel: &str, runs: &[Value]) -> String {
     o
 }
 
+/// Per `__access_remote_vm` call, for the workloads that make them: what no
+/// daemon, the floor (`return 0` programs on the default's hooks) and the
+/// default cost, so that a per-call budget and a per-operation ratio are read
+/// off the same figures.
+fn per_call_table(o: &mut String, r: &Value, off: &str) {
+    let (default, floor) = (r["default"].as_str().unwrap_or(""), r["floor"].as_str().unwrap_or(""));
+    let calls: Vec<(String, f64)> = r["calls_per_op"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| Some((c[0].as_str()?.to_string(), c[1].as_f64()?)))
+        .filter(|(_, n)| *n > 0.0)
+        .collect();
+    if calls.is_empty() || default.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\nPer remote access (one `__access_remote_vm` call; calls per operation are the default's entry program's runs). The floor is a `return 0` program on every hook the default attaches, loaded without the daemon:\n"
+    );
+    let _ = writeln!(o, "| workload | calls per op | no daemon, per op | floor, added per call | default, added per call | default above the floor, per call | default, per op |");
+    let _ = writeln!(o, "|---|---|---|---|---|---|---|");
+    for (w, n) in calls {
+        let base = per_op(r, off, &w).unwrap_or(f64::NAN);
+        let added = |c: &str| (per_op(r, c, &w).unwrap_or(f64::NAN) - base) / n;
+        let d = per_op(r, default, &w).unwrap_or(f64::NAN);
+        let floor_cell = if per_op(r, floor, &w).is_some() { format!("{:+.0}", added(floor)) } else { "–".into() };
+        let above = if per_op(r, floor, &w).is_some() { format!("{:+.0}", added(default) - added(floor)) } else { "–".into() };
+        let _ = writeln!(o, "| {w} | {n:.2} | {base:.0} | {floor_cell} | {:+.0} | {above} | {d:.0} ({:.3}×) |", added(default), d / base);
+    }
+}
+
 /// One boot of `kernel` under `-icount`: every configuration, or (`only`) the
 /// one of that index.
 fn icount_boot(kernel: &vm::Kernel, initramfs: &Path, dir: &Path, scale: f64, threads: bool, only: Option<usize>, tag: &str) -> Result<Value> {
@@ -325,6 +358,7 @@ fn merge_configuration_boots(parts: &[Value]) -> Result<(Value, Worst)> {
     let mut measured: Vec<Value> = Vec::new();
     let mut programs: Vec<Value> = Vec::new();
     let mut daemon = Value::Null;
+    let mut calls = Value::Array(Vec::new());
     let mut worst = (0.0, String::new());
     for (i, p) in parts.iter().enumerate() {
         for m in p["measured"].as_array().into_iter().flatten() {
@@ -345,6 +379,9 @@ fn merge_configuration_boots(parts: &[Value]) -> Result<(Value, Worst)> {
         if !p["daemon"].is_null() {
             daemon = p["daemon"].clone();
         }
+        if p["calls_per_op"].as_array().is_some_and(|c| !c.is_empty()) {
+            calls = p["calls_per_op"].clone();
+        }
     }
     let merged = serde_json::json!({
         "release": first["release"],
@@ -353,6 +390,9 @@ fn merge_configuration_boots(parts: &[Value]) -> Result<(Value, Worst)> {
         "programs": programs,
         "daemon": daemon,
         "configuration_count": first["configuration_count"],
+        "default": first["default"],
+        "floor": first["floor"],
+        "calls_per_op": calls,
         "boots": parts.len(),
     });
     Ok((merged, worst))
@@ -491,6 +531,22 @@ mod tests {
         let (merged, _) = merge_configuration_boots(&[boot(10.0, Some(("baseline", 11.0)), false)]).unwrap();
         assert!(merged["daemon"].is_null());
         assert!(icount_tables("k", &[merged]).contains("not measured"));
+    }
+
+    #[test]
+    fn per_call_figures_divide_by_the_calls_per_op() {
+        let m = |c: &str, v: f64| json!({"configuration": c, "workload": "cmdline", "per_op": v});
+        let r = json!({
+            "configurations": ["off", "default", "floor"],
+            "measured": [m("off", 1000.0), m("default", 1800.0), m("floor", 1200.0)],
+            "default": "default",
+            "floor": "floor",
+            "calls_per_op": [["cmdline", 2.0], ["page fault", 0.0]],
+        });
+        let mut o = String::new();
+        per_call_table(&mut o, &r, "off");
+        assert!(o.contains("| cmdline | 2.00 | 1000 | +100 | +400 | +300 | 1800 (1.800×) |"), "{o}");
+        assert!(!o.contains("page fault"), "a workload without calls has no per-call row: {o}");
     }
 
     #[test]
