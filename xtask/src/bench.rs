@@ -401,20 +401,24 @@ fn merge_configuration_boots(parts: &[Value]) -> Result<(Value, Worst)> {
 /// `runs` results of `kernel` under `-icount` (each one boot, or a boot per
 /// configuration, see `boot_per_configuration`), and the largest
 /// disagreement of "off" between the boots of one result.
-fn icount_boots(kernel: &vm::Kernel, initramfs: &Path, dir: &Path, scale: f64, runs: usize, threads: bool) -> Result<(Vec<Value>, Worst)> {
+fn icount_boots(kernel: &vm::Kernel, initramfs: &Path, dir: &Path, o: &IcountOptions) -> Result<(Vec<Value>, Worst)> {
+    let (scale, runs, threads) = (o.scale, o.runs, o.threads);
     let mut results = Vec::new();
     let mut worst = (0.0, String::new());
     for run in 1..=runs.max(1) {
-        if !boot_per_configuration(kernel) {
+        if !boot_per_configuration(kernel) && o.only.is_empty() {
             say!("bench: {} under QEMU -icount shift=0 (guest instructions), boot {run} of {runs}", kernel.name);
             results.push(icount_boot(kernel, initramfs, dir, scale, threads, None, &run.to_string())?);
             continue;
         }
-        say!("bench: {} under QEMU -icount shift=0, run {run} of {runs}: a boot per configuration (kprobe/trampoline switches oops within a boot)", kernel.name);
-        let first = icount_boot(kernel, initramfs, dir, scale, threads, Some(0), &format!("{run}-c0"))?;
+        say!("bench: {} under QEMU -icount shift=0, run {run} of {runs}: a boot per configuration", kernel.name);
+        let first_index = o.only.first().copied().unwrap_or(0);
+        let first = icount_boot(kernel, initramfs, dir, scale, threads, Some(first_index), &format!("{run}-c{first_index}"))?;
         let n = first["configuration_count"].as_u64().context("the guest did not say how many configurations there are")? as usize;
+        let rest: Vec<usize> = if o.only.is_empty() { (1..n).collect() } else { o.only[1..].to_vec() };
         let mut parts = vec![first];
-        for i in 1..n {
+        for i in rest {
+            anyhow::ensure!(i < n, "--configuration {i}: there are {n} (0 to {})", n - 1);
             parts.push(icount_boot(kernel, initramfs, dir, scale, threads, Some(i), &format!("{run}-c{i}"))?);
         }
         let (merged, off) = merge_configuration_boots(&parts)?;
@@ -426,12 +430,27 @@ fn icount_boots(kernel: &vm::Kernel, initramfs: &Path, dir: &Path, scale: f64, r
     Ok((results, worst))
 }
 
+/// What `bench --icount` measures.
+pub struct IcountOptions {
+    /// Work per measurement, relative to the default.
+    pub scale: f64,
+    /// Measurements per kernel (they must agree within `AGREE_PERCENT`).
+    pub runs: usize,
+    /// Also a render with many more idle threads.
+    pub threads: bool,
+    /// Only these configurations, by index in the guest's list (the daemon's
+    /// configurations in the report's order, then the floor), each in a boot of
+    /// its own; empty: all.
+    pub only: Vec<usize>,
+}
+
 /// `cargo xtask bench --icount`: guest instructions under QEMU `-icount
 /// shift=0,sleep=off -smp 1` on `kernels` (an A/B pair: unpatched, every
 /// remote read takes the free mmap_lock; patched, the lockless path), each
 /// kernel measured `runs` times. Fails when two results differ by more than
 /// `AGREE_PERCENT`. Writes `target/bench/icount.md` and `icount.json`.
-pub fn icount(root: &Path, kernels: Vec<vm::Kernel>, command: &str, scale: f64, runs: usize, threads: bool) -> Result<String> {
+pub fn icount(root: &Path, kernels: Vec<vm::Kernel>, command: &str, o: &IcountOptions) -> Result<String> {
+    let (scale, runs, threads) = (o.scale, o.runs, o.threads);
     let dir = root.join("target/bench");
     std::fs::create_dir_all(&dir)?;
     let initramfs = dir.join("initramfs.cpio");
@@ -455,7 +474,7 @@ pub fn icount(root: &Path, kernels: Vec<vm::Kernel>, command: &str, scale: f64, 
             .map(|kernel| {
                 let (initramfs, dir) = (&initramfs, &dir);
                 scope.spawn(move || {
-                    let boots = icount_boots(&kernel, initramfs, dir, scale, runs, threads);
+                    let boots = icount_boots(&kernel, initramfs, dir, o);
                     (kernel, boots)
                 })
             })

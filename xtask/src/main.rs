@@ -107,6 +107,12 @@ enum Cmd {
         /// `7.3` or `v2` (as `ab --pair`).
         #[arg(long, conflicts_with = "kernels", requires = "icount", value_parser = PAIRS)]
         pair: Option<String>,
+        /// With --icount: only configuration N (repeatable), by its index in
+        /// the guest's list (no daemon is always measured; 0 is the daemon with
+        /// nothing attached, 1 the default, then each opt-in mode, the floor
+        /// last), each in a boot of its own.
+        #[arg(long = "configuration", requires = "icount")]
+        only: Vec<usize>,
         /// With --icount: boots per kernel (their figures must agree within 0.5 %).
         #[arg(long, default_value_t = 2)]
         runs: usize,
@@ -285,7 +291,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             }
             ab::run(&root, kernels, &workload).map(drop)
         }
-        Cmd::Bench { reps, scale, scrape_seconds, icount, kernels, pair, runs, threads } => {
+        Cmd::Bench { reps, scale, scrape_seconds, icount, kernels, pair, only, runs, threads } => {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
             if icount {
@@ -293,9 +299,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     (Some(p), _) => format!(" --pair {p}"),
                     (None, true) => String::new(),
                     (None, false) => kernels.iter().map(|k| format!(" --kernel {}", k.name)).collect(),
-                };
+                } + &only.iter().map(|i| format!(" --configuration {i}")).collect::<String>();
                 let kernels = pair_kernels(&root, pair.as_deref(), kernels, vm::shared_kernels)?;
-                return bench::icount(&root, kernels, &named, scale, runs, threads).map(drop);
+                let options = bench::IcountOptions { scale, runs, threads, only };
+                return bench::icount(&root, kernels, &named, &options).map(drop);
             }
             bench::run(&root, &bench::Args { reps, scale, scrape_seconds }).map(drop)
         }
@@ -442,7 +449,8 @@ fn test(root: &Path) -> Result<()> {
         // `cargo xtask bench --icount` boots each twice and fails when they
         // differ by more than AGREE_PERCENT.
         say!("overhead benchmark in guest instructions, one boot per kernel (cargo xtask bench --icount: two, which must agree within {} %)", bench::AGREE_PERCENT);
-        bench::icount(root, vm::shared_kernels(root), "", 1.0, 1, false)?;
+        let options = bench::IcountOptions { scale: 1.0, runs: 1, threads: false, only: Vec::new() };
+        bench::icount(root, vm::shared_kernels(root), "", &options)?;
     } else {
         say!("A/B run and overhead benchmark: skipped (they need the shared 6.12 pair)");
     }
