@@ -180,15 +180,17 @@ fn disagreement(runs: &[Value]) -> Worst {
 
 /// The report for one kernel from its boots (the first boot's figures; the
 /// others only for agreement).
-fn icount_tables(kernel: &str, runs: &[Value]) -> String {
+fn icount_tables(kernel: &vm::Kernel, runs: &[Value]) -> String {
     let r = &runs[0];
     let mut o = String::new();
-    let _ = writeln!(o, "### {kernel} kernel (Linux {})\n", r["release"].as_str().unwrap_or("?"));
+    let _ = writeln!(o, "### {} kernel (Linux {})\n", kernel.name, r["release"].as_str().unwrap_or("?"));
     if let Some(n) = r["boots"].as_u64() {
-        let _ = writeln!(
-            o,
-            "Each configuration in a boot of its own ({n} boots, each measuring \"off\" too, which agrees between them): a function switched between a kprobe and a BPF trampoline within a boot oopses this kernel.\n"
-        );
+        let why = if boot_per_configuration(kernel) {
+            ": a function switched between a kprobe and a BPF trampoline within a boot oopses this kernel"
+        } else {
+            " (--configuration)"
+        };
+        let _ = writeln!(o, "Each configuration in a boot of its own ({n} boots, each measuring \"off\" too){why}.\n");
     }
     let ws = workloads(r);
     let configs = strs(&r["configurations"]);
@@ -321,7 +323,7 @@ fn per_call_table(o: &mut String, r: &Value, off: &str) {
 /// One boot of `kernel` under `-icount`: every configuration, or (`only`) the
 /// one of that index.
 fn icount_boot(kernel: &vm::Kernel, initramfs: &Path, dir: &Path, scale: f64, threads: bool, only: Option<usize>, tag: &str) -> Result<Value> {
-    let config = only.map_or(String::new(), |i| format!(" rvm.config={i}"));
+    let config = only.map_or(String::new(), |i| format!(" rvm.icount_configuration={i}"));
     let boot = vm::boot_clocked(
         kernel,
         initramfs,
@@ -491,7 +493,7 @@ pub fn icount(root: &Path, kernels: Vec<vm::Kernel>, command: &str, o: &IcountOp
         if worst > AGREE_PERCENT {
             disagree.push(format!("{}: {worst:.3} % ({at})", kernel.name));
         }
-        report.push_str(&icount_tables(&kernel.name, &boots));
+        report.push_str(&icount_tables(&kernel, &boots));
         all.insert(kernel.name.clone(), Value::Array(boots));
     }
     std::fs::write(dir.join("icount.md"), &report)?;
@@ -549,7 +551,8 @@ mod tests {
     fn a_boot_without_the_default_reports_no_daemon_cost() {
         let (merged, _) = merge_configuration_boots(&[boot(10.0, Some(("baseline", 11.0)), false)]).unwrap();
         assert!(merged["daemon"].is_null());
-        assert!(icount_tables("k", &[merged]).contains("not measured"));
+        let k = vm::Kernel::parse("k:unpatched=/nonexistent").unwrap();
+        assert!(icount_tables(&k, &[merged]).contains("not measured"));
     }
 
     #[test]

@@ -248,7 +248,9 @@ pub(super) fn bench() -> Result<bool> {
 pub(super) fn icount() -> Result<bool> {
     let scale = cmdline_arg("rvm.scale").map_or(Ok(1.0), |v| v.parse())?;
     let threads = cmdline_arg("rvm.threads").as_deref() == Some("1");
-    let only = cmdline_arg("rvm.config").map(|v| v.parse::<usize>()).transpose()?;
+    let only = cmdline_arg("rvm.icount_configuration")
+        .map(|v| v.parse::<usize>().map_err(|e| anyhow::anyhow!("rvm.icount_configuration={v}: {e}")))
+        .transpose()?;
     let r = crate::icount::run(DAEMON, scale, threads, only)?;
     println!("icount-result {}", serde_json::to_string(&r)?);
     Ok(true)
