@@ -18,6 +18,32 @@ use crate::{
 // `AtomicU64::from_ptr` needs the `u64`'s address aligned for the atomic.
 const _: () = assert!(core::mem::align_of::<u64>() == core::mem::align_of::<AtomicU64>());
 
+/// Sets `*slot` from 0 to `value` if it is 0, atomically: whether it did.
+/// On BPF one `BPF_CMPXCHG` (Linux 5.12+): r0 holds the expected 0 and gets
+/// the old value.
+#[inline(always)]
+pub fn claim(slot: &mut u64, value: u64) -> bool {
+    #[cfg(target_arch = "bpf")]
+    {
+        let mut prev: u64 = 0;
+        // SAFETY: `slot` is a valid, aligned `u64`; the instruction compares it
+        // with r0 and writes `value` if they are equal, and touches nothing else.
+        unsafe {
+            core::arch::asm!(
+                "r0 = cmpxchg_64({p} + 0, r0, {v})",
+                p = in(reg) core::ptr::from_mut(slot),
+                v = in(reg) value,
+                inout("r0") prev,
+                options(nostack),
+            );
+        }
+        prev == 0
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    // SAFETY: as in `bump`.
+    unsafe { AtomicU64::from_ptr(slot) }.compare_exchange(0, value, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+}
+
 /// Adds `n` to a shared counter slot with one atomic instruction. On BPF that is
 /// `lock *(u64 *)(slot) += n` (`BPF_ATOMIC | BPF_ADD`, no fetch: every BPF CPU
 /// version has it); `core` offers no atomic add there, hence the assembly.

@@ -19,7 +19,7 @@ use remote_vm_common::{
 
 use super::{
     layout::{FOLL_ANON, FOLL_WRITE, TASK_MM_OFF, known},
-    maps::{CALLS, CONTROL, SELFTEST, hit, is_selftest, now, read_u64, stats, tid},
+    maps::{CONTROL, Current, SELFTEST, hit, is_selftest, now, read_u64, stats, tid},
 };
 
 #[inline(always)]
@@ -33,7 +33,7 @@ fn on_entry<C: EbpfContext>(ctx: &C, mm: u64, addr: u64, len: i32, gup_flags: u3
     if mm == 0 {
         return;
     }
-    let Some(state) = CALLS.current(true) else {
+    let Some(Current { state, .. }) = Current::claim() else {
         if let Some(s) = stats() {
             s.add(Counter::StateUnavailable, 1);
         }
@@ -57,14 +57,18 @@ fn on_entry<C: EbpfContext>(ctx: &C, mm: u64, addr: u64, len: i32, gup_flags: u3
 #[inline(always)]
 fn on_exit(ret: i64) {
     hit(Point::AccessRemoteVmExit);
-    let Some(state) = CALLS.current(false) else {
+    let Some(current) = Current::get() else {
         return;
     };
+    let state = &mut *current.state;
     let selftest = !state.is_counted() && state.is_active();
     let walks = state.walks[0] + state.walks[1] + state.walks[2];
     let lockless = u32::from(state.flags & F_LOCKLESS != 0);
     let vmas = state.vmas_locked;
-    match state.finish(ret, now()) {
+    let finished = state.finish(ret, now());
+    // Everything needed is in `finished`: the slot may be another thread's next.
+    current.release();
+    match finished {
         None => {
             if let Some(s) = stats() {
                 s.add(Counter::MissedEntries, 1);

@@ -28,7 +28,7 @@ use super::{
         STALL_THRESHOLD_NS, SYSCALL_PTRACE, SYSCALLS_MEM, TASK_COMM_OFF, TASK_FLAGS_OFF, TASK_PID_OFF, TASK_STACK_OFF,
         TASK_TGID_OFF, WAITER_LIST_OFF, WAITER_TASK_OFF, WAITER_TYPE_OFF, known, syscall_op,
     },
-    maps::{CALLS, STALL_EVENTS, WAIT_BEGUN, WAITS, current_mm, hit, load_u64, now, read_u32, read_u64, stats},
+    maps::{Current, STALL_EVENTS, WAIT_BEGUN, WAITS, current_mm, hit, load_u64, now, read_u32, read_u64, stats},
 };
 
 // --- remote -------------------------------------------------------------------
@@ -39,7 +39,7 @@ use super::{
 #[inline(always)]
 fn remote_begin<const DIRECT: bool>(sem: u64, write: bool) {
     hit(Point::MmapLockRemoteStart);
-    let Some(state) = CALLS.current(false) else {
+    let Some(Current { state, .. }) = Current::get() else {
         return;
     };
     if !state.is_active() {
@@ -57,7 +57,7 @@ fn remote_begin<const DIRECT: bool>(sem: u64, write: bool) {
 #[inline(always)]
 fn remote_begin_mm(mm: u64, write: bool) {
     hit(Point::MmapLockRemoteStart);
-    let Some(state) = CALLS.current(false) else {
+    let Some(Current { state, .. }) = Current::get() else {
         return;
     };
     if !state.is_active() {
@@ -217,7 +217,7 @@ fn first_queued_writer(sem: u64) -> Option<u64> {
 #[inline(always)]
 fn remote_end(acquired: bool) {
     hit(Point::MmapLockRemoteEnd);
-    let Some(state) = CALLS.current(false) else {
+    let Some(Current { state, .. }) = Current::get() else {
         return;
     };
     if let Some(a) = state.lock_wait_end(acquired, now()) {

@@ -103,10 +103,85 @@ impl<T> TaskStorage<T> {
     }
 }
 
-/// Per-thread state of the remote access in progress.
+/// Per-thread state of the remote access in progress, for a thread whose
+/// slot in `CALL_SLOTS` another thread holds.
 #[unsafe(link_section = ".maps")]
 #[unsafe(export_name = "CALLS")]
 pub static CALLS: TaskStorage<CallState> = TaskStorage::new();
+
+/// Slots of `CALL_SLOTS`: a thread's slot is its thread id modulo this.
+pub const CALL_SLOT_COUNT: u32 = 1024;
+
+/// One thread's call state in `CALL_SLOTS`: `owner` is the thread id that
+/// holds the slot (0: free).
+#[repr(C)]
+pub struct CallSlot {
+    pub owner: u64,
+    pub state: CallState,
+}
+
+/// The remote access in progress, per thread, where a lookup costs an array
+/// index (inlined by the verifier) instead of a `bpf_task_storage_get()` call
+/// (about 140 guest instructions, docs/benchmarks.md): a thread claims its
+/// slot at a call's entry (an atomic compare-and-exchange from free) and
+/// frees it at the exit; a thread that finds its slot held by another keeps
+/// its state in `CALLS` instead. A slot whose exit was never seen stays its
+/// thread's (its next call reports the missed exit); one whose thread died
+/// so stays taken, and the threads of that slot use `CALLS`.
+#[map(name = "CALL_SLOTS")]
+pub static CALL_SLOTS: Array<CallSlot> = Array::with_max_entries(CALL_SLOT_COUNT, 0);
+
+/// The slot of thread `tid`.
+#[inline(always)]
+pub fn call_slot(tid: u32) -> Option<&'static mut CallSlot> {
+    // SAFETY: a pointer into the array's value, valid for the program's run.
+    CALL_SLOTS.get_ptr_mut(tid & (CALL_SLOT_COUNT - 1)).and_then(|p| unsafe { p.as_mut() })
+}
+
+/// The current thread's remote access in progress: where it keeps it.
+pub struct Current {
+    pub state: &'static mut CallState,
+    /// Its slot's owner word when the state is in its slot.
+    owner: Option<*mut u64>,
+}
+
+impl Current {
+    /// The thread's state, if it has one (no slot claimed, nothing created).
+    #[inline(always)]
+    pub fn get() -> Option<Current> {
+        let t = tid();
+        if let Some(slot) = call_slot(t) {
+            if t != 0 && slot.owner == u64::from(t) {
+                let owner = ptr::from_mut(&mut slot.owner);
+                return Some(Current { state: &mut slot.state, owner: Some(owner) });
+            }
+        }
+        CALLS.current(false).map(|state| Current { state, owner: None })
+    }
+
+    /// At a call's entry: the thread's slot when it holds it or can claim it,
+    /// else its task storage (created).
+    #[inline(always)]
+    pub fn claim() -> Option<Current> {
+        let t = tid();
+        if let Some(slot) = call_slot(t) {
+            if t != 0 && (slot.owner == u64::from(t) || (slot.owner == 0 && remote_vm_common::stats::claim(&mut slot.owner, u64::from(t)))) {
+                let owner = ptr::from_mut(&mut slot.owner);
+                return Some(Current { state: &mut slot.state, owner: Some(owner) });
+            }
+        }
+        CALLS.current(true).map(|state| Current { state, owner: None })
+    }
+
+    /// At a call's exit, once its state is finished: frees the slot.
+    #[inline(always)]
+    pub fn release(self) {
+        if let Some(owner) = self.owner {
+            // SAFETY: the slot's owner word; only its owner writes it nonzero.
+            unsafe { ptr::write_volatile(owner, 0) };
+        }
+    }
+}
 
 /// Per-thread host-wide mmap_lock wait in progress.
 #[unsafe(link_section = ".maps")]

@@ -12,14 +12,14 @@ use remote_vm_common::Point;
 
 use super::{
     layout::{FW_LEVEL_OFF, FW_LEVEL_PMD, FW_LEVEL_PUD, FW_PAGE_OFF, VMA_VM_END_OFF, VMA_VM_OPS_OFF, known},
-    maps::{CALLS, hit, load_u32, load_u64, read_u64, stats},
+    maps::{Current, hit, load_u32, load_u64, read_u64, stats},
 };
 
 #[inline(always)]
 fn on_lock_vma(mm: u64, addr: u64, vma: u64) {
     hit(Point::LockVmaUnderRcuExit);
     let locked = vma != 0;
-    match CALLS.current(false) {
+    match Current::get().map(|c| c.state) {
         Some(state) if state.is_active() => {
             if state.is_counted() {
                 if let Some(s) = stats() {
@@ -50,7 +50,7 @@ entry_points! {
 
 #[kprobe]
 pub fn lock_vma_kprobe(ctx: ProbeContext) -> u32 {
-    if let Some(state) = CALLS.current(false) {
+    if let Some(state) = Current::get().map(|c| c.state) {
         if state.is_active() {
             state.pending_ptr = ctx.arg(0).unwrap_or(0);
             state.pending_addr = ctx.arg(1).unwrap_or(0);
@@ -61,7 +61,7 @@ pub fn lock_vma_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn lock_vma_kretprobe(ctx: RetProbeContext) -> u32 {
-    let (mm, addr) = match CALLS.current(false) {
+    let (mm, addr) = match Current::get().map(|c| c.state) {
         Some(state) if state.is_active() => (state.pending_ptr, state.pending_addr),
         _ => (0, 0),
     };
@@ -90,7 +90,7 @@ fn level_of<const DIRECT: bool>(fw: u64) -> u32 {
 #[inline(always)]
 fn on_folio_walk<const DIRECT: bool>(fw: u64, vma: u64, addr: u64, folio: u64) {
     hit(Point::FolioWalkStartExit);
-    let Some(state) = CALLS.current(false) else {
+    let Some(state) = Current::get().map(|c| c.state) else {
         return;
     };
     if !state.is_active() {
@@ -120,7 +120,7 @@ entry_points! {
 
 #[kprobe]
 pub fn folio_walk_kprobe(ctx: ProbeContext) -> u32 {
-    if let Some(state) = CALLS.current(false) {
+    if let Some(state) = Current::get().map(|c| c.state) {
         if state.is_active() {
             state.pending_ptr = ctx.arg(0).unwrap_or(0);
             state.pending_vma = ctx.arg(1).unwrap_or(0);
@@ -132,7 +132,7 @@ pub fn folio_walk_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn folio_walk_kretprobe(ctx: RetProbeContext) -> u32 {
-    let (fw, vma, addr) = match CALLS.current(false) {
+    let (fw, vma, addr) = match Current::get().map(|c| c.state) {
         Some(state) if state.is_active() => (state.pending_ptr, state.pending_vma, state.pending_addr),
         _ => (0, 0, 0),
     };
@@ -143,7 +143,7 @@ pub fn folio_walk_kretprobe(ctx: RetProbeContext) -> u32 {
 #[inline(always)]
 fn on_gup() {
     hit(Point::GetUserPagesRemoteEntry);
-    if let Some(state) = CALLS.current(false) {
+    if let Some(state) = Current::get().map(|c| c.state) {
         state.gup();
     }
 }

@@ -15,6 +15,8 @@
 //! `bpf_iter_task` (Linux 5.8+); `bpf_task_pt_regs` needs 5.15.
 use core::ffi::c_void;
 
+use aya_ebpf::bindings::task_struct;
+
 use aya_ebpf::helpers::generated::{bpf_seq_write, bpf_task_storage_get};
 use remote_vm_common::{
     StallEvent,
@@ -22,10 +24,28 @@ use remote_vm_common::{
 };
 
 use super::{
-    layout::{MM_MMAP_LOCK_OFF, RWSEM_COUNT_OFF, TASK_STATE_OFF, known},
+    layout::{MM_MMAP_LOCK_OFF, RWSEM_COUNT_OFF, TASK_PID_OFF, TASK_STATE_OFF, known},
     lock::{describe, observe_holder, task_identity},
-    maps::{CALLS, IterTask, now, read_u32, read_u64},
+    maps::{CALLS, IterTask, call_slot, now, read_u32, read_u64},
 };
+
+/// `task`'s call state: in its slot when it holds it, else in task storage.
+#[inline(always)]
+fn call_state_of(task: *mut task_struct) -> Option<&'static mut CallState> {
+    let pid_off = TASK_PID_OFF.load();
+    if known(pid_off) {
+        let tid = read_u32(task as u64, pid_off);
+        if let Some(slot) = call_slot(tid) {
+            if tid != 0 && slot.owner == u64::from(tid) {
+                return Some(&mut slot.state);
+            }
+        }
+    }
+    // SAFETY: a trusted task pointer from the iterator, the CALLS map; no create.
+    let state = unsafe { bpf_task_storage_get(CALLS.as_ptr(), task, core::ptr::null_mut(), 0) };
+    // SAFETY: NULL or this task's CallState.
+    unsafe { (state as *mut CallState).as_mut() }
+}
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
@@ -36,10 +56,7 @@ pub fn waits_in_progress(ctx: *mut c_void) -> i32 {
     if task.is_null() {
         return 0;
     }
-    // SAFETY: a trusted task pointer from the iterator, the CALLS map; no create.
-    let state = unsafe { bpf_task_storage_get(CALLS.as_ptr(), task, core::ptr::null_mut(), 0) };
-    // SAFETY: NULL or this task's CallState.
-    let Some(state) = (unsafe { (state as *mut CallState).as_mut() }) else {
+    let Some(state) = call_state_of(task) else {
         return 0;
     };
     let t = now();
