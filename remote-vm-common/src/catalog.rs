@@ -484,7 +484,7 @@ pub const MMAP_LOCK_WAIT: Metric = metric(
     Unit::Seconds,
     &[WAIT_CONTEXT, LOCK_MODE],
     &[C::RemoteLock, C::HostLock],
-    "mmap_lock acquisition waits, one observation per acquisition: context=\"remote_vm\" for a remote access's own acquisitions of the target's lock, \"host\" for host-wide contended waits on a thread's own mm.",
+    "mmap_lock acquisition waits, one observation per acquisition: context=\"remote_vm\" for a remote access's own acquisitions of the target's lock (in the default mode timed from the lock's contention events, an acquisition that did not wait observed as 0), \"host\" for host-wide contended waits on a thread's own mm.",
 );
 pub const MMAP_LOCK_ACQUIRE_FAILURES: Metric = metric(
     "remote_vm_mmap_lock_acquire_failures_total",
@@ -500,7 +500,7 @@ pub const MMAP_LOCK_HOLD: Metric = metric(
     Unit::Seconds,
     &[],
     &[C::RemoteLock],
-    "Time from a remote access's first acquisition of the target's mmap_lock to the call's exit.",
+    "Time from a remote access's first acquisition of the target's mmap_lock to the call's exit (acquired: where it waited, at the wait's end; else at the call's start when it takes the lock first, or at the first GUP or expand_stack() call after the lockless loop).",
 );
 pub const STALLS: Metric = metric(
     "remote_vm_stalls_total",

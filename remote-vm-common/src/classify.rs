@@ -141,6 +141,9 @@ pub enum ReadPath {
     /// decided yet (or could not): a walk is evidence of the loop, a locked read
     /// without one cannot be told from a slow one and is `unobserved`.
     Pending = 2,
+    /// The kernel has no lockless path (the start-up probe read took the lock,
+    /// or its functions are missing): every call takes the mmap_lock first.
+    NoLockless = 3,
 }
 
 impl ReadPath {
@@ -148,6 +151,7 @@ impl ReadPath {
         match v {
             1 => ReadPath::Implied,
             2 => ReadPath::Pending,
+            3 => ReadPath::NoLockless,
             _ => ReadPath::Probed,
         }
     }
@@ -205,6 +209,15 @@ pub const F_VMA_UNSEEN: u32 = 1 << 11;
 pub const F_PATH_PENDING: u32 = 1 << 12;
 /// The VMA of the last `lock_vma_under_rcu()` ends before the request does.
 pub const F_CROSSES: u32 = 1 << 13;
+/// Remote waits come from the lock's contention events (`Control::remote_waits`):
+/// an acquisition no wait was seen for is counted at the exit as one that
+/// did not wait.
+pub const F_WAITS_CONTENTION: u32 = 1 << 14;
+/// The call takes the mmap_lock before anything else (a write; a read on a
+/// kernel without the lockless path): acquired at its start unless it waited.
+pub const F_LOCK_AT_START: u32 = 1 << 15;
+/// A wait for the target's lock ended in this call (an acquisition counted).
+pub const F_WAIT_SEEN: u32 = 1 << 16;
 
 /// Per-thread state of one remote access, kept in task storage.
 #[repr(C)]
@@ -410,6 +423,9 @@ pub struct Outcome {
     /// A lockless walk succeeded in a non-anonymous VMA with FOLL_ANON set.
     pub anon_file_walk: bool,
     pub gup_calls: u32,
+    /// Waits from contention events: the call took the target's mmap_lock
+    /// for reading without waiting (no contention), counted as a wait of 0.
+    pub unwaited_acquisition: bool,
 }
 
 /// Values that come from the running kernel's BTF.
@@ -469,11 +485,15 @@ impl CallState {
         f: Flags,
         selftest: bool,
         reads: ReadPath,
+        waits_from_contention: bool,
         now: u64,
     ) -> bool {
         let orphan = self.is_active();
         self.clear();
         let mut flags = F_ACTIVE;
+        if waits_from_contention {
+            flags |= F_WAITS_CONTENTION;
+        }
         if gup_flags & f.foll_write != 0 {
             flags |= F_WRITE;
         }
@@ -488,6 +508,11 @@ impl CallState {
             ReadPath::Implied if flags & F_WRITE == 0 && len > 0 => flags |= F_LOCKLESS | F_VMA_UNSEEN,
             ReadPath::Pending => flags |= F_PATH_PENDING,
             _ => {}
+        }
+        if flags & F_WRITE != 0 || reads == ReadPath::NoLockless {
+            // Takes the lock first: slow, whatever a lock probe sees or misses.
+            flags |= F_LOCK_TRIED | F_LOCK_AT_START;
+            self.locked_path = Path::Slow as u32;
         }
         self.flags = flags;
         self.mm = mm;
@@ -578,49 +603,87 @@ impl CallState {
         self.reason = reason as u32;
     }
 
-    /// `get_user_pages_remote()` entered.
+    /// `get_user_pages_remote()` entered: it runs under the target's
+    /// mmap_lock, so the lock was taken. Returns whether the caller must give
+    /// `acquired` the time (a wait was not seen, and the call did not take the
+    /// lock at its start: the lockless loop's fallback).
     #[inline(always)]
-    pub fn gup(&mut self) {
-        if self.is_active() {
-            self.gup_calls += 1;
+    pub fn gup(&mut self) -> bool {
+        if !self.is_active() {
+            return false;
+        }
+        self.gup_calls += 1;
+        self.lock_held()
+    }
+
+    /// `expand_stack(mm, addr)` entered: the slow path holds the target's
+    /// mmap_lock and found no VMA at the address (Linux 6.5+ looks before its
+    /// loop, so a read into a hole takes the lock and makes no GUP call).
+    /// Returns as `gup` does.
+    #[inline(always)]
+    pub fn expand_stack(&mut self) -> bool {
+        self.is_active() && self.lock_held()
+    }
+
+    /// The target's mmap_lock is held: it was tried (see `gup`).
+    #[inline(always)]
+    fn lock_held(&mut self) -> bool {
+        self.lock_tried();
+        self.flags & (F_WAITS_CONTENTION | F_LOCK_AT_START) == F_WAITS_CONTENTION && self.acquired_ns == 0
+    }
+
+    /// When the lock was taken without a wait (see `gup`).
+    #[inline(always)]
+    pub fn acquired(&mut self, now: u64) {
+        if self.acquired_ns == 0 {
+            self.acquired_ns = now;
         }
     }
 
-    /// `down_{read,write}_killable(sem)` entered; `target`: `sem` is the target
+    /// The call asks for the target's mmap_lock for the first time: the
+    /// lockless loop (if it ran) is over, and what it did is the fallback's.
+    #[inline(always)]
+    fn lock_tried(&mut self) {
+        if self.flags & F_LOCK_TRIED != 0 {
+            return;
+        }
+        self.flags |= F_LOCK_TRIED;
+        self.locked_path = if self.flags & F_LOCKLESS != 0 {
+            Path::Fallback as u32
+        } else {
+            Path::Slow as u32
+        };
+        if self.flags & F_LOCKLESS != 0 {
+            if self.flags & F_STOPPED == 0 {
+                // Locked a VMA and walked nothing after it: the flags check
+                // refused the VMA. Anything else that ends the loop without a
+                // failing step is `other`.
+                self.reason = if self.flags & F_VMA_UNSEEN != 0 {
+                    Reason::VmaLockFailedOrUnsuitable as u32
+                } else if self.flags & F_VMA_PENDING != 0 && self.flags & F_CROSSES != 0 {
+                    Reason::CrossesVmaEnd as u32
+                } else if self.flags & F_VMA_PENDING != 0 {
+                    Reason::VmaUnsuitable as u32
+                } else {
+                    Reason::Other as u32
+                };
+            }
+            self.lockless_bytes = self.last_step_addr.wrapping_sub(self.start_addr);
+            if self.lockless_bytes > self.len {
+                self.lockless_bytes = self.len;
+            }
+        }
+    }
+
+    /// A wait for the target's mmap_lock begins (`down_{read,write}_killable(sem)`
+    /// entered, or the lock's contention began); `target`: `sem` is the target
     /// mm's mmap_lock.
     #[inline(always)]
     pub fn lock_wait_begin(&mut self, target: bool, write: bool, now: u64) {
         if !self.is_active() || !target {
             return;
         }
-        if self.flags & F_LOCK_TRIED == 0 {
-            self.flags |= F_LOCK_TRIED;
-            self.locked_path = if self.flags & F_LOCKLESS != 0 {
-                Path::Fallback as u32
-            } else {
-                Path::Slow as u32
-            };
-            if self.flags & F_LOCKLESS != 0 {
-                if self.flags & F_STOPPED == 0 {
-                    // Locked a VMA and walked nothing after it: the flags check
-                    // refused the VMA. Anything else that ends the loop without a
-                    // failing step is `other`.
-                    self.reason = if self.flags & F_VMA_UNSEEN != 0 {
-                        Reason::VmaLockFailedOrUnsuitable as u32
-                    } else if self.flags & F_VMA_PENDING != 0 && self.flags & F_CROSSES != 0 {
-                        Reason::CrossesVmaEnd as u32
-                    } else if self.flags & F_VMA_PENDING != 0 {
-                        Reason::VmaUnsuitable as u32
-                    } else {
-                        Reason::Other as u32
-                    };
-                }
-                self.lockless_bytes = self.last_step_addr.wrapping_sub(self.start_addr);
-                if self.lockless_bytes > self.len {
-                    self.lockless_bytes = self.len;
-                }
-            }
-        }
+        self.lock_tried();
         // The start first: a task iterator on another CPU that sees
         // F_WAITING must see this wait's start, not the previous one's.
         self.wait_start_ns = now;
@@ -647,7 +710,7 @@ impl CallState {
         if self.flags & (F_ACTIVE | F_WAITING) != (F_ACTIVE | F_WAITING) {
             return None;
         }
-        self.flags &= !F_WAITING;
+        self.flags = (self.flags & !F_WAITING) | F_WAIT_SEEN;
         if ok && self.acquired_ns == 0 {
             self.acquired_ns = now;
         }
@@ -692,6 +755,14 @@ impl CallState {
             None
         };
         let lockless_bytes = if fallback { self.lockless_bytes } else { 0 };
+        // Waits from contention events: the lock was taken (asked for, or a
+        // GUP ran under it) and no wait ended — an acquisition that did not
+        // wait; taken at the call's start where it comes first.
+        let contention = flags & F_WAITS_CONTENTION != 0;
+        let unwaited_acquisition = contention && flags & (F_LOCK_TRIED | F_WAIT_SEEN) == F_LOCK_TRIED;
+        if contention && flags & F_LOCK_AT_START != 0 && self.acquired_ns == 0 {
+            self.acquired_ns = self.start_ns;
+        }
         Some(Outcome {
             path,
             unobserved,
@@ -709,6 +780,7 @@ impl CallState {
             walks: self.walks,
             anon_file_walk: flags & F_ANON_FILE_WALK != 0,
             gup_calls: self.gup_calls,
+            unwaited_acquisition,
         })
     }
 }
@@ -770,6 +842,7 @@ mod tests {
         Walk { addr: u64, found: bool, level: u32, anon: bool },
         WalkNoPage { addr: u64 },
         Gup,
+        ExpandStack,
         Wait { write: bool },
         WaitOtherSem,
         Got { ok: bool },
@@ -789,6 +862,11 @@ mod tests {
     }
 
     fn drive_with(reads: ReadPath, events: &[Ev]) -> Run {
+        drive_in(reads, false, events)
+    }
+
+    /// `contention`: remote waits from the lock's contention events.
+    fn drive_in(reads: ReadPath, contention: bool, events: &[Ev]) -> Run {
         let mut s = CallState::default();
         let mut run = Run {
             orphans: 0,
@@ -798,13 +876,22 @@ mod tests {
         for (i, ev) in events.iter().enumerate() {
             let now = 1000 + 10 * i as u64;
             match *ev {
-                Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, reads, now)),
+                Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, reads, contention, now)),
                 LockVma { addr, ok } => s.lock_vma(MM, addr, ok, 0),
                 LockVmaEnd { addr, end } => s.lock_vma(MM, addr, true, end),
                 LockVmaOtherMm { addr } => s.lock_vma(MM + 4096, addr, true, 0),
                 Walk { addr, found, level, anon } => s.folio_walk(addr, found, level, anon),
                 WalkNoPage { addr } => s.walk_without_page(addr),
-                Gup => s.gup(),
+                Gup => {
+                    if s.gup() {
+                        s.acquired(now);
+                    }
+                }
+                ExpandStack => {
+                    if s.expand_stack() {
+                        s.acquired(now);
+                    }
+                }
                 Wait { write } => s.lock_wait_begin(true, write, now),
                 WaitOtherSem => s.lock_wait_begin(false, false, now),
                 Got { ok } => run.acquisitions.extend(s.lock_wait_end(ok, now)),
@@ -844,6 +931,7 @@ mod tests {
                 walks: [1, 0, 0],
                 anon_file_walk: false,
                 gup_calls: 0,
+                unwaited_acquisition: false,
             }
         );
     }
@@ -1108,8 +1196,8 @@ mod tests {
         unsafe { core::ptr::write_bytes(core::ptr::from_mut(&mut used).cast::<u8>(), 0xa5, core::mem::size_of::<CallState>()) };
         let left = (used.holder, used.cgroup_id);
         let mut fresh = CallState::default();
-        let orphan = used.begin(0x10, 0x2000, 64, 0, f, false, ReadPath::Implied, 7);
-        assert!(!fresh.begin(0x10, 0x2000, 64, 0, f, false, ReadPath::Implied, 7));
+        let orphan = used.begin(0x10, 0x2000, 64, 0, f, false, ReadPath::Implied, false, 7);
+        assert!(!fresh.begin(0x10, 0x2000, 64, 0, f, false, ReadPath::Implied, false, 7));
         // 0xa5a5a5a5 has F_ACTIVE set: the used state was a call in progress.
         assert!(orphan);
         // The holder and cgroup are a wait's, written when one begins: left.
@@ -1162,9 +1250,9 @@ mod tests {
     #[test]
     fn selftest_calls_are_marked() {
         let mut s = CallState::default();
-        s.begin(MM, 0x1000, 4096, READ, F, true, ReadPath::Probed, 0);
+        s.begin(MM, 0x1000, 4096, READ, F, true, ReadPath::Probed, false, 0);
         assert!(s.is_active() && !s.is_counted());
-        s.begin(MM, 0x1000, 4096, READ, F, false, ReadPath::Probed, 0);
+        s.begin(MM, 0x1000, 4096, READ, F, false, ReadPath::Probed, false, 0);
         assert!(s.is_counted());
     }
 
@@ -1448,5 +1536,105 @@ mod tests {
         assert!(wait_is_real(None, None));
         assert!(wait_is_real(Some(TASK_KILLABLE), None));
         assert!(wait_is_real(None, Some(RWSEM_FLAG_WAITERS)));
+    }
+
+    /// Remote waits from contention events, which fire only when the lock is
+    /// contended: the call's own evidence (it takes the lock at its start, or
+    /// a GUP ran under it) says it was taken, and an acquisition no wait was
+    /// seen for is one of 0. The path, reason and bytes are those of the lock
+    /// probes' mode, event for event.
+    #[test]
+    fn waits_from_contention_count_what_did_not_wait() {
+        let unpatched = [Begin { addr: 0x1000, len: 4096, gup: READ }, Gup, Finish { ret: 4096 }];
+        let run = drive_in(ReadPath::NoLockless, true, &unpatched);
+        let o = run.outcome.unwrap();
+        assert_eq!((o.path, o.unwaited_acquisition, o.hold_ns), (Some(Path::Slow), true, Some(20)), "held from the start");
+        // The same read with the lock probes: the acquisition is theirs to count.
+        let probed = drive_in(ReadPath::NoLockless, false, &[Begin { addr: 0x1000, len: 4096, gup: READ }, Wait { write: false }, Got { ok: true }, Gup, Finish { ret: 4096 }]);
+        let p = probed.outcome.unwrap();
+        assert_eq!((p.path, p.unwaited_acquisition, probed.acquisitions.len()), (Some(Path::Slow), false, 1));
+        // A zero-length read on a kernel without the lockless path still took the lock.
+        let empty = drive_in(ReadPath::NoLockless, true, &[Begin { addr: 0x1000, len: 0, gup: READ }, Finish { ret: 0 }]).outcome.unwrap();
+        assert_eq!((empty.path, empty.unwaited_acquisition), (Some(Path::Slow), true));
+
+        // Contended: the wait is the acquisition, none is added at the exit.
+        let contended = drive_in(
+            ReadPath::NoLockless,
+            true,
+            &[Begin { addr: 0x1000, len: 4096, gup: READ }, Wait { write: false }, Got { ok: true }, Gup, Finish { ret: 4096 }],
+        );
+        let c = contended.outcome.unwrap();
+        assert_eq!((c.path, c.unwaited_acquisition, contended.acquisitions.len()), (Some(Path::Slow), false, 1));
+        assert_eq!(contended.acquisitions[0].wait_ns, 10);
+        assert_eq!(c.hold_ns, Some(20), "held from the wait's end");
+
+        // The lockless loop's fallback: the first GUP is the lock; held from then.
+        let fallback = [
+            Begin { addr: 0x1000, len: 8192, gup: READ },
+            Walk { addr: 0x1000, found: true, level: 0, anon: true },
+            Walk { addr: 0x2000, found: false, level: 0, anon: true },
+            Gup,
+            Finish { ret: 8192 },
+        ];
+        let f = drive_in(ReadPath::Implied, true, &fallback).outcome.unwrap();
+        let with_probes = drive_in(
+            ReadPath::Implied,
+            false,
+            &[
+                Begin { addr: 0x1000, len: 8192, gup: READ },
+                Walk { addr: 0x1000, found: true, level: 0, anon: true },
+                Walk { addr: 0x2000, found: false, level: 0, anon: true },
+                Wait { write: false },
+                Got { ok: true },
+                Gup,
+                Finish { ret: 8192 },
+            ],
+        )
+        .outcome
+        .unwrap();
+        assert_eq!((f.path, f.reason, f.lockless_bytes), (Some(Path::Fallback), Some(Reason::PageNotPresent), PAGE));
+        assert_eq!((f.path, f.reason, f.lockless_bytes, f.walks), (with_probes.path, with_probes.reason, with_probes.lockless_bytes, with_probes.walks));
+        assert_eq!((f.unwaited_acquisition, f.hold_ns), (true, Some(10)));
+
+        // Fast: no lock, nothing counted.
+        let fast = drive_in(
+            ReadPath::Implied,
+            true,
+            &[Begin { addr: 0x1000, len: 4096, gup: READ }, Walk { addr: 0x1000, found: true, level: 0, anon: true }, Finish { ret: 4096 }],
+        )
+        .outcome
+        .unwrap();
+        assert_eq!((fast.path, fast.unwaited_acquisition, fast.hold_ns), (Some(Path::Fast), false, None));
+
+        // A write takes the lock first on every kernel.
+        let write = drive_in(ReadPath::Implied, true, &[Begin { addr: 0x1000, len: 8, gup: READ | F.foll_write }, Gup, Finish { ret: 8 }]).outcome.unwrap();
+        assert_eq!((write.path, write.unwaited_acquisition, write.hold_ns), (None, true, Some(20)));
+
+        // A read into a hole after the loop's first page: the slow path takes
+        // the lock, finds no VMA and calls expand_stack(), no GUP; v1 returns 0.
+        let hole = [
+            Begin { addr: 0x1000, len: 8192, gup: READ },
+            Walk { addr: 0x1000, found: true, level: 0, anon: true },
+            Walk { addr: 0x2000, found: false, level: 0, anon: true },
+            ExpandStack,
+            Finish { ret: 0 },
+        ];
+        let h = drive_in(ReadPath::Implied, true, &hole).outcome.unwrap();
+        assert_eq!((h.path, h.lockless_bytes, h.discarded_bytes, h.unwaited_acquisition, h.hold_ns), (Some(Path::Fallback), PAGE, PAGE, true, Some(10)));
+
+        // Killed while waiting: the failed wait is the acquisition.
+        let killed = drive_in(ReadPath::NoLockless, true, &[Begin { addr: 0x1000, len: 4096, gup: READ }, Wait { write: false }, Got { ok: false }, Finish { ret: 0 }]);
+        assert_eq!((killed.outcome.unwrap().unwaited_acquisition, killed.acquisitions[0].failed), (false, true));
+    }
+
+    /// `record_call` counts the unwaited acquisition as one read wait of 0.
+    #[test]
+    fn an_unwaited_acquisition_is_a_wait_of_zero() {
+        let run = drive_in(ReadPath::NoLockless, true, &[Begin { addr: 0x1000, len: 4096, gup: READ }, Gup, Finish { ret: 4096 }]);
+        let mut st = Stats::ZERO;
+        st.record_call(&run.outcome.unwrap());
+        let h = &st.hists[Hist::WaitRemoteRead as usize];
+        assert_eq!((h.buckets[0], h.buckets.iter().sum::<u64>(), h.sum), (1, 1, 0));
+        assert_eq!(st.counters[Counter::ReadsSlow as usize], 1);
     }
 }

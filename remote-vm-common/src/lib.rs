@@ -33,6 +33,10 @@ pub struct Control {
     /// ... that namespace: `st_dev` and `st_ino` of `/proc/self/ns/pid`.
     pub pidns_dev: u64,
     pub pidns_ino: u64,
+    /// 1: the remote family attached in a mode whose waits come from the
+    /// lock's contention events (`classify::F_WAITS_CONTENTION`).
+    pub remote_waits_from_contention: u32,
+    pub _pad: u32,
 }
 
 /// What the daemon's start-up probe read saw (the `SELFTEST` array, one entry).
@@ -175,6 +179,8 @@ pub struct StallEvent {
 /// `lock:contention_begin` flags (`include/trace/events/lock.h`, a stable set of
 /// `#define`s since 5.19 that BTF does not carry).
 pub const LCB_F_WRITE: u32 = 1 << 2;
+/// `LCB_F_READ`: the waiter wants a lock for reading (an rwsem's readers).
+pub const LCB_F_READ: u32 = 1 << 1;
 
 /// `[web] max_connections` when the config does not set it.
 pub const MAX_CONNECTIONS_DEFAULT: usize = 64;

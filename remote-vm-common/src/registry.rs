@@ -57,6 +57,9 @@ pub enum Need {
     MmMmapLock,
     TaskMm,
     MmapLockTracepointArgs,
+    /// `rw_semaphore.count` in BTF: the semaphore is the lock its contention
+    /// events name (on PREEMPT_RT it wraps an rtmutex, which they name instead).
+    RwsemCountWord,
 }
 
 /// One program of the eBPF object and where it goes.
@@ -84,6 +87,10 @@ pub struct ModeSpec {
     /// A failed acquisition it reports is a killed waiter. The mmap_lock
     /// tracepoints report failed trylocks the same way, so host-wide they are not.
     pub reports_failures: bool,
+    /// Remote waits come from the lock's contention events, which fire only
+    /// when the lock is contended: an acquisition without one is counted at
+    /// the access's exit as a wait of 0 (`Control::remote_waits_from_contention`).
+    pub waits_from_contention: bool,
     pub programs: &'static [ProgramSpec],
     pub needs: &'static [Need],
 }
@@ -210,6 +217,7 @@ const fn mode(name: &'static str, exact: bool, programs: &'static [ProgramSpec],
         exact,
         sees_write_waits: false,
         reports_failures: true,
+        waits_from_contention: false,
         programs,
         needs,
     }
@@ -357,6 +365,23 @@ static REMOTE: FamilySpec = FamilySpec {
     name: "mmap_lock_remote",
     points: &[MmapLockRemoteStart, MmapLockRemoteEnd],
     modes: &[
+        // Only contended acquisitions run a program (docs/benchmarks.md: two
+        // trampolines fewer on every slow read); the uncontended ones are
+        // counted at the access's exit, from the call's own state.
+        ModeSpec {
+            waits_from_contention: true,
+            ..mode(
+                "contention_tp",
+                true,
+                &[
+                    p("remote_contention_begin_tp", Hook::TpBtf("contention_begin"), MmapLockRemoteStart),
+                    p("remote_contention_end_tp", Hook::TpBtf("contention_end"), MmapLockRemoteEnd),
+                    // Where the slow path takes the lock and makes no GUP call.
+                    p("remote_expand_stack_fentry", Hook::FEntry("expand_stack"), MmapLockRemoteStart),
+                ],
+                &[Need::MmMmapLock, Need::RwsemCountWord],
+            )
+        },
         mode(
             "fentry",
             true,

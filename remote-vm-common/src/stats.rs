@@ -306,6 +306,9 @@ impl Stats {
         if let Some(hold) = o.hold_ns {
             self.observe(Hist::Hold, hold);
         }
+        if o.unwaited_acquisition {
+            self.record_acquisition(&Acquisition { write: false, wait_ns: 0, failed: false }, false);
+        }
         if o.discarded_bytes > 0 {
             self.add(Counter::DiscardedBytes, o.discarded_bytes);
             self.add(Counter::DiscardedReads, 1);

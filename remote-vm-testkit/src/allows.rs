@@ -48,6 +48,9 @@ pub struct Allows {
     pub kprobe: Result<(), Refusal>,
     functions: HashSet<String>,
     tracepoints: HashSet<String>,
+    /// A PREEMPT_RT kernel (`uname -v`): its rw_semaphore wraps an rtmutex,
+    /// which the lock's contention events name (`Need::RwsemCountWord` fails).
+    preempt_rt: bool,
 }
 
 /// What `check` must say of one probe.
@@ -102,6 +105,7 @@ impl Allows {
             kprobe: trial_kprobe(),
             functions: kallsyms(),
             tracepoints,
+            preempt_rt: std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default().contains("PREEMPT_RT"),
         }
     }
 
@@ -111,6 +115,16 @@ impl Allows {
 
     pub fn has_tracepoint(&self, name: &str) -> bool {
         self.tracepoints.contains(name)
+    }
+
+    /// Whether the kernel has what a mode needs beyond its hooks (the test
+    /// kernels all have the offsets; only the rwsem's layout differs).
+    fn has(&self, need: remote_vm_common::registry::Need) -> bool {
+        use remote_vm_common::registry::Need;
+        match need {
+            Need::RwsemCountWord => !self.preempt_rt,
+            Need::MmMmapLock | Need::TaskMm | Need::MmapLockTracepointArgs => true,
+        }
     }
 
     /// Why a program on `hook` would not attach (the daemon's words, where
@@ -143,7 +157,8 @@ impl Allows {
                     let mut reasons = Some(Vec::new());
                     let mut found = None;
                     for m in spec.modes {
-                        match m.programs.iter().try_for_each(|p| self.hook(&p.hook)) {
+                        let ready = m.needs.iter().all(|n| self.has(*n));
+                        match m.programs.iter().try_for_each(|p| self.hook(&p.hook)).and_then(|()| if ready { Ok(()) } else { Err(None) }) {
                             Ok(()) => {
                                 found = Some(m);
                                 break;

@@ -133,6 +133,7 @@ pub fn ready(mode: &ModeSpec, layout: &Layout) -> Result<(), AttachError> {
             Need::MmMmapLock => layout.mm_mmap_lock.as_ref().map(drop),
             Need::TaskMm => layout.task_mm.as_ref().map(drop),
             Need::MmapLockTracepointArgs => layout.mmap_lock_tp_args.as_ref().map(drop),
+            Need::RwsemCountWord => layout.stall_ids.rwsem_count.as_ref().map(drop),
         };
         r.map_err(|why| AttachError::NotReady(why.clone()))
     })

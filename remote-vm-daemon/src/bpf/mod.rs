@@ -178,14 +178,16 @@ pub fn load(kernel: &Kernel, opts: &LoadOptions<'_>) -> Result<(Session, Attache
     };
     // Until the start-up probe read decides, a read whose loop's first step is
     // not probed is classified only on evidence (see `ReadPath`).
-    if kernel.layout.has_lockless_path() {
-        selftest::set_read_path(&mut ebpf, ReadPath::Pending);
-    }
+    selftest::set_read_path(&mut ebpf, if kernel.layout.has_lockless_path() { ReadPath::Pending } else { ReadPath::NoLockless });
     let mut verdicts: Vec<Verdict> = Vec::new();
     for family in Family::ALL {
         let choice = opts.choices.get(&family).cloned().unwrap_or_default();
         let verdict = attach::attach(&mut ebpf, kernel.btf.as_ref(), &kernel.layout, family, &choice, &verdicts);
         verdicts.push(verdict);
+    }
+    let from_contention = verdicts.iter().any(|v| v.mode.is_some_and(|m| m.waits_from_contention));
+    if let Err(e) = selftest::set_remote_waits_from_contention(&mut ebpf, from_contention) {
+        log::warn!("cannot write the remote waits' mode to the CONTROL map ({e}): uncontended acquisitions are not counted");
     }
     let miss_sources = miss_sources(&ebpf, &verdicts);
     let take = |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(LoadError::Map(name));

@@ -54,9 +54,10 @@ pub fn decide_patched(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) ->
     // How the programs know a read ran the lockless loop from now on.
     let vma_probed = verdicts.iter().any(|v| v.family == Family::LockVmaUnderRcu && v.attached());
     let read_path = match patched {
-        _ if vma_probed || !layout.has_lockless_path() => ReadPath::Probed,
+        _ if !layout.has_lockless_path() => ReadPath::NoLockless,
+        Patched::No => ReadPath::NoLockless,
+        _ if vma_probed => ReadPath::Probed,
         Patched::Yes => ReadPath::Implied,
-        Patched::No => ReadPath::Probed,
         Patched::Unknown => ReadPath::Pending,
     };
     set_read_path(ebpf, read_path);
@@ -85,6 +86,15 @@ fn reset(ebpf: &mut Ebpf) -> Result<(), String> {
     let mut selftest: Array<_, SelfTest> =
         Array::try_from(ebpf.map_mut("SELFTEST").ok_or("no SELFTEST map")?).map_err(|e| e.to_string())?;
     selftest.set(0, SelfTest::default(), 0).map_err(|e| e.to_string())
+}
+
+/// Whether remote waits come from the lock's contention events
+/// (`Control::remote_waits_from_contention`; the rest stays as it is).
+pub fn set_remote_waits_from_contention(ebpf: &mut Ebpf, yes: bool) -> Result<(), String> {
+    let mut control: Array<_, Control> =
+        Array::try_from(ebpf.map_mut("CONTROL").ok_or("no CONTROL map")?).map_err(|e| e.to_string())?;
+    let c = control.get(&0, 0).map_err(|e| e.to_string())?;
+    control.set(0, Control { remote_waits_from_contention: u32::from(yes), ..c }, 0).map_err(|e| e.to_string())
 }
 
 /// Writes `Control::read_path` (the rest of the control word stays as it is).
@@ -207,12 +217,12 @@ fn probe_read(ebpf: &mut Ebpf, shape: ProbeShape) -> Result<SelfTest, String> {
     };
     let mut control: Array<_, Control> =
         Array::try_from(ebpf.map_mut("CONTROL").ok_or("no CONTROL map")?).map_err(|e| e.to_string())?;
-    let read_path = control.get(&0, 0).map_err(|e| e.to_string())?.read_path;
+    let before = control.get(&0, 0).map_err(|e| e.to_string())?;
     let mark = Control {
         selftest_tid: tid,
-        read_path,
         pidns_dev,
         pidns_ino,
+        ..before
     };
     control.set(0, mark, 0).map_err(|e| e.to_string())?;
     // Resident memory of our own: written, so present.
@@ -236,7 +246,9 @@ fn probe_read(ebpf: &mut Ebpf, shape: ProbeShape) -> Result<SelfTest, String> {
         }
         Ok(())
     })();
-    control.set(0, Control { read_path, ..Control::default() }, 0).map_err(|e| e.to_string())?;
+    control
+        .set(0, Control { selftest_tid: 0, pidns_dev: 0, pidns_ino: 0, ..before }, 0)
+        .map_err(|e| e.to_string())?;
     drop(page);
     drop(two);
     result?;

@@ -25,10 +25,10 @@ use super::{
 #[inline(always)]
 fn on_entry<C: EbpfContext>(ctx: &C, mm: u64, addr: u64, len: i32, gup_flags: u32) {
     hit(Point::AccessRemoteVmEntry);
-    let t = tid();
+    // (The thread id only where the log level lets the line through.)
     debug!(
         ctx,
-        "__access_remote_vm entry: tid {} addr {:x} len {} gup_flags {:x}", t, addr, len, gup_flags
+        "__access_remote_vm entry: tid {} addr {:x} len {} gup_flags {:x}", tid(), addr, len, gup_flags
     );
     if mm == 0 {
         return;
@@ -43,11 +43,11 @@ fn on_entry<C: EbpfContext>(ctx: &C, mm: u64, addr: u64, len: i32, gup_flags: u3
         foll_write: FOLL_WRITE.load(),
         foll_anon: FOLL_ANON.load(),
     };
-    let (selftest, reads) = match CONTROL.get(0) {
-        Some(c) => (is_selftest(c), ReadPath::from_u32(c.read_path)),
-        None => (false, ReadPath::Probed),
+    let (selftest, reads, contention) = match CONTROL.get(0) {
+        Some(c) => (is_selftest(c), ReadPath::from_u32(c.read_path), c.remote_waits_from_contention != 0),
+        None => (false, ReadPath::Probed, false),
     };
-    if state.begin(mm, addr, len, gup_flags, flags, selftest, reads, now()) {
+    if state.begin(mm, addr, len, gup_flags, flags, selftest, reads, contention, now()) {
         if let Some(s) = stats() {
             s.add(Counter::MissedExits, 1);
         }

@@ -14,7 +14,7 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel, generated::bpf_task_pt_regs,
 };
 use remote_vm_common::{
-    Interface, LCB_F_WRITE, Point, StallEvent, Syscalls,
+    Interface, LCB_F_READ, LCB_F_WRITE, Point, StallEvent, Syscalls,
     classify::{Acquisition, CallState, F_ANON, F_WRITE, HolderKind, HolderSnap, decode_holder, lock_taken},
     holder::{Activity, HolderOp, PF_KTHREAD, Regs},
     stats::Counter,
@@ -375,6 +375,62 @@ entry_points! {
     remote_acquire_returned_tp_w1(ctx) => remote_end(tp_bool::<2>(&ctx));
     btf_tracepoint(function = "mmap_lock_acquire_returned")
     remote_acquire_returned_tp_w2(ctx) => remote_end(tp_bool::<3>(&ctx));
+}
+
+/// `lock:contention_begin(lock, flags)`: a wait inside a remote access for its
+/// target's mmap_lock, for reading, begins. Only contended locks get here;
+/// the access's exit counts an acquisition that never did as a wait of 0
+/// (`CallState::finish`). Write waits (`expand_stack`) are not counted: their
+/// uncontended acquisitions are not seen in this mode.
+#[inline(always)]
+fn remote_contention_begin(lock: u64, flags: u32) {
+    hit(Point::MmapLockRemoteStart);
+    if flags & LCB_F_READ == 0 {
+        return;
+    }
+    let Some(Current { state, .. }) = Current::get() else {
+        return;
+    };
+    let off = MM_MMAP_LOCK_OFF.load();
+    if !state.is_active() || !known(off) || lock != state.mm.wrapping_add(off) {
+        return;
+    }
+    // (`lock` is a `void *`: no direct loads through it.)
+    note_holder::<false>(state, lock);
+    state.lock_wait_begin(true, false, now());
+}
+
+/// `lock:contention_end(lock, ret)`: that wait ended (`ret` 0: acquired). The
+/// lock is compared: the semaphore's own `wait_lock` may be contended inside
+/// the wait, and its events come in between.
+#[inline(always)]
+fn remote_contention_end(lock: u64, ret: i32) {
+    let target = match Current::get() {
+        Some(Current { state, .. }) => {
+            let off = MM_MMAP_LOCK_OFF.load();
+            known(off) && lock == state.mm.wrapping_add(off)
+        }
+        None => false,
+    };
+    if target {
+        remote_end(ret == 0);
+    } else {
+        hit(Point::MmapLockRemoteEnd);
+    }
+}
+
+#[btf_tracepoint(function = "contention_begin")]
+pub fn remote_contention_begin_tp(ctx: BtfTracePointContext) -> i32 {
+    let flags: u32 = ctx.arg(1);
+    remote_contention_begin(ctx.arg(0), flags);
+    0
+}
+
+#[btf_tracepoint(function = "contention_end")]
+pub fn remote_contention_end_tp(ctx: BtfTracePointContext) -> i32 {
+    let ret: i32 = ctx.arg(1);
+    remote_contention_end(ctx.arg(0), ret);
+    0
 }
 
 // --- host ---------------------------------------------------------------------

@@ -12,7 +12,7 @@ use remote_vm_common::Point;
 
 use super::{
     layout::{FW_LEVEL_OFF, FW_LEVEL_PMD, FW_LEVEL_PUD, FW_PAGE_OFF, VMA_VM_END_OFF, VMA_VM_OPS_OFF, known},
-    maps::{Current, hit, load_u32, load_u64, read_u64, stats},
+    maps::{Current, hit, now, load_u32, load_u64, read_u64, stats},
 };
 
 #[inline(always)]
@@ -144,11 +144,26 @@ pub fn folio_walk_kretprobe(ctx: RetProbeContext) -> u32 {
 fn on_gup() {
     hit(Point::GetUserPagesRemoteEntry);
     if let Some(state) = Current::get().map(|c| c.state) {
-        state.gup();
+        if state.gup() {
+            state.acquired(now());
+        }
+    }
+}
+
+/// `expand_stack()` entered: inside a remote access, the slow path holds the
+/// target's mmap_lock without a GUP call to show it (`CallState::expand_stack`).
+#[inline(always)]
+fn on_expand_stack() {
+    hit(Point::MmapLockRemoteStart);
+    if let Some(state) = Current::get().map(|c| c.state) {
+        if state.expand_stack() {
+            state.acquired(now());
+        }
     }
 }
 
 entry_points! {
+    fentry remote_expand_stack_fentry(_ctx) => on_expand_stack();
     fentry gup_fentry(_ctx) => on_gup();
     kprobe gup_kprobe(_ctx) => on_gup();
 }
