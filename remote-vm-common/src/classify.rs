@@ -759,7 +759,9 @@ impl CallState {
         // GUP ran under it) and no wait ended — an acquisition that did not
         // wait; taken at the call's start where it comes first.
         let contention = flags & F_WAITS_CONTENTION != 0;
-        let unwaited_acquisition = contention && flags & (F_LOCK_TRIED | F_WAIT_SEEN) == F_LOCK_TRIED;
+        // (A wait that began and whose end no program saw is not one: its
+        // acquisition is unknown, as with the lock probes.)
+        let unwaited_acquisition = contention && flags & (F_LOCK_TRIED | F_WAIT_SEEN | F_WAITING) == F_LOCK_TRIED;
         if contention && flags & F_LOCK_AT_START != 0 && self.acquired_ns == 0 {
             self.acquired_ns = self.start_ns;
         }
@@ -1621,6 +1623,10 @@ mod tests {
         ];
         let h = drive_in(ReadPath::Implied, true, &hole).outcome.unwrap();
         assert_eq!((h.path, h.lockless_bytes, h.discarded_bytes, h.unwaited_acquisition, h.hold_ns), (Some(Path::Fallback), PAGE, PAGE, true, Some(10)));
+
+        // A wait whose end no program saw (a skipped run): no acquisition made up.
+        let unseen_end = drive_in(ReadPath::NoLockless, true, &[Begin { addr: 0x1000, len: 4096, gup: READ }, Wait { write: false }, Gup, Finish { ret: 4096 }]);
+        assert_eq!((unseen_end.outcome.unwrap().unwaited_acquisition, unseen_end.acquisitions.len()), (false, 0));
 
         // Killed while waiting: the failed wait is the acquisition.
         let killed = drive_in(ReadPath::NoLockless, true, &[Begin { addr: 0x1000, len: 4096, gup: READ }, Wait { write: false }, Got { ok: false }, Finish { ret: 0 }]);

@@ -36,6 +36,18 @@ pub(super) fn expected_mode(kernel: Option<Kernel>, probe: &str, mode: &'static 
         // 6.1's get_user_pages_remote has 7 arguments; its trampolines take 6:
         // the next mode, the kprobe.
         Family::GetUserPagesRemote.spec().modes[1].name
+    } else if super::harness::preempt_rt() {
+        // PREEMPT_RT's rw_semaphore wraps an rtmutex (no `count` word, which
+        // its contention events would name): a mode that needs it is passed over.
+        use remote_vm_common::registry::Need;
+        let Some(family) = Family::ALL.into_iter().find(|f| f.spec().points.iter().any(|p| p.name() == probe)) else {
+            return mode;
+        };
+        let needs_count = |m: &remote_vm_common::registry::ModeSpec| m.needs.contains(&Need::RwsemCountWord);
+        match family.spec().modes.iter().find(|m| m.name == mode) {
+            Some(m) if needs_count(m) => family.spec().modes.iter().find(|m| !needs_count(m)).map_or(NO_MODE, |m| m.name),
+            _ => mode,
+        }
     } else {
         mode
     }

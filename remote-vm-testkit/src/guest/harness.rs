@@ -216,7 +216,7 @@ pub(super) fn skips_possible() -> bool {
 }
 
 /// A PREEMPT_RT build (the kernel's build string says so).
-fn preempt_rt() -> bool {
+pub(super) fn preempt_rt() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default().contains("PREEMPT_RT")
 }
 
