@@ -209,7 +209,8 @@ pub const F_VMA_UNSEEN: u32 = 1 << 11;
 pub const F_PATH_PENDING: u32 = 1 << 12;
 /// The VMA of the last `lock_vma_under_rcu()` ends before the request does.
 pub const F_CROSSES: u32 = 1 << 13;
-/// Remote waits come from the lock's contention events (`Control::remote_waits`):
+/// Remote waits come from the lock's contention events
+/// (`Control::remote_waits_from_contention`):
 /// an acquisition no wait was seen for is counted at the exit as one that
 /// did not wait.
 pub const F_WAITS_CONTENTION: u32 = 1 << 14;
@@ -604,39 +605,35 @@ impl CallState {
     }
 
     /// `get_user_pages_remote()` entered: it runs under the target's
-    /// mmap_lock, so the lock was taken. Returns whether the caller must give
-    /// `acquired` the time (a wait was not seen, and the call did not take the
+    /// mmap_lock, so the lock was taken. `now` is read only when that is
+    /// when it was acquired (no wait was seen and the call did not take the
     /// lock at its start: the lockless loop's fallback).
     #[inline(always)]
-    pub fn gup(&mut self) -> bool {
-        if !self.is_active() {
-            return false;
+    pub fn gup(&mut self, now: impl FnOnce() -> u64) {
+        if self.is_active() {
+            self.gup_calls += 1;
+            self.lock_held(now);
         }
-        self.gup_calls += 1;
-        self.lock_held()
     }
 
     /// `expand_stack(mm, addr)` entered: the slow path holds the target's
     /// mmap_lock and found no VMA at the address (Linux 6.5+ looks before its
-    /// loop, so a read into a hole takes the lock and makes no GUP call).
-    /// Returns as `gup` does.
+    /// loop, so a read into a hole takes the lock and makes no GUP call). `now`
+    /// as for `gup`.
     #[inline(always)]
-    pub fn expand_stack(&mut self) -> bool {
-        self.is_active() && self.lock_held()
+    pub fn expand_stack(&mut self, now: impl FnOnce() -> u64) {
+        if self.is_active() {
+            self.lock_held(now);
+        }
     }
 
-    /// The target's mmap_lock is held: it was tried (see `gup`).
+    /// The target's mmap_lock is held: it was tried, and with waits from
+    /// contention events it was acquired now if nothing said when.
     #[inline(always)]
-    fn lock_held(&mut self) -> bool {
+    fn lock_held(&mut self, now: impl FnOnce() -> u64) {
         self.lock_tried();
-        self.flags & (F_WAITS_CONTENTION | F_LOCK_AT_START) == F_WAITS_CONTENTION && self.acquired_ns == 0
-    }
-
-    /// When the lock was taken without a wait (see `gup`).
-    #[inline(always)]
-    pub fn acquired(&mut self, now: u64) {
-        if self.acquired_ns == 0 {
-            self.acquired_ns = now;
+        if self.flags & (F_WAITS_CONTENTION | F_LOCK_AT_START) == F_WAITS_CONTENTION && self.acquired_ns == 0 {
+            self.acquired_ns = now();
         }
     }
 
@@ -884,16 +881,8 @@ mod tests {
                 LockVmaOtherMm { addr } => s.lock_vma(MM + 4096, addr, true, 0),
                 Walk { addr, found, level, anon } => s.folio_walk(addr, found, level, anon),
                 WalkNoPage { addr } => s.walk_without_page(addr),
-                Gup => {
-                    if s.gup() {
-                        s.acquired(now);
-                    }
-                }
-                ExpandStack => {
-                    if s.expand_stack() {
-                        s.acquired(now);
-                    }
-                }
+                Gup => s.gup(|| now),
+                ExpandStack => s.expand_stack(|| now),
                 Wait { write } => s.lock_wait_begin(true, write, now),
                 WaitOtherSem => s.lock_wait_begin(false, false, now),
                 Got { ok } => run.acquisitions.extend(s.lock_wait_end(ok, now)),

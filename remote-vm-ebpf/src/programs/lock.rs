@@ -45,8 +45,7 @@ fn remote_begin<const DIRECT: bool>(sem: u64, write: bool) {
     if !state.is_active() {
         return;
     }
-    let off = MM_MMAP_LOCK_OFF.load();
-    let target = known(off) && sem == state.mm.wrapping_add(off);
+    let target = is_target_lock(state, sem);
     if target {
         note_holder::<DIRECT>(state, sem);
     }
@@ -214,12 +213,25 @@ fn first_queued_writer(sem: u64) -> Option<u64> {
     Some(if known(task_off) { read_u64(waiter, task_off) } else { 0 })
 }
 
+/// Whether `lock` is the mmap_lock of the call's target (never where the
+/// offset is unknown).
+#[inline(always)]
+fn is_target_lock(state: &CallState, lock: u64) -> bool {
+    let off = MM_MMAP_LOCK_OFF.load();
+    known(off) && lock == state.mm.wrapping_add(off)
+}
+
 #[inline(always)]
 fn remote_end(acquired: bool) {
     hit(Point::MmapLockRemoteEnd);
-    let Some(Current { state, .. }) = Current::get() else {
-        return;
-    };
+    if let Some(Current { state, .. }) = Current::get() {
+        wait_ended(state, acquired);
+    }
+}
+
+/// The wait in progress (if any) ended: counted, and a stall emitted.
+#[inline(always)]
+fn wait_ended(state: &mut CallState, acquired: bool) {
     if let Some(a) = state.lock_wait_end(acquired, now()) {
         if state.is_counted() {
             let threshold = STALL_THRESHOLD_NS.load();
@@ -391,8 +403,7 @@ fn remote_contention_begin(lock: u64, flags: u32) {
     let Some(Current { state, .. }) = Current::get() else {
         return;
     };
-    let off = MM_MMAP_LOCK_OFF.load();
-    if !state.is_active() || !known(off) || lock != state.mm.wrapping_add(off) {
+    if !state.is_active() || !is_target_lock(state, lock) {
         return;
     }
     // (`lock` is a `void *`: no direct loads through it.)
@@ -405,17 +416,11 @@ fn remote_contention_begin(lock: u64, flags: u32) {
 /// the wait, and its events come in between.
 #[inline(always)]
 fn remote_contention_end(lock: u64, ret: i32) {
-    let target = match Current::get() {
-        Some(Current { state, .. }) => {
-            let off = MM_MMAP_LOCK_OFF.load();
-            known(off) && lock == state.mm.wrapping_add(off)
+    hit(Point::MmapLockRemoteEnd);
+    if let Some(Current { state, .. }) = Current::get() {
+        if is_target_lock(state, lock) {
+            wait_ended(state, ret == 0);
         }
-        None => false,
-    };
-    if target {
-        remote_end(ret == 0);
-    } else {
-        hit(Point::MmapLockRemoteEnd);
     }
 }
 

@@ -138,6 +138,14 @@ pub fn call_slot(tid: u32) -> Option<&'static mut CallSlot> {
     CALL_SLOTS.get_ptr_mut(tid & (CALL_SLOT_COUNT - 1)).and_then(|p| unsafe { p.as_mut() })
 }
 
+impl CallSlot {
+    /// Held by thread `tid` (0 is no thread: a free slot's owner).
+    #[inline(always)]
+    pub fn held_by(&self, tid: u32) -> bool {
+        tid != 0 && self.owner == u64::from(tid)
+    }
+}
+
 /// The current thread's remote access in progress: where it keeps it.
 pub struct Current {
     pub state: &'static mut CallState,
@@ -151,7 +159,7 @@ impl Current {
     pub fn get() -> Option<Current> {
         let t = tid();
         if let Some(slot) = call_slot(t) {
-            if t != 0 && slot.owner == u64::from(t) {
+            if slot.held_by(t) {
                 let owner = ptr::from_mut(&mut slot.owner);
                 return Some(Current { state: &mut slot.state, owner: Some(owner) });
             }
@@ -165,7 +173,7 @@ impl Current {
     pub fn claim() -> Option<Current> {
         let t = tid();
         if let Some(slot) = call_slot(t) {
-            if t != 0 && (slot.owner == u64::from(t) || (slot.owner == 0 && remote_vm_common::stats::claim(&mut slot.owner, u64::from(t)))) {
+            if slot.held_by(t) || (t != 0 && slot.owner == 0 && remote_vm_common::stats::claim(&mut slot.owner, u64::from(t))) {
                 let owner = ptr::from_mut(&mut slot.owner);
                 return Some(Current { state: &mut slot.state, owner: Some(owner) });
             }

@@ -144,9 +144,7 @@ pub fn folio_walk_kretprobe(ctx: RetProbeContext) -> u32 {
 fn on_gup() {
     hit(Point::GetUserPagesRemoteEntry);
     if let Some(state) = Current::get().map(|c| c.state) {
-        if state.gup() {
-            state.acquired(now());
-        }
+        state.gup(now);
     }
 }
 
@@ -156,9 +154,7 @@ fn on_gup() {
 fn on_expand_stack() {
     hit(Point::MmapLockRemoteStart);
     if let Some(state) = Current::get().map(|c| c.state) {
-        if state.expand_stack() {
-            state.acquired(now());
-        }
+        state.expand_stack(now);
     }
 }
 
