@@ -105,7 +105,7 @@ impl Allows {
             kprobe: trial_kprobe(),
             functions: kallsyms(),
             tracepoints,
-            preempt_rt: std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default().contains("PREEMPT_RT"),
+            preempt_rt: preempt_rt(),
         }
     }
 
@@ -158,7 +158,7 @@ impl Allows {
                     let mut found = None;
                     for m in spec.modes {
                         let ready = m.needs.iter().all(|n| self.has(*n));
-                        match m.programs.iter().try_for_each(|p| self.hook(&p.hook)).and_then(|()| if ready { Ok(()) } else { Err(None) }) {
+                        match m.programs.iter().try_for_each(|p| self.hook(&p.hook)).and(if ready { Ok(()) } else { Err(None) }) {
                             Ok(()) => {
                                 found = Some(m);
                                 break;
@@ -181,6 +181,11 @@ impl Allows {
         }
         out
     }
+}
+
+/// Whether the running kernel is PREEMPT_RT (`uname -v`).
+pub fn preempt_rt() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default().contains("PREEMPT_RT")
 }
 
 /// Every function name in /proc/kallsyms.
@@ -248,9 +253,14 @@ fn load_named(prog_type: u32, expected_attach_type: u32, attach_btf_id: u32, nam
 /// attached (`BPF_RAW_TRACEPOINT_OPEN` makes the trampoline), then closed.
 fn trial_fentry(id: u32) -> Result<(), Refusal> {
     let prog = load(BPF_PROG_TYPE_TRACING, BPF_TRACE_FENTRY, id).map_err(Refusal::Load)?;
+    raw_tracepoint_open(&prog).map(drop).map_err(Refusal::Attach)
+}
+
+/// Attaches a tracing program (fentry, fexit, tp_btf): the link.
+fn raw_tracepoint_open(prog: &std::os::fd::OwnedFd) -> io::Result<std::os::fd::OwnedFd> {
     let mut attr = [0u8; 144];
-    put32(&mut attr, 8, std::os::fd::AsRawFd::as_raw_fd(&prog) as u32);
-    bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr).map(drop).map_err(Refusal::Attach)
+    put32(&mut attr, 8, std::os::fd::AsRawFd::as_raw_fd(prog) as u32);
+    bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr)
 }
 
 /// A `return 0` program attached on `hook` (fentry, fexit and tp_btf through
@@ -264,9 +274,7 @@ pub fn attach_empty(btf: &aya_obj::btf::Btf, hook: &Hook) -> anyhow::Result<Vec<
     let name = format!("empty_{}", hook.kind());
     let tracing = |attach: u32, id: u32| -> anyhow::Result<Vec<std::os::fd::OwnedFd>> {
         let prog = load_named(BPF_PROG_TYPE_TRACING, attach, id, &name).with_context(|| format!("load {what}"))?;
-        let mut attr = [0u8; 144];
-        put32(&mut attr, 8, std::os::fd::AsRawFd::as_raw_fd(&prog) as u32);
-        let link = bpf(BPF_RAW_TRACEPOINT_OPEN, &mut attr).with_context(|| format!("attach {what}"))?;
+        let link = raw_tracepoint_open(&prog).with_context(|| format!("attach {what}"))?;
         Ok(vec![link, prog])
     };
     let func = |f: &str| btf.id_by_type_name_kind(f, aya_obj::btf::BtfKind::Func).with_context(|| format!("{f}: not in the kernel's BTF"));
@@ -281,16 +289,25 @@ pub fn attach_empty(btf: &aya_obj::btf::Btf, hook: &Hook) -> anyhow::Result<Vec<
         }
         Hook::KProbe(f) | Hook::KRetProbe(f) => {
             let prog = load_named(BPF_PROG_TYPE_KPROBE, 0, 0, &name).with_context(|| format!("load {what}"))?;
-            let event = kprobe_event(f, matches!(hook, Hook::KRetProbe(_))).with_context(|| format!("attach {what}"))?;
+            let pmu = kprobe_pmu().with_context(|| format!("attach {what}"))?;
+            let event = kprobe_event(pmu, f, matches!(hook, Hook::KRetProbe(_))).with_context(|| format!("attach {what}"))?;
             set_bpf(&event, &prog).with_context(|| format!("attach {what}"))?;
             Ok(vec![event, prog])
         }
     }
 }
 
-/// A kprobe (or, `ret`, kretprobe) perf event on `function` from the kprobe PMU.
-fn kprobe_event(function: &str, ret: bool) -> io::Result<std::os::fd::OwnedFd> {
-    let pmu: u32 = std::fs::read_to_string(KPROBE_PMU_TYPE)?.trim().parse().map_err(io::Error::other)?;
+/// The kprobe PMU's type (`KPROBE_PMU_TYPE`; missing where kprobes are compiled out).
+fn kprobe_pmu() -> io::Result<u32> {
+    parse_pmu(&std::fs::read_to_string(KPROBE_PMU_TYPE)?)
+}
+
+fn parse_pmu(text: &str) -> io::Result<u32> {
+    text.trim().parse().map_err(|e| io::Error::other(format!("{KPROBE_PMU_TYPE}: {e}")))
+}
+
+/// A kprobe (or, `ret`, kretprobe) perf event on `function` from the kprobe PMU `pmu`.
+fn kprobe_event(pmu: u32, function: &str, ret: bool) -> io::Result<std::os::fd::OwnedFd> {
     // "config:N": the config bit that makes a kretprobe.
     let ret_bit = if ret {
         let f = std::fs::read_to_string("/sys/bus/event_source/devices/kprobe/format/retprobe")?;
@@ -300,6 +317,7 @@ fn kprobe_event(function: &str, ret: bool) -> io::Result<std::os::fd::OwnedFd> {
         0
     };
     let func = std::ffi::CString::new(function).map_err(io::Error::other)?;
+    // struct perf_event_attr: type, size, config, …, config1 (the function), config2 (the offset).
     let mut attr = [0u8; 128];
     put32(&mut attr, 0, pmu);
     put32(&mut attr, 4, 128);
@@ -328,34 +346,8 @@ fn set_bpf(event: &std::os::fd::OwnedFd, prog: &std::os::fd::OwnedFd) -> io::Res
 fn trial_kprobe() -> Result<(), Refusal> {
     // In aya's order: the program is loaded first, the PMU read when it attaches.
     let prog = load(BPF_PROG_TYPE_KPROBE, 0, 0).map_err(Refusal::Load)?;
-    let pmu: u32 = std::fs::read_to_string(KPROBE_PMU_TYPE)
-        .map_err(Refusal::Pmu)?
-        .trim()
-        .parse()
-        .map_err(|e| Refusal::Other(format!("{KPROBE_PMU_TYPE}: {e}")))?;
-    let func = std::ffi::CString::new(TRIAL_FUNCTION).unwrap();
-    // struct perf_event_attr: type, size, config, …, config1 (the function), config2 (the offset).
-    let mut attr = [0u8; 128];
-    put32(&mut attr, 0, pmu);
-    put32(&mut attr, 4, 128);
-    put64(&mut attr, 56, func.as_ptr() as u64);
-    // SAFETY: a perf_event_attr of the size it says; all CPUs of no task.
-    let fd = unsafe { libc::syscall(libc::SYS_perf_event_open, attr.as_ptr(), -1, 0, -1, PERF_FLAG_FD_CLOEXEC) };
-    if fd < 0 {
-        return Err(Refusal::Attach(io::Error::last_os_error()));
-    }
-    // SAFETY: a new descriptor this owns.
-    let event = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    // SAFETY: PERF_EVENT_IOC_SET_BPF with a program descriptor.
-    let r = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&event),
-            PERF_EVENT_IOC_SET_BPF as _,
-            std::os::fd::AsRawFd::as_raw_fd(&prog),
-        )
-    };
-    if r != 0 {
-        return Err(Refusal::Attach(io::Error::last_os_error()));
-    }
-    Ok(())
+    let text = std::fs::read_to_string(KPROBE_PMU_TYPE).map_err(Refusal::Pmu)?;
+    let pmu = parse_pmu(&text).map_err(|e| Refusal::Other(e.to_string()))?;
+    let event = kprobe_event(pmu, TRIAL_FUNCTION, false).map_err(Refusal::Attach)?;
+    set_bpf(&event, &prog).map_err(Refusal::Attach)
 }

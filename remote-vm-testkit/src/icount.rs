@@ -156,6 +156,9 @@ pub struct IcountResult {
 /// the default's entry program (whichever mode attached), from the per-program pass.
 fn calls_per_op(result: &IcountResult) -> Vec<(String, f64)> {
     use remote_vm_common::{Point, registry::Family};
+    if !result.configurations.iter().any(|c| c == bench::DEFAULT) {
+        return Vec::new();
+    }
     // The kernel keeps the first 15 bytes of a program's name.
     let entries: Vec<&str> = Family::AccessRemoteVm
         .modes()
@@ -174,7 +177,6 @@ fn calls_per_op(result: &IcountResult) -> Vec<(String, f64)> {
                 .sum();
             (w.label().to_string(), calls)
         })
-        .filter(|_| result.configurations.iter().any(|c| c == bench::DEFAULT))
         .collect()
 }
 
@@ -432,7 +434,6 @@ pub fn run(daemon: &str, scale: f64, threads: bool, only: Option<usize>) -> Resu
         Some(i) => vec![all.get(i).cloned().with_context(|| format!("no configuration {i} (there are {})", floor_index + 1))?],
     };
     let with_floor = only.is_none_or(|i| i == floor_index);
-    let default_label = bench::DEFAULT;
     // Whatever a first daemon start leaves behind in the kernel (BPF memory,
     // caches) is there before "off" is measured too: start and stop it once
     // first, and measure "off" again at the end to show the state held.
@@ -468,7 +469,7 @@ pub fn run(daemon: &str, scale: f64, threads: bool, only: Option<usize>) -> Resu
         measure(OFF_AGAIN, &mut result)?;
         result.configurations.push(OFF_AGAIN.to_string());
     }
-    if result.configurations.iter().any(|c| c == default_label) {
+    if result.configurations.iter().any(|c| c == bench::DEFAULT) {
         result.daemon = Some(daemon_cost(daemon, &target, scale, threads)?);
     }
     result.default = bench::DEFAULT.to_string();

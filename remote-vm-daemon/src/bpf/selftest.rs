@@ -88,24 +88,23 @@ fn reset(ebpf: &mut Ebpf) -> Result<(), String> {
     selftest.set(0, SelfTest::default(), 0).map_err(|e| e.to_string())
 }
 
-/// Whether remote waits come from the lock's contention events
-/// (`Control::remote_waits_from_contention`; the rest stays as it is).
-pub fn set_remote_waits_from_contention(ebpf: &mut Ebpf, yes: bool) -> Result<(), String> {
+/// Rewrites the `CONTROL` word with `change` (the rest stays as it is).
+fn update_control(ebpf: &mut Ebpf, change: impl FnOnce(Control) -> Control) -> Result<(), String> {
     let mut control: Array<_, Control> =
         Array::try_from(ebpf.map_mut("CONTROL").ok_or("no CONTROL map")?).map_err(|e| e.to_string())?;
     let c = control.get(&0, 0).map_err(|e| e.to_string())?;
-    control.set(0, Control { remote_waits_from_contention: u32::from(yes), ..c }, 0).map_err(|e| e.to_string())
+    control.set(0, change(c), 0).map_err(|e| e.to_string())
 }
 
-/// Writes `Control::read_path` (the rest of the control word stays as it is).
+/// Whether remote waits come from the lock's contention events
+/// (`Control::remote_waits_from_contention`).
+pub fn set_remote_waits_from_contention(ebpf: &mut Ebpf, yes: bool) -> Result<(), String> {
+    update_control(ebpf, |c| Control { remote_waits_from_contention: u32::from(yes), ..c })
+}
+
+/// Writes `Control::read_path`.
 pub fn set_read_path(ebpf: &mut Ebpf, read_path: ReadPath) {
-    let result = (|| {
-        let mut control: Array<_, Control> =
-            Array::try_from(ebpf.map_mut("CONTROL").ok_or("no CONTROL map")?).map_err(|e| e.to_string())?;
-        let c = control.get(&0, 0).map_err(|e| e.to_string())?;
-        control.set(0, Control { read_path: read_path as u32, ..c }, 0).map_err(|e| e.to_string())
-    })();
-    if let Err(e) = result {
+    if let Err(e) = update_control(ebpf, |c| Control { read_path: read_path as u32, ..c }) {
         log::warn!("cannot write the read path to the CONTROL map ({e}): reads are classified as if every step were probed");
     }
 }

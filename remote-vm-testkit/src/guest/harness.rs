@@ -217,7 +217,7 @@ pub(super) fn skips_possible() -> bool {
 
 /// A PREEMPT_RT build (the kernel's build string says so).
 pub(super) fn preempt_rt() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/version").unwrap_or_default().contains("PREEMPT_RT")
+    crate::allows::preempt_rt()
 }
 
 /// What a stall or a wait in progress names as the lock's holder.
