@@ -145,6 +145,14 @@ impl Interface {
     }
 }
 
+/// How often the daemon drains the `STALL_EVENTS` ring buffer (ms): stall
+/// events are written without a wakeup (`BPF_RB_NO_WAKEUP`), so a stall
+/// reaches `/stalls` and the log at most this long after its wait ended. A
+/// wakeup would be an `irq_work` — on PREEMPT_RT a SCHED_FIFO thread that
+/// preempts the reader inside the program, and the kernel then skips (counts
+/// as missed) the wait ends of the other readers woken on that CPU.
+pub const STALL_POLL_MS: u64 = 250;
+
 /// One stall (the `STALL_EVENTS` ring buffer): a remote access that waited at
 /// least the threshold for the target's mmap_lock; or, from the task
 /// iterator, a wait still in progress (`end_ns` is then when it was seen,

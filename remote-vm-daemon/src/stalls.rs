@@ -277,7 +277,8 @@ fn read_loop(mut ring: RingBuf<MapData>, log: &StallLog, stacks: Option<&StackWa
     loop {
         let mut pfd = libc::pollfd { fd: ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 1000) };
+        // The events come without a wakeup: the timeout is what drains them.
+        unsafe { libc::poll(&mut pfd, 1, remote_vm_common::STALL_POLL_MS as i32) };
         while let Some(item) = ring.next() {
             if item.len() < std::mem::size_of::<StallEvent>() {
                 continue;

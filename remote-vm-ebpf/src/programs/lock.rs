@@ -8,7 +8,7 @@
 //! - *host*: host-wide waits on a thread's own mm's mmap_lock — `lock:contention_begin`
 //!   / `contention_end` (they fire only when a lock is contended), or, opt-in, the
 //!   mmap_lock tracepoints (every acquisition; they tax every mmap_lock user).
-use aya_ebpf::{bindings::task_struct, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{bindings::{BPF_RB_NO_WAKEUP, task_struct}, macros::btf_tracepoint, programs::BtfTracePointContext};
 use aya_ebpf::helpers::{
     bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task_btf,
     bpf_probe_read_kernel, generated::bpf_task_pt_regs,
@@ -327,7 +327,8 @@ fn emit_stall(state: &CallState, a: &Acquisition) {
     e.reader_tid = pid_tgid as u32;
     e.reader_comm = bpf_get_current_comm().unwrap_or([0; 16]);
     e.failed = u32::from(a.failed);
-    if STALL_EVENTS.output::<StallEvent>(&e, 0).is_err() {
+    // No wakeup: the daemon drains the buffer every `STALL_POLL_MS`.
+    if STALL_EVENTS.output::<StallEvent>(&e, u64::from(BPF_RB_NO_WAKEUP)).is_err() {
         if let Some(s) = stats() {
             s.add(Counter::StallEventsDropped, 1);
         }

@@ -192,6 +192,15 @@ pub(super) fn delta(before: &Scrape, after: &Scrape, name: &str, labels: &[(&str
     increase(before.value(name, labels), after.value(name, labels))
 }
 
+/// Runs of the wait-end and exit programs the kernel skipped between two
+/// scrapes (it counts them): each may have lost a stall, never made one up.
+pub(super) fn wait_end_skips(before: &Scrape, after: &Scrape) -> f64 {
+    [Point::MmapLockRemoteEnd, Point::AccessRemoteVmExit]
+        .iter()
+        .map(|p| delta_value(before, after, cat::PROBE_MISSES.name, &[("probe", p.name())]))
+        .sum()
+}
+
 /// `after - before` as a check shows it, `absent` where either is.
 fn increase(before: Option<f64>, after: Option<f64>) -> String {
     match (before, after) {

@@ -199,6 +199,8 @@ pub(super) fn ab() -> Result<bool> {
     running.store(false, std::sync::atomic::Ordering::Relaxed);
     let in_progress = sampler.join().map_err(|_| anyhow::anyhow!("sampler panicked"))?;
     let after = Scrape::fetch(LISTEN)?;
+    // A stall reaches `/stalls` at most `STALL_POLL_MS` after its wait ended.
+    std::thread::sleep(Duration::from_millis(2 * remote_vm_common::STALL_POLL_MS));
     let stalls: serde_json::Value = serde_json::from_str(&prom::get(SOCKET, "/stalls")?.1)?;
     let keep = |s: &Scrape| -> BTreeMap<String, f64> {
         s.samples.iter().filter(|(k, _)| k.starts_with(cat::PREFIX)).map(|(k, v)| (k.clone(), *v)).collect()

@@ -31,7 +31,7 @@ use serde_json::Value;
 use super::{
     harness::{
         CLOCKS_APART_NS, DAEMON, Daemon, LISTEN, Report, delta, delta_sum, delta_value, expected_holder, pin_to_cpu0, range_of,
-        range_text, skips_possible,
+        range_text, skips_possible, wait_end_skips,
     },
     stalls::{stall_log, stalls_page},
 };
@@ -226,10 +226,7 @@ fn write_hold(report: &mut Report, kernel: Kernel) -> Result<()> {
         // Afterwards: each waiting reader is one stall — unless the kernel
         // skipped the program that ends its wait (preemptible kernels: the
         // readers wake together when the writer lets go), which it reports.
-        let skipped: f64 = [Point::MmapLockRemoteEnd, Point::AccessRemoteVmExit]
-            .iter()
-            .map(|p| delta_value(&before, &after, cat::PROBE_MISSES.name, &[("probe", p.name())]))
-            .sum();
+        let skipped = wait_end_skips(&before, &after);
         let stalls = delta_sum(&before, &after, cat::STALLS.name, &[("lock_mode", cat::LOCK_READ)]).parse().unwrap_or(f64::NAN);
         if skipped > 0.0 {
             println!("vmtest: {name}: the kernel skipped {skipped} runs of the wait-end and exit programs; {stalls} of {} stalls counted", waiting.len());
