@@ -313,9 +313,13 @@ impl Stats {
             self.add(Counter::DiscardedBytes, o.discarded_bytes);
             self.add(Counter::DiscardedReads, 1);
         }
-        self.add(Counter::FolioWalksPte, u64::from(o.walks[0]));
-        self.add(Counter::FolioWalksPmd, u64::from(o.walks[1]));
-        self.add(Counter::FolioWalksPud, u64::from(o.walks[2]));
+        // (A compare is cheaper than an atomic add of 0: most reads walk at
+        // one level or none.)
+        for (c, n) in [(Counter::FolioWalksPte, o.walks[0]), (Counter::FolioWalksPmd, o.walks[1]), (Counter::FolioWalksPud, o.walks[2])] {
+            if n != 0 {
+                self.add(c, u64::from(n));
+            }
+        }
         if o.anon_file_walk {
             self.add(Counter::FollAnonFileBackedLockless, 1);
         }

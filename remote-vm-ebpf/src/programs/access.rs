@@ -62,35 +62,32 @@ fn on_exit(ret: i64) {
     };
     let state = &mut *current.state;
     let selftest = !state.is_counted() && state.is_active();
-    let walks = state.walks[0] + state.walks[1] + state.walks[2];
-    let lockless = u32::from(state.flags & F_LOCKLESS != 0);
-    let vmas = state.vmas_locked;
     let finished = state.finish(ret, now());
+    if selftest {
+        // (`finish` left these as they were.)
+        let walks = state.walks[0] + state.walks[1] + state.walks[2];
+        let lockless = u32::from(state.flags & F_LOCKLESS != 0);
+        let vmas = state.vmas_locked;
+        current.release();
+        if let (Some(outcome), Some(t)) = (finished, SELFTEST.get_ptr_mut(0)) {
+            // SAFETY: the only writer is this thread's own probe read.
+            unsafe {
+                (*t).calls += 1;
+                (*t).lockless += lockless;
+                (*t).walks += walks;
+                (*t).vmas += vmas;
+                (*t).path = outcome.path.map_or(0, |p: Path| p as u32 + 1);
+                (*t).host_tid = tid();
+            }
+        }
+        return;
+    }
     // Everything needed is in `finished`: the slot may be another thread's next.
     current.release();
-    match finished {
-        None => {
-            if let Some(s) = stats() {
-                s.add(Counter::MissedEntries, 1);
-            }
-        }
-        Some(outcome) if selftest => {
-            if let Some(t) = SELFTEST.get_ptr_mut(0) {
-                // SAFETY: the only writer is this thread's own probe read.
-                unsafe {
-                    (*t).calls += 1;
-                    (*t).lockless += lockless;
-                    (*t).walks += walks;
-                    (*t).vmas += vmas;
-                    (*t).path = outcome.path.map_or(0, |p: Path| p as u32 + 1);
-                    (*t).host_tid = tid();
-                }
-            }
-        }
-        Some(outcome) => {
-            if let Some(s) = stats() {
-                s.record_call(&outcome);
-            }
+    if let Some(s) = stats() {
+        match finished {
+            None => s.add(Counter::MissedEntries, 1),
+            Some(outcome) => s.record_call(&outcome),
         }
     }
 }

@@ -587,6 +587,9 @@ fn round(report: &mut Report, kernel: Kernel, hold: Hold, readers: &Readers, thr
     };
     for (labels, what) in [(vec![("lock_mode", cat::LOCK_READ)], "lock_mode=read".to_string()), (vec![("lock_mode", cat::LOCK_READ), ("op", op)], format!("lock_mode=read,op={op}"))] {
         let counted = delta_sum(&before, &after, cat::STALLS.name, &labels);
+        if lost > 0.0 {
+            println!("vmtest: {name}: stalls_total{{{what}}} counted {counted} of {}", expected.len());
+        }
         report.check(format!("{name}.stalls_total{{{what}}}"), counted_or_lost(expected.len(), lost), within_lost(&counted, expected.len(), lost));
     }
     let known = foll_anon_known(report);
@@ -596,6 +599,9 @@ fn round(report: &mut Report, kernel: Kernel, hold: Hold, readers: &Readers, thr
         // Its threads: those strace saw read the target (two `ps` share a comm).
         let tids: Vec<u64> = reads.iter().map(|r| r.tid).collect();
         let got = mine.iter().filter(|s| s["reader"]["tid"].as_u64().is_some_and(|t| tids.contains(&t))).count();
+        if lost > 0.0 && got != want.len() {
+            println!("vmtest: {name}: {label}: {got} of {} stalls logged", want.len());
+        }
         report.check(format!("{name}.{label}.stalls"), counted_or_lost(want.len(), lost), within_lost(&got.to_string(), want.len(), lost));
         unlogged += want.len().saturating_sub(got);
         for (i, r) in want.iter().enumerate() {
