@@ -429,6 +429,17 @@ pub struct Outcome {
     pub unwaited_acquisition: bool,
 }
 
+/// What a fast read contributes (`CallState::finish_fast`): an `Outcome`
+/// with `path: Some(Path::Fast)` has nothing else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FastRead {
+    pub bytes: u64,
+    pub duration_ns: u64,
+    pub vmas_locked: u32,
+    pub walks: [u32; 3],
+    pub anon_file_walk: bool,
+}
+
 /// Values that come from the running kernel's BTF.
 #[derive(Clone, Copy, Debug)]
 pub struct Flags {
@@ -718,10 +729,51 @@ impl CallState {
         })
     }
 
+    /// [`CallState::finish`] of a fast read — the lockless loop ran (or there
+    /// was nothing to copy), no write, the target's mmap_lock never asked
+    /// for nor held — in the few instructions such a read needs (the exit
+    /// program's common case); `None`, and the state unchanged, for any other
+    /// call. `finish` gives the same through it.
+    #[inline(always)]
+    pub fn finish_fast(&mut self, ret: i64, now: u64) -> Option<FastRead> {
+        let flags = self.flags;
+        if flags & (F_ACTIVE | F_WRITE | F_LOCK_TRIED) != F_ACTIVE
+            || (flags & F_LOCKLESS == 0 && self.len > 0)
+            || self.acquired_ns != 0
+        {
+            return None;
+        }
+        self.flags = flags & !F_ACTIVE;
+        Some(FastRead {
+            bytes: if ret > 0 { ret as u64 } else { 0 },
+            duration_ns: now.saturating_sub(self.start_ns),
+            vmas_locked: self.vmas_locked,
+            walks: self.walks,
+            anon_file_walk: flags & F_ANON_FILE_WALK != 0,
+        })
+    }
+
     /// `__access_remote_vm()` returned `ret`. Returns `None` if no entry was seen
     /// (a missed entry probe).
     #[inline(always)]
     pub fn finish(&mut self, ret: i64, now: u64) -> Option<Outcome> {
+        if let Some(f) = self.finish_fast(ret, now) {
+            return Some(Outcome {
+                path: Some(Path::Fast),
+                unobserved: false,
+                reason: None,
+                bytes: f.bytes,
+                duration_ns: f.duration_ns,
+                hold_ns: None,
+                lockless_bytes: 0,
+                discarded_bytes: 0,
+                vmas_locked: f.vmas_locked,
+                walks: f.walks,
+                anon_file_walk: f.anon_file_walk,
+                gup_calls: self.gup_calls,
+                unwaited_acquisition: false,
+            });
+        }
         if !self.is_active() {
             return None;
         }
@@ -873,23 +925,82 @@ mod tests {
             outcome: None,
         };
         for (i, ev) in events.iter().enumerate() {
-            let now = 1000 + 10 * i as u64;
-            match *ev {
-                Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, reads, contention, now)),
-                LockVma { addr, ok } => s.lock_vma(MM, addr, ok, 0),
-                LockVmaEnd { addr, end } => s.lock_vma(MM, addr, true, end),
-                LockVmaOtherMm { addr } => s.lock_vma(MM + 4096, addr, true, 0),
-                Walk { addr, found, level, anon } => s.folio_walk(addr, found, level, anon),
-                WalkNoPage { addr } => s.walk_without_page(addr),
-                Gup => s.gup(|| now),
-                ExpandStack => s.expand_stack(|| now),
-                Wait { write } => s.lock_wait_begin(true, write, now),
-                WaitOtherSem => s.lock_wait_begin(false, false, now),
-                Got { ok } => run.acquisitions.extend(s.lock_wait_end(ok, now)),
-                Finish { ret } => run.outcome = s.finish(ret, now),
-            }
+            step(&mut s, &mut run, reads, contention, *ev, 1000 + 10 * i as u64);
         }
         run
+    }
+
+    fn step(s: &mut CallState, run: &mut Run, reads: ReadPath, contention: bool, ev: Ev, now: u64) {
+        match ev {
+            Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, reads, contention, now)),
+            LockVma { addr, ok } => s.lock_vma(MM, addr, ok, 0),
+            LockVmaEnd { addr, end } => s.lock_vma(MM, addr, true, end),
+            LockVmaOtherMm { addr } => s.lock_vma(MM + 4096, addr, true, 0),
+            Walk { addr, found, level, anon } => s.folio_walk(addr, found, level, anon),
+            WalkNoPage { addr } => s.walk_without_page(addr),
+            Gup => s.gup(|| now),
+            ExpandStack => s.expand_stack(|| now),
+            Wait { write } => s.lock_wait_begin(true, write, now),
+            WaitOtherSem => s.lock_wait_begin(false, false, now),
+            Got { ok } => run.acquisitions.extend(s.lock_wait_end(ok, now)),
+            Finish { ret } => run.outcome = s.finish(ret, now),
+        }
+    }
+
+    fn same_stats(a: &Stats, b: &Stats) -> bool {
+        a.counters == b.counters && a.hists.iter().zip(&b.hists).all(|(x, y)| x.buckets == y.buckets && x.sum == y.sum)
+    }
+
+    #[test]
+    fn a_fast_read_is_recorded_as_its_outcome_and_nothing_else_is_fast() {
+        let a = 0x10_0000u64;
+        let mut calls = patched_classes();
+        calls.extend([
+            ("nothing to copy", std::vec![Begin { addr: a, len: 0, gup: READ }, Finish { ret: 0 }]),
+            ("pmd", std::vec![Begin { addr: a, len: 4096, gup: READ }, LockVma { addr: a, ok: true }, Walk { addr: a, found: true, level: 1, anon: true }, Finish { ret: 4096 }]),
+            ("file-backed with FOLL_ANON", std::vec![Begin { addr: a, len: 64, gup: READ | F.foll_anon }, LockVma { addr: a, ok: true }, Walk { addr: a, found: true, level: 0, anon: false }, Finish { ret: 64 }]),
+            ("write", std::vec![Begin { addr: a, len: 8, gup: READ | F.foll_write }, Gup, Finish { ret: 8 }]),
+            ("unobserved", std::vec![Begin { addr: a, len: 8, gup: READ }, Finish { ret: 8 }]),
+            ("no entry", std::vec![Finish { ret: 8 }]),
+        ]);
+        let mut fast = 0;
+        for contention in [false, true] {
+            for reads in [ReadPath::Probed, ReadPath::Implied, ReadPath::Pending, ReadPath::NoLockless] {
+                for (name, events) in &calls {
+                    let events: Vec<Ev> = match reads {
+                        ReadPath::Probed => events.clone(),
+                        _ => events.iter().copied().filter(|e| !matches!(e, LockVma { .. })).collect(),
+                    };
+                    let Some((Finish { ret }, before)) = events.split_last() else { continue };
+                    let (mut s, mut run) = (CallState::default(), Run { orphans: 0, acquisitions: Vec::new(), outcome: None });
+                    for (i, ev) in before.iter().enumerate() {
+                        step(&mut s, &mut run, reads, contention, *ev, 1000 + 10 * i as u64);
+                    }
+                    let now = 1000 + 10 * before.len() as u64;
+                    let (mut by_fast, mut by_finish) = (s, s);
+                    let outcome = by_finish.finish(*ret, now);
+                    let what = std::format!("{name}, {reads:?}, contention {contention}");
+                    match by_fast.finish_fast(*ret, now) {
+                        Some(r) => {
+                            fast += 1;
+                            assert_eq!(by_fast, by_finish, "{what}");
+                            let (mut x, mut y) = (Stats::ZERO, Stats::ZERO);
+                            x.record_fast_read(&r);
+                            y.record_call(&outcome.expect("finished"));
+                            assert!(same_stats(&x, &y), "{what}");
+                        }
+                        None => {
+                            assert_eq!(by_fast, s, "{what}: untouched");
+                            assert_ne!(outcome.and_then(|o| o.path), Some(Path::Fast), "{what}");
+                        }
+                    }
+                }
+            }
+        }
+        // resident, straddle, nothing to copy, pmd, file-backed: probed, implied
+        // and pending; a read no probe saw, implied (where every read enters
+        // the loop); with and without contention events.
+        assert_eq!(fast, 2 * (5 * 3 + 1));
     }
 
     const READ: u32 = 0x10; // FOLL_FORCE-ish bits only: a read

@@ -11,7 +11,7 @@ use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering;
 
 use crate::{
-    classify::{Acquisition, Outcome, Path, Reason},
+    classify::{Acquisition, FastRead, Outcome, Path, Reason},
     holder::HolderOp,
 };
 
@@ -284,14 +284,7 @@ impl Stats {
                 self.add(Counter::GupCallsWrite, u64::from(o.gup_calls));
             }
             Some(path) => {
-                let p = path as u32;
-                self.add_at(Counter::ReadsFast, p, 1);
-                self.add_at(Counter::ReadBytesFast, p, o.bytes);
-                self.observe_at(Hist::ReadDurationFast, p, o.duration_ns);
-                self.observe_at(Hist::ReadVmasFast, p, u64::from(o.vmas_locked));
-                if o.vmas_locked >= 2 {
-                    self.add_at(Counter::MultiVmaReadsFast, p, 1);
-                }
+                self.record_read(path, o.bytes, o.duration_ns, o.vmas_locked);
                 match path {
                     Path::Fallback => self.add(Counter::GupCallsFallback, u64::from(o.gup_calls)),
                     Path::Slow => self.add(Counter::GupCallsSlow, u64::from(o.gup_calls)),
@@ -313,14 +306,43 @@ impl Stats {
             self.add(Counter::DiscardedBytes, o.discarded_bytes);
             self.add(Counter::DiscardedReads, 1);
         }
+        self.record_walks(o.walks, o.anon_file_walk);
+    }
+
+    /// What a fast read adds ([`CallState::finish_fast`]): the same as
+    /// `record_call` of its `Outcome`, with the path known here.
+    ///
+    /// [`CallState::finish_fast`]: crate::classify::CallState::finish_fast
+    #[inline(always)]
+    pub fn record_fast_read(&mut self, r: &FastRead) {
+        self.record_read(Path::Fast, r.bytes, r.duration_ns, r.vmas_locked);
+        self.record_walks(r.walks, r.anon_file_walk);
+    }
+
+    /// A read by its path: count, bytes, duration, VMAs locked.
+    #[inline(always)]
+    fn record_read(&mut self, path: Path, bytes: u64, duration_ns: u64, vmas_locked: u32) {
+        let p = path as u32;
+        self.add_at(Counter::ReadsFast, p, 1);
+        self.add_at(Counter::ReadBytesFast, p, bytes);
+        self.observe_at(Hist::ReadDurationFast, p, duration_ns);
+        self.observe_at(Hist::ReadVmasFast, p, u64::from(vmas_locked));
+        if vmas_locked >= 2 {
+            self.add_at(Counter::MultiVmaReadsFast, p, 1);
+        }
+    }
+
+    /// A call's lockless walks, by level, and whether one was the FOLL_ANON gap.
+    #[inline(always)]
+    fn record_walks(&mut self, walks: [u32; 3], anon_file_walk: bool) {
         // (A compare is cheaper than an atomic add of 0: most reads walk at
         // one level or none.)
-        for (c, n) in [(Counter::FolioWalksPte, o.walks[0]), (Counter::FolioWalksPmd, o.walks[1]), (Counter::FolioWalksPud, o.walks[2])] {
+        for (c, n) in [(Counter::FolioWalksPte, walks[0]), (Counter::FolioWalksPmd, walks[1]), (Counter::FolioWalksPud, walks[2])] {
             if n != 0 {
                 self.add(c, u64::from(n));
             }
         }
-        if o.anon_file_walk {
+        if anon_file_walk {
             self.add(Counter::FollAnonFileBackedLockless, 1);
         }
     }

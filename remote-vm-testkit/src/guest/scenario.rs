@@ -28,13 +28,21 @@ pub(super) fn run_scenario(report: &mut Report, sc: &Scenario, kernel: Option<Ke
     let name = sc.name;
     let result = (|| -> Result<()> {
         let start = Scrape::fetch(LISTEN)?;
+        let mut as_expected = true;
         for (probe, mode) in sc.modes() {
             let mode = expected_mode(kernel, probe, mode);
-            report.check(
+            as_expected &= report.check(
                 format!("{name}.attached.{probe}"),
                 u8::from(mode != NO_MODE),
                 start.value(cat::PROBE_ATTACHED.name, &[("probe", probe), ("mode", mode)]).unwrap_or(-1.0),
             );
+        }
+        if !as_expected {
+            // Why not: the daemon says it (a verifier's message among them).
+            let log = std::fs::read_to_string(DAEMON_LOG).unwrap_or_default();
+            for line in log.lines().filter(|l| l.contains("probe")).take(40) {
+                println!("vmtest: {name}: daemon: {}", line.chars().take(2000).collect::<String>());
+            }
         }
         golden_series(report, name, &start, sc, kernel);
         if sc.name == "fallback" && kernel.is_some() {
