@@ -67,6 +67,10 @@ pub struct BenchResult {
 pub const BASELINE: &str = "daemon running, nothing attached";
 /// The daemon's embedded defaults.
 pub const DEFAULT: &str = "default";
+/// The label of the default with one refining family off, after which its
+/// name comes: what that family's features cost (measured only when named by
+/// `--configuration`).
+pub const WITHOUT: &str = "default without ";
 
 pub fn configurations() -> Vec<(String, String)> {
     let off = |families: &mut dyn Iterator<Item = Family>| {
@@ -86,7 +90,16 @@ pub fn configurations() -> Vec<(String, String)> {
             ));
         }
     }
+    // Each family the default attaches that only refines another: its price.
+    for f in Family::ALL.into_iter().filter(|f| f.spec().requires.is_some() && !f.spec().modes.is_empty()) {
+        all.push((format!("{WITHOUT}{}", f.name()), off(&mut std::iter::once(f))));
+    }
     all
+}
+
+/// Whether a configuration is measured only when named (`--configuration`).
+pub fn only_when_named(label: &str) -> bool {
+    label.starts_with(WITHOUT)
 }
 
 pub(crate) struct Daemon(pub(crate) Child);

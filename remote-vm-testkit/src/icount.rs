@@ -150,6 +150,10 @@ pub struct IcountResult {
     /// entry program's runs; a cmdline read is two), where the default ran.
     #[serde(default)]
     pub calls_per_op: Vec<(String, f64)>,
+    /// The configurations measured that are the default with one family off:
+    /// (label, family), the family's price.
+    #[serde(default)]
+    pub without: Vec<(String, String)>,
 }
 
 /// Calls of `__access_remote_vm` per operation of each workload: the runs of
@@ -429,7 +433,7 @@ pub fn run(daemon: &str, scale: f64, threads: bool, only: Option<usize>) -> Resu
     result.configuration_count = all.len() + 1;
     let floor_index = all.len();
     let chosen: Vec<(String, String)> = match only {
-        None => all,
+        None => all.into_iter().filter(|(label, _)| !bench::only_when_named(label)).collect(),
         Some(i) if i == floor_index => Vec::new(),
         Some(i) => vec![all.get(i).cloned().with_context(|| format!("no configuration {i} (there are {})", floor_index + 1))?],
     };
@@ -474,6 +478,11 @@ pub fn run(daemon: &str, scale: f64, threads: bool, only: Option<usize>) -> Resu
     }
     result.default = bench::DEFAULT.to_string();
     result.floor = FLOOR.to_string();
+    result.without = result
+        .configurations
+        .iter()
+        .filter_map(|c| Some((c.clone(), c.strip_prefix(bench::WITHOUT)?.to_string())))
+        .collect();
     result.calls_per_op = calls_per_op(&result);
     Ok(result)
 }

@@ -310,13 +310,45 @@ fn per_call_table(o: &mut String, r: &Value, off: &str) {
     );
     let _ = writeln!(o, "| workload | calls per op | no daemon, per op | floor, added per call | default, added per call | default above the floor, per call | default, per op |");
     let _ = writeln!(o, "|---|---|---|---|---|---|---|");
-    for (w, n) in calls {
-        let base = per_op(r, off, &w).unwrap_or(f64::NAN);
-        let added = |c: &str| (per_op(r, c, &w).unwrap_or(f64::NAN) - base) / n;
-        let d = per_op(r, default, &w).unwrap_or(f64::NAN);
-        let floor_cell = if per_op(r, floor, &w).is_some() { format!("{:+.0}", added(floor)) } else { "–".into() };
-        let above = if per_op(r, floor, &w).is_some() { format!("{:+.0}", added(default) - added(floor)) } else { "–".into() };
+    for (w, n) in &calls {
+        let (w, n) = (w.as_str(), *n);
+        let base = per_op(r, off, w).unwrap_or(f64::NAN);
+        let added = |c: &str| (per_op(r, c, w).unwrap_or(f64::NAN) - base) / n;
+        let d = per_op(r, default, w).unwrap_or(f64::NAN);
+        let floor_cell = if per_op(r, floor, w).is_some() { format!("{:+.0}", added(floor)) } else { "–".into() };
+        let above = if per_op(r, floor, w).is_some() { format!("{:+.0}", added(default) - added(floor)) } else { "–".into() };
         let _ = writeln!(o, "| {w} | {n:.2} | {base:.0} | {floor_cell} | {:+.0} | {above} | {d:.0} ({:.3}×) |", added(default), d / base);
+    }
+    price_table(o, r, &calls);
+}
+
+/// What each family the default attaches costs per call: the default minus
+/// the default without it, where such configurations were measured.
+fn price_table(o: &mut String, r: &Value, calls: &[(String, f64)]) {
+    let without: Vec<(String, String)> = r["without"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| Some((w[0].as_str()?.to_string(), w[1].as_str()?.to_string())))
+        .collect();
+    let default = r["default"].as_str().unwrap_or("");
+    if without.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "
+What a family of the default costs per call (the default minus the default without it; its features are what it costs):
+");
+    let _ = writeln!(o, "| family | {} |", calls.iter().map(|(w, _)| w.as_str()).collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(o, "|---|{}", "---|".repeat(calls.len()));
+    for (label, family) in &without {
+        let cells: Vec<String> = calls
+            .iter()
+            .map(|(w, n)| match (per_op(r, default, w), per_op(r, label, w)) {
+                (Some(d), Some(x)) => format!("{:+.0}", (d - x) / n),
+                _ => "–".into(),
+            })
+            .collect();
+        let _ = writeln!(o, "| `{family}` | {} |", cells.join(" | "));
     }
 }
 
@@ -361,6 +393,7 @@ fn merge_configuration_boots(parts: &[Value]) -> Result<(Value, Worst)> {
     let mut programs: Vec<Value> = Vec::new();
     let mut daemon = Value::Null;
     let mut calls = Value::Array(Vec::new());
+    let mut without: Vec<Value> = Vec::new();
     let mut worst = (0.0, String::new());
     for (i, p) in parts.iter().enumerate() {
         for m in p["measured"].as_array().into_iter().flatten() {
@@ -384,6 +417,7 @@ fn merge_configuration_boots(parts: &[Value]) -> Result<(Value, Worst)> {
         if p["calls_per_op"].as_array().is_some_and(|c| !c.is_empty()) {
             calls = p["calls_per_op"].clone();
         }
+        without.extend(p["without"].as_array().into_iter().flatten().cloned());
     }
     let merged = serde_json::json!({
         "release": first["release"],
@@ -395,6 +429,7 @@ fn merge_configuration_boots(parts: &[Value]) -> Result<(Value, Worst)> {
         "default": first["default"],
         "floor": first["floor"],
         "calls_per_op": calls,
+        "without": without,
         "boots": parts.len(),
     });
     Ok((merged, worst))
@@ -569,6 +604,14 @@ mod tests {
         per_call_table(&mut o, &r, "off");
         assert!(o.contains("| cmdline | 2.00 | 1000 | +100 | +400 | +300 | 1800 (1.800×) |"), "{o}");
         assert!(!o.contains("page fault"), "a workload without calls has no per-call row: {o}");
+        assert!(!o.contains("costs per call"), "no price table without its configurations: {o}");
+        // A family's price: the default minus the default without it, per call.
+        let mut r = r;
+        r["measured"].as_array_mut().unwrap().push(m("default without walk", 1500.0));
+        r["without"] = json!([["default without walk", "walk"]]);
+        let mut o = String::new();
+        per_call_table(&mut o, &r, "off");
+        assert!(o.contains("| family | cmdline |\n|---|---|\n| `walk` | +150 |"), "{o}");
     }
 
     #[test]

@@ -109,8 +109,10 @@ enum Cmd {
         pair: Option<String>,
         /// With --icount: only configuration N (repeatable), by its index in
         /// the guest's list (no daemon is always measured; 0 is the daemon with
-        /// nothing attached, 1 the default, then each opt-in mode, the floor
-        /// last), each in a boot of its own.
+        /// nothing attached, 1 the default, then each opt-in mode, then the
+        /// default without each family it attaches that refines another — its
+        /// price, measured only when named —, the floor last; the list is in
+        /// docs/benchmarks.md), each in a boot of its own.
         #[arg(long = "configuration", requires = "icount")]
         only: Vec<usize>,
         /// With --icount: boots per kernel (their figures must agree within 0.5 %).
