@@ -68,7 +68,8 @@ pub fn decide_patched(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) ->
 fn decide_series(ebpf: &mut Ebpf, verdicts: &[Verdict]) -> (Series, String) {
     let attached = |family: Family| verdicts.iter().any(|v| v.family == family && v.attached());
     let seen = Seen { walks: attached(Family::FolioWalkStart), vmas: attached(Family::LockVmaUnderRcu) };
-    let t = match reset(ebpf).and_then(|()| probe_read(ebpf, ProbeShape::AcrossTwoVmas)) {
+    let v1 = |t: &SelfTest| series::fingerprint(ProbeRead { calls: t.calls, vmas: t.vmas, walks: t.walks }, seen).0 == Series::V1;
+    let t = match reset(ebpf).and_then(|()| probe_reads(ebpf, ProbeShape::AcrossTwoVmas, v1)) {
         Ok(t) => t,
         Err(e) => return (Series::Unknown, format!("the read across two VMAs failed: {e}")),
     };
@@ -79,6 +80,32 @@ fn decide_series(ebpf: &mut Ebpf, verdicts: &[Verdict]) -> (Series, String) {
         .filter_map(|(seen, what)| seen.then_some(what))
         .collect();
     (series, format!("{why} ({})", counted.join(", ")))
+}
+
+/// Start-up probe reads repeated while their answer may be a passing
+/// refusal rather than the kernel's: the lockless loop's VMA lock fails while
+/// another thread of this process changes its mappings (the daemon's own
+/// threads start meanwhile), and the read then goes to the mmap_lock path
+/// whole. Seen once in 2026-12-07's kernel matrix: a patched kernel (v2) said
+/// `patched: no` for one daemon start of many. Only the kernel's answer is the
+/// same every time, so a "no lockless loop" (and v2's shape, which a refusal
+/// on v1 also has) is believed after this many reads.
+const PROBE_READS: usize = 5;
+const PROBE_READ_GAP: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Up to `PROBE_READS` probe reads of `shape`, until one is `settled`: that
+/// one, else the last (an error at once).
+fn probe_reads(ebpf: &mut Ebpf, shape: ProbeShape, settled: impl Fn(&SelfTest) -> bool) -> Result<SelfTest, String> {
+    let mut read = 1;
+    loop {
+        let t = probe_read(ebpf, shape)?;
+        if settled(&t) || read == PROBE_READS {
+            return Ok(t);
+        }
+        read += 1;
+        std::thread::sleep(PROBE_READ_GAP);
+        reset(ebpf)?;
+    }
 }
 
 /// `SELFTEST` back to zeros, for the next probe read.
@@ -113,7 +140,11 @@ fn decide(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> (Patched, S
     let attached = |family: Family| verdicts.iter().any(|v| v.family == family && v.attached());
     // The probe read runs whenever the access probes are attached: it also
     // tells the probe thread's id in the initial PID namespace.
-    let t = if attached(Family::AccessRemoteVm) { Some(probe_read(ebpf, ProbeShape::InsideOnePage)) } else { None };
+    let t = if attached(Family::AccessRemoteVm) {
+        Some(probe_reads(ebpf, ProbeShape::InsideOnePage, |t| t.lockless > 0 || t.calls == 0))
+    } else {
+        None
+    };
     let host_tid = t.as_ref().and_then(|t| t.as_ref().ok()).filter(|t| t.calls > 0 && t.host_tid != 0).map(|t| t.host_tid);
     if !layout.has_lockless_path() {
         return (
@@ -148,7 +179,7 @@ fn decide(ebpf: &mut Ebpf, layout: &Layout, verdicts: &[Verdict]) -> (Patched, S
             format!("a read of a resident page of /proc/self/mem ran the lockless loop ({} lockless walk)", t.walks),
         )
     } else {
-        (Patched::No, "a read of a resident page of /proc/self/mem did not run the lockless loop".to_string())
+        (Patched::No, format!("{PROBE_READS} reads of a resident page of /proc/self/mem did not run the lockless loop"))
     };
     (patched, why, host_tid)
 }

@@ -587,10 +587,16 @@ fn round(report: &mut Report, kernel: Kernel, hold: Hold, readers: &Readers, thr
     };
     for (labels, what) in [(vec![("lock_mode", cat::LOCK_READ)], "lock_mode=read".to_string()), (vec![("lock_mode", cat::LOCK_READ), ("op", op)], format!("lock_mode=read,op={op}"))] {
         let counted = delta_sum(&before, &after, cat::STALLS.name, &labels);
-        if lost > 0.0 {
+        if lost > 0.0 || counted != expected.len().to_string() {
             println!("vmtest: {name}: stalls_total{{{what}}} counted {counted} of {}", expected.len());
         }
         report.check(format!("{name}.stalls_total{{{what}}}"), counted_or_lost(expected.len(), lost), within_lost(&counted, expected.len(), lost));
+    }
+    // Every stall series that moved (which op a stall was told under).
+    for (k, v) in &after.samples {
+        if k.starts_with(cat::STALLS.name) && before.samples.get(k).is_none_or(|b| b != v) {
+            println!("vmtest: {name}: {k} {} -> {v}", before.samples.get(k).copied().unwrap_or(0.0));
+        }
     }
     let known = foll_anon_known(report);
     let mut unlogged = 0;
