@@ -201,6 +201,21 @@ pub(super) fn wait_end_skips(before: &Scrape, after: &Scrape) -> f64 {
         .sum()
 }
 
+/// What a stall count is checked against: `expected` exactly where the kernel
+/// skipped nothing, else the range `expected - lost ..= expected`.
+pub(super) fn counted_or_lost(expected: usize, lost: f64) -> String {
+    if lost == 0.0 { expected.to_string() } else { format!("{}..={expected}", expected.saturating_sub(lost as usize)) }
+}
+
+/// A count (`counted`, as a check shows it) as [`counted_or_lost`] writes its
+/// expectation when it lies within it, else itself.
+pub(super) fn within_lost(counted: &str, expected: usize, lost: f64) -> String {
+    match counted.parse::<f64>() {
+        Ok(c) if lost > 0.0 && c <= expected as f64 && c + lost >= expected as f64 => counted_or_lost(expected, lost),
+        _ => counted.to_string(),
+    }
+}
+
 /// `after - before` as a check shows it, `absent` where either is.
 fn increase(before: Option<f64>, after: Option<f64>) -> String {
     match (before, after) {
@@ -403,4 +418,27 @@ pub(super) fn expected_holder(kind: HolderKind, exact: bool, tid: u64, pid: u64,
     // A writer's op is its system call's (`in_syscall`); readers are readers.
     let op = if kind == HolderKind::Readers { HolderOp::Readers } else { HolderOp::Unknown }.label();
     Holder { kind: kind.label(), exact, tid, pid, comm, writer_waiting, op, doing: None }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stall_counts_within_the_skips() {
+        // Nothing skipped: exact.
+        assert_eq!(counted_or_lost(3, 0.0), "3");
+        assert_eq!(within_lost("3", 3, 0.0), "3");
+        assert_eq!(within_lost("2", 3, 0.0), "2");
+        // Two skipped: 1, 2 or 3 of 3 pass; 0 and 4 do not.
+        assert_eq!(counted_or_lost(3, 2.0), "1..=3");
+        for c in ["1", "2", "3"] {
+            assert_eq!(within_lost(c, 3, 2.0), counted_or_lost(3, 2.0));
+        }
+        assert_eq!(within_lost("0", 3, 2.0), "0");
+        assert_eq!(within_lost("4", 3, 2.0), "4");
+        assert_eq!(within_lost("absent", 3, 2.0), "absent");
+        // More skipped than expected: down to 0.
+        assert_eq!(counted_or_lost(1, 5.0), "0..=1");
+    }
 }

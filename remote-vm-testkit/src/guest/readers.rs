@@ -34,7 +34,7 @@ use remote_vm_common::{Interface, catalog as cat, classify::HolderKind};
 use serde_json::Value;
 
 use super::{
-    harness::{Daemon, LISTEN, Report, delta_sum, expected_holder, pin_to_cpu0, skips_possible, wait_end_skips},
+    harness::{Daemon, LISTEN, Report, counted_or_lost, delta_sum, expected_holder, pin_to_cpu0, skips_possible, wait_end_skips, within_lost},
     stalls::{REGION_MB, foll_anon_known, stall_log_of, stalls_page},
     waits::check_reader_owned,
 };
@@ -644,21 +644,6 @@ fn round(report: &mut Report, kernel: Kernel, hold: Hold, readers: &Readers, thr
     Ok(true)
 }
 
-/// What a stall count is checked against: `expected` exactly where the kernel
-/// skipped nothing, else the range `expected - lost ..= expected`.
-fn counted_or_lost(expected: usize, lost: f64) -> String {
-    if lost == 0.0 { expected.to_string() } else { format!("{}..={expected}", expected.saturating_sub(lost as usize)) }
-}
-
-/// A count (`counted`, as a check shows it) as [`counted_or_lost`] writes its
-/// expectation when it lies within it, else itself.
-fn within_lost(counted: &str, expected: usize, lost: f64) -> String {
-    match counted.parse::<f64>() {
-        Ok(c) if lost > 0.0 && c <= expected as f64 && c + lost >= expected as f64 => counted_or_lost(expected, lost),
-        _ => counted.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -683,24 +668,6 @@ mod tests {
         assert_eq!(summary, [(41, "cmdline", 2.31), (41, "environ", 0.00002), (52, "cmdline", 2.3), (52, "cmdline", 0.00001)]);
         // The resumed read keeps its entry time.
         assert_eq!(reads[2].at, 1796581079.1);
-    }
-
-    #[test]
-    fn stall_counts_within_the_skips() {
-        // Nothing skipped: exact.
-        assert_eq!(counted_or_lost(3, 0.0), "3");
-        assert_eq!(within_lost("3", 3, 0.0), "3");
-        assert_eq!(within_lost("2", 3, 0.0), "2");
-        // Two skipped: 1, 2 or 3 of 3 pass; 0 and 4 do not.
-        assert_eq!(counted_or_lost(3, 2.0), "1..=3");
-        for c in ["1", "2", "3"] {
-            assert_eq!(within_lost(c, 3, 2.0), counted_or_lost(3, 2.0));
-        }
-        assert_eq!(within_lost("0", 3, 2.0), "0");
-        assert_eq!(within_lost("4", 3, 2.0), "4");
-        assert_eq!(within_lost("absent", 3, 2.0), "absent");
-        // More skipped than expected: down to 0.
-        assert_eq!(counted_or_lost(1, 5.0), "0..=1");
     }
 
     #[test]
