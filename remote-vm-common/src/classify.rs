@@ -242,6 +242,11 @@ pub struct CallState {
     pub vmas_locked: u32,
     /// Successful lockless walks, by level.
     pub walks: [u32; 3],
+    /// The other `folio_walk_start()` returns seen in this call: no folio or
+    /// no page, a level not known, or outside the lockless loop. With
+    /// `walks`, every walk program run on an active call is counted by the
+    /// call itself ([`Stats::implied_hits`](crate::stats::Stats::implied_hits)).
+    pub other_walks: u32,
     /// Lockless bytes decided when the lock was first tried (fallbacks).
     pub lockless_bytes: u64,
     /// `Path` decided when the lock was first tried.
@@ -421,6 +426,8 @@ pub struct Outcome {
     pub discarded_bytes: u64,
     pub vmas_locked: u32,
     pub walks: [u32; 3],
+    /// `CallState::other_walks`.
+    pub other_walks: u32,
     /// A lockless walk succeeded in a non-anonymous VMA with FOLL_ANON set.
     pub anon_file_walk: bool,
     pub gup_calls: u32,
@@ -437,6 +444,7 @@ pub struct FastRead {
     pub duration_ns: u64,
     pub vmas_locked: u32,
     pub walks: [u32; 3],
+    pub other_walks: u32,
     pub anon_file_walk: bool,
 }
 
@@ -485,8 +493,8 @@ impl CallState {
     }
 
     /// `__access_remote_vm(mm, addr, buf, len, gup_flags)` entered. Returns
-    /// `true` if a previous call on this thread never saw its exit (a missed
-    /// return probe).
+    /// the walk runs (`walk_runs`) of the previous call on this thread if it
+    /// never saw its exit (a missed return probe), `None` otherwise.
     #[inline(always)]
     pub fn begin(
         &mut self,
@@ -499,8 +507,8 @@ impl CallState {
         reads: ReadPath,
         waits_from_contention: bool,
         now: u64,
-    ) -> bool {
-        let orphan = self.is_active();
+    ) -> Option<u32> {
+        let orphan = if self.is_active() { Some(self.walk_runs()) } else { None };
         self.clear();
         let mut flags = F_ACTIVE;
         if waits_from_contention {
@@ -564,15 +572,21 @@ impl CallState {
     }
 
     /// `folio_walk_start(fw, vma, addr, flags)` returned. `found`: a folio with a
-    /// page; `level`: `fw->level`; `anonymous`: the VMA is anonymous.
+    /// page; `level`: `fw->level`; `anonymous`: the VMA is anonymous. Every
+    /// return inside a call is counted once, in `walks` or `other_walks`.
     #[inline(always)]
     pub fn folio_walk(&mut self, addr: u64, found: bool, level: u32, anonymous: bool) {
+        if !self.is_active() {
+            return;
+        }
         if !self.in_lockless_phase() {
+            self.other_walks += 1;
             return;
         }
         if self.flags & F_LOCKLESS == 0 {
             // Not probed at its VMA step, a walk before any lock is the loop's.
             if self.flags & F_PATH_PENDING == 0 {
+                self.other_walks += 1;
                 return;
             }
             self.flags |= F_LOCKLESS | F_VMA_UNSEEN;
@@ -580,6 +594,7 @@ impl CallState {
         self.flags &= !F_VMA_PENDING;
         self.last_step_addr = addr;
         if !found {
+            self.other_walks += 1;
             self.stop(Reason::PageNotPresent);
             return;
         }
@@ -587,7 +602,7 @@ impl CallState {
             0 => self.walks[0] += 1,
             1 => self.walks[1] += 1,
             2 => self.walks[2] += 1,
-            _ => {}
+            _ => self.other_walks += 1,
         }
         if self.flags & F_VMA_UNSEEN != 0 {
             // The next step is the next VMA's only when this walk copied its
@@ -600,13 +615,24 @@ impl CallState {
         }
     }
 
-    /// A walk returned a folio but no page: the loop stops there.
+    /// A walk returned a folio but no page: the loop stops there. Counted
+    /// in `other_walks`, as `folio_walk`.
     #[inline(always)]
     pub fn walk_without_page(&mut self, addr: u64) {
+        if !self.is_active() {
+            return;
+        }
+        self.other_walks += 1;
         if self.in_lockless_phase() {
             self.last_step_addr = addr;
             self.stop(Reason::Other);
         }
+    }
+
+    /// The walk program's runs this call has counted (`walks`, `other_walks`).
+    #[inline(always)]
+    pub fn walk_runs(&self) -> u32 {
+        self.walks[0] + self.walks[1] + self.walks[2] + self.other_walks
     }
 
     #[inline(always)]
@@ -749,6 +775,7 @@ impl CallState {
             duration_ns: now.saturating_sub(self.start_ns),
             vmas_locked: self.vmas_locked,
             walks: self.walks,
+            other_walks: self.other_walks,
             anon_file_walk: flags & F_ANON_FILE_WALK != 0,
         })
     }
@@ -769,6 +796,7 @@ impl CallState {
                 discarded_bytes: 0,
                 vmas_locked: f.vmas_locked,
                 walks: f.walks,
+                other_walks: f.other_walks,
                 anon_file_walk: f.anon_file_walk,
                 gup_calls: self.gup_calls,
                 unwaited_acquisition: false,
@@ -829,6 +857,7 @@ impl CallState {
             discarded_bytes: lockless_bytes.saturating_sub(bytes),
             vmas_locked: self.vmas_locked,
             walks: self.walks,
+            other_walks: self.other_walks,
             anon_file_walk: flags & F_ANON_FILE_WALK != 0,
             gup_calls: self.gup_calls,
             unwaited_acquisition,
@@ -932,7 +961,7 @@ mod tests {
 
     fn step(s: &mut CallState, run: &mut Run, reads: ReadPath, contention: bool, ev: Ev, now: u64) {
         match ev {
-            Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, reads, contention, now)),
+            Begin { addr, len, gup } => run.orphans += u32::from(s.begin(MM, addr, len, gup, F, false, reads, contention, now).is_some()),
             LockVma { addr, ok } => s.lock_vma(MM, addr, ok, 0),
             LockVmaEnd { addr, end } => s.lock_vma(MM, addr, true, end),
             LockVmaOtherMm { addr } => s.lock_vma(MM + 4096, addr, true, 0),
@@ -1003,6 +1032,105 @@ mod tests {
         assert_eq!(fast, 2 * (5 * 3 + 1));
     }
 
+    /// The programs' hits, as `access.rs` and `vma.rs` count them: an entry
+    /// adds to `HITS`; an exit or walk on an active call leaves its hit to
+    /// the call's counters, every other run adds to `HITS`; with
+    /// `Stats::implied_hits` each run is one hit once its call ended,
+    /// whatever the calls' order, ends, missed probes and walks.
+    #[test]
+    fn every_program_run_is_one_hit() {
+        use crate::Point;
+        let points = [Point::AccessRemoteVmEntry, Point::AccessRemoteVmExit, Point::FolioWalkStartExit];
+        let a = 0x10_0000u64;
+        let kinds = [
+            Begin { addr: a, len: 4096, gup: READ },
+            Begin { addr: a, len: 0, gup: READ },
+            Begin { addr: a, len: 64, gup: READ | F.foll_write },
+            Begin { addr: a, len: 64, gup: READ | F.foll_anon },
+            LockVma { addr: a, ok: true },
+            LockVma { addr: a, ok: false },
+            Walk { addr: a, found: true, level: 0, anon: true },
+            Walk { addr: a + PAGE, found: true, level: 1, anon: false },
+            Walk { addr: a, found: true, level: 2, anon: true },
+            Walk { addr: a, found: true, level: 3, anon: true },
+            Walk { addr: a, found: false, level: 0, anon: true },
+            WalkNoPage { addr: a },
+            Gup,
+            Wait { write: false },
+            Got { ok: true },
+            Finish { ret: 4096 },
+            Finish { ret: 0 },
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut fast = 0;
+        for round in 0..3000 {
+            let (reads, contention) = ([ReadPath::Probed, ReadPath::Implied, ReadPath::Pending][round % 3], round % 2 == 0);
+            let (mut s, mut stats, mut hits, mut runs) = (CallState::default(), Stats::ZERO, [0u64; 3], [0u64; 3]);
+            let mut run = Run { orphans: 0, acquisitions: Vec::new(), outcome: None };
+            let begin = |s: &mut CallState, stats: &mut Stats, hits: &mut [u64; 3], addr, len, gup, now| {
+                hits[0] += 1;
+                if let Some(walks) = s.begin(MM, addr, len, gup, F, false, reads, contention, now) {
+                    hits[2] += u64::from(walks);
+                    stats.add(Counter::MissedExits, 1);
+                }
+            };
+            for i in 0..(4 + round % 29) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let ev = kinds[(seed % kinds.len() as u64) as usize];
+                let now = 1000 + 10 * i as u64;
+                match ev {
+                    Begin { addr, len, gup } => {
+                        runs[0] += 1;
+                        begin(&mut s, &mut stats, &mut hits, addr, len, gup, now);
+                    }
+                    Walk { .. } | WalkNoPage { .. } => {
+                        runs[2] += 1;
+                        if s.is_active() {
+                            step(&mut s, &mut run, reads, contention, ev, now);
+                        } else {
+                            hits[2] += 1;
+                        }
+                    }
+                    Finish { ret } => {
+                        runs[1] += 1;
+                        if s.is_counted() {
+                            if let Some(r) = s.finish_fast(ret, now) {
+                                fast += 1;
+                                stats.record_fast_read(&r);
+                                continue;
+                            }
+                        }
+                        match s.finish(ret, now) {
+                            None => stats.add(Counter::MissedEntries, 1),
+                            Some(o) => stats.record_call(&o),
+                        }
+                    }
+                    _ => step(&mut s, &mut run, reads, contention, ev, now),
+                }
+            }
+            // The last call ends: its exit seen, or missed and found open by
+            // the thread's next call.
+            if round % 2 == 1 {
+                runs[0] += 1;
+                begin(&mut s, &mut stats, &mut hits, a, 8, READ, 5000);
+            }
+            runs[1] += 1;
+            match s.finish(8, 5010) {
+                None => stats.add(Counter::MissedEntries, 1),
+                Some(o) => stats.record_call(&o),
+            }
+            for (i, p) in points.iter().enumerate() {
+                assert_eq!(hits[i] + stats.implied_hits(*p), runs[i], "round {round}: {p:?}");
+            }
+            assert_eq!(stats.implied_hits(Point::AccessRemoteVmEntry), 0);
+            assert_eq!(stats.implied_hits(Point::LockVmaUnderRcuExit), 0);
+        }
+        // (Some of the calls were fast reads, the programs' common case.)
+        assert!(fast > 100, "{fast} fast reads");
+    }
+
     const READ: u32 = 0x10; // FOLL_FORCE-ish bits only: a read
     const PAGE: u64 = 4096;
 
@@ -1031,6 +1159,7 @@ mod tests {
                 discarded_bytes: 0,
                 vmas_locked: 1,
                 walks: [1, 0, 0],
+                other_walks: 0,
                 anon_file_walk: false,
                 gup_calls: 0,
                 unwaited_acquisition: false,
@@ -1299,9 +1428,9 @@ mod tests {
         let left = (used.holder, used.cgroup_id);
         let mut fresh = CallState::default();
         let orphan = used.begin(0x10, 0x2000, 64, 0, f, false, ReadPath::Implied, false, 7);
-        assert!(!fresh.begin(0x10, 0x2000, 64, 0, f, false, ReadPath::Implied, false, 7));
+        assert_eq!(fresh.begin(0x10, 0x2000, 64, 0, f, false, ReadPath::Implied, false, 7), None);
         // 0xa5a5a5a5 has F_ACTIVE set: the used state was a call in progress.
-        assert!(orphan);
+        assert!(orphan.is_some());
         // The holder and cgroup are a wait's, written when one begins: left.
         assert_eq!((used.holder, used.cgroup_id), left);
         (used.holder, used.cgroup_id) = (fresh.holder, fresh.cgroup_id);

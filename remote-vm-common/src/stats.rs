@@ -11,6 +11,7 @@ use core::sync::atomic::AtomicU64;
 use core::sync::atomic::Ordering;
 
 use crate::{
+    Point,
     classify::{Acquisition, FastRead, Outcome, Path, Reason},
     holder::HolderOp,
 };
@@ -119,12 +120,16 @@ pub enum Counter {
     Stalls = 37,
     /// Fallbacks with `Reason::CrossesVmaEnd` (after the stalls' slots).
     FallbackCrossesVmaEnd = 63,
+    /// `folio_walk_start()` returns inside finished calls that counted no
+    /// level (`CallState::other_walks`); exported only within the walk
+    /// program's hits (`Stats::implied_hits`).
+    FolioWalksOther = 64,
 }
 
 const _: () = assert!(Counter::FallbackCrossesVmaEnd as usize == Counter::Stalls as usize + 2 * HolderOp::COUNT);
 
 impl Counter {
-    pub const COUNT: usize = Counter::FallbackCrossesVmaEnd as usize + 1;
+    pub const COUNT: usize = Counter::FolioWalksOther as usize + 1;
 
     /// The slot of stalls of lock mode `write` whose holder's op is `op`
     /// (a `HolderOp`; out of range counts as `Unknown`).
@@ -145,7 +150,7 @@ impl Counter {
             Reason::CrossesVmaEnd => Counter::FallbackCrossesVmaEnd,
         }
     }
-    pub const CAPACITY: usize = 64;
+    pub const CAPACITY: usize = 128;
 }
 
 const _: () = assert!(Counter::COUNT <= Counter::CAPACITY);
@@ -272,6 +277,37 @@ impl Stats {
         self.hists[(base as usize + offset as usize) & (Hist::CAPACITY as usize - 1)].observe(v);
     }
 
+    /// The runs of `point`'s programs that they leave out of `HITS` because
+    /// a call's own counters count them, so that a point's hits are its
+    /// `HITS` slot plus these:
+    /// - `__access_remote_vm()` exit: one per finished call (a read by its
+    ///   path, a write, an unobserved read) and per exit without its entry
+    ///   (`MissedEntries`), all counted by that exit's run;
+    /// - `folio_walk_start()` return: each one a finished call counted, by
+    ///   level or not (`CallState::walk_runs`): a walk enters the hits when
+    ///   its call ends, or when the thread's next call finds it open.
+    ///
+    /// (Entries count themselves: entries minus exits are the calls in
+    /// progress or whose end no program saw.) docs/benchmarks.md has what
+    /// this saves.
+    pub fn implied_hits(&self, point: Point) -> u64 {
+        let c = |k: Counter| self.counters[k as usize];
+        match point {
+            Point::AccessRemoteVmExit => {
+                c(Counter::ReadsFast)
+                    + c(Counter::ReadsFallback)
+                    + c(Counter::ReadsSlow)
+                    + c(Counter::Writes)
+                    + c(Counter::ReadsUnobserved)
+                    + c(Counter::MissedEntries)
+            }
+            Point::FolioWalkStartExit => {
+                c(Counter::FolioWalksPte) + c(Counter::FolioWalksPmd) + c(Counter::FolioWalksPud) + c(Counter::FolioWalksOther)
+            }
+            _ => 0,
+        }
+    }
+
     /// What one finished `__access_remote_vm()` call adds.
     #[inline(always)]
     pub fn record_call(&mut self, o: &Outcome) {
@@ -306,7 +342,7 @@ impl Stats {
             self.add(Counter::DiscardedBytes, o.discarded_bytes);
             self.add(Counter::DiscardedReads, 1);
         }
-        self.record_walks(o.walks, o.anon_file_walk);
+        self.record_walks(o.walks, o.other_walks, o.anon_file_walk);
     }
 
     /// What a fast read adds ([`CallState::finish_fast`]): the same as
@@ -316,7 +352,7 @@ impl Stats {
     #[inline(always)]
     pub fn record_fast_read(&mut self, r: &FastRead) {
         self.record_read(Path::Fast, r.bytes, r.duration_ns, r.vmas_locked);
-        self.record_walks(r.walks, r.anon_file_walk);
+        self.record_walks(r.walks, r.other_walks, r.anon_file_walk);
     }
 
     /// A read by its path: count, bytes, duration, VMAs locked.
@@ -332,12 +368,18 @@ impl Stats {
         }
     }
 
-    /// A call's lockless walks, by level, and whether one was the FOLL_ANON gap.
+    /// A call's lockless walks, by level, its other walk returns, and whether
+    /// one was the FOLL_ANON gap.
     #[inline(always)]
-    fn record_walks(&mut self, walks: [u32; 3], anon_file_walk: bool) {
+    fn record_walks(&mut self, walks: [u32; 3], other_walks: u32, anon_file_walk: bool) {
         // (A compare is cheaper than an atomic add of 0: most reads walk at
         // one level or none.)
-        for (c, n) in [(Counter::FolioWalksPte, walks[0]), (Counter::FolioWalksPmd, walks[1]), (Counter::FolioWalksPud, walks[2])] {
+        for (c, n) in [
+            (Counter::FolioWalksPte, walks[0]),
+            (Counter::FolioWalksPmd, walks[1]),
+            (Counter::FolioWalksPud, walks[2]),
+            (Counter::FolioWalksOther, other_walks),
+        ] {
             if n != 0 {
                 self.add(c, u64::from(n));
             }

@@ -140,7 +140,8 @@ impl Session {
         let mut runs = [(0, 0); Point::ALL.len()];
         for point in Point::ALL {
             let i = point.index() as usize;
-            snap.hits[i] = self.hits(point)?;
+            // (The calls' own counters count the runs of a call's programs.)
+            snap.hits[i] = self.hits(point)? + snap.stats.implied_hits(point);
             (snap.kernel_misses[i], runs[i]) = self.kernel_counts(point)?;
         }
         let counts = (snap.hits.iter().sum(), runs.iter().map(|(r, _)| r).sum());

@@ -2,6 +2,11 @@
 //! remote-memory access. Entry opens the per-thread `CallState`, exit classifies
 //! the call and adds it to `STATS`.
 //!
+//! Hits: every entry counts in `HITS` as it runs (entries minus exits are
+//! the calls in progress or whose end no program saw); an exit that ends a
+//! call is counted by the call's own counters (`Stats::implied_hits`), the
+//! others in `HITS`.
+//!
 //! Modes: fentry/fexit or kprobe/kretprobe on `__access_remote_vm`; where it is
 //! inlined, the same on its callers `access_remote_vm(mm, …)` and
 //! `access_process_vm(task, …)`. The programs themselves are the `entry_points!`
@@ -19,7 +24,7 @@ use remote_vm_common::{
 
 use super::{
     layout::{FOLL_ANON, FOLL_WRITE, TASK_MM_OFF, known},
-    maps::{CONTROL, Current, SELFTEST, hit, is_selftest, now, read_u64, stats, tid},
+    maps::{CONTROL, Current, SELFTEST, hit, hit_n, is_selftest, now, read_u64, stats, tid},
 };
 
 #[inline(always)]
@@ -47,7 +52,9 @@ fn on_entry<C: EbpfContext>(ctx: &C, mm: u64, addr: u64, len: i32, gup_flags: u3
         Some(c) => (is_selftest(c), ReadPath::from_u32(c.read_path), c.remote_waits_from_contention != 0),
         None => (false, ReadPath::Probed, false),
     };
-    if state.begin(mm, addr, len, gup_flags, flags, selftest, reads, contention, now()) {
+    if let Some(walks) = state.begin(mm, addr, len, gup_flags, flags, selftest, reads, contention, now()) {
+        // (The open call never finishes: its walks are counted here.)
+        hit_n(Point::FolioWalkStartExit, u64::from(walks));
         if let Some(s) = stats() {
             s.add(Counter::MissedExits, 1);
         }
@@ -56,8 +63,8 @@ fn on_entry<C: EbpfContext>(ctx: &C, mm: u64, addr: u64, len: i32, gup_flags: u3
 
 #[inline(always)]
 fn on_exit(ret: i64) {
-    hit(Point::AccessRemoteVmExit);
     let Some(current) = Current::get() else {
+        hit(Point::AccessRemoteVmExit);
         return;
     };
     let state = &mut *current.state;
@@ -77,9 +84,13 @@ fn on_exit(ret: i64) {
     if selftest {
         // (`finish` left these as they were.)
         let walks = state.walks[0] + state.walks[1] + state.walks[2];
+        let walk_runs = state.walk_runs();
         let lockless = u32::from(state.flags & F_LOCKLESS != 0);
         let vmas = state.vmas_locked;
         current.release();
+        // (Not counted in `Stats`: the probe read's runs are hits here.)
+        hit(Point::AccessRemoteVmExit);
+        hit_n(Point::FolioWalkStartExit, u64::from(walk_runs));
         // (No `Option<Outcome>` is copied whole: its payload is undefined
         // when `None`, and the verifier refuses a copy of undefined
         // registers: "R3 !read_ok", seen on a kretprobe.)

@@ -196,12 +196,23 @@ impl Current {
 #[unsafe(export_name = "WAITS")]
 pub static WAITS: TaskStorage<HostWait> = TaskStorage::new();
 
+/// One run of `point`'s program that no call's counters count
+/// (`Stats::implied_hits`).
 #[inline(always)]
 pub fn hit(point: Point) {
+    hit_n(point, 1);
+}
+
+/// `n` such runs (none: no add).
+#[inline(always)]
+pub fn hit_n(point: Point, n: u64) {
+    if n == 0 {
+        return;
+    }
     if let Some(slot) = HITS.get_ptr_mut(point.index()) {
         // SAFETY: this CPU's slot, valid for the program's run; increments are
         // atomic (another run may interleave on this CPU, see `bump`).
-        remote_vm_common::stats::bump(unsafe { &mut *slot }, 1);
+        remote_vm_common::stats::bump(unsafe { &mut *slot }, n);
     }
 }
 

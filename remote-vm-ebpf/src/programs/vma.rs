@@ -89,13 +89,14 @@ fn level_of<const DIRECT: bool>(fw: u64) -> u32 {
 /// `DIRECT`: `fw` and `vma` are BTF-typed (fexit), see `load_u64`.
 #[inline(always)]
 fn on_folio_walk<const DIRECT: bool>(fw: u64, vma: u64, addr: u64, folio: u64) {
-    hit(Point::FolioWalkStartExit);
-    let Some(state) = Current::get().map(|c| c.state) else {
-        return;
+    // Inside a call, the call counts the run (`CallState::walk_runs`).
+    let state = match Current::get().map(|c| c.state) {
+        Some(state) if state.is_active() => state,
+        _ => {
+            hit(Point::FolioWalkStartExit);
+            return;
+        }
     };
-    if !state.is_active() {
-        return;
-    }
     if folio == 0 {
         state.folio_walk(addr, false, 0, true);
         return;
