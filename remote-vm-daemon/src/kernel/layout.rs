@@ -56,11 +56,21 @@ pub const FOLIO_WALK_START: &str =
 /// types as the compiler does: `long unsigned int`.)
 pub const LOCK_VMA_UNDER_RCU: &str = "struct vm_area_struct *lock_vma_under_rcu(struct mm_struct *, long unsigned int)";
 
-/// What differs from the classifier's assumptions: the two functions'
-/// prototypes, and `enum folio_walk_level` (PTE 0; PMD and PUD read from BTF).
+/// `__access_remote_vm()` and its callers as the entry and exit programs read
+/// them: the exit's fexit finds the return value after the five parameters.
+pub const ACCESS_REMOTE_VM: [(&str, &str); 3] = [
+    ("__access_remote_vm", "int __access_remote_vm(struct mm_struct *, long unsigned int, void *, int, unsigned int)"),
+    ("access_remote_vm", "int access_remote_vm(struct mm_struct *, long unsigned int, void *, int, unsigned int)"),
+    ("access_process_vm", "int access_process_vm(struct task_struct *, long unsigned int, void *, int, unsigned int)"),
+];
+
+/// What differs from the classifier's assumptions: the prototypes of the
+/// functions the programs read, and `enum folio_walk_level` (PTE 0; PMD and
+/// PUD read from BTF).
 fn assumptions(btf: &Btf) -> Vec<String> {
     let mut out = Vec::new();
-    for (function, assumed) in [("folio_walk_start", FOLIO_WALK_START), ("lock_vma_under_rcu", LOCK_VMA_UNDER_RCU)] {
+    let read = [("folio_walk_start", FOLIO_WALK_START), ("lock_vma_under_rcu", LOCK_VMA_UNDER_RCU)];
+    for (function, assumed) in read.into_iter().chain(ACCESS_REMOTE_VM) {
         if !btf.has_function(function) {
             continue;
         }

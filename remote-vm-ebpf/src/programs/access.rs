@@ -133,9 +133,15 @@ fn kprobe_entry(ctx: &ProbeContext, mm: u64) {
     on_entry(ctx, mm, ctx.arg(1).unwrap_or(0), ctx.arg(3).unwrap_or(0), ctx.arg(4).unwrap_or(0));
 }
 
+/// Where an fexit program finds the return value: after the function's
+/// parameters, five for `__access_remote_vm` and both callers (one load,
+/// where `bpf_get_func_ret()` costs a dozen instructions; `check` warns where
+/// BTF gives another prototype).
+const ACCESS_RET_ARG: usize = 5;
+
 #[inline(always)]
 fn fexit_exit(ctx: &FExitContext) {
-    on_exit(i64::from(ctx.ret::<i32>().unwrap_or(0)));
+    on_exit(i64::from(ctx.arg::<i32>(ACCESS_RET_ARG)));
 }
 
 #[inline(always)]
