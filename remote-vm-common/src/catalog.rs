@@ -305,7 +305,7 @@ pub const PROBE_HITS: Metric = metric(
     Unit::Count,
     &[PROBE],
     &[C::Always],
-    "Times the probe's programs ran.",
+    "Times the probe's programs ran (an exit or walk inside a call counts when the call ends).",
 );
 pub const PROBE_MISSES: Metric = metric(
     "remote_vm_probe_misses_total",

@@ -536,6 +536,29 @@ mod tests {
     }
 
     #[test]
+    fn the_exit_reads_the_return_after_five_parameters() {
+        // `__access_remote_vm` as assumed: nothing said; with a sixth
+        // parameter, the exit's context word 5 would be it, not the return.
+        let shaped = |extra: bool| {
+            let mut b = Builder::new();
+            let (ulong, int, uint) = (b.int("long unsigned int", 8), b.int("int", 4), b.int("unsigned int", 4));
+            let mm = b.structure(KIND_STRUCT, "mm_struct", 8, &[]);
+            let (mm_ptr, void_ptr) = (b.ptr(mm), b.ptr(0));
+            let mut params = vec![mm_ptr, ulong, void_ptr, int, uint];
+            if extra {
+                params.push(uint);
+            }
+            let proto = b.proto(int, &params);
+            b.func("__access_remote_vm", proto);
+            Layout::from_btf(&Btf::parse(b.build().leak()).unwrap()).assumptions
+        };
+        assert_eq!(shaped(false), Vec::<String>::new());
+        let said = shaped(true);
+        assert_eq!(said.len(), 1);
+        assert!(said[0].starts_with("__access_remote_vm() is `int __access_remote_vm(struct mm_struct *, long unsigned int, void *, int, unsigned int, unsigned int)` in BTF"), "{said:?}");
+    }
+
+    #[test]
     fn missing_items_say_why() {
         let l = Layout::from_btf(&tracepoints(false));
         assert_eq!(l.mm_mmap_lock, Err("struct mm_struct has no field mmap_lock in BTF".into()));
