@@ -190,10 +190,67 @@ pub struct Histogram {
     pub sum: u64,
 }
 
-/// The bucket of `v`: `ceil(log2(v))`, 0 for `v <= 1`. Branch-light and loop-free
-/// for the verifier.
+/// The bucket of `v`: `ceil(log2(v))`, 0 for `v <= 1`. Loop-free for the
+/// verifier; in BPF a binary search of one branch a step, written out in
+/// assembly (LLVM gives each step two; a Rust step of one made it read an
+/// undefined register), and checked against [`bucket_reference`] in the
+/// kernel by the daemon's `bucket_search` test.
 #[inline(always)]
 pub fn bucket(v: u64) -> usize {
+    #[cfg(target_arch = "bpf")]
+    {
+        if v <= 1 {
+            return 0;
+        }
+        let mut x = v - 1;
+        // (`n` starts at 1: the result is the highest set bit's index + 1.)
+        let mut n: u64 = 1;
+        // SAFETY: register arithmetic only; each `goto +2` skips the two
+        // instructions after it, within the block.
+        unsafe {
+            core::arch::asm!(
+                "{y} = {x}",
+                "{y} >>= 32",
+                "if {y} == 0 goto +2",
+                "{x} = {y}",
+                "{n} += 32",
+                "{y} = {x}",
+                "{y} >>= 16",
+                "if {y} == 0 goto +2",
+                "{x} = {y}",
+                "{n} += 16",
+                "{y} = {x}",
+                "{y} >>= 8",
+                "if {y} == 0 goto +2",
+                "{x} = {y}",
+                "{n} += 8",
+                "{y} = {x}",
+                "{y} >>= 4",
+                "if {y} == 0 goto +2",
+                "{x} = {y}",
+                "{n} += 4",
+                "{y} = {x}",
+                "{y} >>= 2",
+                "if {y} == 0 goto +2",
+                "{x} = {y}",
+                "{n} += 2",
+                "{x} >>= 1",
+                "{n} += {x}",
+                x = inout(reg) x,
+                n = inout(reg) n,
+                y = out(reg) _,
+                options(pure, nomem, nostack),
+            );
+        }
+        n as usize
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    bucket_reference(v)
+}
+
+/// `bucket` as plain Rust: what the BPF assembly must give.
+#[inline(always)]
+pub fn bucket_reference(v: u64) -> usize {
     if v <= 1 {
         return 0;
     }

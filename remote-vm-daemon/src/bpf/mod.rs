@@ -2,6 +2,8 @@
 //! patched in as globals, attaches every family the config allows, runs the
 //! start-up probe read that decides `patched`, and reads the maps on scrape.
 pub mod attach;
+#[cfg(test)]
+mod bucket_check;
 mod misses;
 #[cfg(test)]
 mod object_check;

@@ -106,7 +106,7 @@ fn on_exit(ret: i64) {
                 (*t).walks += walks;
                 (*t).vmas += vmas;
                 (*t).path = path;
-                (*t).host_tid = tid();
+                (*t).host_tid = tid() as u32;
             }
         }
         return;

@@ -133,16 +133,16 @@ pub static CALL_SLOTS: Array<CallSlot> = Array::with_max_entries(CALL_SLOT_COUNT
 
 /// The slot of thread `tid`.
 #[inline(always)]
-pub fn call_slot(tid: u32) -> Option<&'static mut CallSlot> {
+pub fn call_slot(tid: u64) -> Option<&'static mut CallSlot> {
     // SAFETY: a pointer into the array's value, valid for the program's run.
-    CALL_SLOTS.get_ptr_mut(tid & (CALL_SLOT_COUNT - 1)).and_then(|p| unsafe { p.as_mut() })
+    CALL_SLOTS.get_ptr_mut((tid & u64::from(CALL_SLOT_COUNT - 1)) as u32).and_then(|p| unsafe { p.as_mut() })
 }
 
 impl CallSlot {
     /// Held by thread `tid` (0 is no thread: a free slot's owner).
     #[inline(always)]
-    pub fn held_by(&self, tid: u32) -> bool {
-        tid != 0 && self.owner == u64::from(tid)
+    pub fn held_by(&self, tid: u64) -> bool {
+        tid != 0 && self.owner == tid
     }
 }
 
@@ -173,7 +173,7 @@ impl Current {
     pub fn claim() -> Option<Current> {
         let t = tid();
         if let Some(slot) = call_slot(t) {
-            if slot.held_by(t) || (t != 0 && slot.owner == 0 && remote_vm_common::stats::claim(&mut slot.owner, u64::from(t))) {
+            if slot.held_by(t) || (t != 0 && slot.owner == 0 && remote_vm_common::stats::claim(&mut slot.owner, t)) {
                 let owner = ptr::from_mut(&mut slot.owner);
                 return Some(Current { state: &mut slot.state, owner: Some(owner) });
             }
@@ -284,16 +284,17 @@ pub fn current_mm() -> u64 {
 /// numbers it): `current->pid`, one load from the current task's BTF pointer
 /// (`bpf_get_current_task_btf()` is inlined: 7 guest instructions, where the
 /// `bpf_get_current_pid_tgid()` call is a helper call); the helper where BTF
-/// gave no offset.
+/// gave no offset. As a `u64` whose upper half is zero on either path, so
+/// no zero-extension follows where it is compared or stored as a slot's owner.
 #[inline(always)]
-pub fn tid() -> u32 {
+pub fn tid() -> u64 {
     let off = super::layout::TASK_PID_OFF.load();
     if super::layout::known(off) {
         // SAFETY: no preconditions; the current task is a trusted BTF pointer.
         let task = unsafe { bpf_get_current_task_btf() } as u64;
-        return load_u32::<true>(task, off);
+        return u64::from(load_u32::<true>(task, off));
     }
-    aya_ebpf::helpers::bpf_get_current_pid_tgid() as u32
+    aya_ebpf::helpers::bpf_get_current_pid_tgid() & 0xffff_ffff
 }
 
 /// Whether the current thread is the daemon's start-up probe reader: its
@@ -308,7 +309,7 @@ pub fn is_selftest(c: &Control) -> bool {
     }
     if c.pidns_ino == 0 {
         // No PID namespaces in this kernel: the initial numbering is the daemon's.
-        return tid() == c.selftest_tid;
+        return tid() == u64::from(c.selftest_tid);
     }
     let mut ns = aya_ebpf::bindings::bpf_pidns_info { pid: 0, tgid: 0 };
     // SAFETY: the helper fills `ns` (its size given) or fails when the current

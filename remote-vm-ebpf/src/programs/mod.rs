@@ -89,6 +89,7 @@ macro_rules! entry_points {
 }
 
 mod access;
+mod check;
 mod layout;
 mod lock;
 mod maps;

@@ -34,7 +34,7 @@ use super::{
 fn call_state_of(task: *mut task_struct) -> Option<&'static mut CallState> {
     let pid_off = TASK_PID_OFF.load();
     if known(pid_off) {
-        let tid = read_u32(task as u64, pid_off);
+        let tid = u64::from(read_u32(task as u64, pid_off));
         if let Some(slot) = call_slot(tid).filter(|s| s.held_by(tid)) {
             return Some(&mut slot.state);
         }
