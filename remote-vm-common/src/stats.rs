@@ -248,6 +248,25 @@ pub fn bucket(v: u64) -> usize {
     bucket_reference(v)
 }
 
+/// `i & MASK`, where `i <= MASK` already: a no-op LLVM drops, so in BPF it is
+/// assembly, which LLVM keeps. Older verifiers (6.1) need it to see the
+/// index's bound and alignment (without it they refuse the programs:
+/// "misaligned access").
+#[inline(always)]
+fn bounded<const MASK: usize>(i: usize) -> usize {
+    #[cfg(target_arch = "bpf")]
+    {
+        let mut i = i;
+        // SAFETY: register arithmetic only.
+        unsafe { core::arch::asm!("{i} &= {m}", i = inout(reg) i, m = const MASK, options(pure, nomem, nostack)) };
+        i
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        i & MASK
+    }
+}
+
 /// `bucket` as plain Rust: what the BPF assembly must give.
 #[inline(always)]
 pub fn bucket_reference(v: u64) -> usize {
@@ -288,8 +307,9 @@ impl Histogram {
         // Values past 2^63 share the last bucket rather than being dropped.
         let b = bucket(v);
         let b = if b < BUCKETS { b } else { BUCKETS - 1 };
-        // The mask (a no-op here) gives older verifiers (6.1) a bound they can see.
-        bump(&mut self.buckets[b & (BUCKETS - 1)], 1);
+        // SAFETY: masked below BUCKETS (a plain index would keep a bounds
+        // check LLVM cannot see past the assembly: a panic call in BPF).
+        bump(unsafe { self.buckets.get_unchecked_mut(bounded::<{ BUCKETS - 1 }>(b)) }, 1);
         // Wraps like `wrapping_add`.
         bump(&mut self.sum, v);
     }

@@ -329,6 +329,16 @@ fn privilege_hint() -> String {
 mod tests {
     use super::*;
 
+    /// A bounds check LLVM keeps becomes a call to `panic_bounds_check` (a
+    /// function that ends in a call): Linux 6.1 refuses every program that
+    /// reaches it ("last insn is not an exit or jmp"), newer kernels load it.
+    #[test]
+    fn no_panic_path_is_in_the_object() {
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("parse the embedded object");
+        let panics: Vec<&str> = obj.functions.values().map(|f| f.name.as_str()).filter(|n| n.contains("panic")).collect();
+        assert!(panics.is_empty(), "panic paths in the eBPF object: {panics:?}");
+    }
+
     #[test]
     fn every_registered_program_map_and_global_is_in_the_object() {
         let obj = aya_obj::Object::parse(EBPF_OBJECT).expect("parse the embedded object");

@@ -113,29 +113,45 @@ pub static CALLS: TaskStorage<CallState> = TaskStorage::new();
 pub const CALL_SLOT_COUNT: u32 = 1024;
 
 /// One thread's call state in `CALL_SLOTS`: `owner` is the thread id that
-/// holds the slot (0: free).
+/// holds the slot (0: free). Padded to `CALL_SLOT_SIZE`, a power of two, so a
+/// slot's offset is a shift: older verifiers (6.1) lose the alignment of a
+/// multiplied index, and the slot's atomics need it.
 #[repr(C)]
 pub struct CallSlot {
     pub owner: u64,
     pub state: CallState,
+    _pad: [u8; CALL_SLOT_SIZE - 8 - core::mem::size_of::<CallState>()],
 }
 
-/// The remote access in progress, per thread, where a lookup costs an array
-/// index (inlined by the verifier) instead of a `bpf_task_storage_get()` call
-/// (about 140 guest instructions, docs/benchmarks.md): a thread claims its
-/// slot at a call's entry (an atomic compare-and-exchange from free) and
-/// frees it at the exit; a thread that finds its slot held by another keeps
-/// its state in `CALLS` instead. A slot whose exit was never seen stays its
-/// thread's (its next call reports the missed exit); one whose thread died
-/// so stays taken, and the threads of that slot use `CALLS`.
-#[map(name = "CALL_SLOTS")]
-pub static CALL_SLOTS: Array<CallSlot> = Array::with_max_entries(CALL_SLOT_COUNT, 0);
+/// Bytes per slot: 1024 slots are 512 KiB.
+const CALL_SLOT_SIZE: usize = 512;
+const _: () = assert!(CALL_SLOT_SIZE.is_power_of_two() && core::mem::size_of::<CallSlot>() == CALL_SLOT_SIZE);
+
+/// The remote access in progress, per thread, where finding it costs an
+/// address computation instead of a `bpf_task_storage_get()` call (about 140
+/// guest instructions, docs/benchmarks.md): a thread claims its slot at a
+/// call's entry (an atomic compare-and-exchange from free) and frees it at
+/// the exit; a thread that finds its slot held by another keeps its state in
+/// `CALLS` instead. A slot whose exit was never seen stays its thread's (its
+/// next call reports the missed exit); one whose thread died so stays taken,
+/// and the threads of that slot use `CALLS`. A global array (the object's
+/// `.bss`, one array map of one value the loader creates), not a map of its
+/// own: an array map's inlined lookup is a dozen instructions more a program
+/// (the key on the stack, the bound's check, the NULL check); the slot is
+/// the masked thread id shifted by the slot's size.
+#[unsafe(no_mangle)]
+static mut CALL_SLOTS: [CallSlot; CALL_SLOT_COUNT as usize] =
+    // SAFETY: all-zero is a free slot (owner 0) with `CallState::default()`.
+    unsafe { core::mem::zeroed() };
 
 /// The slot of thread `tid`.
 #[inline(always)]
 pub fn call_slot(tid: u64) -> Option<&'static mut CallSlot> {
-    // SAFETY: a pointer into the array's value, valid for the program's run.
-    CALL_SLOTS.get_ptr_mut((tid & u64::from(CALL_SLOT_COUNT - 1)) as u32).and_then(|p| unsafe { p.as_mut() })
+    let i = (tid & u64::from(CALL_SLOT_COUNT - 1)) as usize;
+    // SAFETY: `i` is below the array's length (the verifier sees the mask);
+    // the array lives as long as the programs, and a slot is written only by
+    // the thread that holds it (or claims it with a compare-and-exchange).
+    Some(unsafe { &mut *(&raw mut CALL_SLOTS).cast::<CallSlot>().add(i) })
 }
 
 impl CallSlot {
