@@ -202,7 +202,7 @@ pub fn bucket(v: u64) -> usize {
         if v <= 1 {
             return 0;
         }
-        let mut x = v - 1;
+        let x = v - 1;
         // (`n` starts at 1: the result is the highest set bit's index + 1.)
         let mut n: u64 = 1;
         // SAFETY: register arithmetic only; each `goto +2` skips the two
@@ -236,7 +236,7 @@ pub fn bucket(v: u64) -> usize {
                 "{n} += 2",
                 "{x} >>= 1",
                 "{n} += {x}",
-                x = inout(reg) x,
+                x = inout(reg) x => _,
                 n = inout(reg) n,
                 y = out(reg) _,
                 options(pure, nomem, nostack),

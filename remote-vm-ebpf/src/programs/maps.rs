@@ -146,12 +146,12 @@ static mut CALL_SLOTS: [CallSlot; CALL_SLOT_COUNT as usize] =
 
 /// The slot of thread `tid`.
 #[inline(always)]
-pub fn call_slot(tid: u64) -> Option<&'static mut CallSlot> {
+pub fn call_slot(tid: u64) -> &'static mut CallSlot {
     let i = (tid & u64::from(CALL_SLOT_COUNT - 1)) as usize;
     // SAFETY: `i` is below the array's length (the verifier sees the mask);
     // the array lives as long as the programs, and a slot is written only by
     // the thread that holds it (or claims it with a compare-and-exchange).
-    Some(unsafe { &mut *(&raw mut CALL_SLOTS).cast::<CallSlot>().add(i) })
+    unsafe { &mut *(&raw mut CALL_SLOTS).cast::<CallSlot>().add(i) }
 }
 
 impl CallSlot {
@@ -174,11 +174,10 @@ impl Current {
     #[inline(always)]
     pub fn get() -> Option<Current> {
         let t = tid();
-        if let Some(slot) = call_slot(t) {
-            if slot.held_by(t) {
-                let owner = ptr::from_mut(&mut slot.owner);
-                return Some(Current { state: &mut slot.state, owner: Some(owner) });
-            }
+        let slot = call_slot(t);
+        if slot.held_by(t) {
+            let owner = ptr::from_mut(&mut slot.owner);
+            return Some(Current { state: &mut slot.state, owner: Some(owner) });
         }
         CALLS.current(false).map(|state| Current { state, owner: None })
     }
@@ -188,11 +187,10 @@ impl Current {
     #[inline(always)]
     pub fn claim() -> Option<Current> {
         let t = tid();
-        if let Some(slot) = call_slot(t) {
-            if slot.held_by(t) || (t != 0 && slot.owner == 0 && remote_vm_common::stats::claim(&mut slot.owner, t)) {
-                let owner = ptr::from_mut(&mut slot.owner);
-                return Some(Current { state: &mut slot.state, owner: Some(owner) });
-            }
+        let slot = call_slot(t);
+        if slot.held_by(t) || (t != 0 && slot.owner == 0 && remote_vm_common::stats::claim(&mut slot.owner, t)) {
+            let owner = ptr::from_mut(&mut slot.owner);
+            return Some(Current { state: &mut slot.state, owner: Some(owner) });
         }
         CALLS.current(true).map(|state| Current { state, owner: None })
     }

@@ -35,7 +35,8 @@ fn call_state_of(task: *mut task_struct) -> Option<&'static mut CallState> {
     let pid_off = TASK_PID_OFF.load();
     if known(pid_off) {
         let tid = u64::from(read_u32(task as u64, pid_off));
-        if let Some(slot) = call_slot(tid).filter(|s| s.held_by(tid)) {
+        let slot = call_slot(tid);
+        if slot.held_by(tid) {
             return Some(&mut slot.state);
         }
     }
