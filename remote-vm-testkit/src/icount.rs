@@ -407,8 +407,8 @@ fn fresh(w: Workload, length: usize, programs: bool, target: &Target, cmdline: &
 /// between a kprobe and a BPF trampoline within a boot oopses (the 7.3.4 test
 /// images, docs/probes-and-kernels.md), each configuration gets a boot of its
 /// own, and nothing else is attached in it, not even for the warm-up start,
-/// but the floor's empty programs before each "off" (on the default's hooks,
-/// which no configuration moves to a kprobe).
+/// but on the default's hooks, which no configuration moves to a kprobe:
+/// `check` (which names them) and the floor's empty programs before each "off".
 pub fn run(daemon: &str, scale: f64, threads: bool, only: Option<usize>) -> Result<IcountResult> {
     let target = Target::spawn(64, 1)?;
     let cmdline = CmdlineTarget::spawn(64)?;
