@@ -496,7 +496,7 @@ pub fn run(daemon: &str, scale: f64, threads: bool, only: Option<usize>) -> Resu
         drop(attached);
         result.configurations.push(FLOOR.to_string());
     }
-    // In a boot of one configuration too: "off" must not have moved.
+    // In a boot of one configuration too (the report gives its drift).
     settled_off(OFF_AGAIN, &mut result)?;
     if result.configurations.iter().any(|c| c == bench::DEFAULT) {
         result.daemon = Some(daemon_cost(daemon, &target, scale, threads)?);
