@@ -178,9 +178,26 @@ fn disagreement(runs: &[Value]) -> Worst {
     worst
 }
 
+/// What the agreement check compared, as a sentence: `runs` results, each of
+/// `boots` boots (a boot per configuration: only "off" is in every boot),
+/// and the largest difference `worst` at `at`; `em` marks the figure up.
+fn agreement(runs: usize, boots: u64, (worst, at): &Worst, em: &str) -> String {
+    match (runs, boots) {
+        (0 | 1, 0 | 1) => "one boot: no other to agree with (`--runs 2` boots again and compares)".to_string(),
+        (0 | 1, b) => format!("\"off\" agrees between the {b} boots within {em}{worst:.3} %{em} ({at})"),
+        (n, 0 | 1) => format!("the {n} boots agree within {em}{worst:.3} %{em} on every figure ({at})"),
+        (n, b) => format!("the {n} runs of {b} boots each agree within {em}{worst:.3} %{em} on every figure, \"off\" between all boots ({at})"),
+    }
+}
+
+/// The boots behind each result (1 where every configuration had one boot).
+fn boots_of(r: &Value) -> u64 {
+    r["boots"].as_u64().unwrap_or(1)
+}
+
 /// The report for one kernel from its boots (the first boot's figures; the
-/// others only for agreement).
-fn icount_tables(kernel: &vm::Kernel, runs: &[Value]) -> String {
+/// others only for agreement, `agree` the largest difference found).
+fn icount_tables(kernel: &vm::Kernel, runs: &[Value], agree: &Worst) -> String {
     let r = &runs[0];
     let mut o = String::new();
     let _ = writeln!(o, "### {} kernel (Linux {})\n", kernel.name, r["release"].as_str().unwrap_or("?"));
@@ -214,12 +231,10 @@ fn icount_tables(kernel: &vm::Kernel, runs: &[Value]) -> String {
         let _ = writeln!(o, "| {c} | {} |", cells.join(" | "));
     }
     per_call_table(&mut o, r, &off);
-    let (worst, at) = disagreement(runs);
-    let _ = writeln!(
-        o,
-        "\n{} boots; every figure above agrees between them within **{worst:.3} %** (the largest difference: {at}).\n",
-        runs.len()
-    );
+    let sentence = agreement(runs.len(), boots_of(r), agree, "**");
+    // (A sentence: its first letter, after any quote, upper case.)
+    let first = sentence.find(char::is_alphabetic).unwrap_or(0);
+    let _ = writeln!(o, "\n{}{}{}.\n", &sentence[..first], sentence[first..first + 1].to_uppercase(), &sentence[first + 1..]);
     let (d, at) = drift(r);
     let _ = writeln!(o, "\"Off, again\" (after every configuration) is within **{d:.3} %** of \"off\" ({at}).\n");
     let ((spread, at), _) = per_call_spread(r);
@@ -618,11 +633,13 @@ pub fn icount(root: &Path, kernels: Vec<vm::Kernel>, command: &str, o: &IcountOp
                 unsettled.push(format!("{}: {spread:.0} instructions ({at})", kernel.name));
             }
         }
-        say!("bench: {}: {} boots agree within {worst:.3} % ({at})", kernel.name, boots.len());
+        let agree = (worst, at);
+        let boots_each = boots.first().map_or(1, boots_of);
+        say!("bench: {}: {}", kernel.name, agreement(boots.len(), boots_each, &agree, ""));
         if worst > AGREE_PERCENT {
-            disagree.push(format!("{}: {worst:.3} % ({at})", kernel.name));
+            disagree.push(format!("{}: {worst:.3} % ({})", kernel.name, agree.1));
         }
-        report.push_str(&icount_tables(&kernel, &boots));
+        report.push_str(&icount_tables(&kernel, &boots, &agree));
         all.insert(kernel.name.clone(), Value::Array(boots));
     }
     std::fs::write(dir.join("icount.md"), &report)?;
@@ -744,11 +761,26 @@ mod tests {
     }
 
     #[test]
+    fn the_agreement_says_what_was_compared() {
+        let w = (0.102, "off in the first boot and in boot 2, w: 8695.4 vs 8686.5".to_string());
+        assert_eq!(agreement(1, 1, &(0.0, String::new()), "**"), "one boot: no other to agree with (`--runs 2` boots again and compares)");
+        assert_eq!(agreement(1, 3, &w, ""), "\"off\" agrees between the 3 boots within 0.102 % (off in the first boot and in boot 2, w: 8695.4 vs 8686.5)");
+        assert_eq!(agreement(2, 1, &w, "**"), "the 2 boots agree within **0.102 %** on every figure (off in the first boot and in boot 2, w: 8695.4 vs 8686.5)");
+        assert_eq!(agreement(2, 3, &w, ""), "the 2 runs of 3 boots each agree within 0.102 % on every figure, \"off\" between all boots (off in the first boot and in boot 2, w: 8695.4 vs 8686.5)");
+        // The report says it of a merged result, whose boots it counts.
+        let parts = [boot(1000.0, Some(("baseline", 1001.0)), false), boot(1002.0, Some(("default", 1500.0)), true)];
+        let (merged, off) = merge_configuration_boots(&parts).unwrap();
+        let k = vm::Kernel::parse("k:unpatched=/nonexistent").unwrap();
+        let report = icount_tables(&k, &[merged], &off);
+        assert!(report.contains("\n\"Off\" agrees between the 2 boots within **0.200 %** (off in the first boot and in boot 2, w: 1000.0 vs 1002.0).\n"), "{report}");
+    }
+
+    #[test]
     fn a_boot_without_the_default_reports_no_daemon_cost() {
         let (merged, _) = merge_configuration_boots(&[boot(10.0, Some(("baseline", 11.0)), false)]).unwrap();
         assert!(merged["daemon"].is_null());
         let k = vm::Kernel::parse("k:unpatched=/nonexistent").unwrap();
-        assert!(icount_tables(&k, &[merged]).contains("not measured"));
+        assert!(icount_tables(&k, &[merged], &(0.0, String::new())).contains("not measured"));
     }
 
     #[test]
