@@ -581,6 +581,9 @@ pub struct IcountOptions {
     /// configurations in the report's order, then the floor), each in a boot of
     /// its own; empty: all.
     pub only: Vec<usize>,
+    /// The kernels' boots side by side (one core each), else one kernel after
+    /// the other (one core in all: beside another test's VM).
+    pub side_by_side: bool,
 }
 
 /// `cargo xtask bench --icount`: guest instructions under QEMU `-icount
@@ -608,7 +611,16 @@ pub fn icount(root: &Path, kernels: Vec<vm::Kernel>, command: &str, o: &IcountOp
     // not depend on what else the host runs (two boots agree to the
     // instruction, docs/benchmarks.md).
     type Booted = (vm::Kernel, Result<(Vec<Value>, Worst)>);
-    let booted: Vec<Booted> = std::thread::scope(|scope| {
+    let booted: Vec<Booted> = if !o.side_by_side {
+        kernels
+            .into_iter()
+            .map(|kernel| {
+                let boots = icount_boots(&kernel, &initramfs, &dir, o);
+                (kernel, boots)
+            })
+            .collect()
+    } else {
+        std::thread::scope(|scope| {
         let handles: Vec<_> = kernels
             .into_iter()
             .map(|kernel| {
@@ -620,7 +632,8 @@ pub fn icount(root: &Path, kernels: Vec<vm::Kernel>, command: &str, o: &IcountOp
             })
             .collect();
         handles.into_iter().filter_map(|h| h.join().ok()).collect()
-    });
+        })
+    };
     for (kernel, boots) in booted {
         let (boots, off) = boots?;
         let (mut worst, mut at) = disagreement(&boots);

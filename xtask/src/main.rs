@@ -303,7 +303,7 @@ fn dispatch(cmd: Cmd) -> Result<()> {
                     (None, false) => kernels.iter().map(|k| format!(" --kernel {}", k.name)).collect(),
                 } + &only.iter().map(|i| format!(" --configuration {i}")).collect::<String>();
                 let kernels = pair_kernels(&root, pair.as_deref(), kernels, vm::shared_kernels)?;
-                let options = bench::IcountOptions { scale, runs, threads, only };
+                let options = bench::IcountOptions { scale, runs, threads, only, side_by_side: true };
                 return bench::icount(&root, kernels, &named, &options).map(drop);
             }
             bench::run(&root, &bench::Args { reps, scale, scrape_seconds }).map(drop)
@@ -378,10 +378,10 @@ fn dispatch(cmd: Cmd) -> Result<()> {
             setup::setup(setup::Purpose::Test)?;
             build(&root)?;
             if host_suite {
-                return host_suite_test(&root);
+                return host_suite_group(&root).and_then(|g| run_vm_groups(&root, &[g]));
             }
             if preemptible {
-                return preemptible_test(&root, soak_seconds);
+                return preemptible_group(&root, soak_seconds).and_then(|g| run_vm_groups(&root, &[g]));
             }
             let set = if all_kernels { kernels::Set::All } else { kernels::Set::Default };
             vm_test(&root, kernels, only.as_deref(), set)
@@ -426,9 +426,14 @@ fn test(root: &Path) -> Result<()> {
     let newcomer = newcomer.join().map_err(|_| anyhow::anyhow!("the newcomer test panicked"))?;
     checks?;
     newcomer?;
-    vm_test(root, Vec::new(), None, kernels::Set::Default)?;
-    preemptible_test(root, SOAK_SECONDS)?;
-    host_suite_test(root)?;
+    // The VM tests, the preemptible runs and the host suite in one queue, two
+    // boots at a time: no core idles while the last boots of one run finish.
+    let groups = vec![
+        vm_test_group(root, Vec::new(), None, kernels::Set::Default)?,
+        preemptible_group(root, SOAK_SECONDS)?,
+        host_suite_group(root)?,
+    ];
+    run_vm_groups(root, &groups)?;
     say!("top: the live view in tmux against a stalled reader in the unpatched VM");
     toptest::run(root)?;
     promtest::dashboard_test(root)?;
@@ -442,17 +447,31 @@ fn test(root: &Path) -> Result<()> {
         "package: unit and .deb on Debian 12 and 13; under systemd on Debian 12 with the abuse soak's systemd side ({} s; cargo xtask deb-test boots Debian 13 too)",
         systemd::CGROUP_SOAK_SECONDS
     );
-    deb::test(root, systemd::CGROUP_SOAK_SECONDS, false)?;
     let pair = vm::shared_kernels(root);
-    if pair.len() == 2 {
+    // The overhead benchmark beside the package test, whose one VM leaves a
+    // core free: guest instructions do not depend on what else the host
+    // runs, and the benchmark boots one kernel at a time, so no more than
+    // two guests share the two cores, as in the VM tests. At full scale,
+    // one boot per kernel (about a minute and a half each): `cargo xtask
+    // bench --icount` boots each twice and fails when they differ by more
+    // than AGREE_PERCENT.
+    let (package, benchmark) = std::thread::scope(|scope| {
+        let benchmark = (pair.len() == 2).then(|| {
+            scope.spawn(|| {
+                say!("overhead benchmark in guest instructions beside the package test, one boot per kernel (cargo xtask bench --icount: two, which must agree within {} %)", bench::AGREE_PERCENT);
+                let options = bench::IcountOptions { scale: 1.0, runs: 1, threads: false, only: Vec::new(), side_by_side: false };
+                bench::icount(root, vm::shared_kernels(root), "", &options)
+            })
+        });
+        let package = deb::test(root, systemd::CGROUP_SOAK_SECONDS, false);
+        (package, benchmark.map(|b| b.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the overhead benchmark panicked")))))
+    });
+    package?;
+    if let Some(benchmark) = benchmark {
+        benchmark?;
+        // Wall-clock: alone on the machine.
         say!("A/B run, reduced ({})", ab::TEST_WORKLOAD);
         ab::run(root, pair, ab::TEST_WORKLOAD)?;
-        // At full scale, one boot per kernel (about a minute and a half each):
-        // `cargo xtask bench --icount` boots each twice and fails when they
-        // differ by more than AGREE_PERCENT.
-        say!("overhead benchmark in guest instructions, one boot per kernel (cargo xtask bench --icount: two, which must agree within {} %)", bench::AGREE_PERCENT);
-        let options = bench::IcountOptions { scale: 1.0, runs: 1, threads: false, only: Vec::new() };
-        bench::icount(root, vm::shared_kernels(root), "", &options)?;
     } else {
         say!("A/B run and overhead benchmark: skipped (they need the shared 6.12 pair)");
     }
@@ -479,10 +498,10 @@ const FUZZ_SECONDS: u64 = 20;
 const SOAK_SECONDS: u64 = 40;
 
 /// The counting load and the soak where BPF programs can be preempted.
-fn preemptible_test(root: &Path, soak_seconds: u64) -> Result<()> {
+fn preemptible_group(root: &Path, soak_seconds: u64) -> Result<VmGroup> {
     say!("vm-test: where BPF programs can be preempted: 100 k reads from 8 threads, and a {soak_seconds} s soak of 1000 readers, counted exactly");
     let params = format!("rvm.only=load,soak rvm.soak_seconds={soak_seconds}");
-    vm_test_in(root, preemptible_kernels(root)?, &params, Duration::from_secs(600 + soak_seconds), "vm-test-preemptible", &[], Readers::No)
+    vm_group(root, preemptible_kernels(root)?, &params, Duration::from_secs(600 + soak_seconds), "vm-test-preemptible", &[], Readers::No)
 }
 
 /// Kernels whose BPF programs can be preempted, where a plain `+=` on a per-CPU
@@ -506,7 +525,7 @@ const HOST_SUITE_KERNELS: [&str; 2] = ["debian-6.12", "debian-7.3"];
 
 /// The host integration tests (`tests/host.rs`, `tests/bad_input.rs`) inside
 /// Debian's 6.12 and 7.3: each boot runs `check`, then the suite `host_tests`.
-fn host_suite_test(root: &Path) -> Result<()> {
+fn host_suite_group(root: &Path) -> Result<VmGroup> {
     say!("vm-test: the host integration tests inside {} as if they were the host", HOST_SUITE_KERNELS.join(" and "));
     let out = sh_output(cargo(root).args([
         "test", "--release", "--no-run", "--message-format=json", "-p", "remote-vm-daemon", "--test", "host", "--test", "bad_input",
@@ -529,7 +548,7 @@ fn host_suite_test(root: &Path) -> Result<()> {
         kernels.push(kernels::debian_kernel_named(root, name)?.with_context(|| format!("no {name} in xtask/kernels.toml"))?);
     }
     let params = format!("rvm.only=host_tests rvm.host_tests={HOST_TESTS_DIR} rvm.host_tests_daemon={}", daemon.display());
-    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test-host-suite", &files, Readers::No)
+    vm_group(root, kernels, &params, Duration::from_secs(600), "vm-test-host-suite", &files, Readers::No)
 }
 
 /// Where the guest finds the host test binaries (`rvm.host_tests=` tells
@@ -539,9 +558,20 @@ const HOST_TESTS_DIR: &str = "/usr/lib/rvm/host-tests";
 /// The kernels given, else both shared A/B pairs (6.12 with our backport, 7.3.4
 /// with the series as posted), 7.3.4 with v2 (`patched-v2`, some suites in the
 /// default set) and the Debian kernels of `set`.
-fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: kernels::Set) -> Result<()> {
+fn vm_test(root: &Path, kernels: Vec<vm::Kernel>, only: Option<&str>, set: kernels::Set) -> Result<()> {
     // The whole matrix, every suite: "Supported kernels" in docs/probes-and-kernels.md is its table.
     let whole = kernels.is_empty() && only.is_none() && set == kernels::Set::All;
+    run_vm_groups(root, &[vm_test_group(root, kernels, only, set)?])?;
+    if whole {
+        let table = std::fs::read_to_string(root.join("target/vm-test/matrix.md"))?;
+        matrix::write_kernels_page(root, &table)?;
+        say!("vm-test: {} \"Supported kernels\" rewritten from this run (commit it)", matrix::KERNELS_PAGE);
+    }
+    Ok(())
+}
+
+/// `vm_test`'s boots.
+fn vm_test_group(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: kernels::Set) -> Result<VmGroup> {
     if kernels.is_empty() {
         kernels = vm::shared_pairs(root);
         kernels.extend(vm::shared_v2(root, set == kernels::Set::Default));
@@ -551,13 +581,7 @@ fn vm_test(root: &Path, mut kernels: Vec<vm::Kernel>, only: Option<&str>, set: k
     }
     let params = only.map_or(String::new(), |suite| format!("rvm.only={suite}"));
     let readers = if set == kernels::Set::All { Readers::Every } else { Readers::Named };
-    vm_test_in(root, kernels, &params, Duration::from_secs(600), "vm-test", &[], readers)?;
-    if whole {
-        let table = std::fs::read_to_string(root.join("target/vm-test/matrix.md"))?;
-        matrix::write_kernels_page(root, &table)?;
-        say!("vm-test: {} \"Supported kernels\" rewritten from this run (commit it)", matrix::KERNELS_PAGE);
-    }
-    Ok(())
+    vm_group(root, kernels, &params, Duration::from_secs(600), "vm-test", &[], readers)
 }
 
 /// The kernels known by name: the shared pairs, the Debian record, built pairs.
@@ -716,9 +740,20 @@ fn test_kernel(kernel: &vm::Kernel, params: &str, timeout: Duration, out: &Path,
     Ok((row, failed))
 }
 
-/// Boots each kernel with the test initramfs; consoles and the matrix go to `target/DIR`.
+/// A run of VM boots: each kernel booted with the run's test initramfs and
+/// parameters; consoles and the matrix go to `out`.
+struct VmGroup {
+    kernels: Vec<vm::Kernel>,
+    params: String,
+    timeout: Duration,
+    out: PathBuf,
+    initramfs: PathBuf,
+    readers: Readers,
+}
+
+/// A run whose consoles and matrix go to `target/DIR`, its initramfs written.
 /// `extra`: more executables for the guest (path there, file).
-fn vm_test_in(
+fn vm_group(
     root: &Path,
     kernels: Vec<vm::Kernel>,
     params: &str,
@@ -726,7 +761,7 @@ fn vm_test_in(
     dir: &str,
     extra: &[(String, PathBuf)],
     readers: Readers,
-) -> Result<()> {
+) -> Result<VmGroup> {
     let out = root.join("target").join(dir);
     std::fs::create_dir_all(&out)?;
     let initramfs = out.join("initramfs.cpio");
@@ -739,18 +774,27 @@ fn vm_test_in(
         trees = programs.trees;
     }
     vm::write_test_initramfs_from(root, &initramfs, &extra, &trees)?;
-    // Two kernels at a time: a TCG guest keeps one host core busy, and the
-    // boots share nothing (no forwarded port; each its own console folder).
+    Ok(VmGroup { kernels, params: params.to_string(), timeout, out, initramfs, readers })
+}
+
+/// Boots every kernel of every run from one queue, in the runs' order, two at a
+/// time: a TCG guest keeps one host core busy, and the boots share nothing (no
+/// forwarded port; each its own console folder). Then each run's matrix; the
+/// runs that failed, named.
+fn run_vm_groups(root: &Path, groups: &[VmGroup]) -> Result<()> {
+    let jobs: Vec<(usize, usize)> = groups.iter().enumerate().flat_map(|(g, group)| (0..group.kernels.len()).map(move |i| (g, i))).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<(usize, Result<(matrix::Row, bool)>)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..VM_TEST_PARALLEL.min(kernels.len()))
+    let results: Vec<((usize, usize), Result<(matrix::Row, bool)>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..VM_TEST_PARALLEL.min(jobs.len()))
             .map(|_| {
                 scope.spawn(|| {
                     let mut done = Vec::new();
                     loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(kernel) = kernels.get(i) else { break };
-                        done.push((i, test_kernel(kernel, params, timeout, &out, &initramfs, readers)));
+                        let j = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(g, i)) = jobs.get(j) else { break };
+                        let group = &groups[g];
+                        let result = test_kernel(&group.kernels[i], &group.params, group.timeout, &group.out, &group.initramfs, group.readers);
+                        done.push(((g, i), result));
                     }
                     done
                 })
@@ -758,8 +802,29 @@ fn vm_test_in(
             .collect();
         workers.into_iter().flat_map(|w| w.join().unwrap_or_default()).collect()
     });
-    let mut results = results;
+    let mut per_group: Vec<Vec<(usize, Result<(matrix::Row, bool)>)>> = groups.iter().map(|_| Vec::new()).collect();
+    for ((g, i), result) in results {
+        per_group[g].push((i, result));
+    }
+    let mut errors = Vec::new();
+    for (group, results) in groups.iter().zip(per_group) {
+        if let Err(e) = finish_vm_group(root, group, results) {
+            errors.push(e);
+        }
+    }
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        _ => bail!("{}", errors.iter().map(|e| format!("{e:#}")).collect::<Vec<_>>().join("; ")),
+    }
+}
+
+/// One run's matrix from its boots' results; an error naming the kernels that failed.
+fn finish_vm_group(root: &Path, group: &VmGroup, mut results: Vec<(usize, Result<(matrix::Row, bool)>)>) -> Result<()> {
+    let (kernels, out) = (&group.kernels, &group.out);
     results.sort_by_key(|(i, _)| *i);
+    let missing: Vec<&str> = kernels.iter().enumerate().filter(|(i, _)| !results.iter().any(|(j, _)| j == i)).map(|(_, k)| k.name.as_str()).collect();
+    ensure!(missing.is_empty(), "VM tests ended without a result for: {} (a worker thread panicked)", missing.join(", "));
     let mut failed = Vec::new();
     let mut rows = Vec::new();
     for (i, result) in results {
