@@ -611,34 +611,23 @@ pub fn icount(root: &Path, kernels: Vec<vm::Kernel>, command: &str, o: &IcountOp
     // not depend on what else the host runs (two boots agree to the
     // instruction, docs/benchmarks.md).
     type Booted = (vm::Kernel, Result<(Vec<Value>, Worst)>);
-    let booted: Vec<Booted> = if !o.side_by_side {
-        kernels
-            .into_iter()
-            .map(|kernel| {
-                let boots = icount_boots(&kernel, &initramfs, &dir, o);
-                (kernel, boots)
-            })
-            .collect()
-    } else {
+    let boot = |kernel: vm::Kernel| -> Booted {
+        let boots = icount_boots(&kernel, &initramfs, &dir, o);
+        (kernel, boots)
+    };
+    let booted: Vec<Booted> = if o.side_by_side {
         std::thread::scope(|scope| {
-        let handles: Vec<_> = kernels
-            .into_iter()
-            .map(|kernel| {
-                let (initramfs, dir) = (&initramfs, &dir);
-                scope.spawn(move || {
-                    let boots = icount_boots(&kernel, initramfs, dir, o);
-                    (kernel, boots)
-                })
-            })
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().ok()).collect()
+            let handles: Vec<_> = kernels.into_iter().map(|kernel| scope.spawn(move || boot(kernel))).collect();
+            handles.into_iter().filter_map(|h| h.join().ok()).collect()
         })
+    } else {
+        kernels.into_iter().map(boot).collect()
     };
     for (kernel, boots) in booted {
         let (boots, off) = boots?;
-        let (mut worst, mut at) = disagreement(&boots);
-        if is_worse(off.0, worst) {
-            (worst, at) = off;
+        let mut agree = disagreement(&boots);
+        if is_worse(off.0, agree.0) {
+            agree = off;
         }
         for ((spread, at), beyond) in boots.iter().map(per_call_spread).filter(|w| !w.0.1.is_empty()) {
             say!("bench: {}: added per call differs between the reads by {spread:.0} instructions at most ({at})", kernel.name);
@@ -646,11 +635,10 @@ pub fn icount(root: &Path, kernels: Vec<vm::Kernel>, command: &str, o: &IcountOp
                 unsettled.push(format!("{}: {spread:.0} instructions ({at})", kernel.name));
             }
         }
-        let agree = (worst, at);
         let boots_each = boots.first().map_or(1, boots_of);
         say!("bench: {}: {}", kernel.name, agreement(boots.len(), boots_each, &agree, ""));
-        if worst > AGREE_PERCENT {
-            disagree.push(format!("{}: {worst:.3} % ({})", kernel.name, agree.1));
+        if agree.0 > AGREE_PERCENT {
+            disagree.push(format!("{}: {:.3} % ({})", kernel.name, agree.0, agree.1));
         }
         report.push_str(&icount_tables(&kernel, &boots, &agree));
         all.insert(kernel.name.clone(), Value::Array(boots));
